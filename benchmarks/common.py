@@ -1,0 +1,172 @@
+"""Shared benchmark machinery: options, timing, cases and the JSON report (design.md §6).
+
+Every benchmark measures ours against a baseline *in the same run* and reports the ratio
+``ours / baseline`` in the metric's own direction (``higher_is_better`` says which way is good).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+
+@dataclass
+class BenchOptions:
+    """Flags common to every ``recis-compat bench`` command."""
+
+    quick: bool = False          # a few seconds: proves the command runs (used by tests)
+    repeat: int = 5              # timed repetitions; the median is reported
+    threads: Optional[int] = None  # torch intra-op threads (None: leave as is)
+    extra: Dict[str, object] = field(default_factory=dict)  # command-specific options
+
+    def apply_threads(self) -> None:
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+
+
+@dataclass
+class Case:
+    """One measured comparison."""
+
+    name: str
+    metric: str
+    value: float
+    baseline: str
+    baseline_value: float
+    higher_is_better: bool = True
+    ratio: float = 0.0
+    detail: Dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.baseline_value and self.value:
+            self.ratio = (self.value / self.baseline_value if self.higher_is_better
+                          else self.baseline_value / self.value)
+            self.ratio = round(self.ratio, 4)
+
+
+def machine_info() -> Dict[str, object]:
+    """CPU model, thread counts and library versions for the report."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: Dict[str, object] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.is_available(),
+    }
+    for mod in ("fbgemm_gpu", "torchrec", "pyarrow"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - report what is importable
+            info[mod] = None
+    return info
+
+
+def time_fn(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def report(name: str, cases: List[Case], opts: BenchOptions) -> Dict[str, object]:
+    """The JSON object every bench command prints."""
+    return {
+        "benchmark": name,
+        "machine": machine_info(),
+        "options": {"quick": opts.quick, "repeat": opts.repeat, "threads": opts.threads,
+                    **{k: v for k, v in opts.extra.items() if isinstance(v, (int, float, str, bool, type(None)))}},
+        "cases": [asdict(c) for c in cases],
+    }
+
+
+def write_outputs(result: Dict[str, object], json_path: Optional[str], plot_path: Optional[str]) -> str:
+    """Serialise ``result``; optionally write it to ``json_path`` and a ratio chart to ``plot_path``."""
+    text = json.dumps(result, indent=2, default=str)
+    if json_path:
+        tmp = json_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, json_path)
+    if plot_path:
+        plot_ratios(result, plot_path)
+    return text
+
+
+def plot_ratios(result: Dict[str, object], path: str) -> None:
+    """Horizontal bar chart of every case's ratio (1.0 = baseline)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = result["reports"] if "reports" in result else [result]
+    labels, ratios = [], []
+    for rep in reports:
+        for c in rep["cases"]:
+            labels.append(f"{rep['benchmark']}: {c['name']} vs {c['baseline']}")
+            ratios.append(c["ratio"])
+    fig, ax = plt.subplots(figsize=(10, 0.45 * max(3, len(labels)) + 1))
+    ax.barh(range(len(labels)), ratios, color=["tab:green" if r >= 1 else "tab:red" for r in ratios])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio (ours / baseline, >1 is better)")
+    ax.set_title("recis-compat benchmarks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def common_options(f):
+    """Attach the flags shared by every bench command (design.md §6)."""
+    import click
+    f = click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+                     help="Write a PNG chart of the ratios.")(f)
+    f = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+                     help="Also write the JSON report to this file.")(f)
+    f = click.option("--threads", type=int, default=None, help="torch intra-op threads.")(f)
+    f = click.option("--repeat", type=int, default=5, show_default=True,
+                     help="Timed repetitions (median reported).")(f)
+    f = click.option("--quick", is_flag=True, help="A few seconds; proves the command runs.")(f)
+    return f
+
+
+def make_command(name: str, run: Callable[[BenchOptions], List[Case]], help: str,
+                 extra_options: Optional[list] = None):
+    """Build the click command ``recis-compat bench <name>`` around ``run(opts)``.
+
+    ``extra_options`` are click decorators; their values land in ``opts.extra``.
+    """
+    import click
+
+    def callback(quick, repeat, threads, json_path, plot_path, **extra):
+        opts = BenchOptions(quick=quick, repeat=1 if quick else repeat, threads=threads, extra=extra)
+        opts.apply_threads()
+        result = report(name, run(opts), opts)
+        click.echo(write_outputs(result, json_path, plot_path))
+
+    cmd = common_options(callback)
+    for opt in reversed(extra_options or []):
+        cmd = opt(cmd)
+    return click.command(name=name, help=help)(cmd)
