@@ -1,0 +1,44 @@
+"""Device requests on hosts without the requested device (design.md §5).
+
+RecIS scripts ask for ``device="cuda"`` everywhere. On a CPU-only host our API objects accept
+the request and run on the CPU with one warning when ``RECIS_COMPAT_DEVICE=cpu`` is set;
+otherwise they fail with an error that names that variable.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Union
+
+import torch
+
+ENV_VAR = "RECIS_COMPAT_DEVICE"
+_warned: set = set()
+
+
+def resolve_device(requested: Union[str, torch.device, None], what: str) -> torch.device:
+    """Map a requested device to the one we will use.
+
+    Args:
+        requested: what the user asked for (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a device, None).
+        what: who asked, for messages (e.g. ``"OrcDataset(device=...)"``).
+    Returns:
+        ``torch.device`` to use. CUDA requests become CPU only when ``RECIS_COMPAT_DEVICE=cpu``.
+    Raises:
+        RuntimeError: CUDA requested, no CUDA device, and ``RECIS_COMPAT_DEVICE`` is not ``cpu``.
+    """
+    if requested is None:
+        return torch.device("cpu")
+    dev = torch.device(requested)
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if dev.type == "cuda" and (forced == "cpu" or not torch.cuda.is_available()):
+        if forced == "cpu":
+            if what not in _warned:
+                _warned.add(what)
+                warnings.warn(f"{what}: CUDA was requested; running on CPU because "
+                              f"{ENV_VAR}=cpu", RuntimeWarning, stacklevel=3)
+            return torch.device("cpu")
+        raise RuntimeError(
+            f"{what}: device {dev} was requested but no CUDA device is available. "
+            f"Set {ENV_VAR}=cpu to run RecIS scripts that ask for CUDA on the CPU.")
+    return dev
