@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# `make demo`: generate demo data (once), train DeepFM, print eval AUC + samples/s, plot.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+DATA=examples/deepfm/data
+if ! ls "$DATA"/part-*.orc >/dev/null 2>&1; then
+  "$PY" examples/deepfm/make_data.py --out "$DATA" --files 8 --rows 10000
+fi
+"$PY" examples/deepfm/demo_train.py --data "$DATA" --plot examples/deepfm/demo.png "$@"
