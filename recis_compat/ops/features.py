@@ -1,0 +1,567 @@
+"""Feature-processing ops: the Python face of ``csrc/features/``.
+
+Every op ``torch.ops.recis_compat.<name>`` has
+  * a fake (meta) implementation registered here (data-dependent sizes use
+    ``torch.library.get_ctx().new_dynamic_size()``),
+  * autograd where it is differentiable (``ragged_to_dense`` w.r.t. floating values),
+  * a thin typed wrapper below (what the rest of recis_compat calls), and
+  * a pure-PyTorch reference ``*_ref`` (vectorised, no per-row Python loops) that the tests
+    compare the kernels against and that the wrappers fall back to when the extension was built
+    without the op.
+
+Ops (shapes/dtypes):
+
+``fused_uint64_mod(Tensor[] values, int[] mods) -> Tensor[]``
+    int64 values of any shape, reinterpreted as uint64, ``% mods[i]`` (> 0) -> int64, same shape.
+``fused_bucketize(Tensor[] values, Tensor[] boundaries) -> Tensor[]``
+    floating values of any shape, sorted 1-D floating boundaries -> int64 count of boundaries
+    ``<= value`` (``torch.bucketize(right=True)``); NaN -> ``len(boundaries)``.
+``fused_multi_hash(Tensor[] inputs, int[] muls, int[] primes, int[] buckets, int[] num_hashes)``
+    ``-> Tensor[]``: flat lists; input i uses the next ``num_hashes[i]`` (1..4) entries of
+    muls/primes/buckets; output ``(((x*mul) % p + p) % p) % bucket`` in C int64 semantics.
+``feature_cross(x_val, x_off, x_w?, y_val, y_off, y_w?) -> (values, offsets, weight)``
+    int64 ids, 1-D offsets (one dtype); per row over ``min(rows_x, rows_y)``: unique x ids
+    (ascending) x unique y ids (ascending), id = MurmurHash64A(int64_le(x) || int64_le(y)),
+    weight ``w_x * w_y`` (first weight of a duplicate; missing = 1.0). weight dtype: float32,
+    or the promoted dtype of the given weights.
+``fused_ragged_cutoff_2d(Tensor[] values, Tensor[] offsets, Tensor?[] weights, int[] keep_lengths,``
+    ``bool[] drop_left) -> (values[], offsets[], weights[], drop_nums[], pad_nums[])``: each row
+    cut to ``min(len, keep)`` (the last ``keep`` when ``drop_left``); weights are cut with the
+    values (an absent weight gives an empty float32 tensor in the output list);
+    drop/pad nums are int32 ``[B]``.
+``fused_ragged_cutoff_3d(values[], outer[], inner[], Tensor?[] weights, int[] keep_lengths,``
+    ``bool[] drop_left, bool[] pad_left) -> (values[], outer[], inner[], weights[])``: every
+    row gets exactly ``keep`` sub-lists (cut on the drop side, padded with empty sub-lists on the
+    pad side); outer = ``arange(0, (B+1)*keep, keep)``.
+``ragged_to_dense(Tensor values, Tensor[] offsets, Scalar default_value) -> Tensor``
+    ``[B, maxlen_1, ..., *values.shape[1:]]``; differentiable w.r.t. floating values.
+``ragged_to_dense_backward(Tensor grad, Tensor[] offsets, int num_values) -> Tensor``
+``dense_to_ragged(Tensor data, bool check_invalid, Scalar invalid_value) -> (Tensor, Tensor)``
+    2-D data -> (values, int32 offsets ``[B+1]``), trailing invalid values of each row removed.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+_NS = "recis_compat"
+_M64 = (1 << 64) - 1
+
+
+def _defined(name: str) -> bool:
+    return any(s.name == f"{_NS}::{name}" for s in torch._C._jit_get_all_schemas())
+
+
+_ALL_OPS = ("fused_uint64_mod", "fused_bucketize", "fused_multi_hash", "feature_cross",
+            "fused_ragged_cutoff_2d", "fused_ragged_cutoff_3d", "ragged_to_dense",
+            "ragged_to_dense_backward", "dense_to_ragged")
+_PRESENT = {n for n in _ALL_OPS if _defined(n)}
+
+
+def _use_kernel(name: str, *tensors: torch.Tensor) -> bool:
+    """True when ``name`` is built and has a kernel for the tensors' device."""
+    if name not in _PRESENT:
+        return False
+    dev = next((t.device for t in tensors if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    if dev.type == "cpu":
+        return True
+    if dev.type == "cuda":
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NS}::{name}", "CUDA")
+    return dev.type == "meta"
+
+
+def _fake(name):
+    def deco(fn):
+        if name in _PRESENT:
+            torch.library.register_fake(f"{_NS}::{name}")(fn)
+        return fn
+    return deco
+
+
+def _dyn():
+    return torch.library.get_ctx().new_dynamic_size()
+
+
+# ============================================================================ fake impls
+@_fake("fused_uint64_mod")
+def _fused_uint64_mod_fake(values, mods):
+    return [torch.empty_like(v) for v in values]
+
+
+@_fake("fused_bucketize")
+def _fused_bucketize_fake(values, boundaries):
+    return [torch.empty_like(v, dtype=torch.int64) for v in values]
+
+
+@_fake("fused_multi_hash")
+def _fused_multi_hash_fake(inputs, muls, primes, buckets, num_hashes):
+    out = []
+    for x, k in zip(inputs, num_hashes):
+        out.extend(torch.empty_like(x) for _ in range(k))
+    return out
+
+
+def _cross_weight_dtype(xw, yw):
+    dt = torch.float32
+    for w in (xw, yw):
+        if w is not None:
+            dt = torch.promote_types(dt, w.dtype)
+    return dt
+
+
+@_fake("feature_cross")
+def _feature_cross_fake(x_val, x_off, x_w, y_val, y_off, y_w):
+    n = _dyn()
+    rows = min(x_off.shape[0], y_off.shape[0])
+    return (x_val.new_empty((n,)), x_off.new_empty((rows,)),
+            x_val.new_empty((n,), dtype=_cross_weight_dtype(x_w, y_w)))
+
+
+@_fake("fused_ragged_cutoff_2d")
+def _cutoff_2d_fake(values, offsets, weights, keep_lengths, drop_left):
+    vs, os_, ws, ds, ps = [], [], [], [], []
+    for v, o, w in zip(values, offsets, weights):
+        n = _dyn()
+        vs.append(v.new_empty((n,) + tuple(v.shape[1:])))
+        os_.append(o.new_empty(o.shape))
+        ws.append(w.new_empty((n,)) if w is not None else v.new_empty((0,), dtype=torch.float32))
+        ds.append(o.new_empty((o.shape[0] - 1,), dtype=torch.int32))
+        ps.append(o.new_empty((o.shape[0] - 1,), dtype=torch.int32))
+    return vs, os_, ws, ds, ps
+
+
+@_fake("fused_ragged_cutoff_3d")
+def _cutoff_3d_fake(values, outer, inner, weights, keep_lengths, drop_left, pad_left):
+    vs, outs, ins, ws = [], [], [], []
+    for v, o, i, w, k in zip(values, outer, inner, weights, keep_lengths):
+        n = _dyn()
+        b = o.shape[0] - 1
+        vs.append(v.new_empty((n,) + tuple(v.shape[1:])))
+        outs.append(o.new_empty((o.shape[0],)))
+        ins.append(i.new_empty((b * k + 1,)))
+        ws.append(w.new_empty((n,)) if w is not None else v.new_empty((0,), dtype=torch.float32))
+    return vs, outs, ins, ws
+
+
+@_fake("ragged_to_dense")
+def _ragged_to_dense_fake(values, offsets, default_value):
+    shape = [offsets[0].shape[0] - 1] + [_dyn() for _ in offsets]
+    return values.new_empty(shape + list(values.shape[1:]))
+
+
+@_fake("ragged_to_dense_backward")
+def _ragged_to_dense_backward_fake(grad, offsets, num_values):
+    return grad.new_empty([num_values] + list(grad.shape[1 + len(offsets):]))
+
+
+@_fake("dense_to_ragged")
+def _dense_to_ragged_fake(data, check_invalid=True, invalid_value=0):
+    n = _dyn()
+    return data.new_empty((n,)), data.new_empty((data.shape[0] + 1,), dtype=torch.int32)
+
+
+def _r2d_setup(ctx, inputs, output):
+    values, offsets, _ = inputs
+    ctx.offsets = offsets
+    ctx.num_values = values.shape[0]
+
+
+def _r2d_backward(ctx, grad):
+    g = torch.ops.recis_compat.ragged_to_dense_backward(grad.contiguous(), ctx.offsets,
+                                                        ctx.num_values)
+    return g, [None] * len(ctx.offsets), None
+
+
+if "ragged_to_dense" in _PRESENT:
+    # The schema gives default_value no default on purpose: torch 2.13 drops trailing arguments
+    # equal to their schema default before autograd sees them, which would change how many
+    # gradients backward must return.
+    torch.library.register_autograd(f"{_NS}::ragged_to_dense", _r2d_backward,
+                                    setup_context=_r2d_setup)
+
+
+# ============================================================================ wrappers
+def _as_int_list(x) -> List[int]:
+    if isinstance(x, torch.Tensor):
+        return [int(v) for v in x.reshape(-1).tolist()]
+    if isinstance(x, (int,)):
+        return [int(x)]
+    return [int(v) for v in x]
+
+
+def _as_bool_list(x, n: int, default: bool = False) -> List[bool]:
+    if x is None:
+        return [default] * n
+    if isinstance(x, torch.Tensor):
+        return [bool(v) for v in x.reshape(-1).tolist()]
+    if isinstance(x, bool):
+        return [x] * n
+    return [bool(v) for v in x]
+
+
+def fused_uint64_mod(values: Sequence[torch.Tensor], mods) -> List[torch.Tensor]:
+    """``uint64(values[i]) % mods[i]`` as int64 (same shape), one kernel call for all inputs."""
+    values = list(values)
+    mods = _as_int_list(mods)
+    if len(mods) == 1 and len(values) > 1:
+        mods = mods * len(values)
+    if _use_kernel("fused_uint64_mod", *values):
+        return torch.ops.recis_compat.fused_uint64_mod(values, mods)
+    return fused_uint64_mod_ref(values, mods)
+
+
+def fused_bucketize(values: Sequence[torch.Tensor],
+                    boundaries: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """int64 number of ``boundaries[i] <= values[i]`` (same shape); NaN -> last bucket."""
+    values = list(values)
+    boundaries = [b if isinstance(b, torch.Tensor) else torch.tensor(b, dtype=torch.float32)
+                  for b in boundaries]
+    boundaries = [b.to(v.device) for b, v in zip(boundaries, values)]
+    if _use_kernel("fused_bucketize", *values):
+        return torch.ops.recis_compat.fused_bucketize(values, boundaries)
+    return fused_bucketize_ref(values, boundaries)
+
+
+def fused_multi_hash(inputs: Sequence[torch.Tensor], muls, primes, buckets) -> List[torch.Tensor]:
+    """Flat list: for each input, one int64 tensor (input's shape) per (mul, prime, bucket)."""
+    inputs = list(inputs)
+    muls = [_as_int_list(m) for m in muls]
+    primes = [_as_int_list(p) for p in primes]
+    buckets = [_as_int_list(b) for b in buckets]
+    if not (len(inputs) == len(muls) == len(primes) == len(buckets)):
+        raise ValueError("fused_multi_hash: inputs, muls, primes and bucket_nums must have one "
+                         f"entry per input (got {len(inputs)}, {len(muls)}, {len(primes)}, "
+                         f"{len(buckets)})")
+    num = [len(m) for m in muls]
+    for i, (m, p, b) in enumerate(zip(muls, primes, buckets)):
+        if not (len(m) == len(p) == len(b)):
+            raise ValueError(f"fused_multi_hash: input {i} has {len(m)} muls, {len(p)} primes "
+                             f"and {len(b)} buckets; they must be equal in number")
+    flat = lambda ls: [v for l in ls for v in l]  # noqa: E731
+    if _use_kernel("fused_multi_hash", *inputs):
+        return torch.ops.recis_compat.fused_multi_hash(inputs, flat(muls), flat(primes),
+                                                       flat(buckets), num)
+    return fused_multi_hash_ref(inputs, flat(muls), flat(primes), flat(buckets), num)
+
+
+def feature_cross(x_val: torch.Tensor, x_off: torch.Tensor, y_val: torch.Tensor,
+                  y_off: torch.Tensor, x_weight: Optional[torch.Tensor] = None,
+                  y_weight: Optional[torch.Tensor] = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise id cross of two ragged int64 tensors -> (int64 ids, offsets, weight)."""
+    if _use_kernel("feature_cross", x_val):
+        return tuple(torch.ops.recis_compat.feature_cross(x_val, x_off, x_weight, y_val, y_off,
+                                                          y_weight))
+    return feature_cross_ref(x_val, x_off, x_weight, y_val, y_off, y_weight)
+
+
+def fused_ragged_cutoff_2d(values: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
+                           weights: Optional[Sequence[Optional[torch.Tensor]]], keep_lengths,
+                           drop_left):
+    """Cut every row of feature i to ``keep_lengths[i]``; returns
+    (values, offsets, weights (None where absent), drop_nums int32, pad_nums int32) lists."""
+    values, offsets = list(values), list(offsets)
+    n = len(values)
+    weights = list(weights) if weights is not None else [None] * n
+    keep = _as_int_list(keep_lengths)
+    drop = _as_bool_list(drop_left, n)
+    if _use_kernel("fused_ragged_cutoff_2d", *values):
+        vs, os_, ws, ds, ps = torch.ops.recis_compat.fused_ragged_cutoff_2d(
+            values, offsets, weights, keep, drop)
+    else:
+        vs, os_, ws, ds, ps = fused_ragged_cutoff_2d_ref(values, offsets, weights, keep, drop)
+    ws = [None if w_in is None else w for w_in, w in zip(weights, ws)]
+    return list(vs), list(os_), ws, list(ds), list(ps)
+
+
+def fused_ragged_cutoff_3d(values, outer, inner, weights, keep_lengths, drop_left, pad_left):
+    """Force every row of feature i to exactly ``keep_lengths[i]`` sub-lists; returns
+    (values, outer, inner, weights (None where absent)) lists."""
+    values, outer, inner = list(values), list(outer), list(inner)
+    n = len(values)
+    weights = list(weights) if weights is not None else [None] * n
+    keep = _as_int_list(keep_lengths)
+    drop = _as_bool_list(drop_left, n)
+    pad = _as_bool_list(pad_left, n)
+    if _use_kernel("fused_ragged_cutoff_3d", *values):
+        vs, os_, is_, ws = torch.ops.recis_compat.fused_ragged_cutoff_3d(
+            values, outer, inner, weights, keep, drop, pad)
+    else:
+        vs, os_, is_, ws = fused_ragged_cutoff_3d_ref(values, outer, inner, weights, keep, drop,
+                                                      pad)
+    ws = [None if w_in is None else w for w_in, w in zip(weights, ws)]
+    return list(vs), list(os_), list(is_), ws
+
+
+def ragged_to_dense(values: torch.Tensor, offsets: Sequence[torch.Tensor],
+                    default_value: float = 0.0) -> torch.Tensor:
+    """Dense ``[B, maxlen_1, ..., *values.shape[1:]]`` (values' dtype); differentiable."""
+    offsets = [offsets] if isinstance(offsets, torch.Tensor) else list(offsets)
+    if isinstance(default_value, torch.Tensor):
+        default_value = default_value.item()
+    if _use_kernel("ragged_to_dense", values):
+        return torch.ops.recis_compat.ragged_to_dense(values, offsets, default_value)
+    return ragged_to_dense_ref(values, offsets, default_value)
+
+
+def dense_to_ragged(data: torch.Tensor, check_invalid: bool = True,
+                    invalid_value=0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """2-D ``[B, W]`` -> (values, int32 offsets ``[B+1]``) without each row's trailing
+    ``invalid_value`` entries (when ``check_invalid``)."""
+    if isinstance(invalid_value, torch.Tensor):
+        invalid_value = invalid_value.item()
+    if _use_kernel("dense_to_ragged", data):
+        return tuple(torch.ops.recis_compat.dense_to_ragged(data, bool(check_invalid),
+                                                            invalid_value))
+    return dense_to_ragged_ref(data, check_invalid, invalid_value)
+
+
+# ============================================================================ references
+def _signed(v: int) -> int:
+    v &= _M64
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+def uint64_mod_ref(x: torch.Tensor, mod: int) -> torch.Tensor:
+    """``uint64(x) % mod`` without uint64 arithmetic: for x < 0 add ``2**64 % mod``."""
+    if x.dtype != torch.int64:
+        raise TypeError(f"uint64_mod: values must be int64, got {x.dtype}")
+    if mod <= 0:
+        raise ValueError(f"uint64_mod: mod must be > 0, got {mod}")
+    r = torch.remainder(x, mod)  # in [0, mod)
+    c = (1 << 64) % mod
+    wrapped = torch.where(r >= mod - c, r - (mod - c), r + c)
+    return torch.where(x < 0, wrapped, r)
+
+
+def fused_uint64_mod_ref(values, mods) -> List[torch.Tensor]:
+    return [uint64_mod_ref(v, int(m)) for v, m in zip(values, mods)]
+
+
+def bucketize_ref(x: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    if not x.is_floating_point():
+        raise TypeError(f"bucketize: values must be floating point, got {x.dtype}")
+    b = boundaries.to(device=x.device, dtype=torch.float64)
+    out = torch.bucketize(x.to(torch.float64), b, right=True)
+    return torch.where(torch.isnan(x), torch.full_like(out, b.numel()), out)
+
+
+def fused_bucketize_ref(values, boundaries) -> List[torch.Tensor]:
+    return [bucketize_ref(v, b) for v, b in zip(values, boundaries)]
+
+
+def multi_hash_one_ref(x: torch.Tensor, mul: int, prime: int, bucket: int) -> torch.Tensor:
+    """``(((x*mul) % p + p) % p) % bucket`` with C int64 semantics (wrapping, truncating)."""
+    if x.dtype != torch.int64:
+        raise TypeError(f"multi_hash: inputs must be int64, got {x.dtype}")
+    if prime <= 0 or bucket <= 0:
+        raise ValueError(f"multi_hash: primes and buckets must be > 0, got {prime}, {bucket}")
+    prod = x * _signed(mul)  # int64 multiply wraps
+    h = torch.fmod(torch.fmod(prod, prime) + prime, prime)
+    return torch.fmod(h, bucket)
+
+
+def fused_multi_hash_ref(inputs, muls, primes, buckets, num_hashes) -> List[torch.Tensor]:
+    out, j = [], 0
+    for x, k in zip(inputs, num_hashes):
+        if not 1 <= k <= 4:
+            raise ValueError(f"multi_hash: 1 to 4 hashes per input, got {k}")
+        for _ in range(k):
+            out.append(multi_hash_one_ref(x, muls[j], primes[j], buckets[j]))
+            j += 1
+    return out
+
+
+def _lsr(h: torch.Tensor, r: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (h >> r) & ((1 << (64 - r)) - 1)
+
+
+def murmur64a_pair_ref(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MurmurHash64A(seed 0) of int64_le(x) || int64_le(y), elementwise, as int64 (torch ops)."""
+    m = _signed(0xC6A4A7935BD1E995)
+    r = 47
+    h = torch.full_like(x, _signed(16 * 0xC6A4A7935BD1E995))
+    for k in (x, y):
+        k = k * m
+        k = k ^ _lsr(k, r)
+        k = k * m
+        h = (h ^ k) * m
+    h = h ^ _lsr(h, r)
+    h = h * m
+    return h ^ _lsr(h, r)
+
+
+def _unique_rows(val: torch.Tensor, off: torch.Tensor, w: Optional[torch.Tensor], rows: int,
+                 wdtype):
+    """Per row (first ``rows``): sorted unique ids, their first weights, and counts."""
+    off = off.to(torch.int64)[: rows + 1]
+    start = off[0] if off.numel() else 0
+    lens = off[1:] - off[:-1]
+    n = int(lens.sum()) if rows else 0
+    pos = torch.arange(n, device=val.device) + start
+    row = torch.repeat_interleave(torch.arange(rows, device=val.device), lens)
+    ids = val[pos]
+    ww = (w[pos].to(wdtype) if w is not None else torch.ones(n, dtype=wdtype, device=val.device))
+    order = torch.argsort(ids, stable=True)
+    order = order[torch.argsort(row[order], stable=True)]
+    ids, row, ww = ids[order], row[order], ww[order]
+    first = torch.ones(n, dtype=torch.bool, device=val.device)
+    if n > 1:
+        first[1:] = (ids[1:] != ids[:-1]) | (row[1:] != row[:-1])
+    ids, row, ww = ids[first], row[first], ww[first]
+    counts = torch.bincount(row, minlength=rows) if rows else torch.zeros(0, dtype=torch.int64)
+    return ids, ww, counts.to(torch.int64)
+
+
+def feature_cross_ref(x_val, x_off, x_w, y_val, y_off, y_w):
+    """Reference for ``feature_cross`` (vectorised torch)."""
+    if x_val.dtype != torch.int64 or y_val.dtype != torch.int64:
+        raise TypeError("feature_cross: ids must be int64")
+    if x_off.dtype != y_off.dtype:
+        raise TypeError("feature_cross: x and y offsets must share one dtype")
+    rows = max(min(x_off.numel(), y_off.numel()) - 1, 0)
+    wdt = _cross_weight_dtype(x_w, y_w)
+    xi, xw, xc = _unique_rows(x_val, x_off, x_w, rows, wdt)
+    yi, yw, yc = _unique_rows(y_val, y_off, y_w, rows, wdt)
+    dev = x_val.device
+    lens = xc * yc
+    out_off = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
+    out_off[1:] = torch.cumsum(lens, 0)
+    n = int(out_off[-1])
+    row = torch.repeat_interleave(torch.arange(rows, device=dev), lens)
+    local = torch.arange(n, device=dev) - out_off[:-1][row]
+    xs = torch.cumsum(xc, 0) - xc
+    ys = torch.cumsum(yc, 0) - yc
+    xa = xs[row] + torch.div(local, yc[row], rounding_mode="floor")
+    ya = ys[row] + torch.remainder(local, yc[row].clamp(min=1))
+    vals = murmur64a_pair_ref(xi[xa], yi[ya])
+    return vals, out_off.to(x_off.dtype), xw[xa] * yw[ya]
+
+
+def _gather_ranges(starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Concatenated ``arange(starts[k], starts[k]+lens[k])`` (int64)."""
+    total = int(lens.sum()) if lens.numel() else 0
+    if total == 0:
+        return torch.zeros(0, dtype=torch.int64, device=starts.device)
+    row = torch.repeat_interleave(torch.arange(lens.numel(), device=starts.device), lens)
+    base = torch.cumsum(lens, 0) - lens
+    return starts[row] + torch.arange(total, device=starts.device) - base[row]
+
+
+def _cumsum0(lens: torch.Tensor, dtype) -> torch.Tensor:
+    out = torch.zeros(lens.numel() + 1, dtype=torch.int64, device=lens.device)
+    out[1:] = torch.cumsum(lens, 0)
+    return out.to(dtype)
+
+
+def fused_ragged_cutoff_2d_ref(values, offsets, weights, keep_lengths, drop_left):
+    vs, os_, ws, ds, ps = [], [], [], [], []
+    for v, o, w, keep, left in zip(values, offsets, weights, keep_lengths, drop_left):
+        if keep <= 0:
+            raise ValueError(f"ragged_cutoff_2d: keep length must be > 0, got {keep}")
+        o64 = o.to(torch.int64)
+        lens = o64[1:] - o64[:-1]
+        kept = lens.clamp(max=keep)
+        start = o64[:-1] + (lens - kept if left else 0)
+        idx = _gather_ranges(start, kept)
+        vs.append(v[idx])
+        os_.append(_cumsum0(kept, o.dtype))
+        ws.append(w[idx] if w is not None else v.new_empty((0,), dtype=torch.float32))
+        ds.append((lens - keep).clamp(min=0).to(torch.int32))
+        ps.append((keep - lens).clamp(min=0).to(torch.int32))
+    return vs, os_, ws, ds, ps
+
+
+def fused_ragged_cutoff_3d_ref(values, outer, inner, weights, keep_lengths, drop_left, pad_left):
+    vs, outs, ins, ws = [], [], [], []
+    for v, o, i, w, keep, dl, pl in zip(values, outer, inner, weights, keep_lengths, drop_left,
+                                        pad_left):
+        if keep <= 0:
+            raise ValueError(f"ragged_cutoff_3d: keep length must be > 0, got {keep}")
+        dev = v.device
+        o64, i64 = o.to(torch.int64), i.to(torch.int64)
+        b = o64.numel() - 1
+        nsub = o64[1:] - o64[:-1]
+        kept = nsub.clamp(max=keep)
+        first = o64[:-1] + (nsub - kept if dl else 0)
+        pad = keep - kept
+        slot = torch.arange(keep, device=dev).expand(b, keep)
+        local = slot - pad.unsqueeze(1) if pl else slot
+        valid = (local >= 0) & (local < kept.unsqueeze(1))
+        sub = (first.unsqueeze(1) + local).clamp(min=0)
+        sub = torch.where(valid, sub, torch.zeros_like(sub)).reshape(-1)
+        valid = valid.reshape(-1)
+        sub_len = torch.where(valid, i64[(sub + 1).clamp(max=max(i64.numel() - 1, 0))] - i64[sub]
+                              if i64.numel() > 1 else torch.zeros_like(sub),
+                              torch.zeros_like(sub))
+        idx = _gather_ranges(i64[sub] if i64.numel() else sub, sub_len)
+        vs.append(v[idx])
+        outs.append(torch.arange(0, (b + 1) * keep, keep, dtype=o.dtype, device=dev))
+        ins.append(_cumsum0(sub_len, i.dtype))
+        ws.append(w[idx] if w is not None else v.new_empty((0,), dtype=torch.float32))
+    return vs, outs, ins, ws
+
+
+def _rows_of(positions: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Row index of each position under ``offsets`` (int64)."""
+    return torch.searchsorted(offsets.to(torch.int64), positions, right=True) - 1
+
+
+def ragged_coordinates_ref(num_values: int, offsets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """int64 ``[len(offsets)+1, num_values]``: the dense coordinates of every value."""
+    device = offsets[-1].device
+    pos = torch.arange(num_values, dtype=torch.int64, device=device)
+    coords: List[torch.Tensor] = []
+    for off in reversed(offsets):
+        off64 = off.to(torch.int64)
+        row = _rows_of(pos, off64)
+        coords.append(pos - off64[row])
+        pos = row
+    coords.append(pos)
+    coords.reverse()
+    return torch.stack(coords)
+
+
+def dense_shape_ref(offsets: Sequence[torch.Tensor]) -> List[int]:
+    """``[B, max_len_1, ...]``: rows of offsets[0], then the longest row of each level."""
+    shape = [offsets[0].shape[0] - 1]
+    for off in offsets:
+        shape.append(int((off[1:] - off[:-1]).max().item()) if off.numel() > 1 else 0)
+    return shape
+
+
+def ragged_to_dense_ref(values: torch.Tensor, offsets: Sequence[torch.Tensor],
+                        default_value: float = 0.0) -> torch.Tensor:
+    """Reference: pad to dense ``[B, max_len_1, ..., *values.shape[1:]]`` (differentiable)."""
+    offsets = [offsets] if isinstance(offsets, torch.Tensor) else list(offsets)
+    shape = dense_shape_ref(offsets)
+    trailing = list(values.shape[1:])
+    out = torch.full(shape + trailing, default_value, dtype=values.dtype, device=values.device)
+    n = values.shape[0]
+    if n == 0 or out.numel() == 0:
+        return out + values.sum() * 0 if values.requires_grad and values.numel() else out
+    coords = ragged_coordinates_ref(n, offsets)
+    return out.index_put(tuple(coords), values)
+
+
+def dense_to_ragged_ref(dense: torch.Tensor, check_invalid: bool = True,
+                        invalid_value=0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference: 2-D ``[B, W]`` -> (values, int32 offsets ``[B+1]``)."""
+    if dense.dim() != 2:
+        raise ValueError(f"dense_to_ragged expects a 2-D tensor, got shape {tuple(dense.shape)}")
+    b, w = dense.shape
+    if check_invalid and w:
+        valid = dense != invalid_value
+        col = torch.arange(1, w + 1, device=dense.device).expand(b, w)
+        lengths = torch.where(valid, col, torch.zeros_like(col)).amax(dim=1)
+    elif check_invalid:
+        lengths = torch.zeros(b, dtype=torch.int64, device=dense.device)
+    else:
+        lengths = torch.full((b,), w, dtype=torch.int64, device=dense.device)
+    keep = torch.arange(w, device=dense.device).expand(b, w) < lengths.unsqueeze(1)
+    values = dense[keep]
+    offsets = torch.zeros(b + 1, dtype=torch.int32, device=dense.device)
+    offsets[1:] = torch.cumsum(lengths, 0).to(torch.int32)
+    return values, offsets
