@@ -1,0 +1,133 @@
+// The tile combiner, CUDA twin of tile.cpp (same schemas and semantics).
+// Forward: one thread per (bag, position, column). Backward: atomic adds into a float32 (or
+// float64) accumulator, then a cast to the gradient dtype.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace recis_compat {
+namespace {
+
+constexpr const char* kFwd = "recis_compat::tile_forward";
+constexpr const char* kBwd = "recis_compat::tile_backward";
+
+void check_args(const char* op, const at::Tensor& t, const at::Tensor& index, const at::Tensor& offsets,
+                int64_t tile_len) {
+  TORCH_CHECK(tile_len > 0, op, ": tile_len must be > 0, got ", tile_len);
+  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong, op, ": index must be 1-D int64");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 &&
+                  (offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong),
+              op, ": offsets must be 1-D int32/int64 with at least one entry");
+  TORCH_CHECK(t.device() == index.device() && t.device() == offsets.device(), op,
+              ": all tensors must be on one device");
+  // validate offsets on the host: a bad offset must give an error, not an out-of-bounds read
+  auto off = offsets.to(at::kCPU, at::kLong);
+  const int64_t* o = off.data_ptr<int64_t>();
+  const int64_t n = off.numel();
+  TORCH_CHECK(o[0] >= 0 && o[n - 1] <= index.numel(), op, ": offsets run from ", o[0], " to ",
+              o[n - 1], " but index has ", index.numel(), " entries");
+  TORCH_CHECK(n < 2 || (off.slice(0, 1) >= off.slice(0, 0, n - 1)).all().item<bool>(), op,
+              ": offsets must be non-decreasing");
+}
+
+template <typename scalar_t>
+__global__ void tile_forward_kernel(const scalar_t* __restrict__ emb, const int64_t* __restrict__ index,
+                                    const int64_t* __restrict__ off, scalar_t* __restrict__ out,
+                                    int64_t B, int64_t T, int64_t D) {
+  const int64_t total = B * T * D;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t d = i % D, bj = i / D, j = bj % T, b = bj / T;
+    const int64_t len = off[b + 1] - off[b];
+    scalar_t v = scalar_t(0);
+    if (j < len) {
+      const int64_t r = index[off[b] + j];
+      if (r >= 0) v = emb[r * D + d];
+    }
+    out[i] = v;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void tile_backward_kernel(const scalar_t* __restrict__ grad, const int64_t* __restrict__ index,
+                                     const int64_t* __restrict__ off, acc_t* __restrict__ acc,
+                                     int64_t B, int64_t T, int64_t D) {
+  const int64_t total = B * T * D;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t d = i % D, bj = i / D, j = bj % T, b = bj / T;
+    if (j >= off[b + 1] - off[b]) continue;
+    const int64_t r = index[off[b] + j];
+    if (r >= 0) atomicAdd(acc + r * D + d, static_cast<acc_t>(grad[i]));
+  }
+}
+
+int blocks_for(int64_t n) {
+  const int64_t b = (n + 255) / 256;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(b, 1), 65535));
+}
+
+at::Tensor tile_forward_cuda(const at::Tensor& emb_in, const at::Tensor& index_in,
+                             const at::Tensor& offsets_in, int64_t tile_len) {
+  check_args(kFwd, emb_in, index_in, offsets_in, tile_len);
+  TORCH_CHECK(emb_in.dim() == 2, kFwd, ": emb must be 2-D [rows, dim]");
+  const c10::cuda::CUDAGuard guard(emb_in.device());
+  auto emb = emb_in.contiguous();
+  auto index = index_in.contiguous();
+  auto off = offsets_in.to(at::kLong).contiguous();
+  TORCH_CHECK(index.numel() == 0 || index.max().item<int64_t>() < emb.size(0), kFwd,
+              ": index out of range for ", emb.size(0), " rows");
+  const int64_t B = off.numel() - 1, D = emb.size(1);
+  auto out = at::empty({B, tile_len, D}, emb.options());
+  if (out.numel() == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, emb.scalar_type(), "tile_forward_cuda", [&] {
+    tile_forward_kernel<scalar_t><<<blocks_for(out.numel()), 256, 0, stream>>>(
+        emb.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
+        out.data_ptr<scalar_t>(), B, tile_len, D);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor tile_backward_cuda(const at::Tensor& grad_in, const at::Tensor& index_in,
+                              const at::Tensor& offsets_in, int64_t num_rows) {
+  TORCH_CHECK(grad_in.dim() == 3, kBwd, ": grad must be [B, tile_len, dim]");
+  check_args(kBwd, grad_in, index_in, offsets_in, grad_in.size(1));
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  auto grad = grad_in.contiguous();
+  auto index = index_in.contiguous();
+  auto off = offsets_in.to(at::kLong).contiguous();
+  const int64_t B = off.numel() - 1, T = grad.size(1), D = grad.size(2);
+  TORCH_CHECK(grad.size(0) == B, kBwd, ": grad has ", grad.size(0), " bags but offsets describe ", B);
+  const bool dbl = grad.scalar_type() == at::kDouble;
+  auto acc = at::zeros({num_rows, D}, grad.options().dtype(dbl ? at::kDouble : at::kFloat));
+  if (grad.numel() == 0 || num_rows == 0) return acc.to(grad.scalar_type());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "tile_backward_cuda", [&] {
+    if (dbl) {
+      tile_backward_kernel<scalar_t, double><<<blocks_for(grad.numel()), 256, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
+          acc.data_ptr<double>(), B, T, D);
+    } else {
+      tile_backward_kernel<scalar_t, float><<<blocks_for(grad.numel()), 256, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), off.data_ptr<int64_t>(),
+          acc.data_ptr<float>(), B, T, D);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return acc.to(grad.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(recis_compat, CUDA, m) {
+  m.impl("tile_forward", &tile_forward_cuda);
+  m.impl("tile_backward", &tile_backward_cuda);
+}
+
+}  // namespace recis_compat
