@@ -7,7 +7,8 @@ partitions the elements counted by ``offsets[k]``), an optional per-value ``weig
 
 Fixes relative to RecIS (COMPATIBILITY.md, Q15): ``to(dtype)`` converts the values only (the
 offsets keep their integer type); ``get_shape``/``max_length`` resolve negative dims correctly;
-``from_dense`` works (strips trailing zeros per row).
+``from_dense`` works (strips trailing zeros per row). ``to_sparse`` sizes the result from the
+data (as ``to_dense`` does), so a user-set ``_dense_shape`` can never yield out-of-bounds indices.
 """
 from __future__ import annotations
 
@@ -70,6 +71,9 @@ class RaggedTensor:
             if len(dense_shape) != len(offsets) + 1:
                 raise ValueError(f"RaggedTensor dense_shape {dense_shape} must have "
                                  f"len(offsets)+1 = {len(offsets) + 1} entries")
+            if any(d < -1 for d in dense_shape):
+                raise ValueError(f"RaggedTensor dense_shape {dense_shape}: every entry must be "
+                                 f"a size >= 0 or -1 (ragged/unknown)")
             self._dense_shape = dense_shape
 
     # ------------------------------------------------------------------ accessors
@@ -157,10 +161,15 @@ class RaggedTensor:
         return ragged_to_dense(self._values, self._offsets, default_value)
 
     def to_sparse(self) -> torch.Tensor:
-        """A sparse COO tensor with the values at their ragged coordinates."""
-        from recis_compat.ragged.dense import ragged_coordinates
+        """A sparse COO tensor with the values at their ragged coordinates.
+
+        Its size is the data's own ``[B, max_len_1, ...]`` (like :meth:`to_dense`, ``_dense_shape``
+        is not consulted), so ``to_sparse().to_dense()`` equals ``to_dense()``.
+        """
+        from recis_compat.ragged.dense import dense_shape_of, ragged_coordinates
         idx = ragged_coordinates(self._values.shape[0], self._offsets)
-        return torch.sparse_coo_tensor(idx, self._values, size=self.real_shape())
+        size = list(dense_shape_of(self._offsets)) + list(self._values.shape[1:])
+        return torch.sparse_coo_tensor(idx, self._values, size=size, check_invariants=False)
 
     def _new(self, values, offsets, weight) -> "RaggedTensor":
         out = RaggedTensor(values, offsets, weight, dense_shape=self._dense_shape)
@@ -175,14 +184,20 @@ class RaggedTensor:
         return self.to(torch.device("cuda") if device is None else device, non_blocking=non_blocking)
 
     def to(self, *args, **kwargs) -> "RaggedTensor":
-        """Move and/or cast. A dtype applies to the values (and a floating weight) only."""
+        """Move and/or cast; accepts what ``Tensor.to`` accepts (device, dtype, a tensor,
+        ``non_blocking``, ``copy``). A dtype applies to the values (and a floating weight)
+        only: the offsets keep their integer dtype (RecIS casts them too, Q15)."""
+        copy = bool(kwargs.pop("copy", False))
+        kwargs.pop("memory_format", None)  # meaningless for 1-D tensors
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
-        values = self._values.to(device=device, dtype=dtype, non_blocking=non_blocking)
-        offsets = [o.to(device=device, non_blocking=non_blocking) for o in self._offsets]
+        values = self._values.to(device=device, dtype=dtype, non_blocking=non_blocking,
+                                 copy=copy)
+        offsets = [o.to(device=device, non_blocking=non_blocking, copy=copy)
+                   for o in self._offsets]
         weight = self._weight
         if weight is not None:
             wdt = dtype if (dtype is not None and dtype.is_floating_point) else None
-            weight = weight.to(device=device, dtype=wdt, non_blocking=non_blocking)
+            weight = weight.to(device=device, dtype=wdt, non_blocking=non_blocking, copy=copy)
         return self._new(values, offsets, weight)
 
     def clone(self) -> "RaggedTensor":
@@ -198,10 +213,16 @@ class RaggedTensor:
                             [torch.from_numpy(np.asarray(o)) for o in offsets])
 
     @staticmethod
-    def from_dense(dense: torch.Tensor) -> "RaggedTensor":
-        """Strip trailing zeros per row of a 2-D tensor (inner zeros kept); int32 offsets."""
+    def from_dense(dense: torch.Tensor, check_invalid: bool = True,
+                   invalid_value=0) -> "RaggedTensor":
+        """Strip trailing zeros per row of a 2-D tensor (inner zeros kept); int32 offsets;
+        ``dense_shape = dense.shape``.
+
+        ``check_invalid``/``invalid_value`` (optional additions, as in later RecIS releases)
+        choose what counts as trailing padding; ``check_invalid=False`` keeps every entry.
+        """
         from recis_compat.ragged.dense import dense_to_ragged
-        values, offsets = dense_to_ragged(dense, True, 0)
+        values, offsets = dense_to_ragged(dense, check_invalid, invalid_value)
         return RaggedTensor(values, [offsets], dense_shape=tuple(dense.shape))
 
     def __str__(self) -> str:

@@ -1,0 +1,1 @@
+"""``recis.utils``: empty by contract; use the submodules ``logger``, ``data_utils``, ``parser``."""
