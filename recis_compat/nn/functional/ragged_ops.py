@@ -183,3 +183,63 @@ def ragged_topk_index_cutoff(drop_num, pad_num, drop_side, pad_side, offset: tor
     new_off = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
     new_off[1:] = torch.cumsum(keep.sum(1), 0)
     return values, new_off.to(offset.dtype)
+
+
+def ragged_tile(batch: Sequence[int], seq: Sequence[int], indices: torch.Tensor,
+                offset: torch.Tensor, table: torch.Tensor, check_enable: bool = False) -> torch.Tensor:
+    """The gather behind the tile combiner, for several groups of bags at once.
+
+    Group ``g`` has ``batch[g]`` bags and tile length ``seq[g]``; the bags of all groups are
+    described by one ``offset`` ``[Σ batch + 1]`` over ``indices`` (int64 rows of ``table``
+    ``[U, dim]``; ``-1`` -> zeros). Output ``[Σ batch[g]·seq[g], dim]``: row ``j`` of bag ``b`` is
+    ``table[indices[offset[b] + j]]`` when ``j`` < the bag's length, else 0. Differentiable
+    w.r.t. ``table`` (csrc ``tile_forward``/``tile_backward``).
+    """
+    from recis_compat.ops.tile import tile
+    if len(batch) != len(seq):
+        raise ValueError(f"ragged_tile: {len(batch)} batch sizes but {len(seq)} tile lengths")
+    if check_enable:
+        check_para(batch, seq, indices, offset, table)
+    outs, start = [], 0
+    for bs, tl in zip(batch, seq):
+        off = offset[start:start + int(bs) + 1]
+        outs.append(tile(table, indices, off, int(tl)).reshape(-1, table.shape[1]))
+        start += int(bs)
+    if not outs:
+        return table.new_zeros((0, table.shape[1]))
+    return torch.cat(outs, 0)
+
+
+def check_para(batch, seq, indices, offset, table) -> None:
+    """Validate :func:`ragged_tile` arguments; raises ValueError naming what is wrong."""
+    if any(int(b) < 0 for b in batch) or any(int(s) <= 0 for s in seq):
+        raise ValueError(f"ragged_tile: batch sizes must be >= 0 and tile lengths > 0, got "
+                         f"batch={list(batch)}, seq={list(seq)}")
+    if offset.dim() != 1 or offset.numel() != sum(int(b) for b in batch) + 1:
+        raise ValueError(f"ragged_tile: offset must have sum(batch)+1 = {sum(int(b) for b in batch) + 1} "
+                         f"entries, got shape {tuple(offset.shape)}")
+    if indices.dtype != torch.int64 or table.dim() != 2:
+        raise ValueError("ragged_tile: indices must be int64 and table 2-D [rows, dim]")
+
+
+class RaggedTile(torch.autograd.Function):
+    """Autograd Function form of :func:`ragged_tile` (gradient w.r.t. ``table`` only)."""
+
+    @staticmethod
+    def forward(ctx, batch, seq, indices, offset, table):
+        ctx.save_for_backward(indices, offset)
+        ctx.groups = [(int(b), int(s)) for b, s in zip(batch, seq)]
+        ctx.rows = table.shape[0]
+        with torch.no_grad():
+            return ragged_tile(batch, seq, indices, offset, table)
+
+    @staticmethod
+    def backward(ctx, grad):
+        indices, offset = ctx.saved_tensors
+        total = grad.new_zeros((ctx.rows, grad.shape[1]))
+        start = pos = 0
+        for bs, tl in ctx.groups:
+            g = grad[pos:pos + bs * tl].reshape(bs, tl, grad.shape[1]).contiguous()
+            total += torch.ops.recis_compat.tile_backward(g, indices, offset[start:start + bs + 1], ctx.rows)
+            start, pos = start + bs, pos + bs * tl
+        return None, None, None, None, total
