@@ -1,0 +1,42 @@
+"""Hook base, LoggerHook line format, ProfilerHook traces."""
+import json
+import re
+
+import pytest
+import torch
+
+
+def test_hook_methods_accept_trainer_calls():
+    from recis.hooks import Hook
+    h = Hook()
+    h.after_step({"loss": 1.0}, 3)
+    h.end()
+
+
+def test_logger_hook_format_and_interval(capsys):
+    from recis.hooks import LoggerHook
+    hook = LoggerHook(log_step=2)
+    for step in range(5):
+        hook.after_step({"loss": torch.tensor(0.5), "epoch": 1}, step + 1)
+    lines = [l for l in capsys.readouterr().out.splitlines() if "<gstep=" in l]
+    assert len(lines) == 3  # lstep 0, 2, 4
+    assert re.search(r"\[Metirc\] <gstep=1> <lstep=0> <qps=\d+\.\d{4}> <loss=tensor\(0\.5000\)> <epoch=1>$",
+                     lines[0]), lines[0]
+    assert "<gstep=5> <lstep=4>" in lines[2]
+    assert LoggerHook.format_metrics({"a": 1, "b": "x"}) == "<a=1> <b=x>"
+    with pytest.raises(ValueError):
+        LoggerHook(0)
+
+
+def test_profiler_hook_writes_chrome_trace(tmp_path, monkeypatch):
+    from recis.hooks import ProfilerHook
+    monkeypatch.setenv("APP_ID", "unit")
+    hook = ProfilerHook(wait=1, warmup=1, active=1, repeat=1, output_dir=str(tmp_path))
+    x = torch.randn(64, 64)
+    for _ in range(4):
+        (x @ x).sum()
+        hook.after_step({}, 0)
+    hook.end()
+    traces = list(tmp_path.glob("unit-timeline-*.json"))
+    assert len(traces) == 1
+    assert "traceEvents" in json.loads(traces[0].read_text())
