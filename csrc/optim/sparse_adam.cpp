@@ -1,0 +1,97 @@
+// Row-sparse Adam-family update with RecIS's exact math (recis-api.md §1.6.2), CPU kernel.
+//
+//   sparse_adam_rows_(param[R_total, D], exp_avg, exp_avg_sq, rows[R] int64 (unique),
+//                     grad[R, D], lr, beta1, beta2, eps, decay, beta1_power, beta2_power)
+// For every listed row r with gradient g (beta powers already advanced for this step):
+//   alpha = -lr * sqrt(1 - beta2_power) / (1 - beta1_power)
+//   theta *= decay                      (SparseAdamW: 1 - lr*wd; SparseAdamWTF: 1 - wd; SparseAdam: 1)
+//   m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
+//   theta += alpha * m / (sqrt(v) + eps)      (the "TF epsilon" form)
+// Rows not listed are untouched (lazy update). Rows must be unique (the caller coalesces).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "common.h"
+
+namespace recis_compat {
+namespace {
+
+constexpr const char* kOp = "recis_compat::sparse_adam_rows_";
+
+void check(const at::Tensor& param, const at::Tensor& m, const at::Tensor& v, const at::Tensor& rows,
+           const at::Tensor& grad, double beta1, double beta2, double eps, double b1p) {
+  TORCH_CHECK(param.dim() == 2, kOp, ": param must be 2-D [rows, dim], got ", param.sizes());
+  TORCH_CHECK(param.is_floating_point(), kOp, ": param must be floating point, got ", param.scalar_type());
+  TORCH_CHECK(m.sizes() == param.sizes() && v.sizes() == param.sizes(), kOp,
+              ": exp_avg and exp_avg_sq must have param's shape ", param.sizes());
+  TORCH_CHECK(m.scalar_type() == param.scalar_type() && v.scalar_type() == param.scalar_type(), kOp,
+              ": exp_avg and exp_avg_sq must have param's dtype ", param.scalar_type());
+  TORCH_CHECK(param.is_contiguous() && m.is_contiguous() && v.is_contiguous(), kOp,
+              ": param and slots must be contiguous");
+  TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == at::kLong, kOp, ": rows must be 1-D int64, got ",
+              rows.scalar_type(), " of shape ", rows.sizes());
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == rows.numel() && grad.size(1) == param.size(1), kOp,
+              ": grad must be [", rows.numel(), ", ", param.size(1), "], got ", grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == param.scalar_type(), kOp, ": grad dtype ", grad.scalar_type(),
+              " does not match param dtype ", param.scalar_type());
+  TORCH_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, kOp, ": betas must be in [0, 1)");
+  TORCH_CHECK(eps >= 0, kOp, ": eps must be >= 0");
+  TORCH_CHECK(b1p < 1, kOp, ": beta1_power must be < 1 (advance it before the update)");
+  if (rows.numel()) {
+    auto mm = at::aminmax(rows);
+    const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < param.size(0), kOp, ": rows must be in [0, ", param.size(0),
+                "), got [", lo, ", ", hi, "]");
+  }
+}
+
+void sparse_adam_rows_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                          const at::Tensor& rows_in, const at::Tensor& grad_in, double lr, double beta1,
+                          double beta2, double eps, double decay, double beta1_power, double beta2_power) {
+  check(param, exp_avg, exp_avg_sq, rows_in, grad_in, beta1, beta2, eps, beta1_power);
+  auto rows = rows_in.contiguous();
+  auto grad = grad_in.contiguous();
+  const int64_t R = rows.numel(), D = param.size(1);
+  const int64_t* r = rows.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sparse_adam_rows_", [&] {
+    using T = scalar_t;
+    const T alpha = static_cast<T>(-lr * std::sqrt(1.0 - beta2_power) / (1.0 - beta1_power));
+    const T b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2), e = static_cast<T>(eps);
+    const T d = static_cast<T>(decay), one = T(1);
+    T* p = param.data_ptr<T>();
+    T* m = exp_avg.data_ptr<T>();
+    T* v = exp_avg_sq.data_ptr<T>();
+    const T* g = grad.data_ptr<T>();
+    at::parallel_for(0, R, 64, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T* pr = p + r[i] * D;
+        T* mr = m + r[i] * D;
+        T* vr = v + r[i] * D;
+        const T* gr = g + i * D;
+        for (int64_t k = 0; k < D; ++k) {
+          const T gk = gr[k];
+          const T mk = b1 * mr[k] + (one - b1) * gk;
+          const T vk = b2 * vr[k] + (one - b2) * gk * gk;
+          mr[k] = mk;
+          vr[k] = vk;
+          pr[k] = pr[k] * d + alpha * mk / (std::sqrt(vk) + e);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(recis_compat, m) {
+  m.def("sparse_adam_rows_(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor rows, "
+        "Tensor grad, float lr, float beta1, float beta2, float eps, float decay, float beta1_power, "
+        "float beta2_power) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(recis_compat, CPU, m) { m.impl("sparse_adam_rows_", &sparse_adam_rows_cpu); }
+
+}  // namespace recis_compat

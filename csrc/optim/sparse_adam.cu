@@ -1,0 +1,72 @@
+// Row-sparse Adam-family update, CUDA twin of sparse_adam.cpp (same schema and math).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace recis_compat {
+namespace {
+
+constexpr const char* kOp = "recis_compat::sparse_adam_rows_";
+
+template <typename T>
+__global__ void adam_rows_kernel(T* __restrict__ p, T* __restrict__ m, T* __restrict__ v,
+                                 const int64_t* __restrict__ rows, const T* __restrict__ g, int64_t R,
+                                 int64_t D, T alpha, T b1, T b2, T eps, T decay) {
+  const int64_t total = R * D;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = rows[i / D], k = i % D, at = row * D + k;
+    const T gk = g[i];
+    const T mk = b1 * m[at] + (T(1) - b1) * gk;
+    const T vk = b2 * v[at] + (T(1) - b2) * gk * gk;
+    m[at] = mk;
+    v[at] = vk;
+    p[at] = p[at] * decay + alpha * mk / (sqrt(vk) + eps);
+  }
+}
+
+void sparse_adam_rows_cuda(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                           const at::Tensor& rows_in, const at::Tensor& grad_in, double lr, double beta1,
+                           double beta2, double eps, double decay, double beta1_power, double beta2_power) {
+  TORCH_CHECK(param.dim() == 2 && param.is_contiguous() && exp_avg.sizes() == param.sizes() &&
+                  exp_avg_sq.sizes() == param.sizes() && exp_avg.is_contiguous() && exp_avg_sq.is_contiguous(),
+              kOp, ": param, exp_avg, exp_avg_sq must be contiguous 2-D tensors of one shape");
+  TORCH_CHECK(exp_avg.scalar_type() == param.scalar_type() && exp_avg_sq.scalar_type() == param.scalar_type() &&
+                  grad_in.scalar_type() == param.scalar_type(),
+              kOp, ": slots and grad must have param's dtype ", param.scalar_type());
+  TORCH_CHECK(rows_in.dim() == 1 && rows_in.scalar_type() == at::kLong, kOp, ": rows must be 1-D int64");
+  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == rows_in.numel() && grad_in.size(1) == param.size(1),
+              kOp, ": grad must be [rows, dim]");
+  TORCH_CHECK(beta1_power < 1, kOp, ": beta1_power must be < 1");
+  const c10::cuda::CUDAGuard guard(param.device());
+  auto rows = rows_in.contiguous();
+  auto grad = grad_in.contiguous();
+  if (rows.numel()) {
+    auto mm = at::aminmax(rows);
+    TORCH_CHECK(std::get<0>(mm).item<int64_t>() >= 0 && std::get<1>(mm).item<int64_t>() < param.size(0),
+                kOp, ": rows out of range for ", param.size(0), " rows");
+  }
+  const int64_t R = rows.numel(), D = param.size(1);
+  if (R * D == 0) return;
+  const int blocks = static_cast<int>(std::min<int64_t>((R * D + 255) / 256, 65535));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sparse_adam_rows_cuda", [&] {
+    using T = scalar_t;
+    const T alpha = static_cast<T>(-lr * std::sqrt(1.0 - beta2_power) / (1.0 - beta1_power));
+    adam_rows_kernel<T><<<blocks, 256, 0, stream>>>(
+        param.data_ptr<T>(), exp_avg.data_ptr<T>(), exp_avg_sq.data_ptr<T>(), rows.data_ptr<int64_t>(),
+        grad.data_ptr<T>(), R, D, alpha, static_cast<T>(beta1), static_cast<T>(beta2), static_cast<T>(eps),
+        static_cast<T>(decay));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(recis_compat, CUDA, m) { m.impl("sparse_adam_rows_", &sparse_adam_rows_cuda); }
+
+}  // namespace recis_compat

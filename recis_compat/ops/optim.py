@@ -1,0 +1,41 @@
+"""Row-sparse Adam-family update (``sparse_adam_rows_``) with RecIS's exact math (§1.6.2).
+
+``sparse_adam_rows_(param, exp_avg, exp_avg_sq, rows, grad, lr, beta1, beta2, eps, decay,
+beta1_power, beta2_power)`` updates, in place, only the listed (unique) ``rows`` of the float
+``[R_total, D]`` parameter and its two moment slots with gradient ``grad [len(rows), D]``.
+``beta*_power`` are the per-table running powers *after* advancing them for this step; ``decay``
+is the optimizer's decay factor (SparseAdamW ``1 - lr·wd``, SparseAdamWTF ``1 - wd``, SparseAdam 1).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+@torch.library.register_fake("recis_compat::sparse_adam_rows_")
+def _sparse_adam_rows_fake(param, exp_avg, exp_avg_sq, rows, grad, lr, beta1, beta2, eps, decay,
+                           beta1_power, beta2_power):
+    return None
+
+
+def sparse_adam_rows_(param, exp_avg, exp_avg_sq, rows, grad, *, lr, beta1, beta2, eps, decay,
+                      beta1_power, beta2_power) -> None:
+    """See the module docstring. ``rows`` must be unique (coalesce duplicates first)."""
+    torch.ops.recis_compat.sparse_adam_rows_(param, exp_avg, exp_avg_sq, rows, grad, float(lr),
+                                             float(beta1), float(beta2), float(eps), float(decay),
+                                             float(beta1_power), float(beta2_power))
+
+
+def sparse_adam_rows_ref(param: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray,
+                         grad: np.ndarray, *, lr, beta1, beta2, eps, decay, beta1_power,
+                         beta2_power) -> None:
+    """NumPy reference of §1.6.2, in place."""
+    alpha = -lr * math.sqrt(1.0 - beta2_power) / (1.0 - beta1_power)
+    for i, r in enumerate(rows):
+        g = grad[i]
+        param[r] *= decay
+        m[r] = beta1 * m[r] + (1 - beta1) * g
+        v[r] = beta2 * v[r] + (1 - beta2) * g * g
+        param[r] += alpha * m[r] / (np.sqrt(v[r]) + eps)
