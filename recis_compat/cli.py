@@ -52,6 +52,28 @@ def doctor(as_json):
         sys.exit(1)
 
 
+@main.command("check-script")
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check_script(script, as_json):
+    """List the recis APIs SCRIPT uses (statically) and flag those recis-compat lacks."""
+    from dataclasses import asdict
+
+    from recis_compat.tools.check_script import check_file
+    uses = check_file(script)
+    missing = [u for u in uses if not u.supported]
+    if as_json:
+        click.echo(json.dumps({"script": script, "apis": [asdict(u) for u in uses],
+                               "unsupported": len(missing)}, indent=2))
+    else:
+        for u in uses:
+            mark = "ok " if u.supported else "NO "
+            lines = ",".join(str(n) for n in u.lines)
+            click.echo(f"{mark} {u.name}  (line {lines})" + (f"  -- {u.reason}" if u.reason else ""))
+        click.echo(f"{len(uses)} recis APIs used, {len(missing)} unsupported")
+    sys.exit(1 if missing else 0)
+
+
 @main.group(cls=_LazyBenchGroup)
 def bench():
     """Benchmarks: each measures ours against a baseline in the same run and prints JSON."""

@@ -1,0 +1,1 @@
+"""Command-line tools behind ``recis-compat`` subcommands (check-script, ...)."""
