@@ -1,0 +1,421 @@
+// The dynamic id -> row map: CPU kernels and the op schemas (state layout in id_map.h).
+//
+//   id_map_find(table, ids) -> rows                      rows[i] = row of ids[i], -1 when absent
+//   id_map_find_or_insert(table!, meta!, free_rows, ids) -> (rows, is_new)
+//       absent ids are inserted; the new ids get rows in the order of their first occurrence in
+//       the batch: rows popped from the free stack first (top first), then next_row, next_row+1..
+//       is_new[i] is true at the first occurrence of each inserted id (so rows[is_new] lists each
+//       new row once, in assignment order). Precondition: size + tombstones + len(ids) < capacity.
+//   id_map_delete(table!, meta!, free_rows!, ids) -> freed_rows
+//       present ids are removed (slots tombstoned); their rows are pushed on the free stack in
+//       first-occurrence order and returned in that order. Absent ids and duplicates are ignored.
+//       Precondition: len(free_rows) >= min(next_row, free_count + len(ids)).
+//   id_map_rehash(table, meta, new_capacity) -> (new_table, new_meta)
+//       the same map in a table of new_capacity slots (a power of two > size), without tombstones.
+//   id_map_export(table, meta) -> (ids, rows)            every live pair, ordered by row.
+//
+// Parallel with at::parallel_for. Concurrent inserts claim empty slots by CAS on the state word
+// (std::atomic_ref); duplicates of one id inside a batch meet on the same slot and keep the
+// smallest batch position, so which occurrence is "first" and therefore every row assignment
+// (an exclusive prefix sum over first occurrences) is independent of the thread count. Slot
+// positions may differ between thread counts (linear-probing order); the map itself does not.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RECIS_CPU_PAUSE() _mm_pause()
+#else
+#define RECIS_CPU_PAUSE() ((void)0)
+#endif
+
+#include "embedding/id_map.h"
+
+namespace recis_compat {
+namespace idmap {
+namespace {
+
+constexpr int64_t kGrain = 4096;    // ids per at::parallel_for task
+constexpr int64_t kChunk = 16384;   // fixed chunk of the deterministic prefix sums
+constexpr int kPrefetch = 12;       // probes issued ahead (the table is usually far beyond cache)
+
+using AtomicI64 = std::atomic_ref<int64_t>;
+
+inline void prefetch_slot(const int64_t* e, int64_t key, int64_t mask, bool write) {
+  const int64_t* p = e + 2 * home_slot(key, mask);
+  if (write)
+    __builtin_prefetch(p, 1, 1);
+  else
+    __builtin_prefetch(p, 0, 1);
+}
+
+// Deterministic exclusive prefix sum over chunks of [0, n): count(c_begin, c_end) -> int64 per
+// chunk, then emit(c_begin, c_end, base) with base = number counted before the chunk. Returns the
+// total. The chunking is fixed (kChunk), so the result never depends on the thread count.
+template <typename Count, typename Emit>
+int64_t chunked_scan(int64_t n, Count count, Emit emit) {
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  std::vector<int64_t> base(nchunks + 1, 0);
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) base[c + 1] = count(c * kChunk, std::min(n, (c + 1) * kChunk));
+  });
+  for (int64_t c = 0; c < nchunks; ++c) base[c + 1] += base[c];
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) emit(c * kChunk, std::min(n, (c + 1) * kChunk), base[c]);
+  });
+  return base[nchunks];
+}
+
+// Slot of `key`, or -1 when absent; bounded by the capacity so a corrupt table cannot hang.
+inline int64_t probe(const int64_t* e, int64_t mask, int64_t key) {
+  int64_t j = home_slot(key, mask);
+  for (int64_t step = 0; step <= mask; ++step) {
+    const int64_t s = e[2 * j + 1];
+    if (s == kEmpty) return -1;
+    if (s >= 0 && e[2 * j] == key) return j;
+    j = (j + 1) & mask;
+  }
+  return -1;
+}
+
+void check_state_cpu(const char* op, const at::Tensor& table, const at::Tensor& meta,
+                     const at::Tensor& free_rows) {
+  check_table(op, table);
+  check_meta(op, meta, table);
+  check_free_rows(op, free_rows, table);
+  check_meta_values(op, meta.data_ptr<int64_t>(), table.size(0), free_rows.numel());
+}
+
+// ------------------------------------------------------------------------------------ find
+at::Tensor find_cpu(const at::Tensor& table, const at::Tensor& ids_in) {
+  check_table(kOpFind, table);
+  check_ids(kOpFind, ids_in, table);
+  auto ids = ids_in.contiguous();
+  const int64_t n = ids.numel();
+  auto rows = at::empty({n}, ids.options());
+  const int64_t* e = table.data_ptr<int64_t>();
+  const int64_t mask = table.size(0) - 1;
+  const int64_t* id = ids.data_ptr<int64_t>();
+  int64_t* out = rows.data_ptr<int64_t>();
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
+    for (int64_t i = b; i < std::min(end, b + kPrefetch); ++i) prefetch_slot(e, id[i], mask, false);
+    for (int64_t i = b; i < end; ++i) {
+      if (i + kPrefetch < end) prefetch_slot(e, id[i + kPrefetch], mask, false);
+      const int64_t j = probe(e, mask, id[i]);
+      out[i] = j < 0 ? -1 : e[2 * j + 1];
+    }
+  });
+  return rows;
+}
+
+// --------------------------------------------------------------------------- find_or_insert
+// Phase A for ids[b, end): existing ids get their row; absent ids claim (or join) a pending slot.
+void claim_range(int64_t* e, int64_t mask, const int64_t* id, int64_t* rows, int64_t* slot_of,
+                 int64_t b, int64_t end) {
+  for (int64_t i = b; i < std::min(end, b + kPrefetch); ++i) prefetch_slot(e, id[i], mask, true);
+  for (int64_t i = b; i < end; ++i) {
+    if (i + kPrefetch < end) prefetch_slot(e, id[i + kPrefetch], mask, true);
+    const int64_t key = id[i];
+    int64_t j = home_slot(key, mask);
+    for (;;) {
+      AtomicI64 st(e[2 * j + 1]);
+      int64_t s = st.load(std::memory_order_acquire);
+      if (s == kEmpty) {
+        if (st.compare_exchange_strong(s, kLocked, std::memory_order_acq_rel, std::memory_order_acquire)) {
+          e[2 * j] = key;
+          st.store(encode_pending(i), std::memory_order_release);
+          rows[i] = -1;
+          slot_of[i] = j;
+          break;
+        }
+        continue;  // lost the race for this slot: look at it again
+      }
+      if (s == kLocked) {  // another thread is writing this slot's key; it takes a few cycles
+        for (int spins = 0; st.load(std::memory_order_acquire) == kLocked; ++spins) {
+          if (spins < 4096)
+            RECIS_CPU_PAUSE();
+          else
+            std::this_thread::yield();  // the writer was preempted between its CAS and store
+        }
+        continue;
+      }
+      if (s != kTombstone && e[2 * j] == key) {  // the key was published before s (acquire)
+        if (s >= 0) {
+          rows[i] = s;
+          slot_of[i] = -1;
+        } else {  // pending: keep the smallest batch position
+          while (is_pending(s) && decode_pending(s) > i &&
+                 !st.compare_exchange_weak(s, encode_pending(i), std::memory_order_acq_rel,
+                                           std::memory_order_acquire)) {
+          }
+          rows[i] = -1;
+          slot_of[i] = j;
+        }
+        break;
+      }
+      j = (j + 1) & mask;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Tensor& meta,
+                                                      const at::Tensor& free_rows, const at::Tensor& ids_in) {
+  const char* op = kOpFindOrInsert;
+  check_ids(op, ids_in, table);
+  check_state_cpu(op, table, meta, free_rows);
+  auto ids = ids_in.contiguous();
+  const int64_t n = ids.numel();
+  const int64_t cap = table.size(0), mask = cap - 1;
+  int64_t* m = meta.data_ptr<int64_t>();
+  TORCH_CHECK(m[kSize] + m[kTombstones] + n < cap, op, ": a batch of ", n,
+              " ids may not fit: size (", m[kSize], ") + tombstones (", m[kTombstones],
+              ") + batch must stay below the capacity (", cap, "); grow the table with "
+              "id_map_rehash first (IdMap does this automatically)");
+  auto rows_t = at::empty({n}, ids.options());
+  auto is_new_t = at::zeros({n}, ids.options().dtype(at::kBool));
+  if (n == 0) return {rows_t, is_new_t};
+  auto slot_t = at::empty({n}, ids.options());
+  int64_t* e = table.data_ptr<int64_t>();
+  const int64_t* id = ids.data_ptr<int64_t>();
+  int64_t* rows = rows_t.data_ptr<int64_t>();
+  int64_t* slot_of = slot_t.data_ptr<int64_t>();
+  bool* is_new = is_new_t.data_ptr<bool>();
+
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) { claim_range(e, mask, id, rows, slot_of, b, end); });
+
+  const int64_t fc = m[kFreeCount], next_row = m[kNextRow];
+  const int64_t* fr = free_rows.data_ptr<int64_t>();
+  const int64_t k = chunked_scan(
+      n,
+      [&](int64_t b, int64_t end) {
+        int64_t c = 0;
+        for (int64_t i = b; i < end; ++i) {
+          if (rows[i] < 0 && e[2 * slot_of[i] + 1] == encode_pending(i)) {
+            is_new[i] = true;
+            ++c;
+          }
+        }
+        return c;
+      },
+      [&](int64_t b, int64_t end, int64_t base) {
+        for (int64_t i = b; i < end; ++i) {
+          if (!is_new[i]) continue;
+          const int64_t r = row_for_new(base++, fr, fc, next_row);
+          e[2 * slot_of[i] + 1] = r;
+          rows[i] = r;
+        }
+      });
+  if (k < n) {  // duplicates of new ids take the row of their first occurrence
+    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
+      for (int64_t i = b; i < end; ++i)
+        if (rows[i] < 0) rows[i] = e[2 * slot_of[i] + 1];
+    });
+  }
+  m[kSize] += k;
+  m[kNextRow] += std::max<int64_t>(0, k - fc);
+  m[kFreeCount] = std::max<int64_t>(0, fc - k);
+  return {rows_t, is_new_t};
+}
+
+// ---------------------------------------------------------------------------------- delete
+at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows, const at::Tensor& ids_in) {
+  const char* op = kOpDelete;
+  check_ids(op, ids_in, table);
+  check_state_cpu(op, table, meta, free_rows);
+  auto ids = ids_in.contiguous();
+  const int64_t n = ids.numel();
+  const int64_t mask = table.size(0) - 1;
+  int64_t* m = meta.data_ptr<int64_t>();
+  const int64_t fc = m[kFreeCount];
+  TORCH_CHECK(free_rows.numel() >= std::min(m[kNextRow], fc + n), op, ": 'free_rows' (length ",
+              free_rows.numel(), ") must hold min(next_row, free_count + len(ids)) = ",
+              std::min(m[kNextRow], fc + n), " rows; grow it first (IdMap does this automatically)");
+  if (n == 0) return at::empty({0}, ids.options());
+  int64_t* e = table.data_ptr<int64_t>();
+  const int64_t* id = ids.data_ptr<int64_t>();
+  auto found_t = at::empty({n}, ids.options());
+  auto slot_t = at::empty({n}, ids.options());
+  int64_t* found = found_t.data_ptr<int64_t>();
+  int64_t* slot_of = slot_t.data_ptr<int64_t>();
+  // 1: locate (read only)
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
+    for (int64_t i = b; i < end; ++i) {
+      const int64_t j = probe(e, mask, id[i]);
+      slot_of[i] = j;
+      found[i] = j < 0 ? -1 : e[2 * j + 1];
+    }
+  });
+  // 2: each found slot keeps the smallest batch position that names it
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
+    for (int64_t i = b; i < end; ++i) {
+      if (slot_of[i] < 0) continue;
+      AtomicI64 st(e[2 * slot_of[i] + 1]);
+      int64_t s = st.load(std::memory_order_relaxed);
+      while ((s >= 0 || (is_pending(s) && decode_pending(s) > i)) &&
+             !st.compare_exchange_weak(s, encode_pending(i), std::memory_order_relaxed)) {
+      }
+    }
+  });
+  // 3: first occurrences free their rows, in batch order
+  std::vector<uint8_t> first(n, 0);
+  int64_t* fr = free_rows.data_ptr<int64_t>();
+  const int64_t k = chunked_scan(
+      n,
+      [&](int64_t b, int64_t end) {
+        int64_t c = 0;
+        for (int64_t i = b; i < end; ++i)
+          if (slot_of[i] >= 0 && e[2 * slot_of[i] + 1] == encode_pending(i)) first[i] = 1, ++c;
+        return c;
+      },
+      [&](int64_t, int64_t, int64_t) {});
+  auto freed_t = at::empty({k}, ids.options());
+  int64_t* freed = freed_t.data_ptr<int64_t>();
+  chunked_scan(
+      n,
+      [&](int64_t b, int64_t end) {
+        int64_t c = 0;
+        for (int64_t i = b; i < end; ++i) c += first[i];
+        return c;
+      },
+      [&](int64_t b, int64_t end, int64_t base) {
+        for (int64_t i = b; i < end; ++i) {
+          if (!first[i]) continue;
+          freed[base] = found[i];
+          fr[fc + base] = found[i];
+          e[2 * slot_of[i] + 1] = kTombstone;
+          ++base;
+        }
+      });
+  m[kSize] -= k;
+  m[kTombstones] += k;
+  m[kFreeCount] += k;
+  return freed_t;
+}
+
+// ---------------------------------------------------------------------------------- rehash
+std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at::Tensor& meta,
+                                              int64_t new_capacity) {
+  const char* op = kOpRehash;
+  check_table(op, table);
+  check_meta(op, meta, table);
+  const int64_t* m = meta.data_ptr<int64_t>();
+  check_meta_values(op, m, table.size(0), m[kFreeCount]);
+  TORCH_CHECK(is_pow2(new_capacity), op, ": new_capacity must be a power of two, got ", new_capacity);
+  TORCH_CHECK(new_capacity > m[kSize], op, ": new_capacity (", new_capacity,
+              ") must exceed the number of ids (", m[kSize], ")");
+  const int64_t old_cap = table.size(0), nmask = new_capacity - 1;
+  auto out = at::empty({new_capacity, 2}, table.options());
+  int64_t* ne = out.data_ptr<int64_t>();
+  at::parallel_for(0, new_capacity, 1 << 16, [&](int64_t b, int64_t end) {
+    for (int64_t j = b; j < end; ++j) ne[2 * j] = 0, ne[2 * j + 1] = kEmpty;
+  });
+  const int64_t* e = table.data_ptr<int64_t>();
+  std::atomic<int64_t> live{0}, bad{0};
+  at::parallel_for(0, old_cap, kGrain, [&](int64_t b, int64_t end) {
+    int64_t cnt = 0, nbad = 0;
+    for (int64_t j = b; j < end; ++j) {
+      const int64_t s = e[2 * j + 1], key = e[2 * j];
+      if (s < 0) {
+        nbad += s < kTombstone;
+        continue;
+      }
+      ++cnt;
+      int64_t t = home_slot(key, nmask);
+      for (int64_t step = 0; step <= nmask; ++step, t = (t + 1) & nmask) {
+        AtomicI64 st(ne[2 * t + 1]);
+        int64_t expect = kEmpty;
+        if (st.load(std::memory_order_relaxed) == kEmpty &&
+            st.compare_exchange_strong(expect, s, std::memory_order_relaxed)) {
+          ne[2 * t] = key;  // nobody reads keys during a rehash: all keys are distinct
+          break;
+        }
+      }
+    }
+    live += cnt;
+    bad += nbad;
+  });
+  TORCH_CHECK(bad.load() == 0, op, ": inconsistent state: ", bad.load(),
+              " slots hold a transient (locked/pending) state");
+  TORCH_CHECK(live.load() == m[kSize], op, ": inconsistent state: the table holds ", live.load(),
+              " ids but meta says size=", m[kSize]);
+  auto new_meta = meta.clone();
+  new_meta.data_ptr<int64_t>()[kTombstones] = 0;
+  return {out, new_meta};
+}
+
+// ---------------------------------------------------------------------------------- export
+std::tuple<at::Tensor, at::Tensor> export_cpu(const at::Tensor& table, const at::Tensor& meta) {
+  const char* op = kOpExport;
+  check_table(op, table);
+  check_meta(op, meta, table);
+  const int64_t* m = meta.data_ptr<int64_t>();
+  check_meta_values(op, m, table.size(0), m[kFreeCount]);
+  const int64_t cap = table.size(0), next_row = m[kNextRow], size = m[kSize];
+  const int64_t* e = table.data_ptr<int64_t>();
+  std::vector<int64_t> key_by_row(next_row);
+  std::vector<uint8_t> present(next_row, 0);
+  std::atomic<int64_t> live{0}, bad{0};
+  at::parallel_for(0, cap, kGrain, [&](int64_t b, int64_t end) {
+    int64_t cnt = 0, nbad = 0;
+    for (int64_t j = b; j < end; ++j) {
+      const int64_t s = e[2 * j + 1];
+      if (s < 0) continue;
+      if (s >= next_row) {
+        ++nbad;
+        continue;
+      }
+      key_by_row[s] = e[2 * j];
+      present[s] = 1;  // a row held twice is caught by the count below
+      ++cnt;
+    }
+    live += cnt;
+    bad += nbad;
+  });
+  TORCH_CHECK(bad.load() == 0, op, ": inconsistent state: ", bad.load(), " slots hold rows >= next_row (",
+              next_row, ")");
+  TORCH_CHECK(live.load() == size, op, ": inconsistent state: the table holds ", live.load(),
+              " ids but meta says size=", size);
+  auto ids = at::empty({size}, table.options());
+  auto rows = at::empty({size}, table.options());
+  int64_t* oi = ids.data_ptr<int64_t>();
+  int64_t* orow = rows.data_ptr<int64_t>();
+  int64_t k = 0;
+  for (int64_t r = 0; r < next_row; ++r) {
+    if (!present[r]) continue;
+    TORCH_CHECK(k < size, op, ": inconsistent state: more live rows than size=", size);
+    oi[k] = key_by_row[r];
+    orow[k] = r;
+    ++k;
+  }
+  TORCH_CHECK(k == size, op, ": inconsistent state: ", size - k, " rows are held by more than one slot");
+  return {ids, rows};
+}
+
+}  // namespace
+}  // namespace idmap
+
+TORCH_LIBRARY_FRAGMENT(recis_compat, m) {
+  m.def("id_map_find(Tensor table, Tensor ids) -> Tensor");
+  m.def("id_map_find_or_insert(Tensor(a!) table, Tensor(b!) meta, Tensor free_rows, Tensor ids) "
+        "-> (Tensor, Tensor)");
+  m.def("id_map_delete(Tensor(a!) table, Tensor(b!) meta, Tensor(c!) free_rows, Tensor ids) -> Tensor");
+  m.def("id_map_rehash(Tensor table, Tensor meta, int new_capacity) -> (Tensor, Tensor)");
+  m.def("id_map_export(Tensor table, Tensor meta) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(recis_compat, CPU, m) {
+  m.impl("id_map_find", &idmap::find_cpu);
+  m.impl("id_map_find_or_insert", &idmap::find_or_insert_cpu);
+  m.impl("id_map_delete", &idmap::delete_cpu);
+  m.impl("id_map_rehash", &idmap::rehash_cpu);
+  m.impl("id_map_export", &idmap::export_cpu);
+}
+
+}  // namespace recis_compat

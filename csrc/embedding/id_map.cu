@@ -1,0 +1,415 @@
+// The dynamic id -> row map, CUDA twin of id_map.cpp (same schemas, state layout and row rules;
+// see id_map.h). Slots are claimed with atomicCAS on the state word; the deterministic row
+// assignment is an at::cumsum over the first-occurrence mask. The state (meta) is read on the
+// host once per call to validate it, as the CPU kernels do.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "embedding/id_map.h"
+
+namespace recis_compat {
+namespace idmap {
+namespace {
+
+using ull = unsigned long long;
+constexpr int kThreads = 256;
+
+int blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(b, 65535 * 8)));
+}
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ int64_t load_state(const int64_t* e, int64_t j) {
+  return *reinterpret_cast<const volatile int64_t*>(e + 2 * j + 1);
+}
+__device__ __forceinline__ int64_t load_key(const int64_t* e, int64_t j) {
+  return *reinterpret_cast<const volatile int64_t*>(e + 2 * j);
+}
+__device__ __forceinline__ int64_t cas_state(int64_t* e, int64_t j, int64_t expect, int64_t desired) {
+  return static_cast<int64_t>(
+      atomicCAS(reinterpret_cast<ull*>(e + 2 * j + 1), static_cast<ull>(expect), static_cast<ull>(desired)));
+}
+
+__device__ __forceinline__ int64_t probe(const int64_t* e, int64_t mask, int64_t key) {
+  int64_t j = home_slot(key, mask);
+  for (int64_t step = 0; step <= mask; ++step) {
+    const int64_t s = e[2 * j + 1];
+    if (s == kEmpty) return -1;
+    if (s >= 0 && e[2 * j] == key) return j;
+    j = (j + 1) & mask;
+  }
+  return -1;
+}
+
+__global__ void find_kernel(const int64_t* __restrict__ e, int64_t mask, const int64_t* __restrict__ ids,
+                            int64_t* __restrict__ out, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t j = probe(e, mask, ids[i]);
+    out[i] = j < 0 ? -1 : e[2 * j + 1];
+  }
+}
+
+// Phase A of find_or_insert: see claim_range in id_map.cpp.
+__global__ void claim_kernel(int64_t* e, int64_t mask, const int64_t* __restrict__ ids, int64_t* rows,
+                             int64_t* slot_of, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t key = ids[i];
+    int64_t j = home_slot(key, mask);
+    for (;;) {
+      int64_t s = load_state(e, j);
+      if (s == kEmpty) {
+        if (cas_state(e, j, kEmpty, kLocked) == kEmpty) {
+          *reinterpret_cast<volatile int64_t*>(e + 2 * j) = key;
+          __threadfence();
+          atomicExch(reinterpret_cast<ull*>(e + 2 * j + 1), static_cast<ull>(encode_pending(i)));
+          rows[i] = -1;
+          slot_of[i] = j;
+          break;
+        }
+        continue;  // lost the race: look at the slot again
+      }
+      if (s == kLocked) continue;  // the key is being written (independent thread scheduling)
+      __threadfence();
+      if (s != kTombstone && load_key(e, j) == key) {
+        if (s >= 0) {
+          rows[i] = s;
+          slot_of[i] = -1;
+        } else {  // pending: keep the smallest batch position
+          while (is_pending(s) && decode_pending(s) > i) {
+            const int64_t old = cas_state(e, j, s, encode_pending(i));
+            if (old == s) break;
+            s = old;
+          }
+          rows[i] = -1;
+          slot_of[i] = j;
+        }
+        break;
+      }
+      j = (j + 1) & mask;
+    }
+  }
+}
+
+__global__ void first_mask_kernel(const int64_t* e, const int64_t* rows, const int64_t* slot_of,
+                                  int64_t* mask_out, bool* is_new, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const bool f = rows[i] < 0 && e[2 * slot_of[i] + 1] == encode_pending(i);
+    mask_out[i] = f;
+    is_new[i] = f;
+  }
+}
+
+__global__ void assign_kernel(int64_t* e, const bool* is_new, const int64_t* incl, const int64_t* slot_of,
+                              const int64_t* free_rows, const int64_t* meta, int64_t* rows, int64_t n) {
+  const int64_t fc = meta[kFreeCount], next_row = meta[kNextRow];
+  GRID_STRIDE(i, n) {
+    if (!is_new[i]) continue;
+    const int64_t r = row_for_new(incl[i] - 1, free_rows, fc, next_row);
+    e[2 * slot_of[i] + 1] = r;
+    rows[i] = r;
+  }
+}
+
+__global__ void gather_dup_kernel(const int64_t* e, const int64_t* slot_of, int64_t* rows, int64_t n) {
+  GRID_STRIDE(i, n) {
+    if (rows[i] < 0) rows[i] = e[2 * slot_of[i] + 1];
+  }
+}
+
+__global__ void meta_insert_kernel(int64_t* meta, const int64_t* incl, int64_t n) {
+  const int64_t k = incl[n - 1], fc = meta[kFreeCount];
+  meta[kSize] += k;
+  meta[kNextRow] += k > fc ? k - fc : 0;
+  meta[kFreeCount] = fc > k ? fc - k : 0;
+}
+
+__global__ void locate_kernel(const int64_t* e, int64_t mask, const int64_t* ids, int64_t* slot_of,
+                              int64_t* found, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t j = probe(e, mask, ids[i]);
+    slot_of[i] = j;
+    found[i] = j < 0 ? -1 : e[2 * j + 1];
+  }
+}
+
+__global__ void delete_claim_kernel(int64_t* e, const int64_t* slot_of, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t j = slot_of[i];
+    if (j < 0) continue;
+    int64_t s = load_state(e, j);
+    while (s >= 0 || (is_pending(s) && decode_pending(s) > i)) {
+      const int64_t old = cas_state(e, j, s, encode_pending(i));
+      if (old == s) break;
+      s = old;
+    }
+  }
+}
+
+__global__ void delete_first_kernel(const int64_t* e, const int64_t* slot_of, int64_t* first, int64_t n) {
+  GRID_STRIDE(i, n) { first[i] = slot_of[i] >= 0 && e[2 * slot_of[i] + 1] == encode_pending(i); }
+}
+
+__global__ void delete_emit_kernel(int64_t* e, const int64_t* first, const int64_t* incl, const int64_t* slot_of,
+                                   const int64_t* found, int64_t* freed, int64_t* free_rows, int64_t fc,
+                                   int64_t n) {
+  GRID_STRIDE(i, n) {
+    if (!first[i]) continue;
+    const int64_t p = incl[i] - 1;
+    freed[p] = found[i];
+    free_rows[fc + p] = found[i];
+    e[2 * slot_of[i] + 1] = kTombstone;
+  }
+}
+
+__global__ void meta_delete_kernel(int64_t* meta, int64_t k) {
+  meta[kSize] -= k;
+  meta[kTombstones] += k;
+  meta[kFreeCount] += k;
+}
+
+__global__ void init_table_kernel(int64_t* e, int64_t cap) {
+  GRID_STRIDE(j, cap) {
+    e[2 * j] = 0;
+    e[2 * j + 1] = kEmpty;
+  }
+}
+
+// counters[0] = live slots, counters[1] = slots in a transient state
+__global__ void rehash_kernel(const int64_t* e, int64_t old_cap, int64_t* ne, int64_t nmask,
+                              unsigned long long* counters) {
+  GRID_STRIDE(j, old_cap) {
+    const int64_t s = e[2 * j + 1], key = e[2 * j];
+    if (s < 0) {
+      if (s < kTombstone) atomicAdd(counters + 1, 1ULL);
+      continue;
+    }
+    atomicAdd(counters, 1ULL);
+    int64_t t = home_slot(key, nmask);
+    for (int64_t step = 0; step <= nmask; ++step, t = (t + 1) & nmask) {
+      if (ne[2 * t + 1] == kEmpty && cas_state(ne, t, kEmpty, s) == kEmpty) {
+        ne[2 * t] = key;  // nobody reads keys during a rehash: all keys are distinct
+        break;
+      }
+    }
+  }
+}
+
+// counters[0] = live slots, counters[1] = slots with rows >= next_row
+__global__ void export_scatter_kernel(const int64_t* e, int64_t cap, int64_t next_row, int64_t* key_by_row,
+                                      int64_t* present, unsigned long long* counters) {
+  GRID_STRIDE(j, cap) {
+    const int64_t s = e[2 * j + 1];
+    if (s < 0) continue;
+    if (s >= next_row) {
+      atomicAdd(counters + 1, 1ULL);
+      continue;
+    }
+    atomicAdd(counters, 1ULL);
+    key_by_row[s] = e[2 * j];
+    present[s] = 1;
+  }
+}
+
+__global__ void export_compact_kernel(const int64_t* key_by_row, const int64_t* present, const int64_t* incl,
+                                      int64_t* ids, int64_t* rows, int64_t next_row, int64_t size) {
+  GRID_STRIDE(r, next_row) {
+    if (!present[r]) continue;
+    const int64_t p = incl[r] - 1;
+    if (p < size) {
+      ids[p] = key_by_row[r];
+      rows[p] = r;
+    }
+  }
+}
+
+at::Tensor host_meta(const char* op, const at::Tensor& table, const at::Tensor& meta, int64_t free_len) {
+  auto mh = meta.to(at::kCPU);
+  check_meta_values(op, mh.data_ptr<int64_t>(), table.size(0), free_len);
+  return mh;
+}
+
+// ------------------------------------------------------------------------------------ ops
+at::Tensor find_cuda(const at::Tensor& table, const at::Tensor& ids_in) {
+  check_table(kOpFind, table);
+  check_ids(kOpFind, ids_in, table);
+  const c10::cuda::CUDAGuard guard(table.device());
+  auto ids = ids_in.contiguous();
+  const int64_t n = ids.numel();
+  auto rows = at::empty({n}, ids.options());
+  if (n == 0) return rows;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  find_kernel<<<blocks_for(n), kThreads, 0, stream>>>(table.data_ptr<int64_t>(), table.size(0) - 1,
+                                                       ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return rows;
+}
+
+std::tuple<at::Tensor, at::Tensor> find_or_insert_cuda(at::Tensor& table, at::Tensor& meta,
+                                                       const at::Tensor& free_rows, const at::Tensor& ids_in) {
+  const char* op = kOpFindOrInsert;
+  check_ids(op, ids_in, table);
+  check_table(op, table);
+  check_meta(op, meta, table);
+  check_free_rows(op, free_rows, table);
+  const c10::cuda::CUDAGuard guard(table.device());
+  const int64_t cap = table.size(0), n = ids_in.numel();
+  auto mh = host_meta(op, table, meta, free_rows.numel());
+  const int64_t* m = mh.data_ptr<int64_t>();
+  TORCH_CHECK(m[kSize] + m[kTombstones] + n < cap, op, ": a batch of ", n, " ids may not fit: size (",
+              m[kSize], ") + tombstones (", m[kTombstones], ") + batch must stay below the capacity (",
+              cap, "); grow the table with id_map_rehash first (IdMap does this automatically)");
+  auto ids = ids_in.contiguous();
+  auto rows = at::empty({n}, ids.options());
+  auto is_new = at::zeros({n}, ids.options().dtype(at::kBool));
+  if (n == 0) return {rows, is_new};
+  auto slot_of = at::empty({n}, ids.options());
+  auto first = at::empty({n}, ids.options());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  int64_t* e = table.data_ptr<int64_t>();
+  const int blocks = blocks_for(n);
+  claim_kernel<<<blocks, kThreads, 0, stream>>>(e, cap - 1, ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(),
+                                                slot_of.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  first_mask_kernel<<<blocks, kThreads, 0, stream>>>(e, rows.data_ptr<int64_t>(), slot_of.data_ptr<int64_t>(),
+                                                     first.data_ptr<int64_t>(), is_new.data_ptr<bool>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto incl = at::cumsum(first, 0);
+  assign_kernel<<<blocks, kThreads, 0, stream>>>(e, is_new.data_ptr<bool>(), incl.data_ptr<int64_t>(),
+                                                 slot_of.data_ptr<int64_t>(), free_rows.data_ptr<int64_t>(),
+                                                 meta.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  gather_dup_kernel<<<blocks, kThreads, 0, stream>>>(e, slot_of.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  meta_insert_kernel<<<1, 1, 0, stream>>>(meta.data_ptr<int64_t>(), incl.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {rows, is_new};
+}
+
+at::Tensor delete_cuda(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows, const at::Tensor& ids_in) {
+  const char* op = kOpDelete;
+  check_ids(op, ids_in, table);
+  check_table(op, table);
+  check_meta(op, meta, table);
+  check_free_rows(op, free_rows, table);
+  const c10::cuda::CUDAGuard guard(table.device());
+  const int64_t n = ids_in.numel();
+  auto mh = host_meta(op, table, meta, free_rows.numel());
+  const int64_t* m = mh.data_ptr<int64_t>();
+  const int64_t fc = m[kFreeCount];
+  TORCH_CHECK(free_rows.numel() >= std::min(m[kNextRow], fc + n), op, ": 'free_rows' (length ",
+              free_rows.numel(), ") must hold min(next_row, free_count + len(ids)) = ",
+              std::min(m[kNextRow], fc + n), " rows; grow it first (IdMap does this automatically)");
+  auto ids = ids_in.contiguous();
+  if (n == 0) return at::empty({0}, ids.options());
+  auto slot_of = at::empty({n}, ids.options());
+  auto found = at::empty({n}, ids.options());
+  auto first = at::empty({n}, ids.options());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  int64_t* e = table.data_ptr<int64_t>();
+  const int blocks = blocks_for(n);
+  locate_kernel<<<blocks, kThreads, 0, stream>>>(e, table.size(0) - 1, ids.data_ptr<int64_t>(),
+                                                 slot_of.data_ptr<int64_t>(), found.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  delete_claim_kernel<<<blocks, kThreads, 0, stream>>>(e, slot_of.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  delete_first_kernel<<<blocks, kThreads, 0, stream>>>(e, slot_of.data_ptr<int64_t>(), first.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto incl = at::cumsum(first, 0);
+  const int64_t k = incl[n - 1].item<int64_t>();
+  auto freed = at::empty({k}, ids.options());
+  delete_emit_kernel<<<blocks, kThreads, 0, stream>>>(e, first.data_ptr<int64_t>(), incl.data_ptr<int64_t>(),
+                                                      slot_of.data_ptr<int64_t>(), found.data_ptr<int64_t>(),
+                                                      freed.data_ptr<int64_t>(), free_rows.data_ptr<int64_t>(),
+                                                      fc, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  meta_delete_kernel<<<1, 1, 0, stream>>>(meta.data_ptr<int64_t>(), k);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return freed;
+}
+
+std::tuple<at::Tensor, at::Tensor> rehash_cuda(const at::Tensor& table, const at::Tensor& meta,
+                                               int64_t new_capacity) {
+  const char* op = kOpRehash;
+  check_table(op, table);
+  check_meta(op, meta, table);
+  const c10::cuda::CUDAGuard guard(table.device());
+  auto mh = meta.to(at::kCPU);
+  const int64_t* m = mh.data_ptr<int64_t>();
+  check_meta_values(op, m, table.size(0), m[kFreeCount]);
+  TORCH_CHECK(is_pow2(new_capacity), op, ": new_capacity must be a power of two, got ", new_capacity);
+  TORCH_CHECK(new_capacity > m[kSize], op, ": new_capacity (", new_capacity,
+              ") must exceed the number of ids (", m[kSize], ")");
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto out = at::empty({new_capacity, 2}, table.options());
+  init_table_kernel<<<blocks_for(new_capacity), kThreads, 0, stream>>>(out.data_ptr<int64_t>(), new_capacity);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto counters = at::zeros({2}, table.options());
+  rehash_kernel<<<blocks_for(table.size(0)), kThreads, 0, stream>>>(
+      table.data_ptr<int64_t>(), table.size(0), out.data_ptr<int64_t>(), new_capacity - 1,
+      reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto ch = counters.to(at::kCPU);
+  const int64_t live = ch.data_ptr<int64_t>()[0], bad = ch.data_ptr<int64_t>()[1];
+  TORCH_CHECK(bad == 0, op, ": inconsistent state: ", bad, " slots hold a transient (locked/pending) state");
+  TORCH_CHECK(live == m[kSize], op, ": inconsistent state: the table holds ", live, " ids but meta says size=",
+              m[kSize]);
+  auto new_meta = meta.clone();
+  new_meta.select(0, kTombstones).zero_();
+  return {out, new_meta};
+}
+
+std::tuple<at::Tensor, at::Tensor> export_cuda(const at::Tensor& table, const at::Tensor& meta) {
+  const char* op = kOpExport;
+  check_table(op, table);
+  check_meta(op, meta, table);
+  const c10::cuda::CUDAGuard guard(table.device());
+  auto mh = meta.to(at::kCPU);
+  const int64_t* m = mh.data_ptr<int64_t>();
+  check_meta_values(op, m, table.size(0), m[kFreeCount]);
+  const int64_t cap = table.size(0), next_row = m[kNextRow], size = m[kSize];
+  auto ids = at::empty({size}, table.options());
+  auto rows = at::empty({size}, table.options());
+  if (next_row == 0) return {ids, rows};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto key_by_row = at::empty({next_row}, table.options());
+  auto present = at::zeros({next_row}, table.options());
+  auto counters = at::zeros({2}, table.options());
+  export_scatter_kernel<<<blocks_for(cap), kThreads, 0, stream>>>(
+      table.data_ptr<int64_t>(), cap, next_row, key_by_row.data_ptr<int64_t>(), present.data_ptr<int64_t>(),
+      reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto incl = at::cumsum(present, 0);
+  auto ch = at::cat({counters, incl.slice(0, next_row - 1)}).to(at::kCPU);
+  const int64_t live = ch.data_ptr<int64_t>()[0], bad = ch.data_ptr<int64_t>()[1];
+  const int64_t distinct = ch.data_ptr<int64_t>()[2];
+  TORCH_CHECK(bad == 0, op, ": inconsistent state: ", bad, " slots hold rows >= next_row (", next_row, ")");
+  TORCH_CHECK(live == size, op, ": inconsistent state: the table holds ", live, " ids but meta says size=", size);
+  TORCH_CHECK(distinct == size, op, ": inconsistent state: ", size - distinct,
+              " rows are held by more than one slot");
+  export_compact_kernel<<<blocks_for(next_row), kThreads, 0, stream>>>(
+      key_by_row.data_ptr<int64_t>(), present.data_ptr<int64_t>(), incl.data_ptr<int64_t>(),
+      ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), next_row, size);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {ids, rows};
+}
+
+}  // namespace
+}  // namespace idmap
+
+TORCH_LIBRARY_IMPL(recis_compat, CUDA, m) {
+  m.impl("id_map_find", &idmap::find_cuda);
+  m.impl("id_map_find_or_insert", &idmap::find_or_insert_cuda);
+  m.impl("id_map_delete", &idmap::delete_cuda);
+  m.impl("id_map_rehash", &idmap::rehash_cuda);
+  m.impl("id_map_export", &idmap::export_cuda);
+}
+
+}  // namespace recis_compat

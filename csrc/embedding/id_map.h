@@ -1,0 +1,120 @@
+// The dynamic id -> row map shared by id_map.cpp (CPU) and id_map.cu (CUDA).
+//
+// An open-addressing hash table (linear probing) whose whole state lives in three tensors, so it
+// can be saved, moved between devices and later sharded:
+//
+//   table     int64 [capacity, 2]   entry j = (key, state); capacity is a power of two
+//               state >= 0   occupied, the key's row
+//               state == -1  empty (the key column is meaningless)
+//               state == -2  tombstone (deleted; probing continues past it)
+//             Key and state sit side by side so a probe touches one cache line. No key value is
+//             reserved: every int64 id (INT64_MIN, -1, ...) is a valid key.
+//   meta      int64 [4]   = (size, next_row, tombstones, free_count)
+//               size        live ids;           next_row  rows ever handed out (high-water mark)
+//               tombstones  deleted slots;      free_count rows on the free stack
+//             invariant: next_row == size + free_count; size + tombstones < capacity
+//   free_rows int64 [>= free_count]   stack of freed rows, free_rows[free_count - 1] is the top
+//
+// Two transient states exist only inside one find_or_insert / delete call:
+//   -3          locked: a thread claimed the empty slot and is writing the key
+//   <= -4       pending: encodes the smallest batch position p (= -4 - state) that claimed it
+#pragma once
+#include <cstdint>
+
+#include "common.h"
+
+namespace recis_compat {
+namespace idmap {
+
+constexpr int64_t kEmpty = -1;
+constexpr int64_t kTombstone = -2;
+constexpr int64_t kLocked = -3;
+constexpr int64_t kPendingBase = -4;
+
+enum MetaField : int64_t { kSize = 0, kNextRow = 1, kTombstones = 2, kFreeCount = 3, kMetaLen = 4 };
+
+RECIS_HD int64_t encode_pending(int64_t pos) { return kPendingBase - pos; }
+RECIS_HD int64_t decode_pending(int64_t state) { return kPendingBase - state; }
+RECIS_HD bool is_pending(int64_t state) { return state <= kPendingBase; }
+
+// splitmix64's finalizer: a bijective 64-bit mixer with full avalanche, so sequential ids and ids
+// that differ only in their top bits (the 12-bit child tag) land on unrelated slots.
+RECIS_HD uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+RECIS_HD int64_t home_slot(int64_t key, int64_t mask) {
+  return static_cast<int64_t>(mix64(static_cast<uint64_t>(key)) & static_cast<uint64_t>(mask));
+}
+
+// Row handed to the k-th new id of a batch (k = 0, 1, ...): free-stack rows first, top first,
+// then fresh rows from next_row.
+RECIS_HD int64_t row_for_new(int64_t k, const int64_t* free_rows, int64_t free_count, int64_t next_row) {
+  return k < free_count ? free_rows[free_count - 1 - k] : next_row + (k - free_count);
+}
+
+constexpr const char* kOpFind = "recis_compat::id_map_find";
+constexpr const char* kOpFindOrInsert = "recis_compat::id_map_find_or_insert";
+constexpr const char* kOpDelete = "recis_compat::id_map_delete";
+constexpr const char* kOpRehash = "recis_compat::id_map_rehash";
+constexpr const char* kOpExport = "recis_compat::id_map_export";
+
+inline bool is_pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
+
+// Shape / dtype / device checks of the state tensors (no data reads: safe on every device).
+inline void check_table(const char* op, const at::Tensor& table) {
+  TORCH_CHECK(table.scalar_type() == at::kLong, op, ": 'table' must be int64, got ", table.scalar_type());
+  TORCH_CHECK(table.dim() == 2 && table.size(1) == 2, op,
+              ": 'table' must have shape [capacity, 2] (key, state), got ", table.sizes());
+  TORCH_CHECK(is_pow2(table.size(0)), op, ": 'table' capacity must be a power of two, got ",
+              table.size(0));
+  TORCH_CHECK(table.is_contiguous(), op, ": 'table' must be contiguous");
+}
+
+inline void check_meta(const char* op, const at::Tensor& meta, const at::Tensor& table) {
+  TORCH_CHECK(meta.scalar_type() == at::kLong && meta.dim() == 1 && meta.numel() == kMetaLen, op,
+              ": 'meta' must be int64 [4] (size, next_row, tombstones, free_count), got ",
+              meta.scalar_type(), " of shape ", meta.sizes());
+  TORCH_CHECK(meta.is_contiguous(), op, ": 'meta' must be contiguous");
+  TORCH_CHECK(meta.device() == table.device(), op, ": 'meta' is on ", meta.device(),
+              " but 'table' is on ", table.device());
+}
+
+inline void check_free_rows(const char* op, const at::Tensor& free_rows, const at::Tensor& table) {
+  TORCH_CHECK(free_rows.scalar_type() == at::kLong && free_rows.dim() == 1, op,
+              ": 'free_rows' must be a 1-D int64 tensor, got ", free_rows.scalar_type(), " of shape ",
+              free_rows.sizes());
+  TORCH_CHECK(free_rows.is_contiguous(), op, ": 'free_rows' must be contiguous");
+  TORCH_CHECK(free_rows.device() == table.device(), op, ": 'free_rows' is on ", free_rows.device(),
+              " but 'table' is on ", table.device());
+}
+
+inline void check_ids(const char* op, const at::Tensor& ids, const at::Tensor& table) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong, op, ": 'ids' must be an int64 tensor of ids, got ",
+              ids.scalar_type());
+  TORCH_CHECK(ids.dim() == 1, op, ": 'ids' must be 1-D, got shape ", ids.sizes());
+  TORCH_CHECK(ids.device() == table.device(), op, ": 'ids' is on ", ids.device(),
+              " but the table is on ", table.device());
+}
+
+// Value checks of meta (read on the host).
+inline void check_meta_values(const char* op, const int64_t* m, int64_t capacity, int64_t free_len) {
+  TORCH_CHECK(m[kSize] >= 0 && m[kNextRow] >= 0 && m[kTombstones] >= 0 && m[kFreeCount] >= 0, op,
+              ": inconsistent state: negative meta (size=", m[kSize], ", next_row=", m[kNextRow],
+              ", tombstones=", m[kTombstones], ", free_count=", m[kFreeCount], ")");
+  TORCH_CHECK(m[kNextRow] == m[kSize] + m[kFreeCount], op,
+              ": inconsistent state: next_row (", m[kNextRow], ") != size (", m[kSize],
+              ") + free_count (", m[kFreeCount], ")");
+  TORCH_CHECK(m[kSize] + m[kTombstones] < capacity, op, ": inconsistent state: size (", m[kSize],
+              ") + tombstones (", m[kTombstones], ") must be below the capacity (", capacity, ")");
+  TORCH_CHECK(free_len >= m[kFreeCount], op, ": inconsistent state: free_count (", m[kFreeCount],
+              ") exceeds free_rows' length (", free_len, ")");
+}
+
+}  // namespace idmap
+}  // namespace recis_compat

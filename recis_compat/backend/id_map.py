@@ -1,0 +1,233 @@
+"""IdMap: the stateful, self-growing exact id -> row map in front of a dynamic table's rows.
+
+It owns the three state tensors of the csrc id map (``recis_compat.ops.id_map``) and grows them
+itself, so users never give a capacity.
+
+Why a plain class and not an ``nn.Module`` with buffers: growth *replaces* the table tensor with a
+larger one (``id_map_rehash``), and the free stack grows too. ``nn.Module.load_state_dict`` copies
+into the existing buffers and rejects a different shape, so a checkpoint taken at another
+capacity could not be loaded, and buffers would invite optimizers / DDP broadcast / ``.half()``
+to touch integer state that only the id map may change. The owning table module decides how the
+map appears in its state dict; this class gives it :meth:`state_dict` / :meth:`load_state_dict`
+(tensors of any capacity) and :meth:`to`.
+
+Growth policy (amortised, no rebuild per batch): with ``used = size + tombstones``, a batch of N
+ids goes straight to the kernel when ``used + N <= max_load * capacity`` (default 0.5; N counts
+repeats, so this is conservative). Otherwise the exact counts are read and the table is rehashed
+in chunks that each fit the remaining room (``room = max_load * capacity - used``; a chunk of
+already-present ids consumes no room), and the table is rehashed only when the room drops below
+``max(1024, capacity / 64)``: to the smallest power of two with ``size + extra <= max_load *
+capacity`` (doubling), ``extra`` being the part of the batch about to go in. A rehash at the
+same capacity (only dropping tombstones) happens only when the tombstones are worth it. So the
+capacity follows the number of *distinct* ids, not the batch length or its repeats. Chunking never changes the result: rows are
+handed out in first-occurrence order either way. After any growth the load is at least
+``max_load / 2``, so the map costs at most ``16 / (max_load / 2)`` bytes per id (64 at 0.5).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from recis_compat.ops import id_map as _ops
+
+_MIN_CAPACITY = 16
+_MIN_CHUNK = 1024
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+class IdMap:
+    """Exact, collision-free map from int64 ids to rows ``0, 1, 2, ...`` of growable storage.
+
+    Args:
+        device: where the state lives (CPU or CUDA); ids passed in must be on this device.
+        max_load: the table is grown before ``(size + tombstones) / capacity`` would pass this
+            (0 < max_load <= 0.9).
+
+    Rows of new ids come from the free stack (rows released by :meth:`delete`, most recently
+    freed first), then from the high-water mark :meth:`num_rows_allocated`. Within one call new
+    ids get rows in the order of their first occurrence in the batch, independent of threads.
+    """
+
+    def __init__(self, device: Optional[torch.device | str] = None, max_load: float = 0.5) -> None:
+        if not 0.0 < float(max_load) <= 0.9:
+            raise ValueError(f"IdMap: max_load must be in (0, 0.9], got {max_load}")
+        self.max_load = float(max_load)
+        self._table, self._meta, self._free = _ops.empty_state(_MIN_CAPACITY, device)
+        self._used_bound = 0      # upper bound of size + tombstones, exact after _sync()
+        self.num_rehashes = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self._table.device
+
+    @property
+    def capacity(self) -> int:
+        """Slots of the hash table (a power of two)."""
+        return int(self._table.shape[0])
+
+    def _counts(self) -> Tuple[int, int, int, int]:
+        size, next_row, tomb, free = self._meta.tolist()
+        return size, next_row, tomb, free
+
+    def __len__(self) -> int:
+        """Number of ids in the map."""
+        return self._counts()[0]
+
+    def num_rows_allocated(self) -> int:
+        """High-water mark of rows ever handed out (row storage needs this many rows)."""
+        return self._counts()[1]
+
+    def num_free_rows(self) -> int:
+        return self._counts()[3]
+
+    def num_tombstones(self) -> int:
+        return self._counts()[2]
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the map's state tensors (table, meta, free stack)."""
+        return sum(t.numel() * t.element_size() for t in (self._table, self._meta, self._free))
+
+    def __repr__(self) -> str:
+        size, next_row, tomb, free = self._counts()
+        return (f"IdMap(size={size}, rows_allocated={next_row}, free_rows={free}, "
+                f"tombstones={tomb}, capacity={self.capacity}, device={self.device})")
+
+    # ------------------------------------------------------------------ lookups
+    def _check_ids(self, ids: torch.Tensor, what: str) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"IdMap.{what}: ids must be an int64 tensor, got {type(ids).__name__}")
+        if ids.device != self.device:
+            raise ValueError(f"IdMap.{what}: ids are on {ids.device} but the map is on {self.device}; "
+                             "move one of them (IdMap.to(device))")
+        return ids.reshape(-1)
+
+    def find(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows (int64, same shape as ``ids``) of int64 ``ids``; ``-1`` where absent. No insertion."""
+        flat = self._check_ids(ids, "find")
+        return _ops.find(self._table, flat).view(ids.shape)
+
+    def find_or_insert(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, is_new)`` of int64 ``ids`` (same shape); absent ids are inserted.
+
+        ``is_new`` (bool) is true at the first occurrence of each newly inserted id, so
+        ``rows[is_new]`` lists every new row exactly once, in assignment order.
+        """
+        flat = self._check_ids(ids, "find_or_insert")
+        n = flat.numel()
+        limit = int(self.max_load * self.capacity)
+        if self._used_bound + n > limit:
+            self._sync()
+        if self._used_bound + n <= int(self.max_load * self.capacity):
+            rows, new = _ops.find_or_insert(self._table, self._meta, self._free, flat)
+            self._used_bound += n
+            return rows.view(ids.shape), new.view(ids.shape)
+        rows_parts, new_parts = [], []
+        pos = 0
+        while pos < n:
+            size, _, tomb, _ = self._counts()
+            remaining = n - pos
+            room = int(self.max_load * self.capacity) - size - tomb
+            if room < min(remaining, max(_MIN_CHUNK, self.capacity // 64)):
+                # nearly full: grow for the part of the batch about to go in
+                self._grow(size, tomb, min(remaining, max(size, _MIN_CHUNK)))
+                continue
+            take = min(remaining, room)
+            r, nw = _ops.find_or_insert(self._table, self._meta, self._free, flat[pos:pos + take])
+            rows_parts.append(r)
+            new_parts.append(nw)
+            pos += take
+        self._sync()
+        return torch.cat(rows_parts).view(ids.shape), torch.cat(new_parts).view(ids.shape)
+
+    def delete(self, ids: torch.Tensor) -> torch.Tensor:
+        """Remove ``ids`` (absent ones and repeats are ignored); returns the freed rows (int64)
+        in first-occurrence order. They are reused by later inserts, last freed first."""
+        flat = self._check_ids(ids, "delete")
+        _, next_row, _, free = self._counts()
+        need = min(next_row, free + flat.numel())
+        if self._free.numel() < need:
+            grown = torch.zeros(max(need, 2 * self._free.numel()), dtype=torch.int64, device=self.device)
+            grown[:free] = self._free[:free]
+            self._free = grown
+        return _ops.delete(self._table, self._meta, self._free, flat)
+
+    def ids_and_rows(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, rows)`` of every stored id, int64 ``[len(self)]`` each, ordered by row."""
+        return _ops.export(self._table, self._meta)
+
+    def clear(self) -> None:
+        """Remove every id and forget every row (the next insert gets row 0)."""
+        self._table, self._meta, self._free = _ops.empty_state(_MIN_CAPACITY, self.device)
+        self._used_bound = 0
+
+    def reserve(self, num_ids: int) -> None:
+        """Grow now so that ``num_ids`` ids in total fit without a rehash."""
+        size, _, tomb, _ = self._counts()
+        if size + tomb + max(0, int(num_ids) - size) > int(self.max_load * self.capacity):
+            self._grow(size, tomb, max(0, int(num_ids) - size))
+
+    # ------------------------------------------------------------------ growth
+    def _sync(self) -> None:
+        size, _, tomb, _ = self._counts()
+        self._used_bound = size + tomb
+
+    def _grow(self, size: int, tomb: int, extra: int) -> None:
+        """Rehash so that ``size + extra`` fits under the load limit (tombstones dropped)."""
+        cap = self.capacity
+        new_cap = max(_MIN_CAPACITY, cap)
+        while size + extra > self.max_load * new_cap or size + extra + 1 >= new_cap:
+            new_cap *= 2
+        if new_cap == cap and tomb < self.max_load * cap / 4:
+            new_cap *= 2   # dropping a few tombstones would not make lasting room
+        self._table, self._meta = _ops.rehash(self._table, self._meta, new_cap)
+        self.num_rehashes += 1
+        self._sync()
+
+    # ------------------------------------------------------------------ devices and state
+    def to(self, device) -> "IdMap":
+        """Move the state to ``device`` (in place; returns self)."""
+        device = torch.device(device)
+        self._table, self._meta, self._free = (t.to(device) for t in (self._table, self._meta, self._free))
+        return self
+
+    def cpu(self) -> "IdMap":
+        return self.to("cpu")
+
+    def cuda(self, device=None) -> "IdMap":
+        return self.to(torch.device("cuda") if device is None else torch.device(device))
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """The state as tensors: ``table`` int64 [capacity, 2], ``meta`` int64 [4],
+        ``free_rows`` int64 [free_count] (copies; any capacity can be loaded back)."""
+        free = self.num_free_rows()
+        return {"table": self._table.clone(), "meta": self._meta.clone(),
+                "free_rows": self._free[:free].clone()}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Replace the state with one from :meth:`state_dict` (moved to this map's device);
+        raises ValueError when the tensors are not a consistent id map."""
+        missing = {"table", "meta", "free_rows"} - set(state)
+        if missing:
+            raise ValueError(f"IdMap.load_state_dict: missing keys {sorted(missing)}")
+        table = state["table"].to(self.device, torch.int64).contiguous().clone()
+        meta = state["meta"].to(self.device, torch.int64).contiguous().clone()
+        free = state["free_rows"].to(self.device, torch.int64).contiguous().clone()
+        try:
+            _ops.export(table, meta)    # validates shapes, meta values and the table contents
+        except RuntimeError as e:
+            raise ValueError(f"IdMap.load_state_dict: not a consistent id map: {e}") from e
+        if free.dim() != 1 or free.numel() < int(meta[3]):
+            raise ValueError("IdMap.load_state_dict: free_rows is shorter than meta's free_count")
+        self._table, self._meta, self._free = table, meta, free
+        self._sync()
+
+    @classmethod
+    def from_state_dict(cls, state: Dict[str, torch.Tensor], device=None, max_load: float = 0.5) -> "IdMap":
+        m = cls(device=device if device is not None else state["table"].device, max_load=max_load)
+        m.load_state_dict(state)
+        return m

@@ -1,0 +1,173 @@
+"""The dynamic id -> row map ops (csrc/embedding/id_map.{cpp,cu}).
+
+An exact, collision-free map from any int64 id to a row index of growable row storage. Its whole
+state lives in three tensors (layout in ``csrc/embedding/id_map.h``):
+
+* ``table``: int64 ``[capacity, 2]``, capacity a power of two; entry ``j`` is ``(key, state)``
+  with ``state >= 0`` the key's row, ``-1`` empty, ``-2`` tombstone (deleted). No id is reserved:
+  every int64, ``INT64_MIN`` and ``-1`` included, is a valid key.
+* ``meta``: int64 ``[4]`` = ``(size, next_row, tombstones, free_count)``; always
+  ``next_row == size + free_count`` and ``size + tombstones < capacity``.
+* ``free_rows``: int64 ``[>= free_count]``, a stack of freed rows (top = ``free_rows[free_count-1]``).
+
+Ops (``torch.ops.recis_compat.*``; ``!`` = mutated in place):
+
+``id_map_find(table, ids) -> rows``
+    ids int64 ``[N]`` -> rows int64 ``[N]``, ``-1`` where absent. Pure.
+``id_map_find_or_insert(table!, meta!, free_rows, ids) -> (rows, is_new)``
+    rows int64 ``[N]``; is_new bool ``[N]``, true at the *first occurrence* of each inserted id.
+    New ids get rows in the order of their first occurrence in the batch: the free stack first
+    (top first), then ``next_row, next_row + 1, ...`` -- whatever the thread count.
+    Requires ``size + tombstones + N < capacity`` (grow with ``id_map_rehash`` first).
+``id_map_delete(table!, meta!, free_rows!, ids) -> freed_rows``
+    Present ids are removed and their rows pushed on the free stack in first-occurrence order;
+    ``freed_rows`` int64 ``[K]`` (data-dependent K) lists them in that order. Absent ids and
+    repeats are ignored. Requires ``len(free_rows) >= min(next_row, free_count + N)``.
+``id_map_rehash(table, meta, new_capacity) -> (new_table, new_meta)``
+    The same map in ``new_capacity`` slots (a power of two > size), tombstones dropped. Pure.
+``id_map_export(table, meta) -> (ids, rows)``
+    Every live pair ordered by row; int64 ``[size]`` each. Pure.
+
+The ``*_ref`` functions and :class:`IdMapRef` below are a dict-based reference with the same
+semantics; the tests compare the kernels against them.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+META_SIZE, META_NEXT_ROW, META_TOMBSTONES, META_FREE_COUNT = range(4)
+EMPTY, TOMBSTONE = -1, -2
+
+
+# ----------------------------------------------------------------------------- fake kernels
+@torch.library.register_fake("recis_compat::id_map_find")
+def _find_fake(table, ids):
+    return ids.new_empty(ids.shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("recis_compat::id_map_find_or_insert")
+def _find_or_insert_fake(table, meta, free_rows, ids):
+    return ids.new_empty(ids.shape, dtype=torch.int64), ids.new_empty(ids.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("recis_compat::id_map_delete")
+def _delete_fake(table, meta, free_rows, ids):
+    k = torch.library.get_ctx().new_dynamic_size()
+    return ids.new_empty((k,), dtype=torch.int64)
+
+
+@torch.library.register_fake("recis_compat::id_map_rehash")
+def _rehash_fake(table, meta, new_capacity):
+    return table.new_empty((new_capacity, 2)), meta.new_empty((4,))
+
+
+@torch.library.register_fake("recis_compat::id_map_export")
+def _export_fake(table, meta):
+    k = torch.library.get_ctx().new_dynamic_size()
+    return table.new_empty((k,)), table.new_empty((k,))
+
+
+# ----------------------------------------------------------------------------- typed wrappers
+def empty_state(capacity: int = 16, device=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fresh empty map: ``(table [capacity, 2], meta [4], free_rows [0])``, all int64.
+
+    ``capacity`` must be a power of two >= 2.
+    """
+    capacity = int(capacity)
+    if capacity < 2 or capacity & (capacity - 1):
+        raise ValueError(f"id_map: capacity must be a power of two >= 2, got {capacity}")
+    table = torch.zeros((capacity, 2), dtype=torch.int64, device=device)
+    table[:, 1] = EMPTY
+    meta = torch.zeros(4, dtype=torch.int64, device=device)
+    free_rows = torch.zeros(0, dtype=torch.int64, device=device)
+    return table, meta, free_rows
+
+
+def find(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """rows int64 ``[N]`` of ids int64 ``[N]``; ``-1`` where absent."""
+    return torch.ops.recis_compat.id_map_find(table, ids)
+
+
+def find_or_insert(table: torch.Tensor, meta: torch.Tensor, free_rows: torch.Tensor,
+                   ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(rows int64 [N], is_new bool [N])``; inserts absent ids (mutates table and meta)."""
+    return torch.ops.recis_compat.id_map_find_or_insert(table, meta, free_rows, ids)
+
+
+def delete(table: torch.Tensor, meta: torch.Tensor, free_rows: torch.Tensor,
+           ids: torch.Tensor) -> torch.Tensor:
+    """Removes ids; returns the freed rows int64 ``[K]`` (mutates table, meta, free_rows)."""
+    return torch.ops.recis_compat.id_map_delete(table, meta, free_rows, ids)
+
+
+def rehash(table: torch.Tensor, meta: torch.Tensor,
+           new_capacity: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(new_table [new_capacity, 2], new_meta [4])`` holding the same map, no tombstones."""
+    return torch.ops.recis_compat.id_map_rehash(table, meta, int(new_capacity))
+
+
+def export(table: torch.Tensor, meta: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, rows)`` int64 ``[size]`` each, ordered by row."""
+    return torch.ops.recis_compat.id_map_export(table, meta)
+
+
+# ----------------------------------------------------------------------------- reference
+class IdMapRef:
+    """Dict-based reference of the id map with the kernels' row-assignment rules."""
+
+    def __init__(self) -> None:
+        self.map: Dict[int, int] = {}
+        self.free: List[int] = []     # stack, top = last
+        self.next_row = 0
+
+    def find(self, ids: Sequence[int]) -> List[int]:
+        return [self.map.get(int(i), -1) for i in ids]
+
+    def find_or_insert(self, ids: Sequence[int]) -> Tuple[List[int], List[bool]]:
+        rows, new = [], []
+        for i in map(int, ids):
+            r = self.map.get(i)
+            if r is None:
+                r = self.free.pop() if self.free else self._fresh()
+                self.map[i] = r
+                new.append(True)
+            else:
+                new.append(False)
+            rows.append(r)
+        return rows, new
+
+    def _fresh(self) -> int:
+        self.next_row += 1
+        return self.next_row - 1
+
+    def delete(self, ids: Sequence[int]) -> List[int]:
+        freed = []
+        for i in map(int, ids):
+            r = self.map.pop(i, None)
+            if r is not None:
+                freed.append(r)
+                self.free.append(r)
+        return freed
+
+    def export(self) -> Tuple[List[int], List[int]]:
+        pairs = sorted(self.map.items(), key=lambda kv: kv[1])
+        return [k for k, _ in pairs], [v for _, v in pairs]
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+
+def find_or_insert_ref(ref: IdMapRef, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tensor face of :meth:`IdMapRef.find_or_insert` (mutates ``ref``)."""
+    rows, new = ref.find_or_insert(ids.tolist())
+    return torch.tensor(rows, dtype=torch.int64), torch.tensor(new, dtype=torch.bool)
+
+
+def find_ref(ref: IdMapRef, ids: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(ref.find(ids.tolist()), dtype=torch.int64)
+
+
+def delete_ref(ref: IdMapRef, ids: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(ref.delete(ids.tolist()), dtype=torch.int64)

@@ -1,0 +1,327 @@
+"""The id -> row map: csrc ops vs the dict reference, the IdMap growth policy, determinism,
+opcheck, input errors, the CUDA twin, memory at 10M ids and the bench command."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from recis_compat.backend.id_map import IdMap
+from recis_compat.ops import id_map as ops
+from recis_compat.ops.id_map import IdMapRef
+
+I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def nasty_ids(n, seed, pool=None):
+    """n ids with repeats, negatives, INT64 extremes and ids differing only in the top 12 bits."""
+    g = torch.Generator().manual_seed(seed)
+    pool = pool or max(4, n // 3)
+    base = torch.randint(I64_MIN, I64_MAX, (pool,), generator=g, dtype=torch.int64)
+    low = torch.randint(0, 1 << 20, (8,), generator=g)
+    tagged = ((torch.arange(16, dtype=torch.int64) << 52).view(-1, 1) | low.view(1, -1)).view(-1)
+    special = torch.tensor([I64_MIN, I64_MAX, -1, 0, 1, -2, -3, -4, I64_MIN + 1, I64_MAX - 1])
+    pool_t = torch.cat([base, tagged, special, torch.arange(-50, 50)])
+    return pool_t[torch.randint(0, pool_t.numel(), (n,), generator=g)]
+
+
+def check_against_ref(m: IdMap, ref: IdMapRef):
+    ids, rows = m.ids_and_rows()
+    rids, rrows = ref.export()
+    assert ids.tolist() == rids and rows.tolist() == rrows
+    assert len(m) == len(ref)
+    assert m.num_rows_allocated() == ref.next_row
+    assert m.num_free_rows() == len(ref.free)
+
+
+# ------------------------------------------------------------------------ raw ops
+def test_ops_by_hand():
+    table, meta, free = ops.empty_state(16)
+    rows, new = ops.find_or_insert(table, meta, free, torch.tensor([5, 7, 5, -1, I64_MAX, I64_MIN, 7]))
+    assert rows.tolist() == [0, 1, 0, 2, 3, 4, 1]
+    assert new.tolist() == [True, True, False, True, True, True, False]
+    assert meta.tolist() == [5, 5, 0, 0]
+    assert ops.find(table, torch.tensor([7, 8, I64_MIN])).tolist() == [1, -1, 4]
+    free = torch.zeros(8, dtype=torch.int64)
+    freed = ops.delete(table, meta, free, torch.tensor([7, 5, 7, 99]))
+    assert freed.tolist() == [1, 0]                      # first-occurrence order, repeats ignored
+    assert meta.tolist() == [3, 5, 2, 2]                 # size, next_row, tombstones, free_count
+    rows, new = ops.find_or_insert(table, meta, free, torch.tensor([10, 11, 12]))
+    assert rows.tolist() == [0, 1, 5]                    # stack top (0) first, then 1, then next_row
+    ids, rows = ops.export(table, meta)
+    assert ids.tolist() == [10, 11, -1, I64_MAX, I64_MIN, 12] and rows.tolist() == list(range(6))
+    t2, m2 = ops.rehash(table, meta, 64)
+    assert t2.shape == (64, 2) and m2.tolist() == [6, 6, 0, 0]
+    assert [x.tolist() for x in ops.export(t2, m2)] == [ids.tolist(), rows.tolist()]
+    assert meta.tolist() == [6, 6, 2, 0]                 # rehash is pure
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_batches_vs_reference(seed):
+    m, ref = IdMap(), IdMapRef()
+    g = torch.Generator().manual_seed(100 + seed)
+    for step in range(12):
+        ids = nasty_ids(int(torch.randint(0, 3000, (1,), generator=g)), seed * 100 + step, pool=2000)
+        r, new = m.find_or_insert(ids)
+        rr, rnew = ops.find_or_insert_ref(ref, ids)
+        assert torch.equal(r, rr) and torch.equal(new, rnew)
+        probe = nasty_ids(500, seed * 1000 + step)
+        assert torch.equal(m.find(probe), ops.find_ref(ref, probe))
+        if step % 3 == 2:
+            victims = torch.cat([ids[::5], nasty_ids(50, step + 77)])     # some absent
+            assert torch.equal(m.delete(victims), ops.delete_ref(ref, victims))
+        check_against_ref(m, ref)
+
+
+def test_find_missing_ids_does_not_insert():
+    m = IdMap()
+    m.find_or_insert(torch.arange(100))
+    r = m.find(torch.tensor([1000, -5, I64_MIN, I64_MAX, 3]))
+    assert r.tolist() == [-1, -1, -1, -1, 3]
+    assert len(m) == 100
+    empty = IdMap()
+    assert empty.find(torch.tensor([0, I64_MIN])).tolist() == [-1, -1]
+    assert len(empty) == 0 and empty.find(torch.zeros(0, dtype=torch.int64)).numel() == 0
+
+
+def test_top_bits_and_extremes_are_distinct():
+    m = IdMap()
+    low = 12345
+    ids = torch.tensor([(c << 52) | low for c in range(-2048, 2048)] + [I64_MIN, I64_MAX, -1, 0])
+    rows, new = m.find_or_insert(ids)
+    assert new.all() and rows.tolist() == list(range(ids.numel()))
+    assert torch.equal(m.find(ids), rows)
+
+
+def test_delete_free_list_reuse_order():
+    m = IdMap()
+    m.find_or_insert(torch.arange(10) * 1000)            # rows 0..9
+    freed = m.delete(torch.tensor([3000, 7000, 3000, 5000, 123]))
+    assert freed.tolist() == [3, 7, 5]
+    assert m.num_free_rows() == 3 and len(m) == 7 and m.num_rows_allocated() == 10
+    rows, new = m.find_or_insert(torch.tensor([1, 2, 1, 3000, 4, 5]))
+    # last freed first (5, 7, 3), then fresh rows from the high-water mark
+    assert rows.tolist() == [5, 7, 5, 3, 10, 11]
+    assert new.tolist() == [True, True, False, True, True, True]
+    assert m.num_free_rows() == 0 and m.num_rows_allocated() == 12
+    assert m.find(torch.tensor([7000, 3000])).tolist() == [-1, 3]
+
+
+def test_growth_across_many_rehashes():
+    m, ref = IdMap(), IdMapRef()
+    for k in range(40):
+        ids = torch.arange(k * 5000, (k + 1) * 5000) * 7919 - 10 ** 12
+        r, _ = m.find_or_insert(ids)
+        rr, _ = ops.find_or_insert_ref(ref, ids)
+        assert torch.equal(r, rr)
+        if k % 4 == 3:
+            m.delete(ids[::2])
+            ref.delete(ids[::2].tolist())
+    assert m.num_rehashes >= 6
+    check_against_ref(m, ref)
+    assert m.num_tombstones() < m.capacity * m.max_load
+    # one batch much larger than the table, mostly repeats: capacity follows the distinct ids
+    big = IdMap()
+    ids = torch.randint(0, 1000, (200_000,))
+    r, new = big.find_or_insert(ids)
+    assert int(new.sum()) == len(big) == ids.unique().numel()
+    assert big.capacity <= 4096
+
+
+def test_determinism_across_thread_counts():
+    ids = nasty_ids(200_000, 5, pool=60_000)
+    victims = ids[::7]
+    more = nasty_ids(100_000, 6, pool=80_000)
+    old = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            m = IdMap()
+            r1, n1 = m.find_or_insert(ids)
+            f = m.delete(victims)
+            r2, n2 = m.find_or_insert(more)
+            out.append((r1, n1, f, r2, n2, *m.ids_and_rows()))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_roundtrip_and_device_move():
+    m = IdMap()
+    m.find_or_insert(nasty_ids(5000, 1))
+    m.delete(nasty_ids(500, 1))
+    sd = m.state_dict()
+    m2 = IdMap.from_state_dict(sd)
+    for a, b in zip(m.ids_and_rows(), m2.ids_and_rows()):
+        assert torch.equal(a, b)
+    probe = nasty_ids(3000, 9)
+    assert torch.equal(m.find_or_insert(probe.clone())[0], m2.find_or_insert(probe.clone())[0])
+    assert m.to("cpu") is m and m.device.type == "cpu"
+    bad = dict(sd, meta=sd["meta"] + torch.tensor([1, 0, 0, 0]))
+    with pytest.raises(ValueError, match="consistent"):
+        IdMap().load_state_dict(bad)
+
+
+def test_memory_accounting():
+    m = IdMap()
+    assert m.memory_bytes() == m.capacity * 16 + 4 * 8
+    m.find_or_insert(torch.arange(100_000))
+    assert m.memory_bytes() <= 100_000 * 64 + 4096
+
+
+# ------------------------------------------------------------------------ errors
+def test_bad_inputs():
+    table, meta, free = ops.empty_state(16)
+    with pytest.raises(RuntimeError, match=r"id_map_find_or_insert: 'ids' must be an int64"):
+        ops.find_or_insert(table, meta, free, torch.tensor([1, 2], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match=r"id_map_find: 'ids' must be an int64"):
+        ops.find(table, torch.tensor([1.0]))
+    with pytest.raises(RuntimeError, match=r"id_map_delete: 'ids' must be 1-D"):
+        ops.delete(table, meta, free, torch.zeros(2, 2, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="power of two"):
+        ops.find(torch.zeros(12, 2, dtype=torch.int64), torch.tensor([1]))
+    with pytest.raises(RuntimeError, match=r"\[capacity, 2\]"):
+        ops.find(torch.zeros(16, dtype=torch.int64), torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="may not fit"):
+        ops.find_or_insert(table, meta, free, torch.arange(16))
+    with pytest.raises(RuntimeError, match="next_row"):
+        ops.find_or_insert(table, torch.tensor([1, 0, 0, 0]), free, torch.arange(2))
+    with pytest.raises(RuntimeError, match="'meta' must be int64"):
+        ops.find_or_insert(table, torch.zeros(3, dtype=torch.int64), free, torch.arange(2))
+    ops.find_or_insert(table, meta, free, torch.arange(4))
+    with pytest.raises(RuntimeError, match="free_rows"):
+        ops.delete(table, meta, free, torch.arange(2))
+    with pytest.raises(RuntimeError, match="must exceed"):
+        ops.rehash(table, meta, 4)
+    with pytest.raises(RuntimeError, match="power of two"):
+        ops.rehash(table, meta, 100)
+    with pytest.raises(ValueError, match="power of two"):
+        ops.empty_state(10)
+    m = IdMap()
+    with pytest.raises(RuntimeError, match="int64"):
+        m.find_or_insert(torch.tensor([1, 2], dtype=torch.int32))
+    with pytest.raises(TypeError):
+        m.find([1, 2])
+    with pytest.raises(ValueError, match="max_load"):
+        IdMap(max_load=0.99)
+
+
+def test_corrupt_table_is_reported():
+    table, meta, free = ops.empty_state(16)
+    ops.find_or_insert(table, meta, free, torch.arange(5))
+    meta2 = meta.clone()
+    meta2[0] = 4
+    meta2[1] = 4
+    with pytest.raises(RuntimeError, match="inconsistent"):
+        ops.export(table, meta2)
+    full = torch.zeros(16, 2, dtype=torch.int64)
+    full[:, 1] = -2                                      # all tombstones: find must still return
+    assert ops.find(full, torch.tensor([3])).tolist() == [-1]
+
+
+# ------------------------------------------------------------------------ opcheck
+def _opcheck_state():
+    table, meta, free = ops.empty_state(32)
+    ops.find_or_insert(table, meta, free, torch.tensor([3, -9, I64_MIN, 44]))
+    return table, meta, free
+
+
+def test_opcheck_find():
+    table, _, _ = _opcheck_state()
+    torch.library.opcheck(torch.ops.recis_compat.id_map_find.default, (table, torch.tensor([3, 5, I64_MIN])))
+
+
+def test_opcheck_find_or_insert():
+    table, meta, free = _opcheck_state()
+    torch.library.opcheck(torch.ops.recis_compat.id_map_find_or_insert.default,
+                          (table, meta, free, torch.tensor([3, 7, 7, I64_MAX])))
+
+
+def test_opcheck_delete():
+    table, meta, _ = _opcheck_state()
+    free = torch.zeros(8, dtype=torch.int64)
+    torch.library.opcheck(torch.ops.recis_compat.id_map_delete.default,
+                          (table, meta, free, torch.tensor([3, 99, 3])))
+
+
+def test_opcheck_rehash():
+    table, meta, _ = _opcheck_state()
+    torch.library.opcheck(torch.ops.recis_compat.id_map_rehash.default, (table, meta, 64))
+
+
+def test_opcheck_export():
+    table, meta, _ = _opcheck_state()
+    torch.library.opcheck(torch.ops.recis_compat.id_map_export.default, (table, meta))
+
+
+# ------------------------------------------------------------------------ CUDA twin
+def _cuda_ops():
+    from recis_compat.ops import has_cuda_kernel
+    for name in ("id_map_find", "id_map_find_or_insert", "id_map_delete", "id_map_rehash", "id_map_export"):
+        if not has_cuda_kernel(name):
+            pytest.skip(f"this build has no CUDA kernel for {name}")
+
+
+@needs_cuda
+def test_cuda_twin_matches_cpu():
+    _cuda_ops()
+    cpu, gpu = IdMap(), IdMap(device="cuda")
+    for step in range(6):
+        ids = nasty_ids(50_000, 300 + step, pool=30_000)
+        a = cpu.find_or_insert(ids)
+        b = gpu.find_or_insert(ids.cuda())
+        assert torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
+        probe = nasty_ids(10_000, 400 + step)
+        assert torch.equal(cpu.find(probe), gpu.find(probe.cuda()).cpu())
+        if step % 2:
+            v = ids[::3]
+            assert torch.equal(cpu.delete(v), gpu.delete(v.cuda()).cpu())
+    for a, b in zip(cpu.ids_and_rows(), gpu.ids_and_rows()):
+        assert torch.equal(a, b.cpu())
+    back = IdMap.from_state_dict(gpu.state_dict(), device="cpu")
+    for a, b in zip(cpu.ids_and_rows(), back.ids_and_rows()):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------ scale
+@pytest.mark.slow
+def test_growth_past_ten_million_ids_memory():
+    n_ids, batch = 10_500_000, 1_500_000
+    m = IdMap()
+    t0 = time.perf_counter()
+    per_id = []
+    for k in range(n_ids // batch):
+        ids = torch.arange(k * batch, (k + 1) * batch, dtype=torch.int64) * -2654435761 + (k << 52)
+        rows, new = m.find_or_insert(ids)
+        assert bool(new.all()) and int(rows[0]) == k * batch and int(rows[-1]) == (k + 1) * batch - 1
+        per_id.append(m.memory_bytes() / len(m))
+    elapsed = time.perf_counter() - t0
+    assert len(m) == n_ids == m.num_rows_allocated()
+    # within 2x of the row storage the same ids need at dim 16 float32
+    assert m.memory_bytes() <= 2 * n_ids * 16 * 4
+    # O(n): bytes per id stay bounded at every size (at most 16 / (max_load / 2) + slack)
+    bound = 16 / (m.max_load / 2) + 1
+    assert max(per_id) <= bound, per_id
+    print(f"\n10.5M ids: {elapsed:.2f}s, {m.memory_bytes() / len(m):.1f} bytes/id "
+          f"(max over growth {max(per_id):.1f}, bound {bound:.0f}), capacity {m.capacity}, "
+          f"{m.num_rehashes} rehashes")
+    probe = torch.tensor([0, (n_ids - 1) * -2654435761 + (((n_ids - 1) // batch) << 52), 12345])
+    assert m.find(probe).tolist() == [0, n_ids - 1, -1]
+
+
+# ------------------------------------------------------------------------ bench command
+def test_bench_hashtable_quick_json():
+    out = subprocess.run([sys.executable, "-m", "recis_compat.cli", "bench", "hashtable", "--quick"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rep = json.loads(out.stdout[out.stdout.index("{"):])
+    assert rep["benchmark"] == "hashtable" and isinstance(rep["machine"], dict)
+    assert rep["cases"]
+    for c in rep["cases"]:
+        for key in ("name", "metric", "value", "baseline", "baseline_value", "ratio", "higher_is_better"):
+            assert key in c
