@@ -24,29 +24,15 @@
 #include <string>
 #include <vector>
 
-#include "hash/hash_functions.h"
+#include "hash/hash_checks.h"
 
 namespace recis_compat {
 namespace {
 
 using hashing::HashKind;
 
-HashKind parse_kind_cuda(c10::string_view hash_type, const char* op) {
-  if (hash_type == "farm") return HashKind::kFarm;
-  if (hash_type == "murmur") return HashKind::kMurmur;
-  TORCH_CHECK(false, op, ": hash_type must be 'farm' or 'murmur', got '", std::string(hash_type), "'");
-}
-
 void check_inputs_cuda(const at::Tensor& data, const at::Tensor& offsets, const char* op) {
-  TORCH_CHECK(data.dim() == 1, op, ": data must be 1-D bytes, got shape ", data.sizes());
-  TORCH_CHECK(data.scalar_type() == at::kByte || data.scalar_type() == at::kChar, op,
-              ": data must be uint8 or int8 bytes, got ", data.scalar_type());
-  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1, op,
-              ": offsets must be 1-D with at least one entry, got shape ", offsets.sizes());
-  TORCH_CHECK(offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong, op,
-              ": offsets must be int32 or int64, got ", offsets.scalar_type());
-  TORCH_CHECK(data.device() == offsets.device(), op, ": data and offsets must be on one device, got ",
-              data.device(), " and ", offsets.device());
+  hashing::check_inputs(data, offsets, op);
   TORCH_CHECK(data.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got data on ", data.device());
 }
 
@@ -54,11 +40,7 @@ void check_inputs_cuda(const at::Tensor& data, const at::Tensor& offsets, const 
 // text is the CPU kernel's.
 template <typename off_t>
 void report_offsets(const off_t* off, int64_t n, int64_t nbytes, const char* op) {
-  TORCH_CHECK(off[0] >= 0 && off[n - 1] <= nbytes, op, ": offsets run from ", off[0], " to ",
-              off[n - 1], " but data holds ", nbytes, " bytes");
-  for (int64_t i = 1; i < n; ++i)
-    TORCH_CHECK(off[i] >= off[i - 1], op, ": offsets must be non-decreasing (offsets[", i,
-                "]=", off[i], " < offsets[", i - 1, "]=", off[i - 1], ")");
+  hashing::check_offsets_range(off, n, nbytes, op);
   TORCH_CHECK(false, op, ": offsets failed validation on the device");  // not reached
 }
 
@@ -122,7 +104,7 @@ std::vector<at::Tensor> fused_hash_cuda(at::TensorList data, at::TensorList offs
   TORCH_CHECK(data.size() == offsets.size() && data.size() == buckets.size(), op,
               ": got ", data.size(), " data, ", offsets.size(), " offsets and ", buckets.size(),
               " buckets; they must be equal in number");
-  const HashKind kind = parse_kind_cuda(hash_type, op);
+  const HashKind kind = hashing::parse_kind(hash_type, op);
   const int64_t njobs = static_cast<int64_t>(data.size());
   std::vector<at::Tensor> outs;
   if (njobs == 0) return outs;
