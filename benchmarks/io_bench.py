@@ -1,0 +1,169 @@
+"""``recis-compat bench io``: OrcDataset throughput against plain pyarrow, in one run.
+
+Cases (rows/s and MB/s of on-disk bytes, warm page cache):
+  * ``orc 1 thread`` / ``orc 2 threads``: ``OrcDataset(batch_size=1000, read_threads_num=N,
+    prefetch=1)`` with every column selected (``label`` fixedlen ``[0.0]``, the rest varlen),
+    iterated to ``(True, None)``: decode, validation, float32 cast, packing into batches,
+    RaggedTensor construction.
+  * baseline ``pyarrow 1 thread``: for each file ``ORCFile.read()``, then per column the
+    flattened values and offsets as torch tensors (floats cast to float32, the same output
+    dtype as ours), sequentially.
+Ours and the baseline alternate within each repetition so machine noise hits both alike; the
+median of ``--repeat`` repetitions is reported.
+
+Data: ``--data DIR`` (every ``*.orc`` below it), else ``<repo>/../shared/data/recis-deepfm``
+when present, else a synthetic Criteo-like set (label, 13 float, 26 int64 columns) written to
+a temporary directory.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+import warnings
+from typing import Dict, List
+
+import click
+import numpy as np
+import pyarrow as pa
+import pyarrow.orc as orc
+import torch
+
+from recis_compat.benchmarks.common import BenchOptions, Case, make_command
+
+DESCRIPTION = "OrcDataset rows/s and MB/s with 1 and 2 reader threads vs pyarrow read + to-torch"
+DEFAULTS: Dict[str, object] = {"data": None}
+BATCH_SIZE = 1000
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = _REPO.parent / "shared" / "data" / "recis-deepfm"
+
+
+def write_synthetic(directory: str, files: int, rows: int, seed: int = 0) -> List[str]:
+    """Criteo-like ORC files: ``label`` list<double> len 1, ``i1..i13`` list<double> len 0/1,
+    ``c1..c26`` list<int64> len 0/1."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(files):
+        cols = {"label": pa.ListArray.from_arrays(np.arange(rows + 1, dtype=np.int32),
+                                                  rng.integers(0, 2, rows).astype(np.float64))}
+        for prefix, count, make in (("i", 13, lambda n: rng.random(n) * 100),
+                                    ("c", 26, lambda n: rng.integers(0, 1 << 40, n))):
+            for j in range(1, count + 1):
+                lengths = (rng.random(rows) > 0.2).astype(np.int32)
+                offsets = np.zeros(rows + 1, dtype=np.int32)
+                np.cumsum(lengths, out=offsets[1:])
+                cols[f"{prefix}{j}"] = pa.ListArray.from_arrays(offsets, make(int(offsets[-1])))
+        path = os.path.join(directory, f"part-{k}.orc")
+        orc.write_table(pa.table(cols), path)
+        paths.append(path)
+    return paths
+
+
+def _files(data: str) -> List[str]:
+    return sorted(str(p) for p in pathlib.Path(data).rglob("*.orc"))
+
+
+def baseline_pass(files: List[str]) -> int:
+    """Plain pyarrow: read each file, flatten every list column into torch tensors."""
+    rows = 0
+    for path in files:
+        table = orc.ORCFile(path).read()
+        with warnings.catch_warnings():  # read-only Arrow buffers: torch warns once
+            warnings.simplefilter("ignore", UserWarning)
+            rows += _to_torch(table)
+    return rows
+
+
+def _to_torch(table: pa.Table) -> int:
+    """Every list column of ``table`` as (values, offsets) tensors; returns the row count."""
+    for name in table.column_names:
+        arr = table.column(name).combine_chunks()
+        values = torch.from_numpy(arr.flatten().to_numpy(zero_copy_only=False))
+        if values.is_floating_point():
+            values = values.to(torch.float32)
+        torch.from_numpy(arr.offsets.to_numpy(zero_copy_only=False))
+    return table.num_rows
+
+
+def ours_pass(data: str, columns: List[str], threads: int) -> int:
+    """Iterate an OrcDataset over ``data`` to the end; returns the rows seen."""
+    from recis_compat.io.orc_dataset import OrcDataset
+    ds = OrcDataset(BATCH_SIZE, read_threads_num=threads, prefetch=1,
+                    transform_fn=lambda b: b[0])
+    ds.add_path(data)
+    for name in columns:
+        if name == "label":
+            ds.fixedlen_feature(name, [0.0])
+        else:
+            ds.varlen_feature(name)
+    rows = 0
+    it = iter(ds)
+    while True:
+        is_end, batch = next(it)
+        if is_end:
+            return rows
+        rows += batch["label"].shape[0] if "label" in batch else next(iter(batch.values())).shape[0]
+
+
+def _measure(data: str, opts: BenchOptions) -> List[Case]:
+    files = _files(data)
+    if not files:
+        raise click.UsageError(f"no .orc files under {data}")
+    columns = orc.ORCFile(files[0]).schema.names
+    nbytes = sum(os.path.getsize(f) for f in files)
+    runners = {"pyarrow 1 thread": lambda: baseline_pass(files),
+               "orc 1 thread": lambda: ours_pass(data, columns, 1),
+               "orc 2 threads": lambda: ours_pass(data, columns, 2)}
+    times: Dict[str, List[float]] = {k: [] for k in runners}
+    rows: Dict[str, int] = {}
+    for fn in runners.values():  # warm-up: page cache, extension load, allocator
+        fn()
+    for _ in range(max(1, opts.repeat)):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            rows[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    if len(set(rows.values())) != 1:
+        raise RuntimeError(f"row counts differ between readers: {rows}")
+    base = "pyarrow 1 thread"
+    base_rows, base_mb = rows[base] / med[base], nbytes / 1e6 / med[base]
+    cases = []
+    for name in ("orc 1 thread", "orc 2 threads"):
+        detail = {"rows": rows[name], "files": len(files), "bytes": nbytes, "data": data,
+                  "batch_size": BATCH_SIZE, "seconds_median": round(med[name], 5),
+                  "baseline_seconds_median": round(med[base], 5),
+                  "seconds_all": [round(t, 5) for t in times[name]]}
+        cases.append(Case(name=name, metric="rows/s", value=round(rows[name] / med[name], 1),
+                          baseline=base, baseline_value=round(base_rows, 1), detail=detail))
+        cases.append(Case(name=name, metric="MB/s", value=round(nbytes / 1e6 / med[name], 2),
+                          baseline=base, baseline_value=round(base_mb, 2),
+                          detail={"bytes": nbytes}))
+    return cases
+
+
+def run(opts: BenchOptions) -> List[Case]:
+    """Measure on ``--data`` / the shared deepfm data / synthetic data (module docstring)."""
+    data = opts.extra.get("data")
+    if data:
+        return _measure(str(data), opts)
+    if SHARED_DATA.is_dir() and any(SHARED_DATA.glob("*.orc")):
+        if not opts.quick:
+            return _measure(str(SHARED_DATA), opts)
+    with tempfile.TemporaryDirectory(prefix="recis-io-bench-") as tmp:
+        if opts.quick:
+            write_synthetic(tmp, files=2, rows=5000)
+        else:
+            write_synthetic(tmp, files=8, rows=10000)
+        return _measure(tmp, opts)
+
+
+command = make_command(
+    "io", run, DESCRIPTION,
+    extra_options=[click.option("--data", type=click.Path(exists=True, file_okay=False),
+                                default=None,
+                                help="Directory of ORC files (default: shared deepfm data, "
+                                     "else synthetic).")])

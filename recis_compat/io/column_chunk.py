@@ -1,0 +1,128 @@
+"""Converted column data of one stripe, and cutting/gluing it into batches.
+
+A :class:`ColumnChunk` is what :mod:`.column_convert` makes of one Arrow column of one stripe.
+The packer cuts row ranges out of chunks (:func:`take_rows`), glues the pieces of a batch
+together (:func:`concat_pieces`) and turns the result into the column_io-style nested list the
+batch conversion consumes (:func:`to_nested`).
+
+Nested-list format per column (the same layout RecIS's column_io packer hands to
+``_batch_convert``; offsets are listed **innermost first**):
+  * dense:   ``[[values2d]]``, a ``[B, D]`` tensor;
+  * ragged:  ``[[values, offsets_inner, ..., offsets_outer]]``, torch tensors, ``offsets_outer``
+    has ``B+1`` entries; with weights (``list<struct<k,v>>``) a second entry
+    ``[weights, same offsets...]`` follows;
+  * strings: ``[[np.ndarray dtype 'S' (one byte string per element), offsets_inner, ...,
+    offsets_outer]]`` with numpy offsets (raw strings are never tensors).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["ColumnChunk", "take_rows", "concat_pieces", "to_nested", "strings_to_bytes_array"]
+
+DENSE, RAGGED, STRINGS = "dense", "ragged", "strings"
+
+
+@dataclass
+class ColumnChunk:
+    """One column of one stripe, converted.
+
+    Attributes:
+        kind: ``"dense"`` (``values`` is ``[rows, D]``), ``"ragged"`` (``values`` is the 1-D leaf
+            array: int64/float/int8 ...), or ``"strings"`` (``values`` is the uint8 byte buffer and
+            the last offsets level holds the string boundaries).
+        values: numpy array, see ``kind``.
+        offsets: numpy offsets per list level, **outermost first**; level k indexes level k+1
+            (the last level indexes ``values``) with absolute positions, so ``offsets[k][0]`` need
+            not be 0. int32 for ``list<>``/``string``, int64 for ``large_list<>``/``large_string``.
+        weight: per-value weights (``list<struct<k,v>>``), same length as ``values``, or None.
+    """
+
+    kind: str
+    values: np.ndarray
+    offsets: List[np.ndarray]
+    weight: Optional[np.ndarray] = None
+
+
+Piece = Tuple[np.ndarray, List[np.ndarray], Optional[np.ndarray]]
+
+
+def take_rows(chunk: ColumnChunk, a: int, b: int) -> Piece:
+    """Rows ``[a, b)`` of ``chunk`` as ``(values, offsets rebased to start at 0, weight)``;
+    values and weight are views."""
+    if chunk.kind == DENSE:
+        return chunk.values[a:b], [], None
+    lo, hi = a, b
+    offs = []
+    for off in chunk.offsets:
+        seg = off[lo:hi + 1]
+        lo, hi = int(seg[0]), int(seg[-1])
+        offs.append(seg - lo if lo else seg)
+    w = chunk.weight[lo:hi] if chunk.weight is not None else None
+    return chunk.values[lo:hi], offs, w
+
+
+def concat_pieces(kind: str, pieces: Sequence[Piece]) -> Piece:
+    """Glue pieces (from :func:`take_rows`) into one batch column."""
+    if len(pieces) == 1:
+        return pieces[0]
+    values = np.concatenate([p[0] for p in pieces])
+    weight = np.concatenate([p[2] for p in pieces]) if pieces[0][2] is not None else None
+    if kind == DENSE:
+        return values, [], None
+    offs = []
+    for k in range(len(pieces[0][1])):
+        parts = [np.zeros(1, dtype=pieces[0][1][k].dtype)]
+        base = 0
+        for p in pieces:
+            seg = p[1][k]
+            parts.append(seg[1:] + base)
+            base += int(seg[-1])
+        offs.append(np.concatenate(parts))
+    return values, offs, weight
+
+
+def strings_to_bytes_array(data: np.ndarray, byte_offsets: np.ndarray) -> np.ndarray:
+    """Byte strings ``data[o[i]:o[i+1]]`` as a numpy ``'S'`` array ``[n]``, without a Python
+    loop. (numpy ``'S'`` drops trailing NUL bytes, like every ``'S'`` array.)"""
+    n = len(byte_offsets) - 1
+    lens = np.diff(byte_offsets).astype(np.int64, copy=False)
+    width = max(1, int(lens.max()) if n > 0 else 1)
+    out = np.zeros((n, width), dtype=np.uint8)
+    total = int(lens.sum())
+    if total:
+        rows = np.repeat(np.arange(n), lens)
+        starts = np.repeat(byte_offsets[:-1].astype(np.int64) - int(byte_offsets[0]), lens)
+        cols = np.arange(total) - starts
+        out[rows, cols] = data[int(byte_offsets[0]):int(byte_offsets[-1])]
+    return out.view(f"S{width}").reshape(n)
+
+
+def to_nested(kind: str, piece: Piece,
+              place: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> list:
+    """The column_io-style nested list of one batch column (module docstring).
+
+    ``place`` moves a tensor to the output device (``.pin_memory()`` or ``.to(cuda)``); None
+    leaves tensors where they are (host memory).
+    """
+    values, offs, weight = piece
+    from_numpy = torch.from_numpy
+    if kind == DENSE:
+        t = from_numpy(values)
+        return [[place(t) if place else t]]
+    if kind == STRINGS:
+        strings = strings_to_bytes_array(values, offs[-1])
+        return [[strings] + [np.ascontiguousarray(o) for o in reversed(offs[:-1])]]
+    level = [from_numpy(values)]
+    level.extend(from_numpy(o) for o in reversed(offs))
+    if place:
+        level = [place(t) for t in level]
+    out = [level]
+    if weight is not None:
+        w = from_numpy(weight)
+        out.append([place(w) if place else w] + level[1:])
+    return out

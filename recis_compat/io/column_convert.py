@@ -1,0 +1,239 @@
+"""Arrow columns of one stripe -> :class:`~.column_chunk.ColumnChunk` (validated, hashed, cast).
+
+Rules (column_io's, see recis-api.md §1.1.1):
+  * a selected column must be ``list<T>``/``large_list<T>``, possibly nested, or
+    ``list<struct<k, v>>``; a missing or non-list column is an error;
+  * a null list *row* is an empty list; a null *element* at any inner level is an error;
+  * fixedlen (dense) columns must be ``list<numeric>`` whose rows hold 0 or ``D`` values
+    (``D = len(default_value)``); empty rows get the default; result ``[rows, D]``;
+  * floating values are cast to the dataset ``dtype``; integer values keep their type;
+  * strings: hashed (farm/murmur, bucket rule of ``hash_bucket``) into int64 by the C++
+    ``fused_hash_bytes`` op straight over the Arrow buffers (one call per hash type per stripe,
+    no Python loop over strings); ``trans_int8`` keeps the bytes as int8 with one extra offsets
+    level; otherwise the strings stay raw.
+Every error names the file and the column and says what was expected.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from recis_compat.io.column_chunk import DENSE, RAGGED, STRINGS, ColumnChunk
+from recis_compat.io.dataset_config import ColumnSpec
+from recis_compat.io.errors import OrcDataError, where
+
+__all__ = ["convert_record_batch", "check_schema"]
+
+_LIST_HINT = ("OrcDataset reads list<T>, large_list<T> (possibly nested) or list<struct<k,v>> "
+              "columns")
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def check_schema(schema: pa.Schema, specs: Sequence[ColumnSpec], path: str) -> None:
+    """Raise :class:`OrcDataError` if a selected column is missing or is not a list column."""
+    names = set(schema.names)
+    missing = [s.name for s in specs if s.name not in names]
+    if missing:
+        raise OrcDataError(
+            f"{where(path, missing[0])}: selected column not in sample (missing columns: "
+            f"{missing}; the file has {sorted(names)})")
+    for s in specs:
+        t = schema.field(s.name).type
+        if not _is_list(t):
+            raise OrcDataError(f"{where(path, s.name)}: type {t} is not a list; {_LIST_HINT}")
+
+
+def _buffer_view(buf, np_dtype, count: int, offset: int) -> np.ndarray:
+    """Zero-copy numpy view of ``count`` items of an Arrow buffer starting at item ``offset``."""
+    if count == 0 or buf is None:
+        return np.zeros(count, dtype=np_dtype)
+    itemsize = np.dtype(np_dtype).itemsize
+    return np.frombuffer(buf, dtype=np_dtype, count=count, offset=offset * itemsize)
+
+
+def _offsets_view(arr: pa.Array) -> np.ndarray:
+    """``[len(arr)+1]`` offsets of a list or string array (absolute, zero-copy)."""
+    dt = np.int64 if (pa.types.is_large_list(arr.type) or pa.types.is_large_string(arr.type)
+                      or pa.types.is_large_binary(arr.type)) else np.int32
+    return _buffer_view(arr.buffers()[1], dt, len(arr) + 1, arr.offset)
+
+
+def _numbers(arr: pa.Array, float_dtype: np.dtype) -> np.ndarray:
+    """Leaf numbers as numpy; floats cast to ``float_dtype``; integers keep their type."""
+    if pa.types.is_boolean(arr.type):
+        return arr.to_numpy(zero_copy_only=False)
+    np_dtype = arr.type.to_pandas_dtype()
+    vals = _buffer_view(arr.buffers()[1], np_dtype, len(arr), arr.offset)
+    if pa.types.is_floating(arr.type) and vals.dtype != float_dtype:
+        vals = vals.astype(float_dtype)
+    return vals
+
+
+def _unnest(arr: pa.Array, path: str, name: str) -> Tuple[List[np.ndarray], pa.Array]:
+    """Peel every list level: ``(offsets per level outermost first, leaf array)``.
+
+    Null rows of the outermost level become empty lists; nulls deeper down are rejected.
+    """
+    levels = []
+    depth = 0
+    while _is_list(arr.type):
+        if arr.null_count:
+            if depth > 0:
+                raise OrcDataError(f"{where(path, name)}: null elements inside lists are not "
+                                   f"supported (found null inner lists at nesting level {depth})")
+            lengths = pc.list_value_length(arr).fill_null(0).to_numpy()
+            dt = np.int64 if pa.types.is_large_list(arr.type) else np.int32
+            off = np.zeros(len(arr) + 1, dtype=dt)
+            np.cumsum(lengths, out=off[1:])
+            levels.append(off)
+            arr = arr.flatten()
+        else:
+            levels.append(_offsets_view(arr))
+            arr = arr.values
+        depth += 1
+    if arr.null_count:
+        raise OrcDataError(f"{where(path, name)}: null elements inside lists are not supported "
+                           f"(RecIS: 'Not support column with null elements inside'); "
+                           f"{arr.null_count} null {arr.type} values found")
+    return levels, arr
+
+
+class _HashJobs:
+    """String leaves waiting to be hashed, batched into one kernel call per hash type."""
+
+    def __init__(self):
+        self.jobs: Dict[str, list] = {}
+
+    def add(self, hash_type: str, leaf: pa.Array, bucket: int, done) -> None:
+        data = _buffer_view(leaf.buffers()[2], np.uint8,
+                            leaf.buffers()[2].size if leaf.buffers()[2] is not None else 0, 0)
+        offs = _offsets_view(leaf)
+        self.jobs.setdefault(hash_type, []).append(
+            (torch.from_numpy(data), torch.from_numpy(offs), int(bucket), done))
+
+    def run(self) -> None:
+        if not self.jobs:
+            return
+        from recis_compat.ops.hashing import fused_hash_bytes
+        for hash_type, jobs in self.jobs.items():
+            outs = fused_hash_bytes([j[0] for j in jobs], [j[1] for j in jobs], hash_type,
+                                    [j[2] for j in jobs])
+            for job, out in zip(jobs, outs):
+                job[3](out.numpy())
+
+
+def _leaf_values(leaf: pa.Array, spec: ColumnSpec, path: str, float_dtype, hashes: _HashJobs,
+                 chunk: ColumnChunk, attr: str, levels: List[np.ndarray]) -> None:
+    """Fill ``chunk.<attr>`` (values or weight) from a leaf array; may append a byte level."""
+    t = leaf.type
+    if _is_number(t):
+        setattr(chunk, attr, _numbers(leaf, float_dtype))
+    elif _is_string(t):
+        if attr == "weight":
+            raise OrcDataError(f"{where(path, spec.name)}: struct field 'v' (the weight) must be "
+                               f"numeric, got {t}")
+        if spec.hash_type in ("farm", "murmur"):
+            chunk.values = None
+            hashes.add(spec.hash_type, leaf, spec.hash_bucket,
+                       lambda out, c=chunk: setattr(c, "values", out))
+        else:
+            buf = leaf.buffers()[2]
+            data = _buffer_view(buf, np.uint8, buf.size if buf is not None else 0, 0)
+            levels.append(_offsets_view(leaf))
+            if spec.trans_int8:
+                chunk.values = data.view(np.int8)
+            else:
+                chunk.kind = STRINGS
+                chunk.values = data
+    else:
+        raise OrcDataError(f"{where(path, spec.name)}: unsupported element type {t}; expected "
+                           f"integers, floats, strings or struct<k, v>")
+
+
+def _convert_varlen(arr: pa.Array, spec: ColumnSpec, path: str, float_dtype,
+                    hashes: _HashJobs) -> ColumnChunk:
+    levels, leaf = _unnest(arr, path, spec.name)
+    chunk = ColumnChunk(RAGGED, None, levels)
+    if pa.types.is_struct(leaf.type):
+        names = [leaf.type.field(i).name for i in range(leaf.type.num_fields)]
+        if "k" not in names or "v" not in names:
+            raise OrcDataError(f"{where(path, spec.name)}: struct elements must have fields "
+                               f"'k' (ids) and 'v' (weights), got {names}")
+        fields = dict(zip(names, leaf.flatten()))
+        for fname in ("k", "v"):
+            if fields[fname].null_count:
+                raise OrcDataError(f"{where(path, spec.name)}: null elements inside lists are "
+                                   f"not supported (struct field {fname!r} has nulls)")
+        if _is_string(fields["k"].type) and spec.hash_type not in ("farm", "murmur"):
+            raise OrcDataError(f"{where(path, spec.name)}: string struct ids need "
+                               f"varlen_feature(hash_type='farm'|'murmur')")
+        _leaf_values(fields["k"], spec, path, float_dtype, hashes, chunk, "values", levels)
+        _leaf_values(fields["v"], spec, path, float_dtype, hashes, chunk, "weight", levels)
+    else:
+        _leaf_values(leaf, spec, path, float_dtype, hashes, chunk, "values", levels)
+    return chunk
+
+
+def _convert_dense(arr: pa.Array, spec: ColumnSpec, path: str, location: str,
+                   float_dtype) -> ColumnChunk:
+    width = len(spec.dense_default)
+    levels, leaf = _unnest(arr, path, spec.name)
+    if len(levels) != 1 or not _is_number(leaf.type):
+        raise OrcDataError(f"{where(path, spec.name)}: a fixedlen (dense) column must be "
+                           f"list<numeric>, got {arr.type}")
+    off = levels[0]
+    vals = _numbers(leaf, float_dtype)
+    lengths = np.diff(off)
+    n = len(lengths)
+    full = lengths == width
+    if not full.all():
+        bad = np.flatnonzero(~full & (lengths != 0))
+        if len(bad):
+            r = int(bad[0])
+            raise OrcDataError(
+                f"{where(path, spec.name)}: dense feature dim not match default dim: row {r} "
+                f"of {location} has {int(lengths[r])} values, expected {width} "
+                f"(len(default_value)) or 0")
+    body = vals[int(off[0]):int(off[-1])]
+    if full.all():
+        values = body.reshape(n, width)
+    else:
+        values = np.empty((n, width), dtype=vals.dtype)
+        values[:] = np.asarray(spec.dense_default, dtype=vals.dtype)
+        values[full] = body.reshape(-1, width)
+    return ColumnChunk(DENSE, values, [])
+
+
+def convert_record_batch(batch: pa.RecordBatch, specs: Sequence[ColumnSpec], path: str,
+                         location: str, float_dtype: np.dtype) -> Dict[str, ColumnChunk]:
+    """Convert every selected column of one stripe (``location``, e.g. ``"stripe 0 from row
+    0"``, only feeds error messages)."""
+    hashes = _HashJobs()
+    out: Dict[str, ColumnChunk] = {}
+    for spec in specs:
+        arr = batch.column(spec.name)
+        if not _is_list(arr.type):
+            raise OrcDataError(f"{where(path, spec.name)}: type {arr.type} is not a list; "
+                               f"{_LIST_HINT}")
+        if spec.is_dense:
+            out[spec.name] = _convert_dense(arr, spec, path, location, float_dtype)
+        else:
+            out[spec.name] = _convert_varlen(arr, spec, path, float_dtype, hashes)
+    hashes.run()
+    return out

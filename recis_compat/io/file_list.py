@@ -1,0 +1,89 @@
+"""Finding, ordering and sharding the ORC files of a dataset.
+
+Discovery (deliberate differences from RecIS, listed in COMPATIBILITY.md):
+  * a directory is walked recursively for names ending in ``.orc``; the files of one added
+    path are **sorted** by their path relative to it (RecIS keeps ``os.walk`` order, which
+    depends on the file system), and added paths keep the order they were added in;
+  * a path that is itself a file is read as one file (RecIS silently reads nothing);
+  * a missing path raises ``FileNotFoundError`` naming it (checked when the path is added).
+
+Sharding follows RecIS: file ``i`` of the full list belongs to the reader with
+``i % (worker_num * sub_num) == worker_idx * sub_num + sub_id``; ``shuffle`` permutes the
+reader's own list with a fixed seed of 10 (a local ``random.Random(10)``, global random state
+is left alone). Files are never split between readers.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from typing import List, Sequence
+
+__all__ = ["OrcFile", "check_path", "discover", "shard", "fingerprint"]
+
+
+@dataclass(frozen=True)
+class OrcFile:
+    """One file to read: its path, its name relative to the added root, its size in bytes."""
+
+    path: str
+    name: str
+    size: int
+
+
+def check_path(path: str) -> str:
+    """Normalise an added path; raise ``FileNotFoundError`` naming it if it does not exist."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"OrcDataset.add_path: {path!r} does not exist")
+    return path
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError as e:
+        raise type(e)(e.errno, f"OrcDataset: cannot stat ORC file {path!r}: {e.strerror}") from e
+
+
+def _walk(root: str) -> List[OrcFile]:
+    if not os.path.isdir(root):
+        return [OrcFile(root, os.path.basename(root), _size(root))]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in filenames:
+            if fn.endswith(".orc"):
+                full = os.path.join(dirpath, fn)
+                found.append(OrcFile(full, os.path.relpath(full, root), _size(full)))
+    found.sort(key=lambda f: f.name)
+    return found
+
+
+def discover(paths: Sequence[str]) -> List[OrcFile]:
+    """Every ``.orc`` file under ``paths`` (in the order described in the module docstring)."""
+    files: List[OrcFile] = []
+    for p in paths:
+        check_path(p)
+        files.extend(_walk(p))
+    return files
+
+
+def shard(files: Sequence[OrcFile], worker_idx: int, worker_num: int, sub_id: int,
+          sub_num: int, shuffle: bool) -> List[OrcFile]:
+    """This reader's files: RecIS's modulo rule, then the seed-10 shuffle if asked."""
+    total = worker_num * sub_num
+    mine = worker_idx * sub_num + sub_id
+    out = [f for i, f in enumerate(files) if i % total == mine]
+    if shuffle:
+        random.Random(10).shuffle(out)
+    return out
+
+
+def fingerprint(files: Sequence[OrcFile]) -> str:
+    """A short digest of an ordered file list (relative names and sizes), for IO states."""
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f"{f.name}\t{f.size}\n".encode())
+    return h.hexdigest()[:16]
