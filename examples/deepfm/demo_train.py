@@ -53,6 +53,7 @@ class DeepFM(nn.Module):
         for t in list(self.emb) + list(self.bias):
             nn.init.trunc_normal_(t.weight, std=0.001)
         self.dense_w = nn.Linear(len(DENSE), dim * len(DENSE), bias=False)
+        nn.init.trunc_normal_(self.dense_w.weight, std=0.001)
         self.dense_b = nn.Linear(len(DENSE), 1)
         self.dnn = nn.Sequential(nn.Linear((len(SPARSE) + len(DENSE)) * dim, 64), nn.ReLU(),
                                  nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 1))
@@ -90,7 +91,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--buckets", type=int, default=1 << 17)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--plot", default=None)
@@ -127,8 +128,8 @@ def main():
             step += 1
             if step % 20 == 0:
                 auc = float(binary_auroc(prob.detach(), label.long()))
-                history.append((step, float(loss), auc))
-                print(f"step {step:5d}  loss {float(loss):.4f}  batch AUC {auc:.4f}")
+                history.append((step, float(loss.detach()), auc))
+                print(f"step {step:5d}  loss {history[-1][1]:.4f}  batch AUC {auc:.4f}")
 
     model.eval()
     preds, labels = [], []
