@@ -9,8 +9,20 @@ import torch
 def test_hook_methods_accept_trainer_calls():
     from recis.hooks import Hook
     h = Hook()
-    h.after_step({"loss": 1.0}, 3)
-    h.end()
+    assert h.after_step({"loss": 1.0}, 3) is None and h.end() is None
+    assert h.before_train() is None and h.after_epoch() is None
+
+    class Counting(Hook):
+        def __init__(self):
+            self.seen = []
+
+        def after_step(self, metrics, global_step):
+            self.seen.append((dict(metrics), global_step))
+
+    c = Counting()
+    c.after_step({"auc": 0.5}, 7)
+    c.end()
+    assert c.seen == [({"auc": 0.5}, 7)]
 
 
 def test_logger_hook_format_and_interval(capsys):
