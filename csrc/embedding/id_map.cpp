@@ -87,9 +87,7 @@ inline int64_t probe(const int64_t* e, int64_t mask, int64_t key) {
 
 void check_state_cpu(const char* op, const at::Tensor& table, const at::Tensor& meta,
                      const at::Tensor& free_rows) {
-  check_table(op, table);
-  check_meta(op, meta, table);
-  check_free_rows(op, free_rows, table);
+  check_state_shapes(op, table, meta, free_rows);
   check_meta_values(op, meta.data_ptr<int64_t>(), table.size(0), free_rows.numel());
 }
 
@@ -174,10 +172,7 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Ten
   const int64_t n = ids.numel();
   const int64_t cap = table.size(0), mask = cap - 1;
   int64_t* m = meta.data_ptr<int64_t>();
-  TORCH_CHECK(m[kSize] + m[kTombstones] + n < cap, op, ": a batch of ", n,
-              " ids may not fit: size (", m[kSize], ") + tombstones (", m[kTombstones],
-              ") + batch must stay below the capacity (", cap, "); grow the table with "
-              "id_map_rehash first (IdMap does this automatically)");
+  check_batch_fits(op, m, n, cap);
   auto rows_t = at::empty({n}, ids.options());
   auto is_new_t = at::zeros({n}, ids.options().dtype(at::kBool));
   if (n == 0) return {rows_t, is_new_t};
@@ -234,9 +229,7 @@ at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows
   const int64_t mask = table.size(0) - 1;
   int64_t* m = meta.data_ptr<int64_t>();
   const int64_t fc = m[kFreeCount];
-  TORCH_CHECK(free_rows.numel() >= std::min(m[kNextRow], fc + n), op, ": 'free_rows' (length ",
-              free_rows.numel(), ") must hold min(next_row, free_count + len(ids)) = ",
-              std::min(m[kNextRow], fc + n), " rows; grow it first (IdMap does this automatically)");
+  check_free_rows_room(op, m, free_rows.numel(), n);
   if (n == 0) return at::empty({0}, ids.options());
   int64_t* e = table.data_ptr<int64_t>();
   const int64_t* id = ids.data_ptr<int64_t>();
@@ -303,13 +296,10 @@ at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows
 std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at::Tensor& meta,
                                               int64_t new_capacity) {
   const char* op = kOpRehash;
-  check_table(op, table);
-  check_meta(op, meta, table);
+  check_table_meta(op, table, meta);
   const int64_t* m = meta.data_ptr<int64_t>();
   check_meta_values(op, m, table.size(0), m[kFreeCount]);
-  TORCH_CHECK(is_pow2(new_capacity), op, ": new_capacity must be a power of two, got ", new_capacity);
-  TORCH_CHECK(new_capacity > m[kSize], op, ": new_capacity (", new_capacity,
-              ") must exceed the number of ids (", m[kSize], ")");
+  check_new_capacity(op, new_capacity, m);
   const int64_t old_cap = table.size(0), nmask = new_capacity - 1;
   auto out = at::empty({new_capacity, 2}, table.options());
   int64_t* ne = out.data_ptr<int64_t>();
@@ -341,10 +331,7 @@ std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at:
     live += cnt;
     bad += nbad;
   });
-  TORCH_CHECK(bad.load() == 0, op, ": inconsistent state: ", bad.load(),
-              " slots hold a transient (locked/pending) state");
-  TORCH_CHECK(live.load() == m[kSize], op, ": inconsistent state: the table holds ", live.load(),
-              " ids but meta says size=", m[kSize]);
+  check_rehash_counts(op, bad.load(), live.load(), m[kSize]);
   auto new_meta = meta.clone();
   new_meta.data_ptr<int64_t>()[kTombstones] = 0;
   return {out, new_meta};
@@ -353,8 +340,7 @@ std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at:
 // ---------------------------------------------------------------------------------- export
 std::tuple<at::Tensor, at::Tensor> export_cpu(const at::Tensor& table, const at::Tensor& meta) {
   const char* op = kOpExport;
-  check_table(op, table);
-  check_meta(op, meta, table);
+  check_table_meta(op, table, meta);
   const int64_t* m = meta.data_ptr<int64_t>();
   check_meta_values(op, m, table.size(0), m[kFreeCount]);
   const int64_t cap = table.size(0), next_row = m[kNextRow], size = m[kSize];
@@ -378,10 +364,7 @@ std::tuple<at::Tensor, at::Tensor> export_cpu(const at::Tensor& table, const at:
     live += cnt;
     bad += nbad;
   });
-  TORCH_CHECK(bad.load() == 0, op, ": inconsistent state: ", bad.load(), " slots hold rows >= next_row (",
-              next_row, ")");
-  TORCH_CHECK(live.load() == size, op, ": inconsistent state: the table holds ", live.load(),
-              " ids but meta says size=", size);
+  check_export_counts(op, bad.load(), live.load(), next_row, size);
   auto ids = at::empty({size}, table.options());
   auto rows = at::empty({size}, table.options());
   int64_t* oi = ids.data_ptr<int64_t>();

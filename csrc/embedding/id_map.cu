@@ -256,16 +256,12 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cuda(at::Tensor& table, at::Te
                                                        const at::Tensor& free_rows, const at::Tensor& ids_in) {
   const char* op = kOpFindOrInsert;
   check_ids(op, ids_in, table);
-  check_table(op, table);
-  check_meta(op, meta, table);
-  check_free_rows(op, free_rows, table);
+  check_state_shapes(op, table, meta, free_rows);
   const c10::cuda::CUDAGuard guard(table.device());
   const int64_t cap = table.size(0), n = ids_in.numel();
   auto mh = host_meta(op, table, meta, free_rows.numel());
   const int64_t* m = mh.data_ptr<int64_t>();
-  TORCH_CHECK(m[kSize] + m[kTombstones] + n < cap, op, ": a batch of ", n, " ids may not fit: size (",
-              m[kSize], ") + tombstones (", m[kTombstones], ") + batch must stay below the capacity (",
-              cap, "); grow the table with id_map_rehash first (IdMap does this automatically)");
+  check_batch_fits(op, m, n, cap);
   auto ids = ids_in.contiguous();
   auto rows = at::empty({n}, ids.options());
   auto is_new = at::zeros({n}, ids.options().dtype(at::kBool));
@@ -296,17 +292,13 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cuda(at::Tensor& table, at::Te
 at::Tensor delete_cuda(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows, const at::Tensor& ids_in) {
   const char* op = kOpDelete;
   check_ids(op, ids_in, table);
-  check_table(op, table);
-  check_meta(op, meta, table);
-  check_free_rows(op, free_rows, table);
+  check_state_shapes(op, table, meta, free_rows);
   const c10::cuda::CUDAGuard guard(table.device());
   const int64_t n = ids_in.numel();
   auto mh = host_meta(op, table, meta, free_rows.numel());
   const int64_t* m = mh.data_ptr<int64_t>();
   const int64_t fc = m[kFreeCount];
-  TORCH_CHECK(free_rows.numel() >= std::min(m[kNextRow], fc + n), op, ": 'free_rows' (length ",
-              free_rows.numel(), ") must hold min(next_row, free_count + len(ids)) = ",
-              std::min(m[kNextRow], fc + n), " rows; grow it first (IdMap does this automatically)");
+  check_free_rows_room(op, m, free_rows.numel(), n);
   auto ids = ids_in.contiguous();
   if (n == 0) return at::empty({0}, ids.options());
   auto slot_of = at::empty({n}, ids.options());
@@ -338,15 +330,12 @@ at::Tensor delete_cuda(at::Tensor& table, at::Tensor& meta, at::Tensor& free_row
 std::tuple<at::Tensor, at::Tensor> rehash_cuda(const at::Tensor& table, const at::Tensor& meta,
                                                int64_t new_capacity) {
   const char* op = kOpRehash;
-  check_table(op, table);
-  check_meta(op, meta, table);
+  check_table_meta(op, table, meta);
   const c10::cuda::CUDAGuard guard(table.device());
   auto mh = meta.to(at::kCPU);
   const int64_t* m = mh.data_ptr<int64_t>();
   check_meta_values(op, m, table.size(0), m[kFreeCount]);
-  TORCH_CHECK(is_pow2(new_capacity), op, ": new_capacity must be a power of two, got ", new_capacity);
-  TORCH_CHECK(new_capacity > m[kSize], op, ": new_capacity (", new_capacity,
-              ") must exceed the number of ids (", m[kSize], ")");
+  check_new_capacity(op, new_capacity, m);
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto out = at::empty({new_capacity, 2}, table.options());
   init_table_kernel<<<blocks_for(new_capacity), kThreads, 0, stream>>>(out.data_ptr<int64_t>(), new_capacity);
@@ -358,9 +347,7 @@ std::tuple<at::Tensor, at::Tensor> rehash_cuda(const at::Tensor& table, const at
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto ch = counters.to(at::kCPU);
   const int64_t live = ch.data_ptr<int64_t>()[0], bad = ch.data_ptr<int64_t>()[1];
-  TORCH_CHECK(bad == 0, op, ": inconsistent state: ", bad, " slots hold a transient (locked/pending) state");
-  TORCH_CHECK(live == m[kSize], op, ": inconsistent state: the table holds ", live, " ids but meta says size=",
-              m[kSize]);
+  check_rehash_counts(op, bad, live, m[kSize]);
   auto new_meta = meta.clone();
   new_meta.select(0, kTombstones).zero_();
   return {out, new_meta};
@@ -368,8 +355,7 @@ std::tuple<at::Tensor, at::Tensor> rehash_cuda(const at::Tensor& table, const at
 
 std::tuple<at::Tensor, at::Tensor> export_cuda(const at::Tensor& table, const at::Tensor& meta) {
   const char* op = kOpExport;
-  check_table(op, table);
-  check_meta(op, meta, table);
+  check_table_meta(op, table, meta);
   const c10::cuda::CUDAGuard guard(table.device());
   auto mh = meta.to(at::kCPU);
   const int64_t* m = mh.data_ptr<int64_t>();
@@ -390,8 +376,7 @@ std::tuple<at::Tensor, at::Tensor> export_cuda(const at::Tensor& table, const at
   auto ch = at::cat({counters, incl.slice(0, next_row - 1)}).to(at::kCPU);
   const int64_t live = ch.data_ptr<int64_t>()[0], bad = ch.data_ptr<int64_t>()[1];
   const int64_t distinct = ch.data_ptr<int64_t>()[2];
-  TORCH_CHECK(bad == 0, op, ": inconsistent state: ", bad, " slots hold rows >= next_row (", next_row, ")");
-  TORCH_CHECK(live == size, op, ": inconsistent state: the table holds ", live, " ids but meta says size=", size);
+  check_export_counts(op, bad, live, next_row, size);
   TORCH_CHECK(distinct == size, op, ": inconsistent state: ", size - distinct,
               " rows are held by more than one slot");
   export_compact_kernel<<<blocks_for(next_row), kThreads, 0, stream>>>(

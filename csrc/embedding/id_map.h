@@ -19,6 +19,7 @@
 //   -3          locked: a thread claimed the empty slot and is writing the key
 //   <= -4       pending: encodes the smallest batch position p (= -4 - state) that claimed it
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "common.h"
@@ -114,6 +115,53 @@ inline void check_meta_values(const char* op, const int64_t* m, int64_t capacity
               ") + tombstones (", m[kTombstones], ") must be below the capacity (", capacity, ")");
   TORCH_CHECK(free_len >= m[kFreeCount], op, ": inconsistent state: free_count (", m[kFreeCount],
               ") exceeds free_rows' length (", free_len, ")");
+}
+
+
+// check_table + check_meta (+ check_free_rows): the shape checks of the whole state.
+inline void check_table_meta(const char* op, const at::Tensor& table, const at::Tensor& meta) {
+  check_table(op, table);
+  check_meta(op, meta, table);
+}
+
+inline void check_state_shapes(const char* op, const at::Tensor& table, const at::Tensor& meta,
+                               const at::Tensor& free_rows) {
+  check_table_meta(op, table, meta);
+  check_free_rows(op, free_rows, table);
+}
+
+// find_or_insert: a batch of n ids must fit below the capacity, whatever its new ids.
+inline void check_batch_fits(const char* op, const int64_t* m, int64_t n, int64_t cap) {
+  TORCH_CHECK(m[kSize] + m[kTombstones] + n < cap, op, ": a batch of ", n,
+              " ids may not fit: size (", m[kSize], ") + tombstones (", m[kTombstones],
+              ") + batch must stay below the capacity (", cap, "); grow the table with "
+              "id_map_rehash first (IdMap does this automatically)");
+}
+
+// delete: free_rows must have room for every row the batch may free.
+inline void check_free_rows_room(const char* op, const int64_t* m, int64_t free_len, int64_t n) {
+  const int64_t fc = m[kFreeCount];
+  TORCH_CHECK(free_len >= std::min(m[kNextRow], fc + n), op, ": 'free_rows' (length ",
+              free_len, ") must hold min(next_row, free_count + len(ids)) = ",
+              std::min(m[kNextRow], fc + n), " rows; grow it first (IdMap does this automatically)");
+}
+
+inline void check_new_capacity(const char* op, int64_t new_capacity, const int64_t* m) {
+  TORCH_CHECK(is_pow2(new_capacity), op, ": new_capacity must be a power of two, got ", new_capacity);
+  TORCH_CHECK(new_capacity > m[kSize], op, ": new_capacity (", new_capacity,
+              ") must exceed the number of ids (", m[kSize], ")");
+}
+
+// rehash: counts of the slots seen in the old table (transient states, live ids).
+inline void check_rehash_counts(const char* op, int64_t bad, int64_t live, int64_t size) {
+  TORCH_CHECK(bad == 0, op, ": inconsistent state: ", bad, " slots hold a transient (locked/pending) state");
+  TORCH_CHECK(live == size, op, ": inconsistent state: the table holds ", live, " ids but meta says size=", size);
+}
+
+// export: counts of the slots seen (rows >= next_row, live ids).
+inline void check_export_counts(const char* op, int64_t bad, int64_t live, int64_t next_row, int64_t size) {
+  TORCH_CHECK(bad == 0, op, ": inconsistent state: ", bad, " slots hold rows >= next_row (", next_row, ")");
+  TORCH_CHECK(live == size, op, ": inconsistent state: the table holds ", live, " ids but meta says size=", size);
 }
 
 }  // namespace idmap

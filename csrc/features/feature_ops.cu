@@ -38,15 +38,12 @@ __global__ void mod_kernel(const ModJob* jobs, int njobs, int64_t total) {
 
 std::vector<at::Tensor> fused_uint64_mod_cuda(at::TensorList values, at::IntArrayRef mods) {
   const char* op = "recis_compat::fused_uint64_mod";
-  TORCH_CHECK(values.size() == mods.size(), op, ": got ", values.size(), " values and ",
-              mods.size(), " mods; they must be equal in number");
+  features::check_same_count(op, values.size(), "values", mods.size(), "mods");
   std::vector<at::Tensor> ins, outs;
   std::vector<ModJob> jobs;
   int64_t total = 0;
   for (size_t k = 0; k < values.size(); ++k) {
-    TORCH_CHECK(values[k].scalar_type() == at::kLong, op, ": '", nth("values", k),
-                "' must be int64 ids, got ", values[k].scalar_type());
-    TORCH_CHECK(mods[k] > 0, op, ": '", nth("mods", k), "' must be > 0, got ", mods[k]);
+    features::check_mod_job(op, values, mods, k);
     TORCH_CHECK(values[k].device() == values[0].device(), op, ": all values must be on one device");
     ins.push_back(values[k].contiguous());
     outs.push_back(at::empty_like(ins.back(), at::MemoryFormat::Contiguous));
@@ -105,8 +102,7 @@ FKind fkind(at::ScalarType t) {
 
 std::vector<at::Tensor> fused_bucketize_cuda(at::TensorList values, at::TensorList boundaries) {
   const char* op = "recis_compat::fused_bucketize";
-  TORCH_CHECK(values.size() == boundaries.size(), op, ": got ", values.size(), " values and ",
-              boundaries.size(), " boundaries; they must be equal in number");
+  features::check_same_count(op, values.size(), "values", boundaries.size(), "boundaries");
   std::vector<at::Tensor> keep, outs;
   std::vector<BucketJob> jobs;
   int64_t total = 0;
@@ -114,9 +110,7 @@ std::vector<at::Tensor> fused_bucketize_cuda(at::TensorList values, at::TensorLi
     const auto st = values[k].scalar_type();
     TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
                 ": '", nth("values", k), "' must be floating point, got ", st);
-    TORCH_CHECK(boundaries[k].dim() == 1 && at::isFloatingType(boundaries[k].scalar_type()), op,
-                ": '", nth("boundaries", k), "' must be a 1-D floating tensor, got ",
-                boundaries[k].scalar_type(), " of shape ", boundaries[k].sizes());
+    features::check_boundaries(op, boundaries, k);
     TORCH_CHECK(boundaries[k].device() == values[k].device() && values[k].device() == values[0].device(),
                 op, ": '", nth("boundaries", k), "' and all values must be on one device");
     auto v = values[k].contiguous();
@@ -164,26 +158,12 @@ std::vector<at::Tensor> fused_multi_hash_cuda(at::TensorList inputs, at::IntArra
                                               at::IntArrayRef primes, at::IntArrayRef buckets,
                                               at::IntArrayRef num_hashes) {
   const char* op = "recis_compat::fused_multi_hash";
-  TORCH_CHECK(inputs.size() == num_hashes.size(), op, ": got ", inputs.size(), " inputs and ",
-              num_hashes.size(), " num_hashes; they must be equal in number");
-  const int64_t total_h = std::accumulate(num_hashes.begin(), num_hashes.end(), int64_t{0});
-  TORCH_CHECK(static_cast<int64_t>(muls.size()) == total_h && static_cast<int64_t>(primes.size()) == total_h &&
-                  static_cast<int64_t>(buckets.size()) == total_h,
-              op, ": muls, primes and buckets must each hold sum(num_hashes) = ", total_h,
-              " entries, got ", muls.size(), ", ", primes.size(), ", ", buckets.size());
-  for (int64_t j = 0; j < total_h; ++j) {
-    TORCH_CHECK(primes[j] > 0, op, ": '", nth("primes", j), "' must be > 0, got ", primes[j]);
-    TORCH_CHECK(buckets[j] > 0, op, ": '", nth("buckets", j), "' must be > 0, got ", buckets[j]);
-  }
+  features::check_multi_hash_params(op, inputs, muls, primes, buckets, num_hashes);
   std::vector<at::Tensor> keep, outs;
   std::vector<MultiHashJob> jobs;
   int64_t total = 0, h = 0;
   for (size_t k = 0; k < inputs.size(); ++k) {
-    TORCH_CHECK(num_hashes[k] >= 1 && num_hashes[k] <= features::kMaxMultiHash, op, ": '",
-                nth("num_hashes", k), "' must be in [1, 4] (at most 4 multi-hash buckets), got ",
-                num_hashes[k]);
-    TORCH_CHECK(inputs[k].scalar_type() == at::kLong, op, ": '", nth("inputs", k),
-                "' must be int64 ids, got ", inputs[k].scalar_type());
+    features::check_multi_hash_input(op, inputs, num_hashes, k);
     TORCH_CHECK(inputs[k].device() == inputs[0].device(), op, ": all inputs must be on one device");
     auto x = inputs[k].contiguous();
     keep.push_back(x);
@@ -274,23 +254,6 @@ __global__ void cross_write_kernel(const int64_t* out_off, int64_t rows, const i
   }
 }
 
-void check_cross_side(const at::Tensor& val, const at::Tensor& off, const c10::optional<at::Tensor>& w,
-                      const char* side) {
-  const char* op = "recis_compat::feature_cross";
-  const std::string s(side);
-  TORCH_CHECK(val.dim() == 1 && val.scalar_type() == at::kLong, op, ": '", s,
-              "_val' must be 1-D int64 ids, got ", val.scalar_type(), " of shape ", val.sizes());
-  TORCH_CHECK(off.device() == val.device(), op, ": '", s, "_off' must be on the device of ", s, "_val");
-  features::check_offsets(off, val.numel(), op, s + "_off");
-  if (w.has_value()) {
-    TORCH_CHECK(w->dim() == 1 && w->numel() == val.numel(), op, ": '", s,
-                "_w' must be 1-D with one weight per id (", val.numel(), "), got shape ", w->sizes());
-    TORCH_CHECK(at::isFloatingType(w->scalar_type()), op, ": '", s, "_w' must be floating, got ",
-                w->scalar_type());
-    TORCH_CHECK(w->device() == val.device(), op, ": '", s, "_w' must be on the device of ", s, "_val");
-  }
-}
-
 template <typename off_t, typename w_t>
 void cross_cuda_impl(const at::Tensor& xv, const at::Tensor& xo, const at::Tensor& xw_in, const at::Tensor& yv,
                      const at::Tensor& yo, const at::Tensor& yw_in, int64_t rows, at::Tensor& out_v,
@@ -333,28 +296,15 @@ void cross_cuda_impl(const at::Tensor& xv, const at::Tensor& xo, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_cross_cuda(
     const at::Tensor& x_val, const at::Tensor& x_off, const c10::optional<at::Tensor>& x_w,
     const at::Tensor& y_val, const at::Tensor& y_off, const c10::optional<at::Tensor>& y_w) {
-  const char* op = "recis_compat::feature_cross";
-  check_cross_side(x_val, x_off, x_w, "x");
-  check_cross_side(y_val, y_off, y_w, "y");
-  TORCH_CHECK(x_off.scalar_type() == y_off.scalar_type(), op,
-              ": 'x_off' and 'y_off' must share one dtype, got ", x_off.scalar_type(), " and ",
-              y_off.scalar_type());
-  TORCH_CHECK(x_val.device() == y_val.device(), op, ": x and y must be on one device");
+  features::check_cross_args(x_val, x_off, x_w, y_val, y_off, y_w);
   const c10::cuda::CUDAGuard guard(x_val.device());
-  at::ScalarType wdt = at::kFloat;
-  if (x_w.has_value()) wdt = at::promoteTypes(wdt, x_w->scalar_type());
-  if (y_w.has_value()) wdt = at::promoteTypes(wdt, y_w->scalar_type());
-  const int64_t rows = std::max<int64_t>(std::min(x_off.numel(), y_off.numel()) - 1, 0);
-  auto xv = x_val.contiguous(), yv = y_val.contiguous();
-  auto xo = x_off.contiguous(), yo = y_off.contiguous();
-  at::Tensor xw = x_w.has_value() ? x_w->to(wdt).contiguous() : at::Tensor();
-  at::Tensor yw = y_w.has_value() ? y_w->to(wdt).contiguous() : at::Tensor();
+  const features::CrossInputs in = features::prepare_cross_inputs(x_val, x_off, x_w, y_val, y_off, y_w);
   at::Tensor ov, oo, ow;
-  AT_DISPATCH_FLOATING_TYPES(wdt, "feature_cross_cuda", [&] {
-    if (xo.scalar_type() == at::kLong)
-      cross_cuda_impl<int64_t, scalar_t>(xv, xo, xw, yv, yo, yw, rows, ov, oo, ow);
+  AT_DISPATCH_FLOATING_TYPES(in.wdt, "feature_cross_cuda", [&] {
+    if (in.xo.scalar_type() == at::kLong)
+      cross_cuda_impl<int64_t, scalar_t>(in.xv, in.xo, in.xw, in.yv, in.yo, in.yw, in.rows, ov, oo, ow);
     else
-      cross_cuda_impl<int32_t, scalar_t>(xv, xo, xw, yv, yo, yw, rows, ov, oo, ow);
+      cross_cuda_impl<int32_t, scalar_t>(in.xv, in.xo, in.xw, in.yv, in.yo, in.yw, in.rows, ov, oo, ow);
   });
   return {ov, oo, ow};
 }

@@ -18,12 +18,6 @@ namespace {
 
 using features::nth;
 
-int64_t row_bytes(const at::Tensor& v) {
-  int64_t inner = 1;
-  for (int64_t d = 1; d < v.dim(); ++d) inner *= v.size(d);
-  return inner * static_cast<int64_t>(v.element_size());
-}
-
 std::vector<int64_t> as_i64(const at::Tensor& off) {
   auto o = off.to(at::kLong).contiguous();
   return std::vector<int64_t>(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
@@ -43,7 +37,7 @@ at::Tensor from_i64(const std::vector<int64_t>& v, const at::Tensor& like) {
 // Copies ranges [src_start[k], +len[k]) of src rows into dst rows from dst_start[k] (parallel).
 void copy_ranges(const at::Tensor& src, at::Tensor& dst, const std::vector<int64_t>& src_start,
                  const std::vector<int64_t>& len, const std::vector<int64_t>& dst_start) {
-  const int64_t rb = row_bytes(src);
+  const int64_t rb = features::row_bytes(src);
   if (rb == 0) return;
   const char* s = static_cast<const char*>(src.data_ptr());
   char* d = static_cast<char*>(dst.data_ptr());
@@ -51,23 +45,6 @@ void copy_ranges(const at::Tensor& src, at::Tensor& dst, const std::vector<int64
     for (int64_t k = b; k < e; ++k)
       if (len[k] > 0) std::memcpy(d + dst_start[k] * rb, s + src_start[k] * rb, len[k] * rb);
   });
-}
-
-at::Tensor empty_rows(const at::Tensor& v, int64_t n) {
-  auto sz = v.sizes().vec();
-  if (sz.empty()) sz.push_back(0);
-  sz[0] = n;
-  return at::empty(sz, v.options());
-}
-
-void check_values(const at::Tensor& v, const char* op, const std::string& name) {
-  TORCH_CHECK(v.dim() >= 1, op, ": '", name, "' must have at least one dimension");
-}
-
-void check_weight(const at::Tensor& w, const at::Tensor& v, const char* op, const std::string& name) {
-  TORCH_CHECK(w.dim() == 1 && w.size(0) == v.size(0), op, ": '", name,
-              "' must be 1-D with one weight per value (", v.size(0), "), got shape ", w.sizes());
-  TORCH_CHECK(w.device() == v.device(), op, ": '", name, "' must be on the device of its values");
 }
 
 // ------------------------------------------------------------------ fused_ragged_cutoff_2d
@@ -78,19 +55,14 @@ cutoff_2d_cpu(at::TensorList values, at::TensorList offsets,
               c10::List<bool> drop_left) {
   const char* op = "recis_compat::fused_ragged_cutoff_2d";
   const size_t n = values.size();
-  TORCH_CHECK(offsets.size() == n && weights.size() == n && keep_lengths.size() == n &&
-                  drop_left.size() == n,
-              op, ": values, offsets, weights, keep_lengths and drop_left must have one entry per "
-              "feature (got ", n, ", ", offsets.size(), ", ", weights.size(), ", ",
-              keep_lengths.size(), ", ", drop_left.size(), ")");
+  features::check_cutoff_2d_counts(op, n, offsets.size(), weights.size(), keep_lengths.size(), drop_left.size());
   std::vector<at::Tensor> vs, os, ws, ds, ps;
   for (size_t k = 0; k < n; ++k) {
-    check_values(values[k], op, nth("values", k));
+    features::check_values(values[k], op, nth("values", k));
     features::check_offsets(offsets[k], values[k].size(0), op, nth("offsets", k));
-    TORCH_CHECK(keep_lengths[k] > 0, op, ": '", nth("keep_lengths", k),
-                "' (seq_len) must be > 0, got ", keep_lengths[k]);
+    features::check_keep_length(op, keep_lengths, k);
     const c10::optional<at::Tensor> w = weights.get(k);
-    if (w.has_value()) check_weight(*w, values[k], op, nth("weights", k));
+    if (w.has_value()) features::check_weight(*w, values[k], op, nth("weights", k));
     const int64_t keep = keep_lengths[k];
     const bool left = drop_left.get(k);
     const auto off = as_i64(offsets[k]);
@@ -111,13 +83,13 @@ cutoff_2d_cpu(at::TensorList values, at::TensorList offsets,
       pp[r] = static_cast<int32_t>(std::max<int64_t>(keep - l, 0));
     }
     auto v = values[k].contiguous();
-    auto out = empty_rows(v, noff[rows]);
+    auto out = features::empty_rows(v, noff[rows]);
     copy_ranges(v, out, src, len, dst);
     vs.push_back(out);
     os.push_back(from_i64(noff, offsets[k]));
     if (w.has_value()) {
       auto wc = w->contiguous();
-      auto wo = empty_rows(wc, noff[rows]);
+      auto wo = features::empty_rows(wc, noff[rows]);
       copy_ranges(wc, wo, src, len, dst);
       ws.push_back(wo);
     } else {
@@ -136,19 +108,17 @@ cutoff_3d_cpu(at::TensorList values, at::TensorList outer, at::TensorList inner,
               c10::List<bool> drop_left, c10::List<bool> pad_left) {
   const char* op = "recis_compat::fused_ragged_cutoff_3d";
   const size_t n = values.size();
-  TORCH_CHECK(outer.size() == n && inner.size() == n && weights.size() == n &&
-                  keep_lengths.size() == n && drop_left.size() == n && pad_left.size() == n,
-              op, ": values, outer, inner, weights, keep_lengths, drop_left and pad_left must have "
-              "one entry per feature");
+  features::check_cutoff_3d_counts(op, n, outer.size(), inner.size(), weights.size(), keep_lengths.size(),
+                                   drop_left.size(), pad_left.size());
   std::vector<at::Tensor> vs, os, is, ws;
   for (size_t k = 0; k < n; ++k) {
-    check_values(values[k], op, nth("values", k));
+    features::check_values(values[k], op, nth("values", k));
     features::check_offsets(inner[k], values[k].size(0), op, nth("inner", k));
     features::check_offsets(outer[k], inner[k].numel() - 1, op, nth("outer", k));
+    features::check_keep_length(op, keep_lengths, k);
     const int64_t keep = keep_lengths[k];
-    TORCH_CHECK(keep > 0, op, ": '", nth("keep_lengths", k), "' (seq_len) must be > 0, got ", keep);
     const c10::optional<at::Tensor> w = weights.get(k);
-    if (w.has_value()) check_weight(*w, values[k], op, nth("weights", k));
+    if (w.has_value()) features::check_weight(*w, values[k], op, nth("weights", k));
     const bool dl = drop_left.get(k), pl = pad_left.get(k);
     const auto o = as_i64(outer[k]);
     const auto in = as_i64(inner[k]);
@@ -176,7 +146,7 @@ cutoff_3d_cpu(at::TensorList values, at::TensorList outer, at::TensorList inner,
       }
     }
     auto v = values[k].contiguous();
-    auto out = empty_rows(v, noff[slots]);
+    auto out = features::empty_rows(v, noff[slots]);
     copy_ranges(v, out, src, len, dst);
     vs.push_back(out);
     std::vector<int64_t> oo(rows + 1);
@@ -185,7 +155,7 @@ cutoff_3d_cpu(at::TensorList values, at::TensorList outer, at::TensorList inner,
     is.push_back(from_i64(noff, inner[k]));
     if (w.has_value()) {
       auto wc = w->contiguous();
-      auto wo = empty_rows(wc, noff[slots]);
+      auto wo = features::empty_rows(wc, noff[slots]);
       copy_ranges(wc, wo, src, len, dst);
       ws.push_back(wo);
     } else {
@@ -244,16 +214,13 @@ void visit(const DenseLayout& L, size_t level, int64_t row, int64_t base, const 
 
 at::Tensor ragged_to_dense_cpu(const at::Tensor& values, at::TensorList offsets, const at::Scalar& default_value) {
   const char* op = "recis_compat::ragged_to_dense";
-  check_values(values, op, "values");
+  features::check_values(values, op, "values");
   for (size_t k = 0; k < offsets.size(); ++k)
     TORCH_CHECK(offsets[k].device() == values.device(), op, ": '", nth("offsets", k),
                 "' must be on the device of 'values'");
   const DenseLayout L = dense_layout(offsets, values.size(0), op);
-  std::vector<int64_t> shape{L.batch};
-  shape.insert(shape.end(), L.maxlen.begin(), L.maxlen.end());
-  for (int64_t d = 1; d < values.dim(); ++d) shape.push_back(values.size(d));
-  auto out = at::full(shape, default_value, values.options());
-  const int64_t rb = row_bytes(values);
+  auto out = at::full(features::dense_shape(L.batch, L.maxlen, values), default_value, values.options());
+  const int64_t rb = features::row_bytes(values);
   if (out.numel() == 0 || rb == 0) return out;
   auto v = values.contiguous();
   const char* s = static_cast<const char*>(v.data_ptr());
@@ -268,16 +235,8 @@ at::Tensor ragged_to_dense_cpu(const at::Tensor& values, at::TensorList offsets,
 at::Tensor ragged_to_dense_backward_cpu(const at::Tensor& grad, at::TensorList offsets, int64_t num_values) {
   const char* op = "recis_compat::ragged_to_dense_backward";
   const DenseLayout L = dense_layout(offsets, num_values, op);
-  const int64_t nl = static_cast<int64_t>(offsets.size());
-  TORCH_CHECK(grad.dim() >= 1 + nl && grad.size(0) == L.batch, op, ": 'grad' has shape ", grad.sizes(),
-              ", which does not match the offsets");
-  for (int64_t k = 0; k < nl; ++k)
-    TORCH_CHECK(grad.size(1 + k) == L.maxlen[k], op, ": 'grad' has shape ", grad.sizes(),
-                ", which does not match the offsets");
-  std::vector<int64_t> shape{num_values};
-  for (int64_t d = 1 + nl; d < grad.dim(); ++d) shape.push_back(grad.size(d));
-  auto out = at::zeros(shape, grad.options());
-  const int64_t rb = row_bytes(out);
+  auto out = at::zeros(features::check_dense_grad(op, grad, L.batch, L.maxlen, num_values), grad.options());
+  const int64_t rb = features::row_bytes(out);
   if (grad.numel() == 0 || rb == 0) return out;
   auto g = grad.contiguous();
   const char* s = static_cast<const char*>(g.data_ptr());
@@ -293,10 +252,8 @@ at::Tensor ragged_to_dense_backward_cpu(const at::Tensor& grad, at::TensorList o
 std::tuple<at::Tensor, at::Tensor> dense_to_ragged_cpu(const at::Tensor& data, bool check_invalid,
                                                        const at::Scalar& invalid_value) {
   const char* op = "recis_compat::dense_to_ragged";
-  TORCH_CHECK(data.dim() == 2, op, ": 'data' must be 2-D, got shape ", data.sizes());
+  features::check_dense_data(op, data);
   const int64_t B = data.size(0), W = data.size(1);
-  TORCH_CHECK(B * W <= std::numeric_limits<int32_t>::max(), op,
-              ": 'data' holds more values than int32 offsets can address");
   auto x = data.contiguous();
   std::vector<int64_t> len(B, W);
   if (check_invalid && W > 0) {

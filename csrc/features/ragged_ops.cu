@@ -20,23 +20,6 @@ namespace {
 using features::nth;
 using namespace features::cuda;
 
-at::Tensor empty_rows(const at::Tensor& v, int64_t n) {
-  auto sz = v.sizes().vec();
-  if (sz.empty()) sz.push_back(0);
-  sz[0] = n;
-  return at::empty(sz, v.options());
-}
-
-void check_values(const at::Tensor& v, const char* op, const std::string& name) {
-  TORCH_CHECK(v.dim() >= 1, op, ": '", name, "' must have at least one dimension");
-}
-
-void check_weight(const at::Tensor& w, const at::Tensor& v, const char* op, const std::string& name) {
-  TORCH_CHECK(w.dim() == 1 && w.size(0) == v.size(0), op, ": '", name,
-              "' must be 1-D with one weight per value (", v.size(0), "), got shape ", w.sizes());
-  TORCH_CHECK(w.device() == v.device(), op, ": '", name, "' must be on the device of its values");
-}
-
 // Last entries of several int64 offsets tensors, with one device->host copy.
 std::vector<int64_t> totals_of(const std::vector<at::Tensor>& offs) {
   std::vector<int64_t> out;
@@ -54,6 +37,23 @@ at::Tensor to_offsets_dtype(const at::Tensor& off64, int64_t total, const at::Te
   return off64.to(like.scalar_type());
 }
 
+// Allocates the cut values (and weights; an empty float32 tensor without) of one feature,
+// appends them to vs / ws and queues their copies on gather.
+void add_cut_feature(Gather& gather, const at::Tensor& values, const c10::optional<at::Tensor>& w,
+                     const at::Tensor& src, const at::Tensor& noff, int64_t total, std::vector<at::Tensor>& vs,
+                     std::vector<at::Tensor>& ws) {
+  auto v = values.contiguous();
+  vs.push_back(features::empty_rows(v, total));
+  gather.add(v, vs.back(), src, noff);
+  if (w.has_value()) {
+    auto wc = w->contiguous();
+    ws.push_back(features::empty_rows(wc, total));
+    gather.add(wc, ws.back(), src, noff);
+  } else {
+    ws.push_back(at::empty({0}, v.options().dtype(at::kFloat)));
+  }
+}
+
 // ------------------------------------------------------------------ fused_ragged_cutoff_2d
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
            std::vector<at::Tensor>, std::vector<at::Tensor>>
@@ -62,23 +62,18 @@ cutoff_2d_cuda(at::TensorList values, at::TensorList offsets,
                c10::List<bool> drop_left) {
   const char* op = "recis_compat::fused_ragged_cutoff_2d";
   const size_t n = values.size();
-  TORCH_CHECK(offsets.size() == n && weights.size() == n && keep_lengths.size() == n &&
-                  drop_left.size() == n,
-              op, ": values, offsets, weights, keep_lengths and drop_left must have one entry per "
-              "feature (got ", n, ", ", offsets.size(), ", ", weights.size(), ", ",
-              keep_lengths.size(), ", ", drop_left.size(), ")");
+  features::check_cutoff_2d_counts(op, n, offsets.size(), weights.size(), keep_lengths.size(), drop_left.size());
   std::vector<at::Tensor> vs, os, ws, ds, ps, srcs, noffs;
   if (n == 0) return {vs, os, ws, ds, ps};
   const c10::cuda::CUDAGuard guard(values[0].device());
   for (size_t k = 0; k < n; ++k) {
-    check_values(values[k], op, nth("values", k));
+    features::check_values(values[k], op, nth("values", k));
     TORCH_CHECK(offsets[k].device() == values[k].device(), op, ": '", nth("offsets", k),
                 "' must be on the device of its values");
     features::check_offsets(offsets[k], values[k].size(0), op, nth("offsets", k));
-    TORCH_CHECK(keep_lengths[k] > 0, op, ": '", nth("keep_lengths", k),
-                "' (seq_len) must be > 0, got ", keep_lengths[k]);
+    features::check_keep_length(op, keep_lengths, k);
     const c10::optional<at::Tensor> w = weights.get(k);
-    if (w.has_value()) check_weight(*w, values[k], op, nth("weights", k));
+    if (w.has_value()) features::check_weight(*w, values[k], op, nth("weights", k));
     const int64_t keep = keep_lengths[k];
     auto off = offsets[k].to(at::kLong);
     const int64_t rows = off.numel() - 1;
@@ -93,18 +88,8 @@ cutoff_2d_cuda(at::TensorList values, at::TensorList offsets,
   const auto totals = totals_of(noffs);
   Gather gather;
   for (size_t k = 0; k < n; ++k) {
-    auto v = values[k].contiguous();
-    vs.push_back(empty_rows(v, totals[k]));
-    gather.add(v, vs.back(), srcs[k], noffs[k]);
     os.push_back(to_offsets_dtype(noffs[k], totals[k], offsets[k], op));
-    const c10::optional<at::Tensor> w = weights.get(k);
-    if (w.has_value()) {
-      auto wc = w->contiguous();
-      ws.push_back(empty_rows(wc, totals[k]));
-      gather.add(wc, ws.back(), srcs[k], noffs[k]);
-    } else {
-      ws.push_back(at::empty({0}, v.options().dtype(at::kFloat)));
-    }
+    add_cut_feature(gather, values[k], weights.get(k), srcs[k], noffs[k], totals[k], vs, ws);
   }
   gather.run(values[0].device());
   return {vs, os, ws, ds, ps};
@@ -117,23 +102,21 @@ cutoff_3d_cuda(at::TensorList values, at::TensorList outer, at::TensorList inner
                c10::List<bool> drop_left, c10::List<bool> pad_left) {
   const char* op = "recis_compat::fused_ragged_cutoff_3d";
   const size_t n = values.size();
-  TORCH_CHECK(outer.size() == n && inner.size() == n && weights.size() == n &&
-                  keep_lengths.size() == n && drop_left.size() == n && pad_left.size() == n,
-              op, ": values, outer, inner, weights, keep_lengths, drop_left and pad_left must have "
-              "one entry per feature");
+  features::check_cutoff_3d_counts(op, n, outer.size(), inner.size(), weights.size(), keep_lengths.size(),
+                                   drop_left.size(), pad_left.size());
   std::vector<at::Tensor> vs, os, is, ws, srcs, noffs;
   if (n == 0) return {vs, os, is, ws};
   const c10::cuda::CUDAGuard guard(values[0].device());
   for (size_t k = 0; k < n; ++k) {
-    check_values(values[k], op, nth("values", k));
+    features::check_values(values[k], op, nth("values", k));
     TORCH_CHECK(outer[k].device() == values[k].device() && inner[k].device() == values[k].device(), op,
                 ": '", nth("outer", k), "' and '", nth("inner", k), "' must be on the device of the values");
     features::check_offsets(inner[k], values[k].size(0), op, nth("inner", k));
     features::check_offsets(outer[k], inner[k].numel() - 1, op, nth("outer", k));
+    features::check_keep_length(op, keep_lengths, k);
     const int64_t keep = keep_lengths[k];
-    TORCH_CHECK(keep > 0, op, ": '", nth("keep_lengths", k), "' (seq_len) must be > 0, got ", keep);
     const c10::optional<at::Tensor> w = weights.get(k);
-    if (w.has_value()) check_weight(*w, values[k], op, nth("weights", k));
+    if (w.has_value()) features::check_weight(*w, values[k], op, nth("weights", k));
     auto o = outer[k].to(at::kLong);
     auto in = inner[k].to(at::kLong);
     const int64_t rows = o.numel() - 1;
@@ -154,18 +137,8 @@ cutoff_3d_cuda(at::TensorList values, at::TensorList outer, at::TensorList inner
   const auto totals = totals_of(noffs);
   Gather gather;
   for (size_t k = 0; k < n; ++k) {
-    auto v = values[k].contiguous();
-    vs.push_back(empty_rows(v, totals[k]));
-    gather.add(v, vs.back(), srcs[k], noffs[k]);
     is.push_back(to_offsets_dtype(noffs[k], totals[k], inner[k], op));
-    const c10::optional<at::Tensor> w = weights.get(k);
-    if (w.has_value()) {
-      auto wc = w->contiguous();
-      ws.push_back(empty_rows(wc, totals[k]));
-      gather.add(wc, ws.back(), srcs[k], noffs[k]);
-    } else {
-      ws.push_back(at::empty({0}, v.options().dtype(at::kFloat)));
-    }
+    add_cut_feature(gather, values[k], weights.get(k), srcs[k], noffs[k], totals[k], vs, ws);
   }
   gather.run(values[0].device());
   return {vs, os, is, ws};
@@ -264,22 +237,13 @@ void launch_dense(const DenseLayout& L, const char* src, char* dst, int64_t nval
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-int64_t row_bytes_of(const at::Tensor& v) {
-  int64_t rb = static_cast<int64_t>(v.element_size());
-  for (int64_t d = 1; d < v.dim(); ++d) rb *= v.size(d);
-  return rb;
-}
-
 at::Tensor ragged_to_dense_cuda(const at::Tensor& values, at::TensorList offsets, const at::Scalar& default_value) {
   const char* op = "recis_compat::ragged_to_dense";
-  check_values(values, op, "values");
+  features::check_values(values, op, "values");
   const c10::cuda::CUDAGuard guard(values.device());
   const DenseLayout L = dense_layout(offsets, values.size(0), values.device(), op);
-  std::vector<int64_t> shape{L.batch};
-  shape.insert(shape.end(), L.maxlen.begin(), L.maxlen.end());
-  for (int64_t d = 1; d < values.dim(); ++d) shape.push_back(values.size(d));
-  auto out = at::full(shape, default_value, values.options());
-  const int64_t rb = row_bytes_of(values);
+  auto out = at::full(features::dense_shape(L.batch, L.maxlen, values), default_value, values.options());
+  const int64_t rb = features::row_bytes(values);
   if (out.numel() == 0 || rb == 0 || values.size(0) == 0) return out;
   auto v = values.contiguous();
   if (L.off[0].scalar_type() == at::kLong)
@@ -295,16 +259,8 @@ at::Tensor ragged_to_dense_backward_cuda(const at::Tensor& grad, at::TensorList 
   const char* op = "recis_compat::ragged_to_dense_backward";
   const c10::cuda::CUDAGuard guard(grad.device());
   const DenseLayout L = dense_layout(offsets, num_values, grad.device(), op);
-  const int64_t nl = static_cast<int64_t>(offsets.size());
-  TORCH_CHECK(grad.dim() >= 1 + nl && grad.size(0) == L.batch, op, ": 'grad' has shape ", grad.sizes(),
-              ", which does not match the offsets");
-  for (int64_t k = 0; k < nl; ++k)
-    TORCH_CHECK(grad.size(1 + k) == L.maxlen[k], op, ": 'grad' has shape ", grad.sizes(),
-                ", which does not match the offsets");
-  std::vector<int64_t> shape{num_values};
-  for (int64_t d = 1 + nl; d < grad.dim(); ++d) shape.push_back(grad.size(d));
-  auto out = at::zeros(shape, grad.options());
-  const int64_t rb = row_bytes_of(out);
+  auto out = at::zeros(features::check_dense_grad(op, grad, L.batch, L.maxlen, num_values), grad.options());
+  const int64_t rb = features::row_bytes(out);
   if (grad.numel() == 0 || rb == 0 || num_values == 0) return out;
   auto g = grad.contiguous();
   if (L.off[0].scalar_type() == at::kLong)
@@ -320,10 +276,8 @@ at::Tensor ragged_to_dense_backward_cuda(const at::Tensor& grad, at::TensorList 
 std::tuple<at::Tensor, at::Tensor> dense_to_ragged_cuda(const at::Tensor& data, bool check_invalid,
                                                         const at::Scalar& invalid_value) {
   const char* op = "recis_compat::dense_to_ragged";
-  TORCH_CHECK(data.dim() == 2, op, ": 'data' must be 2-D, got shape ", data.sizes());
+  features::check_dense_data(op, data);
   const int64_t B = data.size(0), W = data.size(1);
-  TORCH_CHECK(B * W <= std::numeric_limits<int32_t>::max(), op,
-              ": 'data' holds more values than int32 offsets can address");
   const c10::cuda::CUDAGuard guard(data.device());
   auto x = data.contiguous();
   auto lopt = x.options().dtype(at::kLong);
