@@ -1,5 +1,4 @@
-"""Test-wide fixtures: paths to shared data, a per-test temp dir, and skips for what is absent."""
-import os
+"""Test-wide fixtures: the shared deepfm data (skipped when absent) and a fixed torch seed."""
 import pathlib
 
 import pytest
@@ -18,5 +17,3 @@ def deepfm_dir():
         pytest.skip(f"shared data not found at {SHARED_DEEPFM}")
     return SHARED_DEEPFM
 
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

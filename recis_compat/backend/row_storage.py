@@ -12,7 +12,7 @@ at block creation); rows freed by eviction are re-initialised by :meth:`reset_ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import torch
 
