@@ -1,4 +1,5 @@
-"""Test-wide fixtures: the shared deepfm data (skipped when absent) and a fixed torch seed."""
+"""Test-wide fixtures: the shared deepfm data (skipped when absent), a fixed torch seed and a
+clean table-name registry per test."""
 import pathlib
 
 import pytest
@@ -17,3 +18,13 @@ def deepfm_dir():
         pytest.skip(f"shared data not found at {SHARED_DEEPFM}")
     return SHARED_DEEPFM
 
+
+
+@pytest.fixture(autouse=True)
+def _fresh_table_names():
+    """Every test starts with no table names registered (RecIS's HashtableRegister forbids one
+    name twice per process; tables of earlier tests may not be garbage collected yet)."""
+    from recis_compat.nn.modules.hashtable import HashtableRegister
+    HashtableRegister().clear()
+    yield
+    HashtableRegister().clear()

@@ -4,8 +4,9 @@ A table owns one :class:`RowStorage`: slot ``"embedding"`` ``[capacity, dim]`` p
 of extra slots (optimizer moments such as ``sparse_adamw_exp_avg``, the eviction filter's
 ``step_filter``), all indexed by the same row numbers the id map hands out.
 
-Capacity grows without a size from the user, amortised (x1.5, at least one ``block`` of rows),
-so a table holding N rows never reserves more than ~1.5 N + block rows. New embedding rows
+Capacity grows without a size from the user, amortised (x1.5, at least one ``block`` of rows,
+always a whole number of blocks as RecIS's block storage), so a table holding N rows never
+reserves more than ~1.5 N + block rows. New embedding rows
 take values from the table's initializer when the capacity grows (RecIS fills a whole block
 at block creation); rows freed by eviction are re-initialised by :meth:`reset_rows`.
 """
@@ -77,6 +78,7 @@ class RowStorage:
         if rows_needed <= cap:
             return
         new_cap = max(int(rows_needed), int(cap * GROWTH), cap + self.block)
+        new_cap = -(-new_cap // self.block) * self.block
         extra = new_cap - cap
         for name, t in self.slots.items():
             self.slots[name] = torch.cat([t, self._initial(name, extra)], 0)
@@ -114,6 +116,10 @@ class RowStorage:
         """``slot[rows] = values`` (dtype and device converted)."""
         t = self.slot(name)
         t.index_copy_(0, rows.to(device=self.device, dtype=torch.int64), values.to(t.dtype).to(self.device))
+
+    def clear(self) -> None:
+        """Drop every row of every slot (capacity 0; the slots themselves stay)."""
+        self.slots = {k: v[:0].clone() for k, v in self.slots.items()}
 
     def to(self, device) -> "RowStorage":
         self.device = torch.device(device)

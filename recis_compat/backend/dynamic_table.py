@@ -1,0 +1,181 @@
+"""DynamicTable: a TorchRec-style module over one dynamic (hash-table) embedding table.
+
+TorchRec's embedding modules are fixed-size and row-indexed; RecIS's tables are unbounded and
+keyed by arbitrary int64 ids. This module is the bridge (design.md §4): it owns a
+:class:`~recis_compat.backend.table_impl.DynamicTableImpl` (csrc id map + growable row storage
++ optimizer/filter slots + gradient buffer) and looks ids up with autograd:
+
+* ``forward(features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]``: like TorchRec's
+  ``EmbeddingCollection``, the per-id embeddings of every key (``values [N_key, dim]``), one
+  lookup for all keys.
+* :meth:`lookup_unique` ``(unique ids [U]) -> [U, dim]``: the primitive the RecIS facade uses
+  (it dedupes ids itself, then pools with the combiners); the sharded twin in
+  ``backend/sharding`` overrides only this.
+
+Gradients do not go to a ``.grad``: the backward pass hands ``(rows, grad)`` to the table's
+buffer (``DynamicTableImpl.accept_grad``) and the sparse optimizer applies them row-wise, as in
+RecIS. Gathers use ``index_select`` (FBGEMM has no CPU kernel for gathering rows of a tensor it
+does not own; TBE owns its weights), pooling runs in the caller.
+
+Insertion rule: a training-mode lookup of a floating table inserts unknown ids; eval mode,
+``readonly=True`` (``AdmitHook("ReadOnly")``) or an integer table only find, and unknown ids
+give zero vectors. Layering: imports ``ops``/``backend`` only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+from recis_compat.backend.children import ChildrenInfo
+from recis_compat.backend.table_impl import DynamicTableImpl
+
+__all__ = ["DynamicTableConfig", "DynamicTable", "lookup_rows_with_grad"]
+
+
+@dataclass
+class DynamicTableConfig:
+    """What a dynamic table is made of.
+
+    Attributes:
+        name: table name (state-dict key of the impl, checkpoint prefix).
+        embedding_dim: row width.
+        sample_rows: ``f(k) -> Tensor[k, embedding_dim]``: initial values of k new rows.
+        dtype: storage dtype (integer = read-only).
+        device: where the state lives.
+        block_size: capacity grows in whole blocks of this many rows.
+        children: child names (one logical table per ``shared_name``).
+        coalesced: ids arrive encoded with their child index.
+        grad_reduce_by: ``"worker"`` (sum of duplicate ids' gradients / world size) or ``"id"``
+            (mean over a lookup's duplicates).
+        world_size: divisor of ``"worker"``.
+    """
+
+    name: str
+    embedding_dim: int
+    sample_rows: Callable[[int], torch.Tensor]
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+    block_size: int = 10240
+    children: Optional[list] = None
+    coalesced: bool = False
+    grad_reduce_by: str = "worker"
+    world_size: int = 1
+
+
+class _RowsToTable(torch.autograd.Function):
+    """Identity on ``emb`` in forward; backward hands ``(rows, grad * scale)`` to the table.
+
+    ``anchor`` is a 0-dim tensor with ``requires_grad=True`` owned by the table: it makes the
+    output part of the autograd graph even though the rows are not a leaf tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, emb, rows, impl, scale):
+        ctx.impl = impl
+        ctx.save_for_backward(rows, scale) if scale is not None else ctx.save_for_backward(rows)
+        ctx.has_scale = scale is not None
+        return emb
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        rows = saved[0]
+        g = grad.reshape(rows.numel(), -1)
+        if ctx.has_scale:
+            g = g * saved[1].to(g.dtype).unsqueeze(1)
+        ctx.impl.accept_grad(rows, g.contiguous())
+        return None, None, None, None, None
+
+
+def lookup_rows_with_grad(impl: DynamicTableImpl, anchor: torch.Tensor, rows: torch.Tensor,
+                          scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``embedding[rows]`` (zeros for ``rows < 0``) whose gradient goes to ``impl``'s buffer,
+    multiplied by ``scale`` ``[len(rows)]`` when given."""
+    emb = impl.gather(rows)
+    if not torch.is_grad_enabled():
+        return emb
+    return _RowsToTable.apply(anchor, emb, rows, impl, scale)
+
+
+class DynamicTable(nn.Module):
+    """One dynamic embedding table as a module (see the module docstring).
+
+    Args:
+        config: :class:`DynamicTableConfig`.
+    """
+
+    def __init__(self, config: DynamicTableConfig):
+        super().__init__()
+        if config.grad_reduce_by not in ("worker", "id"):
+            raise ValueError(f"table {config.name!r}: grad_reduce_by must be 'worker' or 'id', "
+                             f"got {config.grad_reduce_by!r}")
+        self.config = config
+        children = ChildrenInfo(config.children or [config.name], config.coalesced, config.name)
+        self.impl = DynamicTableImpl(config.name, config.embedding_dim, config.dtype, config.device,
+                                     config.sample_rows, config.block_size, children)
+        # not a Parameter: dense optimizers and DDP must not see it
+        self._anchor = torch.zeros((), requires_grad=True)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def _rows(self, unique_ids: torch.Tensor, readonly: bool) -> torch.Tensor:
+        insert = self.training and not readonly and not self.impl.read_only
+        rows = self.impl.find_or_insert_rows(unique_ids) if insert else self.impl.find_rows(unique_ids)
+        if self.training and not self.impl.read_only:
+            self.impl.notify_lookup(rows)
+        return rows
+
+    def lookup_unique(self, unique_ids: torch.Tensor, readonly: bool = False,
+                      counts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Embeddings ``[U, dim]`` of distinct int64 ids ``[U]``.
+
+        In training mode (floating table, ``readonly=False``) unknown ids are inserted; otherwise
+        they give zero vectors. Gradients reach the table in training mode only; ``counts``
+        (int ``[U]``, occurrences of each id) divides them for ``grad_reduce_by="id"``.
+        """
+        rows = self._rows(unique_ids, readonly)
+        if not self.training or self.impl.read_only:
+            return self.impl.gather(rows)
+        scale = None
+        if self.config.grad_reduce_by == "worker" and self.config.world_size > 1:
+            scale = torch.full((rows.numel(),), 1.0 / self.config.world_size, device=rows.device)
+        elif self.config.grad_reduce_by == "id" and counts is not None:
+            scale = 1.0 / counts.to(torch.float32)
+        return lookup_rows_with_grad(self.impl, self._anchor, rows, scale)
+
+    def lookup(self, ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
+        """Embeddings ``[N, dim]`` of int64 ids ``[N]`` (repeats allowed: looked up once, their
+        gradients summed, or averaged with ``grad_reduce_by="id"``)."""
+        flat = self.impl._check_ids(ids, "lookup")
+        uniq, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+        emb = self.lookup_unique(uniq, readonly, counts)
+        return emb.index_select(0, inverse)
+
+    def forward(self, features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]:
+        """Per-key embeddings: ``{key: JaggedTensor(values=[N_key, dim], lengths)}``."""
+        values = features.values()
+        if values.dtype != torch.int64:
+            raise TypeError(f"table {self.name!r}: KeyedJaggedTensor values must be int64 ids, got {values.dtype}")
+        emb = self.lookup(values)
+        out: Dict[str, JaggedTensor] = {}
+        start = 0
+        for key, length in zip(features.keys(), features.length_per_key()):
+            jt = features[key]
+            out[key] = JaggedTensor(values=emb[start:start + length], lengths=jt.lengths(),
+                                    weights=jt.weights_or_none())
+            start += length
+        return out
+
+    def _apply(self, fn, recurse=True):
+        # module.to(device) / .cuda() / .cpu() move the table state along; dtype casts do not
+        # touch it (the table dtype is part of its configuration)
+        probe = fn(torch.empty(0, device=self.impl.device))
+        if probe.device != self.impl.device:
+            self.impl.to(probe.device)
+        return super()._apply(fn, recurse)

@@ -1,0 +1,321 @@
+"""DynamicTableImpl: the state of one dynamic embedding table (RecIS's ``HashtableImpl``).
+
+It joins the exact id->row map (:class:`~recis_compat.backend.id_map.IdMap`, csrc) to the
+growable row storage (:class:`~recis_compat.backend.row_storage.RowStorage`: slot
+``"embedding"`` plus optimizer and filter slots) and buffers the sparse gradients that the
+lookup's backward pass hands it until the sparse optimizer takes them.
+
+This object is what ``filter_out_sparse_param`` returns and sparse optimizers update; it is not
+an ``nn.Module`` (its tensors change shape as the table grows, see ``IdMap``'s docstring).
+Shapes: ids are int64 ``[N]``; rows int64 ``[N]`` (``-1`` = absent); embeddings
+``[N, dim]`` of the table dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from recis_compat.backend.children import ChildrenInfo
+from recis_compat.backend.id_map import IdMap
+from recis_compat.backend.row_storage import RowStorage
+
+__all__ = ["DynamicTableImpl", "Slot", "SlotGroup", "is_hashtable"]
+
+
+def is_hashtable(obj) -> bool:
+    """RecIS's test: the object carries a ``hashtable_tag`` attribute."""
+    return hasattr(obj, "hashtable_tag")
+
+
+class Slot:
+    """A named per-row tensor of a table (a view; RecIS's slot object)."""
+
+    def __init__(self, impl: "DynamicTableImpl", name: str):
+        self._impl, self._name = impl, name
+
+    def name(self) -> str:
+        return self._name
+
+    def block_size(self) -> int:
+        return self._impl.block_size
+
+    def flat_size(self) -> int:
+        t = self.value()
+        return int(t[0].numel()) if t.shape[0] else int(torch.Size(self._impl.storage.specs[self._name].tail).numel())
+
+    def value(self) -> torch.Tensor:
+        """All rows ``[capacity, *tail]`` (row order)."""
+        return self._impl.storage.slot(self._name)
+
+    def values(self) -> List[torch.Tensor]:
+        """The rows cut into blocks of ``block_size``."""
+        return list(torch.split(self.value(), self._impl.block_size))
+
+
+class SlotGroup:
+    """The slots of a table: ``slot_by_name``, ``slot_by_index``, ``slots``."""
+
+    def __init__(self, impl: "DynamicTableImpl"):
+        self._impl = impl
+
+    def slots(self) -> List[Slot]:
+        return [Slot(self._impl, n) for n in self._impl.storage.slots]
+
+    def slot_by_name(self, name: str) -> Slot:
+        self._impl.storage.slot(name)   # KeyError naming the slots when absent
+        return Slot(self._impl, name)
+
+    def slot_by_index(self, i: int) -> Slot:
+        return self.slots()[i]
+
+    def names(self) -> List[str]:
+        return list(self._impl.storage.slots)
+
+
+class DynamicTableImpl:
+    """Id map + row storage + gradient buffer of one table.
+
+    Args:
+        name: table name (key in state dicts, prefix of checkpoint tensors).
+        dim: embedding width (the ``"embedding"`` slot is ``[rows, dim]``).
+        dtype: embedding dtype; an integer dtype makes the table read-only for lookups.
+        device: where the id map and the slots live.
+        sample_rows: ``f(k) -> Tensor[k, dim]``, the initial values of k new rows.
+        block_size: rows per storage block (capacity grows in whole blocks).
+        children: the table's :class:`ChildrenInfo`.
+    """
+
+    hashtable_tag = True
+
+    def __init__(self, name: str, dim: int, dtype: torch.dtype, device, sample_rows: Callable[[int], torch.Tensor],
+                 block_size: int, children: ChildrenInfo):
+        self.name = name
+        self.dim = int(dim)
+        self.dtype = dtype
+        self.block_size = int(block_size)
+        self.children = children
+        self.id_map = IdMap(device)
+        self.storage = RowStorage(self.dim, dtype, device, sample_rows, block=self.block_size)
+        self._grad_rows: List[torch.Tensor] = []
+        self._grad_values: List[torch.Tensor] = []
+        # callables f(rows) run after every training lookup with the rows looked up (filters)
+        self.lookup_listeners: List[Callable[[torch.Tensor], None]] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.id_map.device
+
+    @property
+    def read_only(self) -> bool:
+        """Integer tables are never inserted into by lookups and take no gradients."""
+        return not self.dtype.is_floating_point
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """The ``"embedding"`` slot ``[capacity, dim]``."""
+        return self.storage.embedding
+
+    def __len__(self) -> int:
+        return len(self.id_map)
+
+    def __repr__(self) -> str:
+        return f"HashtableImpl({self.name!r}, dim={self.dim}, dtype={self.dtype}, ids={len(self)}, " \
+               f"capacity={self.storage.capacity}, slots={list(self.storage.slots)})"
+
+    def _check_ids(self, ids: torch.Tensor, what: str) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
+            got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise TypeError(f"table {self.name!r}: {what} expects int64 ids, got {got}")
+        return ids.reshape(-1).to(self.device)
+
+    # ------------------------------------------------------------------ rows
+    def find_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of ``ids`` (``-1`` where absent); nothing is inserted."""
+        return self.id_map.find(self._check_ids(ids, "find"))
+
+    def find_or_insert_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of ``ids``; absent ids get new rows (initial values from the initializer)."""
+        rows, _ = self.id_map.find_or_insert(self._check_ids(ids, "insert"))
+        self.storage.ensure_capacity(self.id_map.num_rows_allocated())
+        return rows
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd)."""
+        emb = self.storage.embedding
+        if rows.numel() == 0:
+            return emb.new_zeros((0, self.dim))
+        missing = rows < 0
+        if bool(missing.any()):
+            out = emb.index_select(0, rows.clamp(min=0))
+            return out.masked_fill_(missing.unsqueeze(1), 0)
+        return emb.index_select(0, rows)
+
+    def embedding_lookup(self, ids: torch.Tensor, readonly: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """RecIS's ``embedding_lookup(ids, readonly) -> (index, emb)`` (no autograd)."""
+        rows = self.find_rows(ids) if (readonly or self.read_only) else self.find_or_insert_rows(ids)
+        return rows, self.gather(rows)
+
+    def notify_lookup(self, rows: torch.Tensor) -> None:
+        """Tell the filters which rows a training lookup touched (absent rows dropped)."""
+        if self.lookup_listeners:
+            rows = rows[rows >= 0]
+            for f in self.lookup_listeners:
+                f(rows)
+
+    # ------------------------------------------------------------------ writes
+    def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
+        """Upsert ``ids`` with ``embeddings`` ``[N, dim]`` (dtype must equal the table's)."""
+        ids = self._check_ids(ids, "insert")
+        if embeddings.dtype != self.dtype:
+            raise TypeError(f"table {self.name!r}: insert got {embeddings.dtype} embeddings, the table is {self.dtype}")
+        if embeddings.dim() < 1 or embeddings.shape[0] != ids.numel() or embeddings.numel() != ids.numel() * self.dim:
+            raise ValueError(f"table {self.name!r}: insert needs embeddings [{ids.numel()}, {self.dim}], "
+                             f"got {tuple(embeddings.shape)}")
+        rows, _ = self.id_map.find_or_insert(ids)
+        self.storage.ensure_capacity(self.id_map.num_rows_allocated())
+        self.storage.write_rows("embedding", rows, embeddings.reshape(ids.numel(), self.dim))
+
+    def delete(self, ids: torch.Tensor, index: Optional[torch.Tensor] = None,
+               preserve_slot: Optional[str] = None) -> torch.Tensor:
+        """Evict ``ids``: remove them from the map and re-initialise their rows in every slot
+        but ``preserve_slot``; the rows are reused by later inserts. Returns the freed rows.
+        ``index`` (the rows, as RecIS passes them) is accepted and not needed."""
+        freed = self.id_map.delete(self._check_ids(ids, "delete"))
+        self.storage.reset_rows(freed, preserve=() if preserve_slot is None else (preserve_slot,))
+        return freed
+
+    def clear(self) -> None:
+        """Remove every id and every row of every slot; drop pending gradients."""
+        self.id_map.clear()
+        self.storage.clear()
+        self.clear_grad()
+
+    def clear_id(self) -> None:
+        """Remove every id; rows are re-initialised and handed out again from 0."""
+        self.clear()
+
+    # ------------------------------------------------------------------ queries
+    def ids(self) -> torch.Tensor:
+        """Every stored id (encoded for coalesced tables), ordered by row."""
+        return self.id_map.ids_and_rows()[0]
+
+    def ids_map(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, rows)`` int64, ordered by row."""
+        return self.id_map.ids_and_rows()
+
+    def slot_group(self) -> SlotGroup:
+        return SlotGroup(self)
+
+    def children_info(self) -> ChildrenInfo:
+        return self.children
+
+    # ------------------------------------------------------------------ slots
+    def add_slot(self, name: str, tail: Sequence[int], dtype: torch.dtype, init: float = 0.0) -> torch.Tensor:
+        """Per-row tensor ``[capacity, *tail]`` filled with ``init`` for new and evicted rows."""
+        return self.storage.add_slot(name, tail, dtype, init)
+
+    def append_filter_slot(self, name: str, tail: Sequence[int] = (1,), dtype=torch.int64, init: float = 0) -> torch.Tensor:
+        return self.add_slot(name, tail, dtype, init)
+
+    def append_step_filter_slot(self, name: str, init_step: int) -> torch.Tensor:
+        return self.add_slot(name, [1], torch.int64, init_step)
+
+    def get_slot(self, name: str) -> torch.Tensor:
+        return self.storage.slot(name)
+
+    def update_slot(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        self.storage.write_rows(name, rows, values)
+
+    # ------------------------------------------------------------------ gradients
+    def accept_grad(self, grad_index: torch.Tensor, grad: torch.Tensor) -> None:
+        """Buffer ``grad`` ``[N, dim]`` for rows ``grad_index`` (int64 ``[N]``). Rows ``< 0``
+        (ids a ReadOnly lookup did not find) are dropped (RecIS passes them on: Q23)."""
+        if grad_index.dtype != torch.int64:
+            raise TypeError(f"table {self.name!r}: accept_grad index must be int64, got {grad_index.dtype}")
+        if grad.dtype != self.dtype:
+            raise TypeError(f"table {self.name!r}: accept_grad got {grad.dtype} gradients, the table is {self.dtype}")
+        grad = grad.reshape(grad_index.numel(), self.dim)
+        keep = grad_index >= 0
+        if not bool(keep.all()):
+            grad_index, grad = grad_index[keep], grad[keep]
+        if grad_index.numel():
+            self._grad_rows.append(grad_index)
+            self._grad_values.append(grad)
+
+    def has_grad(self) -> bool:
+        return bool(self._grad_rows)
+
+    def grad_rows(self, acc_step: int = 1) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(rows [U] int64 ascending, grad [U, dim])``: the buffered gradients summed per row
+        and divided by ``acc_step``; None when nothing was buffered."""
+        if not self._grad_rows:
+            return None
+        rows = torch.cat(self._grad_rows) if len(self._grad_rows) > 1 else self._grad_rows[0]
+        vals = torch.cat(self._grad_values) if len(self._grad_values) > 1 else self._grad_values[0]
+        uniq, inverse = torch.unique(rows, return_inverse=True)
+        if uniq.numel() == rows.numel():
+            summed = torch.empty_like(vals).index_copy_(0, inverse, vals)
+        else:
+            summed = vals.new_zeros((uniq.numel(), self.dim)).index_add_(0, inverse, vals)
+        if acc_step != 1:
+            summed = summed / float(acc_step)
+        return uniq, summed
+
+    def grad(self, acc_step: int = 1) -> torch.Tensor:
+        """Sparse COO gradient ``[capacity, dim]`` indexed by **row** (RecIS emits positions in a
+        unique list when rows repeat, Q5; fixed here)."""
+        got = self.grad_rows(acc_step)
+        cap = self.storage.capacity
+        if got is None:
+            return torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64, device=self.device),
+                                           torch.zeros((0, self.dim), dtype=self.dtype, device=self.device),
+                                           (cap, self.dim)).coalesce()
+        rows, vals = got
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (cap, self.dim), is_coalesced=True)
+
+    def clear_grad(self) -> None:
+        self._grad_rows.clear()
+        self._grad_values.clear()
+
+    # ------------------------------------------------------------------ device and state
+    def to(self, device) -> "DynamicTableImpl":
+        """Move the map, the slots and pending gradients to ``device`` (in place)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        self.id_map.to(device)
+        self.storage.to(device)
+        self._grad_rows = [t.to(device) for t in self._grad_rows]
+        self._grad_values = [t.to(device) for t in self._grad_values]
+        return self
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """Ids and every slot of the stored rows: ``{"id": [n], "<slot>": [n, ...]}`` (row order);
+        the checkpoint form (rows are renumbered on load)."""
+        ids, rows = self.ids_map()
+        out = {"id": ids}
+        for name, t in self.storage.slots.items():
+            out[name] = t.index_select(0, rows)
+        return out
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Replace the content with ``state`` (from :meth:`state_dict`): ids get rows
+        ``0..n-1``; slots present here but not in ``state`` start from their initial values."""
+        if "id" not in state:
+            raise ValueError(f"table {self.name!r}: load_state_dict needs an 'id' entry")
+        ids = state["id"].to(self.device, torch.int64).reshape(-1)
+        for name, t in state.items():
+            if name != "id" and t.shape[0] != ids.numel():
+                raise ValueError(f"table {self.name!r}: slot {name!r} has {t.shape[0]} rows for {ids.numel()} ids")
+        self.clear()
+        self.id_map.reserve(ids.numel())
+        rows = self.find_or_insert_rows(ids)
+        for name, t in state.items():
+            if name == "id":
+                continue
+            if name not in self.storage.slots:
+                tail = list(t.shape[1:])
+                self.add_slot(name, tail, t.dtype)
+            self.storage.write_rows(name, rows, t)

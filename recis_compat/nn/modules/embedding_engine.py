@@ -1,0 +1,298 @@
+"""``recis.nn.modules.embedding_engine``: EmbeddingEngine (contract §1.4.3).
+
+Construction merges the options into physical tables: every option goes to
+``"CoalescedHashtable_" + sha256(coalesced_info())``; each distinct ``shared_name`` in a table is
+a child (index in order of first appearance) and features with one ``shared_name`` share rows.
+
+``forward(dict) -> dict``: per physical table, features with equal ``runtime_info`` form a group;
+their ids are encoded with the child index (``(id & (2^52-1)) | (child << 52)``), concatenated,
+deduplicated and looked up once, then pooled (sum/mean: one ``embedding_bag`` over the whole
+group; tile: per feature) and split back. Keys that are not embedded pass through
+(RaggedTensor -> ``to_dense()``).
+
+Differences from RecIS: a ``shared_name`` used with two configs raises the intended RuntimeError
+(RecIS's message construction raises KeyError); the RaggedTensor weights are used; ``tile_len``
+may differ between the features of one group.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from recis_compat.backend.children import MAX_CHILDREN, encode_ids
+from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
+from recis_compat.nn.modules.embedding import (DynamicEmbedding, EmbeddingOption, _cast_for_reduce,
+                                               deal_with_tensor, shape_output, split_ids_for_lookup)
+from recis_compat.ops.tile import tile
+from recis_compat.ragged.tensor import RaggedTensor
+
+__all__ = ["EmbeddingEngine", "HashTableCoalescedGroup", "RuntimeGroupFeature"]
+
+
+def table_name_of(opt: EmbeddingOption) -> str:
+    return "CoalescedHashtable_" + hashlib.sha256(opt.coalesced_info().encode()).hexdigest()
+
+
+class HashTableCoalescedGroup:
+    """The features and children (shared_names) of one physical table."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._children: List[str] = []
+        self._fea_opt: "OrderedDict[str, EmbeddingOption]" = OrderedDict()
+        self._fea_child: Dict[str, int] = {}
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def add_option(self, fea_name: str, emb_opt: EmbeddingOption) -> None:
+        child = emb_opt.shared_name
+        if child not in self._children:
+            if len(self._children) >= MAX_CHILDREN:
+                raise ValueError(f"physical table {self._name} (dim {emb_opt.embedding_dim}, {emb_opt.dtype}): "
+                                 f"feature {fea_name!r} would add child {child!r} beyond the {MAX_CHILDREN} "
+                                 "shared_names one table can hold (12-bit child index)")
+            self._children.append(child)
+        self._fea_opt[fea_name] = emb_opt
+        self._fea_child[fea_name] = self._children.index(child)
+
+    def features(self) -> List[str]:
+        return list(self._fea_opt)
+
+    def option(self, fea: str) -> EmbeddingOption:
+        return self._fea_opt[fea]
+
+    def runtime_info(self, fea: str) -> str:
+        return self._fea_opt[fea].runtime_info()
+
+    def encode_id(self, fea: str) -> int:
+        """The child index of feature ``fea``."""
+        return self._fea_child[fea]
+
+    def children_info(self, fea: str) -> str:
+        return self._fea_opt[fea].shared_name
+
+    def children(self) -> List[str]:
+        return list(self._children)
+
+    def embedding_info(self) -> EmbeddingOption:
+        """The option of the physical table (from the first feature's option)."""
+        first = next(iter(self._fea_opt.values()))
+        return EmbeddingOption(embedding_dim=first.embedding_dim, dtype=first.dtype, device=first.device,
+                               initializer=copy.deepcopy(first.initializer), grad_reduce_by=first.grad_reduce_by,
+                               fp16_enabled=first.fp16_enabled, filter_hook=first.filter_hook,
+                               shared_name=self._name, children=list(self._children), coalesced=True)
+
+
+class RuntimeGroupFeature:
+    """Features of one physical table looked up and pooled together (equal runtime_info)."""
+
+    def __init__(self, dim: int, combiner: str, use_weight: bool, offset_dtype: torch.dtype, admit_hook,
+                 fp16_enabled: bool, trainable: bool = True, **kwargs):
+        self.dim, self.combiner, self.use_weight = dim, combiner, use_weight
+        self.offset_dtype, self.admit_hook, self.fp16_enabled = offset_dtype, admit_hook, fp16_enabled
+        self.trainable = trainable
+        self.combiner_kwargs: Dict[str, dict] = {}
+        self._names: List[str] = []
+        self._children: List[int] = []
+        self.clear_ids()
+
+    def add_fea(self, name: str, child_index: int, combiner_kwargs: Optional[dict] = None) -> None:
+        self._names.append(name)
+        self._children.append(child_index)
+        self.combiner_kwargs[name] = dict(combiner_kwargs or {})
+
+    def names(self) -> List[str]:
+        return list(self._names)
+
+    def child_of(self, name: str) -> int:
+        return self._children[self._names.index(name)]
+
+    def clear_ids(self) -> None:
+        self.coalesced_ids: Optional[torch.Tensor] = None
+        self.coalesced_weights: Optional[torch.Tensor] = None
+        self.coalesced_offsets: Optional[torch.Tensor] = None
+        self.split_size: List[int] = []
+        self.shapes: List[tuple] = []
+        self.present: List[str] = []
+        self.ragged: List[bool] = []
+        self.value_counts: List[int] = []
+
+    def clear_child(self) -> None:
+        self._names.clear()
+        self._children.clear()
+        self.combiner_kwargs.clear()
+
+    def coalesce(self, inputs: dict, table: str) -> bool:
+        """Encode, concatenate and merge the ids of the present features; False if none."""
+        self.clear_ids()
+        ids, offs, weights = [], [], []
+        shift = 0
+        any_weight = False
+        for name, child in zip(self._names, self._children):
+            if name not in inputs:
+                continue
+            what = f"feature {name!r} (table {table})"
+            val, off, w, shape = deal_with_tensor(inputs[name], what=what)
+            off = off.to(torch.int64)
+            ids.append(encode_ids(val, child))
+            offs.append(off[1:] + shift if offs else off + shift)
+            shift += val.numel()
+            if w is not None and self.use_weight:
+                any_weight = True
+            weights.append(w)
+            self.present.append(name)
+            self.split_size.append(off.numel() - 1)
+            self.shapes.append(shape)
+            self.ragged.append(isinstance(inputs[name], RaggedTensor))
+            self.value_counts.append(val.numel())
+        if not ids:
+            return False
+        self.coalesced_ids = torch.cat(ids) if len(ids) > 1 else ids[0]
+        self.coalesced_offsets = torch.cat(offs) if len(offs) > 1 else offs[0]
+        if any_weight:
+            self.coalesced_weights = torch.cat([
+                w.to(torch.float32).reshape(-1) if w is not None else torch.ones(n, dtype=torch.float32, device=self.coalesced_ids.device)
+                for w, n in zip(weights, self.value_counts)])
+        return True
+
+
+class EmbeddingEngine(nn.Module):
+    """Embeds the features named in ``emb_options`` (feature name -> EmbeddingOption) and passes
+    every other input key through. See the module docstring."""
+
+    def __init__(self, emb_options: Dict[str, EmbeddingOption]):
+        super().__init__()
+        if not isinstance(emb_options, dict):
+            raise TypeError(f"EmbeddingEngine expects a dict of feature name -> EmbeddingOption, got "
+                            f"{type(emb_options).__name__}")
+        self._emb_opts: "OrderedDict[str, EmbeddingOption]" = OrderedDict()
+        groups: "OrderedDict[str, HashTableCoalescedGroup]" = OrderedDict()
+        shared_info: Dict[str, tuple] = {}
+        self._fea_to_ht: Dict[str, str] = {}
+        for fea, opt in emb_options.items():
+            if not isinstance(opt, EmbeddingOption):
+                raise TypeError(f"EmbeddingEngine: feature {fea!r} needs an EmbeddingOption, got {type(opt).__name__}")
+            opt = copy.deepcopy(opt)
+            info = opt.coalesced_info()
+            prev = shared_info.get(opt.shared_name)
+            if prev is not None and prev[1] != info:
+                raise RuntimeError(
+                    f"EmbeddingEngine: shared_name {opt.shared_name!r} is used by feature {prev[0]!r} with "
+                    f"{prev[1]} and by feature {fea!r} with {info}; features that share a table must agree on "
+                    "dim, dtype, device, initializer, grad_reduce_by and filter_hook")
+            shared_info.setdefault(opt.shared_name, (fea, info))
+            ht_name = table_name_of(opt)
+            groups.setdefault(ht_name, HashTableCoalescedGroup(ht_name)).add_option(fea, opt)
+            self._fea_to_ht[fea] = ht_name
+            self._emb_opts[fea] = opt
+        self._offset_dtype = torch.int32
+        self._ht = nn.ModuleDict({name: DynamicEmbedding(g.embedding_info()) for name, g in groups.items()})
+        self._coalesced_groups = groups
+        # runtime groups: table -> runtime_info -> RuntimeGroupFeature
+        self._fea_group: "OrderedDict[str, OrderedDict[str, RuntimeGroupFeature]]" = OrderedDict()
+        self._fea_to_group: Dict[str, str] = {}
+        for ht_name, g in groups.items():
+            per_table = self._fea_group.setdefault(ht_name, OrderedDict())
+            for fea in g.features():
+                opt = g.option(fea)
+                rinfo = opt.runtime_info()
+                if rinfo not in per_table:
+                    per_table[rinfo] = RuntimeGroupFeature(opt.embedding_dim, opt.combiner, opt.use_weight,
+                                                           self._offset_dtype, opt.admit_hook, opt.fp16_enabled,
+                                                           trainable=opt.trainable)
+                per_table[rinfo].add_fea(fea, g.encode_id(fea), opt.combiner_kwargs)
+                self._fea_to_group[fea] = rinfo
+
+    # ------------------------------------------------------------------ stages
+    def group_features(self, input_features: dict) -> List[tuple]:
+        """``[(table_name, RuntimeGroupFeature)]`` of the groups with at least one input present."""
+        out = []
+        for ht_name, per_table in self._fea_group.items():
+            for group in per_table.values():
+                if group.coalesce(input_features, ht_name):
+                    out.append((ht_name, group))
+        return out
+
+    def group_exchange_ids(self, ht_name: str, group: RuntimeGroupFeature):
+        return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
+
+    def group_exchange_embs(self, ht_name: str, group: RuntimeGroupFeature, ids_result):
+        return self._ht[ht_name].lookup_exchange_emb(ids_result, group.admit_hook)
+
+    def group_reduce(self, ht_name: str, group: RuntimeGroupFeature, emb_result) -> Dict[str, torch.Tensor]:
+        dyn = self._ht[ht_name]
+        emb = _cast_for_reduce(dyn.wait_exchange_emb(emb_result), group.fp16_enabled)
+        weight = group.coalesced_weights
+        if weight is not None and weight.dtype != emb.dtype:
+            weight = weight.to(emb.dtype)
+        reverse, offsets = emb_result.reverse_index, group.coalesced_offsets
+        out: Dict[str, torch.Tensor] = {}
+        if group.combiner == "tile":
+            bag_start = 0
+            for name, bags, shape, ragged in zip(group.present, group.split_size, group.shapes, group.ragged):
+                if len(shape) != 1:
+                    raise RuntimeError(f"feature {name!r} (table {ht_name}): combiner 'tile' needs 2-D ids "
+                                       f"[B, *]; got a {len(shape) + 1}-D RaggedTensor")
+                tl = int(group.combiner_kwargs[name]["tile_len"])
+                off = offsets[bag_start:bag_start + bags + 1]
+                rows = tile(emb, reverse, off, tl)
+                out[name] = rows if ragged else rows.reshape(bags, tl * emb.shape[1])
+                bag_start += bags
+            return out
+        pooled = ragged_embedding_segment_reduce(emb, weight, reverse, offsets, group.combiner)
+        for name, part, shape in zip(group.present, torch.split(pooled, group.split_size), group.shapes):
+            out[name] = part.view(tuple(shape) + (emb.shape[1],))
+        return out
+
+    def split_group_embs(self, group: RuntimeGroupFeature, embs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if group.trainable:
+            return embs
+        return {k: v.detach() for k, v in embs.items()}
+
+    def format_direct_out(self, input_features: dict) -> dict:
+        out = OrderedDict()
+        for key, value in input_features.items():
+            if key in self._emb_opts:
+                continue
+            if isinstance(value, RaggedTensor):
+                out[key] = value.to_dense()
+            elif isinstance(value, torch.Tensor):
+                if value.is_sparse:
+                    raise TypeError(f"EmbeddingEngine: input {key!r} is a sparse tensor; pass-through keys must be "
+                                    "dense tensors or RaggedTensors")
+                out[key] = value
+            else:
+                out[key] = value
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_features: dict) -> dict:
+        if not isinstance(input_features, dict):
+            raise TypeError(f"EmbeddingEngine expects a dict of features, got {type(input_features).__name__}")
+        embedded: Dict[str, torch.Tensor] = {}
+        for ht_name, group in self.group_features(input_features):
+            ids_result = self.group_exchange_ids(ht_name, group)
+            emb_result = self.group_exchange_embs(ht_name, group, ids_result)
+            embedded.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
+            group.clear_ids()
+        out = OrderedDict((k, embedded[k]) for k in self._emb_opts if k in embedded)
+        out.update(self.format_direct_out(input_features))
+        return out
+
+    def tables(self) -> Dict[str, DynamicEmbedding]:
+        """``{physical table name: DynamicEmbedding}``."""
+        return dict(self._ht.items())
+
+    def table_of(self, feature: str) -> str:
+        return self._fea_to_ht[feature]
+
+
+# unused but public in RecIS's module namespace
+__all__ += ["table_name_of", "shape_output"]
