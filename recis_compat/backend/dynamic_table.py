@@ -84,7 +84,7 @@ class _RowsToTable(torch.autograd.Function):
     def backward(ctx, grad):
         saved = ctx.saved_tensors
         rows = saved[0]
-        g = grad.reshape(rows.numel(), -1)
+        g = grad.reshape(rows.numel(), ctx.impl.dim)
         if ctx.has_scale:
             g = g * saved[1].to(g.dtype).unsqueeze(1)
         ctx.impl.accept_grad(rows, g.contiguous())
@@ -139,15 +139,25 @@ class DynamicTable(nn.Module):
         they give zero vectors. Gradients reach the table in training mode only; ``counts``
         (int ``[U]``, occurrences of each id) divides them for ``grad_reduce_by="id"``.
         """
+        scale = None
+        if self.config.grad_reduce_by == "worker" and self.config.world_size > 1:
+            scale = torch.full((unique_ids.numel(),), 1.0 / self.config.world_size, device=unique_ids.device)
+        elif self.config.grad_reduce_by == "id" and counts is not None:
+            scale = 1.0 / counts.to(torch.float32)
+        return self.lookup_unique_scaled(unique_ids, readonly, scale)
+
+    def lookup_unique_scaled(self, unique_ids: torch.Tensor, readonly: bool,
+                             scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`lookup_unique` with the gradient of row ``i`` multiplied by ``scale[i]``
+        (float ``[U]``, or None for 1)."""
         rows = self._rows(unique_ids, readonly)
         if not self.training or self.impl.read_only:
             return self.impl.gather(rows)
-        scale = None
-        if self.config.grad_reduce_by == "worker" and self.config.world_size > 1:
-            scale = torch.full((rows.numel(),), 1.0 / self.config.world_size, device=rows.device)
-        elif self.config.grad_reduce_by == "id" and counts is not None:
-            scale = 1.0 / counts.to(torch.float32)
         return lookup_rows_with_grad(self.impl, self._anchor, rows, scale)
+
+    def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
+        """Upsert ``ids`` with ``embeddings`` ``[N, dim]``."""
+        self.impl.insert(ids, embeddings)
 
     def lookup(self, ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
         """Embeddings ``[N, dim]`` of int64 ids ``[N]`` (repeats allowed: looked up once, their

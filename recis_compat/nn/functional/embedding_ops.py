@@ -15,10 +15,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from recis_compat.backend.slices import SLICE_SIZE, owner_ranks, slice_boundaries
 from recis_compat.nn.functional.fused_ops import fused_ids_encode_gpu
 from recis_compat.nn.functional.ragged_ops import ragged_tile
 
-SLICE_SIZE = 65536
 COMBINERS = ("sum", "mean", "tile")
 
 
@@ -131,11 +131,7 @@ def merge_offsets(offsets: Sequence[torch.Tensor], max_sizes: Optional[Sequence[
 
 def partition_boundaries(world_size: int) -> List[int]:
     """Slice boundaries of ``gen_slice``: rank r owns slices ``[b[r], b[r+1])`` of 65536."""
-    m, n = divmod(SLICE_SIZE, int(world_size))
-    bounds = [0]
-    for r in range(int(world_size)):
-        bounds.append(bounds[-1] + m + (1 if r < n else 0))
-    return bounds
+    return slice_boundaries(world_size)
 
 
 def ids_partition(ids: torch.Tensor, max_partition_num: int = SLICE_SIZE,
@@ -154,8 +150,7 @@ def ids_partition(ids: torch.Tensor, max_partition_num: int = SLICE_SIZE,
     sorted_ids = uniq[order]
     rank_of_order = torch.empty_like(order)
     rank_of_order[order] = torch.arange(order.numel(), device=order.device)
-    bounds = torch.tensor(partition_boundaries(world_size)[1:-1], device=ids.device, dtype=torch.int64)
-    owners = torch.bucketize(slices[order], bounds, right=True)
+    owners = owner_ranks(sorted_ids, world_size)
     sizes = torch.bincount(owners, minlength=int(world_size))
     return sorted_ids, sizes, rank_of_order[inverse]
 

@@ -7,7 +7,8 @@ under the bare table name and what sparse optimizers update.
 
 Differences from RecIS (COMPATIBILITY.md): ``grad()`` is indexed by real rows when rows repeat
 (Q5); gradients of ids a ReadOnly lookup did not find are dropped (Q23); new rows are numbered
-in first-occurrence order (RecIS hands them out in descending order inside a batch); a table's
+in ascending id order within a lookup (lookups dedupe with ``torch.unique`` first; RecIS hands
+rows out in descending order inside a batch); a table's
 names leave ``HashtableRegister`` when the table is garbage collected.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from recis_compat.backend.children import ChildrenInfo
+from recis_compat.backend.slices import SLICE_SIZE, slice_range
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
 from recis_compat.backend.table_impl import DynamicTableImpl, Slot, SlotGroup, is_hashtable
 from recis_compat.common.singleton import SingletonMeta
@@ -34,7 +36,6 @@ __all__ = ["Slice", "gen_slice", "HashTable", "HashtableImpl", "HashtableRegiste
            "HashTableLookupHelpFunction", "GradIDMeanFunction", "GradWorkerMeanFunction"]
 
 HashtableImpl = DynamicTableImpl
-SLICE_SIZE = 65536
 
 
 class Slice:
@@ -54,11 +55,7 @@ class Slice:
 def gen_slice(shard_index: int = 0, shard_num: int = 1, slice_size: int = SLICE_SIZE) -> Slice:
     """Shard ``shard_index`` of ``shard_num``'s contiguous range of ``[0, slice_size)``; the first
     ``slice_size % shard_num`` ranges get one extra slice."""
-    if not 0 <= shard_index < shard_num:
-        raise ValueError(f"gen_slice: shard_index {shard_index} not in [0, {shard_num})")
-    m, n = divmod(int(slice_size), int(shard_num))
-    beg = shard_index * m + min(shard_index, n)
-    end = beg + m + (1 if shard_index < n else 0)
+    beg, end = slice_range(shard_index, shard_num, slice_size)
     return Slice(beg, end, slice_size)
 
 
@@ -133,7 +130,7 @@ class HashTableLookupHelpFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (rows,) = ctx.saved_tensors
-        ctx.impl.accept_grad(rows, grad.reshape(rows.numel(), -1).contiguous())
+        ctx.impl.accept_grad(rows, grad.reshape(rows.numel(), ctx.impl.dim).contiguous())
         return None, None, None, None
 
 
@@ -287,7 +284,7 @@ class HashTable(nn.Module):
         self.impl.clear_grad()
 
     def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
-        self.impl.insert(ids, embeddings.reshape(embeddings.shape[0], -1) if embeddings.dim() else embeddings)
+        self._table.insert(ids, embeddings.reshape(embeddings.shape[0], -1) if embeddings.dim() else embeddings)
 
     def delete(self, ids: torch.Tensor, index: Optional[torch.Tensor] = None,
                preserve_slot: Optional[str] = None) -> torch.Tensor:
