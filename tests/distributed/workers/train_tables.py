@@ -6,8 +6,12 @@ batch, no sharding). Both write ``<out>/rank<r>.pt`` with, per step, the model o
 rank's samples and the gradient rows reaching its table shard (by id), and at the end the
 table contents (ids, embedding and optimizer slots), the dense parameters and the ids evicted.
 
+The model also holds a ``DynamicEmbedding`` and a TorchRec ``EmbeddingBagCollection`` (sharded
+by the planner under torchrun; its weights are frozen so that only its forward is compared).
+
 Args: ``--out DIR``, ``--steps N``, ``--die-rank R`` (that rank exits before its first lookup:
-the others must fail with an error, not hang).
+the others must fail with an error, not hang), ``--dcp-save DIR`` (save the tables with
+torch.distributed.checkpoint after training), ``--dcp-load DIR`` (load them before training).
 """
 from __future__ import annotations
 
@@ -17,9 +21,12 @@ import sys
 
 import torch
 import torch.distributed as dist
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.hooks import HashTableFilterHook
-from recis.nn import EmbeddingEngine, EmbeddingOption
+from recis.nn import DynamicEmbedding, EmbeddingEngine, EmbeddingOption
 from recis.nn.hashtable_hook import AdmitHook, FilterHook
 from recis.nn.initializers import ConstantInitializer
 from recis.nn.modules.hashtable import filter_out_sparse_param
@@ -48,12 +55,23 @@ class Model(torch.nn.Module):
             "cate": EmbeddingOption(embedding_dim=DIM_B, shared_name="cate", initializer=ConstantInitializer(0.02),
                                     filter_hook=FilterHook("GlobalStepFilter", {"filter_step": 1})),
         })
+        self.city = DynamicEmbedding(EmbeddingOption(embedding_dim=DIM_A, shared_name="city",
+                                                     initializer=ConstantInitializer(-0.03)))
         torch.manual_seed(1)
-        self.head = torch.nn.Linear(DIM_A * 3 + DIM_A * 3 + DIM_B, 1)
+        self.ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+            name="t_ebc", embedding_dim=DIM_A, num_embeddings=POOL, feature_names=["ebc_f"],
+            # TorchRec re-creates the weights when it shards; a constant init keeps runs comparable
+            init_fn=lambda w: torch.nn.init.constant_(w, 0.07))],
+            device=torch.device("cpu"))
+        for p in self.ebc.parameters():
+            p.requires_grad_(False)
+        self.head = torch.nn.Linear(DIM_A * 3 + DIM_A * 3 + DIM_B + 2 * DIM_A, 1)
 
     def forward(self, batch):
         e = self.engine(batch)
-        x = torch.cat([e["user"], e["hist"], e["seq"].flatten(1), e["user_ro"], e["cate"]], 1)
+        kt = self.ebc(batch["ebc"])
+        x = torch.cat([e["user"], e["hist"], e["seq"].flatten(1), e["user_ro"], e["cate"],
+                       self.city(batch["city"]), kt["ebc_f"]], 1)
         return self.head(x).squeeze(1)
 
 
@@ -67,11 +85,13 @@ def global_batch(step: int):
     cate = torch.randint(0, 6 if step % 2 == 0 else 12, (GLOBAL_BATCH, 1), generator=g) * 3
     user_ro = torch.randint(0, POOL * 2, (GLOBAL_BATCH, 1), generator=g) * 65537
     label = torch.rand(GLOBAL_BATCH, generator=g)
-    return user, lens, hist_vals, hist_w, cate, user_ro, label
+    city = torch.randint(0, POOL, (GLOBAL_BATCH, 2), generator=g) * 131
+    ebc_ids = torch.randint(0, POOL, (GLOBAL_BATCH,), generator=g)
+    return user, lens, hist_vals, hist_w, cate, user_ro, label, city, ebc_ids
 
 
 def local_batch(step: int, rank: int, world: int):
-    user, lens, hv, hw, cate, user_ro, label = global_batch(step)
+    user, lens, hv, hw, cate, user_ro, label, city, ebc_ids = global_batch(step)
     b = GLOBAL_BATCH // world
     lo, hi = rank * b, (rank + 1) * b
     off = torch.zeros(GLOBAL_BATCH + 1, dtype=torch.int64)
@@ -80,8 +100,9 @@ def local_batch(step: int, rank: int, world: int):
     local_off = (off[lo:hi + 1] - v0).to(torch.int32)
     hist = RaggedTensor(hv[v0:v1], local_off, weight=hw[v0:v1])
     seq = RaggedTensor(hv[v0:v1].clone(), local_off.clone())
+    ebc = KeyedJaggedTensor.from_lengths_sync(["ebc_f"], ebc_ids[lo:hi], torch.ones(hi - lo, dtype=torch.int64))
     return {"user": user[lo:hi], "hist": hist, "seq": seq, "user_ro": user_ro[lo:hi],
-            "cate": cate[lo:hi]}, label[lo:hi]
+            "cate": cate[lo:hi], "city": city[lo:hi], "ebc": ebc}, label[lo:hi]
 
 
 def table_contents(model) -> dict:
@@ -96,6 +117,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--die-rank", type=int, default=-1)
+    ap.add_argument("--dcp-save", default=None)
+    ap.add_argument("--dcp-load", default=None)
     args = ap.parse_args()
     sharded = "RANK" in os.environ
     rank = world = None
@@ -114,8 +137,12 @@ def main() -> None:
         runner = model
     user_table = model.engine._ht[model.engine.table_of("user")]._hashtable
     user_table.insert(pre_ids | (0 << 52), pre_vals)   # child 0 of the dim-4 table is "user"
+    if args.dcp_load:
+        from recis_compat.backend.table_dcp import load_tables
+        load_tables(model, args.dcp_load)
     sparse_opt = SparseAdamW(filter_out_sparse_param(model), lr=0.05, weight_decay=0.01)
     dense_opt = torch.optim.Adam(model.head.parameters(), lr=0.01)
+    rec_sharded_ebc = type(model.ebc).__name__
     filter_hook = HashTableFilterHook(filter_interval=2)
     rec = {"outputs": [], "grads": [], "evicted": []}
     for step in range(args.steps):
@@ -143,8 +170,12 @@ def main() -> None:
         after = {n: set(i.ids().tolist()) for n, i in filter_out_sparse_param(model).items()}
         rec["evicted"].append({n: sorted(before[n] - after[n]) for n in before})
     rec["tables"] = {n: i.state_dict() for n, i in filter_out_sparse_param(model).items()}
+    if args.dcp_save:
+        from recis_compat.backend.table_dcp import save_tables
+        save_tables(model, args.dcp_save)
     rec["head"] = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
     rec["world"] = world
+    rec["ebc_type"] = rec_sharded_ebc
     os.makedirs(args.out, exist_ok=True)
     torch.save(rec, os.path.join(args.out, f"rank{rank}.pt"))
     if sharded:
