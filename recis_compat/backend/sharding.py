@@ -114,6 +114,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         self.config = module.config
         self._local = module
         self.slice_range = slice_range(self._rank, self._world)
+        module.impl.slice = (self.slice_range[0], self.slice_range[1], 65536)
         ids, _ = module.impl.ids_map()
         foreign = owner_ranks(ids, self._world) != self._rank
         if bool(foreign.any()):

@@ -95,6 +95,8 @@ class DynamicTableImpl:
         self.dtype = dtype
         self.block_size = int(block_size)
         self.children = children
+        # (begin, end, size): the slice range of ids (``id & 0xFFFF``) this shard owns
+        self.slice = (0, 65536, 65536)
         self.id_map = IdMap(device)
         self.storage = RowStorage(self.dim, dtype, device, sample_rows, block=self.block_size)
         self._grad_rows: List[torch.Tensor] = []

@@ -201,6 +201,7 @@ class HashTable(nn.Module):
                                     block_size=self._block_size, children=children, coalesced=coalesced,
                                     grad_reduce_by=grad_reduce_by, world_size=world_size)
         self._table = DynamicTable(config)
+        self._table.impl.slice = (slice.slice_begin, slice.slice_end, slice.slice_size)
         register = HashtableRegister()
         info = json.dumps({"shape": shape, "dtype": str(dtype), "table": name})
         registered = []
