@@ -101,6 +101,7 @@ class DynamicTableImpl:
         self.storage = RowStorage(self.dim, dtype, device, sample_rows, block=self.block_size)
         self._grad_rows: List[torch.Tensor] = []
         self._grad_values: List[torch.Tensor] = []
+        self.evicted_total = 0     # ids evicted by delete() over the table's life
         # callables f(rows) run after every training lookup with the rows looked up (filters)
         self.lookup_listeners: List[Callable[[torch.Tensor], None]] = []
 
@@ -146,8 +147,9 @@ class DynamicTableImpl:
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd)."""
         emb = self.storage.embedding
-        if rows.numel() == 0:
-            return emb.new_zeros((0, self.dim))
+        if rows.numel() == 0 or emb.shape[0] == 0:
+            # nothing stored yet (fresh table, read-only lookup): every row is absent
+            return emb.new_zeros((rows.numel(), self.dim))
         missing = rows < 0
         if bool(missing.any()):
             out = emb.index_select(0, rows.clamp(min=0))
@@ -185,6 +187,7 @@ class DynamicTableImpl:
         but ``preserve_slot``; the rows are reused by later inserts. Returns the freed rows.
         ``index`` (the rows, as RecIS passes them) is accepted and not needed."""
         freed = self.id_map.delete(self._check_ids(ids, "delete"))
+        self.evicted_total += int(freed.numel())
         self.storage.reset_rows(freed, preserve=() if preserve_slot is None else (preserve_slot,))
         return freed
 

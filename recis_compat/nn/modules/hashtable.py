@@ -197,7 +197,7 @@ class HashTable(nn.Module):
             import os
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
         config = DynamicTableConfig(name=name, embedding_dim=int(torch.Size(shape).numel()),
-                                    sample_rows=self._initializer.sample, dtype=dtype, device=device,
+                                    sample_rows=self._sample_flat_rows, dtype=dtype, device=device,
                                     block_size=self._block_size, children=children, coalesced=coalesced,
                                     grad_reduce_by=grad_reduce_by, world_size=world_size)
         self._table = DynamicTable(config)
@@ -219,6 +219,10 @@ class HashTable(nn.Module):
         if filter_hook is not None:
             from recis_compat.nn.modules.hashtable_hook_impl import HashtableHookFactory
             self._filter_hook_impl = HashtableHookFactory().create_filter_hook(self, filter_hook)
+
+    def _sample_flat_rows(self, k: int) -> torch.Tensor:
+        """``k`` initial rows flattened to ``[k, prod(embedding_shape)]``."""
+        return self._initializer.sample(k).reshape(k, -1)
 
     # ------------------------------------------------------------------ lookup
     def forward(self, ids: torch.Tensor, admit_hook: Optional[AdmitHook] = None) -> torch.Tensor:
