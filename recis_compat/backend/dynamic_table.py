@@ -87,7 +87,8 @@ class _RowsToTable(torch.autograd.Function):
         g = grad.reshape(rows.numel(), ctx.impl.dim)
         if ctx.has_scale:
             g = g * saved[1].to(g.dtype).unsqueeze(1)
-        ctx.impl.accept_grad(rows, g.contiguous())
+        # rows of one lookup of distinct ids are distinct (absent ones, -1, are dropped)
+        ctx.impl.accept_grad(rows, g.contiguous(), unique=True)
         return None, None, None, None, None
 
 

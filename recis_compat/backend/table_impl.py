@@ -101,6 +101,7 @@ class DynamicTableImpl:
         self.storage = RowStorage(self.dim, dtype, device, sample_rows, block=self.block_size)
         self._grad_rows: List[torch.Tensor] = []
         self._grad_values: List[torch.Tensor] = []
+        self._grad_unique: List[bool] = []
         self.evicted_total = 0     # ids evicted by delete() over the table's life
         # callables f(rows) run after every training lookup with the rows looked up (filters)
         self.lookup_listeners: List[Callable[[torch.Tensor], None]] = []
@@ -234,9 +235,11 @@ class DynamicTableImpl:
         self.storage.write_rows(name, rows, values)
 
     # ------------------------------------------------------------------ gradients
-    def accept_grad(self, grad_index: torch.Tensor, grad: torch.Tensor) -> None:
+    def accept_grad(self, grad_index: torch.Tensor, grad: torch.Tensor, unique: bool = False) -> None:
         """Buffer ``grad`` ``[N, dim]`` for rows ``grad_index`` (int64 ``[N]``). Rows ``< 0``
-        (ids a ReadOnly lookup did not find) are dropped (RecIS passes them on: Q23)."""
+        (ids a ReadOnly lookup did not find) are dropped (RecIS passes them on: Q23).
+        ``unique=True`` promises the rows are distinct (lookups of deduplicated ids), which lets
+        :meth:`grad_rows` skip the merge when this is the only buffered gradient."""
         if grad_index.dtype != torch.int64:
             raise TypeError(f"table {self.name!r}: accept_grad index must be int64, got {grad_index.dtype}")
         if grad.dtype != self.dtype:
@@ -248,15 +251,20 @@ class DynamicTableImpl:
         if grad_index.numel():
             self._grad_rows.append(grad_index)
             self._grad_values.append(grad)
+            self._grad_unique.append(bool(unique))
 
     def has_grad(self) -> bool:
         return bool(self._grad_rows)
 
     def grad_rows(self, acc_step: int = 1) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """``(rows [U] int64 ascending, grad [U, dim])``: the buffered gradients summed per row
-        and divided by ``acc_step``; None when nothing was buffered."""
+        """``(rows [U] int64, grad [U, dim])``: the buffered gradients summed per row (distinct
+        rows; ascending unless a single buffer was promised unique) and divided by ``acc_step``;
+        None when nothing was buffered."""
         if not self._grad_rows:
             return None
+        if len(self._grad_rows) == 1 and self._grad_unique[0]:
+            vals = self._grad_values[0]
+            return self._grad_rows[0], (vals / float(acc_step) if acc_step != 1 else vals)
         rows = torch.cat(self._grad_rows) if len(self._grad_rows) > 1 else self._grad_rows[0]
         vals = torch.cat(self._grad_values) if len(self._grad_values) > 1 else self._grad_values[0]
         uniq, inverse = torch.unique(rows, return_inverse=True)
@@ -278,11 +286,14 @@ class DynamicTableImpl:
                                            torch.zeros((0, self.dim), dtype=self.dtype, device=self.device),
                                            (cap, self.dim)).coalesce()
         rows, vals = got
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (cap, self.dim), is_coalesced=True)
+        rows, order = torch.sort(rows)
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), vals.index_select(0, order), (cap, self.dim),
+                                       is_coalesced=True)
 
     def clear_grad(self) -> None:
         self._grad_rows.clear()
         self._grad_values.clear()
+        self._grad_unique.clear()
 
     # ------------------------------------------------------------------ device and state
     def to(self, device) -> "DynamicTableImpl":

@@ -45,18 +45,20 @@ def test_untouched_rows_stay_exactly_equal():
 
 
 def test_tf_epsilon_equals_torch_adam_with_scaled_eps_first_step():
-    # one step from zero moments: RecIS's update == torch Adam with eps * sqrt(1 - beta2)
-    p = torch.randn(6, 3, dtype=torch.float64)
-    grad = torch.randn(6, 3, dtype=torch.float64)
+    # one step from zero moments: RecIS's update == torch Adam with eps / sqrt(1 - beta2^t):
+    # theta -= lr sqrt(1-b2p)/(1-b1p) m/(sqrt(v) + eps)  ==  lr/(1-b1p) m/(sqrt(v)/sqrt(1-b2p) + eps')
+    g = torch.Generator().manual_seed(11)
+    p = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    grad = torch.randn(6, 3, dtype=torch.float64, generator=g)
     ref = p.clone().requires_grad_()
     opt = torch.optim.Adam([ref], lr=HP["lr"], betas=(HP["beta1"], HP["beta2"]),
-                           eps=HP["eps"] * np.sqrt(1 - HP["beta2"]))
+                           eps=HP["eps"] / np.sqrt(1 - HP["beta2"]))
     ref.grad = grad.clone()
     opt.step()
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     sparse_adam_rows_(p, m, v, torch.arange(6), grad, decay=1.0, beta1_power=HP["beta1"],
                       beta2_power=HP["beta2"], **HP)
-    torch.testing.assert_close(p, ref.detach())
+    torch.testing.assert_close(p, ref.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_opcheck():
