@@ -52,6 +52,8 @@ class DynamicTableConfig:
         grad_reduce_by: ``"worker"`` (sum of duplicate ids' gradients / world size) or ``"id"``
             (mean over a lookup's duplicates).
         world_size: divisor of ``"worker"``.
+        init_rows: ``f(ids) -> Tensor[k, embedding_dim]``, per-id initial values of new rows
+            (see ``DynamicTableImpl``); None: new rows take ``sample_rows`` draws.
     """
 
     name: str
@@ -64,6 +66,7 @@ class DynamicTableConfig:
     coalesced: bool = False
     grad_reduce_by: str = "worker"
     world_size: int = 1
+    init_rows: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 class _RowsToTable(torch.autograd.Function):
@@ -117,7 +120,7 @@ class DynamicTable(nn.Module):
         self.config = config
         children = ChildrenInfo(config.children or [config.name], config.coalesced, config.name)
         self.impl = DynamicTableImpl(config.name, config.embedding_dim, config.dtype, config.device,
-                                     config.sample_rows, config.block_size, children)
+                                     config.sample_rows, config.block_size, children, init_rows=config.init_rows)
         # not a Parameter: dense optimizers and DDP must not see it
         self._anchor = torch.zeros((), requires_grad=True)
 

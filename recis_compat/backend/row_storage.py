@@ -37,7 +37,8 @@ class RowStorage:
         dtype: embedding dtype.
         device: where the slots live.
         sample_rows: ``f(k) -> Tensor[k, dim]`` drawing k initial embedding rows (the table's
-            initializer); called on growth and on :meth:`reset_rows`.
+            initializer); called on growth and on :meth:`reset_rows`. None: new and reset rows
+            are zeros (the table then writes each new id's initial values itself).
         block: minimum growth step in rows.
     """
 
@@ -64,7 +65,7 @@ class RowStorage:
 
     def _initial(self, name: str, rows: int) -> torch.Tensor:
         spec = self.specs[name]
-        if name == "embedding":
+        if name == "embedding" and self._sample_rows is not None:
             vals = self._sample_rows(rows)
             if tuple(vals.shape) != (rows, self.dim):
                 raise RuntimeError(f"initializer produced shape {tuple(vals.shape)}, expected "

@@ -115,6 +115,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         self._local = module
         self.slice_range = slice_range(self._rank, self._world)
         module.impl.slice = (self.slice_range[0], self.slice_range[1], 65536)
+        module.impl.process_group = self._pg
         ids, _ = module.impl.ids_map()
         foreign = owner_ranks(ids, self._world) != self._rank
         if bool(foreign.any()):
@@ -122,6 +123,10 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         self._keys = [f"to_rank_{r}" for r in range(self._world)]
         self._kjt_a2a = KJTAllToAll(self._pg, [1] * self._world)
         self._emb_a2a = SequenceEmbeddingsAllToAll(self._pg, [1] * self._world)
+        # its permutation buffers are rebuilt at construction; keep them out of state dicts (and
+        # so out of model.pt), which must not depend on the world size
+        for sub in (self._kjt_a2a, self._emb_a2a):
+            sub._non_persistent_buffers_set.update(name for name, _ in sub.named_buffers(recurse=False))
 
     # ------------------------------------------------------------------ DynamicTable interface
     @property

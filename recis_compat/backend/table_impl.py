@@ -84,12 +84,16 @@ class DynamicTableImpl:
         sample_rows: ``f(k) -> Tensor[k, dim]``, the initial values of k new rows.
         block_size: rows per storage block (capacity grows in whole blocks).
         children: the table's :class:`ChildrenInfo`.
+        init_rows: ``f(ids [k]) -> Tensor[k, dim]``, the initial values of the rows of newly
+            inserted ids (a pure function of the id, so runs are reproducible whatever the
+            order or rank rows are created in); None: rows start from ``sample_rows`` draws.
     """
 
     hashtable_tag = True
 
-    def __init__(self, name: str, dim: int, dtype: torch.dtype, device, sample_rows: Callable[[int], torch.Tensor],
-                 block_size: int, children: ChildrenInfo):
+    def __init__(self, name: str, dim: int, dtype: torch.dtype, device,
+                 sample_rows: Optional[Callable[[int], torch.Tensor]], block_size: int, children: ChildrenInfo,
+                 init_rows: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.name = name
         self.dim = int(dim)
         self.dtype = dtype
@@ -98,11 +102,15 @@ class DynamicTableImpl:
         # (begin, end, size): the slice range of ids (``id & 0xFFFF``) this shard owns
         self.slice = (0, 65536, 65536)
         self.id_map = IdMap(device)
-        self.storage = RowStorage(self.dim, dtype, device, sample_rows, block=self.block_size)
+        self.init_rows = init_rows
+        self.storage = RowStorage(self.dim, dtype, device, None if init_rows is not None else sample_rows,
+                                  block=self.block_size)
         self._grad_rows: List[torch.Tensor] = []
         self._grad_values: List[torch.Tensor] = []
         self._grad_unique: List[bool] = []
         self.evicted_total = 0     # ids evicted by delete() over the table's life
+        # set by the sharded twin: the group whose ranks hold the other shards of this table
+        self.process_group = None
         # callables f(rows) run after every training lookup with the rows looked up (filters)
         self.lookup_listeners: List[Callable[[torch.Tensor], None]] = []
 
@@ -139,10 +147,16 @@ class DynamicTableImpl:
         """Rows of ``ids`` (``-1`` where absent); nothing is inserted."""
         return self.id_map.find(self._check_ids(ids, "find"))
 
-    def find_or_insert_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows of ``ids``; absent ids get new rows (initial values from the initializer)."""
-        rows, _ = self.id_map.find_or_insert(self._check_ids(ids, "insert"))
+    def find_or_insert_rows(self, ids: torch.Tensor, initialize: bool = True) -> torch.Tensor:
+        """Rows of ``ids``; absent ids get new rows with their initial values (``initialize=False``:
+        the caller writes them)."""
+        ids = self._check_ids(ids, "insert")
+        rows, is_new = self.id_map.find_or_insert(ids)
         self.storage.ensure_capacity(self.id_map.num_rows_allocated())
+        if initialize and self.init_rows is not None and bool(is_new.any()):
+            new_ids = ids[is_new]
+            vals = self.init_rows(new_ids)
+            self.storage.write_rows("embedding", rows[is_new], vals.reshape(new_ids.numel(), self.dim))
         return rows
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
@@ -178,8 +192,7 @@ class DynamicTableImpl:
         if embeddings.dim() < 1 or embeddings.shape[0] != ids.numel() or embeddings.numel() != ids.numel() * self.dim:
             raise ValueError(f"table {self.name!r}: insert needs embeddings [{ids.numel()}, {self.dim}], "
                              f"got {tuple(embeddings.shape)}")
-        rows, _ = self.id_map.find_or_insert(ids)
-        self.storage.ensure_capacity(self.id_map.num_rows_allocated())
+        rows = self.find_or_insert_rows(ids, initialize=False)
         self.storage.write_rows("embedding", rows, embeddings.reshape(ids.numel(), self.dim))
 
     def delete(self, ids: torch.Tensor, index: Optional[torch.Tensor] = None,
@@ -187,9 +200,16 @@ class DynamicTableImpl:
         """Evict ``ids``: remove them from the map and re-initialise their rows in every slot
         but ``preserve_slot``; the rows are reused by later inserts. Returns the freed rows.
         ``index`` (the rows, as RecIS passes them) is accepted and not needed."""
-        freed = self.id_map.delete(self._check_ids(ids, "delete"))
+        ids = self._check_ids(ids, "delete")
+        rows_before = self.id_map.find(ids) if self.init_rows is not None else None
+        freed = self.id_map.delete(ids)
         self.evicted_total += int(freed.numel())
         self.storage.reset_rows(freed, preserve=() if preserve_slot is None else (preserve_slot,))
+        if rows_before is not None and preserve_slot != "embedding":
+            present = rows_before >= 0
+            if bool(present.any()):
+                self.storage.write_rows("embedding", rows_before[present],
+                                        self.init_rows(ids[present]).reshape(-1, self.dim))
         return freed
 
     def clear(self) -> None:
@@ -327,7 +347,7 @@ class DynamicTableImpl:
                 raise ValueError(f"table {self.name!r}: slot {name!r} has {t.shape[0]} rows for {ids.numel()} ids")
         self.clear()
         self.id_map.reserve(ids.numel())
-        rows = self.find_or_insert_rows(ids)
+        rows = self.find_or_insert_rows(ids, initialize="embedding" not in state)
         for name, t in state.items():
             if name == "id":
                 continue

@@ -72,6 +72,31 @@ class Initializer(abc.ABC):
     def _fill(self, out: torch.Tensor) -> None:
         """Fill the float32 tensor ``out`` in place with this initializer's distribution."""
 
+    # -------------------------------------------------------------- per-id (deterministic) draws
+    def _from_uniform(self, u: torch.Tensor) -> Optional[torch.Tensor]:
+        """Map float64 uniforms in (0, 1) to this distribution (same shape); None when the
+        subclass only knows how to fill tensors (then :meth:`sample_for_ids` is unavailable)."""
+        return None
+
+    def supports_id_init(self) -> bool:
+        """Whether :meth:`sample_for_ids` works (every built-in initializer)."""
+        return type(self)._from_uniform is not Initializer._from_uniform
+
+    def sample_for_ids(self, ids: torch.Tensor, seed: int) -> torch.Tensor:
+        """``[N, *shape[1:]]`` initial values of the rows of int64 ``ids`` ``[N]``: a pure function
+        of ``(seed, id, position)`` with this initializer's distribution.
+
+        Why (a difference from RecIS, which draws a whole block when it is allocated): the value
+        a new id starts from must not depend on when or on which rank its row was created, so
+        that a resumed or resharded run and a single-process run produce the same numbers."""
+        self.impl()
+        width = int(math.prod(self._shape[1:])) if len(self._shape) > 1 else 1
+        u = counter_uniform(ids.reshape(-1), int(seed), width)
+        vals = self._from_uniform(u)
+        if vals is None:
+            raise NotImplementedError(f"{type(self).__name__} has no per-id sampler")
+        return vals.to(torch.float32).to(self._dtype).view([ids.numel()] + list(self._shape[1:]))
+
     def _fans(self):
         """(fan_in, fan_out) of the built block shape ``[block_size, dim...]``."""
         shape = self._shape
@@ -95,6 +120,40 @@ class Initializer(abc.ABC):
     __repr__ = __str__
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _i64(x: int) -> int:
+    x &= _MASK64
+    return x - (1 << 64) if x >= (1 << 63) else x
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finalizer on int64 bit patterns (wrapping arithmetic)."""
+    x = x + _i64(0x9E3779B97F4A7C15)
+    x = (x ^ _shr(x, 30)) * _i64(0xBF58476D1CE4E5B9)
+    x = (x ^ _shr(x, 27)) * _i64(0x94D049BB133111EB)
+    return x ^ _shr(x, 31)
+
+
+def counter_uniform(ids: torch.Tensor, seed: int, width: int) -> torch.Tensor:
+    """float64 ``[N, width]`` uniforms in (0, 1), a pure function of ``(seed, id, column)``
+    (a counter-based generator: SplitMix64 of the seed, the id and the column)."""
+    key = _mix64(_mix64(ids.to(torch.int64)) ^ _i64(seed))
+    cols = torch.arange(width, dtype=torch.int64, device=ids.device) * _i64(0xD1B54A32D192ED03)
+    bits = _mix64(key.unsqueeze(1) + cols.unsqueeze(0))
+    return (_shr(bits, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+
+
+def _normal_from_uniform(u: torch.Tensor) -> torch.Tensor:
+    return math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+
+
 class ConstantInitializer(Initializer):
     """Fill with ``init_val`` (the ``dtype`` argument is accepted and ignored, as in RecIS)."""
 
@@ -107,6 +166,9 @@ class ConstantInitializer(Initializer):
 
     def _fill(self, out):
         out.fill_(self.init_val)
+
+    def _from_uniform(self, u):
+        return torch.full_like(u, self.init_val)
 
 
 class UniformInitializer(Initializer):
@@ -125,6 +187,9 @@ class UniformInitializer(Initializer):
     def _fill(self, out):
         out.uniform_(self.a, self.b, generator=self._generator)
 
+    def _from_uniform(self, u):
+        return self.a + (self.b - self.a) * u
+
 
 class NormalInitializer(Initializer):
     """N(mean, std)."""
@@ -141,6 +206,9 @@ class NormalInitializer(Initializer):
 
     def _fill(self, out):
         out.normal_(self.mean, self.std, generator=self._generator)
+
+    def _from_uniform(self, u):
+        return self.mean + self.std * _normal_from_uniform(u)
 
 
 class XavierUniformInitializer(Initializer):
@@ -159,6 +227,11 @@ class XavierUniformInitializer(Initializer):
         bound = self.gain * math.sqrt(6.0 / (fan_in + fan_out))
         out.uniform_(-bound, bound, generator=self._generator)
 
+    def _from_uniform(self, u):
+        fan_in, fan_out = self._fans()
+        bound = self.gain * math.sqrt(6.0 / (fan_in + fan_out))
+        return (2.0 * u - 1.0) * bound
+
 
 class XavierNormalInitializer(XavierUniformInitializer):
     """Xavier/Glorot normal: N(0, gain·sqrt(2/(fan_in+fan_out)))."""
@@ -166,6 +239,10 @@ class XavierNormalInitializer(XavierUniformInitializer):
     def _fill(self, out):
         fan_in, fan_out = self._fans()
         out.normal_(0.0, self.gain * math.sqrt(2.0 / (fan_in + fan_out)), generator=self._generator)
+
+    def _from_uniform(self, u):
+        fan_in, fan_out = self._fans()
+        return self.gain * math.sqrt(2.0 / (fan_in + fan_out)) * _normal_from_uniform(u)
 
 
 class KaimingUniformInitializer(Initializer):
@@ -192,6 +269,9 @@ class KaimingUniformInitializer(Initializer):
         bound = math.sqrt(3.0) * self._std()
         out.uniform_(-bound, bound, generator=self._generator)
 
+    def _from_uniform(self, u):
+        return (2.0 * u - 1.0) * (math.sqrt(3.0) * self._std())
+
 
 class KaimingNormalInitializer(KaimingUniformInitializer):
     """He normal: N(0, gain/sqrt(fan)). ``shape`` and ``dtype`` are accepted and ignored."""
@@ -202,6 +282,9 @@ class KaimingNormalInitializer(KaimingUniformInitializer):
 
     def _fill(self, out):
         out.normal_(0.0, self._std(), generator=self._generator)
+
+    def _from_uniform(self, u):
+        return self._std() * _normal_from_uniform(u)
 
 
 class TruncNormalInitializer(Initializer):
@@ -221,3 +304,13 @@ class TruncNormalInitializer(Initializer):
 
     def _fill(self, out):
         torch.nn.init.trunc_normal_(out, self.mean, self.std, self.a, self.b, generator=self._generator)
+
+    def _from_uniform(self, u):
+        # inverse-CDF method between the absolute bounds, as torch.nn.init.trunc_normal_
+        if self.std == 0:
+            return torch.full_like(u, min(max(self.mean, self.a), self.b))
+        cdf = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
+        lo, hi = cdf((self.a - self.mean) / self.std), cdf((self.b - self.mean) / self.std)
+        p = lo + (hi - lo) * u
+        x = self.mean + self.std * _normal_from_uniform(p)
+        return x.clamp_(self.a, self.b)

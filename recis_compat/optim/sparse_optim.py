@@ -8,7 +8,8 @@ table (``<prefix>exp_avg``, ``<prefix>exp_avg_sq``), so they grow with it, are r
 and are saved with it.
 
 Per-table state: running powers ``beta1_power``/``beta2_power`` that advance only on steps in which
-the table had gradients (TF's per-variable beta power). ``state_dict()`` keeps RecIS's key names
+the table had gradients (TF's per-variable beta power); for a sharded table, when any of its
+shards had gradients, so all ranks hold the same powers (RecIS advances each shard's own). ``state_dict()`` keeps RecIS's key names
 ``<prefix>step``, ``<prefix>beta1``, ``<prefix>beta2`` (0-dim powers of the first table) and adds
 ``<prefix>beta1:<table>`` / ``<prefix>beta2:<table>`` for every table, so several tables resume
 exactly (RecIS's keys collide, Q6); ``load_state_dict`` restores them (a no-op in RecIS).
@@ -144,20 +145,41 @@ class SparseAdamFamily(SparseOptimizer):
         table.add_slot(self.prefix + "exp_avg", [table.dim], table.dtype, 0.0)
         table.add_slot(self.prefix + "exp_avg_sq", [table.dim], table.dtype, 0.0)
 
+    def _tables_with_grads(self) -> Dict[str, bool]:
+        """Which tables had gradients this step. A sharded table had them when any of its
+        shards did (an all-reduce over its group), so every rank advances the same beta powers
+        as a single-process run would."""
+        local = {name: t.has_grad() for name, t in self._tables.items()}
+        groups = {}
+        for name, t in self._tables.items():
+            pg = getattr(t, "process_group", None)
+            if pg is not None:
+                groups.setdefault(pg, []).append(name)
+        for pg, names in groups.items():
+            import torch.distributed as dist
+            flags = torch.tensor([int(local[n]) for n in names], dtype=torch.int32)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=pg)
+            for n, f in zip(names, flags.tolist()):
+                local[n] = bool(f)
+        return local
+
     def _apply(self, lr: float) -> None:
         applied = False
+        had_grads = self._tables_with_grads()
         for name, table in self._tables.items():
-            got = table.grad_rows(self._grad_accum_steps)
-            if got is None:
+            if not had_grads[name]:
                 continue
-            rows, grad = got
             b1p = self._beta1_power[name].mul_(self.beta1)
             b2p = self._beta2_power[name].mul_(self.beta2)
+            applied = True
+            got = table.grad_rows(self._grad_accum_steps)
+            if got is None:
+                continue      # another shard of this table had the gradients
+            rows, grad = got
             sparse_adam_rows_(table.embedding, table.get_slot(self.prefix + "exp_avg"),
                               table.get_slot(self.prefix + "exp_avg_sq"), rows, grad.contiguous(),
                               lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
                               decay=self.decay_factor(lr), beta1_power=float(b1p), beta2_power=float(b2p))
-            applied = True
         if applied:
             self._step += 1
 

@@ -1,0 +1,9 @@
+"""``recis.serialize``: RecIS's sparse checkpoint format (contract §1.10).
+
+Exports ``Loader`` and ``Saver`` (as RecIS); ``CheckpointReader`` lives in
+``recis.serialize.checkpoint_reader``. Errors: ``recis_compat.serialize.layout.CheckpointError``.
+"""
+from recis_compat.serialize.loader import Loader
+from recis_compat.serialize.saver import Saver
+
+__all__ = ["Loader", "Saver"]

@@ -196,10 +196,18 @@ class HashTable(nn.Module):
         if world_size is None:
             import os
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        # new ids start from values that depend only on (seed, id): reproducible across resumes,
+        # world sizes and insertion orders. The seed is a buffer, so it is saved in model.pt and
+        # broadcast by DDP; it comes from the initializer's generator or the global RNG.
+        gen = getattr(self._initializer, "_generator", None)
+        seed = gen.initial_seed() if gen is not None else int(torch.randint(0, 2 ** 62, (1,)).item())
+        self.register_buffer("_init_seed", torch.tensor(seed, dtype=torch.int64))
+        id_init = self._initializer.supports_id_init() and dtype.is_floating_point
         config = DynamicTableConfig(name=name, embedding_dim=int(torch.Size(shape).numel()),
                                     sample_rows=self._sample_flat_rows, dtype=dtype, device=device,
                                     block_size=self._block_size, children=children, coalesced=coalesced,
-                                    grad_reduce_by=grad_reduce_by, world_size=world_size)
+                                    grad_reduce_by=grad_reduce_by, world_size=world_size,
+                                    init_rows=self._init_rows_for_ids if id_init else None)
         self._table = DynamicTable(config)
         self._table.impl.slice = (slice.slice_begin, slice.slice_end, slice.slice_size)
         register = HashtableRegister()
@@ -219,6 +227,19 @@ class HashTable(nn.Module):
         if filter_hook is not None:
             from recis_compat.nn.modules.hashtable_hook_impl import HashtableHookFactory
             self._filter_hook_impl = HashtableHookFactory().create_filter_hook(self, filter_hook)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        # RecIS checkpoints have no init seed: keep ours rather than fail a strict load
+        key = prefix + "_init_seed"
+        if key in missing_keys:
+            missing_keys.remove(key)
+
+    def _init_rows_for_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Initial rows ``[k, prod(embedding_shape)]`` of new ids (a function of seed and id)."""
+        return self._initializer.sample_for_ids(ids, int(self._init_seed)).reshape(ids.numel(), -1)
 
     def _sample_flat_rows(self, k: int) -> torch.Tensor:
         """``k`` initial rows flattened to ``[k, prod(embedding_shape)]``."""

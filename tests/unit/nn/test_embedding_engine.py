@@ -82,7 +82,8 @@ def test_same_config_merges_into_one_coalesced_table():
     assert names[0].startswith("CoalescedHashtable_") and len(names[0]) == len("CoalescedHashtable_") + 64
     ci = sparse[names[0]].children_info()
     assert ci.children() == ["sa", "sb", "sd"] and ci.is_coalesce()
-    assert list(eng.state_dict()) == [names[0]]
+    # dense state: the per-table init seed buffer; the table object under its bare name
+    assert list(eng.state_dict()) == [f"_ht.{names[0]}._hashtable._init_seed", names[0]]
 
 
 def test_different_dim_or_initializer_gives_separate_tables():

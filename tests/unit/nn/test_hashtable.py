@@ -189,13 +189,16 @@ def test_insert_ids_map_embeddings_clear():
     for i, v in zip([30, 10, 20], vals):
         assert torch.equal(emb[row_of(ht, [i])[0]], v)
     assert torch.equal(ht(torch.tensor([20, 30])), vals[[2, 0]])
-    # unused rows hold the initializer value
+    # unused rows hold zeros (a new id's row gets its initial value when the id is inserted;
+    # RecIS fills whole blocks at allocation)
     used = set(rows.tolist())
     unused = [r for r in range(emb.shape[0]) if r not in used]
-    assert unused and torch.equal(emb[unused], torch.full((len(unused), 3), -1.0))
+    assert unused and torch.equal(emb[unused], torch.zeros((len(unused), 3)))
+    ht(torch.tensor([40]))
+    assert torch.equal(ht(torch.tensor([40])), torch.full((1, 3), -1.0))
     # upsert of an existing id with new values
     ht.insert(torch.tensor([10]), torch.full((1, 3), 5.0))
-    assert ht(torch.tensor([10])).tolist() == [[5, 5, 5]] and len(ht.impl) == 3
+    assert ht(torch.tensor([10])).tolist() == [[5, 5, 5]] and len(ht.impl) == 4
     with pytest.raises(TypeError):
         ht.insert(torch.tensor([1]), torch.ones(1, 3, dtype=torch.float64))
     ht.clear()
@@ -357,7 +360,8 @@ def test_split_sparse_dense_state_dict_mutates_input():
     sparse, dense = split_sparse_dense_state_dict(sd)
     assert dense is sd
     assert list(sparse) == ["t_model"] and sparse["t_model"] is impl
-    assert set(dense) == {"dense.weight", "dense.bias"}
+    # the table's init seed buffer is dense state (saved in model.pt)
+    assert set(dense) == {"dense.weight", "dense.bias", "inner.emb._init_seed"}
     assert "t_model" not in sd
 
 

@@ -1,0 +1,406 @@
+"""``recis.framework.checkpoint_manager``: Saver and CheckpointManager (contract §1.7.3).
+
+Directory layout (RecIS's)::
+
+    <output_dir>/checkpoint                 one ckpt_id per line; the last is the latest
+    <output_dir>/ckpt_<global_step>/
+        model-XXXXXX-of-YYYYYY.safetensors  tables + sparse-optimizer scalars (recis.serialize)
+        index, tensorkey.json, torch_rank_weights_embs_table_multi_shard.json
+        model.pt        rank 0: dense state dict (the unwrapped model's keys, tables removed)
+        extra.pt        rank 0: {"global_step": tensor, "dense_optimizer": ..., <registered>}
+        io_state_<rank>.pt   every rank: {"train_io": dataset.dump_io_state()}
+        io_state_count  rank 0: the number of ranks that wrote io states
+
+Atomic saves (not in RecIS): everything is written into ``<output_dir>/.ckpt_<step>.tmp`` (each
+file via a temporary name, flushed and fsynced), then rank 0 renames the directory to
+``ckpt_<step>`` and only then appends the id to ``checkpoint`` (rewritten atomically). A crash
+at any point leaves the previous checkpoint listed and intact; a stale ``.tmp`` directory is
+removed by the next save. Torch files are loaded with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from recis_compat.nn.modules.hashtable import filter_out_sparse_param, split_sparse_dense_state_dict
+# one error class for every unusable checkpoint (missing / corrupt files, contents that do not
+# fit the model, the optimizers or the dataset): a ValueError
+from recis_compat.serialize.layout import CheckpointError
+from recis_compat.utils.logger import Logger
+
+__all__ = ["Saver", "CheckpointManager", "CheckpointError", "LOAD_PARTS"]
+
+logger = Logger(__name__)
+
+LOAD_PARTS = ("sparse", "dense", "extra", "sparse_opt", "io_state")
+CHECKPOINT_FILE = "checkpoint"
+
+
+# ---------------------------------------------------------------------------------- file helpers
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file, fsynced, then renamed."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _torch_load(path: str, what: str):
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file {path} is missing ({what})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # unpickling / zip errors of a truncated or foreign file
+        raise CheckpointError(f"checkpoint file {path} ({what}) cannot be read: {e}") from e
+
+
+def read_checkpoint_list(output_dir: str) -> List[str]:
+    """Ids listed in ``<output_dir>/checkpoint`` (empty when the file does not exist)."""
+    path = os.path.join(output_dir, CHECKPOINT_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _rank_world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+class Saver:
+    """Writes and reads checkpoints of one model.
+
+    Args:
+        model: the (unwrapped) model; its tables are found with ``filter_out_sparse_param``.
+        sparse_optim: the sparse optimizer (its scalars are saved with the tables).
+        output_dir: checkpoint root.
+        max_keep: checkpoints written by this process that are kept (older ones are deleted).
+        concurrency: writer threads per rank (= safetensors files per rank).
+    """
+
+    kIndexSuffix = ".index"
+    kIndexName = "index"
+
+    def __init__(self, model: torch.nn.Module, sparse_optim=None, output_dir: str = "./", max_keep: int = 1,
+                 concurrency: int = 4):
+        if int(max_keep) < 1:
+            raise ValueError(f"Saver: max_keep must be >= 1, got {max_keep}")
+        self._model = model
+        self._sparse_optim = sparse_optim
+        self._output_dir = output_dir
+        self._max_keep = int(max_keep)
+        self._concurrency = max(1, int(concurrency))
+        self._io_state: Dict[str, Any] = {}
+        self._extra: Dict[str, Any] = {}
+        self._written: List[str] = []
+        self._loaded_extra: Dict[str, Any] = {}
+
+    @property
+    def output_dir(self) -> str:
+        return self._output_dir
+
+    # ------------------------------------------------------------------ registration
+    def register_io_state(self, name: str, obj) -> None:
+        if name in self._io_state:
+            raise ValueError(f"io state {name!r} is already registered")
+        for attr in ("dump_io_state", "load_io_state"):
+            if not hasattr(obj, attr):
+                raise TypeError(f"register_io_state({name!r}): {type(obj).__name__} has no {attr}()")
+        self._io_state[name] = obj
+
+    def register_for_checkpointing(self, name: str, obj) -> None:
+        if name in self._extra:
+            raise ValueError(f"{name!r} is already registered for checkpointing")
+        self._extra[name] = obj
+
+    def get_extra_data(self, name: str):
+        return self._loaded_extra.get(name)
+
+    # ------------------------------------------------------------------ state
+    def _sparse_tables(self) -> Dict[str, Any]:
+        return filter_out_sparse_param(self._model)
+
+    def _sparse_optim_tensors(self) -> Dict[str, torch.Tensor]:
+        return dict(self._sparse_optim.state_dict()) if self._sparse_optim is not None else {}
+
+    def _dense_state(self) -> Dict[str, Any]:
+        _, dense = split_sparse_dense_state_dict(self._model.state_dict())
+        return dense
+
+    def _extra_state(self) -> Dict[str, Any]:
+        out = {}
+        for name, obj in self._extra.items():
+            out[name] = obj.state_dict() if hasattr(obj, "state_dict") else obj
+        return out
+
+    # ------------------------------------------------------------------ save
+    def save(self, ckpt_id: str, shard_id: int = 0, shard_num: int = 1) -> str:
+        """Write ``<output_dir>/<ckpt_id>`` atomically (a collective when ``shard_num > 1``).
+        Returns the checkpoint directory."""
+        final = os.path.join(self._output_dir, ckpt_id)
+        tmp = os.path.join(self._output_dir, f".{ckpt_id}.tmp")
+        if shard_id == 0:
+            os.makedirs(self._output_dir, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        _barrier()
+        self.save_sparse_params(shard_id, shard_num, tmp, None, concurrent=self._concurrency)
+        if self._io_state:
+            atomic_torch_save({name: obj.dump_io_state() for name, obj in self._io_state.items()},
+                              os.path.join(tmp, f"io_state_{shard_id}.pt"))
+        if shard_id == 0:
+            self.save_dense_params(tmp, self._dense_state())
+            atomic_torch_save(self._extra_state(), os.path.join(tmp, "extra.pt"))
+            if self._io_state:
+                atomic_write_text(os.path.join(tmp, "io_state_count"), str(shard_num))
+        _barrier()
+        if shard_id == 0:
+            self._publish(tmp, final, ckpt_id)
+        _barrier()
+        return final
+
+    def _publish(self, tmp: str, final: str, ckpt_id: str) -> None:
+        _fsync_dir(tmp)
+        if os.path.exists(final):     # the same step saved again (e.g. at the end of training)
+            trash = final + ".old"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(self._output_dir)
+        ids = read_checkpoint_list(self._output_dir)
+        if not ids or ids[-1] != ckpt_id:
+            ids = [i for i in ids if i != ckpt_id] + [ckpt_id]
+        if ckpt_id in self._written:
+            self._written.remove(ckpt_id)
+        self._written.append(ckpt_id)
+        while len(self._written) > self._max_keep:
+            old = self._written.pop(0)
+            ids = [i for i in ids if i != old]
+            atomic_write_text(os.path.join(self._output_dir, CHECKPOINT_FILE), "".join(i + "\n" for i in ids))
+            shutil.rmtree(os.path.join(self._output_dir, old), ignore_errors=True)
+        atomic_write_text(os.path.join(self._output_dir, CHECKPOINT_FILE), "".join(i + "\n" for i in ids))
+        logger.info(f"saved checkpoint {final}")
+
+    def save_sparse_params(self, shard_id: int, shard_num: int, ckpt_path: str, sparse_state_dict=None,
+                           concurrent: int = 16, sync_func=None) -> None:
+        from recis_compat.serialize import Saver as SparseSaver
+        tables = sparse_state_dict if sparse_state_dict is not None else self._sparse_tables()
+        SparseSaver(shard_index=shard_id, shard_num=shard_num, parallel=concurrent, path=ckpt_path,
+                    hashtables=tables, tensors=self._sparse_optim_tensors()).save()
+        if sync_func is not None:
+            sync_func()
+
+    def save_dense_params(self, ckpt_path: str, dense_state_dict: Dict[str, Any]) -> None:
+        atomic_torch_save(dense_state_dict, os.path.join(ckpt_path, "model.pt"))
+
+    def save_sparse_meta(self, dirname: str) -> None:
+        """Legacy in RecIS; the metadata is written by :meth:`save_sparse_params`."""
+
+    # ------------------------------------------------------------------ load
+    def latest_checkpoint(self, ckpt_path: Optional[str] = None) -> Optional[str]:
+        ids = read_checkpoint_list(ckpt_path or self._output_dir)
+        return ids[-1] if ids else None
+
+    def load(self, ckpt_path: Optional[str] = None, ckpt_id: Optional[str] = None, load_conf: Optional[dict] = None,
+             shard_id: int = 0, direct_path: bool = False) -> bool:
+        """Load a checkpoint: ``ckpt_path`` itself with ``direct_path``, else
+        ``<ckpt_path or output_dir>/<ckpt_id or latest>``. Returns False (one log line) when
+        there is no checkpoint."""
+        if direct_path:
+            ckpt_dir = ckpt_path
+        else:
+            root = ckpt_path or self._output_dir
+            ckpt_id = ckpt_id or self.latest_checkpoint(root)
+            if ckpt_id is None:
+                logger.info(f"Checkpoint not found in {root}; starting fresh")
+                return False
+            ckpt_dir = os.path.join(root, ckpt_id)
+        if not os.path.isdir(ckpt_dir):
+            raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist "
+                                  f"(listed in {os.path.join(os.path.dirname(ckpt_dir), CHECKPOINT_FILE)})"
+                                  if not direct_path else f"checkpoint directory {ckpt_dir} does not exist")
+        self.load_by_config(ckpt_dir, load_conf, shard_id)
+        logger.info(f"loaded checkpoint {ckpt_dir}")
+        return True
+
+    @staticmethod
+    def _parts(load_conf: Optional[dict]):
+        conf = dict(load_conf or {})
+        load = conf.get("load", ["*"])
+        exclude = conf.get("exclude", [])
+        for p in list(load) + list(exclude):
+            if p != "*" and p not in LOAD_PARTS:
+                raise ValueError(f"load_conf: unknown part {p!r}; parts are {list(LOAD_PARTS)} and '*'")
+        parts = set(LOAD_PARTS) if "*" in load else set(load)
+        parts -= set(exclude)
+        return parts, bool(conf.get("strict", True))
+
+    def load_by_config(self, ckpt_path: str, load_conf: Optional[dict] = None, shared_id: int = 0) -> None:
+        parts, strict = self._parts(load_conf)
+        if "sparse" in parts:
+            self.load_sparse_params(ckpt_path)
+        if "sparse_opt" in parts:
+            self.load_sparse_optim(ckpt_path)
+        if "dense" in parts:
+            self.load_dense_params(ckpt_path, strict=strict)
+        if "extra" in parts:
+            self.load_extra_params(ckpt_path, load_io="io_state" in parts, shared_id=shared_id)
+
+    def load_sparse_params(self, ckpt_dir: str) -> None:
+        from recis_compat.serialize import Loader
+        tables = self._sparse_tables()
+        if tables:
+            Loader(ckpt_dir, hashtables=tables, tensors={}).load()
+
+    def load_sparse_optim(self, ckpt_dir: Optional[str] = None) -> None:
+        """Restore the sparse optimizer's scalars (per-table beta powers, step)."""
+        if self._sparse_optim is None or ckpt_dir is None:
+            return
+        from recis_compat.serialize import Loader
+        tensors = self._sparse_optim_tensors()
+        if tensors:
+            Loader(ckpt_dir, hashtables={}, tensors=tensors).load()
+            self._sparse_optim.load_state_dict(tensors)
+
+    def load_dense_params(self, ckpt_dir: str, strict: bool = True) -> None:
+        state = _torch_load(os.path.join(ckpt_dir, "model.pt"), "dense parameters")
+        own = self._dense_state()
+        try:
+            missing, unexpected = self._model.load_state_dict(state, strict=False)
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt_dir}/model.pt does not fit the model: {e}") from e
+        missing = [k for k in missing if k in own]
+        if strict and (missing or unexpected):
+            raise CheckpointError(f"{ckpt_dir}/model.pt does not fit the model: missing keys {missing[:10]}, "
+                                  f"unexpected keys {list(unexpected)[:10]} (use load_conf strict=False to allow)")
+
+    def load_extra_params(self, ckpt_dir: str, load_io: bool = True, shared_id: int = 0) -> None:
+        extra = _torch_load(os.path.join(ckpt_dir, "extra.pt"), "global step and optimizer state")
+        self._loaded_extra = dict(extra)
+        if load_io and self._io_state:
+            count_file = os.path.join(ckpt_dir, "io_state_count")
+            if not os.path.exists(count_file):
+                raise CheckpointError(f"{ckpt_dir} has no io_state_count, but a dataset is registered for IO state")
+            with open(count_file) as f:
+                count = int(f.read().strip() or 0)
+            for name, obj in self._io_state.items():
+                workers = getattr(obj, "_worker_num", None)
+                if workers is not None and int(workers) != count:
+                    raise CheckpointError(
+                        f"{ckpt_dir}: io_state was written by {count} workers but dataset {name!r} now has "
+                        f"worker_num={workers}; resume with the same number of ranks or load without "
+                        "'io_state' (load_conf exclude)")
+            io = _torch_load(os.path.join(ckpt_dir, f"io_state_{shared_id}.pt"), "dataset IO state")
+            for name, obj in self._io_state.items():
+                if name in io:
+                    obj.load_io_state(io[name])
+        for name, obj in self._extra.items():
+            if name not in extra:
+                logger.warning(f"{ckpt_dir}/extra.pt has no {name!r}; keeping the current value")
+                continue
+            value = extra[name]
+            if hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(value)
+            elif isinstance(obj, torch.Tensor):
+                obj.copy_(torch.as_tensor(value))
+            else:
+                self._extra[name] = value
+
+
+class CheckpointManager:
+    """Owns the global step and saves every ``save_interval`` steps (None / 0: never)."""
+
+    def __init__(self, saver: Saver, save_interval: Optional[int]):
+        self._saver = saver
+        self._save_interval = save_interval
+        self._global_step = torch.zeros((), dtype=torch.int64)
+        self._shard_id, self._shard_num = _rank_world()
+        self._last_saved_step: Optional[int] = None
+        saver.register_for_checkpointing("global_step", self._global_step)
+
+    @property
+    def save_interval(self) -> Optional[int]:
+        return self._save_interval
+
+    @property
+    def global_step(self) -> torch.Tensor:
+        return self._global_step
+
+    @property
+    def saver(self) -> Saver:
+        return self._saver
+
+    def register_for_checkpointing(self, name: str, obj) -> None:
+        self._saver.register_for_checkpointing(name, obj)
+
+    def register_io_state(self, name: str, obj) -> None:
+        self._saver.register_io_state(name, obj)
+
+    def step(self) -> None:
+        self._global_step += 1
+        if self._save_interval and int(self._global_step) % int(self._save_interval) == 0:
+            self.save()
+
+    def save(self) -> None:
+        step = int(self._global_step)
+        self._shard_id, self._shard_num = _rank_world()
+        self._saver.save(f"ckpt_{step}", shard_id=self._shard_id, shard_num=self._shard_num)
+        self._last_saved_step = step
+
+    @property
+    def last_saved_step(self) -> Optional[int]:
+        return self._last_saved_step
+
+    def restore(self, global_step: Optional[int] = None) -> torch.Tensor:
+        self._shard_id, self._shard_num = _rank_world()
+        ckpt_id = None if global_step is None else f"ckpt_{int(global_step)}"
+        self._saver.load(ckpt_id=ckpt_id, shard_id=self._shard_id)
+        return self._global_step
+
+    def load_model_bank(self, model_bank_conf: Optional[List[dict]]) -> None:
+        """Warm start: load each ``{"path", "load", "exclude", "strict"}`` entry in order."""
+        for entry in model_bank_conf or []:
+            if not isinstance(entry, dict) or "path" not in entry:
+                raise ValueError(f"model_bank entries must be dicts with a 'path', got {entry!r}")
+            path = entry["path"]
+            if str(path).startswith("model."):
+                raise ValueError(f"model_bank path {path!r} is a MOS URI (RecIS internal build only)")
+            self._saver.load(ckpt_path=path, load_conf=entry, shard_id=self._shard_id, direct_path=True)
