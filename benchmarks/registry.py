@@ -25,5 +25,8 @@ for _name, _mod in [
     ("io", "io_bench"),
     ("features", "features_bench"),
     ("hashtable", "hashtable_bench"),
+    ("lookup", "lookup_bench"),
+    ("tile", "tile_bench"),
+    ("optim", "optim_bench"),
 ]:
     register(_name, _mod)

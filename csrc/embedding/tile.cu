@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "common.h"
 
 namespace recis_compat {
@@ -63,6 +65,27 @@ __global__ void tile_backward_kernel(const scalar_t* __restrict__ grad, const in
     if (j >= off[b + 1] - off[b]) continue;
     const int64_t r = index[off[b] + j];
     if (r >= 0) atomicAdd(acc + r * D + d, static_cast<acc_t>(grad[i]));
+  }
+}
+
+// one thread per (id position, dim): the bag of position k is found by binary search in offsets
+template <typename scalar_t, typename acc_t>
+__global__ void pooled_sum_backward_kernel(const scalar_t* __restrict__ grad, const int64_t* __restrict__ index,
+                                           const int64_t* __restrict__ off, const scalar_t* __restrict__ weight,
+                                           acc_t* __restrict__ acc, int64_t B, int64_t N, int64_t D) {
+  const int64_t total = N * D;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t k = i / D, d = i % D;
+    const int64_t r = index[k];
+    if (r < 0 || k < off[0] || k >= off[B]) continue;
+    int64_t lo = 0, hi = B;  // last bag b with off[b] <= k
+    while (hi - lo > 1) {
+      const int64_t mid = (lo + hi) / 2;
+      if (off[mid] <= k) lo = mid; else hi = mid;
+    }
+    const acc_t w = weight ? static_cast<acc_t>(weight[k]) : acc_t(1);
+    atomicAdd(acc + r * D + d, w * static_cast<acc_t>(grad[lo * D + d]));
   }
 }
 
@@ -123,11 +146,55 @@ at::Tensor tile_backward_cuda(const at::Tensor& grad_in, const at::Tensor& index
   return acc.to(grad.scalar_type());
 }
 
+constexpr const char* kPool = "recis_compat::pooled_sum_backward";
+
+at::Tensor pooled_sum_backward_cuda(const at::Tensor& grad_in, const at::Tensor& index_in,
+                                    const at::Tensor& offsets_in, const std::optional<at::Tensor>& weight_in,
+                                    int64_t num_rows) {
+  TORCH_CHECK(grad_in.dim() == 2, kPool, ": grad must be [B, dim]");
+  check_args(kPool, grad_in, index_in, offsets_in, 1);
+  TORCH_CHECK(num_rows >= 0, kPool, ": num_rows must be >= 0");
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  auto grad = grad_in.contiguous();
+  auto index = index_in.contiguous();
+  auto off = offsets_in.to(at::kLong).contiguous();
+  const int64_t B = off.numel() - 1, D = grad.size(1), N = index.numel();
+  TORCH_CHECK(grad.size(0) == B, kPool, ": grad has ", grad.size(0), " bags but offsets describe ", B);
+  at::Tensor weight;
+  if (weight_in.has_value() && weight_in->defined()) {
+    weight = weight_in->contiguous();
+    TORCH_CHECK(weight.dim() == 1 && weight.numel() == N && weight.scalar_type() == grad.scalar_type(), kPool,
+                ": weight must be [N] of grad's dtype");
+  }
+  if (N) {
+    TORCH_CHECK(index.max().item<int64_t>() < num_rows, kPool, ": index out of range for ", num_rows, " rows");
+  }
+  const bool dbl = grad.scalar_type() == at::kDouble;
+  auto acc = at::zeros({num_rows, D}, grad.options().dtype(dbl ? at::kDouble : at::kFloat));
+  if (N == 0 || D == 0 || num_rows == 0 || B == 0) return acc.to(grad.scalar_type());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "pooled_sum_backward_cuda", [&] {
+    const scalar_t* w = weight.defined() ? weight.data_ptr<scalar_t>() : nullptr;
+    if (dbl) {
+      pooled_sum_backward_kernel<scalar_t, double><<<blocks_for(N * D), 256, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), off.data_ptr<int64_t>(), w,
+          acc.data_ptr<double>(), B, N, D);
+    } else {
+      pooled_sum_backward_kernel<scalar_t, float><<<blocks_for(N * D), 256, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), off.data_ptr<int64_t>(), w,
+          acc.data_ptr<float>(), B, N, D);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return acc.to(grad.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(recis_compat, CUDA, m) {
   m.impl("tile_forward", &tile_forward_cuda);
   m.impl("tile_backward", &tile_backward_cuda);
+  m.impl("pooled_sum_backward", &pooled_sum_backward_cuda);
 }
 
 }  // namespace recis_compat

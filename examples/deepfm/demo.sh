@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: generate demo data (once), train DeepFM, print eval AUC + samples/s, plot.
+# `make demo`: generate demo data (once), train the deepfm example (RecIS API: dynamic tables,
+# SparseAdamW, Trainer), print eval AUC + samples/s, plot loss and AUC per step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -7,4 +8,4 @@ DATA=examples/deepfm/data
 if ! ls "$DATA"/part-*.orc >/dev/null 2>&1; then
   "$PY" examples/deepfm/make_data.py --out "$DATA" --files 8 --rows 10000
 fi
-"$PY" examples/deepfm/demo_train.py --data "$DATA" --plot examples/deepfm/demo.png "$@"
+PYTHONPATH="$PWD:$PWD/adapters${PYTHONPATH:+:$PYTHONPATH}" "$PY" examples/deepfm/demo.py --data "$DATA" --plot examples/deepfm/demo.png "$@"

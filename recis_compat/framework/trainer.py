@@ -203,11 +203,14 @@ class Trainer:
         from tqdm import tqdm
         return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
 
-    def train(self, train_steps: Optional[int] = None) -> None:
+    def _check_trainable(self, what: str) -> None:
         if self.train_dataset is None:
-            raise ValueError("Trainer.train: no train_dataset")
+            raise ValueError(f"Trainer.{what}: no train_dataset")
         if self.dense_optimizer is None and any(p.requires_grad for p in self.unwrapped_model.parameters()):
-            raise ValueError("Trainer.train: dense_optimizers[0] is None but the model has dense parameters")
+            raise ValueError(f"Trainer.{what}: dense_optimizers[0] is None but the model has dense parameters")
+
+    def train(self, train_steps: Optional[int] = None) -> None:
+        self._check_trainable("train")
         self.restore()
         for epoch in range(int(self.args.train_epoch or 1)):
             self._train_loop(train_steps or self.args.train_steps, epoch)
@@ -217,6 +220,7 @@ class Trainer:
 
     def train_and_evaluate(self, epochs: int = 1, train_steps: Optional[int] = None,
                            eval_steps: Optional[int] = None) -> None:
+        self._check_trainable("train_and_evaluate")
         self.restore()
         for epoch in range(int(epochs)):
             self._train_loop(train_steps or self.args.train_steps, epoch)
@@ -249,7 +253,7 @@ class Trainer:
                 self.checkpoint_manager.step()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=float(metrics["loss"]) if "loss" in metrics else None)
+                    bar.set_postfix(loss=float(metrics["loss"].detach()) if "loss" in metrics else None)
         finally:
             if bar is not None:
                 bar.close()

@@ -12,7 +12,7 @@ def test_demo_trains_and_reports(tmp_path):
     subprocess.run([sys.executable, str(REPO / "examples/deepfm/make_data.py"), "--out", str(data),
                     "--files", "3", "--rows", "4000", "--seed", "3"], check=True)
     plot = tmp_path / "demo.png"
-    out = subprocess.run([sys.executable, str(REPO / "examples/deepfm/demo_train.py"), "--data", str(data),
+    out = subprocess.run([sys.executable, str(REPO / "examples/deepfm/demo.py"), "--data", str(data),
                           "--batch-size", "256", "--epochs", "2", "--plot", str(plot)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

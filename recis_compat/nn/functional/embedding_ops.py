@@ -1,8 +1,10 @@
 """``recis.nn.functional.embedding_ops``: segment reductions, id partitioning and encoding (§1.5).
 
-Pooling (``sum``/``mean``) runs on ``torch.nn.functional.embedding_bag`` over the unique rows:
-it is multithreaded on CPU and differentiable w.r.t. the rows and the per-sample weights. The
-tile combiner runs on our csrc ``tile_forward``/``tile_backward`` ops.
+Pooling (``sum``/``mean``) runs ``ops.pooling.pooled_sum``: ``torch.nn.functional.embedding_bag``
+forward (multithreaded on CPU) over the unique rows and our csrc ``pooled_sum_backward`` (a
+counting-sort reduction per row, faster than embedding_bag's sort-based backward); ids that were
+not found (index -1) contribute zero vectors (and count in a plain mean). The tile combiner runs
+on our csrc ``tile_forward``/``tile_backward`` ops.
 
 Fixes (COMPATIBILITY.md): weighted ``mean`` is always Σ w·e / Σ w (RecIS switches between that
 and Σ w·e / n depending on the average bag size, Q7); ``merge_offsets`` works with one argument
@@ -13,11 +15,11 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from recis_compat.backend.slices import SLICE_SIZE, owner_ranks, slice_boundaries
 from recis_compat.nn.functional.fused_ops import fused_ids_encode_gpu
 from recis_compat.nn.functional.ragged_ops import ragged_tile
+from recis_compat.ops.pooling import pooled_sum
 
 COMBINERS = ("sum", "mean", "tile")
 
@@ -55,23 +57,18 @@ def ragged_embedding_segment_reduce(unique_emb: torch.Tensor, weight: Optional[t
         if isinstance(tl, int):
             tl = [tl] * len(bs)
         return ragged_tile(bs, tl, reverse_indices, off, unique_emb)
-    idx = reverse_indices
-    missing = idx < 0
-    has_missing = bool(missing.any()) if idx.numel() else False
-    if has_missing:
-        # ids that were not found contribute zero vectors (and count in a plain mean, as RecIS's
-        # zero rows would); point them at a zero row appended to the table
-        unique_emb = torch.cat([unique_emb, unique_emb.new_zeros((1, unique_emb.shape[1]))], 0)
-        idx = torch.where(missing, unique_emb.shape[0] - 1, idx)
     if weight is None:
-        return F.embedding_bag(idx, unique_emb, off, mode=combiner, include_last_offset=True)
+        if combiner == "mean":
+            counts = (off[1:] - off[:-1]).clamp(min=1).to(unique_emb.dtype)
+            w = torch.repeat_interleave(1.0 / counts, off[1:] - off[:-1], output_size=reverse_indices.numel())
+            return pooled_sum(unique_emb, reverse_indices, off, w)
+        return pooled_sum(unique_emb, reverse_indices, off, None)
     w = weight.to(unique_emb.dtype)
     if combiner == "mean":
         sums = _bag_weight_sums(w, off)
         denom = torch.where(sums == 0, torch.ones_like(sums), sums)
         w = w / torch.repeat_interleave(denom, off[1:] - off[:-1], output_size=w.numel())
-    return F.embedding_bag(idx, unique_emb, off, mode="sum", per_sample_weights=w,
-                           include_last_offset=True)
+    return pooled_sum(unique_emb, reverse_indices, off, w)
 
 
 def segment_sum_sparse(data: torch.Tensor, weight: Optional[torch.Tensor], indices: torch.Tensor,
