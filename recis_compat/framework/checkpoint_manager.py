@@ -392,7 +392,9 @@ class CheckpointManager:
     def restore(self, global_step: Optional[int] = None) -> torch.Tensor:
         self._shard_id, self._shard_num = _rank_world()
         ckpt_id = None if global_step is None else f"ckpt_{int(global_step)}"
-        self._saver.load(ckpt_id=ckpt_id, shard_id=self._shard_id)
+        if self._saver.load(ckpt_id=ckpt_id, shard_id=self._shard_id):
+            # that checkpoint already holds this step: do not write it again at the end
+            self._last_saved_step = int(self._global_step)
         return self._global_step
 
     def load_model_bank(self, model_bank_conf: Optional[List[dict]]) -> None:
