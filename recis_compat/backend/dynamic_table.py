@@ -33,7 +33,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.table_impl import DynamicTableImpl
 
-__all__ = ["DynamicTableConfig", "DynamicTable", "lookup_rows_with_grad"]
+__all__ = ["DynamicTableConfig", "DynamicTable", "lookup_rows_with_grad", "split_per_key"]
 
 
 @dataclass
@@ -103,6 +103,18 @@ def lookup_rows_with_grad(impl: DynamicTableImpl, anchor: torch.Tensor, rows: to
     if not torch.is_grad_enabled():
         return emb
     return _RowsToTable.apply(anchor, emb, rows, impl, scale)
+
+
+def split_per_key(features: KeyedJaggedTensor, emb: torch.Tensor) -> Dict[str, JaggedTensor]:
+    """Cut the per-id embeddings ``emb`` ``[N, D]`` of ``features.values()`` into one
+    ``JaggedTensor`` per key (the key's lengths and weights)."""
+    out: Dict[str, JaggedTensor] = {}
+    start = 0
+    for key, length in zip(features.keys(), features.length_per_key()):
+        jt = features[key]
+        out[key] = JaggedTensor(values=emb[start:start + length], lengths=jt.lengths(), weights=jt.weights_or_none())
+        start += length
+    return out
 
 
 class DynamicTable(nn.Module):
@@ -176,15 +188,7 @@ class DynamicTable(nn.Module):
         values = features.values()
         if values.dtype != torch.int64:
             raise TypeError(f"table {self.name!r}: KeyedJaggedTensor values must be int64 ids, got {values.dtype}")
-        emb = self.lookup(values)
-        out: Dict[str, JaggedTensor] = {}
-        start = 0
-        for key, length in zip(features.keys(), features.length_per_key()):
-            jt = features[key]
-            out[key] = JaggedTensor(values=emb[start:start + length], lengths=jt.lengths(),
-                                    weights=jt.weights_or_none())
-            start += length
-        return out
+        return split_per_key(features, self.lookup(values))
 
     def _apply(self, fn, recurse=True):
         # module.to(device) / .cuda() / .cpu() move the table state along; dtype casts do not

@@ -36,7 +36,7 @@ from torchrec.distributed.types import (Awaitable, EmbeddingModuleShardingPlan, 
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from torchrec.streamable import Multistreamable
 
-from recis_compat.backend.dynamic_table import DynamicTable
+from recis_compat.backend.dynamic_table import DynamicTable, split_per_key
 from recis_compat.backend.slices import owner_ranks, slice_range
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
@@ -188,15 +188,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
 
     def forward(self, features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]:
         """Per-key embeddings, as :meth:`DynamicTable.forward` (a collective)."""
-        emb = self.lookup(features.values())
-        out: Dict[str, JaggedTensor] = {}
-        start = 0
-        for key, length in zip(features.keys(), features.length_per_key()):
-            jt = features[key]
-            out[key] = JaggedTensor(values=emb[start:start + length], lengths=jt.lengths(),
-                                    weights=jt.weights_or_none())
-            start += length
-        return out
+        return split_per_key(features, self.lookup(features.values()))
 
     # ------------------------------------------------------------------ ShardedModule contract
     def create_context(self) -> _Ctx:

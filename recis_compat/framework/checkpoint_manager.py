@@ -29,7 +29,7 @@ import torch.distributed as dist
 from recis_compat.nn.modules.hashtable import filter_out_sparse_param, split_sparse_dense_state_dict
 # one error class for every unusable checkpoint (missing / corrupt files, contents that do not
 # fit the model, the optimizers or the dataset): a ValueError
-from recis_compat.serialize.layout import CheckpointError
+from recis_compat.serialize.layout import CheckpointError, atomic_write, fsync_dir
 from recis_compat.utils.logger import Logger
 
 __all__ = ["Saver", "CheckpointManager", "CheckpointError", "LOAD_PARTS"]
@@ -41,36 +41,13 @@ CHECKPOINT_FILE = "checkpoint"
 
 
 # ---------------------------------------------------------------------------------- file helpers
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file, fsynced, then renamed."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def _torch_load(path: str, what: str):
@@ -195,7 +172,7 @@ class Saver:
         return final
 
     def _publish(self, tmp: str, final: str, ckpt_id: str) -> None:
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if os.path.exists(final):     # the same step saved again (e.g. at the end of training)
             trash = final + ".old"
             shutil.rmtree(trash, ignore_errors=True)
@@ -204,7 +181,7 @@ class Saver:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(self._output_dir)
+        fsync_dir(self._output_dir)
         ids = read_checkpoint_list(self._output_dir)
         if not ids or ids[-1] != ckpt_id:
             ids = [i for i in ids if i != ckpt_id] + [ckpt_id]

@@ -81,7 +81,6 @@ def test_sharded_training_equals_single_process(world, single_run, tmp_path):
     assert ranks[0]["ebc_type"] == "ShardedEmbeddingBagCollection"
     assert single_run["ebc_type"] == "EmbeddingBagCollection"
     ref = single_run
-    b = 12 // world
     for step in range(STEPS):
         # outputs: rank r holds samples [r*b, (r+1)*b) of the global batch
         got = torch.cat([r["outputs"][step] for r in ranks])

@@ -26,12 +26,11 @@ from torch import nn
 
 from recis_compat.backend.children import MAX_CHILDREN, encode_ids
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
-from recis_compat.nn.modules.embedding import (DynamicEmbedding, EmbeddingOption, _cast_for_reduce,
-                                               deal_with_tensor, shape_output, split_ids_for_lookup)
+from recis_compat.nn.modules.embedding import DynamicEmbedding, EmbeddingOption, _cast_for_reduce, deal_with_tensor
 from recis_compat.ops.tile import tile
 from recis_compat.ragged.tensor import RaggedTensor
 
-__all__ = ["EmbeddingEngine", "HashTableCoalescedGroup", "RuntimeGroupFeature"]
+__all__ = ["EmbeddingEngine", "HashTableCoalescedGroup", "RuntimeGroupFeature", "table_name_of"]
 
 
 def table_name_of(opt: EmbeddingOption) -> str:
@@ -293,6 +292,3 @@ class EmbeddingEngine(nn.Module):
     def table_of(self, feature: str) -> str:
         return self._fea_to_ht[feature]
 
-
-# unused but public in RecIS's module namespace
-__all__ += ["table_name_of", "shape_output"]
