@@ -51,13 +51,52 @@ baseline/ours, so ``ratio >= 1/1.3 = 0.77`` meets the target; ``detail.time_rati
 
 Memory: the baselines hold ``2 x features x vocab x dim`` floats (3.3 GB at the defaults), ours
 about 11M rows after the warm-up.
+
+**Sharded (``--world-size N``, N > 1).** The command launches ``torchrun --nproc_per_node W``
+(the venv's ``torchrun`` next to ``sys.executable``; ``--rdzv_backend c10d --rdzv_endpoint
+localhost:0``) running this module's worker (``python -m recis_compat.benchmarks.lookup_bench
+--worker ...``) twice: W = 1, then W = N. Only the one-id workload runs (``features`` features,
+``batch`` rows *per rank*, dim ``dim``). Every rank (gloo, CPU) builds:
+
+* **ours**: the EmbeddingEngine wrapped by ``recis_compat.backend.sharding.shard_model``
+  (TorchRec ``DistributedModelParallel``; the physical table becomes a ``ShardedDynamicTable``:
+  dedupe, id all-to-all to the owner by RecIS's slice rule, owner lookup/insert, embedding
+  all-to-all back, pooling on the requester), fed raw ids; backward through the reverse
+  all-to-all into the owners' gradient buffers (cleared every step, no optimizer);
+* **torchrec EmbeddingCollection, row-wise**: one table of ``vocab`` rows per feature, a manual
+  plan (``construct_module_sharding_plan`` + ``row_wise(compute_kernel="fused")``; the CPU
+  planner offers no RW and the dense kernel breaks EC on CPU), ``DistributedModelParallel``,
+  fed KJTs of pre-mapped rows; FBGEMM CPU TBE with fused EXACT_SGD (lr 0.01) in backward. Its
+  per-id (unpooled) exchange is the same shape as ours, but its TBE runs with
+  ``PoolingMode.NONE``, whose CPU backward is slow (torchrec-cpu-facts §1, §2);
+* **torchrec EmbeddingBagCollection, row-wise**: the same with pooled SUM tables (pooled
+  embeddings exchanged by reduce-scatter).
+
+The baselines' pre-mapped row of frequency rank ``r`` is ``r * 2654435761 mod vocab`` (a
+hash-like permutation: with count-ordered rows, row-wise sharding would send nearly all lookups
+to rank 0's block of rows). The warm-up inserts the same global draws as the single-process
+case: every rank draws all of them (same seed) and keeps the ids it owns. Rank r's batches are
+drawn with seed ``1000 + r``. Before every timed step all ranks pass a barrier (untimed); a
+step's time is the slowest rank's (all ranks' per-step times are gathered on rank 0), the median
+over steps is reported, and samples/s = ``W * batch / step time``. Rank 0 writes one JSON for
+the launch; the command turns the two launches into cases (metric samples/s, higher is better):
+ours at N vs ours at 1 (the scaling), ours at N vs each TorchRec collection at N, and the same
+comparisons at W = 1. Threads per rank: ``--threads`` if given, else ``cores // W`` (so both
+launches use the same cores). ``--quick`` uses the quick sizes above and one timed step per side.
 """
 from __future__ import annotations
 
+import argparse
 import gc
+import json
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import click
 import torch
@@ -68,7 +107,7 @@ from recis_compat.benchmarks.common import BenchOptions, Case
 DESCRIPTION = ("EmbeddingEngine fwd+bwd (incl. id->row mapping) vs torchrec FusedEmbeddingBagCollection "
                "(FBGEMM TBE) and EmbeddingBagCollection on pre-mapped rows")
 DEFAULTS: Dict[str, object] = {"batch": 4096, "features": 26, "dim": 16, "vocab": 1_000_000, "zipf": 1.05,
-                               "warm_draws": 4_000_000, "seq_batch": 512, "seq_len": 1000}
+                               "warm_draws": 4_000_000, "seq_batch": 512, "seq_len": 1000, "world_size": 1}
 _QUICK = {"batch": 512, "features": 8, "vocab": 50_000, "warm_draws": 50_000, "seq_batch": 32,
           "seq_len": 200}
 STEPS_PER_REPEAT = 4
@@ -101,10 +140,12 @@ def offsets_of(lengths: torch.Tensor) -> torch.Tensor:
 
 def interleaved_steps(sides: Dict[str, Callable[[int], None]], n_steps: int, warmup: int = WARMUP_STEPS,
                       before: Dict[str, Callable[[int], None]] = None,
-                      after: Dict[str, Callable[[int], None]] = None) -> Dict[str, float]:
+                      after: Dict[str, Callable[[int], None]] = None,
+                      samples_out: Dict[str, List[float]] = None) -> Dict[str, float]:
     """Median seconds per step of every side. Step ``k`` of every side uses batch ``k``; the
     sides run in alternating order so they share the machine's load. ``before``/``after`` hooks
-    run untimed around a side's step."""
+    run untimed around a side's step. ``samples_out`` (a dict) receives every timed step's
+    seconds per side."""
     names = list(sides)
     before, after = before or {}, after or {}
     samples: Dict[str, List[float]] = {n: [] for n in names}
@@ -119,6 +160,8 @@ def interleaved_steps(sides: Dict[str, Callable[[int], None]], n_steps: int, war
                 after[name](k)
             if k >= warmup:
                 samples[name].append(dt)
+    if samples_out is not None:
+        samples_out.update(samples)
     return {n: statistics.median(v) for n, v in samples.items()}
 
 
@@ -286,6 +329,8 @@ def run(opts: BenchOptions) -> List[Case]:
 
     cfg = _cfg(opts)
     n_steps = 1 if opts.quick else max(1, opts.repeat) * STEPS_PER_REPEAT
+    if int(cfg.get("world_size") or 1) > 1:
+        return _run_sharded(opts, cfg, n_steps)
     batch, nfeat, vocab = int(cfg["batch"]), int(cfg["features"]), int(cfg["vocab"])
     s = float(cfg["zipf"])
     cases: List[Case] = []
@@ -325,6 +370,284 @@ def run(opts: BenchOptions) -> List[Case]:
     return cases
 
 
+# ----------------------------------------------------------------------------- sharded (torchrun)
+SIDES = ("ours", "ec", "ebc")
+SIDE_LABELS = {
+    "ec": "torchrec row-wise EmbeddingCollection (DMP, FBGEMM TBE fused SGD)",
+    "ebc": "torchrec row-wise EmbeddingBagCollection (DMP, FBGEMM TBE fused SGD)",
+}
+
+
+def _torchrun_cmd() -> List[str]:
+    exe = pathlib.Path(sys.executable).with_name("torchrun")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _worker_env(threads: int) -> Dict[str, str]:
+    """The parent's environment for the workers: no inherited rank variables, ``OMP_NUM_THREADS``
+    = threads per rank, and the directory holding the ``recis_compat`` in use first on the path."""
+    import recis_compat
+    env = dict(os.environ)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+              "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        env.pop(k, None)
+    root = str(pathlib.Path(recis_compat.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _launch(world: int, cfg: Dict[str, object], n_steps: int, threads: int, quick: bool) -> Dict[str, object]:
+    """One torchrun launch of the worker with ``world`` ranks; rank 0's aggregated result."""
+    with tempfile.TemporaryDirectory(prefix="recis-bench-lookup-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = _torchrun_cmd() + [
+            "--nproc_per_node", str(world), "--master_port", "0", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", "localhost:0", "-m", "recis_compat.benchmarks.lookup_bench", "--worker",
+            "--out", out, "--steps", str(n_steps), "--threads", str(threads)]
+        for key in ("batch", "features", "dim", "vocab", "zipf", "warm_draws"):
+            cmd += [f"--{key.replace('_', '-')}", str(cfg[key])]
+        click.echo(f"bench lookup: torchrun with {world} rank(s), {threads} thread(s) each ...", err=True)
+        timeout = 600 if quick else 7200
+        try:
+            proc = subprocess.run(cmd, env=_worker_env(threads), capture_output=True, text=True, timeout=timeout,
+                                  cwd=tmp)
+        except subprocess.TimeoutExpired as e:
+            raise click.ClickException(f"bench lookup: torchrun with {world} ranks timed out after {timeout} s") from e
+        if proc.returncode != 0 or not os.path.exists(out):
+            raise click.ClickException(f"bench lookup: torchrun with {world} ranks failed "
+                                       f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
+def _run_sharded(opts: BenchOptions, cfg: Dict[str, object], n_steps: int) -> List[Case]:
+    world = int(cfg["world_size"])
+    cores = os.cpu_count() or 1
+    res = {}
+    for w in (1, world):
+        threads = int(opts.threads) if opts.threads else max(1, cores // w)
+        res[w] = _launch(w, cfg, n_steps, threads, opts.quick)
+    nfeat = int(cfg["features"])
+    name = f"{nfeat} one-id features fwd+bwd, sharded"
+
+    def detail(r: Dict[str, object], extra: dict) -> dict:
+        keep = ("world_size", "threads_per_rank", "batch_per_rank", "features", "dim", "vocab_per_feature",
+                "zipf_s", "timed_steps", "table_ids_after_warmup", "ids_per_step", "unique_ids_per_step",
+                "new_ids_per_step", "ms_per_step", "rank_ms_per_step", "ec_kernel", "ebc_kernel")
+        return {**{k: r[k] for k in keep if k in r}, **extra}
+
+    def sps(r, side):
+        return float(r["samples_per_s"][side])
+
+    one, many = res[1], res[world]
+    cases = [Case(f"{name}, world {world}", "samples/s", round(sps(many, "ours"), 2),
+                  "EmbeddingEngine (shard_model), world 1, same command", round(sps(one, "ours"), 2),
+                  detail=detail(many, {"baseline_world_size": 1,
+                                       "baseline_threads_per_rank": one["threads_per_rank"],
+                                       "baseline_ms_per_step": one["ms_per_step"]["ours"],
+                                       "ideal_ratio": world}))]
+    for r in (many, one):
+        w = int(r["world_size"])
+        for side in ("ec", "ebc"):
+            cases.append(Case(f"{name}, world {w}", "samples/s", round(sps(r, "ours"), 2),
+                              f"{SIDE_LABELS[side]}, world {w}", round(sps(r, side), 2),
+                              detail=detail(r, {"baseline_does": "pre-mapped rows (rank * 2654435761 mod vocab); "
+                                                                 "fwd + bwd with fused EXACT_SGD update (lr 0.01)",
+                                                "time_ratio": round(r["ms_per_step"]["ours"]
+                                                                    / r["ms_per_step"][side], 4),
+                                                "target_time_ratio_max": TARGET_TIME_RATIO})))
+    return cases
+
+
+def _torchrec_row_wise(kind: str, names: Sequence[str], vocab: int, dim: int, world: int):
+    """A DistributedModelParallel over an EmbeddingCollection (``kind="ec"``) or
+    EmbeddingBagCollection (``"ebc"``, SUM) of one ``vocab``-row table per feature, every table
+    row-wise over all ranks on the fused kernel (manual plan), fused EXACT_SGD lr 0.01."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig
+    from torchrec.distributed.embedding import EmbeddingCollectionSharder
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise
+    from torchrec.distributed.types import ShardingPlan
+
+    fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.01}
+    meta = torch.device("meta")   # DMP allocates (and initialises) only the local shards
+    if kind == "ec":
+        coll = EmbeddingCollection([EmbeddingConfig(name=f"t_{n}", embedding_dim=dim, num_embeddings=vocab,
+                                                    feature_names=[n]) for n in names], device=meta)
+        sharder = EmbeddingCollectionSharder(fused_params=fused)
+    else:
+        coll = EmbeddingBagCollection([EmbeddingBagConfig(name=f"t_{n}", embedding_dim=dim, num_embeddings=vocab,
+                                                          feature_names=[n]) for n in names], device=meta)
+        sharder = EmbeddingBagCollectionSharder(fused_params=fused)
+    plan = construct_module_sharding_plan(coll, {f"t_{n}": row_wise(compute_kernel="fused") for n in names},
+                                          sharder=sharder, local_size=world, world_size=world, device_type="cpu")
+
+    class _Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.coll = coll
+
+        def forward(self, kjt):
+            return self.coll(kjt)
+
+    return DistributedModelParallel(_Holder(), device=torch.device("cpu"), plan=ShardingPlan({"coll": plan}),
+                                    sharders=[sharder])
+
+
+def _dmp_kernel_name(dmp) -> str:
+    """FBGEMM module class, optimizer and pooling behind a sharded collection (for the report);
+    the sharded module keeps its lookups outside ``named_modules``, so walk them by attribute."""
+    names = set()
+    stack = [m for m in dmp.modules() if hasattr(m, "_lookups")]
+    seen = set()
+    while stack:
+        mod = stack.pop()
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        if type(mod).__name__.startswith("SplitTableBatchedEmbedding"):
+            opt, pool = getattr(mod, "optimizer", None), getattr(mod, "pooling_mode", "?")
+            names.add(f"{type(mod).__name__}({getattr(opt, 'name', opt)}, {getattr(pool, 'name', pool)} pooling)")
+            continue
+        for attr in ("_lookups", "_emb_modules", "_emb_module", "module"):
+            sub = getattr(mod, attr, None)
+            if isinstance(sub, (list, tuple, torch.nn.ModuleList)):
+                stack.extend(sub)
+            elif isinstance(sub, torch.nn.Module):
+                stack.append(sub)
+    return ", ".join(sorted(names)) or "unknown"
+
+
+def _worker_main(argv: Optional[List[str]] = None) -> None:
+    """One rank of ``--world-size``: see the module docstring. Rank 0 writes ``--out``."""
+    import torch.distributed as dist
+    from torchrec import KeyedJaggedTensor
+
+    from recis_compat.backend.children import encode_ids
+    from recis_compat.backend.sharding import init_process_group, shard_model
+    from recis_compat.backend.slices import owner_ranks
+
+    ap = argparse.ArgumentParser(prog="lookup_bench --worker")
+    ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    for key in ("batch", "features", "dim", "vocab", "warm_draws"):
+        ap.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=DEFAULTS[key])
+    ap.add_argument("--zipf", type=float, default=DEFAULTS["zipf"])
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(max(1, args.threads))
+    init_process_group("cpu")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    batch, nfeat, dim, vocab = args.batch, args.features, args.dim, args.vocab
+    names = [f"f{i}" for i in range(nfeat)]
+    salts = torch.randint(1, 2 ** 40, (nfeat,), generator=torch.Generator().manual_seed(7)).tolist()
+
+    # ours: the engine sharded by shard_model; warm with the global draws, keeping owned ids
+    eng, impls = _engine(names, dim)
+    ours_model = shard_model(eng)
+    warm = ZipfSampler(vocab, args.zipf, seed=0)
+    for child in range(nfeat):
+        left = args.warm_draws
+        while left > 0:
+            k = min(left, 1 << 20)
+            ids = encode_ids(warm.draw(k) * ID_MULT + salts[child], child)
+            impls[0].find_or_insert_rows(ids[owner_ranks(ids, world) == rank])
+            left -= k
+    del warm
+    table_ids_warm = sum(len(i) for i in impls)
+
+    ec = _torchrec_row_wise("ec", names, vocab, dim, world)
+    ebc = _torchrec_row_wise("ebc", names, vocab, dim, world)
+
+    sampler = ZipfSampler(vocab, args.zipf, seed=1000 + rank)
+    lengths = torch.ones(nfeat * batch, dtype=torch.int64)
+    batches = []
+    for _ in range(WARMUP_STEPS + args.steps):
+        ranks = [sampler.draw(batch) for _ in names]
+        inp = {n: (r * ID_MULT + salts[i]).view(batch, 1) for i, (n, r) in enumerate(zip(names, ranks))}
+        # row = rank * ID_MULT mod vocab: a hash-like permutation, so the hot rows are spread over the
+        # row-wise shards (count-ordered rows would put nearly all traffic on rank 0's block)
+        rows = torch.remainder(torch.cat(ranks) * ID_MULT, vocab)
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(names), values=rows, lengths=lengths)
+        batches.append((inp, kjt, sum(int(torch.unique(r).numel()) for r in ranks)))
+    g = torch.Generator().manual_seed(1)
+    out_grads = [torch.randn(batch, dim, generator=g) for _ in names]
+    kt_grad = torch.cat(out_grads, 1)
+
+    def ours(k):
+        out = ours_model(batches[k][0])
+        torch.autograd.backward([out[n] for n in names], out_grads)
+        for impl in impls:
+            impl.clear_grad()
+
+    def ec_step(k):
+        out = ec(batches[k][1])
+        torch.autograd.backward([out[n].values() for n in names], out_grads)
+
+    def ebc_step(k):
+        kt = ebc(batches[k][1])
+        kt.values().backward(kt_grad)
+
+    # shape / finiteness guard (sharded correctness is tests/distributed's job)
+    with torch.no_grad():
+        o = ours_model(batches[0][0])
+        e = ec(batches[0][1])
+        for n in names[:2]:
+            assert tuple(o[n].shape) == (batch, dim) and bool(torch.isfinite(o[n]).all())
+            assert tuple(e[n].values().shape) == (batch, dim) and bool(torch.isfinite(e[n].values()).all())
+
+    inserted: List[int] = []
+    size_before = {}
+
+    def barrier(k):
+        dist.barrier()
+
+    def ours_before(k):
+        dist.barrier()
+        size_before["n"] = sum(len(i) for i in impls)
+
+    def ours_after(k):
+        if k >= WARMUP_STEPS:
+            inserted.append(sum(len(i) for i in impls) - size_before["n"])
+
+    samples: Dict[str, List[float]] = {}
+    interleaved_steps({"ours": ours, "ec": ec_step, "ebc": ebc_step}, args.steps,
+                      before={"ours": ours_before, "ec": barrier, "ebc": barrier},
+                      after={"ours": ours_after}, samples_out=samples)
+    mine = {"samples": samples, "new_ids": statistics.mean(inserted) if inserted else 0.0,
+            "unique": statistics.mean(b[2] for b in batches[WARMUP_STEPS:]), "table_ids_warm": table_ids_warm}
+    gathered: List[dict] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    if rank == 0:
+        ms = {s: statistics.median(max(r["samples"][s][i] for r in gathered) for i in range(args.steps)) * 1e3
+              for s in SIDES}
+        result = {
+            "world_size": world, "threads_per_rank": torch.get_num_threads(), "batch_per_rank": batch,
+            "features": nfeat, "dim": dim, "vocab_per_feature": vocab, "zipf_s": args.zipf,
+            "timed_steps": args.steps,
+            "ms_per_step": {s: round(v, 4) for s, v in ms.items()},
+            "rank_ms_per_step": {s: [round(statistics.median(r["samples"][s]) * 1e3, 4) for r in gathered]
+                                 for s in SIDES},
+            "samples_per_s": {s: world * batch / (v / 1e3) for s, v in ms.items()},
+            "ids_per_step": world * nfeat * batch,
+            "unique_ids_per_step": round(sum(r["unique"] for r in gathered)),
+            "new_ids_per_step": round(sum(r["new_ids"] for r in gathered), 1),
+            "table_ids_after_warmup": sum(r["table_ids_warm"] for r in gathered),
+            "ec_kernel": _dmp_kernel_name(ec), "ebc_kernel": _dmp_kernel_name(ebc),
+        }
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f)
+        os.replace(tmp, args.out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 command = common.make_command(
     "lookup", run, help=DESCRIPTION,
     extra_options=[
@@ -343,4 +666,11 @@ command = common.make_command(
                      help="Rows per batch of the sequence workload."),
         click.option("--seq-len", "seq_len", type=int, default=DEFAULTS["seq_len"], show_default=True,
                      help="Longest sequence (lengths uniform in [1, seq_len])."),
+        click.option("--world-size", "world_size", type=int, default=DEFAULTS["world_size"], show_default=True,
+                     help="N > 1: launch torchrun with 1 and N ranks and compare sharded EmbeddingEngine "
+                          "samples/s (one-id workload, --batch per rank) with TorchRec row-wise collections."),
     ])
+
+
+if __name__ == "__main__":
+    _worker_main()

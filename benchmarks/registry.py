@@ -28,5 +28,6 @@ for _name, _mod in [
     ("lookup", "lookup_bench"),
     ("tile", "tile_bench"),
     ("optim", "optim_bench"),
+    ("train", "train_bench"),
 ]:
     register(_name, _mod)

@@ -1,0 +1,541 @@
+"""``recis-compat bench train``: DeepFM training samples/s, ours vs the same model hand-written on TorchRec.
+
+Design target (design.md §6): a DeepFM train step >= 0.9x the samples/s of the same model
+hand-written on TorchRec, measured in the same run.
+
+**Ours** is the deepfm example as users run it: ``examples/deepfm/deepfm_model.py`` ``DeepFM``
+(``FeatureEngine`` -> ``EmbeddingEngine`` over 26 categorical columns, each embedded twice:
+``cN_emb`` dim 8 and ``cN_bias`` dim 1, sum combiner, dynamic tables; 13 numeric columns; FM +
+DNN head; BCE loss; the forward also updates the example's ``AUROC`` metric), trained with
+``SparseAdamW`` (tables) + ``torch.optim.AdamW`` (dense), lr 0.001 as in ``runner.py``.
+One step = ``loss = model(batch)``, ``loss.backward()``, ``dense_opt.step()``,
+``sparse_opt.step()``, both ``zero_grad()`` (what ``Trainer`` does, without hooks/checkpoints).
+
+**Baseline** is the same DeepFM written by hand on TorchRec: one ``FusedEmbeddingBagCollection``
+table per categorical column (SUM pooling, ``buckets`` rows), FBGEMM CPU TBE with fused
+EXACT_ADAGRAD (the optimizer is applied inside backward; TBE on CPU has no Adam). FBGEMM needs
+dims that are multiples of 4, so the dim-1 first-order weight cannot be a table of its own: each
+column's table is 12 wide, columns 0-7 are the second-order embedding, column 8 the first-order
+weight, 9-11 unused (one lookup per column instead of ours' two). The numeric input is a dense
+``[B, 13]`` tensor (0 where missing, as ours gets after ``EmbeddingEngine``), the ids are mapped
+by ``id % buckets`` into a ``KeyedJaggedTensor`` -- both prepared before timing. Same dense
+layers (initialised from ours), same FM/DNN code, same loss and the same AUROC update;
+``torch.optim.AdamW`` on the dense parameters.
+
+Data: Criteo-style ORC files generated with the example's ``make_data.py`` (seed 0) into a
+temporary directory and read once with the example's ``get_dataset`` (``OrcDataset`` +
+``transform_batch``) into memory before timing, so IO is excluded. Both sides see the same
+batches in the same order; step ``k`` of every side uses batch ``k``; sides alternate order
+every step (``lookup_bench.interleaved_steps``); each side's value is the median single-step
+time, reported as samples/s = batch / median step time.
+
+Where the example code comes from: ``--example-dir``, else ``$RECIS_COMPAT_DEEPFM_EXAMPLE``, else
+``examples/deepfm`` next to this file's directory (a source checkout or an editable install).
+When none exists (``pip install .`` installs ``benchmarks/`` but not ``examples/``), a bundled
+copy of the example (model, feature/embedding config, dataset reader, data generator; below,
+``_bundled_example``) is used; ``detail.model_source`` says which. The copy is pinned to the
+example by ``tests/unit/test_bench_train_dist.py`` (same parameters, same loss on a batch).
+
+Before timing, a guard checks that both models compute the same loss on the first batch when
+the baseline's table rows hold ours' embeddings (a plain EBC with collision-free rows).
+``--quick``: batch 200, 1 timed step, 2 warm-up steps, 10k buckets.
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import math
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import types
+from typing import Dict, List, Optional
+
+import click
+import torch
+from torch import nn
+
+from recis_compat.benchmarks import common
+from recis_compat.benchmarks.common import BenchOptions, Case
+
+DESCRIPTION = ("DeepFM train step (examples/deepfm: FeatureEngine + EmbeddingEngine, SparseAdamW + AdamW) vs "
+               "the same DeepFM hand-written on TorchRec (FusedEmbeddingBagCollection, fused EXACT_ADAGRAD + AdamW)")
+DEFAULTS: Dict[str, object] = {"batch": 1000, "buckets": 100_000, "example_dir": None}
+_QUICK = {"batch": 200, "buckets": 10_000}
+STEPS_PER_REPEAT = 10
+WARMUP_STEPS = 3
+QUICK_WARMUP_STEPS = 2
+TARGET_RATIO = 0.9
+LR = 0.001
+ENV_EXAMPLE_DIR = "RECIS_COMPAT_DEEPFM_EXAMPLE"
+_EXAMPLE_MODULES = ("feature_config", "dataset", "deepfm_model", "make_data")
+
+
+# ----------------------------------------------------------------------------- the example code
+def find_example_dir(explicit: Optional[str] = None) -> Optional[pathlib.Path]:
+    """The deepfm example directory: ``explicit``, ``$RECIS_COMPAT_DEEPFM_EXAMPLE`` or
+    ``<repo>/examples/deepfm``; ``None`` when none exists (use the bundled copy)."""
+    for cand, required in ((explicit, True), (os.environ.get(ENV_EXAMPLE_DIR), True),
+                           (pathlib.Path(__file__).resolve().parent.parent / "examples" / "deepfm", False)):
+        if not cand:
+            continue
+        path = pathlib.Path(cand)
+        if all((path / f"{m}.py").is_file() for m in _EXAMPLE_MODULES):
+            return path
+        if required:
+            raise click.ClickException(f"{path} is not the deepfm example directory (needs "
+                                       f"{', '.join(m + '.py' for m in _EXAMPLE_MODULES)})")
+    return None
+
+
+def load_example(path: pathlib.Path) -> types.SimpleNamespace:
+    """Import the example's modules from ``path`` without leaving its bare module names
+    (``dataset``, ``feature_config``, ...) in ``sys.modules`` or its directory on ``sys.path``
+    (other examples use the same names)."""
+    saved = {n: sys.modules.pop(n) for n in _EXAMPLE_MODULES if n in sys.modules}
+    sys.path.insert(0, str(path))
+    try:
+        mods = {n: importlib.import_module(n) for n in _EXAMPLE_MODULES}
+    finally:
+        sys.path.remove(str(path))
+        for n in _EXAMPLE_MODULES:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+    fc, ds, model, data = (mods[n] for n in _EXAMPLE_MODULES)
+    return types.SimpleNamespace(DeepFM=model.DeepFM, IOArgs=ds.IOArgs, get_dataset=ds.get_dataset,
+                                 NUMERIC=list(fc.NUMERIC), CATEGORICAL=list(fc.CATEGORICAL), EMB_DIM=int(fc.EMB_DIM),
+                                 write_data=data.write, source=str(path))
+
+
+def _bundled_example() -> types.SimpleNamespace:
+    """A copy of examples/deepfm (feature_config, dataset, deepfm_model, make_data) for installs
+    without the examples directory. Keep in step with the example (a unit test compares them)."""
+    from dataclasses import dataclass
+    import glob
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.orc as orc
+
+    from recis_compat.features.feature import Feature
+    from recis_compat.features.feature_engine import FeatureEngine
+    from recis_compat.features.op import SelectField
+    from recis_compat.framework.metrics import add_metric
+    from recis_compat.io.orc_dataset import OrcDataset
+    from recis_compat.metrics.auroc import AUROC
+    from recis_compat.nn import EmbeddingEngine
+    from recis_compat.nn.initializers import TruncNormalInitializer
+    from recis_compat.nn.modules.embedding import EmbeddingOption
+
+    NUMERIC = [f"i{i}" for i in range(1, 14)]
+    CATEGORICAL = [f"c{i}" for i in range(1, 27)]
+    EMB_DIM = 8
+
+    # --- make_data.py
+    def _list_column(values, present, value_type):
+        offsets = np.zeros(len(values) + 1, dtype=np.int32)
+        offsets[1:] = np.cumsum(present.astype(np.int32))
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[present], type=value_type))
+
+    class CriteoLikeGenerator:
+        def __init__(self, seed: int, vocab_scale: int = 2000):
+            self.rng = rng = np.random.default_rng(seed)
+            self.vocab_sizes = rng.integers(3, vocab_scale, size=len(CATEGORICAL))
+            self.vocab_ids = [rng.integers(4 * 10**7, 1 << 40, size=v, dtype=np.int64) for v in self.vocab_sizes]
+            self.effects = [rng.normal(0.0, 0.8, size=v) for v in self.vocab_sizes]
+            self.missing_rate = rng.choice([0.0, 0.04, 0.4], size=len(CATEGORICAL), p=[0.6, 0.25, 0.15])
+            self.dense_missing = rng.uniform(0.0, 0.4, size=len(NUMERIC))
+            self.dense_weight = rng.normal(0.0, 0.3, size=len(NUMERIC))
+            self.bias = -3.0
+
+        def table(self, rows: int):
+            rng = self.rng
+            logit = np.full(rows, self.bias)
+            cols = {}
+            for j in range(len(NUMERIC)):
+                present = rng.random(rows) >= self.dense_missing[j]
+                raw = rng.lognormal(1.0, 1.5, size=rows).round()
+                logit += np.where(present, self.dense_weight[j] * np.log1p(raw) / 3.0, 0.0)
+                cols[f"i{j + 1}"] = _list_column(raw.astype(np.float64), present, pa.float64())
+            for j in range(len(CATEGORICAL)):
+                ranks = np.minimum(rng.zipf(1.3, size=rows) - 1, self.vocab_sizes[j] - 1)
+                present = rng.random(rows) >= self.missing_rate[j]
+                logit += np.where(present, self.effects[j][ranks], 0.0)
+                cols[f"c{j + 1}"] = _list_column(self.vocab_ids[j][ranks], present, pa.int64())
+            prob = 1.0 / (1.0 + np.exp(-logit))
+            label = (rng.random(rows) < prob).astype(np.float64)
+            cols["label"] = _list_column(label, np.ones(rows, dtype=bool), pa.float64())
+            return pa.table(cols)
+
+    def write_data(out_dir: str, files: int, rows: int, seed: int = 0) -> List[str]:
+        os.makedirs(out_dir, exist_ok=True)
+        gen = CriteoLikeGenerator(seed)
+        paths = []
+        for i in range(files):
+            path = os.path.join(out_dir, f"part-{i}.orc")
+            orc.write_table(gen.table(rows), path + ".tmp", compression="uncompressed")
+            os.replace(path + ".tmp", path)
+            paths.append(path)
+        return paths
+
+    # --- dataset.py
+    @dataclass
+    class IOArgs:
+        data_paths: str = "./data/"
+        batch_size: int = 1000
+        thread_num: int = 1
+        prefetch: int = 1
+        drop_remainder: bool = True
+        file_pattern: str = "*.orc"
+
+    def transform_batch(batch_list):
+        batch = batch_list[0]
+        out = {"label": batch["label"]}
+        for n in NUMERIC:
+            out[n] = batch[n]
+        for c in CATEGORICAL:
+            out[c + "_emb"] = batch[c]
+            out[c + "_bias"] = batch[c]
+        return out
+
+    def get_dataset(io_args, worker_idx: int = 0, worker_num: int = 1, device: str = "cpu", files=None):
+        if files is None:
+            files = sorted(glob.glob(os.path.join(io_args.data_paths, io_args.file_pattern)))
+        ds = OrcDataset(io_args.batch_size, worker_idx=worker_idx, worker_num=worker_num,
+                        read_threads_num=io_args.thread_num, prefetch=io_args.prefetch, is_compressed=False,
+                        drop_remainder=io_args.drop_remainder, transform_fn=transform_batch,
+                        dtype=torch.float32, device=device, save_interval=1000)
+        ds.add_paths(files)
+        ds.fixedlen_feature("label", [0.0])
+        for n in NUMERIC + CATEGORICAL:
+            ds.varlen_feature(n)
+        return ds
+
+    def get_feature_conf():
+        feats = [Feature(n).add_op(SelectField(n, dim=1)) for n in NUMERIC]
+        for c in CATEGORICAL:
+            feats.append(Feature(c + "_emb").add_op(SelectField(c + "_emb")))
+            feats.append(Feature(c + "_bias").add_op(SelectField(c + "_bias")))
+        return feats
+
+    def get_embedding_conf(device: str = "cpu"):
+        conf = {}
+        for c in CATEGORICAL:
+            for suffix, dim in (("_emb", EMB_DIM), ("_bias", 1)):
+                conf[c + suffix] = EmbeddingOption(embedding_dim=dim, shared_name=c + suffix, combiner="sum",
+                                                   initializer=TruncNormalInitializer(std=0.001),
+                                                   device=torch.device(device))
+        return conf
+
+    # --- deepfm_model.py
+    def numeric_column(x: torch.Tensor, batch: int) -> torch.Tensor:
+        x = x.reshape(batch, -1)
+        if x.shape[1] == 0:
+            return x.new_zeros(batch, 1)
+        return x[:, :1]
+
+    class DeepFM(nn.Module):
+        def __init__(self, device: str = "cpu"):
+            super().__init__()
+            self.feature_engine = FeatureEngine(feature_list=get_feature_conf())
+            self.embedding_engine = EmbeddingEngine(get_embedding_conf(device))
+            self.numeric_w = nn.Linear(len(NUMERIC), 1)
+            self.numeric_emb = nn.Parameter(torch.randn(len(NUMERIC), EMB_DIM) * 0.01)
+            n_fields = len(NUMERIC) + len(CATEGORICAL)
+            self.dnn = nn.Sequential(nn.Linear(n_fields * EMB_DIM, 64), nn.ReLU(),
+                                     nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 1))
+            self.loss = nn.BCELoss()
+            self.auc = AUROC(num_thresholds=200, dist_sync_on_step=True)
+
+        def predict(self, batch: dict):
+            feats = self.embedding_engine(self.feature_engine(batch))
+            b = feats["label"].shape[0]
+            numeric = torch.cat([numeric_column(feats[n], b) for n in NUMERIC], 1)
+            numeric = torch.log1p(numeric.clamp_min(0))
+            emb = torch.stack([feats[c + "_emb"] for c in CATEGORICAL], 1)
+            num_emb = numeric.unsqueeze(2) * self.numeric_emb.unsqueeze(0)
+            fields = torch.cat([emb, num_emb], 1)
+            first = torch.cat([feats[c + "_bias"] for c in CATEGORICAL], 1).sum(1, keepdim=True) \
+                + self.numeric_w(numeric)
+            second = 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(1, keepdim=True)
+            logit = first + second + self.dnn(fields.flatten(1))
+            return torch.sigmoid(logit), feats["label"].reshape(b, 1)
+
+        def forward(self, batch: dict) -> torch.Tensor:
+            prob, label = self.predict(batch)
+            self.auc.update(prob.detach(), label)
+            add_metric("auc", self.auc.compute())
+            return self.loss(prob, label)
+
+    return types.SimpleNamespace(DeepFM=DeepFM, IOArgs=IOArgs, get_dataset=get_dataset, NUMERIC=NUMERIC,
+                                 CATEGORICAL=CATEGORICAL, EMB_DIM=EMB_DIM, write_data=write_data,
+                                 source="bundled copy (recis_compat.benchmarks.train_bench)")
+
+
+def example(example_dir: Optional[str] = None) -> types.SimpleNamespace:
+    """The deepfm example's code: from its directory when found, else the bundled copy."""
+    path = find_example_dir(example_dir)
+    return load_example(path) if path is not None else _bundled_example()
+
+
+# ----------------------------------------------------------------------------- the TorchRec model
+class TorchRecDeepFM(nn.Module):
+    """The example's DeepFM written on TorchRec: ``ebc`` has one table per categorical column,
+    ``emb_dim + 1`` wide or more (columns ``[:emb_dim]`` second order, ``[emb_dim]`` first order),
+    in ``categorical`` order; inputs are a dense ``[B, n_numeric]`` tensor, a KJT of mapped rows
+    and the label ``[B, 1]``."""
+
+    def __init__(self, ebc: nn.Module, n_numeric: int, categorical: List[str], emb_dim: int):
+        super().__init__()
+        from recis_compat.metrics.auroc import AUROC
+        self.ebc = ebc
+        self.categorical = list(categorical)
+        self.emb_dim = int(emb_dim)
+        self.numeric_w = nn.Linear(n_numeric, 1)
+        self.numeric_emb = nn.Parameter(torch.randn(n_numeric, emb_dim) * 0.01)
+        n_fields = n_numeric + len(categorical)
+        self.dnn = nn.Sequential(nn.Linear(n_fields * emb_dim, 64), nn.ReLU(),
+                                 nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 1))
+        self.loss = nn.BCELoss()
+        self.auc = AUROC(num_thresholds=200, dist_sync_on_step=True)
+
+    def predict(self, dense: torch.Tensor, kjt, label: torch.Tensor):
+        kt = self.ebc(kjt)
+        b, d = dense.shape[0], self.emb_dim
+        rows = kt.values().view(b, len(self.categorical), -1)                       # [B, 26, 12]
+        numeric = torch.log1p(dense.clamp_min(0))                                   # [B, 13]
+        emb = rows[:, :, :d]                                                        # [B, 26, 8]
+        num_emb = numeric.unsqueeze(2) * self.numeric_emb.unsqueeze(0)              # [B, 13, 8]
+        fields = torch.cat([emb, num_emb], 1)
+        first = rows[:, :, d].sum(1, keepdim=True) + self.numeric_w(numeric)
+        second = 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(1, keepdim=True)
+        logit = first + second + self.dnn(fields.flatten(1))
+        return torch.sigmoid(logit), label
+
+    def forward(self, dense, kjt, label) -> torch.Tensor:
+        from recis_compat.framework.metrics import add_metric
+        prob, label = self.predict(dense, kjt, label)
+        self.auc.update(prob.detach(), label)
+        add_metric("auc", self.auc.compute())
+        return self.loss(prob, label)
+
+
+def _table_width(emb_dim: int) -> int:
+    """FBGEMM TBE needs dims that are multiples of 4: ``emb_dim + 1`` rounded up."""
+    return 4 * math.ceil((emb_dim + 1) / 4)
+
+
+def _fused_ebc(categorical: List[str], buckets: int, width: int):
+    from torchrec import EmbeddingBagConfig
+    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+    cfgs = [EmbeddingBagConfig(name=f"t_{c}", embedding_dim=width, num_embeddings=buckets, feature_names=[c],
+                               init_fn=lambda w: nn.init.trunc_normal_(w, std=0.001, a=-0.002, b=0.002))
+            for c in categorical]
+    return FusedEmbeddingBagCollection(cfgs, optimizer_type=torch.optim.Adagrad, optimizer_kwargs={"lr": LR},
+                                       device=torch.device("cpu"))
+
+
+def _ragged_parts(rt):
+    """``(values, offsets [B + 1])`` of a 2-D RaggedTensor ``[B, *]``."""
+    offsets = rt.offsets()
+    if len(offsets) != 1:
+        raise ValueError(f"expected a 2-D RaggedTensor, got {len(offsets) + 1} dims")
+    return rt.values(), offsets[0].to(torch.int64)
+
+
+def _dense_numeric(batch: dict, numeric: List[str]) -> torch.Tensor:
+    """``[B, n]``: each numeric column's first value, 0 where missing (what ours gets after
+    EmbeddingEngine's ``to_dense`` and the example's ``numeric_column``)."""
+    b = batch["label"].shape[0]
+    out = torch.zeros(b, len(numeric), dtype=torch.float32)
+    for j, n in enumerate(numeric):
+        vals, off = _ragged_parts(batch[n])
+        has = off[1:] > off[:-1]
+        out[has, j] = vals[off[:-1][has]].to(torch.float32)
+    return out
+
+
+def _kjt_of(batch: dict, categorical: List[str], buckets: int, remap=None):
+    """KJT (one key per column) of ``id % buckets`` (or ``remap[c](ids)``) of each ``cN_emb``."""
+    from torchrec import KeyedJaggedTensor
+    values, lengths = [], []
+    for c in categorical:
+        vals, off = _ragged_parts(batch[c + "_emb"])
+        values.append(remap[c](vals) if remap is not None else torch.remainder(vals, buckets))
+        lengths.append(off[1:] - off[:-1])
+    return KeyedJaggedTensor.from_lengths_sync(keys=list(categorical), values=torch.cat(values),
+                                               lengths=torch.cat(lengths))
+
+
+def _copy_dense(src: nn.Module, dst: TorchRecDeepFM) -> None:
+    with torch.no_grad():
+        dst.numeric_w.load_state_dict(src.numeric_w.state_dict())
+        dst.numeric_emb.copy_(src.numeric_emb)
+        dst.dnn.load_state_dict(src.dnn.state_dict())
+
+
+def _our_rows(model: nn.Module, feature: str, ids: torch.Tensor) -> torch.Tensor:
+    """Ours' stored embedding rows of ``ids`` of ``feature`` (they must already be stored)."""
+    from recis_compat.backend.children import encode_ids
+    eng = model.embedding_engine
+    ht = eng._fea_to_ht[feature]
+    impl = eng._ht[ht].hashtable.impl
+    rows = impl.find_rows(encode_ids(ids, eng._coalesced_groups[ht].encode_id(feature)))
+    if not bool((rows >= 0).all()):
+        raise RuntimeError(f"same-model check: ids of {feature!r} are not in our table")
+    return impl.embedding.index_select(0, rows)
+
+
+def check_same_model(ex: types.SimpleNamespace, ours: nn.Module, batch: dict) -> float:
+    """|loss(ours) - loss(TorchRec DeepFM)| on ``batch`` with the baseline's rows set to ours'
+    embeddings (plain EBC, one collision-free row per distinct id) and ours' dense weights.
+    Inserts the batch's ids into ours' tables (training-mode forward without grad)."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+    with torch.no_grad():
+        loss_ours = float(ours(batch))
+        width = _table_width(ex.EMB_DIM)
+        uniq, weights = {}, {}
+        for c in ex.CATEGORICAL:
+            vals, _ = _ragged_parts(batch[c + "_emb"])
+            u = torch.unique(vals)
+            w = torch.zeros(max(1, u.numel()), width)
+            if u.numel():
+                w[:u.numel(), :ex.EMB_DIM] = _our_rows(ours, c + "_emb", u)
+                w[:u.numel(), ex.EMB_DIM] = _our_rows(ours, c + "_bias", u)[:, 0]
+            uniq[c], weights[c] = u, w
+        ebc = EmbeddingBagCollection([EmbeddingBagConfig(name=f"t_{c}", embedding_dim=width,
+                                                         num_embeddings=weights[c].shape[0], feature_names=[c])
+                                      for c in ex.CATEGORICAL], device=torch.device("cpu"))
+        for c in ex.CATEGORICAL:
+            ebc.embedding_bags[f"t_{c}"].weight.copy_(weights[c])
+        ref = TorchRecDeepFM(ebc, len(ex.NUMERIC), ex.CATEGORICAL, ex.EMB_DIM)
+        _copy_dense(ours, ref)
+        remap = {c: (lambda v, u=uniq[c]: torch.searchsorted(u, v)) for c in ex.CATEGORICAL}
+        loss_ref = float(ref(_dense_numeric(batch, ex.NUMERIC), _kjt_of(batch, ex.CATEGORICAL, 0, remap),
+                             batch["label"].reshape(-1, 1).to(torch.float32)))
+    return abs(loss_ours - loss_ref)
+
+
+def read_batches(ex: types.SimpleNamespace, data_dir: str, batch: int, n: int) -> List[dict]:
+    """Generate ``n * batch`` rows with the example's generator and read them back as ``n``
+    batches through the example's dataset (all in memory)."""
+    ex.write_data(data_dir, 1, n * batch, 0)
+    ds = ex.get_dataset(ex.IOArgs(data_paths=data_dir, batch_size=batch, thread_num=1, prefetch=1,
+                                  drop_remainder=True))
+    out = []
+    for item in ds:
+        end, data = item if isinstance(item, tuple) else (False, item)
+        if end or data is None:
+            break
+        out.append(data)
+        if len(out) == n:
+            break
+    if len(out) < n:
+        raise RuntimeError(f"read {len(out)} batches of {batch} rows, expected {n}")
+    return out
+
+
+# ----------------------------------------------------------------------------- run
+def _measure(ex: types.SimpleNamespace, batches: List[dict], check_batch: dict, buckets: int, warmup: int,
+             n_steps: int) -> Dict[str, object]:
+    """Build both models, check they agree, time them; the models die with this frame."""
+    from recis_compat.benchmarks.lookup_bench import interleaved_steps
+    from recis_compat.nn.modules.hashtable import filter_out_sparse_param
+    from recis_compat.optim import SparseAdamW
+
+    # --- ours: the example model and optimizers as runner.py builds them
+    torch.manual_seed(42)
+    ours = ex.DeepFM("cpu")
+    ours.train()
+    sparse_opt = SparseAdamW(filter_out_sparse_param(ours), lr=LR)
+    dense_opt = torch.optim.AdamW(ours.parameters(), lr=LR)
+
+    # --- baseline: the same model on TorchRec; ids mapped and numerics made dense up front
+    width = _table_width(ex.EMB_DIM)
+    base = TorchRecDeepFM(_fused_ebc(ex.CATEGORICAL, buckets, width), len(ex.NUMERIC), ex.CATEGORICAL, ex.EMB_DIM)
+    base.train()
+    _copy_dense(ours, base)
+    base_dense_opt = torch.optim.AdamW([p for n, p in base.named_parameters() if not n.startswith("ebc.")], lr=LR)
+    base_inputs = [(_dense_numeric(b, ex.NUMERIC), _kjt_of(b, ex.CATEGORICAL, buckets),
+                    b["label"].reshape(-1, 1).to(torch.float32)) for b in batches]
+    assert list(base.ebc(base_inputs[0][1]).keys()) == ex.CATEGORICAL, "KeyedTensor key order"
+
+    loss_diff = check_same_model(ex, ours, check_batch)
+    if not loss_diff <= 1e-6:
+        raise RuntimeError(f"the TorchRec DeepFM does not compute the example's loss (|diff| = {loss_diff})")
+
+    def ours_step(k):
+        loss = ours(batches[k])
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+        dense_opt.zero_grad()
+        sparse_opt.zero_grad()
+
+    def base_step(k):
+        loss = base(*base_inputs[k])
+        loss.backward()          # the embedding tables are updated here (fused EXACT_ADAGRAD)
+        base_dense_opt.step()
+        base_dense_opt.zero_grad()
+
+    t = interleaved_steps({"ours": ours_step, "torchrec": base_step}, n_steps, warmup=warmup)
+    return {"t": t, "loss_diff": loss_diff, "width": width, "kernel": _kernel_names(base.ebc),
+            "ids": statistics.mean(int(inp[1].values().numel()) for inp in base_inputs),
+            "table_ids": int(sum(len(i) for i in filter_out_sparse_param(ours).values()))}
+
+
+def run(opts: BenchOptions) -> List[Case]:
+    cfg = dict(DEFAULTS)
+    cfg.update({k: v for k, v in opts.extra.items() if v is not None and k in DEFAULTS})
+    if opts.quick:
+        cfg.update(_QUICK)
+    batch, buckets = int(cfg["batch"]), int(cfg["buckets"])
+    warmup = QUICK_WARMUP_STEPS if opts.quick else WARMUP_STEPS
+    n_steps = 1 if opts.quick else max(1, opts.repeat) * STEPS_PER_REPEAT
+    ex = example(cfg.get("example_dir"))
+
+    with tempfile.TemporaryDirectory(prefix="recis-bench-train-") as tmp:
+        batches = read_batches(ex, tmp, batch, warmup + n_steps + 1)
+    # Table names are process-wide (RecIS's HashtableRegister) and released when a model is
+    # collected: collect any earlier DeepFM before building ours, and ours after measuring.
+    gc.collect()
+    m = _measure(ex, batches[1:], batches[0], buckets, warmup, n_steps)
+    gc.collect()
+    t, width = m["t"], m["width"]
+    detail = {
+        "batch": batch, "timed_steps": n_steps, "warmup_steps": warmup, "threads": torch.get_num_threads(),
+        "ours_ms_per_step": round(t["ours"] * 1e3, 4), "baseline_ms_per_step": round(t["torchrec"] * 1e3, 4),
+        "model_source": ex.source,
+        "ours": "examples/deepfm DeepFM (FeatureEngine + EmbeddingEngine, 52 logical tables of dim 8/1 in 2 "
+                "physical dynamic tables), SparseAdamW + AdamW, lr 0.001",
+        "baseline_does": f"FusedEmbeddingBagCollection, {len(ex.CATEGORICAL)} tables x {buckets} rows x dim {width} "
+                         f"(cols 0-{ex.EMB_DIM - 1} 2nd order, col {ex.EMB_DIM} 1st order), fused EXACT_ADAGRAD "
+                         "lr 0.001 in backward; ids % buckets and dense numerics prepared before timing; AdamW",
+        "baseline_kernel": m["kernel"],
+        "categorical_ids_per_step": round(m["ids"]),
+        "ours_table_ids": m["table_ids"],
+        "same_model_loss_abs_diff": m["loss_diff"],
+        "target_ratio_min": TARGET_RATIO,
+    }
+    return [Case("DeepFM train step (ours)", "samples/s", round(batch / t["ours"], 2),
+                 "DeepFM hand-written on TorchRec (FusedEBC EXACT_ADAGRAD + AdamW)", round(batch / t["torchrec"], 2),
+                 higher_is_better=True, detail=detail)]
+
+
+def _kernel_names(fused) -> str:
+    from recis_compat.benchmarks.lookup_bench import _fused_kernel_name
+    return _fused_kernel_name(fused)
+
+
+command = common.make_command(
+    "train", run, help=DESCRIPTION,
+    extra_options=[
+        click.option("--batch", type=int, default=DEFAULTS["batch"], show_default=True, help="Rows per batch."),
+        click.option("--buckets", type=int, default=DEFAULTS["buckets"], show_default=True,
+                     help="Rows per TorchRec table (ids are mapped by id % buckets)."),
+        click.option("--example-dir", "example_dir", type=click.Path(file_okay=False), default=None,
+                     help=f"The deepfm example directory (default: ${ENV_EXAMPLE_DIR}, else examples/deepfm of "
+                          "the source tree, else a bundled copy)."),
+    ])
