@@ -83,6 +83,14 @@ class _RngState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _close_iterator(it) -> None:
+    """Stop a dataset iterator's reader / prefetch threads when a loop ends before the data does
+    (threads left running into interpreter shutdown can abort the process at exit)."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -255,6 +263,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=float(metrics["loss"].detach()) if "loss" in metrics else None)
         finally:
+            _close_iterator(it)
             if bar is not None:
                 bar.close()
 
@@ -314,6 +323,7 @@ class Trainer:
                         hook.after_step(metrics, self._global_step)
                     lstep += 1
         finally:
+            _close_iterator(it)
             self.model.train(was_training)
 
     @property

@@ -75,9 +75,12 @@ class _PrefetchIterator:
         return item
 
     def close(self) -> None:
-        """Stop the producer thread (it exits within a poll interval)."""
+        """Stop the producer thread and wait for it (it exits within a poll interval), so no
+        reader thread is still inside native code when the process exits."""
         self._done = True
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
 
 class PrefetchDataset:

@@ -43,10 +43,10 @@ def test_script_uses_only_supported_recis_apis():
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [1, 2])
-def test_recis_script_runs_under_torchrun(tmp_path, world):
+def test_recis_script_runs_under_torchrun(tmp_path, world, run_multiprocess):
     torchrun = pathlib.Path(sys.executable).with_name("torchrun")
     out = tmp_path / "ckpt"
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", str(world), "--rdzv_backend", "c10d",
+    proc = run_multiprocess([str(torchrun), "--nproc_per_node", str(world), "--rdzv_backend", "c10d",
                            "--rdzv_endpoint", "localhost:0", str(SCRIPT), "--data_dir", str(tmp_path / "data"),
                            "--output_dir", str(out), "--train_steps", "6", "--log_steps", "2", "--save_steps", "3"],
                           env=_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
