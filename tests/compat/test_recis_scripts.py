@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
@@ -33,6 +32,7 @@ def _env():
 
 def test_script_uses_only_supported_recis_apis():
     from click.testing import CliRunner
+
     from recis_compat.cli import main
     res = CliRunner().invoke(main, ["check-script", "--json", str(SCRIPT)])
     assert res.exit_code == 0, res.output
@@ -49,7 +49,7 @@ def test_recis_script_runs_under_torchrun(tmp_path, world, run_multiprocess):
     proc = run_multiprocess([str(torchrun), "--nproc_per_node", str(world), "--rdzv_backend", "c10d",
                            "--rdzv_endpoint", "localhost:0", str(SCRIPT), "--data_dir", str(tmp_path / "data"),
                            "--output_dir", str(out), "--train_steps", "6", "--log_steps", "2", "--save_steps", "3"],
-                          env=_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                          fresh=[out], env=_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     for r in range(world):

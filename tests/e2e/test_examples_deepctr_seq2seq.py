@@ -177,20 +177,12 @@ def test_seq2seq_shapes_and_tables(seq2seq_data):
 
 
 # ---------------------------------------------------------------------------- torchrun
-def _run_retrying_known_abort(cmd, **kwargs):
-    """Retry once when a rank died of the known native TorchRec/gloo abort under DDP ("terminate
-    called without an active exception"; see tests/conftest.py run_multiprocess)."""
-    proc = subprocess.run(cmd, **kwargs)
-    if proc.returncode != 0 and "terminate called without an active exception" in (proc.stderr or ""):
-        proc = subprocess.run(cmd, **kwargs)
-    return proc
-
-
-def _torchrun(entry: pathlib.Path, world: int, cwd: pathlib.Path, *args: str) -> str:
+def _torchrun(run_multiprocess, entry: pathlib.Path, world: int, cwd: pathlib.Path, *args: str) -> str:
+    """Runs ``entry`` under torchrun writing checkpoints to ``cwd / "ckpt"``."""
     cmd = [str(TORCHRUN), "--nproc_per_node", str(world), "--rdzv_backend", "c10d",
            "--rdzv_endpoint", "localhost:0", str(entry), *args]
-    proc = _run_retrying_known_abort(cmd, env=_env(), capture_output=True, text=True, timeout=180, cwd=cwd,
-                                     check=False)
+    proc = run_multiprocess(cmd, fresh=[cwd / "ckpt"], env=_env(), capture_output=True, text=True, timeout=180,
+                            cwd=cwd, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return log
@@ -208,9 +200,9 @@ def _check_run(log: str, ckpt: pathlib.Path, world: int, steps: int) -> None:
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [1, 2])
-def test_deepctr_under_torchrun(deepctr_data, tmp_path, world):
+def test_deepctr_under_torchrun(deepctr_data, tmp_path, world, run_multiprocess):
     steps = 3
-    log = _torchrun(DEEPCTR / "deepctr.py", world, tmp_path, f"--data_paths={deepctr_data}",
+    log = _torchrun(run_multiprocess, DEEPCTR / "deepctr.py", world, tmp_path, f"--data_paths={deepctr_data}",
                     "--batch_size=32", f"--train_steps={steps}", "--log_steps=1",
                     f"--output_dir={tmp_path / 'ckpt'}")
     _check_run(log, tmp_path / "ckpt", world, steps)
@@ -220,9 +212,9 @@ def test_deepctr_under_torchrun(deepctr_data, tmp_path, world):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [1, 2])
-def test_seq2seq_under_torchrun(seq2seq_data, tmp_path, world):
+def test_seq2seq_under_torchrun(seq2seq_data, tmp_path, world, run_multiprocess):
     steps = 3
-    log = _torchrun(SEQ2SEQ / "runner.py", world, tmp_path, f"--data_paths={seq2seq_data}",
+    log = _torchrun(run_multiprocess, SEQ2SEQ / "runner.py", world, tmp_path, f"--data_paths={seq2seq_data}",
                     "--batch_size=8", f"--train_steps={steps}", "--log_steps=1",
                     f"--output_dir={tmp_path / 'ckpt'}", *S2S_MODEL_FLAGS)
     _check_run(log, tmp_path / "ckpt", world, steps)
@@ -233,11 +225,12 @@ def test_seq2seq_under_torchrun(seq2seq_data, tmp_path, world):
 @pytest.mark.parametrize("example,extra", [(DEEPCTR, ["--batch_size=32"]),
                                            (SEQ2SEQ, ["--batch_size=8", *S2S_MODEL_FLAGS])],
                          ids=["deepctr", "seq2seq"])
-def test_run_sh(example, extra, deepctr_data, seq2seq_data, tmp_path):
+def test_run_sh(example, extra, deepctr_data, seq2seq_data, tmp_path, run_multiprocess):
     env = _env()
     data = deepctr_data if example == DEEPCTR else seq2seq_data
     env.update(WORLD_SIZE="2", DATA=str(data), OUTPUT_DIR=str(tmp_path / "ckpt"), MASTER_PORT="0")
-    proc = _run_retrying_known_abort(["bash", str(example / "run.sh"), "--train_steps=2", "--log_steps=1", *extra],
-                                     env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path, check=False)
+    proc = run_multiprocess(["bash", str(example / "run.sh"), "--train_steps=2", "--log_steps=1", *extra],
+                            fresh=[tmp_path / "ckpt"], env=env, capture_output=True, text=True, timeout=180,
+                            cwd=tmp_path, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     _check_run(proc.stdout + proc.stderr, tmp_path / "ckpt", 2, 2)
