@@ -35,7 +35,7 @@ def _want_cuda() -> bool:
 def _extension():
     cpp = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cu = sorted(glob.glob("csrc/**/*.cu", recursive=True))
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-DRECIS_COMPAT_CPU"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-DRECIS_COMPAT_CPU"]
     include = [os.path.join(HERE, "csrc")]
     if _want_cuda():
         return CUDAExtension(

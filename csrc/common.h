@@ -9,6 +9,16 @@
 #define RECIS_HD inline
 #endif
 
+// Hot CPU loops that GCC can vectorise are compiled twice, for x86-64-v3 (AVX2 + FMA) and for
+// the baseline, and the loader picks one per machine (function multiversioning; the wheel stays
+// portable). Results are bit-identical between the two clones: setup.py builds with
+// -ffp-contract=off (no FMA contraction) and -fno-math-errno (sqrt vectorises; no value changes).
+#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RECIS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define RECIS_CPU_CLONES
+#endif
+
 #define RECIS_CHECK_1D(op, name, t) \
   TORCH_CHECK((t).dim() == 1, op ": '" name "' must be 1-D, got shape ", (t).sizes())
 

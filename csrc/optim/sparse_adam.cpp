@@ -49,6 +49,56 @@ void check(const at::Tensor& param, const at::Tensor& m, const at::Tensor& v, co
   }
 }
 
+// The update of rows r[i0..i1). The rows are scattered over the table: the loop waits on memory,
+// so the three state rows are fetched a few iterations ahead (~2.5x on 100k random rows of a
+// 1M x 16 table). Half / bfloat16 state stays in the table dtype, the math runs in float (opmath).
+template <typename T>
+inline void adam_rows(T* p, T* m, T* v, const int64_t* r, const T* g, int64_t i0, int64_t i1, int64_t D,
+                      at::opmath_type<T> alpha, at::opmath_type<T> b1, at::opmath_type<T> b2,
+                      at::opmath_type<T> e, at::opmath_type<T> d) {
+  using A = at::opmath_type<T>;
+  constexpr int64_t kAhead = 8;
+  const A one = A(1), c1 = one - b1, c2 = one - b2;
+  for (int64_t i = i0; i < i1; ++i) {
+    if (i + kAhead < i1) {
+      const int64_t ahead = r[i + kAhead] * D;
+      __builtin_prefetch(p + ahead, 1);
+      __builtin_prefetch(m + ahead, 1);
+      __builtin_prefetch(v + ahead, 1);
+    }
+    T* __restrict__ pr = p + r[i] * D;
+    T* __restrict__ mr = m + r[i] * D;
+    T* __restrict__ vr = v + r[i] * D;
+    const T* __restrict__ gr = g + i * D;
+    for (int64_t k = 0; k < D; ++k) {
+      const A gk = static_cast<A>(gr[k]);
+      const A mk = b1 * static_cast<A>(mr[k]) + c1 * gk;
+      const A vk = b2 * static_cast<A>(vr[k]) + c2 * gk * gk;
+      mr[k] = static_cast<T>(mk);
+      vr[k] = static_cast<T>(vk);
+      pr[k] = static_cast<T>(static_cast<A>(pr[k]) * d + alpha * mk / (std::sqrt(vk) + e));
+    }
+  }
+}
+
+// float32, the common case: the same loop in a multiversioned function so that the inner loop
+// runs 8 lanes wide on AVX2 machines (sqrt and division dominate: the kernel was compute-bound
+// at ~2.7 ns per element with SSE2 scalar code).
+RECIS_CPU_CLONES void adam_rows_f32(float* p, float* m, float* v, const int64_t* r, const float* g, int64_t i0,
+                                    int64_t i1, int64_t D, float alpha, float b1, float b2, float e, float d) {
+  adam_rows<float>(p, m, v, r, g, i0, i1, D, alpha, b1, b2, e, d);
+}
+
+template <typename T, typename A>
+inline void adam_rows_any(T* p, T* m, T* v, const int64_t* r, const T* g, int64_t i0, int64_t i1, int64_t D,
+                          A alpha, A b1, A b2, A e, A d) {
+  adam_rows<T>(p, m, v, r, g, i0, i1, D, alpha, b1, b2, e, d);
+}
+inline void adam_rows_any(float* p, float* m, float* v, const int64_t* r, const float* g, int64_t i0,
+                          int64_t i1, int64_t D, float alpha, float b1, float b2, float e, float d) {
+  adam_rows_f32(p, m, v, r, g, i0, i1, D, alpha, b1, b2, e, d);
+}
+
 void sparse_adam_rows_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
                           const at::Tensor& rows_in, const at::Tensor& grad_in, double lr, double beta1,
                           double beta2, double eps, double decay, double beta1_power, double beta2_power) {
@@ -57,41 +107,18 @@ void sparse_adam_rows_cpu(const at::Tensor& param, const at::Tensor& exp_avg, co
   auto grad = grad_in.contiguous();
   const int64_t R = rows.numel(), D = param.size(1);
   const int64_t* r = rows.data_ptr<int64_t>();
-  // half / bfloat16 tables: state stays in the table dtype, the math runs in float (opmath)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_adam_rows_", [&] {
     using T = scalar_t;
     using A = at::opmath_type<T>;
     const A alpha = static_cast<A>(-lr * std::sqrt(1.0 - beta2_power) / (1.0 - beta1_power));
     const A b1 = static_cast<A>(beta1), b2 = static_cast<A>(beta2), e = static_cast<A>(eps);
-    const A d = static_cast<A>(decay), one = A(1);
+    const A d = static_cast<A>(decay);
     T* p = param.data_ptr<T>();
     T* m = exp_avg.data_ptr<T>();
     T* v = exp_avg_sq.data_ptr<T>();
     const T* g = grad.data_ptr<T>();
-    // the rows are scattered over the table: the loop waits on memory, so fetch the three
-    // state rows a few iterations ahead (measured ~2.5x on 100k random rows of a 1M x 16 table)
-    constexpr int64_t kAhead = 8;
     at::parallel_for(0, R, 64, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        if (i + kAhead < i1) {
-          const int64_t ahead = r[i + kAhead] * D;
-          __builtin_prefetch(p + ahead, 1);
-          __builtin_prefetch(m + ahead, 1);
-          __builtin_prefetch(v + ahead, 1);
-        }
-        T* pr = p + r[i] * D;
-        T* mr = m + r[i] * D;
-        T* vr = v + r[i] * D;
-        const T* gr = g + i * D;
-        for (int64_t k = 0; k < D; ++k) {
-          const A gk = static_cast<A>(gr[k]);
-          const A mk = b1 * static_cast<A>(mr[k]) + (one - b1) * gk;
-          const A vk = b2 * static_cast<A>(vr[k]) + (one - b2) * gk * gk;
-          mr[k] = static_cast<T>(mk);
-          vr[k] = static_cast<T>(vk);
-          pr[k] = static_cast<T>(static_cast<A>(pr[k]) * d + alpha * mk / (std::sqrt(vk) + e));
-        }
-      }
+      adam_rows_any(p, m, v, r, g, i0, i1, D, alpha, b1, b2, e, d);
     });
   });
 }
