@@ -32,6 +32,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.table_impl import DynamicTableImpl
+from recis_compat.ops.id_map import unique_first_seen
 
 __all__ = ["DynamicTableConfig", "DynamicTable", "lookup_rows_with_grad", "split_per_key"]
 
@@ -179,7 +180,7 @@ class DynamicTable(nn.Module):
         """Embeddings ``[N, dim]`` of int64 ids ``[N]`` (repeats allowed: looked up once, their
         gradients summed, or averaged with ``grad_reduce_by="id"``)."""
         flat = self.impl._check_ids(ids, "lookup")
-        uniq, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+        uniq, inverse, counts = unique_first_seen(flat, return_counts=True)
         emb = self.lookup_unique(uniq, readonly, counts)
         return emb.index_select(0, inverse)
 

@@ -38,6 +38,7 @@ from torchrec.streamable import Multistreamable
 
 from recis_compat.backend.dynamic_table import DynamicTable, split_per_key
 from recis_compat.backend.slices import owner_ranks, slice_range
+from recis_compat.ops.id_map import unique_first_seen
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
            "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group"]
@@ -183,7 +184,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
 
     def lookup(self, ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
         flat = self.impl._check_ids(ids, "lookup")
-        uniq, inverse = torch.unique(flat, return_inverse=True)
+        uniq, inverse = unique_first_seen(flat)
         return self.lookup_unique(uniq, readonly).index_select(0, inverse)
 
     def forward(self, features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]:
@@ -209,7 +210,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         """Owner side: look the received ids up in the local shard -> ``[N_recv, dim]``."""
         recv = dist_input.values()
         ctx.recv_lengths = dist_input.lengths()
-        uniq, inverse, counts = torch.unique(recv, return_inverse=True, return_counts=True)
+        uniq, inverse, counts = unique_first_seen(recv, return_counts=True)
         scale = None
         if self.training:
             # the reverse all-to-all may already divide by the world size (TorchRec's flag)

@@ -19,6 +19,7 @@ import torch
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.id_map import IdMap
 from recis_compat.backend.row_storage import RowStorage
+from recis_compat.ops.id_map import unique_first_seen
 
 __all__ = ["DynamicTableImpl", "Slot", "SlotGroup", "is_hashtable"]
 
@@ -278,7 +279,7 @@ class DynamicTableImpl:
 
     def grad_rows(self, acc_step: int = 1) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``(rows [U] int64, grad [U, dim])``: the buffered gradients summed per row (distinct
-        rows; ascending unless a single buffer was promised unique) and divided by ``acc_step``;
+        rows, in first-occurrence order) and divided by ``acc_step``;
         None when nothing was buffered."""
         if not self._grad_rows:
             return None
@@ -287,7 +288,7 @@ class DynamicTableImpl:
             return self._grad_rows[0], (vals / float(acc_step) if acc_step != 1 else vals)
         rows = torch.cat(self._grad_rows) if len(self._grad_rows) > 1 else self._grad_rows[0]
         vals = torch.cat(self._grad_values) if len(self._grad_values) > 1 else self._grad_values[0]
-        uniq, inverse = torch.unique(rows, return_inverse=True)
+        uniq, inverse = unique_first_seen(rows)
         if uniq.numel() == rows.numel():
             summed = torch.empty_like(vals).index_copy_(0, inverse, vals)
         else:

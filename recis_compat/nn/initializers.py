@@ -20,6 +20,8 @@ from typing import List, Optional
 
 import torch
 
+from recis_compat.ops.counter_init import counter_uniform as _counter_uniform_op
+
 __all__ = ["Initializer", "ConstantInitializer", "UniformInitializer", "NormalInitializer",
            "XavierUniformInitializer", "XavierNormalInitializer", "KaimingUniformInitializer",
            "KaimingNormalInitializer", "TruncNormalInitializer"]
@@ -120,34 +122,11 @@ class Initializer(abc.ABC):
     __repr__ = __str__
 
 
-_MASK64 = (1 << 64) - 1
-
-
-def _i64(x: int) -> int:
-    x &= _MASK64
-    return x - (1 << 64) if x >= (1 << 63) else x
-
-
-def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 bit patterns."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def _mix64(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finalizer on int64 bit patterns (wrapping arithmetic)."""
-    x = x + _i64(0x9E3779B97F4A7C15)
-    x = (x ^ _shr(x, 30)) * _i64(0xBF58476D1CE4E5B9)
-    x = (x ^ _shr(x, 27)) * _i64(0x94D049BB133111EB)
-    return x ^ _shr(x, 31)
-
-
 def counter_uniform(ids: torch.Tensor, seed: int, width: int) -> torch.Tensor:
     """float64 ``[N, width]`` uniforms in (0, 1), a pure function of ``(seed, id, column)``
-    (a counter-based generator: SplitMix64 of the seed, the id and the column)."""
-    key = _mix64(_mix64(ids.to(torch.int64)) ^ _i64(seed))
-    cols = torch.arange(width, dtype=torch.int64, device=ids.device) * _i64(0xD1B54A32D192ED03)
-    bits = _mix64(key.unsqueeze(1) + cols.unsqueeze(0))
-    return (_shr(bits, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+    (a counter-based generator: SplitMix64 of the seed, the id and the column; csrc op
+    ``counter_uniform``, formula in :mod:`recis_compat.ops.counter_init`)."""
+    return _counter_uniform_op(ids, seed, width)
 
 
 def _normal_from_uniform(u: torch.Tensor) -> torch.Tensor:

@@ -78,8 +78,7 @@ def empty_state(capacity: int = 16, device=None) -> Tuple[torch.Tensor, torch.Te
     capacity = int(capacity)
     if capacity < 2 or capacity & (capacity - 1):
         raise ValueError(f"id_map: capacity must be a power of two >= 2, got {capacity}")
-    table = torch.zeros((capacity, 2), dtype=torch.int64, device=device)
-    table[:, 1] = EMPTY
+    table = torch.full((capacity, 2), EMPTY, dtype=torch.int64, device=device)  # empty slot: key unused
     meta = torch.zeros(4, dtype=torch.int64, device=device)
     free_rows = torch.zeros(0, dtype=torch.int64, device=device)
     return table, meta, free_rows
@@ -111,6 +110,28 @@ def rehash(table: torch.Tensor, meta: torch.Tensor,
 def export(table: torch.Tensor, meta: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(ids, rows)`` int64 ``[size]`` each, ordered by row."""
     return torch.ops.recis_compat.id_map_export(table, meta)
+
+
+def unique_first_seen(ids: torch.Tensor, return_counts: bool = False):
+    """``(unique [U], inverse [N])`` (and ``counts [U]`` with ``return_counts``) of int64 ``ids``
+    ``[N]``: ``unique[inverse] == ids``, ``unique`` in order of first occurrence.
+
+    Why not ``torch.unique``: it sorts (about 1 ms for 25k ids on this 2-core CPU, the largest
+    single cost of a DeepFM step); inserting the batch into a scratch id map is one parallel
+    hash pass (~4x faster) and, by the map's row rule, ``rows`` of a fresh map are exactly the
+    first-occurrence inverse. Deterministic for every thread count; same on CUDA (the map's twin).
+    """
+    flat = ids.reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        empty = flat.new_empty(0)
+        return (empty, empty, empty) if return_counts else (empty, empty)
+    table, meta, free = empty_state(1 << max(4, (2 * n).bit_length()), flat.device)
+    inverse, is_new = find_or_insert(table, meta, free, flat)
+    uniq = flat[is_new]
+    if return_counts:
+        return uniq, inverse, torch.bincount(inverse, minlength=uniq.numel())
+    return uniq, inverse
 
 
 # ----------------------------------------------------------------------------- reference

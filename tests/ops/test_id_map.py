@@ -325,3 +325,29 @@ def test_bench_hashtable_quick_json():
     for c in rep["cases"]:
         for key in ("name", "metric", "value", "baseline", "baseline_value", "ratio", "higher_is_better"):
             assert key in c
+
+
+@pytest.mark.parametrize("n,high", [(0, 1), (1, 1), (1000, 50), (30000, 1 << 62)])
+def test_unique_first_seen_matches_a_python_reference(n, high):
+    g = torch.Generator().manual_seed(n)
+    ids = torch.randint(-high, high, (n,), generator=g, dtype=torch.int64)
+    if n:
+        ids[::7] = torch.iinfo(torch.int64).min   # extremes are ordinary ids
+        ids[1::11] = -1
+    order: dict = {}
+    for v in ids.tolist():
+        order.setdefault(v, len(order))
+    uniq, inverse, counts = ops.unique_first_seen(ids, return_counts=True)
+    assert uniq.tolist() == list(order)                             # first-occurrence order
+    assert inverse.tolist() == [order[v] for v in ids.tolist()]
+    assert torch.equal(uniq[inverse], ids)
+    assert counts.tolist() == [ids.tolist().count(v) for v in order] if n <= 1000 else int(counts.sum()) == n
+    # same sets as torch.unique, whatever the thread count
+    assert torch.equal(torch.sort(uniq).values, torch.unique(ids))
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        u1, i1 = ops.unique_first_seen(ids)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(u1, uniq) and torch.equal(i1, inverse)

@@ -24,6 +24,7 @@ from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_re
 from recis_compat.nn.hashtable_hook import AdmitHook, FilterHook
 from recis_compat.nn.initializers import ConstantInitializer, Initializer
 from recis_compat.nn.modules.hashtable import HashTable, gen_slice
+from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.ragged.tensor import RaggedTensor
 from recis_compat.utils.device import resolve_device
 
@@ -192,8 +193,9 @@ def deal_with_tensor(input_tensor: Union[torch.Tensor, RaggedTensor], what: str 
 
 
 def split_ids_for_lookup(ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(unique_ids [U], reverse_index [N])`` with ``unique_ids[reverse_index] == ids``."""
-    return torch.unique(ids, return_inverse=True)
+    """``(unique_ids [U], reverse_index [N])`` with ``unique_ids[reverse_index] == ids``; unique
+    ids in first-occurrence order (RecIS: sorted by its GPU unique; the order is internal)."""
+    return unique_first_seen(ids)
 
 
 def _cast_for_reduce(emb: torch.Tensor, fp16_enabled: bool) -> torch.Tensor:

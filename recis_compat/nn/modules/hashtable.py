@@ -7,8 +7,8 @@ under the bare table name and what sparse optimizers update.
 
 Differences from RecIS (COMPATIBILITY.md): ``grad()`` is indexed by real rows when rows repeat
 (Q5); gradients of ids a ReadOnly lookup did not find are dropped (Q23); new rows are numbered
-in ascending id order within a lookup (lookups dedupe with ``torch.unique`` first; RecIS hands
-rows out in descending order inside a batch); a table's
+in order of first occurrence within a lookup (lookups dedupe through a scratch id map first;
+RecIS hands rows out in descending order inside a batch); a table's
 names leave ``HashtableRegister`` when the table is garbage collected.
 """
 from __future__ import annotations

@@ -59,15 +59,14 @@ def test_training_lookup_normal_initializer_with_seed_is_reproducible():
     assert 0.3 < float(a.embeddings().mean()) < 1.7
 
 
-def test_new_rows_are_numbered_in_ascending_id_order():
-    """Deliberate difference from RecIS (descending order inside a batch): a lookup dedupes its
-    ids with torch.unique first, so new ids get rows in ascending id order, after the rows
-    already handed out."""
+def test_new_rows_are_numbered_in_first_occurrence_order():
+    """Deliberate difference from RecIS (descending order inside a batch): new ids of a lookup
+    get rows in the order of their first occurrence, after the rows already handed out."""
     ht = HashTable([2], name="t_order")
     ht(torch.tensor([7, 3, 7, 9]))
-    assert row_of(ht, [3, 7, 9]).tolist() == [0, 1, 2]
+    assert row_of(ht, [7, 3, 9]).tolist() == [0, 1, 2]
     ht(torch.tensor([9, 5, 1]))
-    assert row_of(ht, [1, 5]).tolist() == [3, 4]
+    assert row_of(ht, [5, 1]).tolist() == [3, 4]
 
 
 def test_impl_find_or_insert_rows_first_occurrence_order():
