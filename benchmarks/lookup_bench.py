@@ -15,7 +15,7 @@ batches on every side):
 What each side does per timed step (the inputs are built before timing):
 
 * **ours**: ``EmbeddingEngine(inputs)`` in training mode on raw int64 ids (the id -> row mapping
-  is the point: child encoding, ``torch.unique``, IdMap find-or-insert of unseen ids, row gather,
+  is the point: child encoding, dedupe (``unique_first_seen``), IdMap find-or-insert of unseen ids, row gather,
   ``embedding_bag`` over the unique rows), then ``torch.autograd.backward`` of the outputs with
   fixed random output gradients; the table's backward hands ``(rows, grad [U, dim])`` to the
   table's gradient buffer (the sparse-gradient "collection"), which is emptied with

@@ -23,8 +23,9 @@ so ``>= 1`` meets the target; ``detail.time_ratio`` = ours/baseline):
   [T])``, then backward -> an uncoalesced sparse COO ``.grad`` (TorchRec's natural output; the
   fused TBE path would be slower on CPU, torchrec-cpu-facts §2: nobag backward 30-80x pooled).
 * ``tile T=.. incl. dedupe+gather`` -- the whole path after the id->row mapping, with matching
-  gradient collection on both sides. Ours adds ``torch.unique(rows, return_inverse=True)`` over
-  all N ids and the gather ``W.index_select(0, unique)``; the baseline adds ``.grad.coalesce()``
+  gradient collection on both sides. Ours adds the dedupe EmbeddingEngine does
+  (``unique_first_seen``: a scratch csrc id map) over all N ids and the gather
+  ``W.index_select(0, unique)``; the baseline adds ``.grad.coalesce()``
   (the row-deduplicated gradient ours produces).
 
 Timing: steps interleaved across the sides (shared machine load), median over ``repeat * 4``
@@ -71,6 +72,7 @@ def _ec(vocab: int, dim: int):
 def run(opts: BenchOptions) -> List[Case]:
     from torchrec import KeyedJaggedTensor
 
+    from recis_compat.ops.id_map import unique_first_seen
     from recis_compat.ops.tile import tile
 
     cfg = _cfg(opts)
@@ -123,7 +125,7 @@ def run(opts: BenchOptions) -> List[Case]:
 
         def ours_full(k):
             b = batches[k]
-            uniq, inverse = torch.unique(b["rows"], return_inverse=True)
+            uniq, inverse = unique_first_seen(b["rows"])
             emb = table.index_select(0, uniq).requires_grad_()
             tile(emb, inverse, b["offsets"], T).backward(out_grad)
 
@@ -152,7 +154,7 @@ def run(opts: BenchOptions) -> List[Case]:
                                "fwd+bwd -> uncoalesced sparse grad"}),
             (f"tile T={T} incl. dedupe+gather", "ours_full", "base_full",
              "torchrec EmbeddingCollection (sparse grad, coalesced) + fbgemm jagged_to_padded_dense",
-             {"ours_does": "torch.unique + gather [U, D] + tile fwd+bwd -> grad [U, D]",
+             {"ours_does": "unique_first_seen + gather [U, D] + tile fwd+bwd -> grad [U, D]",
               "baseline_does": ("truncate to T + " if truncate else "") + "EC lookup + jagged_to_padded_dense "
                                "fwd+bwd + grad.coalesce()"}),
         ]:

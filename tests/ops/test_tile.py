@@ -90,3 +90,30 @@ def test_cuda_twin_matches_cpu(dtype):
     g_cpu = torch.ops.recis_compat.tile_backward(grad, index, offsets, emb.shape[0])
     g_gpu = torch.ops.recis_compat.tile_backward(grad.cuda(), index.cuda(), offsets.cuda(), emb.shape[0])
     torch.testing.assert_close(g_gpu.cpu(), g_cpu, atol=1e-2, rtol=1e-2)
+
+
+def test_backward_is_bit_identical_across_thread_counts():
+    """tile_backward with row ownership: 1 and 2+ threads give the same bits (position order)."""
+    g = torch.Generator().manual_seed(9)
+    B, T, U, D = 300, 40, 500, 16
+    lengths = torch.randint(0, 60, (B,), generator=g)
+    off = torch.zeros(B + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(lengths, 0)
+    index = torch.randint(-1, U, (int(off[-1]),), generator=g)
+    grad = torch.randn(B, T, D, generator=g)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.recis_compat.tile_backward(grad, index, off, U)
+        torch.set_num_threads(max(2, prev))
+        many = torch.ops.recis_compat.tile_backward(grad, index, off, U)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(one, many)
+    ref = torch.zeros(U, D)
+    for b in range(B):
+        for j in range(min(int(lengths[b]), T)):
+            r = int(index[int(off[b]) + j])
+            if r >= 0:
+                ref[r] += grad[b, j]
+    assert torch.equal(one, ref)
