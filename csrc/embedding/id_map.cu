@@ -386,6 +386,22 @@ std::tuple<at::Tensor, at::Tensor> export_cuda(const at::Tensor& table, const at
   return {ids, rows};
 }
 
+// (unique [U], inverse [N]) in first-occurrence order: the ids go into a fresh map, whose
+// rows number new ids by first occurrence (same result as the CPU kernel).
+std::tuple<at::Tensor, at::Tensor> unique_inverse_cuda(const at::Tensor& ids_in) {
+  TORCH_CHECK(ids_in.scalar_type() == at::kLong && ids_in.dim() == 1, kOpUnique,
+              ": ids must be a 1-D int64 tensor, got ", ids_in.scalar_type(), " of shape ", ids_in.sizes());
+  const c10::cuda::CUDAGuard guard(ids_in.device());
+  const int64_t n = ids_in.numel();
+  int64_t cap = 16;
+  while (cap < 2 * n) cap <<= 1;
+  auto table = at::full({cap, 2}, kEmpty, ids_in.options());
+  auto meta = at::zeros({kMetaLen}, ids_in.options());
+  auto free_rows = at::empty({0}, ids_in.options());
+  auto [inverse, is_new] = find_or_insert_cuda(table, meta, free_rows, ids_in);
+  return {ids_in.contiguous().masked_select(is_new), inverse};
+}
+
 }  // namespace
 }  // namespace idmap
 
@@ -395,6 +411,7 @@ TORCH_LIBRARY_IMPL(recis_compat, CUDA, m) {
   m.impl("id_map_delete", &idmap::delete_cuda);
   m.impl("id_map_rehash", &idmap::rehash_cuda);
   m.impl("id_map_export", &idmap::export_cuda);
+  m.impl("unique_inverse", &idmap::unique_inverse_cuda);
 }
 
 }  // namespace recis_compat

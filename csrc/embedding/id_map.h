@@ -64,6 +64,7 @@ constexpr const char* kOpFindOrInsert = "recis_compat::id_map_find_or_insert";
 constexpr const char* kOpDelete = "recis_compat::id_map_delete";
 constexpr const char* kOpRehash = "recis_compat::id_map_rehash";
 constexpr const char* kOpExport = "recis_compat::id_map_export";
+constexpr const char* kOpUnique = "recis_compat::unique_inverse";
 
 inline bool is_pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
 

@@ -351,3 +351,32 @@ def test_unique_first_seen_matches_a_python_reference(n, high):
     finally:
         torch.set_num_threads(prev)
     assert torch.equal(u1, uniq) and torch.equal(i1, inverse)
+
+
+def test_unique_inverse_op_serial_and_concurrent_paths_agree():
+    """Batches beyond 4M ids take the concurrent find_or_insert path: same result as the serial one."""
+    g = torch.Generator().manual_seed(2)
+    small = torch.randint(0, 3000, (5000,), generator=g)
+    u, i = torch.ops.recis_compat.unique_inverse(small)
+    ru, ri = ops.unique_first_seen_ref(small)
+    assert torch.equal(u, ru) and torch.equal(i, ri)
+    big = torch.randint(0, 1 << 21, ((1 << 22) + 5,), generator=g)
+    u, i = torch.ops.recis_compat.unique_inverse(big)
+    assert torch.equal(u[i], big)
+    first = torch.full((1 << 21,), big.numel(), dtype=torch.int64).scatter_reduce_(
+        0, big, torch.arange(big.numel()), reduce="amin")
+    assert torch.equal(u, big[torch.sort(first[first < big.numel()]).values])   # first-occurrence order
+
+
+def test_unique_inverse_opcheck_and_errors():
+    torch.library.opcheck(torch.ops.recis_compat.unique_inverse.default, (torch.tensor([5, 3, 5, -1, 3]),))
+    with pytest.raises(RuntimeError, match="unique_inverse: ids must be a 1-D int64"):
+        torch.ops.recis_compat.unique_inverse(torch.tensor([1, 2], dtype=torch.int32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_unique_inverse_cuda_twin_matches_cpu():
+    ids = torch.randint(-50, 50, (10000,))
+    u, i = torch.ops.recis_compat.unique_inverse(ids)
+    gu, gi = torch.ops.recis_compat.unique_inverse(ids.cuda())
+    assert torch.equal(gu.cpu(), u) and torch.equal(gi.cpu(), i)
