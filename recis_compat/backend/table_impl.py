@@ -154,10 +154,13 @@ class DynamicTableImpl:
         ids = self._check_ids(ids, "insert")
         rows, is_new = self.id_map.find_or_insert(ids)
         self.storage.ensure_capacity(self.id_map.num_rows_allocated())
-        if initialize and self.init_rows is not None and bool(is_new.any()):
-            new_ids = ids[is_new]
-            vals = self.init_rows(new_ids)
-            self.storage.write_rows("embedding", rows[is_new], vals.reshape(new_ids.numel(), self.dim))
+        if initialize and self.init_rows is not None:
+            new_pos = torch.nonzero(is_new).view(-1)     # one pass over the mask for ids and rows
+            if new_pos.numel():
+                new_ids = ids.index_select(0, new_pos)
+                vals = self.init_rows(new_ids)
+                self.storage.write_rows("embedding", rows.index_select(0, new_pos),
+                                        vals.reshape(new_ids.numel(), self.dim))
         return rows
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
