@@ -125,9 +125,10 @@ class Trainer:
                            "from it is not exact")
         if sparse_optimizer is not None:
             sparse_optimizer.set_grad_accum_steps(self._accum)
-        self.hooks: List[Hook] = list(hooks or [])
-        self.hooks.append(LoggerHook(self.args.log_steps))
         self.checkpoint_manager = self.build_checkpoint_manager(model, self.args)
+        self.hooks: List[Hook] = []
+        for hook in list(hooks or []) + [LoggerHook(self.args.log_steps)]:
+            self.add_hook(hook)
         self._global_step = self.checkpoint_manager.global_step
         if train_dataset is not None and hasattr(train_dataset, "dump_io_state"):
             self.checkpoint_manager.register_io_state("train_io", train_dataset)
@@ -162,8 +163,12 @@ class Trainer:
         return CheckpointManager(self.build_saver(model, args), args.save_steps)
 
     def add_hook(self, hook: Hook) -> None:
+        """Append ``hook``; a hook with ``state_dict``/``load_state_dict`` (e.g. HashTableFilterHook)
+        is checkpointed in ``extra.pt`` as ``hook_<position>_<ClassName>`` and restored on resume."""
         if not hasattr(hook, "after_step"):
             raise TypeError(f"add_hook: {type(hook).__name__} has no after_step(metrics, global_step)")
+        if callable(getattr(hook, "state_dict", None)) and callable(getattr(hook, "load_state_dict", None)):
+            self.checkpoint_manager.register_for_checkpointing(f"hook_{len(self.hooks)}_{type(hook).__name__}", hook)
         self.hooks.append(hook)
 
     def add_hooks(self, hooks: List[Hook]) -> None:

@@ -4,6 +4,10 @@ Every ``after_step`` advances the global step of **every** filter registered in 
 (``HashtableHookFactory().get_filters()``), and every ``filter_interval`` steps runs their
 ``do_filter()`` (e.g. ``GlobalStepFilter`` evicts ids unseen for ``filter_step`` steps).
 The Trainer does not add it by itself: ``trainer.add_hooks([HashTableFilterHook(100)])``.
+
+Difference from RecIS: the hook's schedule (``last_filter_step``) is checkpointed (``state_dict``;
+the Trainer saves the state of every hook that has one in ``extra.pt``), so a resumed run evicts
+on the same steps as an uninterrupted one. RecIS restarts the schedule at the resume step.
 """
 from __future__ import annotations
 
@@ -31,6 +35,15 @@ class HashTableFilterHook(Hook):
     def ht_filters(self):
         """Every live filter impl of the process (a list)."""
         return [impl for per_table in HashtableHookFactory().get_filters().values() for impl in per_table.values()]
+
+    def state_dict(self) -> dict:
+        """``{"last_filter_step": int}``: the step of the last filter run (0 before the first step)."""
+        return {"last_filter_step": int(self.last_filter_step)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or "last_filter_step" not in state:
+            raise ValueError(f"HashTableFilterHook.load_state_dict: expected {{'last_filter_step': int}}, got {state!r}")
+        self.last_filter_step = int(state["last_filter_step"])
 
     def after_step(self, metrics=None, global_step: int = 0) -> None:
         gstep = int(global_step)

@@ -674,3 +674,49 @@ def test_train_and_evaluate_two_epochs(tmp_path):
         [(0, 0), (1, 0), (2, None), (2, None), (2, None), (2, 1), (3, 1), (4, None), (4, None), (4, None)]
     assert rec.ends == 1
     assert ckpt_list(tmp_path) == ["ckpt_2", "ckpt_4"]
+
+
+def test_filter_hook_schedule_is_checkpointed_and_resumes(tmp_path):
+    """HashTableFilterHook's last_filter_step travels in extra.pt: a run resumed from step 4
+    filters on the same steps as an uninterrupted one (RecIS restarts the schedule)."""
+    from recis.hooks import HashTableFilterHook
+
+    class SpyHook(HashTableFilterHook):
+        """Records the global steps at which the filters ran (a stand-in filter)."""
+
+        def __init__(self, interval):
+            super().__init__(interval)
+            self.filtered_at, self._step = [], None
+            spy = self
+
+            class _Filter:
+                def update_step(self):
+                    pass
+
+                def do_filter(self):
+                    spy.filtered_at.append(spy._step)
+            self._filter = _Filter()
+
+        @property
+        def ht_filters(self):
+            return [self._filter]
+
+        def after_step(self, metrics=None, global_step=0):
+            self._step = int(global_step)
+            super().after_step(metrics, global_step)
+
+    def run(out, steps, table):
+        hook = SpyHook(3)
+        make_trainer(Model(table), out, make_data(10), hooks=[hook], save_steps=4, train_steps=steps).train()
+        return hook
+
+    whole = run(tmp_path / "whole", 10, "t_fh_a")
+    first = run(tmp_path / "split", 4, "t_fh_b")
+    saved = torch.load(tmp_path / "split" / "ckpt_4" / "extra.pt", weights_only=True)
+    assert saved["hook_0_SpyHook"] == first.state_dict()
+    resumed = run(tmp_path / "split", 6, "t_fh_c")         # train_steps counts the steps of this run
+    assert len(whole.filtered_at) >= 2
+    assert first.filtered_at + resumed.filtered_at == whole.filtered_at
+    assert resumed.last_filter_step == whole.last_filter_step
+    with pytest.raises(ValueError, match="last_filter_step"):
+        HashTableFilterHook(3).load_state_dict({"step": 1})
