@@ -10,9 +10,8 @@ from typing import List, Union
 
 import torch
 
+from recis_compat.backend.children import encode_concat
 from recis_compat.ops import features as _F
-
-_ID_MASK = (1 << 52) - 1
 
 
 def fused_bucketize_gpu(values: List[torch.Tensor],
@@ -43,13 +42,10 @@ def fused_ids_encode_gpu(ids_list: List[torch.Tensor],
                          f"{len(table_ids)} table ids")
     if not ids_list:
         return torch.zeros(0, dtype=torch.int64)
-    outs = []
-    for ids, t in zip(ids_list, table_ids):
-        if not 0 <= t < 4096:
-            raise ValueError(f"fused_ids_encode_gpu: table id must be in [0, 4096), got {t}")
-        ids = ids.reshape(-1).to(torch.int64)
-        outs.append((ids & _ID_MASK) | _F._signed(t << 52))
-    return torch.cat(outs)
+    bad = [t for t in table_ids if not 0 <= t < 4096]
+    if bad:
+        raise ValueError(f"fused_ids_encode_gpu: table id must be in [0, 4096), got {bad[0]}")
+    return encode_concat([ids.reshape(-1).to(torch.int64) for ids in ids_list], table_ids)
 
 
 def fused_multi_hash(inputs: List[torch.Tensor], muls, primes,
