@@ -24,9 +24,10 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from recis_compat.backend.children import MAX_CHILDREN, encode_concat
+from recis_compat.backend.children import MAX_CHILDREN
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
 from recis_compat.nn.modules.embedding import DynamicEmbedding, EmbeddingOption, _cast_for_reduce, deal_with_tensor
+from recis_compat.ops.coalesce import coalesce_ids
 from recis_compat.ops.tile import tile
 from recis_compat.ragged.tensor import RaggedTensor
 
@@ -131,9 +132,9 @@ class RuntimeGroupFeature:
     def coalesce(self, inputs: dict, table: str) -> bool:
         """Encode, concatenate and merge the ids of the present features; False if none.
 
-        The merged ids and offsets are built with a few whole-group ops (``encode_concat``, one
-        ``cat`` of the offsets plus a per-bag shift) rather than a few small ops per feature:
-        with dozens of features per group the per-op overhead was most of the cost."""
+        The merged ids and offsets come from one csrc call (``ops.coalesce.coalesce_ids``) rather
+        than a few small ops per feature: with dozens of features per group the per-op overhead
+        was most of the cost."""
         self.clear_ids()
         vals, offs, weights, children = [], [], [], []
         any_weight = False
@@ -155,16 +156,7 @@ class RuntimeGroupFeature:
             self.value_counts.append(val.numel())
         if not vals:
             return False
-        self.coalesced_ids = encode_concat(vals, children)
-        if len(offs) == 1:
-            self.coalesced_offsets = offs[0].to(torch.int64)
-        else:
-            # feature k's offsets (without its leading entry) shifted by the ids before it
-            parts = [offs[0]] + [o[1:] for o in offs[1:]]
-            merged = torch.cat(parts).to(torch.int64)
-            shift = torch.tensor([0] + self.value_counts[:-1], dtype=torch.int64).cumsum(0)
-            sizes = torch.tensor([p.numel() for p in parts], dtype=torch.int64)
-            self.coalesced_offsets = merged + shift.repeat_interleave(sizes, output_size=merged.numel()).to(merged.device)
+        self.coalesced_ids, self.coalesced_offsets = coalesce_ids(vals, offs, children)
         if any_weight:
             self.coalesced_weights = torch.cat([
                 w.to(torch.float32).reshape(-1) if w is not None else torch.ones(n, dtype=torch.float32, device=self.coalesced_ids.device)
