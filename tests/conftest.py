@@ -4,6 +4,7 @@ import pathlib
 
 import pytest
 import torch
+from multiprocess_retry import run_retrying_known_abort  # tests/ is on sys.path (conftest dir)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DEEPFM = REPO.parent / "shared" / "data" / "recis-deepfm"
@@ -30,29 +31,8 @@ def _fresh_table_names():
     HashtableRegister().clear()
 
 
-KNOWN_GLOO_ABORT = "terminate called without an active exception"
-
-
 @pytest.fixture
 def run_multiprocess():
-    """``subprocess.run`` for torchrun launches, retried once when a rank died of the known
-    native abort of TorchRec/gloo under DDP (``terminate called without an active exception``,
-    about 1 launch in 15-25 on this 2-core VM, also without any recis_compat code in the
-    process). Any other failure is returned as is.
-
-    ``fresh``: directories the launch writes (checkpoint dirs); they are deleted before the retry
-    so that the second launch starts from scratch instead of resuming the first one's checkpoint.
-    """
+    """``subprocess.run`` for torchrun launches with one retry on the known native TorchRec/gloo
+    abort (tests/multiprocess_retry.py)."""
     return run_retrying_known_abort
-
-
-def run_retrying_known_abort(cmd, fresh=(), **kwargs):
-    import shutil
-    import subprocess
-
-    proc = subprocess.run(cmd, **kwargs)  # noqa: PLW1510 (callers check returncode)
-    if proc.returncode != 0 and KNOWN_GLOO_ABORT in (proc.stderr or ""):
-        for d in fresh:
-            shutil.rmtree(d, ignore_errors=True)
-        proc = subprocess.run(cmd, **kwargs)  # noqa: PLW1510  # noqa: PLW1510 (callers check returncode)
-    return proc

@@ -1,4 +1,4 @@
-"""The torchrun retry helper of tests/conftest.py: one retry on the known native gloo abort, with
+"""The torchrun retry helper (tests/multiprocess_retry.py, fixture run_multiprocess): one retry on the known native gloo abort, with
 the launch's output directories removed first (a retry must not resume the first launch's
 checkpoint), and no retry on any other failure."""
 import sys
