@@ -17,8 +17,7 @@ ID_MASK = (1 << ID_BITS) - 1
 INDEX_MASK = ((1 << INDEX_BITS) - 1) << ID_BITS
 MAX_CHILDREN = (1 << INDEX_BITS) - 1     # 4095
 
-__all__ = ["ChildrenInfo", "ID_BITS", "ID_MASK", "INDEX_BITS", "MAX_CHILDREN", "encode_ids", "encode_concat",
-           "decode_ids"]
+__all__ = ["ChildrenInfo", "ID_BITS", "ID_MASK", "INDEX_BITS", "MAX_CHILDREN", "encode_ids", "decode_ids"]
 
 
 def _signed(x: int) -> int:
@@ -29,18 +28,6 @@ def _signed(x: int) -> int:
 def encode_ids(ids: torch.Tensor, child_index: int) -> torch.Tensor:
     """int64 ``ids`` -> ``(ids & (2^52-1)) | (child_index << 52)`` (same shape)."""
     return (ids & ID_MASK) | _signed(int(child_index) << ID_BITS)
-
-
-def encode_concat(ids_list: Sequence[torch.Tensor], child_indices: Sequence[int]) -> torch.Tensor:
-    """``cat([encode_ids(ids, k) for ids, k in zip(...)])`` of 1-D int64 tensors, in a handful of
-    ops whatever the number of inputs (an EmbeddingEngine group merges dozens of features)."""
-    if len(ids_list) == 1:
-        return encode_ids(ids_list[0], child_indices[0])
-    flat = torch.cat(list(ids_list))
-    counts = torch.tensor([t.numel() for t in ids_list], dtype=torch.int64)
-    tags = torch.tensor([_signed(int(k) << ID_BITS) for k in child_indices], dtype=torch.int64)
-    tags = tags.repeat_interleave(counts, output_size=flat.numel()).to(flat.device)
-    return (flat & ID_MASK) | tags
 
 
 def decode_ids(encoded: torch.Tensor):

@@ -20,7 +20,7 @@ from typing import List, Optional
 
 import torch
 
-from recis_compat.ops.counter_init import counter_uniform as _counter_uniform_op
+from recis_compat.ops.counter_init import counter_uniform  # (seed, id, column) -> uniform, csrc op
 
 __all__ = ["Initializer", "ConstantInitializer", "UniformInitializer", "NormalInitializer",
            "XavierUniformInitializer", "XavierNormalInitializer", "KaimingUniformInitializer",
@@ -120,13 +120,6 @@ class Initializer(abc.ABC):
         return json.dumps(params, sort_keys=True)
 
     __repr__ = __str__
-
-
-def counter_uniform(ids: torch.Tensor, seed: int, width: int) -> torch.Tensor:
-    """float64 ``[N, width]`` uniforms in (0, 1), a pure function of ``(seed, id, column)``
-    (a counter-based generator: SplitMix64 of the seed, the id and the column; csrc op
-    ``counter_uniform``, formula in :mod:`recis_compat.ops.counter_init`)."""
-    return _counter_uniform_op(ids, seed, width)
 
 
 def _normal_from_uniform(u: torch.Tensor) -> torch.Tensor:

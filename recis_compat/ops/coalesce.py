@@ -16,11 +16,9 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from recis_compat.ops.counter_init import as_int64
+
 _ID_MASK = (1 << 52) - 1
-
-
-def _signed(x: int) -> int:
-    return x - (1 << 64) if x >= (1 << 63) else x
 
 
 @torch.library.register_fake("recis_compat::coalesce_ids")
@@ -45,7 +43,7 @@ def coalesce_ids_ref(values: Sequence[torch.Tensor], offsets: Sequence[torch.Ten
     offs: List[torch.Tensor] = []
     shift = 0
     for k, (v, o, c) in enumerate(zip(values, offsets, children)):
-        ids.append((v & _ID_MASK) | _signed(int(c) << 52))
+        ids.append((v & _ID_MASK) | as_int64(int(c) << 52))
         o = o.to(torch.int64)
         offs.append((o[1:] if k else o) + shift)
         shift += v.numel()

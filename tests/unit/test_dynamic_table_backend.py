@@ -4,8 +4,7 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from recis_compat.backend.children import (ID_MASK, MAX_CHILDREN, ChildrenInfo, decode_ids, encode_concat,
-                                           encode_ids)
+from recis_compat.backend.children import (ID_MASK, MAX_CHILDREN, ChildrenInfo, decode_ids, encode_ids)
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
 from recis_compat.backend.table_impl import DynamicTableImpl
 
@@ -207,15 +206,6 @@ def test_encode_decode(child):
         [(int(x) & ID_MASK) | (child << 52) for x in raw.tolist()]
     ci = ChildrenInfo([f"c{i}" for i in range(child + 1)], coalesced=True)
     assert torch.equal(ci.encode_id(raw, child), enc)
-
-
-def test_encode_concat_equals_per_input_encoding():
-    g = torch.Generator().manual_seed(3)
-    parts = [torch.randint(-(1 << 62), 1 << 62, (n,), generator=g) for n in (5, 0, 17, 1, 9)]
-    children = [0, 4094, 7, 2048, 1]
-    want = torch.cat([encode_ids(p, c) for p, c in zip(parts, children)])
-    assert torch.equal(encode_concat(parts, children), want)
-    assert torch.equal(encode_concat(parts[2:3], [7]), encode_ids(parts[2], 7))
 
 
 def test_negative_ids_keep_only_low_52_bits():

@@ -10,7 +10,7 @@ from typing import List, Union
 
 import torch
 
-from recis_compat.backend.children import encode_concat
+from recis_compat.backend.children import encode_ids
 from recis_compat.ops import features as _F
 
 
@@ -45,7 +45,7 @@ def fused_ids_encode_gpu(ids_list: List[torch.Tensor],
     bad = [t for t in table_ids if not 0 <= t < 4096]
     if bad:
         raise ValueError(f"fused_ids_encode_gpu: table id must be in [0, 4096), got {bad[0]}")
-    return encode_concat([ids.reshape(-1).to(torch.int64) for ids in ids_list], table_ids)
+    return torch.cat([encode_ids(ids.reshape(-1).to(torch.int64), t) for ids, t in zip(ids_list, table_ids)])
 
 
 def fused_multi_hash(inputs: List[torch.Tensor], muls, primes,

@@ -686,12 +686,12 @@ def test_filter_hook_schedule_is_checkpointed_and_resumes(tmp_path):
 
         def __init__(self, interval):
             super().__init__(interval)
-            self.filtered_at, self._step = [], None
+            self.filtered_at, self.updates, self._step = [], 0, None
             spy = self
 
             class _Filter:
                 def update_step(self):
-                    pass
+                    spy.updates += 1
 
                 def do_filter(self):
                     spy.filtered_at.append(spy._step)
@@ -716,6 +716,7 @@ def test_filter_hook_schedule_is_checkpointed_and_resumes(tmp_path):
     assert saved["hook_0_SpyHook"] == first.state_dict()
     resumed = run(tmp_path / "split", 6, "t_fh_c")         # train_steps counts the steps of this run
     assert len(whole.filtered_at) >= 2
+    assert whole.updates == 10 and first.updates + resumed.updates == 10   # every step advances the filters
     assert first.filtered_at + resumed.filtered_at == whole.filtered_at
     assert resumed.last_filter_step == whole.last_filter_step
     with pytest.raises(ValueError, match="last_filter_step"):
