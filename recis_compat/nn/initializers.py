@@ -20,7 +20,9 @@ from typing import List, Optional
 
 import torch
 
-from recis_compat.ops.counter_init import counter_uniform  # (seed, id, column) -> uniform, csrc op
+from recis_compat.ops.counter_init import (
+    counter_uniform,  # (seed, id, column) -> uniform, csrc op
+)
 
 __all__ = ["Initializer", "ConstantInitializer", "UniformInitializer", "NormalInitializer",
            "XavierUniformInitializer", "XavierNormalInitializer", "KaimingUniformInitializer",
