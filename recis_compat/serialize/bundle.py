@@ -5,6 +5,12 @@ Every problem with the directory (missing directory or file, JSON that does not 
 ``index`` naming a file that does not exist, a bad safetensors header, truncated data, a block
 missing from its file) raises :class:`~recis_compat.serialize.layout.CheckpointError` (or its
 ``CheckpointNotFoundError`` subclass) naming the checkpoint directory and the file.
+
+Every file name read from ``index`` must resolve inside the directory (no absolute names, no
+``..``, no symlink leading out), else ``CheckpointError``. With ``verify=True`` (the default) a
+data file is checked against ``checksums.json`` the first time it is opened
+(:mod:`recis_compat.serialize.integrity`): a mismatch raises ``CheckpointCorruptError``; a
+directory without ``checksums.json`` loads with one warning.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from safetensors import safe_open
 
+from recis_compat.serialize.integrity import Manifest, resolve_member
 from recis_compat.serialize.layout import (DENSE_SLICE, INDEX_FILE, PART, TENSORKEY_FILE, CheckpointError,
                                            CheckpointNotFoundError, dtype_of_code, split_block_name)
 
@@ -63,13 +70,19 @@ def _read_json(ckpt: str, name: str):
 class CheckpointBundle:
     """The parsed metadata of one checkpoint directory.
 
+    Args:
+        path: the directory.
+        verify: check each data file against ``checksums.json`` when it is first opened.
+
     Attributes:
         path: the directory.
         tensors: ``{logical name: [BlockRef, ...]}`` sorted by (slice, shard).
+        manifest: the parsed ``checksums.json`` (``manifest.present`` False when absent).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, verify: bool = True):
         self.path = os.fspath(path)
+        self.verify = bool(verify)
         if not os.path.isdir(self.path):
             raise CheckpointNotFoundError(f"checkpoint directory {self.path} does not exist")
         index = _read_json(self.path, INDEX_FILE)
@@ -83,6 +96,7 @@ class CheckpointBundle:
         for name, i in file_index.items():
             files[i] = name
         for name in files.values():
+            resolve_member(self.path, name, f"checkpoint {self.path}: file_index of {INDEX_FILE!r}")
             if not os.path.isfile(os.path.join(self.path, name)):
                 raise CheckpointNotFoundError(f"checkpoint {self.path}: file {name!r} listed in {INDEX_FILE!r} "
                                               "does not exist")
@@ -104,6 +118,7 @@ class CheckpointBundle:
             refs.sort(key=BlockRef.sort_key)
         self._headers: Dict[str, Dict[str, Tuple[str, List[int]]]] = {}
         self._lock = threading.Lock()
+        self.manifest = Manifest(self.path)
 
     def _check_index(self, index):
         ok = isinstance(index, dict) and isinstance(index.get("file_index"), dict) \
@@ -154,10 +169,13 @@ class CheckpointBundle:
             raise CheckpointError(f"checkpoint {self.path}: file {ref.file!r}, tensor {ref.key!r}: {e}") from e
 
     def open(self, file: str):
-        """``safe_open`` of a data file; errors name the checkpoint and the file."""
-        full = os.path.join(self.path, file)
+        """``safe_open`` of a data file (checked against ``checksums.json`` on first use when
+        ``verify``); errors name the checkpoint and the file."""
+        full = resolve_member(self.path, file, f"checkpoint {self.path}: data file")
         if not os.path.isfile(full):
             raise CheckpointNotFoundError(f"checkpoint {self.path}: data file {file!r} does not exist")
+        if self.verify:
+            self.manifest.verify(file, required=True)
         try:
             return _Opened(safe_open(full, framework="pt", device="cpu"), self.path, file)
         except Exception as e:   # SafetensorError (bad header, truncated data), OSError

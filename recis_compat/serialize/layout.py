@@ -7,8 +7,14 @@ One checkpoint directory holds:
   least one block produce a file (RecIS does the same);
 * ``index``: ``{"file_index": {file: int}, "block_index": {tensor key: file int}}``;
 * ``tensorkey.json``: ``{table tensor key: "<shared>@<slot>^<slice>"}``;
-* ``torch_rank_weights_embs_table_multi_shard.json``: one entry per dense tensor and per
-  ``embedding`` block (RecIS leaves ``id`` and the other slot blocks out of this file).
+* ``torch_rank_weights_embs_table_multi_shard.json``: one entry per block written, as RecIS's
+  merge produces it (contract §1.10.4): dense tensors become ``{name, dtype ("float32"), shape,
+  dense: true, dimension: 0, is_hashmap: false}``, ``embedding`` blocks ``{name, dtype, shape,
+  dense: false, dimension, hashmap_key: "<shared>.id/part_s_n", hashmap_key_dtype: "int64",
+  hashmap_value, is_hashmap: true}``, and ``id`` and every other slot block stay as the writer
+  produced them: ``{dtype (safetensors code, "I64"), shape, data_offsets, dense: false}``
+  (``data_offsets`` as in the data file's safetensors header);
+* ``checksums.json`` (not in RecIS; :mod:`recis_compat.serialize.integrity`): a checksum per file.
 
 Tensor keys: ``"<shared_name>.<slot>/part_<shard_index>_<shard_num>"`` for table blocks,
 ``"<name>^ "`` for dense tensors. Slice strings: ``"<begin>@<end>@<size>"`` with begin and end
@@ -24,7 +30,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 __all__ = [
-    "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError",
+    "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "CheckpointCorruptError",
     "INDEX_FILE", "TENSORKEY_FILE", "TORCH_RANK_FILE", "DENSE_SLICE", "SLICE_SEP", "AT", "PART",
     "slice_string", "parse_slice", "table_tensor_name", "table_block_key", "dense_block_key",
     "split_block_name", "data_file_name", "fragment_file_name", "dtype_code", "dtype_of_code",
@@ -52,6 +58,10 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 class CheckpointMismatchError(CheckpointError):
     """A stored block has another dtype or row shape than the table slot / tensor it loads into."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A file's bytes do not match the checksum recorded when it was saved (``checksums.json``)."""
 
 
 # ------------------------------------------------------------------------------ names
@@ -213,10 +223,11 @@ class SafetensorsEntry:
         return n * torch.empty((), dtype=self.dtype).element_size()
 
 
-def write_safetensors(f, entries: List[SafetensorsEntry]) -> None:
+def write_safetensors(f, entries: List[SafetensorsEntry]) -> dict:
     """Stream a standard safetensors file to the open binary file ``f``: 8-byte little-endian
     header length, the JSON header (no ``__metadata__``) padded with spaces to a multiple of 8,
-    then the tensors' bytes back to back in ``entries`` order."""
+    then the tensors' bytes back to back in ``entries`` order. Returns the header
+    ``{key: {"dtype": code, "shape": [...], "data_offsets": [begin, end]}}``."""
     header, offset = {}, 0
     for e in entries:
         if e.key in header:
@@ -233,6 +244,7 @@ def write_safetensors(f, entries: List[SafetensorsEntry]) -> None:
             written += _write_tensor_bytes(f, chunk)
         if written != e.nbytes:
             raise RuntimeError(f"tensor {e.key!r}: wrote {written} bytes, the header says {e.nbytes}")
+    return header
 
 
 def require_int(value, what: str, minimum: Optional[int] = None) -> int:

@@ -26,8 +26,11 @@ at once. Otherwise every shard writes its metadata fragment ``ckpt-<s>-of-<n>.fr
   ``RECIS_SAVE_TIMEOUT`` or 1800), and raises ``TimeoutError`` naming the missing shards; the
   other shards return after writing their fragment.
 
-Shard 0 writes ``tensorkey.json``, ``torch_rank_weights_embs_table_multi_shard.json`` and, last,
-``index``, then deletes the fragments. A directory is complete once ``index`` exists.
+Shard 0 writes ``tensorkey.json``, ``torch_rank_weights_embs_table_multi_shard.json`` (every
+block, RecIS's merge format: see :mod:`recis_compat.serialize.layout`), ``checksums.json``
+(the checksum of every data file, computed while it was streamed to disk; see
+:mod:`recis_compat.serialize.integrity`) and, last, ``index``, then deletes the fragments. A
+directory is complete once ``index`` exists.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ import torch
 
 from recis_compat.backend.children import decode_ids
 from recis_compat.backend.table_impl import DynamicTableImpl, is_hashtable
+from recis_compat.serialize.integrity import HashingWriter, check_member_name, write_manifest
 from recis_compat.serialize.layout import (DENSE_SLICE, INDEX_FILE, TENSORKEY_FILE, TORCH_RANK_FILE,
                                            SafetensorsEntry, atomic_write, atomic_write_json, data_file_name,
                                            dense_block_key, dtype_code, dtype_name, fragment_file_name, fsync_dir,
@@ -265,16 +269,24 @@ class Saver:
             w, blocks = job
             fname = data_file_name(s, self._parallel, w, n)
             entries = [SafetensorsEntry(b.key(s, n), b.dtype, b.shape, b.chunks) for b in blocks]
-            atomic_write(os.path.join(self._path, fname), lambda f: write_safetensors(f, entries))
-            return fname, blocks
+            out = {}
 
-        block_index, tensorkey, torch_rank = {}, {}, {}
+            def stream(f):
+                hw = HashingWriter(f)        # checksum while writing: no second pass over the file
+                out["header"] = write_safetensors(hw, entries)
+                out["checksum"] = hw.hexdigest()
+
+            atomic_write(os.path.join(self._path, fname), stream)
+            return fname, blocks, out["header"], out["checksum"]
+
+        block_index, tensorkey, torch_rank, checksums = {}, {}, {}, {}
         if len(jobs) > 1:
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), self._parallel)) as ex:
                 results = list(ex.map(write, jobs))
         else:
             results = [write(j) for j in jobs]
-        for fname, blocks in results:
+        for fname, blocks, header, checksum in results:
+            checksums[fname] = checksum
             for b in blocks:
                 key = b.key(s, n)
                 block_index[key] = fname
@@ -288,8 +300,11 @@ class Saver:
                                        "hashmap_key": table_block_key(table_tensor_name(b.shared_name, "id"), s, n),
                                        "hashmap_key_dtype": "int64", "hashmap_value": key, "is_hashmap": True,
                                        "name": key, "shape": b.shape}
+                else:      # id and the other slots: the writer's entry, unchanged by RecIS's merge
+                    torch_rank[key] = {"dense": False, "dtype": header[key]["dtype"], "shape": b.shape,
+                                       "data_offsets": list(header[key]["data_offsets"])}
         return {"shard_index": s, "shard_num": n, "parallel": self._parallel, "block_index": block_index,
-                "tensorkey": tensorkey, "torch_rank": torch_rank}
+                "tensorkey": tensorkey, "torch_rank": torch_rank, "checksums": checksums}
 
     # ------------------------------------------------------------------ shards
     def _barrier_enabled(self) -> bool:
@@ -334,6 +349,8 @@ class Saver:
                 if frag.get("shard_index") != s or frag.get("shard_num") != n:
                     raise ValueError(f"Saver: fragment {path} is from shard {frag.get('shard_index')} of "
                                      f"{frag.get('shard_num')}, expected shard {s} of {n}")
+                for f in list(frag.get("block_index", {}).values()) + list(frag.get("checksums", {})):
+                    check_member_name(f, f"Saver: fragment {path} of shard {s}")
                 gone = sorted({f for f in frag.get("block_index", {}).values()
                                if not os.path.exists(os.path.join(self._path, f))})
                 if gone:
@@ -356,8 +373,9 @@ class Saver:
 
     def _merge(self, metas: List[dict]) -> None:
         """Shard 0: write ``tensorkey.json``, the torch-rank JSON and, last, ``index``."""
-        block_files, tensorkey, torch_rank = {}, {}, {}
+        block_files, tensorkey, torch_rank, checksums = {}, {}, {}, {}
         for m in metas:
+            checksums.update(m.get("checksums", {}))
             for key, fname in m["block_index"].items():
                 if key in block_files:
                     raise ValueError(f"Saver: checkpoint key {key!r} written by two shards")
@@ -368,6 +386,7 @@ class Saver:
         index = {"block_index": {k: file_index[f] for k, f in block_files.items()}, "file_index": file_index}
         atomic_write_json(os.path.join(self._path, TENSORKEY_FILE), tensorkey)
         atomic_write_json(os.path.join(self._path, TORCH_RANK_FILE), torch_rank)
+        write_manifest(self._path, {f: checksums[f] for f in file_index})
         atomic_write_json(os.path.join(self._path, INDEX_FILE), index)
         for m in metas[1:]:
             try:

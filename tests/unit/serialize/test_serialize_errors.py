@@ -10,7 +10,8 @@ import torch
 
 from recis.serialize import Loader, Saver
 from recis.serialize.checkpoint_reader import CheckpointReader
-from recis_compat.serialize.layout import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
+from recis_compat.serialize.layout import (CheckpointCorruptError, CheckpointError, CheckpointMismatchError,
+                                           CheckpointNotFoundError)
 from serialize_helpers import fill, make_table, snapshot
 
 
@@ -66,11 +67,21 @@ def test_index_naming_a_file_that_does_not_exist(ckpt):
         load(ckpt)
 
 
+def without_checksums(d):
+    """As a RecIS-written directory: no checksums.json, so the structural checks are what
+    catch a damaged file (tests/unit/serialize/test_checkpoint_integrity.py covers checksums)."""
+    os.unlink(d / "checksums.json")
+
+
 def test_truncated_data_file(ckpt):
     path = ckpt / data_files(ckpt)[0]
     data = path.read_bytes()
     path.write_bytes(data[:-5])
     t = make_table("err_t")
+    with pytest.raises(CheckpointCorruptError, match=f"{ckpt}.*model-000000-of-000002.safetensors.*corrupt"):
+        load(ckpt, hashtables={"err_t": t})
+    assert len(t) == 0
+    without_checksums(ckpt)
     with pytest.raises(CheckpointError, match=f"{ckpt}.*model-000000-of-000002.safetensors.*not a valid safetensors"):
         load(ckpt, hashtables={"err_t": t})
     assert len(t) == 0                 # nothing was loaded before the error
@@ -79,6 +90,7 @@ def test_truncated_data_file(ckpt):
 
 
 def test_bad_safetensors_header(ckpt):
+    without_checksums(ckpt)
     path = ckpt / data_files(ckpt)[1]
     data = bytearray(path.read_bytes())
     data[8:12] = b"!!!!"

@@ -70,7 +70,7 @@ def test_exact_files_keys_and_json(tmp_path):
     # blocks in order id, embedding, exp_avg, exp_avg_sq (+ step, beta1 on shard 0), round-robin
     # over 2 writers per shard; files i = shard*parallel + writer of N = parallel*shard_num
     assert sorted(os.listdir(d)) == [
-        "index", "model-000000-of-000004.safetensors", "model-000001-of-000004.safetensors",
+        "checksums.json", "index", "model-000000-of-000004.safetensors", "model-000001-of-000004.safetensors",
         "model-000002-of-000004.safetensors", "model-000003-of-000004.safetensors", "tensorkey.json",
         "torch_rank_weights_embs_table_multi_shard.json"]
     assert read_json(d, "index") == {
@@ -91,8 +91,12 @@ def test_exact_files_keys_and_json(tmp_path):
         "user_emb.embedding/part_1_2": "user_emb@embedding^32768@65536@65536",
         "user_emb.sparse_adamw_tf_exp_avg/part_1_2": "user_emb@sparse_adamw_tf_exp_avg^32768@65536@65536",
         "user_emb.sparse_adamw_tf_exp_avg_sq/part_1_2": "user_emb@sparse_adamw_tf_exp_avg_sq^32768@65536@65536"}
-    # as RecIS's MergeTorchRankJson: dense tensors and embedding blocks only
-    assert read_json(d, "torch_rank_weights_embs_table_multi_shard.json") == {
+    # RecIS's merge (contract §1.10.4): every block the writers produced; dense and embedding
+    # entries reformatted, id and the other slots left as written (safetensors dtype code,
+    # data_offsets of the file header)
+    rank = read_json(d, "torch_rank_weights_embs_table_multi_shard.json")
+    assert sorted(rank) == sorted(read_json(d, "index")["block_index"])
+    assert {k: v for k, v in rank.items() if v.get("dense") or k.startswith("user_emb.embedding")} == {
         "sparse_adamw_tf_beta1^ ": {"dense": True, "dimension": 0, "dtype": "float32", "is_hashmap": False,
                                     "name": "sparse_adamw_tf_beta1^ ", "shape": []},
         "sparse_adamw_tf_step^ ": {"dense": True, "dimension": 0, "dtype": "int64", "is_hashmap": False,
@@ -105,6 +109,21 @@ def test_exact_files_keys_and_json(tmp_path):
             "dense": False, "dimension": 2, "dtype": "float32", "hashmap_key": "user_emb.id/part_1_2",
             "hashmap_key_dtype": "int64", "hashmap_value": "user_emb.embedding/part_1_2", "is_hashmap": True,
             "name": "user_emb.embedding/part_1_2", "shape": [1, 2]}}
+    # file 0 holds id/part_0_2 (2 x int64 = bytes 0..16), exp_avg/part_0_2 (2x2 f32, 16..32), step
+    assert rank["user_emb.id/part_0_2"] == {"data_offsets": [0, 16], "dense": False, "dtype": "I64", "shape": [2]}
+    assert rank["user_emb.sparse_adamw_tf_exp_avg/part_0_2"] == {
+        "data_offsets": [16, 32], "dense": False, "dtype": "F32", "shape": [2, 2]}
+    assert rank["user_emb.sparse_adamw_tf_exp_avg_sq/part_0_2"] == {
+        "data_offsets": [16, 32], "dense": False, "dtype": "F32", "shape": [2, 2]}
+    assert rank["user_emb.id/part_1_2"] == {"data_offsets": [0, 8], "dense": False, "dtype": "I64", "shape": [1]}
+    assert rank["user_emb.sparse_adamw_tf_exp_avg_sq/part_1_2"] == {
+        "data_offsets": [8, 16], "dense": False, "dtype": "F32", "shape": [1, 2]}
+    # data_offsets are those of the data file's own safetensors header
+    for key, entry in rank.items():
+        if "data_offsets" in entry:
+            fname = [f for f, i in read_json(d, "index")["file_index"].items()
+                     if i == read_json(d, "index")["block_index"][key]][0]
+            assert header_of(os.path.join(d, fname))[1][key]["data_offsets"] == entry["data_offsets"]
     # JSON written like nlohmann dump(4): sorted keys, 4-space indent
     with open(os.path.join(d, "tensorkey.json")) as f:
         text = f.read()
@@ -145,8 +164,8 @@ def test_empty_writers_write_no_file_and_single_shard_has_no_fragments(tmp_path)
     Saver(parallel=8, path=str(tmp_path), hashtables={"solo": t}).save()
     # two blocks (id, embedding) for eight writers: files 0 and 1 of 8, nothing else
     assert sorted(os.listdir(tmp_path)) == [
-        "index", "model-000000-of-000008.safetensors", "model-000001-of-000008.safetensors", "tensorkey.json",
-        "torch_rank_weights_embs_table_multi_shard.json"]
+        "checksums.json", "index", "model-000000-of-000008.safetensors", "model-000001-of-000008.safetensors",
+        "tensorkey.json", "torch_rank_weights_embs_table_multi_shard.json"]
 
 
 def test_no_dense_tensors_on_other_shards_and_no_leftovers(tmp_path):
