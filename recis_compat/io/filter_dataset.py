@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+from recis_compat.io.threads import close_iterator
+
 __all__ = ["FilterDataset"]
 
 
@@ -20,7 +22,14 @@ class FilterDataset:
         self._funcs = list(filter_funcs or [])
 
     def __iter__(self):
+        return self._gen(iter(self._input))
+
+    def _gen(self, it):
+        """Closing this generator closes ``it`` too (see :mod:`.map_dataset`)."""
         funcs = self._funcs
-        for item in self._input:
-            if all(f(item) for f in funcs):
-                yield item
+        try:
+            for item in it:
+                if all(f(item) for f in funcs):
+                    yield item
+        finally:
+            close_iterator(it)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from recis_compat.io.threads import close_iterator
+
 __all__ = ["MapDataset"]
 
 
@@ -14,8 +16,16 @@ class MapDataset:
         self._funcs = list(map_funcs)
 
     def __iter__(self):
+        return self._gen(iter(self._input))
+
+    def _gen(self, it):
+        """Closing this generator (or its end, or an exception) closes ``it`` too, so a
+        ``close()`` reaches the prefetch and reader threads (recis_compat/io/threads.py)."""
         funcs = self._funcs
-        for item in self._input:
-            for f in funcs:
-                item = f(item)
-            yield item
+        try:
+            for item in it:
+                for f in funcs:
+                    item = f(item)
+                yield item
+        finally:
+            close_iterator(it)

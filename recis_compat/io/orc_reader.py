@@ -7,12 +7,14 @@ the threads finish in. This is deliberately stricter than RecIS's sloppy interle
 ``read_threads_num`` files: a fixed order is what makes IO-state resume exact.
 
 At most ``threads + 1`` stripes are in flight or buffered, so memory stays bounded by a few
-stripes. Closing the generator (or dropping it) cancels the pending reads and lets the worker
-threads exit.
+stripes. Closing the generator (or dropping it) cancels the pending reads and joins the worker
+threads; a pass still open when the interpreter exits is shut down by the exit hook of
+:mod:`.threads`.
 """
 from __future__ import annotations
 
 import collections
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Sequence
@@ -25,6 +27,7 @@ from recis_compat.io.column_convert import check_schema
 from recis_compat.io.dataset_config import ColumnSpec
 from recis_compat.io.errors import OrcReadError, where
 from recis_compat.io.file_list import OrcFile
+from recis_compat.io.threads import register_stopper, unregister_stopper
 
 __all__ = ["Chunk", "OrcStripeReader", "open_orc"]
 
@@ -128,6 +131,9 @@ class OrcStripeReader:
 
     def __iter__(self) -> Iterator[Chunk]:
         pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="recis-orc-read")
+        # a pass dropped without being closed (no prefetch, loop left by an exception) is
+        # stopped at interpreter exit
+        key = register_stopper(functools.partial(pool.shutdown, wait=True, cancel_futures=True))
         window = collections.deque()
         plan = self._plan()
         # per-file next row, filled as chunks come back in order
@@ -154,6 +160,9 @@ class OrcStripeReader:
                 if n:
                     yield Chunk(fi, row, n, columns, last)
         finally:
+            # closing (or finishing) the pass joins the reader threads: at most one stripe per
+            # thread is still being read, and none may outlive the pass (recis_compat/io/threads.py)
             for _, _, fut in window:
                 fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
+            unregister_stopper(key)

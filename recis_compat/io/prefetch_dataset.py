@@ -3,14 +3,19 @@
 The producer is a daemon thread that owns the source iterator (it creates it, drives it and
 closes it, so generators are only ever touched by one thread). A stop event ends it: set when
 the consumer reaches the end, calls ``close()``, or drops the iterator (a ``weakref.finalize``);
-the producer then closes the source, which lets the reader threads below it exit.
-Exceptions raised by the source are re-raised in the consumer, in order.
+the producer then closes the source, which stops and joins the reader threads below it.
+``close()`` joins the producer. A producer still alive when the interpreter exits is stopped and
+joined by the exit hook of :mod:`.threads` (a daemon thread left inside native code during
+finalization aborts the process). Exceptions raised by the source are re-raised in the
+consumer, in order.
 """
 from __future__ import annotations
 
 import queue
 import threading
 import weakref
+
+from recis_compat.io.threads import close_iterator, join_thread, register_stopper, unregister_stopper
 
 __all__ = ["PrefetchDataset"]
 
@@ -40,13 +45,17 @@ def _produce(dataset, q: queue.Queue, stop: threading.Event) -> None:
         for item in it:
             if not _put(q, item, stop):
                 return
+            del item  # the queue holds it now; the consumer frees it
         _put(q, _END, stop)
     except BaseException as e:  # noqa: BLE001 - handed to the consumer
         _put(q, _Failure(e), stop)
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        close_iterator(it)
+
+
+def _stop_and_join(stop: threading.Event, thread: threading.Thread) -> None:
+    stop.set()
+    join_thread(thread)
 
 
 class _PrefetchIterator:
@@ -56,6 +65,10 @@ class _PrefetchIterator:
         self._done = False
         self._thread = threading.Thread(target=_produce, args=(dataset, self._q, self._stop),
                                         name="recis-io-prefetch", daemon=True)
+        # registered before start, so no instant exists where the thread runs unregistered
+        self._key = register_stopper(
+            lambda stop=self._stop, thread=self._thread: _stop_and_join(stop, thread),
+            alive=lambda thread=self._thread: thread.ident is None or thread.is_alive())
         self._thread.start()
         weakref.finalize(self, self._stop.set)
 
@@ -75,12 +88,17 @@ class _PrefetchIterator:
         return item
 
     def close(self) -> None:
-        """Stop the producer thread and wait for it (it exits within a poll interval), so no
-        reader thread is still inside native code when the process exits."""
+        """Stop the producer thread and wait until it has ended (it has then closed the source,
+        which joined the reader threads), so no thread of ours is inside native code when the
+        process exits. Items still queued are dropped. Idempotent."""
         self._done = True
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        _stop_and_join(self._stop, self._thread)
+        unregister_stopper(self._key)
+        while True:  # free queued batches here, in the consumer thread
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
 
 
 class PrefetchDataset:

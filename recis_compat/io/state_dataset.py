@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from recis_compat.io.threads import close_iterator
+
 __all__ = ["StateDataset"]
 
 
@@ -46,14 +48,18 @@ class StateDataset:
         self._started = True
         if self._save_interval and self._load_state is not None:
             self._record(self._load_state)
-        return self._gen()
+        return self._gen(iter(self._dataset))
 
-    def _gen(self):
+    def _gen(self, it):
+        """Closing this generator closes ``it`` too (see :mod:`.map_dataset`)."""
         track = bool(self._save_interval)
-        for item in self._dataset:
-            if track:
-                self._record(item.state)
-            yield item.data
+        try:
+            for item in it:
+                if track:
+                    self._record(item.state)
+                yield item.data
+        finally:
+            close_iterator(it)
 
     def dump_io_state(self) -> dict:
         """``{sub_id: state}``; ``RuntimeError`` before the first ``__iter__``."""

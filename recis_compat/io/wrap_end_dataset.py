@@ -5,6 +5,8 @@ RecIS's does (consumers check the flag; a plain ``for`` loop never ends).
 """
 from __future__ import annotations
 
+from recis_compat.io.threads import close_iterator
+
 __all__ = ["WrapEndDataset"]
 
 
@@ -30,9 +32,7 @@ class _WrapEndIterator:
     def close(self) -> None:
         """Release the pipeline (stops prefetch and reader threads); later calls give the end."""
         it, self._it = self._it, None
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        close_iterator(it)
 
 
 class WrapEndDataset:

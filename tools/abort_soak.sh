@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Run one example runner N times under torchrun with tiny settings and count the runs that exit
+# with rc != 0 (issue 13 item 1: SIGABRT at interpreter shutdown after "done at global step N").
+#
+#   tools/abort_soak.sh EXAMPLE RUNS [WORLD]      EXAMPLE: deepfm | deepctr | seq2seq
+#   e.g.  nice -n 10 tools/abort_soak.sh deepfm 100 1
+#
+# Data is generated once per example under $SOAK_DIR (default /tmp/recis_abort_soak); every run
+# gets a fresh checkpoint directory and a free master port. The stderr tail of every failed run is
+# kept in $SOAK_DIR/<example>-w<world>/fail-<i>.log. Prefetch stays on (the run.sh default,
+# --prefetch=1). Extra runner flags can be passed in $SOAK_FLAGS. The last line printed is
+#   SOAK example=<ex> world=<w> runs=<n> failures=<k> rc_counts=<rc:count,...>
+# and the exit status is 0 only if every run succeeded.
+set -uo pipefail
+EXAMPLE=${1:?usage: abort_soak.sh deepfm|deepctr|seq2seq RUNS [WORLD]}
+RUNS=${2:?usage: abort_soak.sh deepfm|deepctr|seq2seq RUNS [WORLD]}
+WORLD=${3:-1}
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+PY=${PY:-$REPO/.venv/bin/python}
+SOAK_DIR=${SOAK_DIR:-/tmp/recis_abort_soak}
+EX="$REPO/examples/$EXAMPLE"
+DATA="$SOAK_DIR/data-$EXAMPLE"
+OUT="$SOAK_DIR/$EXAMPLE-w$WORLD"
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1 PY
+unset RANK LOCAL_RANK WORLD_SIZE
+
+case "$EXAMPLE" in
+  deepfm)
+    [ -e "$DATA/part-0.orc" ] || "$PY" "$EX/make_data.py" --out "$DATA" --files 2 --rows 400 --seed 4 >/dev/null
+    FLAGS=(--batch_size=50 --train_steps=3 --log_steps=1 --gradient_accumulation_steps=1) ;;
+  deepctr)
+    ls "$DATA"/*.orc >/dev/null 2>&1 || "$PY" "$EX/make_orc_data.py" --out "$DATA" --files 2 --rows 96 --seed 1 >/dev/null
+    FLAGS=(--batch_size=16 --train_steps=3 --log_steps=1) ;;
+  seq2seq)
+    ls "$DATA"/*.orc >/dev/null 2>&1 || "$PY" "$EX/make_data.py" --out "$DATA" --files 2 --rows 64 --max_len 48 --seed 1 >/dev/null
+    FLAGS=(--batch_size=8 --train_steps=3 --log_steps=1 --seq_len=32 --emb_size=64 --hidden_size=64
+           --num_layers=1 --nhead=2 --dim_feedforward=128) ;;
+  *) echo "unknown example $EXAMPLE (deepfm|deepctr|seq2seq)" >&2; exit 2 ;;
+esac
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+fail=0
+declare -A rcs=()
+for ((i = 1; i <= RUNS; i++)); do
+  ck="$OUT/ckpt"; rm -rf "$ck"
+  log="$OUT/run.log"
+  (cd "$OUT" && WORLD_SIZE=$WORLD DATA="$DATA" OUTPUT_DIR="$ck" MASTER_PORT=$(free_port) \
+     timeout 600 bash "$EX/run.sh" "${FLAGS[@]}" ${SOAK_FLAGS:-} >"$log" 2>&1)
+  rc=$?
+  rcs[$rc]=$(( ${rcs[$rc]:-0} + 1 ))
+  if [ "$rc" != 0 ]; then
+    fail=$((fail + 1))
+    tail -n 60 "$log" >"$OUT/fail-$i.log"
+    echo "run $i: rc=$rc (log tail in $OUT/fail-$i.log)"
+  fi
+done
+summary=""
+for k in "${!rcs[@]}"; do summary+="$k:${rcs[$k]},"; done
+echo "SOAK example=$EXAMPLE world=$WORLD runs=$RUNS failures=$fail rc_counts=${summary%,}"
+[ "$fail" = 0 ]
