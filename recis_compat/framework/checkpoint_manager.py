@@ -15,7 +15,15 @@ Atomic saves (not in RecIS): everything is written into ``<output_dir>/.ckpt_<st
 file via a temporary name, flushed and fsynced), then rank 0 renames the directory to
 ``ckpt_<step>`` and only then appends the id to ``checkpoint`` (rewritten atomically). A crash
 at any point leaves the previous checkpoint listed and intact; a stale ``.tmp`` directory is
-removed by the next save. Torch files are loaded with ``weights_only=True``.
+removed by the next save.
+
+Integrity (not in RecIS; recis_compat/serialize/integrity.py): before publishing, rank 0 adds the
+checksums of ``model.pt``, ``extra.pt``, ``io_state_<rank>.pt`` and ``io_state_count`` to the
+directory's ``checksums.json`` (the sparse Saver wrote those of the data files); loading checks
+every file it reads against it (``CheckpointCorruptError`` naming the file on a mismatch; a
+directory without checksums loads with one warning). A ``checkpoint`` list entry must name a
+directory directly inside the root (``../x``, ``/abs`` or ``a/b`` raise ``CheckpointError``).
+Torch files are loaded with ``torch.load(weights_only=True)``: no pickled code runs.
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ import torch.distributed as dist
 from recis_compat.nn.modules.hashtable import filter_out_sparse_param, split_sparse_dense_state_dict
 # one error class for every unusable checkpoint (missing / corrupt files, contents that do not
 # fit the model, the optimizers or the dataset): a ValueError
+from recis_compat.serialize.integrity import (ALGORITHM, Manifest, check_member_name, file_checksum, resolve_member,
+                                              write_manifest)
 from recis_compat.serialize.layout import CheckpointError, atomic_write, fsync_dir
 from recis_compat.utils.logger import Logger
 
@@ -50,9 +60,14 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
-def _torch_load(path: str, what: str):
+def _torch_load(path: str, what: str, manifest: Optional[Manifest] = None):
+    """``torch.load(weights_only=True)`` of a checkpoint file, checked against ``manifest``
+    (the directory's ``checksums.json``) first."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint file {path} is missing ({what})")
+    if manifest is None:
+        manifest = Manifest(os.path.dirname(path))
+    manifest.verify(os.path.basename(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # unpickling / zip errors of a truncated or foreign file
@@ -60,12 +75,31 @@ def _torch_load(path: str, what: str):
 
 
 def read_checkpoint_list(output_dir: str) -> List[str]:
-    """Ids listed in ``<output_dir>/checkpoint`` (empty when the file does not exist)."""
+    """Ids listed in ``<output_dir>/checkpoint`` (empty when the file does not exist).
+    CheckpointError naming the file when it is not UTF-8 text or cannot be read."""
     path = os.path.join(output_dir, CHECKPOINT_FILE)
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"checkpoint list {path} is not UTF-8 text ({e}); it must hold one checkpoint id "
+                              "(e.g. ckpt_1000) per line") from e
+    except OSError as e:
+        raise CheckpointError(f"checkpoint list {path} cannot be read ({e})") from e
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def checkpoint_dir_of(root: str, ckpt_id: str) -> str:
+    """``root/ckpt_id`` for an id read from ``root/checkpoint``: the id must name a directory
+    directly inside ``root`` (no ``..``, separators or absolute paths), else CheckpointError."""
+    what = f"checkpoint list {os.path.join(root, CHECKPOINT_FILE)}"
+    check_member_name(ckpt_id, what)
+    if "/" in ckpt_id or "\\" in ckpt_id or ckpt_id == ".":
+        raise CheckpointError(f"{what}: {ckpt_id!r} is not a checkpoint id (expected a directory name such as "
+                              "'ckpt_1000' directly inside the root)")
+    return resolve_member(root, ckpt_id, what)
 
 
 def _rank_world():
@@ -172,6 +206,7 @@ class Saver:
         return final
 
     def _publish(self, tmp: str, final: str, ckpt_id: str) -> None:
+        self._add_checksums(tmp)
         fsync_dir(tmp)
         if os.path.exists(final):     # the same step saved again (e.g. at the end of training)
             trash = final + ".old"
@@ -195,6 +230,19 @@ class Saver:
             shutil.rmtree(os.path.join(self._output_dir, old), ignore_errors=True)
         atomic_write_text(os.path.join(self._output_dir, CHECKPOINT_FILE), "".join(i + "\n" for i in ids))
         logger.info(f"saved checkpoint {final}")
+
+    @staticmethod
+    def _add_checksums(ckpt_dir: str) -> None:
+        """Rank 0, before publishing: add the checksums of the framework's files (dense model,
+        extras, io states) to the ``checksums.json`` the sparse Saver wrote."""
+        manifest = Manifest(ckpt_dir)
+        algorithm = manifest.algorithm or ALGORITHM
+        files = dict(manifest.files)
+        for name in sorted(os.listdir(ckpt_dir)):
+            if name in ("model.pt", "extra.pt", "io_state_count") or \
+                    (name.startswith("io_state_") and name.endswith(".pt")):
+                files[name] = file_checksum(os.path.join(ckpt_dir, name), algorithm)
+        write_manifest(ckpt_dir, files, algorithm)
 
     def save_sparse_params(self, shard_id: int, shard_num: int, ckpt_path: str, sparse_state_dict=None,
                            concurrent: int = 16, sync_func=None) -> None:
@@ -225,11 +273,14 @@ class Saver:
             ckpt_dir = ckpt_path
         else:
             root = ckpt_path or self._output_dir
-            ckpt_id = ckpt_id or self.latest_checkpoint(root)
             if ckpt_id is None:
-                logger.info(f"Checkpoint not found in {root}; starting fresh")
-                return False
-            ckpt_dir = os.path.join(root, ckpt_id)
+                ckpt_id = self.latest_checkpoint(root)
+                if ckpt_id is None:
+                    logger.info(f"Checkpoint not found in {root}; starting fresh")
+                    return False
+                ckpt_dir = checkpoint_dir_of(root, ckpt_id)    # an id read from the list file
+            else:
+                ckpt_dir = os.path.join(root, ckpt_id)
         if not os.path.isdir(ckpt_dir):
             raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist "
                                   f"(listed in {os.path.join(os.path.dirname(ckpt_dir), CHECKPOINT_FILE)})"
@@ -278,7 +329,7 @@ class Saver:
             self._sparse_optim.load_state_dict(tensors)
 
     def load_dense_params(self, ckpt_dir: str, strict: bool = True) -> None:
-        state = _torch_load(os.path.join(ckpt_dir, "model.pt"), "dense parameters")
+        state = _torch_load(os.path.join(ckpt_dir, "model.pt"), "dense parameters", Manifest(ckpt_dir))
         own = self._dense_state()
         try:
             missing, unexpected = self._model.load_state_dict(state, strict=False)
@@ -290,14 +341,23 @@ class Saver:
                                   f"unexpected keys {list(unexpected)[:10]} (use load_conf strict=False to allow)")
 
     def load_extra_params(self, ckpt_dir: str, load_io: bool = True, shared_id: int = 0) -> None:
-        extra = _torch_load(os.path.join(ckpt_dir, "extra.pt"), "global step and optimizer state")
+        manifest = Manifest(ckpt_dir)
+        extra = _torch_load(os.path.join(ckpt_dir, "extra.pt"), "global step and optimizer state", manifest)
         self._loaded_extra = dict(extra)
         if load_io and self._io_state:
             count_file = os.path.join(ckpt_dir, "io_state_count")
             if not os.path.exists(count_file):
                 raise CheckpointError(f"{ckpt_dir} has no io_state_count, but a dataset is registered for IO state")
-            with open(count_file) as f:
-                count = int(f.read().strip() or 0)
+            manifest.verify("io_state_count")
+            try:
+                with open(count_file, "rb") as f:
+                    raw = f.read()
+                count = int(raw.decode("ascii").strip())
+            except (UnicodeDecodeError, ValueError) as e:
+                raise CheckpointError(f"{count_file} must hold the number of ranks that wrote io states as a "
+                                      f"decimal integer, got {raw[:40]!r}") from e
+            except OSError as e:
+                raise CheckpointError(f"{count_file} cannot be read ({e})") from e
             for name, obj in self._io_state.items():
                 workers = getattr(obj, "_worker_num", None)
                 if workers is not None and int(workers) != count:
@@ -305,7 +365,7 @@ class Saver:
                         f"{ckpt_dir}: io_state was written by {count} workers but dataset {name!r} now has "
                         f"worker_num={workers}; resume with the same number of ranks or load without "
                         "'io_state' (load_conf exclude)")
-            io = _torch_load(os.path.join(ckpt_dir, f"io_state_{shared_id}.pt"), "dataset IO state")
+            io = _torch_load(os.path.join(ckpt_dir, f"io_state_{shared_id}.pt"), "dataset IO state", manifest)
             for name, obj in self._io_state.items():
                 if name in io:
                     obj.load_io_state(io[name])

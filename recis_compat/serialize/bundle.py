@@ -85,6 +85,11 @@ class CheckpointBundle:
         self.verify = bool(verify)
         if not os.path.isdir(self.path):
             raise CheckpointNotFoundError(f"checkpoint directory {self.path} does not exist")
+        self.manifest = Manifest(self.path)
+        if self.verify:
+            for name in (INDEX_FILE, TENSORKEY_FILE):
+                if os.path.isfile(os.path.join(self.path, name)):
+                    self.manifest.verify(name)
         index = _read_json(self.path, INDEX_FILE)
         tensorkey = _read_json(self.path, TENSORKEY_FILE)
         if not isinstance(tensorkey, dict) or not all(isinstance(k, str) and isinstance(v, str)
@@ -118,7 +123,6 @@ class CheckpointBundle:
             refs.sort(key=BlockRef.sort_key)
         self._headers: Dict[str, Dict[str, Tuple[str, List[int]]]] = {}
         self._lock = threading.Lock()
-        self.manifest = Manifest(self.path)
 
     def _check_index(self, index):
         ok = isinstance(index, dict) and isinstance(index.get("file_index"), dict) \
@@ -175,7 +179,7 @@ class CheckpointBundle:
         if not os.path.isfile(full):
             raise CheckpointNotFoundError(f"checkpoint {self.path}: data file {file!r} does not exist")
         if self.verify:
-            self.manifest.verify(file, required=True)
+            self.manifest.verify(file)
         try:
             return _Opened(safe_open(full, framework="pt", device="cpu"), self.path, file)
         except Exception as e:   # SafetensorError (bad header, truncated data), OSError

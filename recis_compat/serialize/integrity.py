@@ -1,22 +1,26 @@
 """Integrity of checkpoint directories (not in RecIS): per-file checksums and confinement of
 every path read from a checkpoint's metadata.
 
-Checksums. Every file a save writes gets a checksum, recorded in ``checksums.json`` next to
+Checksums. Every file a save writes (data files, ``index``, ``tensorkey.json``, the torch-rank
+JSON and the framework's torch files) gets a checksum, recorded in ``checksums.json`` next to
 ``index``::
 
     {"algorithm": "crc32", "files": {"model-000000-of-000004.safetensors": "8c1f0a3e", ...}}
 
 ``recis.serialize.Saver`` computes the checksum of each data file while streaming it to disk
-(no second pass) and writes ``checksums.json`` just before ``index`` (``index`` still marks a
-complete directory); the framework Saver adds ``model.pt``, ``extra.pt``, ``io_state_<rank>.pt``
+(no second pass), the metadata JSON from the bytes it writes, and writes ``checksums.json``
+just before ``index`` (``index`` still marks a complete directory); the framework Saver adds ``model.pt``, ``extra.pt``, ``io_state_<rank>.pt``
 and ``io_state_count`` before publishing the directory. The file is separate from ``index`` so
 that ``index``, ``tensorkey.json`` and the torch-rank JSON stay exactly as RecIS writes them:
 RecIS's readers open those three files and the data files named in ``index``, nothing else.
 
-Readers verify a file the first time they open it (one sequential read) and raise
+Readers verify a file the first time they open it (one sequential read; a file already
+verified in this process with unchanged size, mtime and inode is not read again) and raise
 :class:`~recis_compat.serialize.layout.CheckpointCorruptError` naming the directory and the file
 when the content does not match. A directory without ``checksums.json`` (written by RecIS or by
-an older recis-compat) still loads, with one warning per directory.
+an older recis-compat) still loads, with one warning per directory. When ``checksums.json``
+exists, a file the reader needs that it does not list is an error (the directory was changed
+after the save).
 
 Algorithm: zlib's CRC-32 (standard library). It releases the GIL, so the Saver's writer threads
 checksum in parallel, and it is fast enough that checksumming costs a few percent of a large
@@ -39,7 +43,7 @@ from typing import Dict, Optional
 
 from recis_compat.serialize.layout import CheckpointCorruptError, CheckpointError, atomic_write_json
 
-__all__ = ["CHECKSUM_FILE", "ALGORITHM", "ALGORITHMS", "new_hasher", "HashingWriter", "file_checksum",
+__all__ = ["CHECKSUM_FILE", "ALGORITHM", "ALGORITHMS", "new_hasher", "HashingWriter", "file_checksum", "bytes_checksum",
            "resolve_member", "check_member_name", "Manifest", "write_manifest", "warn_unverified"]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +108,12 @@ def file_checksum(path: str, algorithm: str = ALGORITHM) -> str:
     return h.hexdigest()
 
 
+def bytes_checksum(data: bytes, algorithm: str = ALGORITHM) -> str:
+    h = new_hasher(algorithm)
+    h.update(data)
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------------------ paths
 def check_member_name(name, what: str) -> str:
     """``name`` if it is a plain relative path without ``..`` components, else CheckpointError
@@ -132,6 +142,13 @@ def resolve_member(base: str, name, what: str) -> str:
 # ------------------------------------------------------------------------------ manifest
 _warned: set = set()
 _warned_lock = threading.Lock()
+# (real path, algorithm, checksum) -> (size, mtime_ns, inode) of files verified in this process
+_verified: Dict[tuple, tuple] = {}
+
+
+def _stat_key(path: str) -> tuple:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def warn_unverified(ckpt: str, detail: str = "") -> None:
@@ -181,25 +198,19 @@ class Manifest:
             check_member_name(name, f"checkpoint {self.ckpt}: file {CHECKSUM_FILE!r}")
         self.algorithm, self.files = data["algorithm"], dict(data["files"])
 
-    def verify(self, name: str, required: bool = False) -> bool:
+    def verify(self, name: str) -> bool:
         """Check file ``name`` of the directory against its recorded checksum (once).
 
-        Returns True when verified, False when it cannot be (no manifest: one warning per
-        directory; file not listed and ``required`` False: a warning). Raises
-        CheckpointCorruptError on a mismatch and CheckpointError when ``required`` and the
-        manifest exists but does not list the file."""
+        Returns True when verified, False when the directory has no ``checksums.json`` (one
+        warning per directory). Raises CheckpointCorruptError on a mismatch and CheckpointError
+        when the manifest exists but does not list the file."""
         if not self.present:
             warn_unverified(self.ckpt)
             return False
         expected = self.files.get(name)
         if expected is None:
-            if required:
-                raise CheckpointError(f"checkpoint {self.ckpt}: file {name!r} is not listed in {CHECKSUM_FILE!r} "
-                                      "(the directory was changed after it was saved)")
-            msg = f"checkpoint {self.ckpt}: file {name!r} is not listed in {CHECKSUM_FILE!r}; not verified"
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            logger.warning(msg)
-            return False
+            raise CheckpointError(f"checkpoint {self.ckpt}: file {name!r} is not listed in {CHECKSUM_FILE!r} "
+                                  "(the directory was changed after it was saved)")
         with self._lock:
             if name in self._done:
                 return True
@@ -209,7 +220,14 @@ class Manifest:
                 return True
             path = os.path.join(self.ckpt, name)
             try:
-                got = file_checksum(path, self.algorithm)
+                key = (os.path.realpath(path), self.algorithm, expected)
+                stat = _stat_key(path)
+                if _verified.get(key) == stat:
+                    got = expected
+                else:
+                    got = file_checksum(path, self.algorithm)
+                    if got == expected and _stat_key(path) == stat:
+                        _verified[key] = stat
             except OSError as e:
                 raise CheckpointError(f"checkpoint {self.ckpt}: file {name!r} cannot be read ({e})") from e
             if got != expected:

@@ -34,7 +34,7 @@ __all__ = [
     "INDEX_FILE", "TENSORKEY_FILE", "TORCH_RANK_FILE", "DENSE_SLICE", "SLICE_SEP", "AT", "PART",
     "slice_string", "parse_slice", "table_tensor_name", "table_block_key", "dense_block_key",
     "split_block_name", "data_file_name", "fragment_file_name", "dtype_code", "dtype_of_code",
-    "dtype_name", "atomic_write", "atomic_write_json", "fsync_dir", "write_safetensors", "dumps_json",
+    "dtype_name", "atomic_write", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "write_safetensors", "dumps_json",
 ]
 
 INDEX_FILE = "index"
@@ -173,9 +173,13 @@ def atomic_write(path: str, write: Callable, mode: str = "wb") -> None:
         raise
 
 
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_json(path: str, obj) -> None:
-    text = dumps_json(obj)
-    atomic_write(path, lambda f: f.write(text), mode="w")
+    """``dumps_json(obj)`` as UTF-8, written atomically."""
+    atomic_write_bytes(path, dumps_json(obj).encode("utf-8"))
 
 
 def fsync_dir(path: str) -> None:

@@ -28,7 +28,8 @@ at once. Otherwise every shard writes its metadata fragment ``ckpt-<s>-of-<n>.fr
 
 Shard 0 writes ``tensorkey.json``, ``torch_rank_weights_embs_table_multi_shard.json`` (every
 block, RecIS's merge format: see :mod:`recis_compat.serialize.layout`), ``checksums.json``
-(the checksum of every data file, computed while it was streamed to disk; see
+(the checksum of every data file, computed while it was streamed to disk, and of the JSON files;
+see
 :mod:`recis_compat.serialize.integrity`) and, last, ``index``, then deletes the fragments. A
 directory is complete once ``index`` exists.
 """
@@ -46,9 +47,10 @@ import torch
 
 from recis_compat.backend.children import decode_ids
 from recis_compat.backend.table_impl import DynamicTableImpl, is_hashtable
-from recis_compat.serialize.integrity import HashingWriter, check_member_name, write_manifest
+from recis_compat.serialize.integrity import HashingWriter, bytes_checksum, check_member_name, write_manifest
 from recis_compat.serialize.layout import (DENSE_SLICE, INDEX_FILE, TENSORKEY_FILE, TORCH_RANK_FILE,
-                                           SafetensorsEntry, atomic_write, atomic_write_json, data_file_name,
+                                           SafetensorsEntry, atomic_write, atomic_write_bytes, atomic_write_json,
+                                           data_file_name, dumps_json,
                                            dense_block_key, dtype_code, dtype_name, fragment_file_name, fsync_dir,
                                            require_int, slice_string, table_block_key, table_tensor_name,
                                            write_safetensors)
@@ -384,10 +386,14 @@ class Saver:
             torch_rank.update(m["torch_rank"])
         file_index = {f: i for i, f in enumerate(sorted(set(block_files.values())))}
         index = {"block_index": {k: file_index[f] for k, f in block_files.items()}, "file_index": file_index}
-        atomic_write_json(os.path.join(self._path, TENSORKEY_FILE), tensorkey)
-        atomic_write_json(os.path.join(self._path, TORCH_RANK_FILE), torch_rank)
-        write_manifest(self._path, {f: checksums[f] for f in file_index})
-        atomic_write_json(os.path.join(self._path, INDEX_FILE), index)
+        texts = {TENSORKEY_FILE: tensorkey, TORCH_RANK_FILE: torch_rank, INDEX_FILE: index}
+        raw = {name: dumps_json(obj).encode("utf-8") for name, obj in texts.items()}
+        files = {f: checksums[f] for f in file_index}
+        files.update({name: bytes_checksum(data) for name, data in raw.items()})
+        for name in (TENSORKEY_FILE, TORCH_RANK_FILE):
+            atomic_write_bytes(os.path.join(self._path, name), raw[name])
+        write_manifest(self._path, files)
+        atomic_write_bytes(os.path.join(self._path, INDEX_FILE), raw[INDEX_FILE])   # last: marks completion
         for m in metas[1:]:
             try:
                 os.unlink(os.path.join(self._path, fragment_file_name(m["shard_index"], self._shard_num)))

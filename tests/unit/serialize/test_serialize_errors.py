@@ -14,6 +14,9 @@ from recis_compat.serialize.layout import (CheckpointCorruptError, CheckpointErr
                                            CheckpointNotFoundError)
 from serialize_helpers import fill, make_table, snapshot
 
+# without_checksums() makes RecIS-like directories on purpose: their one warning is expected here
+pytestmark = pytest.mark.filterwarnings("ignore:.*has no checksums.json:RuntimeWarning")
+
 
 @pytest.fixture
 def ckpt(tmp_path):
@@ -27,6 +30,12 @@ def ckpt(tmp_path):
 def load(d, **kw):
     kw.setdefault("hashtables", {"err_t": make_table("err_t")})
     return Loader(str(d), **kw).load()
+
+
+def without_checksums(d):
+    """As a RecIS-written directory: no checksums.json, so the structural checks are what
+    catch a damaged file (tests/unit/serialize/test_checkpoint_integrity.py covers checksums)."""
+    os.unlink(d / "checksums.json")
 
 
 def data_files(d):
@@ -50,27 +59,24 @@ def test_missing_metadata_file(ckpt, name):
 
 @pytest.mark.parametrize("name", ["index", "tensorkey.json"])
 def test_metadata_json_that_does_not_parse(ckpt, name):
+    without_checksums(ckpt)
     (ckpt / name).write_text('{"file_index": {')
     with pytest.raises(CheckpointError, match=f"{ckpt}.*{name}.*not valid JSON"):
         load(ckpt)
 
 
 def test_index_with_wrong_structure(ckpt):
+    without_checksums(ckpt)
     (ckpt / "index").write_text(json.dumps({"files": []}))
     with pytest.raises(CheckpointError, match="file_index"):
         CheckpointReader(str(ckpt))
 
 
 def test_index_naming_a_file_that_does_not_exist(ckpt):
+    without_checksums(ckpt)
     os.unlink(ckpt / data_files(ckpt)[1])
     with pytest.raises(CheckpointNotFoundError, match="model-000001-of-000002.safetensors.*does not exist"):
         load(ckpt)
-
-
-def without_checksums(d):
-    """As a RecIS-written directory: no checksums.json, so the structural checks are what
-    catch a damaged file (tests/unit/serialize/test_checkpoint_integrity.py covers checksums)."""
-    os.unlink(d / "checksums.json")
 
 
 def test_truncated_data_file(ckpt):
@@ -103,6 +109,7 @@ def test_bad_safetensors_header(ckpt):
 
 
 def test_block_listed_in_index_but_absent_from_file(ckpt):
+    without_checksums(ckpt)
     idx = json.loads((ckpt / "index").read_text())
     tk = json.loads((ckpt / "tensorkey.json").read_text())
     idx["block_index"]["err_t.embedding/part_0_1"] = 1 - idx["block_index"]["err_t.embedding/part_0_1"]
