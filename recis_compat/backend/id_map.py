@@ -22,9 +22,18 @@ same capacity (only dropping tombstones) happens only when the tombstones are wo
 capacity follows the number of *distinct* ids, not the batch length or its repeats. Chunking never changes the result: rows are
 handed out in first-occurrence order either way. After any growth the load is at least
 ``max_load / 2``, so the map costs at most ``16 / (max_load / 2)`` bytes per id (64 at 0.5).
+
+Thread safety: every method holds the map's lock (a ``threading.RLock``; a table passes its own so
+that one lock guards its map and its rows, see ``backend/table_impl.py``). The kernels mutate the
+state tensors in place and a rehash replaces them, so two unsynchronised inserts lose ids, give two
+ids one row, or leave slots in a transient state (``id_map_rehash: inconsistent state``); finds
+that overlap an insert could read such a transient slot. An uncontended acquire costs well under
+a microsecond, small next to the kernel call (docs/reliability.md, "Thread safety").
 """
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -33,6 +42,15 @@ from recis_compat.ops import id_map as _ops
 
 _MIN_CAPACITY = 16
 _MIN_CHUNK = 1024
+
+
+def _locked(method):
+    """Run ``method`` holding ``self._lock``."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def _next_pow2(x: int) -> int:
@@ -46,19 +64,35 @@ class IdMap:
         device: where the state lives (CPU or CUDA); ids passed in must be on this device.
         max_load: the table is grown before ``(size + tombstones) / capacity`` would pass this
             (0 < max_load <= 0.9).
+        lock: the lock that serialises every call (default: a new ``threading.RLock``); calls
+            from several Python threads are applied one after the other, so the result equals
+            a serial run of the same calls in some order.
 
     Rows of new ids come from the free stack (rows released by :meth:`delete`, most recently
     freed first), then from the high-water mark :meth:`num_rows_allocated`. Within one call new
     ids get rows in the order of their first occurrence in the batch, independent of threads.
     """
 
-    def __init__(self, device: Optional[torch.device | str] = None, max_load: float = 0.5) -> None:
+    def __init__(self, device: Optional[torch.device | str] = None, max_load: float = 0.5,
+                 lock: Optional[threading.RLock] = None) -> None:
         if not 0.0 < float(max_load) <= 0.9:
             raise ValueError(f"IdMap: max_load must be in (0, 0.9], got {max_load}")
         self.max_load = float(max_load)
+        self._lock = lock if lock is not None else threading.RLock()
         self._table, self._meta, self._free = _ops.empty_state(_MIN_CAPACITY, device)
         self._used_bound = 0      # upper bound of size + tombstones, exact after _sync()
         self.num_rehashes = 0
+
+    def __getstate__(self):
+        # a lock cannot be pickled or deep-copied: copies get their own
+        with self._lock:
+            state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -70,6 +104,7 @@ class IdMap:
         """Slots of the hash table (a power of two)."""
         return int(self._table.shape[0])
 
+    @_locked
     def _counts(self) -> Tuple[int, int, int, int]:
         size, next_row, tomb, free = self._meta.tolist()
         return size, next_row, tomb, free
@@ -88,10 +123,12 @@ class IdMap:
     def num_tombstones(self) -> int:
         return self._counts()[2]
 
+    @_locked
     def memory_bytes(self) -> int:
         """Bytes held by the map's state tensors (table, meta, free stack)."""
         return sum(t.numel() * t.element_size() for t in (self._table, self._meta, self._free))
 
+    @_locked
     def __repr__(self) -> str:
         size, next_row, tomb, free = self._counts()
         return (f"IdMap(size={size}, rows_allocated={next_row}, free_rows={free}, "
@@ -106,11 +143,13 @@ class IdMap:
                              "move one of them (IdMap.to(device))")
         return ids.reshape(-1)
 
+    @_locked
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows (int64, same shape as ``ids``) of int64 ``ids``; ``-1`` where absent. No insertion."""
         flat = self._check_ids(ids, "find")
         return _ops.find(self._table, flat).view(ids.shape)
 
+    @_locked
     def find_or_insert(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(rows, is_new)`` of int64 ``ids`` (same shape); absent ids are inserted.
 
@@ -144,6 +183,7 @@ class IdMap:
         self._sync()
         return torch.cat(rows_parts).view(ids.shape), torch.cat(new_parts).view(ids.shape)
 
+    @_locked
     def delete(self, ids: torch.Tensor) -> torch.Tensor:
         """Remove ``ids`` (absent ones and repeats are ignored); returns the freed rows (int64)
         in first-occurrence order. They are reused by later inserts, last freed first."""
@@ -156,15 +196,18 @@ class IdMap:
             self._free = grown
         return _ops.delete(self._table, self._meta, self._free, flat)
 
+    @_locked
     def ids_and_rows(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(ids, rows)`` of every stored id, int64 ``[len(self)]`` each, ordered by row."""
         return _ops.export(self._table, self._meta)
 
+    @_locked
     def clear(self) -> None:
         """Remove every id and forget every row (the next insert gets row 0)."""
         self._table, self._meta, self._free = _ops.empty_state(_MIN_CAPACITY, self.device)
         self._used_bound = 0
 
+    @_locked
     def reserve(self, num_ids: int) -> None:
         """Grow now so that ``num_ids`` ids in total fit without a rehash."""
         size, _, tomb, _ = self._counts()
@@ -189,6 +232,7 @@ class IdMap:
         self._sync()
 
     # ------------------------------------------------------------------ devices and state
+    @_locked
     def to(self, device) -> "IdMap":
         """Move the state to ``device`` (in place; returns self)."""
         device = torch.device(device)
@@ -201,6 +245,7 @@ class IdMap:
     def cuda(self, device=None) -> "IdMap":
         return self.to(torch.device("cuda") if device is None else torch.device(device))
 
+    @_locked
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """The state as tensors: ``table`` int64 [capacity, 2], ``meta`` int64 [4],
         ``free_rows`` int64 [free_count] (copies; any capacity can be loaded back)."""
@@ -208,6 +253,7 @@ class IdMap:
         return {"table": self._table.clone(), "meta": self._meta.clone(),
                 "free_rows": self._free[:free].clone()}
 
+    @_locked
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Replace the state with one from :meth:`state_dict` (moved to this map's device);
         raises ValueError when the tensors are not a consistent id map."""

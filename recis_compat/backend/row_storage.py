@@ -9,15 +9,31 @@ always a whole number of blocks as RecIS's block storage), so a table holding N 
 reserves more than ~1.5 N + block rows. New embedding rows
 take values from the table's initializer when the capacity grows (RecIS fills a whole block
 at block creation); rows freed by eviction are re-initialised by :meth:`reset_rows`.
+
+Thread safety: every method holds the storage's lock (a ``threading.RLock``, the owning table's
+lock when it passes one, see ``backend/table_impl.py``): growth replaces each slot tensor by a
+larger copy, so an unsynchronised write or a second growth running at the same time would be
+lost or leave slots of different lengths.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
 GROWTH = 1.5
+
+
+def _locked(method):
+    """Run ``method`` holding ``self._lock``."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 @dataclass
@@ -40,9 +56,12 @@ class RowStorage:
             initializer); called on growth and on :meth:`reset_rows`. None: new and reset rows
             are zeros (the table then writes each new id's initial values itself).
         block: minimum growth step in rows.
+        lock: the lock every method holds (default: a new ``threading.RLock``).
     """
 
-    def __init__(self, dim: int, dtype: torch.dtype, device, sample_rows, block: int = 1024):
+    def __init__(self, dim: int, dtype: torch.dtype, device, sample_rows, block: int = 1024,
+                 lock: Optional[threading.RLock] = None):
+        self._lock = lock if lock is not None else threading.RLock()
         self.dim = int(dim)
         self.device = torch.device(device)
         self.block = max(1, int(block))
@@ -50,6 +69,17 @@ class RowStorage:
         self.specs: Dict[str, SlotSpec] = {"embedding": SlotSpec([self.dim], dtype)}
         self.slots: Dict[str, torch.Tensor] = {
             "embedding": torch.empty((0, self.dim), dtype=dtype, device=self.device)}
+
+    def __getstate__(self):
+        # a lock cannot be pickled or deep-copied: copies get their own
+        with self._lock:
+            state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- shape
     @property
@@ -60,6 +90,7 @@ class RowStorage:
     def embedding(self) -> torch.Tensor:
         return self.slots["embedding"]
 
+    @_locked
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.slots.values())
 
@@ -73,6 +104,7 @@ class RowStorage:
             return vals.to(device=self.device, dtype=spec.dtype)
         return torch.full([rows] + spec.tail, spec.init, dtype=spec.dtype, device=self.device)
 
+    @_locked
     def ensure_capacity(self, rows_needed: int) -> None:
         """Grow every slot so that row indices ``< rows_needed`` exist (amortised)."""
         cap = self.capacity
@@ -85,6 +117,7 @@ class RowStorage:
             self.slots[name] = torch.cat([t, self._initial(name, extra)], 0)
 
     # ---------------------------------------------------------------- slots
+    @_locked
     def add_slot(self, name: str, tail: Sequence[int], dtype: torch.dtype, init: float = 0.0) -> torch.Tensor:
         """Create slot ``name`` (rows ``[capacity, *tail]`` filled with ``init``); idempotent for an
         identical spec, an error for a conflicting one."""
@@ -102,6 +135,7 @@ class RowStorage:
             raise KeyError(f"no slot {name!r}; slots: {list(self.slots)}")
         return self.slots[name]
 
+    @_locked
     def reset_rows(self, rows: torch.Tensor, preserve: Iterable[str] = ()) -> None:
         """Re-initialise ``rows`` in every slot but ``preserve`` (eviction: a freed row must
         start fresh when reused)."""
@@ -113,15 +147,18 @@ class RowStorage:
             if name not in keep:
                 self.slots[name].index_copy_(0, rows, self._initial(name, rows.numel()))
 
+    @_locked
     def write_rows(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         """``slot[rows] = values`` (dtype and device converted)."""
         t = self.slot(name)
         t.index_copy_(0, rows.to(device=self.device, dtype=torch.int64), values.to(t.dtype).to(self.device))
 
+    @_locked
     def clear(self) -> None:
         """Drop every row of every slot (capacity 0; the slots themselves stay)."""
         self.slots = {k: v[:0].clone() for k, v in self.slots.items()}
 
+    @_locked
     def to(self, device) -> "RowStorage":
         self.device = torch.device(device)
         self.slots = {k: v.to(self.device) for k, v in self.slots.items()}

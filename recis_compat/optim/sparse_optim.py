@@ -14,6 +14,10 @@ shards had gradients, so all ranks hold the same powers (RecIS advances each sha
 ``<prefix>beta1:<table>`` / ``<prefix>beta2:<table>`` for every table, so several tables resume
 exactly (RecIS's keys collide, Q6); ``load_state_dict`` restores them (a no-op in RecIS).
 ``<prefix>step`` counts the updates applied (RecIS never increments it).
+
+Thread safety: each table's update runs under the table's lock (``DynamicTableImpl.lock``), so a
+step concurrent with lookups or backward passes in other threads neither loses rows that grow the
+table meanwhile nor applies half of a gradient.
 """
 from __future__ import annotations
 
@@ -172,14 +176,17 @@ class SparseAdamFamily(SparseOptimizer):
             b1p = self._beta1_power[name].mul_(self.beta1)
             b2p = self._beta2_power[name].mul_(self.beta2)
             applied = True
-            got = table.grad_rows(self._grad_accum_steps)
-            if got is None:
-                continue      # another shard of this table had the gradients
-            rows, grad = got
-            sparse_adam_rows_(table.embedding, table.get_slot(self.prefix + "exp_avg"),
-                              table.get_slot(self.prefix + "exp_avg_sq"), rows, grad.contiguous(),
-                              lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
-                              decay=self.decay_factor(lr), beta1_power=float(b1p), beta2_power=float(b2p))
+            # the table's lock: no lookup may grow (replace) the slots or add gradients between
+            # reading the gradients and writing the rows (backend/table_impl.py)
+            with table.lock:
+                got = table.grad_rows(self._grad_accum_steps)
+                if got is None:
+                    continue      # another shard of this table had the gradients
+                rows, grad = got
+                sparse_adam_rows_(table.embedding, table.get_slot(self.prefix + "exp_avg"),
+                                  table.get_slot(self.prefix + "exp_avg_sq"), rows, grad.contiguous(),
+                                  lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                                  decay=self.decay_factor(lr), beta1_power=float(b1p), beta2_power=float(b2p))
         if applied:
             self._step += 1
 

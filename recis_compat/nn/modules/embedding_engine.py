@@ -13,6 +13,14 @@ group; tile: per feature) and split back. Keys that are not embedded pass throug
 Differences from RecIS: a ``shared_name`` used with two configs raises the intended RuntimeError
 (RecIS's message construction raises KeyError); the RaggedTensor weights are used; ``tile_len``
 may differ between the features of one group.
+
+RecIS's internals keep their meaning: ``_ht`` (``nn.ModuleDict`` table name -> DynamicEmbedding),
+``_fea_group`` (table name -> :class:`HashTableCoalescedGroup`), ``_fea_to_ht`` (feature ->
+table name), ``_fea_to_group`` (feature -> its HashTableCoalescedGroup), ``_emb_opts`` (feature ->
+option, deep copies), ``_offset_dtype``. The runtime groups are built once (``_runtime_groups``:
+table name -> runtime_info -> RuntimeGroupFeature) and :meth:`EmbeddingEngine.group_features`
+hands each forward its own copies, so forwards from several threads share no per-batch state
+(the tables serialise their own mutations, ``backend/table_impl.py``).
 """
 from __future__ import annotations
 
@@ -43,6 +51,7 @@ class HashTableCoalescedGroup:
 
     def __init__(self, name: str):
         self._name = name
+        self._emb_opt: Optional[EmbeddingOption] = None     # the first option (RecIS's name)
         self._children: List[str] = []
         self._fea_opt: "OrderedDict[str, EmbeddingOption]" = OrderedDict()
         self._fea_child: Dict[str, int] = {}
@@ -59,6 +68,8 @@ class HashTableCoalescedGroup:
                                  f"feature {fea_name!r} would add child {child!r} beyond the {MAX_CHILDREN} "
                                  "shared_names one table can hold (12-bit child index)")
             self._children.append(child)
+        if self._emb_opt is None:
+            self._emb_opt = emb_opt
         self._fea_opt[fea_name] = emb_opt
         self._fea_child[fea_name] = self._children.index(child)
 
@@ -75,7 +86,16 @@ class HashTableCoalescedGroup:
         """The child index of feature ``fea``."""
         return self._fea_child[fea]
 
-    def children_info(self, fea: str) -> str:
+    def children_info(self, fea: str) -> dict:
+        """The lookup settings of feature ``fea``, as RecIS: ``{"combiner", "dim", "use_weight",
+        "combiner_kwargs", "admit_hook", "fp16_enabled"}`` (``RuntimeGroupFeature(**info,
+        offset_dtype=...)`` builds its group)."""
+        o = self._fea_opt[fea]
+        return {"combiner": o.combiner, "dim": o.embedding_dim, "use_weight": o.use_weight,
+                "combiner_kwargs": o.combiner_kwargs, "admit_hook": o.admit_hook, "fp16_enabled": o.fp16_enabled}
+
+    def shared_name(self, fea: str) -> str:
+        """The child (``shared_name``) feature ``fea`` reads."""
         return self._fea_opt[fea].shared_name
 
     def children(self) -> List[str]:
@@ -195,12 +215,15 @@ class EmbeddingEngine(nn.Module):
             self._emb_opts[fea] = opt
         self._offset_dtype = torch.int32
         self._ht = nn.ModuleDict({name: DynamicEmbedding(g.embedding_info()) for name, g in groups.items()})
+        self._fea_group: "OrderedDict[str, HashTableCoalescedGroup]" = groups
         self._coalesced_groups = groups
-        # runtime groups: table -> runtime_info -> RuntimeGroupFeature
-        self._fea_group: "OrderedDict[str, OrderedDict[str, RuntimeGroupFeature]]" = OrderedDict()
-        self._fea_to_group: Dict[str, str] = {}
+        self._fea_to_group: Dict[str, HashTableCoalescedGroup] = {
+            fea: groups[ht] for fea, ht in self._fea_to_ht.items()}
+        # runtime groups: table -> runtime_info -> RuntimeGroupFeature (templates; each forward
+        # works on copies, see group_features)
+        self._runtime_groups: "OrderedDict[str, OrderedDict[str, RuntimeGroupFeature]]" = OrderedDict()
         for ht_name, g in groups.items():
-            per_table = self._fea_group.setdefault(ht_name, OrderedDict())
+            per_table = self._runtime_groups.setdefault(ht_name, OrderedDict())
             for fea in g.features():
                 opt = g.option(fea)
                 rinfo = opt.runtime_info()
@@ -209,14 +232,17 @@ class EmbeddingEngine(nn.Module):
                                                            self._offset_dtype, opt.admit_hook, opt.fp16_enabled,
                                                            trainable=opt.trainable)
                 per_table[rinfo].add_fea(fea, g.encode_id(fea), opt.combiner_kwargs)
-                self._fea_to_group[fea] = rinfo
 
     # ------------------------------------------------------------------ stages
     def group_features(self, input_features: dict) -> List[tuple]:
-        """``[(table_name, RuntimeGroupFeature)]`` of the groups with at least one input present."""
+        """``[(table_name, RuntimeGroupFeature)]`` of the groups with at least one input present,
+        coalesced. Each call gets its own group objects (shallow copies of the templates in
+        ``_runtime_groups``: the feature lists are shared, the per-batch tensors are not), so
+        concurrent forwards cannot see each other's ids."""
         out = []
-        for ht_name, per_table in self._fea_group.items():
-            for group in per_table.values():
+        for ht_name, per_table in self._runtime_groups.items():
+            for template in per_table.values():
+                group = copy.copy(template)
                 if group.coalesce(input_features, ht_name):
                     out.append((ht_name, group))
         return out

@@ -10,6 +10,12 @@ Differences from RecIS (COMPATIBILITY.md): ``grad()`` is indexed by real rows wh
 in order of first occurrence within a lookup (lookups dedupe through a scratch id map first;
 RecIS hands rows out in descending order inside a batch); a table's
 names leave ``HashtableRegister`` when the table is garbage collected.
+
+RecIS's private attributes ``_hashtable_impl``, ``_initializer``, ``_name``, ``_dtype``,
+``_device``, ``_grad_reduce_by``, ``_backward_holder``, ``_worker_num`` and ``_filter_hook_impl``
+(an ``nn.Identity`` without a filter) hold what they hold in RecIS. A table may be used from
+several threads at once: its implementation serialises every mutation under one lock
+(``backend/table_impl.py``).
 """
 from __future__ import annotations
 
@@ -223,7 +229,8 @@ class HashTable(nn.Module):
             raise
         weakref.finalize(self, _unregister, tuple(children))
         self._register_state_dict_hook(_add_table_to_state_dict)
-        self._filter_hook_impl = None
+        # as in RecIS: an Identity module when there is no filter (code may call it unconditionally)
+        self._filter_hook_impl = nn.Identity()
         if filter_hook is not None:
             from recis_compat.nn.modules.hashtable_hook_impl import HashtableHookFactory
             self._filter_hook_impl = HashtableHookFactory().create_filter_hook(self, filter_hook)
@@ -260,6 +267,26 @@ class HashTable(nn.Module):
     @property
     def impl(self) -> DynamicTableImpl:
         return self._table.impl
+
+    # RecIS's private attribute names, which user debugging code and RecIS's own tests use
+    @property
+    def _hashtable_impl(self) -> DynamicTableImpl:
+        """The table implementation (RecIS's ``HashtableImpl``; the object in ``state_dict()``)."""
+        return self._table.impl
+
+    @property
+    def _device(self) -> torch.device:
+        return self.impl.device
+
+    @property
+    def _backward_holder(self) -> torch.Tensor:
+        """The 0-dim ``requires_grad`` tensor that ties lookups into the autograd graph."""
+        return self._table._anchor
+
+    @property
+    def _worker_num(self) -> int:
+        """The ``WORLD_SIZE`` that ``grad_reduce_by="worker"`` divides by."""
+        return self._table.config.world_size
 
     @property
     def name(self) -> str:

@@ -116,11 +116,14 @@ class BaseFilterHookImpl(nn.Module):
         pass
 
     def do_filter(self) -> int:
-        """Evict what :meth:`filter` selects; returns the number of evicted ids."""
-        ids, index = self.filter()
-        if ids.numel():
-            self.ht.delete(ids, index, preserve_slot=self._name)
-        self.after_filter()
+        """Evict what :meth:`filter` selects; returns the number of evicted ids. Selection and
+        eviction hold the table's lock together, so a lookup in another thread cannot refresh
+        an id between the two."""
+        with self.ht.impl.lock:
+            ids, index = self.filter()
+            if ids.numel():
+                self.ht.delete(ids, index, preserve_slot=self._name)
+            self.after_filter()
         return int(ids.numel())
 
 

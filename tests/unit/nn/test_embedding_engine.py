@@ -357,3 +357,41 @@ def test_one_sgd_step_matches_dense_embedding_bag():
     ref2 = reference(batch)
     for k in ("u", "v", "w"):
         torch.testing.assert_close(out2[k], ref2[k])
+
+
+def test_recis_internals_keep_their_meaning():
+    """Issue 12: EmbeddingEngine internals that RecIS code touches hold what RecIS holds."""
+    from recis.nn.modules.embedding import DynamicEmbedding
+    from recis.nn.modules.embedding_engine import HashTableCoalescedGroup, RuntimeGroupFeature
+    a = opt("int_a", combiner="sum")
+    b = opt("int_b", combiner="mean", combiner_kwargs=None)
+    eng = EmbeddingEngine({"fa": a, "fb": b, "fa2": opt("int_a", combiner="sum")})
+    ht = ht_name(a)
+    assert list(eng._ht) == [ht] and isinstance(eng._ht[ht], DynamicEmbedding)
+    assert eng._fea_to_ht == {"fa": ht, "fb": ht, "fa2": ht}
+    group = eng._fea_group[ht]
+    assert isinstance(group, HashTableCoalescedGroup)
+    assert all(eng._fea_to_group[f] is group for f in ("fa", "fb", "fa2"))
+    assert [group.encode_id(f) for f in ("fa", "fb", "fa2")] == [0, 1, 0]
+    assert group.runtime_info("fa") == a.runtime_info()
+    assert group._emb_opt.shared_name == "int_a"
+    info = group.children_info("fb")
+    assert info == {"combiner": "mean", "dim": 4, "use_weight": True, "combiner_kwargs": None,
+                     "admit_hook": None, "fp16_enabled": False}
+    # RecIS builds its runtime groups exactly this way
+    rg = RuntimeGroupFeature(**info, offset_dtype=eng._offset_dtype)
+    assert rg.combiner == "mean" and rg.dim == 4
+    assert eng._offset_dtype == torch.int32
+    assert set(eng._emb_opts) == {"fa", "fb", "fa2"} and eng._emb_opts["fb"].shared_name == "int_b"
+    assert group.embedding_info().children == ["int_a", "int_b"]
+
+
+def test_group_features_gives_each_call_its_own_groups():
+    eng = EmbeddingEngine({"fa": opt("own_a"), "fb": opt("own_b")})
+    first = eng.group_features({"fa": ragged([[1, 2], [3]]), "fb": ragged([[4]])})
+    second = eng.group_features({"fa": ragged([[5]])})
+    (_, g1), = first
+    (_, g2), = second
+    assert g1 is not g2
+    assert g1.present == ["fa", "fb"] and g2.present == ["fa"]
+    assert g1.coalesced_ids.numel() == 4 and g2.coalesced_ids.numel() == 1

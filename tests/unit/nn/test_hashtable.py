@@ -314,6 +314,62 @@ def test_accept_grad_checks_dtypes():
         ht.accept_grad(torch.tensor([0]), torch.ones(1, 2, dtype=torch.float64))
 
 
+def test_grad_size_covers_rows_accepted_past_the_capacity():
+    """Issue 12: a fresh table (capacity 0) given a gradient for row 3 returned size (0, 4)
+    with index 3, an invalid sparse tensor whose to_dense() raised."""
+    ht = HashTable([4], name="t_grad_size")
+    ht.accept_grad(torch.tensor([3]), torch.ones(1, 4))
+    g = ht.grad()
+    assert g.shape == (4, 4)
+    dense = g.to_dense()
+    assert dense[3].tolist() == [1, 1, 1, 1] and dense[:3].abs().sum().item() == 0
+    # RecIS's ht_grad_ga_test shape: three accumulated hand-overs, divided by 3, real rows
+    ht.clear_grad()
+    for _ in range(3):
+        ht.accept_grad(torch.tensor([0, 7, 7]), torch.full((3, 4), 3.0))
+    dense = ht.grad(3).coalesce().to_dense()
+    assert dense.shape == (8, 4)
+    assert dense[0].tolist() == [3.0] * 4 and dense[7].tolist() == [6.0] * 4
+    # within the capacity the size stays the capacity
+    ht(torch.arange(20))
+    ht.clear_grad()
+    ht.accept_grad(torch.tensor([1]), torch.ones(1, 4))
+    assert ht.grad().shape == (ht.embeddings().shape[0], 4)
+
+
+def test_recis_private_attributes():
+    """Issue 12: RecIS code and tests reach the implementation through ``_hashtable_impl``."""
+    ht = HashTable([4], name="t_private", initializer=ConstantInitializer(init_val=0.25))
+    impl = ht._hashtable_impl
+    assert is_hashtable(impl) and impl is ht.state_dict()["t_private"]
+    assert impl is filter_out_sparse_param(ht)["t_private"]
+    rows, emb = impl.embedding_lookup(torch.tensor([5, 6]), False)
+    assert torch.equal(emb, torch.full((2, 4), 0.25))
+    assert sorted(impl.ids().tolist()) == [5, 6]
+    assert ht._name == "t_private" and ht._dtype == torch.float32 and ht._device == torch.device("cpu")
+    assert ht._grad_reduce_by == "worker" and ht._worker_num == 1
+    assert isinstance(ht._initializer, ConstantInitializer)
+    assert ht._backward_holder.requires_grad and ht._backward_holder.numel() == 1
+    assert isinstance(ht._filter_hook_impl, torch.nn.Identity)
+    idx = torch.tensor([1])
+    assert ht._filter_hook_impl(idx) is idx      # RecIS calls it unconditionally
+
+
+def test_deepcopy_and_pickle_give_a_table_with_its_own_lock():
+    import copy
+    import pickle
+    ht = HashTable([2], name="t_copy_lock")
+    ht(torch.tensor([1, 2, 3]))
+    clone = copy.deepcopy(ht.impl)
+    assert clone.lock is not ht.impl.lock
+    assert clone.id_map._lock is clone.lock and clone.storage._lock is clone.lock
+    assert torch.equal(clone.ids(), ht.ids())
+    clone.find_or_insert_rows(torch.tensor([4]))
+    assert len(clone) == 4 and len(ht.impl) == 3
+    back = pickle.loads(pickle.dumps(ht.impl))
+    assert back.id_map._lock is back.lock and torch.equal(back.ids(), ht.ids())
+
+
 # ------------------------------------------------------------------------------ state dicts
 class Model(torch.nn.Module):
     def __init__(self, name="t_model"):
