@@ -22,6 +22,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from recis_compat.io.errors import OrcDataError
+
 __all__ = ["ColumnChunk", "take_rows", "concat_pieces", "to_nested", "strings_to_bytes_array"]
 
 DENSE, RAGGED, STRINGS = "dense", "ragged", "strings"
@@ -66,8 +68,20 @@ def take_rows(chunk: ColumnChunk, a: int, b: int) -> Piece:
     return chunk.values[lo:hi], offs, w
 
 
-def concat_pieces(kind: str, pieces: Sequence[Piece]) -> Piece:
-    """Glue pieces (from :func:`take_rows`) into one batch column."""
+INT32_OFFSETS_LIMIT = int(np.iinfo(np.int32).max)
+"""Most entries one int32 offsets level can index (read at call time, so tests can lower it)."""
+
+
+def concat_pieces(kind: str, pieces: Sequence[Piece], column: str = "?") -> Piece:
+    """Glue pieces (from :func:`take_rows`) into one batch column named ``column``.
+
+    Offsets keep their dtype (int32 for ``list<>``/``string``, int64 for ``large_list<>``; a
+    batch mixing both gets int64, numpy's promotion). A batch whose int32 offsets level would
+    have to count more than :data:`INT32_OFFSETS_LIMIT` entries is refused with
+    :class:`~.errors.OrcDataError` naming the column (int32 would wrap to negative offsets;
+    RecIS's RaggedTensor contract keeps int32 offsets for ``list<>`` columns)."""
+    if kind != DENSE:
+        _check_offsets_fit(pieces, column)
     if len(pieces) == 1:
         return pieces[0]
     values = np.concatenate([p[0] for p in pieces])
@@ -76,14 +90,28 @@ def concat_pieces(kind: str, pieces: Sequence[Piece]) -> Piece:
         return values, [], None
     offs = []
     for k in range(len(pieces[0][1])):
-        parts = [np.zeros(1, dtype=pieces[0][1][k].dtype)]
+        dtype = np.result_type(*[p[1][k].dtype for p in pieces])
+        parts = [np.zeros(1, dtype=dtype)]
         base = 0
         for p in pieces:
             seg = p[1][k]
-            parts.append(seg[1:] + base)
+            parts.append(seg[1:].astype(dtype, copy=False) + dtype.type(base))
             base += int(seg[-1])
         offs.append(np.concatenate(parts))
     return values, offs, weight
+
+
+def _check_offsets_fit(pieces: Sequence[Piece], column: str) -> None:
+    for k in range(len(pieces[0][1])):
+        if np.result_type(*[p[1][k].dtype for p in pieces]) != np.int32:
+            continue
+        total = sum(int(p[1][k][-1]) for p in pieces)
+        if total > INT32_OFFSETS_LIMIT:
+            what = "values" if k == len(pieces[0][1]) - 1 else f"entries of list level {k + 1}"
+            raise OrcDataError(
+                f"column {column!r}: one batch holds {total} {what}, more than its int32 offsets "
+                f"can index ({INT32_OFFSETS_LIMIT}); use a smaller batch_size, or write the "
+                f"column as large_list<> (int64 offsets)")
 
 
 def strings_to_bytes_array(data: np.ndarray, byte_offsets: np.ndarray) -> np.ndarray:

@@ -11,6 +11,10 @@ Rules (column_io's, see recis-api.md §1.1.1):
     ``fused_hash_bytes`` op straight over the Arrow buffers (one call per hash type per stripe,
     no Python loop over strings); ``trans_int8`` keeps the bytes as int8 with one extra offsets
     level; otherwise the strings stay raw.
+  * every file's selected columns must have the types of the dataset's first file
+    (:func:`check_same_types`; only widths may differ, see ``_WIDENING``);
+  * a float value that overflows the dataset ``dtype`` (a double past float32's range) is an
+    error, not an inf.
 Every error names the file and the column and says what was expected.
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ from recis_compat.io.column_chunk import DENSE, RAGGED, STRINGS, ColumnChunk
 from recis_compat.io.dataset_config import ColumnSpec
 from recis_compat.io.errors import OrcDataError, where
 
-__all__ = ["convert_record_batch", "check_schema"]
+__all__ = ["convert_record_batch", "check_schema", "check_same_types", "type_signature"]
 
 _LIST_HINT = ("OrcDataset reads list<T>, large_list<T> (possibly nested) or list<struct<k,v>> "
               "columns")
@@ -59,6 +63,53 @@ def check_schema(schema: pa.Schema, specs: Sequence[ColumnSpec], path: str) -> N
             raise OrcDataError(f"{where(path, s.name)}: type {t} is not a list; {_LIST_HINT}")
 
 
+_WIDENING = ("files may differ only in integer width (int8..int64: widened to the wider type when "
+             "one batch spans both), float width (both cast to the dataset dtype) and string vs "
+             "binary")
+
+
+def type_signature(t: pa.DataType) -> tuple:
+    """The part of a column type that must agree between the files of one dataset: nesting
+    (list and large_list alike), struct fields, and the element kind (signed int, unsigned int,
+    float, bool, bytes); widths are left out (see ``_WIDENING``)."""
+    if _is_list(t):
+        return ("list", type_signature(t.value_type))
+    if pa.types.is_struct(t):
+        return ("struct",) + tuple((t.field(i).name, type_signature(t.field(i).type))
+                                   for i in range(t.num_fields))
+    if pa.types.is_signed_integer(t):
+        return ("int",)
+    if pa.types.is_unsigned_integer(t):
+        return ("uint",)
+    if pa.types.is_floating(t):
+        return ("float",)
+    if pa.types.is_boolean(t):
+        return ("bool",)
+    if _is_string(t):
+        return ("bytes",)
+    return (str(t),)
+
+
+def check_same_types(schema: pa.Schema, specs: Sequence[ColumnSpec], path: str,
+                     ref_schema: pa.Schema, ref_path: str) -> List[str]:
+    """Compare the selected columns of file ``path`` with the reference file ``ref_path`` (the
+    dataset's first file). Raise :class:`OrcDataError` naming the column and both files when a
+    type differs beyond widening; return the names of columns that differ only in width (they
+    are widened, see ``_WIDENING``). Both schemas have passed :func:`check_schema`."""
+    widened = []
+    for s in specs:
+        t, r = schema.field(s.name).type, ref_schema.field(s.name).type
+        if t == r:
+            continue
+        if type_signature(t) != type_signature(r):
+            raise OrcDataError(
+                f"{where(path, s.name)}: type {t} differs from {r} in file {ref_path!r} (the "
+                f"dataset's first file); every file of a dataset must give a column the same "
+                f"type: {_WIDENING}")
+        widened.append(s.name)
+    return widened
+
+
 def _buffer_view(buf, np_dtype, count: int, offset: int) -> np.ndarray:
     """Zero-copy numpy view of ``count`` items of an Arrow buffer starting at item ``offset``."""
     if count == 0 or buf is None:
@@ -74,14 +125,29 @@ def _offsets_view(arr: pa.Array) -> np.ndarray:
     return _buffer_view(arr.buffers()[1], dt, len(arr) + 1, arr.offset)
 
 
-def _numbers(arr: pa.Array, float_dtype: np.dtype) -> np.ndarray:
-    """Leaf numbers as numpy; floats cast to ``float_dtype``; integers keep their type."""
+def _numbers(arr: pa.Array, float_dtype: np.dtype, path: str, name: str) -> np.ndarray:
+    """Leaf numbers as numpy; floats cast to ``float_dtype``; integers keep their type.
+
+    A finite value that the cast turns into inf (a double beyond float32's range) is an
+    :class:`OrcDataError` naming the file and column (numpy would only warn)."""
     if pa.types.is_boolean(arr.type):
         return arr.to_numpy(zero_copy_only=False)
     np_dtype = arr.type.to_pandas_dtype()
     vals = _buffer_view(arr.buffers()[1], np_dtype, len(arr), arr.offset)
     if pa.types.is_floating(arr.type) and vals.dtype != float_dtype:
-        vals = vals.astype(float_dtype)
+        with np.errstate(over="ignore"):
+            out = vals.astype(float_dtype)
+        if out.dtype.itemsize < vals.dtype.itemsize:
+            inf = np.isinf(out)
+            if inf.any():
+                bad = np.flatnonzero(inf & np.isfinite(vals))
+                if len(bad):
+                    i = int(bad[0])
+                    raise OrcDataError(
+                        f"{where(path, name)}: value {float(vals[i])!r} (element {i} of the "
+                        f"stripe's values) overflows the dataset dtype {np.dtype(float_dtype).name} "
+                        f"({len(bad)} such values); rescale the column or use a wider dtype")
+        vals = out
     return vals
 
 
@@ -143,7 +209,7 @@ def _leaf_values(leaf: pa.Array, spec: ColumnSpec, path: str, float_dtype, hashe
     """Fill ``chunk.<attr>`` (values or weight) from a leaf array; may append a byte level."""
     t = leaf.type
     if _is_number(t):
-        setattr(chunk, attr, _numbers(leaf, float_dtype))
+        setattr(chunk, attr, _numbers(leaf, float_dtype, path, spec.name))
     elif _is_string(t):
         if attr == "weight":
             raise OrcDataError(f"{where(path, spec.name)}: struct field 'v' (the weight) must be "
@@ -198,7 +264,7 @@ def _convert_dense(arr: pa.Array, spec: ColumnSpec, path: str, location: str,
         raise OrcDataError(f"{where(path, spec.name)}: a fixedlen (dense) column must be "
                            f"list<numeric>, got {arr.type}")
     off = levels[0]
-    vals = _numbers(leaf, float_dtype)
+    vals = _numbers(leaf, float_dtype, path, spec.name)
     lengths = np.diff(off)
     n = len(lengths)
     full = lengths == width

@@ -6,7 +6,8 @@ from __future__ import annotations
 class OrcDataError(ValueError):
     """The file is readable but its schema or content breaks the reader's rules
     (missing column, non-list column, null elements inside a list, dense width mismatch,
-    unsupported element type)."""
+    unsupported element type, a column type differing from the dataset's first file, a float
+    overflowing the dataset dtype, a batch column past what int32 offsets can index)."""
 
 
 class OrcReadError(OSError):

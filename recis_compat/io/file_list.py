@@ -5,7 +5,9 @@ Discovery (deliberate differences from RecIS, listed in COMPATIBILITY.md):
     path are **sorted** by their path relative to it (RecIS keeps ``os.walk`` order, which
     depends on the file system), and added paths keep the order they were added in;
   * a path that is itself a file is read as one file (RecIS silently reads nothing);
-  * a missing path raises ``FileNotFoundError`` naming it (checked when the path is added).
+  * a missing path raises ``FileNotFoundError`` naming it (checked when the path is added);
+  * a directory (the added one or any below it) that cannot be listed raises ``OSError``
+    (``PermissionError`` ...) naming it; ``os.walk`` on its own would skip it silently.
 
 Sharding follows RecIS: file ``i`` of the full list belongs to the reader with
 ``i % (worker_num * sub_num) == worker_idx * sub_num + sub_id``; ``shuffle`` permutes the
@@ -47,11 +49,19 @@ def _size(path: str) -> int:
         raise type(e)(e.errno, f"OrcDataset: cannot stat ORC file {path!r}: {e.strerror}") from e
 
 
+def _walk_error(err: OSError) -> None:
+    """``os.walk`` skips a directory it cannot list unless told otherwise: that would drop
+    its files silently, so it is an error naming the directory."""
+    path = err.filename if err.filename is not None else "?"
+    raise type(err)(err.errno, f"OrcDataset: cannot list directory {path!r} while looking for "
+                               f"ORC files: {err.strerror}") from err
+
+
 def _walk(root: str) -> List[OrcFile]:
     if not os.path.isdir(root):
         return [OrcFile(root, os.path.basename(root), _size(root))]
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
         dirnames.sort()
         for fn in filenames:
             if fn.endswith(".orc"):

@@ -62,6 +62,7 @@ class OrcDataset(DatasetBase):
         self._shuffle = shuffle
         self._dir_sizes = []
         self._identity = None
+        self._schema_reference = None  # the dataset's first file: column types are checked against it
 
     # ------------------------------------------------------------------ paths
     def add_path(self, file_path):
@@ -101,6 +102,7 @@ class OrcDataset(DatasetBase):
     # ------------------------------------------------------------------ pipeline
     def _shard_path(self, sub_id, sub_num):
         files = discover(self._paths)
+        self._schema_reference = files[0] if files else None
         self._shard_paths = shard(files, self._worker_idx, self._worker_num, sub_id, sub_num,
                                   self._shuffle)
         self._identity = io_state.ReaderIdentity(
@@ -122,12 +124,12 @@ class OrcDataset(DatasetBase):
         convert = functools.partial(_convert, specs=specs, float_dtype=float_dtype)
         make_state = functools.partial(io_state.encode, identity)
         batch_size, drop, place = self._batch_size, self._drop_remainder, self._place
-        threads = self._read_threads_num
+        threads, reference = self._read_threads_num, self._schema_reference
 
         def fn(load_state):
             start = (0, 0) if load_state is None else io_state.start_position(load_state,
                                                                               identity)
-            reader = OrcStripeReader(files, specs, convert, threads, *start)
+            reader = OrcStripeReader(files, specs, convert, threads, *start, reference=reference)
             return _Packed(reader, batch_size, drop, make_state, place), make_state(*start)
 
         return fn

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Sequence
@@ -23,13 +24,15 @@ import pyarrow as pa
 import pyarrow.orc as orc
 
 from recis_compat.io.column_chunk import ColumnChunk
-from recis_compat.io.column_convert import check_schema
+from recis_compat.io.column_convert import check_same_types, check_schema
 from recis_compat.io.dataset_config import ColumnSpec
 from recis_compat.io.errors import OrcReadError, where
 from recis_compat.io.file_list import OrcFile
 from recis_compat.io.threads import register_stopper, unregister_stopper
 
 __all__ = ["Chunk", "OrcStripeReader", "open_orc"]
+
+logger = logging.getLogger(__name__)
 
 Converter = Callable[[pa.RecordBatch, str, str], Dict[str, ColumnChunk]]
 
@@ -80,10 +83,15 @@ class OrcStripeReader:
         start_file, start_row: where to begin (an IO-state position). Rows before
             ``start_row`` of ``files[start_file]`` are skipped; ``start_row`` past the file's end
             continues with the next file.
+        reference: the dataset's first file (over all readers), or None for ``files[0]``. Each
+            file's selected column types are compared with it before any of the file's rows are
+            read (:func:`~.column_convert.check_same_types`), so files of every rank are held to
+            the same types.
     """
 
     def __init__(self, files: Sequence[OrcFile], specs: Sequence[ColumnSpec], convert: Converter,
-                 threads: int, start_file: int = 0, start_row: int = 0):
+                 threads: int, start_file: int = 0, start_row: int = 0,
+                 reference: OrcFile = None):
         self.files = list(files)
         self.specs = list(specs)
         self.columns = [s.name for s in specs]
@@ -91,6 +99,7 @@ class OrcStripeReader:
         self.threads = max(1, int(threads or 1))
         self.start_file = start_file
         self.start_row = start_row
+        self.reference = reference
 
     def _task(self, path: str, stripe: int, skip: int):
         rb = _read_stripe(path, stripe, self.columns)
@@ -108,10 +117,27 @@ class OrcStripeReader:
         ``row_base`` is only known up front for the first stripe read after a resume; for
         the others the generator tracks it as chunks come back in order.
         """
+        ref = None  # (path, schema) of the reference file, opened on first use
+        warned = set()
         for fi in range(self.start_file, len(self.files)):
             path = self.files[fi].path
             f = open_orc(path)
             check_schema(f.schema, self.specs, path)
+            if ref is None:
+                ref_file = self.reference or self.files[0]
+                if ref_file.path == path:
+                    ref = (path, f.schema)
+                else:
+                    rf = open_orc(ref_file.path)
+                    check_schema(rf.schema, self.specs, ref_file.path)
+                    ref = (ref_file.path, rf.schema)
+            for name in check_same_types(f.schema, self.specs, path, ref[1], ref[0]):
+                if name not in warned:
+                    warned.add(name)
+                    logger.warning("OrcDataset: column %r is %s in %r but %s in %r (the dataset's "
+                                   "first file); its values are widened to the wider type in "
+                                   "batches that span both", name, f.schema.field(name).type,
+                                   path, ref[1].field(name).type, ref[0])
             nstripes = f.nstripes
             first, skip, base = 0, 0, None
             if fi == self.start_file and self.start_row > 0:

@@ -33,7 +33,7 @@ def _assemble(pieces: List[Tuple[Chunk, int, int]], place) -> dict:
     out = {}
     for name, col in first.columns.items():
         parts = [take_rows(c.columns[name], a, b) for c, a, b in pieces]
-        out[name] = to_nested(col.kind, concat_pieces(col.kind, parts), place)
+        out[name] = to_nested(col.kind, concat_pieces(col.kind, parts, name), place)
     return out
 
 
