@@ -36,6 +36,10 @@ copy of the example (model, feature/embedding config, dataset reader, data gener
 ``_bundled_example``) is used; ``detail.model_source`` says which. The copy is pinned to the
 example by ``tests/unit/test_bench_train_dist.py`` (same parameters, same loss on a batch).
 
+A second case times the same step of ours with the CPU mode (``recis_compat/utils/cpu_mode.py``)
+installed vs not installed, alternating on one model in this process; its ratio is the mode's
+per-step cost (1.0 = none).
+
 Before timing, a guard checks that both models compute the same loss on the first batch when
 the baseline's table rows hold ours' embeddings (a plain EBC with collision-free rows).
 ``--quick``: batch 200, 1 timed step, 2 warm-up steps, 10k buckets.
@@ -486,6 +490,50 @@ def _measure(ex: types.SimpleNamespace, batches: List[dict], check_batch: dict, 
             "table_ids": int(sum(len(i) for i in filter_out_sparse_param(ours).values()))}
 
 
+def _measure_cpu_mode(ex: types.SimpleNamespace, batches: List[dict], warmup: int,
+                      n_steps: int) -> Dict[str, float]:
+    """Median seconds of ours' train step with the CPU mode (``recis_compat/utils/cpu_mode.py``,
+    what ``import recis`` installs under ``RECIS_COMPAT_DEVICE=cpu``) installed vs not, in this
+    process: one model (every batch's ids inserted before timing), both sides train it on batch
+    ``k`` at step ``k`` in alternating order; the mode is installed/uninstalled untimed around
+    each side's step. Returns ``{"plain": s,
+    "cpu_mode": s}``; the process's mode state is restored afterwards."""
+    from recis_compat.benchmarks.lookup_bench import interleaved_steps
+    from recis_compat.nn.modules.hashtable import filter_out_sparse_param
+    from recis_compat.optim import SparseAdamW
+    from recis_compat.utils import cpu_mode
+
+    torch.manual_seed(42)
+    model = ex.DeepFM("cpu")
+    model.train()
+    sparse_opt = SparseAdamW(filter_out_sparse_param(model), lr=LR)
+    dense_opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    # insert every batch's ids up front (training-mode forward without grad): otherwise the side
+    # that meets batch k first pays the insertions and the other does not
+    with torch.no_grad():
+        for b in batches[:warmup + n_steps]:
+            model(b)
+
+    def step(k):
+        loss = model(batches[k])
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+        dense_opt.zero_grad()
+        sparse_opt.zero_grad()
+
+    was_installed = cpu_mode.installed()
+    try:
+        return interleaved_steps({"plain": step, "cpu_mode": step}, n_steps, warmup=warmup,
+                                 before={"plain": lambda k: cpu_mode.uninstall(),
+                                         "cpu_mode": lambda k: cpu_mode.install(announce=False)})
+    finally:
+        if was_installed:
+            cpu_mode.install(announce=False)
+        else:
+            cpu_mode.uninstall()
+
+
 def run(opts: BenchOptions) -> List[Case]:
     cfg = dict(DEFAULTS)
     cfg.update({k: v for k, v in opts.extra.items() if v is not None and k in DEFAULTS})
@@ -503,6 +551,8 @@ def run(opts: BenchOptions) -> List[Case]:
     gc.collect()
     m = _measure(ex, batches[1:], batches[0], buckets, warmup, n_steps)
     gc.collect()
+    tm = _measure_cpu_mode(ex, batches[1:], warmup, n_steps)
+    gc.collect()
     t, width = m["t"], m["width"]
     detail = {
         "batch": batch, "timed_steps": n_steps, "warmup_steps": warmup, "threads": torch.get_num_threads(),
@@ -519,9 +569,22 @@ def run(opts: BenchOptions) -> List[Case]:
         "same_model_loss_abs_diff": m["loss_diff"],
         "target_ratio_min": TARGET_RATIO,
     }
+    from recis_compat.utils.cpu_mode import MAPPED_CALLS
+    mode_detail = {
+        "batch": batch, "timed_steps": n_steps, "warmup_steps": warmup, "threads": torch.get_num_threads(),
+        "cpu_mode_ms_per_step": round(tm["cpu_mode"] * 1e3, 4), "plain_ms_per_step": round(tm["plain"] * 1e3, 4),
+        "model_source": ex.source,
+        "what": "the same examples/deepfm train step (SparseAdamW + AdamW) on one model, alternating steps with "
+                "recis_compat/utils/cpu_mode.py installed (as `import recis` does under RECIS_COMPAT_DEVICE=cpu: "
+                "torch factories, Tensor.to/cuda/new_*, set_num_threads, autocast wrapped) and not installed",
+        "mapped_calls": len(MAPPED_CALLS),
+    }
     return [Case("DeepFM train step (ours)", "samples/s", round(batch / t["ours"], 2),
                  "DeepFM hand-written on TorchRec (FusedEBC EXACT_ADAGRAD + AdamW)", round(batch / t["torchrec"], 2),
-                 higher_is_better=True, detail=detail)]
+                 higher_is_better=True, detail=detail),
+            Case("DeepFM train step under CPU mode (ours)", "samples/s", round(batch / tm["cpu_mode"], 2),
+                 "the same step without the CPU mode", round(batch / tm["plain"], 2),
+                 higher_is_better=True, detail=mode_detail)]
 
 
 def _kernel_names(fused) -> str:

@@ -19,7 +19,7 @@ does not own; TBE owns its weights), pooling runs in the caller.
 
 Insertion rule: a training-mode lookup of a floating table inserts unknown ids; eval mode,
 ``readonly=True`` (``AdmitHook("ReadOnly")``) or an integer table only find, and unknown ids
-give zero vectors. Layering: imports ``ops``/``backend`` only.
+give zero vectors. Layering: imports ``ops``/``backend`` (and ``utils``) only.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.ops.id_map import unique_first_seen
+from recis_compat.utils.device import cuda_unavailable_message
 
 __all__ = ["DynamicTableConfig", "DynamicTable", "lookup_rows_with_grad", "split_per_key"]
 
@@ -193,8 +194,16 @@ class DynamicTable(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # module.to(device) / .cuda() / .cpu() move the table state along; dtype casts do not
-        # touch it (the table dtype is part of its configuration)
-        probe = fn(torch.empty(0, device=self.impl.device))
+        # touch it (the table dtype is part of its configuration). Under the CPU mode
+        # (recis_compat/utils/cpu_mode.py) ``.cuda()`` probes as CPU and the table stays put; on
+        # a host without CUDA and without it, the error names RECIS_COMPAT_DEVICE.
+        try:
+            probe = fn(torch.empty(0, device=self.impl.device))
+        except (AssertionError, RuntimeError) as e:
+            if torch.cuda.is_available() or "CUDA" not in str(e) or "RECIS_COMPAT_DEVICE" in str(e):
+                raise
+            raise RuntimeError(cuda_unavailable_message(f"table {self.name!r}: moving the module "
+                                                        f"(Module.cuda / Module.to)")) from e
         if probe.device != self.impl.device:
             self.impl.to(probe.device)
         return super()._apply(fn, recurse)

@@ -9,6 +9,11 @@ Fixes relative to RecIS (COMPATIBILITY.md, Q15): ``to(dtype)`` converts the valu
 offsets keep their integer type); ``get_shape``/``max_length`` resolve negative dims correctly;
 ``from_dense`` works (strips trailing zeros per row). ``to_sparse`` sizes the result from the
 data (as ``to_dense`` does), so a user-set ``_dense_shape`` can never yield out-of-bounds indices.
+
+An empty offsets list is accepted, as RecIS stores it: such a RaggedTensor is a plain 1-D batch
+(dim 0 = ``values.shape[0]`` unless ``dense_shape`` says otherwise; ``to_dense`` is a copy of the
+values, ``to_sparse`` indexes them by position). RecIS itself fails on it as soon as a shape is
+asked for.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from recis_compat.utils.device import resolve_device
 
 __all__ = ["RaggedTensor", "RaggedPadInfo"]
 
@@ -51,8 +58,6 @@ class RaggedTensor:
         if isinstance(offsets, torch.Tensor):
             offsets = [offsets]
         offsets = list(offsets)
-        if len(offsets) == 0:
-            raise ValueError("RaggedTensor needs at least one offsets tensor")
         for i, o in enumerate(offsets):
             if not isinstance(o, torch.Tensor) or o.dim() != 1:
                 raise ValueError(f"RaggedTensor offsets[{i}] must be a 1-D tensor, got "
@@ -123,7 +128,8 @@ class RaggedTensor:
         if d != -1:
             return d
         if i == 0:
-            return self._offsets[0].shape[0] - 1
+            # no offsets level: the values themselves are the (dense) first dimension
+            return self._offsets[0].shape[0] - 1 if self._offsets else int(self._values.shape[0])
         return _max_row_length(self._offsets[i - 1])
 
     def real_shape(self, start: int = 0, end: Optional[int] = None) -> Tuple[int, ...]:
@@ -157,6 +163,8 @@ class RaggedTensor:
     # ------------------------------------------------------------------ conversions
     def to_dense(self, default_value: float = 0.0) -> torch.Tensor:
         """Dense ``[B, max_len_1, ...]`` (widths = longest rows in this batch), dtype of values."""
+        if not self._offsets:
+            return self._values.clone()
         from recis_compat.ragged.dense import ragged_to_dense
         return ragged_to_dense(self._values, self._offsets, default_value)
 
@@ -167,6 +175,11 @@ class RaggedTensor:
         is not consulted), so ``to_sparse().to_dense()`` equals ``to_dense()``.
         """
         from recis_compat.ragged.dense import dense_shape_of, ragged_coordinates
+        if not self._offsets:
+            n = int(self._values.shape[0])
+            idx = torch.arange(n, dtype=torch.int64, device=self._values.device).unsqueeze(0)
+            return torch.sparse_coo_tensor(idx, self._values, size=[n] + list(self._values.shape[1:]),
+                                           check_invariants=False)
         idx = ragged_coordinates(self._values.shape[0], self._offsets)
         size = list(dense_shape_of(self._offsets)) + list(self._values.shape[1:])
         return torch.sparse_coo_tensor(idx, self._values, size=size, check_invariants=False)
@@ -181,15 +194,29 @@ class RaggedTensor:
         return self._new(self._values.pin_memory(), [o.pin_memory() for o in self._offsets], w)
 
     def cuda(self, device=None, non_blocking: bool = False) -> "RaggedTensor":
-        return self.to(torch.device("cuda") if device is None else device, non_blocking=non_blocking)
+        """A new RaggedTensor on CUDA device ``device`` (an ordinal, a device or None = the current
+        one). On a host without CUDA it is on the CPU when ``RECIS_COMPAT_DEVICE=cpu``, else a
+        ``RuntimeError`` naming that variable (``recis_compat/utils/device.py``)."""
+        if device is None:
+            device = torch.device("cuda")
+        elif isinstance(device, int) and not isinstance(device, bool):
+            device = torch.device("cuda", device)
+        return self._to(torch.device(device), None, non_blocking, False, "RaggedTensor.cuda()")
 
     def to(self, *args, **kwargs) -> "RaggedTensor":
         """Move and/or cast; accepts what ``Tensor.to`` accepts (device, dtype, a tensor,
         ``non_blocking``, ``copy``). A dtype applies to the values (and a floating weight)
-        only: the offsets keep their integer dtype (RecIS casts them too, Q15)."""
+        only: the offsets keep their integer dtype (RecIS casts them too, Q15). A CUDA device on
+        a host without CUDA follows ``recis_compat/utils/device.py`` ``resolve_device``: the CPU
+        with ``RECIS_COMPAT_DEVICE=cpu``, else a ``RuntimeError`` naming that variable."""
         copy = bool(kwargs.pop("copy", False))
         kwargs.pop("memory_format", None)  # meaningless for 1-D tensors
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        return self._to(device, dtype, non_blocking, copy, "RaggedTensor.to()")
+
+    def _to(self, device, dtype, non_blocking: bool, copy: bool, what: str) -> "RaggedTensor":
+        if device is not None and device.type == "cuda":
+            device = resolve_device(device, what)
         values = self._values.to(device=device, dtype=dtype, non_blocking=non_blocking,
                                  copy=copy)
         offsets = [o.to(device=device, non_blocking=non_blocking, copy=copy)

@@ -2,7 +2,10 @@
 
 RecIS scripts ask for ``device="cuda"`` everywhere. On a CPU-only host our API objects accept
 the request and run on the CPU with one warning when ``RECIS_COMPAT_DEVICE=cpu`` is set;
-otherwise they fail with an error that names that variable.
+otherwise they fail with an error that names that variable. Plain torch CUDA calls of a script
+(``torch.cuda.set_device``, ``model.cuda()``, ...) are mapped by ``recis_compat/utils/cpu_mode.py``,
+which ``import recis`` installs when the variable is set; its startup warning then replaces the
+per-API warnings of :func:`resolve_device`.
 """
 from __future__ import annotations
 
@@ -14,6 +17,20 @@ import torch
 
 ENV_VAR = "RECIS_COMPAT_DEVICE"
 _warned: set = set()
+_announced = False
+
+
+def mark_announced() -> None:
+    """The CPU mode (``recis_compat/utils/cpu_mode.py``) has warned once at startup, listing
+    every mapping; from now on :func:`resolve_device` maps CUDA requests silently."""
+    global _announced
+    _announced = True
+
+
+def cuda_unavailable_message(what: str, requested="cuda") -> str:
+    """The error text for a CUDA request on a host without CUDA, naming ``RECIS_COMPAT_DEVICE``."""
+    return (f"{what}: device {requested} was requested but no CUDA device is available. "
+            f"Set {ENV_VAR}=cpu to run RecIS scripts that ask for CUDA on the CPU.")
 
 
 def resolve_device(requested: Union[str, torch.device, None], what: str) -> torch.device:
@@ -33,12 +50,10 @@ def resolve_device(requested: Union[str, torch.device, None], what: str) -> torc
     forced = os.environ.get(ENV_VAR, "").strip().lower()
     if dev.type == "cuda" and (forced == "cpu" or not torch.cuda.is_available()):
         if forced == "cpu":
-            if what not in _warned:
+            if what not in _warned and not _announced:
                 _warned.add(what)
                 warnings.warn(f"{what}: CUDA was requested; running on CPU because "
                               f"{ENV_VAR}=cpu", RuntimeWarning, stacklevel=3)
             return torch.device("cpu")
-        raise RuntimeError(
-            f"{what}: device {dev} was requested but no CUDA device is available. "
-            f"Set {ENV_VAR}=cpu to run RecIS scripts that ask for CUDA on the CPU.")
+        raise RuntimeError(cuda_unavailable_message(what, dev))
     return dev
