@@ -1,9 +1,11 @@
 """Build and install recis-compat.
 
-Installs three packages:
+Installs four packages:
   * ``recis_compat`` -- the implementation,
   * ``recis_compat.benchmarks`` -- the benchmark modules (from ``benchmarks/``),
-  * ``recis`` -- the import package RecIS scripts use (from ``adapters/recis/``), pure aliasing.
+  * ``recis`` -- the import package RecIS scripts use (from ``adapters/recis/``), pure aliasing,
+  * ``column_io`` -- what RecIS's install check imports (from ``adapters/column_io/``): it says
+    that recis-compat (pyarrow) provides the IO and has none of RecIS's native column_io ops.
 
 The C++/CUDA kernels in ``csrc/`` are built into ``recis_compat/_C`` with
 ``torch.utils.cpp_extension``: a CppExtension always, a CUDAExtension when the installed torch
@@ -53,6 +55,7 @@ def _extension():
 packages = [p for p in find_packages(include=["recis_compat", "recis_compat.*"])]
 packages += ["recis_compat.benchmarks"]
 packages += ["recis"] + ["recis." + p for p in find_packages("adapters/recis")]
+packages += ["column_io"]
 
 setup(
     name="recis-compat",
@@ -60,7 +63,8 @@ setup(
     description="Run RecIS recommender scripts on TorchRec + FBGEMM, CPU and GPU",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"recis_compat.benchmarks": "benchmarks", "recis": "adapters/recis"},
+    package_dir={"recis_compat.benchmarks": "benchmarks", "recis": "adapters/recis",
+                 "column_io": "adapters/column_io"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     install_requires=[

@@ -748,3 +748,18 @@ def _parse_failure(path: str, err: Exception, bad_rows: list, header: bool) -> C
     line = _line_of_record(path, int(m.group(1)) - 1) if m else None
     loc = f"{path}, line {line}" if line is not None else path
     return CsvConversionError(f"{loc}: cannot parse the CSV: {msg}", path, line)
+
+
+def _main(argv: Optional[Sequence[str]] = None, prog_name: str = "python -m recis_compat.tools.csv_to_orc") -> None:
+    """``python -m recis_compat.tools.csv_to_orc ARGS`` (or ``python -m recis.tools.csv_to_orc``,
+    RecIS's spelling): runs the ``recis-compat csv-to-orc`` command, same options and exit codes."""
+    import sys
+
+    from recis_compat import cli   # the click command lives with the other subcommands
+    args = list(sys.argv[1:] if argv is None else argv)
+    cli.main.get_command(None, "csv-to-orc").main(args, prog_name=prog_name)
+
+
+if __name__ == "__main__":
+    _spec = globals().get("__spec__")
+    _main(prog_name=f"python -m {_spec.name}" if _spec is not None else None)
