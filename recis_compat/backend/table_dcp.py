@@ -11,7 +11,15 @@ loads at any other, or into an unsharded model.
 
 The model's ordinary ``state_dict()`` stays collective-free: it holds the table objects under
 their bare names (RecIS's layout); checkpoints in RecIS's safetensors format are the
-framework's job (``recis.framework.checkpoint_manager``).
+framework's job (``recis.framework.checkpoint_manager``), and that is the format to use for
+checkpoints that come from elsewhere.
+
+Trust: torch's DCP ``FileSystemReader`` unpickles the checkpoint's ``.metadata`` file, and
+unpickling runs whatever code the file names. :func:`load_tables` therefore refuses to read
+unless called with ``trusted_source=True``, which states that the directory was written by a
+writer you trust (your own :func:`save_tables`). Nothing else in
+recis-compat unpickles checkpoint files (the framework loads torch files with
+``weights_only=True``).
 """
 from __future__ import annotations
 
@@ -92,9 +100,24 @@ def save_tables(model: nn.Module, checkpoint_id: str) -> None:
     dcp.save(table_state_dict(model), checkpoint_id=checkpoint_id)
 
 
-def load_tables(model: nn.Module, checkpoint_id: str) -> None:
+def load_tables(model: nn.Module, checkpoint_id: str, *, trusted_source: bool = False) -> None:
     """Load tables saved by :func:`save_tables` at any world size (each rank reads the full
-    tensors of the tables, no collective)."""
+    tensors of the tables, no collective).
+
+    Args:
+        model: the module holding the tables (``DynamicTable`` / ``ShardedDynamicTable``).
+        checkpoint_id: the DCP directory.
+        trusted_source: must be True. DCP unpickles ``<checkpoint_id>/.metadata``, which can run
+            arbitrary code; passing True states that the directory comes from a trusted writer
+            (your own :func:`save_tables`). Without it a ``PermissionError`` is raised before
+            any file is read.
+    """
+    if trusted_source is not True:
+        raise PermissionError(
+            f"load_tables({checkpoint_id!r}): torch.distributed.checkpoint unpickles {checkpoint_id}/.metadata, "
+            "and unpickling can run code stored in the file. Pass trusted_source=True only for directories "
+            "written by your own save_tables(); use recis.framework.checkpoint_manager (safetensors + JSON, "
+            "no pickle) for checkpoints from elsewhere.")
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata

@@ -139,7 +139,7 @@ def main() -> None:
     user_table.insert(pre_ids | (0 << 52), pre_vals)   # child 0 of the dim-4 table is "user"
     if args.dcp_load:
         from recis_compat.backend.table_dcp import load_tables
-        load_tables(model, args.dcp_load)
+        load_tables(model, args.dcp_load, trusted_source=True)   # written by this test's own save_tables
     sparse_opt = SparseAdamW(filter_out_sparse_param(model), lr=0.05, weight_decay=0.01)
     dense_opt = torch.optim.Adam(model.head.parameters(), lr=0.01)
     rec_sharded_ebc = type(model.ebc).__name__

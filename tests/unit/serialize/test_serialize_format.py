@@ -91,6 +91,15 @@ def test_exact_files_keys_and_json(tmp_path):
         "user_emb.embedding/part_1_2": "user_emb@embedding^32768@65536@65536",
         "user_emb.sparse_adamw_tf_exp_avg/part_1_2": "user_emb@sparse_adamw_tf_exp_avg^32768@65536@65536",
         "user_emb.sparse_adamw_tf_exp_avg_sq/part_1_2": "user_emb@sparse_adamw_tf_exp_avg_sq^32768@65536@65536"}
+    # JSON written like nlohmann dump(4): sorted keys, 4-space indent
+    with open(os.path.join(d, "tensorkey.json")) as f:
+        text = f.read()
+    assert text.startswith('{\n    "user_emb.embedding/part_0_2": "user_emb@embedding^00000@32768@65536",\n')
+
+
+def test_merged_torch_rank_json_lists_every_block(tmp_path):
+    save_two_shard_user_emb(tmp_path)
+    d = str(tmp_path)
     # RecIS's merge (contract §1.10.4): every block the writers produced; dense and embedding
     # entries reformatted, id and the other slots left as written (safetensors dtype code,
     # data_offsets of the file header)
@@ -124,10 +133,6 @@ def test_exact_files_keys_and_json(tmp_path):
             fname = [f for f, i in read_json(d, "index")["file_index"].items()
                      if i == read_json(d, "index")["block_index"][key]][0]
             assert header_of(os.path.join(d, fname))[1][key]["data_offsets"] == entry["data_offsets"]
-    # JSON written like nlohmann dump(4): sorted keys, 4-space indent
-    with open(os.path.join(d, "tensorkey.json")) as f:
-        text = f.read()
-    assert text.startswith('{\n    "user_emb.embedding/part_0_2": "user_emb@embedding^00000@32768@65536",\n')
 
 
 def test_files_are_standard_safetensors(tmp_path):
