@@ -1,18 +1,20 @@
 """``recis.features.feature.Feature``: a named chain of feature ops (contract §1.3.11).
 
-``Feature(name).add_op(SelectField("col")).add_op(Mod(1000))``. The first op must be exactly a
-``SelectField`` or ``SelectFields``. ``forward(data)`` runs the ops one after another (the
+``Feature(name).add_op(SelectField("col")).add_op(Mod(1000))``, or the form of RecIS's
+documentation ``Feature(name="f", ops=[SelectField("col"), Mod(1000)])`` (the same ``add_op``
+calls, in order; COMPATIBILITY.md). The first op must be exactly a ``SelectField`` or
+``SelectFields``. ``forward(data)`` runs the ops one after another (the
 direct, non-fused semantics); inside a ``FeatureEngine`` the same ops run fused across features.
 Errors raised by an op carry the feature's name.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import nn
 
 from recis_compat.features.errors import in_feature
-from recis_compat.features.op import _OP, SelectField, SelectFields, sha256_int64
+from recis_compat.features.op import _OP, Hash, SelectField, SelectFields, sha256_int64
 
 __all__ = ["Feature", "run_op"]
 
@@ -34,7 +36,7 @@ class Feature(nn.Module):
     owns it) and ``ops``.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, ops: Optional[Sequence[_OP]] = None):
         super().__init__()
         if not isinstance(name, str) or not name:
             raise ValueError(f"Feature name must be a non-empty str, got {name!r}")
@@ -42,6 +44,12 @@ class Feature(nn.Module):
         self._ops = nn.ModuleList()
         self._compiled = False
         self._buffers_data = None
+        if ops is not None:
+            if not isinstance(ops, (list, tuple, nn.ModuleList)):
+                raise TypeError(f"feature {name!r}: ops must be a list of feature ops, got "
+                                f"{type(ops).__name__}")
+            for op in ops:
+                self.add_op(op)
 
     @property
     def name(self) -> str:
@@ -70,6 +78,7 @@ class Feature(nn.Module):
         Raises ValueError when the feature is compiled, when the first op is not exactly a
         ``SelectField``/``SelectFields`` (subclasses are rejected, as in RecIS) or when the op
         was built with an invalid argument (the message names this feature and the op).
+        A ``Hash(..., bucket_size=N)`` (documented form) is added as ``Hash`` then ``Mod(N)``.
         """
         if self._compiled:
             raise ValueError(f"feature {self._name!r} has been compiled by a FeatureEngine; "
@@ -82,9 +91,11 @@ class Feature(nn.Module):
                              f"(SelectField or SelectFields), got {type(op).__name__}")
         try:
             op.check_config()
+            parts = op.split() if isinstance(op, Hash) else [op]
         except Exception as e:  # noqa: BLE001 - re-raised with the feature named
             raise in_feature(e, self._name) from e
-        self._ops.append(op)
+        for part in parts:
+            self._ops.append(part)
         return self
 
     def set_buffers_data(self, data) -> None:

@@ -44,6 +44,17 @@ def sha256_int64(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
+def _one_of(op: str, name: str, value, alias: str, alias_value):
+    """The value of a parameter that also has a documented alias spelling; a TypeError when
+    both or neither are given (COMPATIBILITY.md: doc-only names are aliases)."""
+    if value is not None and alias_value is not None:
+        raise TypeError(f"{op}() got both {name!r} and {alias!r} (an alias of {name!r} from "
+                        f"RecIS's documentation); pass only one")
+    if value is None and alias_value is None:
+        raise TypeError(f"{op}() missing required argument {name!r} (or its alias {alias!r})")
+    return value if value is not None else alias_value
+
+
 def _short(v, limit: int = 48) -> str:
     s = repr(v)
     return s if len(s) <= limit else s[:limit - 3] + "..."
@@ -232,11 +243,14 @@ class Bucketize(_OP):
 
     ``boundary``: a list (stored as a float32 tensor) or a 1-D tensor (kept as is); it must be
     sorted ascending. The direct call casts it to the input's dtype (as RecIS's non-fused path).
+    ``boundaries=`` (the spelling of RecIS's documentation) is an alias of ``boundary``
+    (COMPATIBILITY.md); giving both is a TypeError.
     """
 
-    def __init__(self, boundary):
+    def __init__(self, boundary=None, *, boundaries=None):
         super().__init__()
         self._fused_boundary: Dict[torch.device, torch.Tensor] = {}
+        boundary = _one_of("Bucketize", "boundary", boundary, "boundaries", boundaries)
         if isinstance(boundary, torch.Tensor):
             self.boundary = boundary
         else:
@@ -391,19 +405,50 @@ class Hash(_OP):
     Input: int8/uint8 values, at least two offsets levels, the last one delimiting strings
     (what ``varlen_feature(trans_int8=True)`` gives) and no weight.
     Output: ``RaggedTensor(int64 [num_strings], x.offsets()[:-1], dense_shape[:-1])``.
+
+    ``bucket_size=N`` (the form of RecIS's documentation, ``Hash(bucket_size=...)``; RecIS's
+    class has no such argument, COMPATIBILITY.md) buckets the hashes: values
+    ``uint64(h) % N`` in ``[0, N)``, exactly ``Hash(hash_type)`` followed by ``Mod(N)``, which
+    is what :meth:`Feature.add_op <recis_compat.features.feature.Feature.add_op>` turns it into
+    (see :meth:`split`). ``hash_type`` defaults to ``"farm"`` when ``bucket_size`` is given.
     """
 
-    def __init__(self, hash_type: str):
+    def __init__(self, hash_type: Optional[str] = None, bucket_size: Optional[int] = None):
         super().__init__()
+        if hash_type is None and bucket_size is None:
+            raise TypeError("Hash() needs hash_type ('farm' or 'murmur'), or bucket_size=N "
+                            "(documented form: farm hash, then modulo N)")
+        if hash_type is None:
+            hash_type = "farm"
         self.hash_type = hash_type
+        self.bucket_size = bucket_size
         if hash_type not in ("farm", "murmur"):
             self._problem = f"hash_type must be 'farm' or 'murmur', got {hash_type!r}"
+        elif bucket_size is not None:
+            if isinstance(bucket_size, bool) or not isinstance(bucket_size, Integral):
+                self._problem = f"bucket_size must be an int, got {type(bucket_size).__name__}"
+            elif not 0 < int(bucket_size) <= _INT64_MAX:
+                self._problem = f"bucket_size must be > 0 (and < 2**63), got {bucket_size}"
+            else:
+                self.bucket_size = int(bucket_size)
 
     def _get_config(self):
-        return {"hash_type": self.hash_type}
+        if self.bucket_size is None:
+            return {"hash_type": self.hash_type}
+        return {"hash_type": self.hash_type, "bucket_size": self.bucket_size}
 
     def _label_args(self) -> str:
-        return repr(self.hash_type)
+        if self.bucket_size is None:
+            return repr(self.hash_type)
+        return f"{self.hash_type!r}, bucket_size={self.bucket_size}"
+
+    def split(self) -> List[_OP]:
+        """The RecIS ops this op is: ``[self]`` without ``bucket_size``, else
+        ``[Hash(hash_type), Mod(bucket_size)]`` (what a ``FeatureEngine`` fuses)."""
+        self.check_config()
+        if self.bucket_size is None:
+            return [self]
+        return [Hash(self.hash_type), Mod(self.bucket_size)]
 
     def check_input(self, x) -> None:
         self._require_ragged(x, levels=2)
@@ -417,7 +462,12 @@ class Hash(_OP):
     def forward(self, x) -> RaggedTensor:
         self.check_config()
         self.check_input(x)
-        return apply.hash_strings([x], self.hash_type)[0]
+        out = apply.hash_strings([x], self.hash_type)[0]
+        if self.bucket_size is None:
+            return out
+        proc = DataValueProcessor(out)
+        return proc.get_output_value(array_ops.bucketize_mod(proc.get_input_value(),
+                                                             self.bucket_size))
 
 
 def _is_prime(n: int) -> bool:

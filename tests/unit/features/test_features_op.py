@@ -291,3 +291,25 @@ def test_random_ragged_mod_matches_python():
     rt = random_ragged(50, 8, low=-(1 << 62), high=1 << 62)
     out = Mod(97)(rt)
     assert out.values().tolist() == [(v % U64) % 97 for v in rt.values().tolist()]
+
+
+# ------------------------------------------------------------------- documented aliases
+def test_hash_bucket_size_config_and_split():
+    op = Hash("murmur", bucket_size=64)
+    assert op._get_config() == {"hash_type": "murmur", "bucket_size": 64}
+    assert op.get_hash() != Hash("murmur").get_hash()
+    assert op.label() == "Hash('murmur', bucket_size=64)"
+    parts = op.split()
+    assert [type(p) for p in parts] == [Hash, Mod]
+    assert parts[0]._get_config() == {"hash_type": "murmur"} and parts[1].mod_value == 64
+    plain = Hash("farm")
+    assert plain.split() == [plain]
+    with pytest.raises(Exception, match="hash_type must be 'farm' or 'murmur'"):
+        Hash("md5", bucket_size=4).split()
+
+
+def test_bucketize_boundaries_keyword_is_the_boundary():
+    b = torch.tensor([0.0, 1.0])
+    assert Bucketize(boundaries=b).boundary is b
+    with pytest.raises(TypeError, match="pass only one"):
+        Bucketize(boundary=b, boundaries=b)
