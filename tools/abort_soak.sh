@@ -2,8 +2,12 @@
 # Run one example runner N times under torchrun with tiny settings and count the runs that exit
 # with rc != 0 (issue 13 item 1: SIGABRT at interpreter shutdown after "done at global step N").
 #
-#   tools/abort_soak.sh EXAMPLE RUNS [WORLD]      EXAMPLE: deepfm | deepctr | seq2seq
+#   tools/abort_soak.sh EXAMPLE RUNS [WORLD]      EXAMPLE: deepfm | deepctr | seq2seq | tables
 #   e.g.  nice -n 10 tools/abort_soak.sh deepfm 100 1
+#
+# "tables" is the control without any dataset: tests/distributed/workers/train_tables.py (sharded
+# HashTables + TorchRec EmbeddingBagCollection, gloo, random ids, no recis_compat.io import) —
+# an abort there is not caused by the IO threads.
 #
 # Data is generated once per example under $SOAK_DIR (default /tmp/recis_abort_soak); every run
 # gets a fresh checkpoint directory and a free master port. The stderr tail of every failed run is
@@ -12,8 +16,8 @@
 #   SOAK example=<ex> world=<w> runs=<n> failures=<k> rc_counts=<rc:count,...>
 # and the exit status is 0 only if every run succeeded.
 set -uo pipefail
-EXAMPLE=${1:?usage: abort_soak.sh deepfm|deepctr|seq2seq RUNS [WORLD]}
-RUNS=${2:?usage: abort_soak.sh deepfm|deepctr|seq2seq RUNS [WORLD]}
+EXAMPLE=${1:?usage: abort_soak.sh deepfm|deepctr|seq2seq|tables RUNS [WORLD]}
+RUNS=${2:?usage: abort_soak.sh deepfm|deepctr|seq2seq|tables RUNS [WORLD]}
 WORLD=${3:-1}
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PY=${PY:-$REPO/.venv/bin/python}
@@ -36,7 +40,8 @@ case "$EXAMPLE" in
     ls "$DATA"/*.orc >/dev/null 2>&1 || "$PY" "$EX/make_data.py" --out "$DATA" --files 2 --rows 64 --max_len 48 --seed 1 >/dev/null
     FLAGS=(--batch_size=8 --train_steps=3 --log_steps=1 --seq_len=32 --emb_size=64 --hidden_size=64
            --num_layers=1 --nhead=2 --dim_feedforward=128) ;;
-  *) echo "unknown example $EXAMPLE (deepfm|deepctr|seq2seq)" >&2; exit 2 ;;
+  tables) ;;
+  *) echo "unknown example $EXAMPLE (deepfm|deepctr|seq2seq|tables)" >&2; exit 2 ;;
 esac
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -46,8 +51,14 @@ declare -A rcs=()
 for ((i = 1; i <= RUNS; i++)); do
   ck="$OUT/ckpt"; rm -rf "$ck"
   log="$OUT/run.log"
-  (cd "$OUT" && WORLD_SIZE=$WORLD DATA="$DATA" OUTPUT_DIR="$ck" MASTER_PORT=$(free_port) \
-     timeout 600 bash "$EX/run.sh" "${FLAGS[@]}" ${SOAK_FLAGS:-} >"$log" 2>&1)
+  if [ "$EXAMPLE" = tables ]; then
+    (cd "$OUT" && PYTHONPATH="$REPO:$REPO/adapters" timeout 600 "$(dirname "$PY")/torchrun" \
+       --nproc_per_node "$WORLD" --rdzv_backend c10d --rdzv_endpoint localhost:0 \
+       "$REPO/tests/distributed/workers/train_tables.py" --out "$ck" --steps 4 ${SOAK_FLAGS:-} >"$log" 2>&1)
+  else
+    (cd "$OUT" && WORLD_SIZE=$WORLD DATA="$DATA" OUTPUT_DIR="$ck" MASTER_PORT=$(free_port) \
+       timeout 600 bash "$EX/run.sh" "${FLAGS[@]}" ${SOAK_FLAGS:-} >"$log" 2>&1)
+  fi
   rc=$?
   rcs[$rc]=$(( ${rcs[$rc]:-0} + 1 ))
   if [ "$rc" != 0 ]; then
