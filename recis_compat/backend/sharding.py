@@ -9,7 +9,10 @@ Data flow of one lookup of ``U`` distinct ids on each of ``W`` ranks (RecIS's ro
         embeddings [N_recv, D] --TorchRec SequenceEmbeddingsAllToAll (autograd)-->
         requester: [U, D] in the original order  --> pooling (combiners) happens in the caller
 
-Backward runs the reverse all-to-all inside TorchRec's autograd function; the owner's rows
+Backward runs the reverse all-to-all inside TorchRec's autograd function (re-entered from
+``_GuardedExchange`` so that a dead or stopped peer gives :class:`DistributedExchangeError`
+naming the table and rank, as in forward; the process-group timeout bounds the wait, see
+``recis_compat/utils/dist_timeout.py``); the owner's rows
 receive the summed gradient of every rank, divided by the world size for
 ``grad_reduce_by="worker"`` (RecIS's rule; TorchRec's own gradient division is accounted for) or
 by the number of ranks that asked for the id for ``"id"``. Pooling after the exchange works on
@@ -22,6 +25,7 @@ plan; dense parameters are data-parallel (DDP).
 """
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Dict, List, Optional
 
@@ -39,9 +43,10 @@ from torchrec.streamable import Multistreamable
 from recis_compat.backend.dynamic_table import DynamicTable, split_per_key
 from recis_compat.backend.slices import owner_ranks, slice_range
 from recis_compat.ops.id_map import unique_first_seen
+from recis_compat.utils import dist_timeout
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
-           "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group"]
+           "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group", "DistributedExchangeError"]
 
 DYNAMIC_TABLE_KERNEL = "recis_dynamic_hash"
 _PLAN_KEY = "rows"
@@ -54,17 +59,41 @@ def default_backend(device: torch.device) -> str:
 
 def init_process_group(device=None, timeout_s: Optional[float] = None, **kwargs) -> None:
     """``torch.distributed.init_process_group`` with the backend picked from ``device`` (gloo on
-    CPU, nccl on CUDA) and a timeout (``timeout_s``, else ``RECIS_COMPAT_DIST_TIMEOUT`` seconds,
+    CPU, nccl on CUDA; ``RECIS_COMPAT_DEVICE=cpu`` forces gloo) and a timeout (``timeout_s``, else
+    the rule of ``recis_compat/utils/dist_timeout.py``: ``RECIS_COMPAT_DIST_TIMEOUT`` seconds,
     else 600), so a dead peer turns into an error instead of a hang. No-op when initialised."""
-    import datetime
     if dist.is_initialized():
         return
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if timeout_s is None:
-        timeout_s = float(os.environ.get("RECIS_COMPAT_DIST_TIMEOUT", "600"))
-    dist.init_process_group(backend=kwargs.pop("backend", default_backend(device)),
-                            timeout=datetime.timedelta(seconds=float(timeout_s)), **kwargs)
+        timeout_s = dist_timeout.timeout_seconds()
+    backend = dist_timeout.resolve_backend(kwargs.pop("backend", default_backend(device)))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=float(timeout_s)), **kwargs)
+
+
+class DistributedExchangeError(RuntimeError):
+    """An all-to-all of a sharded table failed (a peer died, was stopped past the process-group
+    timeout, or skipped the lookup). The message names the table (and the shared_names it
+    holds), this rank, which exchange and whether in forward or backward; the torch/gloo error
+    is the ``__cause__``."""
+
+
+def _exchange_error(table: "ShardedDynamicTable", what: str, phase: str, err: BaseException
+                    ) -> DistributedExchangeError:
+    """``what``: which all-to-all (``"id"``, ``"embedding"``, ``"embedding-gradient"``);
+    ``phase``: ``"forward"`` or ``"backward"``."""
+    children = [str(c) for c in (table.config.children or []) if str(c) != table.name]
+    shared = f" (shared_names {', '.join(children)})" if children else ""
+    try:
+        timeout = f"{dist_timeout.ENV_VAR}={dist_timeout.timeout_seconds():g} s"
+    except ValueError:
+        timeout = dist_timeout.ENV_VAR
+    return DistributedExchangeError(
+        f"table {table.name!r}{shared}, rank {table.rank} of {table.world_size}: the {what} all-to-all "
+        f"failed in {phase}; another rank probably died, was stopped past the process-group timeout "
+        f"({timeout}, unless the script passed timeout= to init_process_group) or skipped this "
+        f"lookup. Check the other ranks' logs. Cause: {err}")
 
 
 class _Ctx(Multistreamable):
@@ -80,16 +109,37 @@ class _Ctx(Multistreamable):
         pass
 
 
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the gradient contiguous (TorchRec's all-to-all needs it)."""
+class _GuardedExchange(torch.autograd.Function):
+    """The embedding all-to-all (TorchRec's ``SequenceEmbeddingsAllToAll``, autograd-aware) with
+    its backward guarded: the reverse all-to-all that TorchRec runs in backward is re-run here
+    through ``torch.autograd.grad`` on a sub-graph, so that a failure (dead or stopped peer) is
+    raised as :class:`DistributedExchangeError` naming the table and rank instead of gloo's bare
+    message. Gradients are TorchRec's own (including its gradient division).
+
+    forward(local ``[N_recv, dim]`` rows this rank sends) -> ``[U, dim]`` rows it asked for, in
+    destination-rank order.
+    """
 
     @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
+    def forward(ctx, local: torch.Tensor, table: "ShardedDynamicTable", lookup_ctx: "_Ctx") -> torch.Tensor:
+        with torch.enable_grad():
+            sent = local.detach().requires_grad_(True)
+            received = table.output_dist(lookup_ctx, sent).wait()
+        ctx.table, ctx.sent, ctx.received = table, sent, received
+        return received.detach()
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.contiguous()
+        table, sent, received = ctx.table, ctx.sent, ctx.received
+        if received is None:
+            raise RuntimeError(f"table {table.name!r}: backward ran twice through one sharded lookup; "
+                               "TorchRec's all-to-all supports one backward (no retain_graph=True reuse)")
+        ctx.sent = ctx.received = None
+        try:
+            (grad_sent,) = torch.autograd.grad(received, sent, grad.contiguous())
+        except RuntimeError as e:
+            raise _exchange_error(table, "embedding-gradient", "backward", e) from e
+        return grad_sent, None, None
 
 
 class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.Tensor, _Ctx]):
@@ -170,14 +220,17 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         ctx = self.create_context()
         try:
             dist_input = self.input_dist(ctx, ids, readonly).wait().wait()
-            emb_sorted = self.compute_and_output_dist(ctx, dist_input).wait()
         except RuntimeError as e:
-            raise RuntimeError(f"table {self.name!r} (rank {self._rank} of {self._world}): the id/embedding "
-                               f"all-to-all failed; another rank probably died, timed out or skipped this "
-                               f"lookup: {e}") from e
+            raise _exchange_error(self, "id", "forward", e) from e
+        local = self.compute(ctx, dist_input)
+        try:
+            if local.requires_grad and torch.is_grad_enabled() and self._world > 1:
+                emb_sorted = _GuardedExchange.apply(local, self, ctx)
+            else:
+                emb_sorted = self.output_dist(ctx, local).wait()
+        except RuntimeError as e:
+            raise _exchange_error(self, "embedding", "forward", e) from e
         emb_sorted = emb_sorted.view(-1, self.config.embedding_dim)
-        if emb_sorted.requires_grad:
-            emb_sorted = _ContiguousGrad.apply(emb_sorted)
         inverse = torch.empty_like(ctx.order)
         inverse[ctx.order] = torch.arange(ctx.order.numel(), device=ctx.order.device)
         return emb_sorted.index_select(0, inverse)
