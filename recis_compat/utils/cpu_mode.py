@@ -39,7 +39,7 @@ from recis_compat.utils import device as _device
 from recis_compat.utils.device import ENV_VAR
 
 __all__ = ["MAPPED_CALLS", "HINTED_CALLS", "ENV_VAR", "CudaUnavailableError", "enabled", "install", "uninstall",
-           "installed", "install_hints", "uninstall_hints", "maybe_install"]
+           "installed", "install_hints", "hints_installed", "uninstall_hints", "maybe_install"]
 
 _CPU = torch.device("cpu")
 
@@ -300,31 +300,40 @@ def install(announce: bool = True) -> bool:
     with _lock:
         if _saved:
             return False
-        _remove(_hint_saved)
+        # installed over the hints when present (uninstall restores them)
         patched = _patches()
         for (owner, name), fn in patched.items():
             _patch(owner, name, fn)
         _register_jit_builtins(patched)
-        # the RaggedTensor and recis API entries (resolve_device) follow the variable; the
-        # startup warning below replaces their per-API warnings
-        _device.mark_announced()
+        # the RaggedTensor and recis API entries (resolve_device) follow the variable; once the
+        # startup warning below has listed them it replaces their per-API warnings
         if announce and not _announced:
             _announced = True
             listing = "".join(f"\n  {call}: {effect}" for call, effect in MAPPED_CALLS)
             warnings.warn(f"recis-compat CPU mode ({ENV_VAR}=cpu): the script's CUDA calls run on the "
                           f"CPU (recis_compat/utils/cpu_mode.py):{listing}", RuntimeWarning, stacklevel=3)
+        _device.mark_announced(_announced)
     return True
 
 
 def uninstall() -> None:
     """Restore every attribute :func:`install` patched (no-op when not installed)."""
     with _lock:
+        if _saved:
+            _device.mark_announced(False)
         _remove(_saved)
 
 
+def hints_installed() -> bool:
+    """Whether :func:`install_hints` is in effect."""
+    return bool(_hint_saved)
+
+
 def uninstall_hints() -> None:
-    """Undo :func:`install_hints`."""
+    """Undo :func:`install_hints` (the CPU mode must not be installed over them)."""
     with _lock:
+        if _saved:
+            raise RuntimeError("cpu_mode.uninstall_hints: uninstall the CPU mode first")
         _remove(_hint_saved)
 
 

@@ -20,11 +20,12 @@ _warned: set = set()
 _announced = False
 
 
-def mark_announced() -> None:
-    """The CPU mode (``recis_compat/utils/cpu_mode.py``) has warned once at startup, listing
-    every mapping; from now on :func:`resolve_device` maps CUDA requests silently."""
+def mark_announced(announced: bool = True) -> None:
+    """The CPU mode (``recis_compat/utils/cpu_mode.py``) is installed and has warned once at
+    startup, listing every mapping: :func:`resolve_device` maps CUDA requests silently while
+    ``announced`` holds (``False``: the mode was uninstalled, warn per API again)."""
     global _announced
-    _announced = True
+    _announced = bool(announced)
 
 
 def cuda_unavailable_message(what: str, requested="cuda") -> str:

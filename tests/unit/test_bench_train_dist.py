@@ -46,8 +46,8 @@ def test_bench_train_quick(tmp_path):
     assert json.loads(out.read_text()) == rep
     assert rep["benchmark"] == "train" and rep["options"]["quick"] is True
     assert {"cpu", "threads", "torch", "torchrec", "fbgemm_gpu"} <= set(rep["machine"])
-    assert len(rep["cases"]) == 1
-    case = rep["cases"][0]
+    assert len(rep["cases"]) == 2
+    case, mode = rep["cases"]
     _check_case(case)
     d = case["detail"]
     assert d["batch"] == 200 and d["timed_steps"] == 1 and d["target_ratio_min"] == 0.9
@@ -57,6 +57,17 @@ def test_bench_train_quick(tmp_path):
     assert d["same_model_loss_abs_diff"] <= 1e-6
     # from a source checkout the example itself is benchmarked
     assert d["model_source"] == str(REPO / "examples" / "deepfm")
+    # the CPU mode's cost: the same step with recis_compat/utils/cpu_mode.py installed vs not
+    _check_case(mode)
+    md = mode["detail"]
+    assert "CPU mode" in mode["name"] and "without the CPU mode" in mode["baseline"]
+    assert md["cpu_mode_ms_per_step"] > 0 and md["plain_ms_per_step"] > 0 and md["timed_steps"] == 1
+    assert mode["ratio"] == pytest.approx(md["plain_ms_per_step"] / md["cpu_mode_ms_per_step"], rel=1e-2)
+    from recis_compat.utils import cpu_mode
+    assert md["mapped_calls"] == len(cpu_mode.MAPPED_CALLS)
+    # the bench toggled the mode in this process and left it as it found it (not installed)
+    assert not cpu_mode.installed() and torch.Tensor.to is torch._C.TensorBase.to
+    assert not hasattr(torch.zeros, "__recis_compat_cpu_mode__")
 
 
 def test_bundled_example_matches_the_example(tmp_path):

@@ -307,8 +307,17 @@ def test_dynamic_table_cuda_names_the_variable_without_recis(monkeypatch):
         pytest.skip("needs a host without CUDA")
     monkeypatch.delenv("RECIS_COMPAT_DEVICE", raising=False)
     from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
-    table = DynamicTable(DynamicTableConfig("t_cuda_msg", 4, lambda k: torch.zeros(k, 4)))
-    with pytest.raises(RuntimeError, match="table 't_cuda_msg'.*RECIS_COMPAT_DEVICE=cpu"):
-        table.cuda()
-    assert table.impl.device == torch.device("cpu")
-    table.to("cpu")                                   # CPU moves keep working
+    from recis_compat.utils import cpu_mode
+    assert not cpu_mode.installed()
+    hinted = cpu_mode.hints_installed()               # another test of this process imported recis
+    if hinted:
+        cpu_mode.uninstall_hints()
+    try:
+        table = DynamicTable(DynamicTableConfig("t_cuda_msg", 4, lambda k: torch.zeros(k, 4)))
+        with pytest.raises(RuntimeError, match="table 't_cuda_msg'.*RECIS_COMPAT_DEVICE=cpu"):
+            table.cuda()
+        assert table.impl.device == torch.device("cpu")
+        table.to("cpu")                               # CPU moves keep working
+    finally:
+        if hinted:
+            cpu_mode.install_hints()

@@ -1,5 +1,6 @@
 """RaggedTensor / RaggedPadInfo against recis-api.md §1.2, with our Q15 fixes."""
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -62,9 +63,30 @@ def test_dense_shape_validation(bad):
         _rt2(dense_shape=bad)
 
 
+def test_empty_offsets_list_is_stored_like_recis():
+    """RecIS stores ``offsets=[]`` unchecked; here it is a plain 1-D batch of the values."""
+    values = torch.tensor([4.0, 5.0, 6.0])
+    rt = RaggedTensor(values, [])
+    assert rt.offsets() == [] and rt.values() is values
+    assert rt._dense_shape == (3,) and rt.shape == (3,) and rt.dim == 1 and rt.max_length == 3
+    assert rt.get_shape(0) == 3 and rt.get_shape(-1) == 3 and rt.real_shape(0, 1) == (3,)
+    dense = rt.to_dense()
+    assert torch.equal(dense, values) and dense.data_ptr() != values.data_ptr()
+    assert torch.equal(rt.to_sparse().to_dense(), values)
+    moved = rt.to(torch.float64)
+    assert moved.offsets() == [] and moved.dtype == torch.float64 and moved._dense_shape == (3,)
+    assert rt.clone().offsets() == []
+    given = RaggedTensor(values, [], dense_shape=(7,))           # a given dense_shape is kept
+    assert given._dense_shape == (7,) and given.shape == (7,)
+    with pytest.raises(ValueError, match="dense_shape"):
+        RaggedTensor(values, [], dense_shape=(3, 1))
+    w = RaggedTensor(values, [], weight=torch.ones(3))
+    assert torch.equal(w.weight(), torch.ones(3))
+
+
 def test_offsets_and_weight_validation():
-    with pytest.raises(ValueError, match="at least one"):
-        RaggedTensor(torch.arange(3), [])
+    with pytest.raises(ValueError, match="weight"):
+        RaggedTensor(torch.arange(3), [], weight=torch.ones(2))
     with pytest.raises(ValueError, match="1-D"):
         RaggedTensor(torch.arange(3), torch.tensor([[0, 3]]))
     with pytest.raises(ValueError, match="weight"):
@@ -271,6 +293,34 @@ def test_pin_memory():
 def test_cuda():
     c = _rt2(weight=True).cuda()
     assert c.device.type == "cuda" and c.offsets()[0].device.type == "cuda"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+def test_cuda_without_cuda_names_the_variable(monkeypatch):
+    monkeypatch.delenv("RECIS_COMPAT_DEVICE", raising=False)
+    rt = _rt2(weight=True)
+    with pytest.raises(RuntimeError, match=r"RaggedTensor\.cuda\(\).*RECIS_COMPAT_DEVICE=cpu"):
+        rt.cuda()
+    with pytest.raises(RuntimeError, match=r"RaggedTensor\.to\(\).*RECIS_COMPAT_DEVICE=cpu"):
+        rt.to("cuda:0", torch.float32)
+    with pytest.raises(RuntimeError, match="RECIS_COMPAT_DEVICE=cpu"):
+        rt.to(device=torch.device("cuda"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+def test_cuda_with_cpu_override_stays_on_cpu(monkeypatch):
+    """``RECIS_COMPAT_DEVICE=cpu``: RaggedTensor.cuda()/.to("cuda") give new CPU RaggedTensors
+    (recis_compat/utils/device.py resolve_device), dtype arguments still applied."""
+    monkeypatch.setenv("RECIS_COMPAT_DEVICE", "cpu")
+    rt = _rt2(weight=True, dense_shape=(3, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for moved in (rt.cuda(), rt.cuda(1), rt.to("cuda"), rt.to(torch.device("cuda:0"), torch.float64)):
+            assert moved is not rt and moved.device.type == "cpu"
+            assert moved.offsets()[0].device.type == "cpu" and moved.weight().device.type == "cpu"
+            assert moved.offsets()[0].dtype == torch.int32 and moved._dense_shape == (3, 4)
+            assert torch.equal(moved.to_dense().to(torch.int64), rt.to_dense())
+    assert rt.to("cuda", torch.float64).dtype == torch.float64
 
 
 # ------------------------------------------------------------------------ constructors
