@@ -35,10 +35,11 @@ import torch
 import torch.distributed as dist
 
 from recis_compat.nn.modules.hashtable import filter_out_sparse_param, split_sparse_dense_state_dict
+from recis_compat.serialize import integrity
+from recis_compat.serialize.integrity import (Manifest, check_member_name, file_checksum, resolve_member,
+                                              write_manifest)
 # one error class for every unusable checkpoint (missing / corrupt files, contents that do not
 # fit the model, the optimizers or the dataset): a ValueError
-from recis_compat.serialize.integrity import (ALGORITHM, Manifest, check_member_name, file_checksum, resolve_member,
-                                              write_manifest)
 from recis_compat.serialize.layout import CheckpointError, atomic_write, fsync_dir
 from recis_compat.utils.logger import Logger
 
@@ -236,7 +237,7 @@ class Saver:
         """Rank 0, before publishing: add the checksums of the framework's files (dense model,
         extras, io states) to the ``checksums.json`` the sparse Saver wrote."""
         manifest = Manifest(ckpt_dir)
-        algorithm = manifest.algorithm or ALGORITHM
+        algorithm = manifest.algorithm or integrity.ALGORITHM
         files = dict(manifest.files)
         for name in sorted(os.listdir(ckpt_dir)):
             if name in ("model.pt", "extra.pt", "io_state_count") or \

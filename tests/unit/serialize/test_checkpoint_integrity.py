@@ -77,7 +77,7 @@ def test_every_saved_file_has_a_checksum(tmp_path):
     save_table(tmp_path / "ck")
     d = tmp_path / "ck"
     manifest = json.loads((d / CHECKSUM_FILE).read_text())
-    assert manifest["algorithm"] == "crc32"
+    assert manifest["algorithm"] == "xxh3_64"
     assert sorted(manifest["files"]) == sorted(n for n in os.listdir(d) if n != CHECKSUM_FILE)
     for name, value in manifest["files"].items():
         assert file_checksum(str(d / name)) == value, name
@@ -94,7 +94,7 @@ def test_flipped_byte_in_safetensors_data_is_an_error_naming_the_file(tmp_path):
     victim = data_files(d)[1]
     flip_data_byte(str(d / victim))
     t = make_table("ig_t")
-    with pytest.raises(CheckpointCorruptError, match=f"{d}.*{victim}.*corrupt.*crc32"):
+    with pytest.raises(CheckpointCorruptError, match=f"{d}.*{victim}.*corrupt.*xxh3_64"):
         Loader(str(d), hashtables={"ig_t": t}, tensors={"sc": torch.zeros(2)}).load()
     assert len(t) == 0                       # checked before anything was written into the table
     with pytest.raises(CheckpointCorruptError, match=victim):
@@ -125,6 +125,26 @@ def test_checkpoint_without_checksums_loads_with_one_warning(tmp_path):
     assert_same(snapshot(t), expected)
 
 
+def test_crc32_manifests_are_read_and_unknown_algorithms_are_an_error(tmp_path, monkeypatch):
+    """crc32 is what a writer without xxhash records; readers accept both."""
+    from recis_compat.serialize import integrity
+    monkeypatch.setattr(integrity, "ALGORITHM", "crc32")
+    d = tmp_path / "ck"
+    expected = save_table(d)
+    m = json.loads((d / CHECKSUM_FILE).read_text())
+    assert m["algorithm"] == "crc32" and all(len(v) == 8 for v in m["files"].values())
+    t = make_table("ig_t")
+    Loader(str(d), hashtables={"ig_t": t}).load()
+    assert_same(snapshot(t), expected)
+    flip_data_byte(str(d / data_files(d)[0]))
+    with pytest.raises(CheckpointCorruptError, match="crc32"):
+        Loader(str(d), hashtables={"ig_t": make_table("ig_t2", children=["ig_t"])}).load()
+    m["algorithm"] = "md4"
+    (d / CHECKSUM_FILE).write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="checksums.json.*'md4'"):
+        CheckpointReader(str(d))
+
+
 def test_data_file_missing_from_checksums_is_an_error(tmp_path):
     d = tmp_path / "ck"
     save_table(d)
@@ -142,7 +162,7 @@ def test_intact_checkpoint_loads_exactly_and_verifies_each_file_once(tmp_path, m
     expected = save_table(d)
     reads = []
     real = integrity.file_checksum
-    monkeypatch.setattr(integrity, "file_checksum", lambda p, a="crc32": reads.append(os.path.basename(p)) or real(p, a))
+    monkeypatch.setattr(integrity, "file_checksum", lambda p, a=None: reads.append(os.path.basename(p)) or real(p, a))
     t = make_table("ig_t")
     with warnings.catch_warnings():
         warnings.simplefilter("error")       # a checkpoint with checksums loads without warnings
