@@ -11,7 +11,8 @@
 #
 # Data is generated once per example under $SOAK_DIR (default /tmp/recis_abort_soak); every run
 # gets a fresh checkpoint directory and a free master port. The stderr tail of every failed run is
-# kept in $SOAK_DIR/<example>-w<world>/fail-<i>.log. Prefetch stays on (the run.sh default,
+# kept in $SOAK_DIR/<example>-w<world>/fail-<i>.log, and "<i> <rc>" of every run is appended to
+# $SOAK_DIR/<example>-w<world>/progress. Prefetch stays on (the run.sh default,
 # --prefetch=1). Extra runner flags can be passed in $SOAK_FLAGS. The last line printed is
 #   SOAK example=<ex> world=<w> runs=<n> failures=<k> rc_counts=<rc:count,...>
 # and the exit status is 0 only if every run succeeded.
@@ -26,6 +27,7 @@ EX="$REPO/examples/$EXAMPLE"
 DATA="$SOAK_DIR/data-$EXAMPLE"
 OUT="$SOAK_DIR/$EXAMPLE-w$WORLD"
 mkdir -p "$OUT"
+: >"$OUT/progress"
 export OMP_NUM_THREADS=1 PY
 unset RANK LOCAL_RANK WORLD_SIZE
 
@@ -60,6 +62,7 @@ for ((i = 1; i <= RUNS; i++)); do
        timeout 600 bash "$EX/run.sh" "${FLAGS[@]}" ${SOAK_FLAGS:-} >"$log" 2>&1)
   fi
   rc=$?
+  echo "$i $rc" >>"$OUT/progress"   # one line per finished run: index, exit status
   rcs[$rc]=$(( ${rcs[$rc]:-0} + 1 ))
   if [ "$rc" != 0 ]; then
     fail=$((fail + 1))

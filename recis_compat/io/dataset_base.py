@@ -13,6 +13,11 @@ Pipeline built on every ``__iter__`` (contract §1.1.1, with the fixes noted):
   7. ``(is_end, batch)`` items: ``(False, batch)`` while data lasts, then ``(True, None)``
      forever.
 
+Threads: ``it.close()`` on the iterator (Trainer does it when a loop ends) passes through every
+stage and stops and joins the prefetch thread and the reader threads; the end of the data or an
+exception in a stage does the same. Threads of an iterator that is never closed are stopped and
+joined before interpreter finalization (:mod:`.threads`).
+
 IO state (``dump_io_state``/``load_io_state``): JSON strings (see :mod:`.io_state`) that name
 the first row not yet handed to the consumer, so a resume yields exactly the remaining rows. A
 loaded state is applied once, on the next ``__iter__`` (fix of Q11). States live in this
