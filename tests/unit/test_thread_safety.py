@@ -21,14 +21,21 @@ from recis.ragged.tensor import RaggedTensor
 from recis_compat.backend.id_map import IdMap
 
 ROUNDS = 60
+# the races are timing dependent: each test repeats on fresh tables (which grow from empty, where
+# most interleavings hit), so that without the lock every test fails in practically every run
+TRIALS = 4
 
 
 @pytest.fixture(autouse=True)
 def fast_thread_switches():
-    old = sys.getswitchinterval()
+    """Switch Python threads every microsecond; one intra-op thread per op (OpenMP workers
+    spinning against a 1 us switch interval only slow the test down)."""
+    old, old_threads = sys.getswitchinterval(), torch.get_num_threads()
     sys.setswitchinterval(1e-6)
+    torch.set_num_threads(1)
     yield
     sys.setswitchinterval(old)
+    torch.set_num_threads(old_threads)
 
 
 def run_threads(*targets):
@@ -98,12 +105,13 @@ def test_id_map_two_threads_find_or_insert_with_growth():
             assert r.tolist() == [lookup[i] for i in b.tolist()]
 
 
-def test_hashtable_two_threads_lookup_insert_match_serial():
-    ht = HashTable([4], block_size=64, initializer=uniform(), name="ts_table")
-    serial = HashTable([4], block_size=64, initializer=uniform(), name="ts_serial")
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_hashtable_two_threads_lookup_insert_match_serial(trial):
+    ht = HashTable([4], block_size=64, initializer=uniform(), name=f"ts_table{trial}")
+    serial = HashTable([4], block_size=64, initializer=uniform(), name=f"ts_serial{trial}")
     serial._init_seed.copy_(ht._init_seed)
-    looked = batches(3)
-    inserted = batches(4)
+    looked = batches(3 + 2 * trial, rounds=150)
+    inserted = batches(4 + 2 * trial, rounds=150)
     outs = []
 
     def lookups():
@@ -127,7 +135,7 @@ def test_hashtable_two_threads_lookup_insert_match_serial():
     order, s_order = torch.argsort(ids), torch.argsort(s_ids)
     assert torch.equal(mine[order], theirs[s_order])
     # what a lookup returned is the id's initial value or the inserted one, never another id's row
-    fresh = HashTable([4], block_size=64, initializer=uniform(), name="ts_fresh")
+    fresh = HashTable([4], block_size=64, initializer=uniform(), name=f"ts_fresh{trial}")
     fresh._init_seed.copy_(ht._init_seed)
     for ids, out in outs:
         init = fresh(ids).detach()
@@ -135,12 +143,14 @@ def test_hashtable_two_threads_lookup_insert_match_serial():
         assert bool(ok.all()), "a lookup returned values of another id"
 
 
-def test_hashtable_two_threads_train_steps_keep_gradients():
-    """Two threads look up, back-propagate and step one optimizer: no gradient is lost, so the
-    summed update equals the serial run's (SGD-like check through Adam's first step per row)."""
-    ht = HashTable([4], block_size=32, name="ts_grad")
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_hashtable_two_threads_train_steps_keep_gradients(trial):
+    """Two threads look up and back-propagate into one table: every gradient reaches the row of
+    its id (nothing dropped or misrouted), and the optimizer then updates a consistent table."""
+    ht = HashTable([4], block_size=32, name=f"ts_grad{trial}")
     opt = SparseAdamWTF(filter_out_sparse_param(ht), lr=0.1, weight_decay=0.0)
-    work = [batches(5, rounds=30, n=100, vocab=5000), batches(6, rounds=30, n=100, vocab=5000)]
+    work = [batches(5 + 2 * trial, rounds=150, n=200, vocab=100_000),
+            batches(6 + 2 * trial, rounds=150, n=200, vocab=100_000)]
 
     def train(k):
         def body():
@@ -176,14 +186,15 @@ def engine(tag):
     return EmbeddingEngine(opts)
 
 
-def test_embedding_engine_two_threads_forward_match_serial():
-    eng = engine("ts_eng")
-    ref = engine("ts_ref")
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_embedding_engine_two_threads_forward_match_serial(trial):
+    eng = engine(f"ts_eng{trial}")
+    ref = engine(f"ts_ref{trial}")
     for (_, a), (_, b) in zip(eng.named_buffers(), ref.named_buffers()):
         b.copy_(a)          # the same init seeds: the same initial rows per id
     work = []
     for k in range(2):
-        g = batches(20 + k, rounds=40, n=120)
+        g = batches(20 + k + 2 * trial, rounds=60, n=120)
         work.append([{"f1": ragged(g[i]), "f2": ragged(g[(i + 1) % len(g)][:60]),
                       "f3": ragged(g[(i + 2) % len(g)][:90]), "label": torch.ones(40, 1)} for i in range(len(g))])
     outs = [[], []]
