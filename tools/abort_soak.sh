@@ -13,7 +13,10 @@
 # gets a fresh checkpoint directory and a free master port. The stderr tail of every failed run is
 # kept in $SOAK_DIR/<example>-w<world>/fail-<i>.log, and "<i> <rc>" of every run is appended to
 # $SOAK_DIR/<example>-w<world>/progress. Prefetch stays on (the run.sh default,
-# --prefetch=1). Extra runner flags can be passed in $SOAK_FLAGS. The last line printed is
+# --prefetch=1). Extra runner flags can be passed in $SOAK_FLAGS.
+# SOAK_NO_TORCHRUN=1 (WORLD 1 only) starts the runner exactly as run.sh does, but through a shim in
+# place of torchrun's agent (RANK=0 WORLD_SIZE=1 MASTER_ADDR/PORT set, then exec python): the
+# runner process and its exit path are the same, one torch import per run is saved. The last line printed is
 #   SOAK example=<ex> world=<w> runs=<n> failures=<k> rc_counts=<rc:count,...>
 # and the exit status is 0 only if every run succeeded.
 set -uo pipefail
@@ -46,6 +49,22 @@ case "$EXAMPLE" in
   *) echo "unknown example $EXAMPLE (deepfm|deepctr|seq2seq|tables)" >&2; exit 2 ;;
 esac
 
+RUN_PY=$PY
+if [ "${SOAK_NO_TORCHRUN:-0}" = 1 ] && [ "$EXAMPLE" != tables ]; then
+  [ "$WORLD" = 1 ] || { echo "SOAK_NO_TORCHRUN=1 needs WORLD=1" >&2; exit 2; }
+  shim="$SOAK_DIR/shim"; mkdir -p "$shim"
+  cat >"$shim/torchrun" <<SHIM
+#!/usr/bin/env bash
+# torchrun stand-in for one local process: drop the launcher flags, run the script directly
+while [ \$# -gt 0 ]; do case "\$1" in --master_port=*) export MASTER_PORT="\${1#*=}"; shift ;;
+  --nproc_per_node=*|--rdzv_backend=*|--rdzv_endpoint=*) shift ;; *) break ;; esac; done
+export RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1
+exec "$PY" -u "\$@"
+SHIM
+  chmod +x "$shim/torchrun"
+  RUN_PY="$shim/python"  # run.sh only takes dirname of PY (data exists, make_data is skipped)
+fi
+
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 fail=0
@@ -58,7 +77,7 @@ for ((i = 1; i <= RUNS; i++)); do
        --nproc_per_node "$WORLD" --rdzv_backend c10d --rdzv_endpoint localhost:0 \
        "$REPO/tests/distributed/workers/train_tables.py" --out "$ck" --steps 4 ${SOAK_FLAGS:-} >"$log" 2>&1)
   else
-    (cd "$OUT" && WORLD_SIZE=$WORLD DATA="$DATA" OUTPUT_DIR="$ck" MASTER_PORT=$(free_port) \
+    (cd "$OUT" && WORLD_SIZE=$WORLD DATA="$DATA" OUTPUT_DIR="$ck" MASTER_PORT=$(free_port) PY="$RUN_PY" \
        timeout 600 bash "$EX/run.sh" "${FLAGS[@]}" ${SOAK_FLAGS:-} >"$log" 2>&1)
   fi
   rc=$?
