@@ -55,23 +55,42 @@ def doctor(as_json):
 @main.command("check-script")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check_script(script, as_json):
-    """List the recis APIs SCRIPT uses (statically) and flag those recis-compat lacks."""
-    from dataclasses import asdict
-
-    from recis_compat.tools.check_script import check_file
-    uses = check_file(script)
-    missing = [u for u in uses if not u.supported]
+@click.option("--target", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Judge for a CPU-only host (RECIS_COMPAT_DEVICE=cpu) or a GPU host; auto: this host.")
+@click.option("--no-follow", is_flag=True,
+              help="Check SCRIPT only, not the modules it imports from its own directory.")
+def check_script(script, as_json, target, no_follow):
+    """Will SCRIPT run on recis-compat? Checked statically (never run): the recis APIs it uses,
+    call arguments against the real signatures, raw torch.ops.recis ops, attributes of recis
+    objects, and each CUDA call with what happens on a CPU host. Exit code 1 when not runnable."""
+    from recis_compat.tools.check_script import analyze_file
+    report = analyze_file(script, target=target, follow_local=not no_follow)
     if as_json:
-        click.echo(json.dumps({"script": script, "apis": [asdict(u) for u in uses],
-                               "unsupported": len(missing)}, indent=2))
-    else:
-        for u in uses:
-            mark = "ok " if u.supported else "NO "
-            lines = ",".join(str(n) for n in u.lines)
-            click.echo(f"{mark} {u.name}  (line {lines})" + (f"  -- {u.reason}" if u.reason else ""))
-        click.echo(f"{len(uses)} recis APIs used, {len(missing)} unsupported")
-    sys.exit(1 if missing else 0)
+        click.echo(json.dumps(report.to_json(), indent=2))
+        sys.exit(0 if report.runnable else 1)
+    many = len(report.files) > 1
+    for u in report.apis:
+        mark = "ok " if u.supported else "NO "
+        lines = ",".join(str(n) for n in u.lines)
+        where = f"{u.file}, line {lines}" if many else f"line {lines}"
+        click.echo(f"{mark} {u.name}  ({where})" + (f"  -- {u.reason}" if u.reason else ""))
+    for f in report.findings:
+        if f.kind == "cuda":
+            bad = f.effect == "needs a GPU" and not f.guarded and report.target == "cpu"
+            mark = "NO " if bad else "ok "
+        else:
+            mark = "NO "
+        note = "  [only when the script selects CUDA]" if f.guarded else ""
+        click.echo(f"{mark} {f.file}:{f.line}  {f.call}  -- {f.message}{note}")
+    click.echo(f"{len(report.apis)} recis APIs used, {report.unsupported} unsupported")
+    if report.cuda_calls:
+        click.echo(f"{len(report.cuda_calls)} CUDA calls, {len(report.needs_gpu)} need a GPU "
+                   f"(unguarded, not mapped by the CPU mode)")
+    if not report.cpu_mode_available:
+        click.echo("note: recis_compat.utils.cpu_mode is not importable: CUDA calls are judged "
+                   "without the CPU mode")
+    click.echo(f"verdict ({report.target} host): {report.verdict}")
+    sys.exit(0 if report.runnable else 1)
 
 
 _CSV_TO_ORC_HELP = """Convert CSV files into ORC files for OrcDataset.
