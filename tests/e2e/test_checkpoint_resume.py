@@ -165,6 +165,9 @@ def _copy_ckpt(data_dir, name):
     ("corrupt_extra", "extra.pt"),
     ("corrupt_safetensors", "safetensors"),
     ("listed_but_missing", "does not exist"),
+    ("flipped_safetensors_byte", "is corrupt"),
+    ("flipped_model_pt_byte", "is corrupt"),
+    ("list_entry_escapes_root", "points outside the checkpoint directory"),
 ])
 def test_broken_checkpoints_give_clear_errors(data_dir, full_single, damage, message):
     root, ckpt = _copy_ckpt(data_dir, f"broken_{damage}")
@@ -178,6 +181,14 @@ def test_broken_checkpoints_give_clear_errors(data_dir, full_single, damage, mes
     elif damage == "listed_but_missing":
         import shutil
         shutil.rmtree(ckpt)
+    elif damage in ("flipped_safetensors_byte", "flipped_model_pt_byte"):
+        # one bit in the middle of the file: headers stay valid, only a checksum can tell
+        f = sorted(ckpt.glob("*.safetensors"))[-1] if damage == "flipped_safetensors_byte" else ckpt / "model.pt"
+        raw = bytearray(f.read_bytes())
+        raw[len(raw) * 2 // 3] ^= 0x04
+        f.write_bytes(bytes(raw))
+    elif damage == "list_entry_escapes_root":
+        (root / "checkpoint").write_text(f"../{root.name}/{ckpt.name}\n")
     proc = run(data_dir, "--out", str(root), "--steps", "0", check=False)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-3000:]
