@@ -7,6 +7,11 @@ safetensors headers), so inspecting a large checkpoint is fast; the small dense 
 sparse files (sparse-optimizer scalars) are read with their values. ``model.pt``, ``extra.pt``
 and ``io_state_<rank>.pt`` are loaded with ``torch.load(weights_only=True)``.
 
+Checksums (recis_compat/serialize/integrity.py): the report says whether the directory has a
+``checksums.json`` and which files it does not cover; with ``verify=True`` every listed file is
+read and checked, and each mismatch is a problem naming the file (this reads all table data).
+A ``checkpoint`` list entry must name a directory directly inside the root.
+
 :func:`inspect_checkpoint` returns a JSON-serialisable dict; :func:`format_text` renders it.
 A directory that is not a checkpoint raises :class:`NotACheckpointError`; files that exist but
 cannot be read are reported in the result's ``problems`` list.
@@ -32,8 +37,28 @@ class NotACheckpointError(ValueError):
 
 # ------------------------------------------------------------------------------ locating
 def _read_ids(root: str) -> List[str]:
-    with open(os.path.join(root, CHECKPOINT_FILE)) as f:
-        return [line.strip() for line in f if line.strip()]
+    path = os.path.join(root, CHECKPOINT_FILE)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NotACheckpointError(f"{path} is not UTF-8 text ({e}); it must hold one checkpoint id per line") from e
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _listed_dir(root: str, ckpt_id: str) -> str:
+    """``root/ckpt_id`` for an id read from the list file; it must stay inside ``root``."""
+    from recis_compat.serialize.integrity import check_member_name, resolve_member
+    from recis_compat.serialize.layout import CheckpointError
+    what = f"{os.path.join(root, CHECKPOINT_FILE)}"
+    try:
+        check_member_name(ckpt_id, what)
+        if "/" in ckpt_id or "\\" in ckpt_id or ckpt_id == ".":
+            raise CheckpointError(f"{what}: {ckpt_id!r} is not a checkpoint id (expected a directory name "
+                                  "such as 'ckpt_1000' directly inside the root)")
+        return resolve_member(root, ckpt_id, what)
+    except CheckpointError as e:
+        raise NotACheckpointError(str(e)) from e
 
 
 def _is_ckpt_dir(path: str) -> bool:
@@ -69,11 +94,12 @@ def resolve_checkpoint(path: str, ckpt_id: Optional[str] = None) -> Tuple[str, O
             if not ids:
                 raise NotACheckpointError(f"{root}/{CHECKPOINT_FILE} lists no checkpoint")
             ckpt_id = ids[-1]
+            ckpt_dir = _listed_dir(root, ckpt_id)
         else:
             ckpt_id = str(ckpt_id)
             if ckpt_id.isdigit():
                 ckpt_id = f"ckpt_{ckpt_id}"
-        ckpt_dir = os.path.join(root, ckpt_id)
+            ckpt_dir = os.path.join(root, ckpt_id)
         if not os.path.isdir(ckpt_dir):
             listed = "listed in" if ckpt_id in ids else "not listed in"
             raise NotACheckpointError(f"checkpoint {ckpt_id} ({listed} {root}/{CHECKPOINT_FILE}) has no "
@@ -185,7 +211,7 @@ def _sparse_part(ckpt_dir: str, problems: List[str]) -> Tuple[List[dict], List[d
                             "(shard 0 writes the index last)")
         return [], [], []
     try:
-        bundle = CheckpointBundle(ckpt_dir)
+        bundle = CheckpointBundle(ckpt_dir, verify=False)    # headers only; checksums: _checksum_part
     except CheckpointError as e:
         problems.append(str(e))
         return [], [], []
@@ -254,8 +280,40 @@ def _sparse_part(ckpt_dir: str, problems: List[str]) -> Tuple[List[dict], List[d
     return out_tables, dense, files
 
 
-def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None) -> Dict[str, Any]:
-    """Everything ``ckpt inspect`` prints, as a JSON-serialisable dict."""
+def _checksum_part(ckpt_dir: str, verify: bool, problems: List[str]) -> Dict[str, Any]:
+    """``{"present", "algorithm", "files", "unlisted", "verified"}`` of ``checksums.json``."""
+    from recis_compat.serialize.integrity import CHECKSUM_FILE, Manifest
+    from recis_compat.serialize.layout import CheckpointError
+    try:
+        manifest = Manifest(ckpt_dir)
+    except CheckpointError as e:
+        problems.append(str(e))
+        return {"present": True, "algorithm": None, "files": 0, "unlisted": [], "verified": None}
+    names = sorted(n for n in os.listdir(ckpt_dir) if n != CHECKSUM_FILE and os.path.isfile(os.path.join(ckpt_dir, n)))
+    out: Dict[str, Any] = {"present": manifest.present, "algorithm": manifest.algorithm,
+                           "files": len(manifest.files), "verified": None,
+                           "unlisted": [n for n in names if manifest.present and n not in manifest.files]}
+    if manifest.present:
+        gone = sorted(n for n in manifest.files if n not in names)
+        if gone:
+            problems.append(f"{ckpt_dir}: files listed in {CHECKSUM_FILE} are missing: {', '.join(gone)}")
+    if verify and manifest.present:
+        ok = 0
+        for n in names:
+            if n not in manifest.files:
+                continue
+            try:
+                manifest.verify(n)
+                ok += 1
+            except CheckpointError as e:
+                problems.append(str(e))
+        out["verified"] = ok
+    return out
+
+
+def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = False) -> Dict[str, Any]:
+    """Everything ``ckpt inspect`` prints, as a JSON-serialisable dict. ``verify`` checks every
+    file listed in ``checksums.json`` (reads all of them)."""
     ckpt_dir, root, ids = resolve_checkpoint(path, ckpt_id)
     problems: List[str] = []
     name = os.path.basename(ckpt_dir)
@@ -263,6 +321,7 @@ def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None) -> Dict[str, An
         "path": ckpt_dir, "root": root, "ckpt_id": name, "checkpoints": ids,
         "latest": bool(ids) and ids[-1] == name,
     }
+    info["checksums"] = _checksum_part(ckpt_dir, verify, problems)
     tables, dense, files = _sparse_part(ckpt_dir, problems)
     info["data_files"] = files
     info["tables"] = tables
@@ -316,12 +375,12 @@ def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None) -> Dict[str, An
     count_path = os.path.join(ckpt_dir, "io_state_count")
     io_count = None
     if os.path.isfile(count_path):
-        with open(count_path) as f:
-            text = f.read().strip()
+        with open(count_path, "rb") as f:
+            raw = f.read()
         try:
-            io_count = int(text)
-        except ValueError:
-            problems.append(f"{count_path}: not a number ({text[:40]!r})")
+            io_count = int(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            problems.append(f"{count_path}: not a number ({raw[:40]!r})")
     io_files = []
     for fn in sorted(os.listdir(ckpt_dir), key=lambda n: (len(n), n)):
         m = re.fullmatch(r"io_state_(\d+)\.pt", fn)
@@ -385,6 +444,13 @@ def format_text(info: Dict[str, Any]) -> str:
         state = "latest" if info["latest"] else ("listed" if info["ckpt_id"] in ids else "not listed")
         lines.append(f"  root {info['root']}: {len(ids)} listed ({', '.join(ids)}); {info['ckpt_id']} is {state}")
     lines.append(f"global_step: {info['global_step'] if info['global_step'] is not None else '(no extra.pt)'}")
+    cs = info["checksums"]
+    if not cs["present"]:
+        lines.append("checksums: none (checksums.json absent: written by RecIS or an older recis-compat)")
+    else:
+        state = f"{cs['verified']} verified" if cs["verified"] is not None else "not verified"
+        unlisted = f"; not covered: {', '.join(cs['unlisted'])}" if cs["unlisted"] else ""
+        lines.append(f"checksums: {cs['algorithm']}, {cs['files']} files ({state}){unlisted}")
     files = info["data_files"]
     if files:
         total = sum(f["bytes"] for f in files)

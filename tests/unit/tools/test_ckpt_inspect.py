@@ -178,6 +178,43 @@ def test_unreadable_files_are_problems_exit_1(tmp_path, trained):
     assert "global_step: 4" in res.output          # the rest is still shown
 
 
+def test_checksums_are_reported_and_verified_on_request(tmp_path, trained):
+    out, _, _ = trained
+    info = inspect_checkpoint(str(out))
+    cs = info["checksums"]
+    assert cs["present"] and cs["algorithm"] == "xxh3_64" and cs["unlisted"] == [] and cs["verified"] is None
+    assert cs["files"] == len(os.listdir(out / "ckpt_5")) - 1
+    assert inspect_checkpoint(str(out), verify=True)["checksums"]["verified"] == cs["files"]
+    assert "checksums: xxh3_64" in invoke(out).output
+    bad = tmp_path / "ckpt_4"
+    shutil.copytree(out / "ckpt_4", bad)
+    data = sorted(bad.glob("*.safetensors"))[0]
+    raw = bytearray(data.read_bytes())
+    raw[-3] ^= 0x01                            # last bytes: table data, headers stay valid
+    data.write_bytes(bytes(raw))
+    (bad / "stray.txt").write_text("added later")
+    fast = inspect_checkpoint(str(bad))
+    assert fast["problems"] == [] and fast["checksums"]["unlisted"] == ["stray.txt"]
+    slow = inspect_checkpoint(str(bad), verify=True)
+    assert [p for p in slow["problems"] if data.name in p and "corrupt" in p]
+    os.remove(bad / "checksums.json")
+    assert "checksums: none" in invoke(bad).output
+
+
+def test_checkpoint_list_must_be_text_naming_directories_inside_the_root(tmp_path, trained):
+    out, _, _ = trained
+    root = tmp_path / "root"
+    shutil.copytree(out, root)
+    (root / "checkpoint").write_text(f"ckpt_2\n../{out.name}/ckpt_4\n")
+    with pytest.raises(NotACheckpointError, match="points outside the checkpoint directory"):
+        inspect_checkpoint(str(root))
+    (root / "checkpoint").write_text(f"{out / 'ckpt_4'}\n")
+    assert invoke(root).exit_code == 2
+    (root / "checkpoint").write_bytes(b"\xff\xfeckpt_2\n")
+    with pytest.raises(NotACheckpointError, match="checkpoint is not UTF-8"):
+        inspect_checkpoint(str(root))
+
+
 def test_two_shard_sparse_checkpoint(tmp_path):
     """Shards and slices of a sparse checkpoint written by two serialize.Saver shards."""
     ckpt = tmp_path / "ckpt_9"
