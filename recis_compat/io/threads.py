@@ -1,6 +1,6 @@
 """Lifetime of the threads the IO pipeline starts, and closing nested iterators.
 
-Two guarantees (docs/reliability.md, issue 13 item 1):
+Two guarantees (issue 13 item 1):
 
 * **close travels down.** Every wrapping stage (:mod:`.map_dataset`, :mod:`.filter_dataset`,
   :mod:`.state_dataset`, :mod:`.wrap_end_dataset`) closes the iterator it wraps when it is
@@ -11,14 +11,16 @@ Two guarantees (docs/reliability.md, issue 13 item 1):
   (:func:`register_stopper`). Before interpreter finalization (``threading``'s exit hooks, which
   run before non-daemon threads are joined and before ``atexit``) every still-registered one is
   called, oldest first (a stage registers before the stages it reads from start, so the
-  consumer-facing thread stops first and closes what it drives). This covers loops that end without closing their iterator (an exception
-  or KeyboardInterrupt leaving the iterator referenced from a traceback, a plain ``break``). A
-  thread still running native code while the interpreter finalizes dies in ``take_gil`` and
-  aborts the process (``terminate called without an active exception``, rc 134).
+  consumer-facing thread stops first and closes what it drives). This covers loops that end
+  without closing their iterator (an exception or KeyboardInterrupt leaving the iterator
+  referenced from a traceback, a plain ``break``). A daemon thread still running native code
+  while the interpreter finalizes is killed in ``take_gil`` and the process aborts
+  (``terminate called without an active exception``, rc 134).
 """
 from __future__ import annotations
 
-import concurrent.futures.thread  # noqa: F401  (its exit hook must be registered before ours, so ours runs first)
+# registered before ours, concurrent.futures' exit hook runs after ours (hooks run newest first)
+import concurrent.futures.thread  # noqa: F401
 import itertools
 import logging
 import threading
