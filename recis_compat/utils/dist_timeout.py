@@ -74,7 +74,8 @@ def resolve_backend(backend) -> Optional[str]:
 
     On a CUDA job the request is returned unchanged. On a CPU job (:func:`cpu_only`): None,
     ``"nccl"`` and a device map without a usable CPU entry become ``"gloo"``; a device map
-    (``"cuda:nccl,cpu:gloo"``) becomes its ``cpu`` entry; other backends are kept.
+    (``"cuda:nccl,cpu:gloo"``) becomes its ``cpu`` entry; other backends are kept. An explicit
+    ``"nccl"`` warns once, unless the CPU mode is installed (its startup warning names it).
     """
     if not cpu_only():
         return backend
@@ -92,7 +93,9 @@ def resolve_backend(backend) -> Optional[str]:
         chosen = entries.get("cpu", "gloo")
         return "gloo" if chosen == "nccl" else chosen
     if text == "nccl":
-        if text not in _warned:
+        # the CPU mode's startup warning (recis_compat/utils/cpu_mode.py) already lists this mapping
+        from recis_compat.utils import cpu_mode
+        if text not in _warned and not cpu_mode.installed():
             _warned.add(text)
             warnings.warn(f"init_process_group(backend={backend!r}): using gloo because the job runs "
                           f"on the CPU ({DEVICE_ENV_VAR}=cpu or no CUDA device)", RuntimeWarning,

@@ -64,6 +64,15 @@ _SCRIPT = textwrap.dedent("""
         dist.init_process_group(backend="nccl", init_method=init_method(), rank=0, world_size=1)
         out["nccl"] = group_info()
     out["nccl_warnings"] = [str(w.message) for w in caught]
+    import recis_compat.utils.cpu_mode as cpu_mode
+    cpu_mode.install(announce=False)      # its startup warning lists the nccl -> gloo mapping
+    dt._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist.init_process_group(backend="nccl", init_method=init_method(), rank=0, world_size=1)
+        out["nccl_cpu_mode"] = group_info()
+    out["nccl_cpu_mode_warnings"] = [str(w.message) for w in caught]
+    cpu_mode.uninstall()
     dist.init_process_group(backend="cuda:nccl,cpu:gloo", init_method=init_method(), rank=0, world_size=1)
     out["device_map"] = group_info()
     del os.environ["RECIS_COMPAT_DIST_TIMEOUT"]
@@ -127,6 +136,9 @@ def test_nccl_and_device_maps_become_gloo_in_cpu_mode(installed_run):
     assert installed_run["nccl"] == {"backend": "gloo", "timeout": 17}
     assert any("using gloo" in w and "RECIS_COMPAT_DEVICE" in w for w in installed_run["nccl_warnings"])
     assert installed_run["device_map"] == {"backend": "gloo", "timeout": 17}
+    # with the CPU mode installed its own startup warning names the mapping; no second warning
+    assert installed_run["nccl_cpu_mode"] == {"backend": "gloo", "timeout": 17}
+    assert not any("using gloo" in w for w in installed_run["nccl_cpu_mode_warnings"])
 
 
 def test_install_is_idempotent(installed_run):
