@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures.thread  # noqa: F401
 import itertools
 import logging
+import os
 import threading
 from typing import Callable, Dict, Optional, Tuple
 
@@ -98,4 +99,14 @@ def _register_exit_hook() -> None:
         atexit.register(stop_all)
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (DataLoader worker) has none of the parent's threads: forget their
+    stoppers, and take a fresh lock (the parent's may have been held at fork time)."""
+    global _lock
+    _lock = threading.Lock()
+    _stoppers.clear()
+
+
 _register_exit_hook()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

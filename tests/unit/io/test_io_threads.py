@@ -144,3 +144,23 @@ def test_stoppers_of_ended_threads_are_dropped():
         assert key not in io_threads._stoppers
     finally:
         io_threads.unregister_stopper(key2)
+
+
+def test_forked_child_starts_with_no_stoppers_of_the_parent():
+    """A DataLoader worker is a fork: the parent's threads do not exist there, and a lock held at
+    fork time must not deadlock the child's exit hook."""
+    key = io_threads.register_stopper(lambda: None)
+    r, w = os.pipe()
+    try:
+        with io_threads._lock:  # held by the parent while it forks
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            io_threads.register_stopper(lambda: None)
+            os.write(w, str(len(io_threads._stoppers)).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.read(r, 16) == b"1"
+    finally:
+        io_threads.unregister_stopper(key)
+        os.close(r)
+        os.close(w)
