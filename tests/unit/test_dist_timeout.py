@@ -245,8 +245,9 @@ def test_failed_backward_exchange_names_table_and_rank(monkeypatch):
     with pytest.raises(DistributedExchangeError) as info:
         out.sum().backward()
     msg = str(info.value)
-    for part in ("table 'user' (shared_names user_ro)", "rank 1 of 4", "embedding-gradient all-to-all failed in backward",
-                 "RECIS_COMPAT_DIST_TIMEOUT=15 s", "Timed out waiting 15000ms"):
+    for part in ("table 'user' (shared_names user_ro)", "rank 1 of 4",
+                 "embedding-gradient all-to-all failed in backward", "RECIS_COMPAT_DIST_TIMEOUT=15 s",
+                 "Timed out waiting 15000ms"):
         assert part in msg, (part, msg)
     assert isinstance(info.value.__cause__, RuntimeError)
 
