@@ -81,7 +81,7 @@ def concat_pieces(kind: str, pieces: Sequence[Piece], column: str = "?") -> Piec
     :class:`~.errors.OrcDataError` naming the column (int32 would wrap to negative offsets;
     RecIS's RaggedTensor contract keeps int32 offsets for ``list<>`` columns)."""
     if kind != DENSE:
-        _check_offsets_fit(pieces, column)
+        _check_offsets_fit(pieces, column, "string bytes" if kind == STRINGS else "values")
     if len(pieces) == 1:
         return pieces[0]
     values = np.concatenate([p[0] for p in pieces])
@@ -101,13 +101,13 @@ def concat_pieces(kind: str, pieces: Sequence[Piece], column: str = "?") -> Piec
     return values, offs, weight
 
 
-def _check_offsets_fit(pieces: Sequence[Piece], column: str) -> None:
+def _check_offsets_fit(pieces: Sequence[Piece], column: str, leaf: str) -> None:
     for k in range(len(pieces[0][1])):
         if np.result_type(*[p[1][k].dtype for p in pieces]) != np.int32:
             continue
         total = sum(int(p[1][k][-1]) for p in pieces)
         if total > INT32_OFFSETS_LIMIT:
-            what = "values" if k == len(pieces[0][1]) - 1 else f"entries of list level {k + 1}"
+            what = leaf if k == len(pieces[0][1]) - 1 else f"entries of list level {k + 1}"
             raise OrcDataError(
                 f"column {column!r}: one batch holds {total} {what}, more than its int32 offsets "
                 f"can index ({INT32_OFFSETS_LIMIT}); use a smaller batch_size, or write the "
