@@ -231,7 +231,8 @@ def _register_jit_builtins(patched: Dict[Tuple[object, str], object]) -> None:
 
 
 class CudaUnavailableError(RuntimeError, AssertionError):
-    """A script's CUDA call on a host without CUDA while ``RECIS_COMPAT_DEVICE`` is not ``cpu``.
+    """A script's call that fails on a host without CUDA while ``RECIS_COMPAT_DEVICE`` is not
+    ``cpu``: a CUDA call, or RecIS's thread count of ``cpu_count() // 16`` = 0.
 
     Both a ``RuntimeError`` and an ``AssertionError`` (what torch raises for these calls on a
     CPU-only build), so code catching either keeps working; only the message changes.
@@ -240,8 +241,19 @@ class CudaUnavailableError(RuntimeError, AssertionError):
 
 # calls whose failure on a CPU-only host :func:`install_hints` re-raises naming the variable
 HINTED_CALLS: Tuple[str, ...] = ("torch.cuda.set_device", "torch.cuda.current_device",
-                                 "torch.cuda.synchronize", "Tensor.cuda", "Module.cuda")
+                                 "torch.cuda.synchronize", "Tensor.cuda", "Module.cuda",
+                                 "torch.set_num_threads", "torch.set_num_interop_threads")
+_THREAD_CALLS = ("torch.set_num_threads", "torch.set_num_interop_threads")
 _hint_saved: List[Tuple[object, str, object]] = []
+
+
+def _hint_message(call: str, args: tuple) -> str:
+    if call in _THREAD_CALLS:
+        n = args[0] if args else "?"
+        return (f"{call}({n!r}): torch needs at least 1 thread (RecIS scripts compute cpu_count() // 16, "
+                f"which is 0 on hosts with fewer than 16 CPUs). Set {ENV_VAR}=cpu to run RecIS scripts on "
+                f"the CPU: thread counts below 1 then become 1.")
+    return _device.cuda_unavailable_message(call)
 
 
 def _hinted(fn: Callable, call: str) -> Callable:
@@ -252,16 +264,16 @@ def _hinted(fn: Callable, call: str) -> Callable:
         except CudaUnavailableError:
             raise
         except (AssertionError, RuntimeError, AttributeError) as e:
-            raise CudaUnavailableError(f"{_device.cuda_unavailable_message(call)} ({type(e).__name__}: "
-                                       f"{e})") from e
+            raise CudaUnavailableError(f"{_hint_message(call, args)} ({type(e).__name__}: {e})") from e
     return wrapper
 
 
 def install_hints() -> bool:
     """Without the variable, on a host without CUDA: the calls in :data:`HINTED_CALLS` behave as
     before (they fail) but raise :class:`CudaUnavailableError` naming ``RECIS_COMPAT_DEVICE``
-    instead of torch's ``Torch not compiled with CUDA enabled`` / ``_cuda_setDevice``. Calls that
-    succeed (``set_device(-1)``) still succeed. Idempotent; nothing happens when CUDA is
+    instead of torch's ``Torch not compiled with CUDA enabled`` / ``_cuda_setDevice`` /
+    ``expects a positive integer`` (torch's message is appended). Calls that succeed
+    (``set_device(-1)``, ``set_num_threads(4)``) still succeed. Idempotent; nothing happens when CUDA is
     available or the CPU mode is installed. Returns whether the hints are installed."""
     with _lock:
         if _hint_saved or _saved or torch.cuda.is_available():
@@ -269,7 +281,9 @@ def install_hints() -> bool:
         owners = {"torch.cuda.set_device": (torch.cuda, "set_device"),
                   "torch.cuda.current_device": (torch.cuda, "current_device"),
                   "torch.cuda.synchronize": (torch.cuda, "synchronize"),
-                  "Tensor.cuda": (torch.Tensor, "cuda"), "Module.cuda": (nn.Module, "cuda")}
+                  "Tensor.cuda": (torch.Tensor, "cuda"), "Module.cuda": (nn.Module, "cuda"),
+                  "torch.set_num_threads": (torch, "set_num_threads"),
+                  "torch.set_num_interop_threads": (torch, "set_num_interop_threads")}
         for call in HINTED_CALLS:
             owner, name = owners[call]
             original = owner.__dict__.get(name, _ABSENT) if isinstance(owner, type) else getattr(owner, name)

@@ -70,8 +70,9 @@ def test_torch_cuda_calls_land_on_the_cpu_with_one_startup_warning():
         startup = [str(w.message) for w in caught if "CPU mode" in str(w.message)]
         other_cuda = [str(w.message) for w in caught
                       if "CUDA" in str(w.message) and "CPU mode" not in str(w.message)]
+        from recis.utils import dist_timeout
         out = {"startup": startup, "other_cuda": other_cuda, "again": again,
-               "installed": cpu_mode.installed()}
+               "installed": cpu_mode.installed(), "dist_timeout": dist_timeout.installed()}
         torch.cuda.set_device(int(os.getenv("RANK", "-1")))
         torch.cuda.set_device(0)
         torch.cuda.set_device(torch.device("cuda:1"))
@@ -130,6 +131,7 @@ def test_torch_cuda_calls_land_on_the_cpu_with_one_startup_warning():
     assert "RECIS_COMPAT_DEVICE=cpu" in res["startup"][0]
     assert "torch.cuda.set_device: no-op (CPU)" in res["startup"][0]
     assert res["other_cuda"] == [] and res["again"] is False and res["installed"] is True
+    assert res["dist_timeout"] is True                # import recis also wraps init_process_group
     assert res["current_device"] == 0 and res["name"] == "cpu"
     assert res["is_available"] is False and res["device_count"] == 0
     assert res["same_tensor"] is True
@@ -270,8 +272,8 @@ def test_module_cuda_on_a_model_holding_tables_keeps_training():
 
 def test_without_the_variable_cuda_calls_fail_naming_it():
     res = _run(_TABLE_MODEL + """
-    from recis.utils import cpu_mode
-    out = {"installed": cpu_mode.installed()}
+    from recis.utils import cpu_mode, dist_timeout
+    out = {"installed": cpu_mode.installed(), "dist_timeout": dist_timeout.installed()}
     torch.cuda.set_device(-1)                       # what RecIS's examples do without RANK: fine
     def err(f):
         try:
@@ -290,14 +292,17 @@ def test_without_the_variable_cuda_calls_fail_naming_it():
     out["threads"] = err(lambda: torch.set_num_threads(0))
     print(json.dumps(out))
     """, cpu_mode=False)
-    assert res["installed"] is False
+    assert res["installed"] is False and res["dist_timeout"] is True
     for key in ("tensor_cuda", "set_device", "current_device", "model_cuda", "ragged_cuda", "ragged_to"):
         assert res[key] is not None, key
         assert res[key][1] is True, res[key]
         assert "RECIS_COMPAT_DEVICE=cpu" in res[key][3], res[key]
     assert res["tensor_cuda"][2] is True              # still an AssertionError, as torch raises
     assert res["factory"] is not None and "RECIS_COMPAT_DEVICE" not in res["factory"][3]
-    assert res["threads"] is not None                 # 0 threads: torch's error, unchanged
+    # 0 threads (RecIS's cpu_count() // 16): still an error, naming the variable and the cause
+    assert res["threads"] is not None and res["threads"][1] is True
+    assert "RECIS_COMPAT_DEVICE=cpu" in res["threads"][3] and "cpu_count() // 16" in res["threads"][3]
+    assert "expects a positive integer" in res["threads"][3]
 
 
 def test_dynamic_table_cuda_names_the_variable_without_recis(monkeypatch):
