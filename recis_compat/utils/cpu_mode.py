@@ -66,6 +66,7 @@ MAPPED_CALLS: Tuple[Tuple[str, str], ...] = (
     ("Tensor.new_zeros/new_ones/new_empty/new_full/new_tensor(device='cuda')", "creates the tensor on CPU"),
     ("torch.zeros/ones/empty/full/tensor/as_tensor/arange/linspace/eye/rand/randn/randint/randperm"
      "/*_like(device='cuda')", "creates the tensor on CPU"),
+    ("torch.load(map_location='cuda' or none)", "loads onto the CPU (CUDA-saved tensors included)"),
     ("Module.cuda", "moves the module to CPU (Module.cpu); recis tables stay on CPU"),
     ("RaggedTensor.cuda / RaggedTensor.to('cuda')", "returns a RaggedTensor on CPU"),
     ("torch.autocast('cuda', dtype=...) / torch.amp.autocast('cuda') / torch.cuda.amp.autocast",
@@ -130,6 +131,17 @@ def _make_tensor_cuda(original_to: Callable) -> Callable:
         """CPU mode (recis_compat/utils/cpu_mode.py): the tensor on the CPU (itself when it is)."""
         return original_to(self, _CPU, non_blocking=non_blocking, memory_format=memory_format)
     return cuda
+
+
+def _make_load(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def load(f, map_location=None, *args, **kwargs):
+        # no map_location: tensors saved on a GPU would need CUDA to load; a CUDA one: mapped
+        if map_location is None or _is_cuda(map_location):
+            map_location = _CPU
+        return original(f, map_location, *args, **kwargs)
+    load.__recis_compat_cpu_mode__ = original
+    return load
 
 
 def _tensor_pin_memory(self, device=None):
@@ -212,6 +224,7 @@ def _patches() -> Dict[Tuple[object, str], object]:
     for name in _FACTORIES:
         p[(torch, name)] = _map_device_kw(getattr(torch, name))
     p[(nn.Module, "cuda")] = _module_cuda
+    p[(torch, "load")] = _make_load(torch.load)
     p[(torch, "set_num_threads")] = _clamp_threads(torch.set_num_threads)
     p[(torch, "set_num_interop_threads")] = _clamp_threads(torch.set_num_interop_threads)
     p[(autocast_mode.autocast, "__init__")] = _make_autocast_init(autocast_mode.autocast.__init__)

@@ -93,6 +93,12 @@ def test_torch_cuda_calls_land_on_the_cpu_with_one_startup_warning():
             "pin_memory": x.pin_memory().device,
             "new_zeros": x.new_zeros(2, device="cuda").device, "new_tensor": x.new_tensor([1], device="cuda").device,
         }
+        import io
+        for loc in ("cuda", "cuda:1", torch.device("cuda"), None):
+            buf = io.BytesIO()
+            torch.save({"w": x}, buf)
+            buf.seek(0)
+            devs[f"load({loc!r})"] = torch.load(buf, map_location=loc)["w"].device
         out["to_dtype"] = str(x.to("cuda", torch.float64).dtype)
         out["to_tensor"] = str(x.to(torch.zeros(1, dtype=torch.int32)).dtype)
         for name, call in {
