@@ -32,8 +32,13 @@ from recis_compat.framework.metrics import get_global_metrics
 from recis_compat.hooks.hook import Hook
 from recis_compat.hooks.logger_hook import LoggerHook
 from recis_compat.utils.data_utils import copy_data_to_device
+from recis_compat.utils import dist_timeout
 from recis_compat.utils.device import resolve_device
 from recis_compat.utils.logger import Logger
+
+# Scripts that import the Trainer without `import recis` call init_process_group() before a
+# Trainer exists: bound their collectives too (docs/reliability.md, timeouts).
+dist_timeout.install()
 
 __all__ = ["TrainingArguments", "Trainer"]
 
