@@ -52,9 +52,11 @@ class HashTableCoalescedGroup:
     def __init__(self, name: str):
         self._name = name
         self._emb_opt: Optional[EmbeddingOption] = None     # the first option (RecIS's name)
-        self._children: List[str] = []
+        # RecIS's names: shared_name -> child index; feature -> child index; feature -> runtime_info
+        self._children: Dict[str, int] = {}
+        self._fea_to_encode_id: Dict[str, int] = {}
+        self._fea_to_runtime: Dict[str, str] = {}
         self._fea_opt: "OrderedDict[str, EmbeddingOption]" = OrderedDict()
-        self._fea_child: Dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -67,11 +69,12 @@ class HashTableCoalescedGroup:
                 raise ValueError(f"physical table {self._name} (dim {emb_opt.embedding_dim}, {emb_opt.dtype}): "
                                  f"feature {fea_name!r} would add child {child!r} beyond the {MAX_CHILDREN} "
                                  "shared_names one table can hold (12-bit child index)")
-            self._children.append(child)
+            self._children[child] = len(self._children)
         if self._emb_opt is None:
             self._emb_opt = emb_opt
         self._fea_opt[fea_name] = emb_opt
-        self._fea_child[fea_name] = self._children.index(child)
+        self._fea_to_encode_id[fea_name] = self._children[child]
+        self._fea_to_runtime[fea_name] = emb_opt.runtime_info()
 
     def features(self) -> List[str]:
         return list(self._fea_opt)
@@ -80,11 +83,11 @@ class HashTableCoalescedGroup:
         return self._fea_opt[fea]
 
     def runtime_info(self, fea: str) -> str:
-        return self._fea_opt[fea].runtime_info()
+        return self._fea_to_runtime[fea]
 
     def encode_id(self, fea: str) -> int:
         """The child index of feature ``fea``."""
-        return self._fea_child[fea]
+        return self._fea_to_encode_id[fea]
 
     def children_info(self, fea: str) -> dict:
         """The lookup settings of feature ``fea``, as RecIS: ``{"combiner", "dim", "use_weight",

@@ -375,6 +375,9 @@ def test_recis_internals_keep_their_meaning():
     assert [group.encode_id(f) for f in ("fa", "fb", "fa2")] == [0, 1, 0]
     assert group.runtime_info("fa") == a.runtime_info()
     assert group._emb_opt.shared_name == "int_a"
+    assert group._children == {"int_a": 0, "int_b": 1}
+    assert group._fea_to_encode_id == {"fa": 0, "fb": 1, "fa2": 0}
+    assert group._fea_to_runtime["fb"] == b.runtime_info()
     info = group.children_info("fb")
     assert info == {"combiner": "mean", "dim": 4, "use_weight": True, "combiner_kwargs": None,
                      "admit_hook": None, "fp16_enabled": False}
