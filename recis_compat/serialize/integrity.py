@@ -7,12 +7,13 @@ JSON and the framework's torch files) gets a checksum, recorded in ``checksums.j
 
     {"algorithm": "xxh3_64", "files": {"model-000000-of-000004.safetensors": "9f0c31d2a47be815", ...}}
 
-``recis.serialize.Saver`` computes the checksum of each data file while streaming it to disk
-(no second pass), the metadata JSON from the bytes it writes, and writes ``checksums.json``
-just before ``index`` (``index`` still marks a complete directory); the framework Saver adds ``model.pt``, ``extra.pt``, ``io_state_<rank>.pt``
-and ``io_state_count`` before publishing the directory. The file is separate from ``index`` so
-that ``index``, ``tensorkey.json`` and the torch-rank JSON stay exactly as RecIS writes them:
-RecIS's readers open those three files and the data files named in ``index``, nothing else.
+``recis.serialize.Saver`` checksums each data file while streaming it to disk (no second
+pass) and each metadata JSON from the bytes it writes, and writes ``checksums.json`` just
+before ``index`` (``index`` still marks a complete directory); the framework Saver adds
+``model.pt``, ``extra.pt``, ``io_state_<rank>.pt`` and ``io_state_count`` before publishing the
+directory. The file is separate from ``index`` so that ``index``, ``tensorkey.json`` and the
+torch-rank JSON stay byte-for-byte what RecIS writes: RecIS's reader opens ``index``,
+``tensorkey.json`` and the data files named in ``index``, nothing else.
 
 Readers verify a file the first time they open it (one sequential read; a file already
 verified in this process with unchanged size, mtime and inode is not read again) and raise
@@ -52,8 +53,8 @@ except ImportError:      # optional at import time; requirements.txt installs it
 
 from recis_compat.serialize.layout import CheckpointCorruptError, CheckpointError, atomic_write_json
 
-__all__ = ["CHECKSUM_FILE", "ALGORITHM", "ALGORITHMS", "new_hasher", "HashingWriter", "file_checksum", "bytes_checksum",
-           "resolve_member", "check_member_name", "Manifest", "write_manifest", "warn_unverified"]
+__all__ = ["CHECKSUM_FILE", "ALGORITHM", "ALGORITHMS", "new_hasher", "HashingWriter", "file_checksum",
+           "bytes_checksum", "resolve_member", "check_member_name", "Manifest", "write_manifest", "warn_unverified"]
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ __all__ = [
     "INDEX_FILE", "TENSORKEY_FILE", "TORCH_RANK_FILE", "DENSE_SLICE", "SLICE_SEP", "AT", "PART",
     "slice_string", "parse_slice", "table_tensor_name", "table_block_key", "dense_block_key",
     "split_block_name", "data_file_name", "fragment_file_name", "dtype_code", "dtype_of_code",
-    "dtype_name", "atomic_write", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "write_safetensors", "dumps_json",
+    "dtype_name", "atomic_write", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "write_safetensors",
+    "dumps_json",
 ]
 
 INDEX_FILE = "index"

@@ -36,7 +36,8 @@ def flip_data_byte(path, key=None):
     raw = bytearray(open(path, "rb").read())
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
-    key = key or next(k for k, v in header.items() if k != "__metadata__" and v["data_offsets"][1] > v["data_offsets"][0])
+    key = key or next(k for k, v in header.items()
+                      if k != "__metadata__" and v["data_offsets"][1] > v["data_offsets"][0])
     begin = 8 + n + header[key]["data_offsets"][0]
     raw[begin] ^= 0x40
     open(path, "wb").write(bytes(raw))
