@@ -7,11 +7,12 @@ see ``recis_compat/utils/device.py``) every one of those stops the script before
 runs. ``import recis`` calls :func:`install` when the variable is set (``adapters/recis/__init__.py``),
 which patches the calls listed in :data:`MAPPED_CALLS` and warns once, listing them.
 
-What stays honest: ``torch.cuda.is_available()`` stays ``False`` and ``torch.cuda.device_count()``
-stays 0 (torch, TorchRec and FBGEMM choose code paths with them; a script that needs a GPU count
-should fail rather than run a CUDA code path on the CPU), ``Tensor.is_cuda`` and ``.device`` say
-``cpu``. ``torch.cuda.Stream``/``Event`` and ``torch.device("cuda")`` objects themselves are not
-mapped; a ``torch.device("cuda")`` given as the device of a mapped call is.
+What stays honest (:data:`UNMAPPED_CALLS`): ``torch.cuda.is_available()`` stays ``False`` and
+``torch.cuda.device_count()`` stays 0 (torch, TorchRec and FBGEMM choose code paths with them; a
+script that needs a GPU count should fail rather than run a CUDA code path on the CPU),
+``Tensor.is_cuda`` and ``.device`` say ``cpu``. ``torch.cuda.Stream``/``Event`` and
+``torch.device("cuda")`` objects themselves are not mapped; a ``torch.device("cuda")`` given as
+the device of a mapped call is. TorchScript-compiled code keeps torch's own ops.
 
 Plain torch factory calls with ``device="cuda"`` (``torch.zeros/ones/empty/full/tensor/arange/
 randn/...``, ``Tensor.new_*``, ``*_like``) and ``Tensor.to("cuda")`` are mapped too: the DeepFM
@@ -38,8 +39,8 @@ from torch import nn
 from recis_compat.utils import device as _device
 from recis_compat.utils.device import ENV_VAR
 
-__all__ = ["MAPPED_CALLS", "HINTED_CALLS", "ENV_VAR", "CudaUnavailableError", "enabled", "install", "uninstall",
-           "installed", "install_hints", "hints_installed", "uninstall_hints", "maybe_install"]
+__all__ = ["MAPPED_CALLS", "UNMAPPED_CALLS", "HINTED_CALLS", "ENV_VAR", "CudaUnavailableError", "enabled",
+           "install", "uninstall", "installed", "install_hints", "hints_installed", "uninstall_hints", "maybe_install"]
 
 _CPU = torch.device("cpu")
 
@@ -58,15 +59,14 @@ MAPPED_CALLS: Tuple[Tuple[str, str], ...] = (
     ("torch.cuda.device(...) (context manager)", "no-op (CPU)"),
     ("torch.cuda.get_device_name", "returns 'cpu'"),
     ("torch.cuda.reset_peak_memory_stats", "no-op (CPU)"),
-    ("torch.cuda.is_available", "unchanged: False"),
-    ("torch.cuda.device_count", "unchanged: 0"),
     ("Tensor.cuda", "returns the tensor on CPU"),
     ("Tensor.pin_memory", "returns the tensor unchanged (no accelerator to pin for)"),
     ("Tensor.to('cuda') / Tensor.to(device=torch.device('cuda'))", "moves to CPU (dtype and other arguments kept)"),
     ("Tensor.new_zeros/new_ones/new_empty/new_full/new_tensor(device='cuda')", "creates the tensor on CPU"),
     ("torch.zeros/ones/empty/full/tensor/as_tensor/arange/linspace/eye/rand/randn/randint/randperm"
      "/*_like(device='cuda')", "creates the tensor on CPU"),
-    ("torch.load(map_location='cuda' or none)", "loads onto the CPU (CUDA-saved tensors included)"),
+    ("torch.load(map_location='cuda')", "loads onto the CPU (so does torch.load without map_location, "
+                                        "GPU-saved tensors included)"),
     ("Module.cuda", "moves the module to CPU (Module.cpu); recis tables stay on CPU"),
     ("RaggedTensor.cuda / RaggedTensor.to('cuda')", "returns a RaggedTensor on CPU"),
     ("torch.autocast('cuda', dtype=...) / torch.amp.autocast('cuda') / torch.cuda.amp.autocast",
@@ -74,6 +74,14 @@ MAPPED_CALLS: Tuple[Tuple[str, str], ...] = (
     ("torch.set_num_threads(n) / torch.set_num_interop_threads(n)", "n < 1 raised to 1"),
     ("recis API device='cuda' (OrcDataset, HashTable, EmbeddingOption, ...)", "CPU"),
     ("torch.distributed.init_process_group(backend='nccl')", "gloo"),
+)
+
+# what the mode deliberately leaves alone (listed in the startup warning too)
+UNMAPPED_CALLS: Tuple[Tuple[str, str], ...] = (
+    ("torch.cuda.is_available", "unchanged: False (torch/TorchRec/FBGEMM choose code paths with it)"),
+    ("torch.cuda.device_count", "unchanged: 0"),
+    ("torch.cuda.Stream / torch.cuda.Event / torch.cuda.get_device_properties", "not mapped: fail as on any CPU host"),
+    ("device='cuda' inside TorchScript-compiled code", "not mapped: fails at run time"),
 )
 
 _lock = threading.Lock()
@@ -336,7 +344,7 @@ def install(announce: bool = True) -> bool:
         # startup warning below has listed them it replaces their per-API warnings
         if announce and not _announced:
             _announced = True
-            listing = "".join(f"\n  {call}: {effect}" for call, effect in MAPPED_CALLS)
+            listing = "".join(f"\n  {call}: {effect}" for call, effect in MAPPED_CALLS + UNMAPPED_CALLS)
             warnings.warn(f"recis-compat CPU mode ({ENV_VAR}=cpu): the script's CUDA calls run on the "
                           f"CPU (recis_compat/utils/cpu_mode.py):{listing}", RuntimeWarning, stacklevel=3)
         _device.mark_announced(_announced)

@@ -49,8 +49,13 @@ def test_mapped_calls_is_a_tuple_of_call_effect_pairs():
     assert calls["torch.cuda.set_device"] == "no-op (CPU)"
     assert calls["Tensor.cuda"] == "returns the tensor on CPU"
     assert calls["torch.distributed.init_process_group(backend='nccl')"] == "gloo"
-    for needed in ("torch.cuda.current_device", "torch.cuda.synchronize", "Module.cuda", "torch.cuda.is_available"):
+    for needed in ("torch.cuda.current_device", "torch.cuda.synchronize", "Module.cuda",
+                   "torch.load(map_location='cuda')"):
         assert needed in calls
+    # what stays honest is listed apart, not as a mapping
+    from recis_compat.utils.cpu_mode import UNMAPPED_CALLS
+    assert "torch.cuda.is_available" not in calls and "torch.cuda.device_count" not in calls
+    assert dict(UNMAPPED_CALLS)["torch.cuda.is_available"].startswith("unchanged: False")
     assert any(c.startswith("torch.autocast('cuda'") for c in calls)
     assert any("RaggedTensor.cuda" in c for c in calls)
 
@@ -104,7 +109,8 @@ def test_torch_cuda_calls_land_on_the_cpu_with_one_startup_warning():
         for name, call in {
                 "zeros": lambda d: torch.zeros(2, device=d), "ones": lambda d: torch.ones(2, device=d),
                 "empty": lambda d: torch.empty(2, device=d), "full": lambda d: torch.full((2,), 3.0, device=d),
-                "tensor": lambda d: torch.tensor([1, 2], device=d), "as_tensor": lambda d: torch.as_tensor([1], device=d),
+                "tensor": lambda d: torch.tensor([1, 2], device=d),
+                "as_tensor": lambda d: torch.as_tensor([1], device=d),
                 "arange": lambda d: torch.arange(3, device=d), "randn": lambda d: torch.randn(2, device=d),
                 "rand": lambda d: torch.rand(2, device=d), "randint": lambda d: torch.randint(0, 5, (2,), device=d),
                 "randperm": lambda d: torch.randperm(3, device=d), "eye": lambda d: torch.eye(2, device=d),
