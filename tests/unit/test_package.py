@@ -110,3 +110,21 @@ def test_alias_loader_gives_the_target_code_and_source():
     pkg_spec = AliasFinder("recis", "recis_compat").find_spec("recis.tools")
     assert pkg_spec.loader.is_package("recis.tools") is True
     assert pkg_spec.submodule_search_locations is not None
+
+
+def test_column_io_in_a_plain_install_layout(tmp_path):
+    """``pip install .`` copies the packages setup.py lists (build_py): column_io lands beside
+    recis and recis_compat and imports from there."""
+    import pathlib
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    lib = tmp_path / "lib"
+    build = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
+                           cwd=repo, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    assert (lib / "column_io" / "__init__.py").is_file() and (lib / "recis" / "__init__.py").is_file()
+    env = _clean_env()
+    env["PYTHONPATH"] = str(lib)
+    out = subprocess.run([sys.executable, "-c", "import column_io; print(column_io.__file__, column_io.__provider__)"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(lib / "column_io" / "__init__.py"), "recis-compat"]
