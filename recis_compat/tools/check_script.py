@@ -341,8 +341,10 @@ class _Collector(ast.NodeVisitor):
         self.uses: Dict[str, Usage] = {}
         self.findings: List[Finding] = []
         self.local_imports: List[Tuple[str, int]] = []   # (module name, level)
-        self.instances: Dict[str, Optional[str]] = {}    # variable -> recis class path (None: ambiguous)
-        self.instance_lines: Dict[str, int] = {}
+        # per scope (module, then each function / class body): variable -> (recis class path or
+        # None when it may hold anything else, line of the assignment)
+        self.scopes: List[Dict[str, Tuple[Optional[str], int]]] = [{}]
+        self.stored_attrs: Set[Tuple[str, str]] = set()   # (variable, attribute) the script sets
         self._guard_depth = 0
         self._seen: Set[Tuple[str, int, str]] = set()
 
@@ -445,12 +447,62 @@ class _Collector(ast.NodeVisitor):
         for target in node.targets:
             if isinstance(target, ast.Name):
                 name = target.id
-                if name in self.instances and self.instances[name] != cls:
-                    self.instances[name] = None          # assigned twice differently: unknown
-                else:
-                    self.instances[name] = cls
-                    self.instance_lines.setdefault(name, node.lineno)
-        self.generic_visit(node)
+                self._bind(name, cls, node.lineno)
+            else:
+                self.visit(target)
+        self.visit(node.value)
+
+    def _bind(self, name: str, cls: Optional[str], line: int) -> None:
+        """``name`` is assigned in the current scope: a recis class instance (``cls``) or
+        anything else (None); two different bindings in one scope make it unknown."""
+        scope = self.scopes[-1]
+        if name in scope and scope[name][0] != cls:
+            scope[name] = (None, scope[name][1])
+        elif name not in scope:
+            scope[name] = (cls, line)
+
+    def instance(self, name: str) -> Tuple[Optional[str], int]:
+        """(recis class path, line) of what ``name`` holds here, or (None, 0)."""
+        for scope in reversed(self.scopes):
+            if name in scope:
+                return scope[name]
+        return None, 0
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, (ast.Store, ast.Del)):
+            self._bind(node.id, None, node.lineno)
+
+    def _scoped(self, node: ast.AST, inner: Iterable[ast.AST], outer: Iterable[ast.AST]) -> None:
+        for child in outer:
+            self.visit(child)
+        self.scopes.append({})
+        for child in inner:
+            self.visit(child)
+        self.scopes.pop()
+
+    def visit_FunctionDef(self, node) -> None:
+        a = node.args
+        params = a.posonlyargs + a.args + a.kwonlyargs + [p for p in (a.vararg, a.kwarg) if p]
+        outer = list(node.decorator_list) + list(a.defaults) + [d for d in a.kw_defaults if d]
+        self._scoped(node, [*params, *node.body], outer)
+        self._bind(node.name, None, node.lineno)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        a = node.args
+        params = a.posonlyargs + a.args + a.kwonlyargs + [p for p in (a.vararg, a.kwarg) if p]
+        self._scoped(node, [*params, node.body], list(a.defaults) + [d for d in a.kw_defaults if d])
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._scoped(node, node.body, list(node.decorator_list) + list(node.bases)
+                     + [k.value for k in node.keywords])
+        self._bind(node.name, None, node.lineno)
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self._bind(node.arg, None, node.lineno)
+        if node.annotation is not None:
+            self.visit(node.annotation)
 
     # ------------------------------------------------------------------ attributes
     def visit_Attribute(self, node: ast.Attribute) -> None:
@@ -469,12 +521,13 @@ class _Collector(ast.NodeVisitor):
                        f"with their own schemas, reached through the recis Python API "
                        f"(COMPATIBILITY.md)", False)
             return
-        if chain and len(chain) >= 2 and self.instances.get(chain[0]):
+        if chain and len(chain) >= 2 and self.instance(chain[0])[0] \
+                and (chain[0], chain[1]) not in self.stored_attrs:
             self._check_instance_attr(node, chain)
         self.generic_visit(node)
 
     def _check_instance_attr(self, node: ast.Attribute, chain: List[str]) -> None:
-        cls_path = self.instances[chain[0]]
+        cls_path, line = self.instance(chain[0])
         ok, _, cls = _resolve_obj(cls_path)
         if not ok or _has_dynamic_getattr(cls):
             return
@@ -483,7 +536,7 @@ class _Collector(ast.NodeVisitor):
             return
         private = " private" if attr.startswith("_") else ""
         self._find("attribute", node, f"{chain[0]}.{attr}",
-                   f"{chain[0]} is a {cls_path} (assigned on line {self.instance_lines.get(chain[0])}); "
+                   f"{chain[0]} is a {cls_path} (assigned on line {line}); "
                    f"it has no{private} attribute {attr!r} in recis-compat", False)
 
     # ------------------------------------------------------------------ calls
@@ -493,7 +546,7 @@ class _Collector(ast.NodeVisitor):
             self._check_recis_call(node, dotted)
         else:
             chain = self._chain(node.func)
-            if chain and len(chain) == 2 and self.instances.get(chain[0]):
+            if chain and len(chain) == 2 and self.instance(chain[0])[0]:
                 self._check_method_call(node, chain)
         self._check_cuda(node, dotted)
         self.generic_visit(node)
@@ -511,7 +564,7 @@ class _Collector(ast.NodeVisitor):
                        f"{dotted}: {problem}", False)
 
     def _check_method_call(self, node: ast.Call, chain: List[str]) -> None:
-        cls_path = self.instances[chain[0]]
+        cls_path, _line = self.instance(chain[0])
         ok, _, cls = _resolve_obj(cls_path)
         if not ok:
             return
@@ -614,6 +667,10 @@ def _local_module_file(script_dir: str, module: str, level: int, package_dir: st
 def _collect(source: str, filename: str, patterns: List[_Pattern]) -> _Collector:
     tree = ast.parse(source, filename=filename)
     collector = _Collector(filename, patterns)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)) \
+                and isinstance(node.value, ast.Name):
+            collector.stored_attrs.add((node.value.id, node.attr))
     collector.visit(tree)
     return collector
 

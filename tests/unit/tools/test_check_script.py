@@ -270,3 +270,21 @@ def test_every_mapped_call_entry_is_understood():
     for call, effect in MAPPED_CALLS:
         patterns = cs._parse_mapped(call, effect)
         assert patterns, f"check-script cannot read the MAPPED_CALLS entry {call!r}"
+
+
+def test_attribute_checks_only_follow_variables_known_to_hold_a_recis_object():
+    src = textwrap.dedent("""
+        from recis.io.orc_dataset import OrcDataset
+        ds = OrcDataset(16)
+        ds._mine = 1
+        print(ds._mine)
+        def f(ds):
+            return ds.anything_at_all
+        for t in range(3):
+            t.whatever
+        t = OrcDataset(8)
+        t.whatever
+        ds.also_missing
+    """)
+    report = cs.analyze_source(src, "t.py", target="cpu")
+    assert [(f.line, f.call) for f in _findings(report, "attribute")] == [(12, "ds.also_missing")]
