@@ -61,6 +61,28 @@ def test_script_uses_only_supported_recis_apis():
     assert all(a["supported"] for a in report["apis"])
 
 
+def test_check_script_verdict_on_the_as_shipped_script_matches_running_it():
+    """check-script says the as-shipped script runs on this CPU host only with the CPU mode:
+    what the two torchrun tests below observe (runs with RECIS_COMPAT_DEVICE=cpu, stops
+    naming it without). Every CUDA call it lists is mapped by the mode or works without a GPU."""
+    from click.testing import CliRunner
+
+    from recis_compat.cli import main
+    from recis_compat.utils.cpu_mode import MAPPED_CALLS
+    res = CliRunner().invoke(main, ["check-script", "--json", str(SHIPPED)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    assert report["unsupported"] == 0 and report["runnable"] is True and report["needs_cpu_mode"] is True
+    cuda = [f for f in report["findings"] if f["kind"] == "cuda"]
+    assert all(f["supported"] for f in cuda), cuda
+    mapped = " ".join(f["call"] for f in cuda if f["cpu_mode"])
+    for call in ("torch.cuda.set_device", "model.cuda()", "torch.autocast", ".to('cuda')", "torch.ones"):
+        assert call in mapped, (call, mapped)
+    effects = {effect for _, effect in MAPPED_CALLS}
+    # a method call on an untyped receiver (x.cuda()) lists every mapped method of that name
+    assert all(any(e in f["effect"] for e in effects) for f in cuda if f["cpu_mode"]), cuda
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [1, 2])
 def test_recis_script_runs_under_torchrun(tmp_path, world, run_multiprocess):
