@@ -221,3 +221,31 @@ def test_embedding_engine_two_threads_forward_match_serial(trial):
         mine = impl.embedding.index_select(0, rows)[torch.argsort(ids)]
         theirs = ref_impl.embedding.index_select(0, r_rows)[torch.argsort(r_ids)]
         assert torch.equal(mine, theirs), f"table {name}: rows differ from the serial run"
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_lookups_concurrent_with_eviction_never_return_another_ids_row(trial):
+    """One thread looks ids up while another evicts ids and inserts new ones (rows are reused
+    at once): a lookup is atomic (find + gather under one lock hold), so it returns its ids'
+    own initial values, never those of an id that took over a freed row in between."""
+    ht = HashTable([4], block_size=64, initializer=uniform(), name=f"ts_evict{trial}")
+    fresh = HashTable([4], block_size=64, initializer=uniform(), name=f"ts_evict_ref{trial}")
+    fresh._init_seed.copy_(ht._init_seed)
+    looked = batches(30 + trial, rounds=150, n=200, vocab=3000)
+    churn = batches(40 + trial, rounds=150, n=200, vocab=3000)
+    outs = []
+
+    def lookups():
+        for ids in looked:
+            outs.append((ids, ht(ids).detach().clone()))
+
+    def evict_and_insert():
+        for ids in churn:
+            ht.delete(ids)
+            ht(ids + 3000)       # new ids take the freed rows
+
+    run_threads(lookups, evict_and_insert)
+    for ids, out in outs:
+        assert torch.equal(out, fresh(ids).detach()), "a lookup returned another id's row"
+    ids, rows = ht.ids_map()
+    assert torch.unique(rows).numel() == rows.numel()

@@ -257,7 +257,9 @@ class DynamicEmbedding(nn.Module):
         """Embeddings ``[U, dim]`` of the unique ids."""
         if admit_hook is not None and (not isinstance(admit_hook, AdmitHook) or admit_hook.name != "ReadOnly"):
             raise AssertionError(f"table {self.name!r}: only AdmitHook('ReadOnly') is supported, got {admit_hook}")
-        emb = self._hashtable._table.lookup_unique(r.ids, readonly=admit_hook is not None)
+        # find-or-insert and gather under one hold of the table's lock (see HashTable.forward)
+        with self._hashtable.impl.lock:
+            emb = self._hashtable._table.lookup_unique(r.ids, readonly=admit_hook is not None)
         return ExchangeEmbResults(emb=emb, reverse_index=r.reverse_index, emb_shape=tuple(emb.shape),
                                   offsets=r.offsets)
 

@@ -260,7 +260,10 @@ class HashTable(nn.Module):
         if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
             got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise TypeError(f"table {self._name!r}: ids must be an int64 tensor, got {got}")
-        emb = self._table.lookup(ids.reshape(-1), readonly=admit_hook is not None)
+        # find-or-insert and gather under one hold of the table's lock: an eviction in another
+        # thread cannot hand a found row to a new id before it is read (backend/table_impl.py)
+        with self._table.impl.lock:
+            emb = self._table.lookup(ids.reshape(-1), readonly=admit_hook is not None)
         return emb.view(-1, *self._embedding_shape)
 
     # ------------------------------------------------------------------ RecIS API
