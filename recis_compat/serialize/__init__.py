@@ -1,7 +1,9 @@
 """``recis.serialize``: RecIS's sparse checkpoint format (contract §1.10).
 
 Exports ``Loader`` and ``Saver`` (as RecIS); ``CheckpointReader`` lives in
-``recis.serialize.checkpoint_reader``. Errors: ``recis_compat.serialize.layout.CheckpointError``.
+``recis.serialize.checkpoint_reader``. Errors: ``recis_compat.serialize.layout.CheckpointError``
+(``CheckpointCorruptError`` when a file does not match ``checksums.json``; see
+``recis_compat.serialize.integrity``).
 """
 from recis_compat.serialize.loader import Loader
 from recis_compat.serialize.saver import Saver
