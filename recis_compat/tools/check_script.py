@@ -40,7 +40,7 @@ import inspect
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 __all__ = ["Usage", "Finding", "Report", "CPU_SAFE_CUDA_CALLS", "check_source", "check_file",
            "analyze_source", "analyze_file", "mapped_calls"]
