@@ -69,7 +69,7 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     install_requires=[
         "torch==2.13.0", "pyarrow", "numpy", "safetensors", "torchmetrics", "simple-parsing",
-        "fsspec", "click", "tqdm",
+        "fsspec", "click", "tqdm", "xxhash>=3.0",
     ],
     entry_points={"console_scripts": ["recis-compat=recis_compat.cli:main"]},
     zip_safe=False,

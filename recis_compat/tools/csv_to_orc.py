@@ -755,9 +755,9 @@ def _main(argv: Optional[Sequence[str]] = None, prog_name: str = "python -m reci
     RecIS's spelling): runs the ``recis-compat csv-to-orc`` command, same options and exit codes."""
     import sys
 
-    from recis_compat import cli   # the click command lives with the other subcommands
+    from recis_compat.tools.csv_to_orc_cli import command
     args = list(sys.argv[1:] if argv is None else argv)
-    cli.main.get_command(None, "csv-to-orc").main(args, prog_name=prog_name)
+    command.main(args, prog_name=prog_name)
 
 
 if __name__ == "__main__":

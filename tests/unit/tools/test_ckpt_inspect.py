@@ -197,6 +197,9 @@ def test_checksums_are_reported_and_verified_on_request(tmp_path, trained):
     assert fast["problems"] == [] and fast["checksums"]["unlisted"] == ["stray.txt"]
     slow = inspect_checkpoint(str(bad), verify=True)
     assert [p for p in slow["problems"] if data.name in p and "corrupt" in p]
+    assert invoke(bad).exit_code == 0                 # headers only: the flip is not seen
+    res = invoke(bad, "--verify")
+    assert res.exit_code == 1 and data.name in res.output and "corrupt" in res.output
     os.remove(bad / "checksums.json")
     assert "checksums: none" in invoke(bad).output
 
