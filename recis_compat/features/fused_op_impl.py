@@ -110,7 +110,9 @@ def _grouped(keys: Sequence) -> Dict[object, List[int]]:
 
 
 class FusedHashOP(_FusedOP):
-    """Fused ``Hash``: one kernel call per ``hash_type`` present."""
+    """Fused ``Hash``: one kernel call per ``hash_type`` present, then one fused ``uint64 %`` for
+    the ops built with ``bucket_size`` (``Hash(bucket_size=N)`` appended to ``feature.ops``
+    directly rather than split by ``Feature.add_op``)."""
 
     op_class = Hash
 
@@ -118,6 +120,11 @@ class FusedHashOP(_FusedOP):
         out: list = [None] * len(inputs)
         for hash_type, idx in _grouped([op.hash_type for op in self._ops]).items():
             for i, r in zip(idx, apply.hash_strings([inputs[i] for i in idx], hash_type)):
+                out[i] = r
+        bucketed = [i for i, op in enumerate(self._ops) if op.bucket_size is not None]
+        if bucketed:
+            res = apply.uint64_mod([out[i] for i in bucketed], [self._ops[i].bucket_size for i in bucketed])
+            for i, r in zip(bucketed, res):
                 out[i] = r
         return out
 

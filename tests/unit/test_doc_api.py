@@ -88,3 +88,12 @@ def test_bad_documented_arguments_name_the_feature_and_op():
         Feature(name="price", ops=[Bucketize(boundaries=[1.0])])
     with pytest.raises(TypeError, match="feature 'price': ops must be a list"):
         Feature(name="price", ops=SelectField("price"))
+
+
+def test_fused_hash_applies_bucket_size_when_the_op_was_not_split():
+    """A ``Hash(bucket_size=N)`` placed in ``feature.ops`` without ``add_op`` (so not split into
+    Hash + Mod) is still bucketed by the fused op of a FeatureEngine."""
+    feature = Feature("title").add_op(SelectField("title"))
+    feature.ops.append(Hash(bucket_size=BUCKETS))
+    out = FeatureEngine([feature])({"title": _strings(STRINGS)})["title"]
+    assert _rows(out) == [[_farm_bucket(b"apple"), _farm_bucket(b"kiwi")], [], [_farm_bucket(b"plum")]]
