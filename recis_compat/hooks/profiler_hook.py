@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.profiler import ProfilerActivity, profile, schedule
+from torch.profiler import ProfilerActivity, profile
+from torch.profiler import schedule as make_schedule
 
 from recis_compat.hooks.hook import Hook
 from recis_compat.utils.logger import Logger
@@ -18,18 +19,31 @@ logger = Logger(__name__)
 
 
 class ProfilerHook(Hook):
-    """Profile with ``schedule(wait, warmup, active, repeat)``; CPU (and CUDA when available)."""
+    """Profile with ``schedule(wait, warmup, active, repeat)``; CPU (and CUDA when available).
+
+    RecIS's FAQ writes ``ProfilerHook(output_dir=..., schedule=..., on_trace_ready=...)``: a
+    ``torch.profiler.schedule`` given as ``schedule`` replaces the one built from ``wait`` /
+    ``warmup`` / ``active`` / ``repeat``, and ``on_trace_ready`` replaces the handler that writes
+    ``<APP_ID>-timeline-<step>.json`` into ``output_dir`` (COMPATIBILITY.md).
+    """
 
     def __init__(self, wait: int = 1, warmup: int = 48, active: int = 1, repeat: int = 4,
-                 output_dir: str = "./"):
+                 output_dir: str = "./", *, schedule=None, on_trace_ready=None):
         self.output_dir = output_dir
         os.makedirs(output_dir, exist_ok=True)
         activities = [ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(ProfilerActivity.CUDA)
-        self.prof = profile(activities=activities,
-                            schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=repeat),
-                            on_trace_ready=self.get_trace_handler(), with_stack=True,
+        if schedule is None:
+            schedule = make_schedule(wait=wait, warmup=warmup, active=active, repeat=repeat)
+        elif not callable(schedule):
+            raise TypeError(f"ProfilerHook(schedule=...) expects a torch.profiler.schedule (a callable "
+                            f"step -> ProfilerAction), got {type(schedule).__name__}")
+        if on_trace_ready is not None and not callable(on_trace_ready):
+            raise TypeError(f"ProfilerHook(on_trace_ready=...) expects a callable taking the profiler, "
+                            f"got {type(on_trace_ready).__name__}")
+        self.prof = profile(activities=activities, schedule=schedule,
+                            on_trace_ready=on_trace_ready or self.get_trace_handler(), with_stack=True,
                             profile_memory=True, record_shapes=True, with_flops=True)
         self.prof.start()
         self._stopped = False

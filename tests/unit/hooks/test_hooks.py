@@ -52,3 +52,28 @@ def test_profiler_hook_writes_chrome_trace(tmp_path, monkeypatch):
     traces = list(tmp_path.glob("unit-timeline-*.json"))
     assert len(traces) == 1
     assert "traceEvents" in json.loads(traces[0].read_text())
+
+
+def test_profiler_hook_accepts_the_documented_schedule_and_handler(tmp_path):
+    """RecIS's FAQ form: ProfilerHook(output_dir=..., schedule=..., on_trace_ready=...)."""
+    from torch.profiler import schedule
+
+    from recis.hooks import ProfilerHook
+    ready = []
+    hook = ProfilerHook(output_dir=str(tmp_path), schedule=schedule(wait=0, warmup=1, active=2, repeat=1),
+                        on_trace_ready=lambda prof: ready.append(prof.step_num))
+    x = torch.randn(32, 32)
+    for _ in range(5):
+        (x @ x).sum()
+        hook.after_step({}, 0)
+    hook.end()
+    assert ready == [3]                      # one trace after warmup 1 + active 2 steps, our handler not used
+    assert not list(tmp_path.glob("*-timeline-*.json"))
+    with pytest.raises(TypeError, match="schedule"):
+        ProfilerHook(output_dir=str(tmp_path), schedule=3)
+
+
+def test_framework_exports_training_arguments():
+    from recis.framework import Trainer, TrainingArguments
+    from recis.framework.trainer import Trainer as T2, TrainingArguments as TA2
+    assert TrainingArguments is TA2 and Trainer is T2
