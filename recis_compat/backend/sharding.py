@@ -46,7 +46,8 @@ from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.utils import dist_timeout
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
-           "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group", "DistributedExchangeError"]
+           "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group", "DistributedExchangeError",
+           "DynamicModuleSharder", "exchange_error"]
 
 DYNAMIC_TABLE_KERNEL = "recis_dynamic_hash"
 _PLAN_KEY = "rows"
@@ -79,8 +80,8 @@ class DistributedExchangeError(RuntimeError):
     is the ``__cause__``."""
 
 
-def _exchange_error(table: "ShardedDynamicTable", what: str, phase: str, err: BaseException
-                    ) -> DistributedExchangeError:
+def exchange_error(table: "ShardedDynamicTable", what: str, phase: str, err: BaseException
+                   ) -> DistributedExchangeError:
     """``what``: which all-to-all (``"id"``, ``"embedding"``, ``"embedding-gradient"``);
     ``phase``: ``"forward"`` or ``"backward"``."""
     children = [str(c) for c in (table.config.children or []) if str(c) != table.name]
@@ -138,7 +139,7 @@ class _GuardedExchange(torch.autograd.Function):
         try:
             (grad_sent,) = torch.autograd.grad(received, sent, grad.contiguous())
         except RuntimeError as e:
-            raise _exchange_error(table, "embedding-gradient", "backward", e) from e
+            raise exchange_error(table, "embedding-gradient", "backward", e) from e
         return grad_sent, None, None
 
 
@@ -221,7 +222,13 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         try:
             dist_input = self.input_dist(ctx, ids, readonly).wait().wait()
         except RuntimeError as e:
-            raise _exchange_error(self, "id", "forward", e) from e
+            raise exchange_error(self, "id", "forward", e) from e
+        return self.finish_lookup(ctx, dist_input)
+
+    def finish_lookup(self, ctx: _Ctx, dist_input: KeyedJaggedTensor) -> torch.Tensor:
+        """Second half of a lookup started with :meth:`input_dist` (after its awaitables were
+        waited on): look the received ids up in this shard, send the rows back (autograd-aware)
+        and put them in the order of the ids given to :meth:`input_dist` -> ``[U, dim]``."""
         local = self.compute(ctx, dist_input)
         try:
             if local.requires_grad and torch.is_grad_enabled() and self._world > 1:
@@ -229,7 +236,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
             else:
                 emb_sorted = self.output_dist(ctx, local).wait()
         except RuntimeError as e:
-            raise _exchange_error(self, "embedding", "forward", e) from e
+            raise exchange_error(self, "embedding", "forward", e) from e
         emb_sorted = emb_sorted.view(-1, self.config.embedding_dim)
         inverse = torch.empty_like(ctx.order)
         inverse[ctx.order] = torch.arange(ctx.order.numel(), device=ctx.order.device)
@@ -287,7 +294,24 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
                              output_splits=lengths.tolist())
 
 
-class DynamicTableSharder(ModuleSharder[DynamicTable]):
+class DynamicModuleSharder(ModuleSharder):
+    """Base of the sharders of modules made of dynamic tables (:class:`DynamicTableSharder`
+    here, the collections of ``recis_compat.torchrec.distributed``): the rows are not
+    Parameters (they grow), so the planner has nothing to place; :func:`dynamic_table_plan`
+    gives such modules their row-wise plan entry instead. Subclasses set ``module_type`` and
+    ``shard``."""
+
+    def shardable_parameters(self, module: nn.Module) -> Dict[str, nn.Parameter]:
+        return {}
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return [ShardingType.ROW_WISE.value]
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        return [DYNAMIC_TABLE_KERNEL]
+
+
+class DynamicTableSharder(DynamicModuleSharder):
     """Shards :class:`DynamicTable` row-wise by RecIS's slice rule (one plan entry per table)."""
 
     def shard(self, module: DynamicTable, params: EmbeddingModuleShardingPlan, env: ShardingEnv,
@@ -298,25 +322,22 @@ class DynamicTableSharder(ModuleSharder[DynamicTable]):
     def module_type(self):
         return DynamicTable
 
-    def shardable_parameters(self, module: DynamicTable) -> Dict[str, nn.Parameter]:
-        # the rows are not a Parameter (they grow); the planner has nothing to place
-        return {}
 
-    def sharding_types(self, compute_device_type: str) -> List[str]:
-        return [ShardingType.ROW_WISE.value]
-
-    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
-        return [DYNAMIC_TABLE_KERNEL]
-
-
-def dynamic_table_plan(model: nn.Module, world_size: int) -> Dict[str, EmbeddingModuleShardingPlan]:
-    """Plan entries (module path -> plan) for every :class:`DynamicTable` in ``model``."""
+def dynamic_table_plan(model: nn.Module, world_size: int, module_types: tuple = (DynamicTable,)
+                       ) -> Dict[str, EmbeddingModuleShardingPlan]:
+    """Plan entries (module path -> plan) for every module of ``module_types`` in ``model``
+    (default: every :class:`DynamicTable`); modules inside an already planned one are skipped
+    (its sharder shards them)."""
     plan: Dict[str, EmbeddingModuleShardingPlan] = {}
+    module_types = tuple(module_types)
     for fqn, module in model.named_modules():
-        if isinstance(module, DynamicTable):
-            plan[fqn] = EmbeddingModuleShardingPlan({_PLAN_KEY: ParameterSharding(
-                sharding_type=ShardingType.ROW_WISE.value, compute_kernel=DYNAMIC_TABLE_KERNEL,
-                ranks=list(range(int(world_size))))})
+        if not isinstance(module, module_types):
+            continue
+        if any(fqn.startswith(p + ".") for p in plan):
+            continue
+        plan[fqn] = EmbeddingModuleShardingPlan({_PLAN_KEY: ParameterSharding(
+            sharding_type=ShardingType.ROW_WISE.value, compute_kernel=DYNAMIC_TABLE_KERNEL,
+            ranks=list(range(int(world_size))))})
     return plan
 
 
@@ -338,8 +359,9 @@ def shard_model(model: nn.Module, device: Optional[torch.device] = None, env: Op
     sharders = list(sharders) if sharders is not None else list(get_default_sharders())
     if not any(isinstance(s, DynamicTableSharder) for s in sharders):
         sharders.append(DynamicTableSharder())
+    dynamic_types = tuple(s.module_type for s in sharders if isinstance(s, DynamicModuleSharder))
     if plan is None:
-        others = [s for s in sharders if not isinstance(s, DynamicTableSharder)]
+        others = [s for s in sharders if not isinstance(s, DynamicModuleSharder)]
         has_torchrec_tables = any(type(m) in {s.module_type for s in others} for m in model.modules())
         if has_torchrec_tables:
             planner = EmbeddingShardingPlanner(topology=Topology(world_size=env.world_size,
@@ -349,5 +371,5 @@ def shard_model(model: nn.Module, device: Optional[torch.device] = None, env: Op
             plan = planner.collective_plan(model, others, env.process_group)
         else:
             plan = ShardingPlan({})
-    plan.plan.update(dynamic_table_plan(model, env.world_size))
+    plan.plan.update(dynamic_table_plan(model, env.world_size, dynamic_types))
     return DistributedModelParallel(model, env=env, device=device, plan=plan, sharders=sharders, **dmp_kwargs)
