@@ -146,6 +146,9 @@ class ShardedDynamicEmbeddingBagCollection(_ShardedCollectionBase):
     def unsharded_module_type(self):
         return DynamicEmbeddingBagCollection
 
+    def embedding_bag_configs(self):
+        return list(self._configs)
+
     def output_dist(self, ctx: _CollectionCtx, output: List[torch.Tensor]):
         return LazyNoWait(self._module._pool(ctx.features, output, ctx.plan))
 

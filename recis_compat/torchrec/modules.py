@@ -360,6 +360,10 @@ class DynamicEmbeddingBagCollection(_DynamicCollectionBase):
     def is_weighted(self) -> bool:
         return self._is_weighted
 
+    def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
+        """The table configs (TorchRec's ``EmbeddingBagCollection`` accessor; DLRM/DeepFM use it)."""
+        return list(self._configs)
+
     def _check_weights(self, features: KeyedJaggedTensor) -> None:
         if self._is_weighted and features.weights_or_none() is None:
             raise ValueError(f"{type(self).__name__}(is_weighted=True): the KeyedJaggedTensor has no weights")
