@@ -99,4 +99,4 @@ def load_checkpoint(model: nn.Module, checkpoint_id: str, optimizers: Optional[D
             dcp.load(wanted, checkpoint_id=checkpoint_id, no_dist=True)
             state = {key: {field: wanted[f"{_OPT_PREFIX}{oname}/{key}/{field}"] for field in s}
                      for key, s in current["state"].items()}
-            opt.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+            opt.load_state_dict({"state": state})

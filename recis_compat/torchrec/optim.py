@@ -59,36 +59,55 @@ class DynamicFusedOptimizer(KeyedOptimizer):
 
     ``param_groups[0]["lr"]`` is read at every step (LR schedulers work). ``params`` maps
     ``"<table>.weight"`` to the table's current embedding storage ``[capacity, dim]`` (it is
-    replaced as the table grows); ``state_dict()`` holds the per-table step counts and beta
-    powers (the moments are table slots, saved with the rows).
+    replaced as the table grows); ``state_dict()`` (TorchRec's keyed layout, so
+    ``CombinedOptimizer`` and DMP's ``fused_optimizer`` include it) holds per table the
+    0-dim ``beta1_power``, ``beta2_power``, ``step`` and the eviction ``clock``; the Adam
+    moments are table slots, saved with the rows.
     """
 
     def __init__(self, tables: Dict[str, Tuple[Any, Any]], fused_params: Dict[str, Any]):
         hp = _check(fused_params)
         self._tables = dict(tables)
         self._hp = hp
-        self._powers: Dict[str, torch.Tensor] = {}
-        for name, (module, _) in self._tables.items():
+        self._table_state: Dict[str, Dict[str, torch.Tensor]] = {}
+        for name, (module, runtime) in self._tables.items():
             impl = module.impl
             for slot in ("exp_avg", "exp_avg_sq"):
                 if SLOT_PREFIX + slot not in impl.storage.slots:
                     impl.add_slot(SLOT_PREFIX + slot, [impl.dim], impl.dtype, 0.0)
-            # [beta1_power, beta2_power, step]: float32 powers advanced by in-place multiplies,
-            # as RecIS's SparseAdamW keeps them (equal rounding gives equal rows)
-            self._powers[name] = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float32)
+            # float32 powers advanced by in-place multiplies, as RecIS's SparseAdamW keeps them
+            # (equal rounding gives equal rows); "clock" is the eviction clock (steps taken)
+            self._table_state[name] = {"beta1_power": torch.ones((), dtype=torch.float32),
+                                       "beta2_power": torch.ones((), dtype=torch.float32),
+                                       "step": torch.zeros((), dtype=torch.int64),
+                                       "clock": torch.tensor(runtime.step, dtype=torch.int64)}
         group = {"params": [], "lr": hp["lr"], "betas": (hp["beta1"], hp["beta2"]), "eps": hp["eps"],
                  "weight_decay": hp["weight_decay"], "optimizer": hp["optimizer"]}
-        super().__init__(params={}, state={}, param_groups=[group])
+        super().__init__(params=self.params, state=self.state, param_groups=[group])
 
     # ------------------------------------------------------------------ KeyedOptimizer surface
+    # ``params`` and ``state`` are computed on access: a table's embedding storage is replaced
+    # when it grows, so the tensor keys must be the current ones (KeyedOptimizer.__init__
+    # assigns both; the setters ignore that).
     @property
     def params(self) -> Dict[str, torch.Tensor]:
         return {f"{name}.weight": module.impl.embedding for name, (module, _) in self._tables.items()}
 
     @params.setter
     def params(self, value) -> None:
-        # KeyedOptimizer.__init__ assigns {}: our params are the tables' storages (property)
         pass
+
+    @property
+    def state(self) -> Dict[torch.Tensor, Dict[str, torch.Tensor]]:
+        return {module.impl.embedding: self._table_state[name] for name, (module, _) in self._tables.items()}
+
+    @state.setter
+    def state(self, value) -> None:
+        pass
+
+    def post_load_state_dict(self) -> None:
+        for name, (_, runtime) in self._tables.items():
+            runtime.step = int(self._table_state[name]["clock"])
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Drop the buffered row gradients of every table."""
@@ -121,11 +140,10 @@ class DynamicFusedOptimizer(KeyedOptimizer):
         had = self._had_grads()
         for name, (module, runtime) in self._tables.items():
             impl = module.impl
+            st = self._table_state[name]
             if had[name]:
-                p = self._powers[name]
-                p[0:1].mul_(b1)
-                p[1:2].mul_(b2)
-                p[2:3].add_(1)
+                b1p, b2p = st["beta1_power"].mul_(b1), st["beta2_power"].mul_(b2)
+                st["step"].add_(1)
                 with impl.lock:
                     got = impl.grad_rows()
                     if got is not None:
@@ -133,33 +151,13 @@ class DynamicFusedOptimizer(KeyedOptimizer):
                         sparse_adam_rows_(impl.embedding, impl.get_slot(SLOT_PREFIX + "exp_avg"),
                                           impl.get_slot(SLOT_PREFIX + "exp_avg_sq"), rows, grad.contiguous(),
                                           lr=lr, beta1=b1, beta2=b2, eps=eps, decay=decay,
-                                          beta1_power=float(p[0]), beta2_power=float(p[1]))
+                                          beta1_power=float(b1p), beta2_power=float(b2p))
                     impl.clear_grad()
-            runtime.step += 1
+            st["clock"].add_(1)
+            runtime.step = int(st["clock"])
             runtime.evict_stale(impl)
         return loss
 
-    def state_dict(self) -> Dict[str, Any]:
-        """``{"state": {"<table>.weight": {"beta1_power", "beta2_power", "step"}}, "param_groups": [...]}``."""
-        state = {f"{name}.weight": {"beta1_power": p[0].clone(), "beta2_power": p[1].clone(), "step": p[2].clone(),
-                                    "clock": torch.tensor(float(self._tables[name][1].step), dtype=torch.float64)}
-                 for name, p in self._powers.items()}
-        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        state = state_dict.get("state", {})
-        for name, p in self._powers.items():
-            key = f"{name}.weight"
-            if key not in state:
-                raise KeyError(f"fused optimizer state has no entry for table {name!r} (key {key!r})")
-            s = state[key]
-            p[0], p[1], p[2] = float(s["beta1_power"]), float(s["beta2_power"]), float(s["step"])
-            if "clock" in s:
-                self._tables[name][1].step = int(float(s["clock"]))
-        for g, saved in zip(self.param_groups, state_dict.get("param_groups", [])):
-            g.update({k: v for k, v in saved.items() if k != "params"})
-
     def beta_powers(self, table: str) -> Tuple[float, float]:
-        p = self._powers[table]
-        return float(p[0]), float(p[1])
+        st = self._table_state[table]
+        return float(st["beta1_power"]), float(st["beta2_power"])

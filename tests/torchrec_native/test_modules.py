@@ -213,3 +213,24 @@ def test_dcp_round_trip_unsharded(tmp_path):
         m.dense(m.ebc(kjt).values()).sum().backward()
         m.ebc.fused_optimizer.step()
     torch.testing.assert_close(src.ebc(kjt).values(), dst.ebc(kjt).values(), rtol=0, atol=0)
+
+
+def test_fused_optimizer_in_torchrec_combined_optimizer_state_and_lr_scheduler():
+    from torchrec.optim.keyed import CombinedOptimizer
+
+    ebc = _ebc()
+    combined = CombinedOptimizer([("ebc", ebc.fused_optimizer)])
+    assert list(combined.params) == ["ebc.t1.weight"]
+    kjt, _ = _batch()
+    ebc(kjt).values().sum().backward()
+    combined.step()
+    sd = combined.state_dict()["state"]["ebc.t1.weight"]
+    assert float(sd["beta1_power"]) == pytest.approx(FUSED["beta1"]) and int(sd["step"]) == 1
+    # a TorchRec-style load copies into the live state tensors
+    other = _ebc()
+    other_combined = CombinedOptimizer([("ebc", other.fused_optimizer)])
+    other_combined.load_state_dict(combined.state_dict())
+    assert other.fused_optimizer.beta_powers("t1") == ebc.fused_optimizer.beta_powers("t1")
+    sched = torch.optim.lr_scheduler.StepLR(ebc.fused_optimizer, step_size=1, gamma=0.5)
+    sched.step()
+    assert ebc.fused_optimizer.param_groups[0]["lr"] == pytest.approx(FUSED["learning_rate"] / 2)
