@@ -79,9 +79,8 @@ def concat_pieces(kind: str, pieces: Sequence[Piece], column: str = "?") -> Piec
     batch mixing both gets int64, numpy's promotion). A batch whose int32 offsets level would
     have to count more than :data:`INT32_OFFSETS_LIMIT` entries is refused with
     :class:`~.errors.OrcDataError` naming the column (int32 would wrap to negative offsets;
-    RecIS's RaggedTensor contract keeps int32 offsets for ``list<>`` columns)."""
-    if kind != DENSE:
-        _check_offsets_fit(pieces, column, "string bytes" if kind == STRINGS else "values")
+    RecIS's RaggedTensor contract keeps int32 offsets for ``list<>`` columns). A single piece is
+    returned as is: its offsets are one Arrow array's, which fit their own dtype."""
     if len(pieces) == 1:
         return pieces[0]
     values = np.concatenate([p[0] for p in pieces])
@@ -89,29 +88,25 @@ def concat_pieces(kind: str, pieces: Sequence[Piece], column: str = "?") -> Piec
     if kind == DENSE:
         return values, [], None
     offs = []
-    for k in range(len(pieces[0][1])):
-        dtype = np.result_type(*[p[1][k].dtype for p in pieces])
+    levels = len(pieces[0][1])
+    for k in range(levels):
+        segs = [p[1][k] for p in pieces]
+        dtype = np.result_type(*segs)
+        ends = [int(seg[-1]) for seg in segs]
+        if dtype == np.int32 and sum(ends) > INT32_OFFSETS_LIMIT:
+            leaf = "string bytes" if kind == STRINGS else "values"
+            what = leaf if k == levels - 1 else f"entries of list level {k + 1}"
+            raise OrcDataError(
+                f"column {column!r}: one batch holds {sum(ends)} {what}, more than its int32 "
+                f"offsets can index ({INT32_OFFSETS_LIMIT}); use a smaller batch_size, or write "
+                f"the column as large_list<> (int64 offsets)")
         parts = [np.zeros(1, dtype=dtype)]
         base = 0
-        for p in pieces:
-            seg = p[1][k]
+        for seg, end in zip(segs, ends):
             parts.append(seg[1:].astype(dtype, copy=False) + dtype.type(base))
-            base += int(seg[-1])
+            base += end
         offs.append(np.concatenate(parts))
     return values, offs, weight
-
-
-def _check_offsets_fit(pieces: Sequence[Piece], column: str, leaf: str) -> None:
-    for k in range(len(pieces[0][1])):
-        if np.result_type(*[p[1][k].dtype for p in pieces]) != np.int32:
-            continue
-        total = sum(int(p[1][k][-1]) for p in pieces)
-        if total > INT32_OFFSETS_LIMIT:
-            what = leaf if k == len(pieces[0][1]) - 1 else f"entries of list level {k + 1}"
-            raise OrcDataError(
-                f"column {column!r}: one batch holds {total} {what}, more than its int32 offsets "
-                f"can index ({INT32_OFFSETS_LIMIT}); use a smaller batch_size, or write the "
-                f"column as large_list<> (int64 offsets)")
 
 
 def strings_to_bytes_array(data: np.ndarray, byte_offsets: np.ndarray) -> np.ndarray:
