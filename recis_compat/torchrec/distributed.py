@@ -34,8 +34,8 @@ from torchrec.optim.fused import FusedOptimizerModule
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Multistreamable
 
-from recis_compat.backend.sharding import (DynamicModuleSharder, DynamicTableSharder, ShardedDynamicTable,
-                                           dynamic_table_plan, exchange_error)
+from recis_compat.backend.sharding import (DistributedExchangeError, DynamicModuleSharder, DynamicTableSharder,
+                                           ShardedDynamicTable, dynamic_table_plan, exchange_error)
 from recis_compat.backend.sharding import shard_model as _backend_shard_model
 from recis_compat.torchrec.modules import (DynamicEmbeddingBagCollection, DynamicEmbeddingCollection,
                                            _DynamicCollectionBase)
@@ -125,12 +125,20 @@ class _ShardedCollectionBase(ShardedModule, FusedOptimizerModule):
         return self.output_dist(ctx, self.compute(ctx, input))
 
     def forward(self, features: KeyedJaggedTensor):
+        """``input_dist`` + waits + ``compute_and_output_dist`` (a collective). A failed id
+        all-to-all raises ``DistributedExchangeError`` naming this collection's tables and rank
+        (the embedding exchanges name their table, ``backend/sharding.py``)."""
         ctx = self.create_context()
         try:
             dist_input = self.input_dist(ctx, features).wait().wait()
+        except DistributedExchangeError:
+            raise
         except RuntimeError as e:
             first = next(iter(self.tables.values()))
-            raise exchange_error(first, "id", "forward", e) from e
+            raise DistributedExchangeError(
+                f"{type(self).__name__} (tables {list(self.tables)}), rank {first.rank} of {first.world_size}: "
+                f"the id all-to-all failed in forward; another rank probably died, was stopped past the "
+                f"process-group timeout or skipped this lookup. Check the other ranks' logs. Cause: {e}") from e
         return self.compute_and_output_dist(ctx, dist_input)
 
     def reset_parameters(self) -> None:

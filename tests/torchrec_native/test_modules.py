@@ -234,3 +234,33 @@ def test_fused_optimizer_in_torchrec_combined_optimizer_state_and_lr_scheduler()
     sched = torch.optim.lr_scheduler.StepLR(ebc.fused_optimizer, step_size=1, gamma=0.5)
     sched.step()
     assert ebc.fused_optimizer.param_groups[0]["lr"] == pytest.approx(FUSED["learning_rate"] / 2)
+
+
+def test_sharded_collection_names_its_tables_when_the_id_exchange_fails(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    from torchrec.distributed.types import Awaitable, ShardingEnv
+    from recis_compat.backend.sharding import DistributedExchangeError, ShardedDynamicTable
+    from recis_compat.torchrec.distributed import DynamicEmbeddingBagCollectionSharder
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        sharded = DynamicEmbeddingBagCollectionSharder().shard(_ebc(), None, ShardingEnv.from_process_group(
+            dist.group.WORLD))
+        kjt, _ = _batch()
+        ours = _ebc()
+        torch.testing.assert_close(sharded(kjt).values(), ours(kjt).values(), rtol=0, atol=0)
+
+        def broken(self, ctx, ids, readonly=False):        # the all-to-all cannot even be issued
+            raise RuntimeError("Connection closed by peer")
+        monkeypatch.setattr(ShardedDynamicTable, "input_dist", broken)
+        with pytest.raises(DistributedExchangeError, match=r"table 't1', rank 0 of 1.*id all-to-all.*Connection closed"):
+            sharded(kjt)
+
+        class Failing(Awaitable):
+            def _wait_impl(self):
+                raise RuntimeError("Application timeout caused pair closure")
+        monkeypatch.setattr(ShardedDynamicTable, "input_dist", lambda self, ctx, ids, readonly=False: Failing())
+        with pytest.raises(DistributedExchangeError, match=r"tables \['t1'\]\), rank 0 of 1.*pair closure"):
+            sharded(kjt)
+    finally:
+        dist.destroy_process_group()
