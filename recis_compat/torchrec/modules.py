@@ -180,6 +180,17 @@ class _TableRuntime:
             return int(stale.sum())
 
 
+class _MarkSeen:
+    """Lookup listener of an evicting table: stamps the looked-up rows with the clock. An object
+    rather than a closure so that ``copy.deepcopy`` of a collection rebinds it to the copy."""
+
+    def __init__(self, impl, runtime: _TableRuntime):
+        self.impl, self.runtime = impl, runtime
+
+    def __call__(self, rows: torch.Tensor) -> None:
+        self.runtime.mark_seen(self.impl, rows)
+
+
 def _dtype_of(config: BaseEmbeddingConfig) -> torch.dtype:
     if config.data_type != DataType.FP32:
         raise ValueError(f"table {config.name!r}: dynamic tables store FP32 rows, the config asks for "
@@ -250,7 +261,7 @@ class _DynamicCollectionBase(nn.Module, FusedOptimizerModule):
                 block_size=opt.block_size, grad_reduce_by=opt.grad_reduce_by, init_rows=rt.init_rows))
             if opt.evict_after_steps is not None:
                 table.impl.add_slot(LAST_SEEN_SLOT, [1], torch.int64, 0)
-                table.impl.lookup_listeners.append(lambda rows, impl=table.impl, rt=rt: rt.mark_seen(impl, rows))
+                table.impl.lookup_listeners.append(_MarkSeen(table.impl, rt))
             self.tables[cfg.name] = table
         self._feature_names: List[List[str]] = [list(c.feature_names) for c in self._configs]
         self._fused_params = dict(default_fused_params())

@@ -264,3 +264,21 @@ def test_sharded_collection_names_its_tables_when_the_id_exchange_fails(tmp_path
             sharded(kjt)
     finally:
         dist.destroy_process_group()
+
+
+def test_deepcopy_gives_an_independent_collection():
+    import copy
+
+    cfg = EmbeddingBagConfig(name="ev", embedding_dim=4, num_embeddings=10, feature_names=["e"])
+    ebc = DynamicEmbeddingBagCollection([cfg], options=DynamicTableOptions(evict_after_steps=2, initializer=Constant(0.5)))
+
+    def kjt(*ids):
+        return KeyedJaggedTensor.from_lengths_sync(keys=["e"], values=torch.tensor(ids), lengths=torch.ones(len(ids),
+                                                                                                          dtype=torch.int32))
+    ebc(kjt(1, 2))                       # both stamped at clock 0
+    twin = copy.deepcopy(ebc)
+    twin.fused_optimizer.step()          # twin clock 1
+    twin(kjt(1))                         # the twin's id 1 stamped 1 (in the twin's table)
+    twin.fused_optimizer.step()          # twin clock 2: id 2 (last seen 0) evicted, id 1 kept
+    assert sorted(twin.tables["ev"].impl.ids().tolist()) == [1]
+    assert sorted(ebc.tables["ev"].impl.ids().tolist()) == [1, 2] and ebc.runtime("ev").step == 0
