@@ -13,7 +13,8 @@ Data: Criteo-like rows from ``examples/deepfm/make_data.py`` (13 numeric, 26 cat
 columns, a learnable click signal), generated in memory with a fixed seed; every step takes a
 global batch of ``--batch-size`` rows and each rank trains on its slice, so 1 and N processes
 see the same samples. At the end, rank 0 writes ``--metrics`` (JSON): the per-step global
-training losses, the eval loss and AUC on held-out rows, and the number of ids stored.
+training losses, the eval loss and AUC on held-out rows, the number of ids stored and the
+training throughput (global samples per second, wall clock of the training loop).
 
     bash examples/torchrec_native/run.sh                 # 1 process
     WORLD_SIZE=2 bash examples/torchrec_native/run.sh    # 2 processes (gloo on CPU)
@@ -25,6 +26,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import time
 
 import numpy as np
 import torch
@@ -137,6 +139,8 @@ def main() -> None:
     per = args.batch_size // world
     steps = args.rows // args.batch_size
     losses = []
+    dist.barrier()
+    start = time.perf_counter()
     for _ in range(args.epochs):
         batches = iter([batch_of(data, s * args.batch_size + rank * per, s * args.batch_size + (rank + 1) * per)
                         for s in range(steps)])
@@ -150,6 +154,8 @@ def main() -> None:
             losses.append(float(t) / world)
             if rank == 0 and len(losses) % 10 == 0:
                 print(f"step {len(losses)}: loss {losses[-1]:.4f}", flush=True)
+
+    train_s = time.perf_counter() - start
 
     # evaluation: the held-out rows, each rank its slice; logits gathered on every rank
     model = pipeline.detach()
@@ -165,7 +171,8 @@ def main() -> None:
     ids = torch.tensor([sum(len(t.impl) for t in model.module.model.sparse_arch.embedding_bag_collection.tables.values())])
     dist.all_reduce(ids)
     metrics = {"world": world, "steps": len(losses), "losses": losses, "eval_loss": eval_loss,
-               "eval_auc": auc(logits, labels), "ids_stored": int(ids)}
+               "eval_auc": auc(logits, labels), "ids_stored": int(ids),
+               "train_samples_per_s": len(losses) * args.batch_size / train_s}
     if rank == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k != "losses"}), flush=True)
         if args.metrics:

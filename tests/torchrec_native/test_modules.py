@@ -239,7 +239,7 @@ def test_fused_optimizer_in_torchrec_combined_optimizer_state_and_lr_scheduler()
 def test_sharded_collection_names_its_tables_when_the_id_exchange_fails(tmp_path, monkeypatch):
     import torch.distributed as dist
     from torchrec.distributed.types import Awaitable, ShardingEnv
-    from recis_compat.backend.sharding import DistributedExchangeError, ShardedDynamicTable
+    from recis_compat.backend.sharding import DistributedExchangeError
     from recis_compat.torchrec.distributed import DynamicEmbeddingBagCollectionSharder
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -250,16 +250,18 @@ def test_sharded_collection_names_its_tables_when_the_id_exchange_fails(tmp_path
         ours = _ebc()
         torch.testing.assert_close(sharded(kjt).values(), ours(kjt).values(), rtol=0, atol=0)
 
-        def broken(self, ctx, ids, readonly=False):        # the all-to-all cannot even be issued
+        group = sharded.groups[0]
+
+        def broken(kjt):                                    # the all-to-all cannot even be issued
             raise RuntimeError("Connection closed by peer")
-        monkeypatch.setattr(ShardedDynamicTable, "input_dist", broken)
-        with pytest.raises(DistributedExchangeError, match=r"table 't1', rank 0 of 1.*id all-to-all.*Connection closed"):
+        monkeypatch.setattr(group.kjt_a2a, "forward", broken)
+        with pytest.raises(DistributedExchangeError, match=r"tables \['t1'\], rank 0 of 1.*id all-to-all.*Connection closed"):
             sharded(kjt)
 
         class Failing(Awaitable):
             def _wait_impl(self):
                 raise RuntimeError("Application timeout caused pair closure")
-        monkeypatch.setattr(ShardedDynamicTable, "input_dist", lambda self, ctx, ids, readonly=False: Failing())
+        monkeypatch.setattr(group.kjt_a2a, "forward", lambda kjt: Failing())
         with pytest.raises(DistributedExchangeError, match=r"tables \['t1'\]\), rank 0 of 1.*pair closure"):
             sharded(kjt)
     finally:
