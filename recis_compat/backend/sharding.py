@@ -47,7 +47,7 @@ from recis_compat.utils import dist_timeout
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
            "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group", "DistributedExchangeError",
-           "DynamicModuleSharder", "exchange_error"]
+           "DynamicModuleSharder"]
 
 DYNAMIC_TABLE_KERNEL = "recis_dynamic_hash"
 _PLAN_KEY = "rows"
@@ -80,8 +80,8 @@ class DistributedExchangeError(RuntimeError):
     is the ``__cause__``."""
 
 
-def exchange_error(table: "ShardedDynamicTable", what: str, phase: str, err: BaseException
-                   ) -> DistributedExchangeError:
+def _exchange_error(table: "ShardedDynamicTable", what: str, phase: str, err: BaseException
+                    ) -> DistributedExchangeError:
     """``what``: which all-to-all (``"id"``, ``"embedding"``, ``"embedding-gradient"``);
     ``phase``: ``"forward"`` or ``"backward"``."""
     children = [str(c) for c in (table.config.children or []) if str(c) != table.name]
@@ -139,7 +139,7 @@ class _GuardedExchange(torch.autograd.Function):
         try:
             (grad_sent,) = torch.autograd.grad(received, sent, grad.contiguous())
         except RuntimeError as e:
-            raise exchange_error(table, "embedding-gradient", "backward", e) from e
+            raise _exchange_error(table, "embedding-gradient", "backward", e) from e
         return grad_sent, None, None
 
 
@@ -222,7 +222,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         try:
             dist_input = self.input_dist(ctx, ids, readonly).wait().wait()
         except RuntimeError as e:
-            raise exchange_error(self, "id", "forward", e) from e
+            raise _exchange_error(self, "id", "forward", e) from e
         return self.finish_lookup(ctx, dist_input)
 
     def finish_lookup(self, ctx: _Ctx, dist_input: KeyedJaggedTensor) -> torch.Tensor:
@@ -236,7 +236,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
             else:
                 emb_sorted = self.output_dist(ctx, local).wait()
         except RuntimeError as e:
-            raise exchange_error(self, "embedding", "forward", e) from e
+            raise _exchange_error(self, "embedding", "forward", e) from e
         emb_sorted = emb_sorted.view(-1, self.config.embedding_dim)
         inverse = torch.empty_like(ctx.order)
         inverse[ctx.order] = torch.arange(ctx.order.numel(), device=ctx.order.device)
