@@ -5,7 +5,8 @@ batch and once under ``torchrun --nproc_per_node 2`` (each rank its half), each 
 plain loop (``model.fused_optimizer`` in a ``CombinedOptimizer``) and with TorchRec's
 ``TrainPipelineSparseDist``. Compared: per-step global losses, eval logits, every dynamic row
 and its Adam moments by id, the placement of ids by the slice rule; and the DCP checkpoint the
-2-rank run wrote, loaded into an unsharded model, reproduces the 2-rank eval logits.
+2-rank run wrote, loaded into an unsharded model and into a 1-rank DMP model, reproduces the
+2-rank eval logits (and, under DMP, the fused optimizer's beta powers).
 """
 from __future__ import annotations
 
@@ -48,8 +49,13 @@ def runs(tmp_path_factory):
                       "--rdzv_endpoint", "localhost:0", str(WORKER), "--out", str(base / "w2")],
                      env=_env(), capture_output=True, text=True, timeout=180, cwd=str(base))
     assert two.returncode == 0, two.stderr[-3000:]
-    load = lambda d, r: torch.load(base / d / f"rank{r}.pt", weights_only=False)  # noqa: E731
-    return {"w1": load("w1", 0), "w2": [load("w2", 0), load("w2", 1)], "dcp": base / "w2" / "dcp"}
+    # the 2-rank checkpoint loaded by a 1-rank DMP model
+    reload = subprocess.run([sys.executable, str(WORKER), "--out", str(base / "r1"), "--load", str(base / "w2" / "dcp")],
+                            env=_env(), capture_output=True, text=True, timeout=180)
+    assert reload.returncode == 0, reload.stderr[-3000:]
+    load = lambda d, r, f="rank": torch.load(base / d / f"{f}{r}.pt", weights_only=False)  # noqa: E731
+    return {"w1": load("w1", 0), "w2": [load("w2", 0), load("w2", 1)], "dcp": base / "w2" / "dcp",
+            "r1": load("r1", 0, "load")}
 
 
 def _by_id(states):
@@ -82,6 +88,12 @@ def test_loop_and_pipeline_agree_and_pipeline_prefetches_our_modules(runs):
                 "ShardedEmbeddingBagCollection"} <= set(run["pipelined"])
     torch.testing.assert_close(torch.cat([runs["w2"][0]["eval_loop"], runs["w2"][1]["eval_loop"]]),
                                runs["w1"]["eval_loop"], **TOL)
+
+
+def test_dcp_checkpoint_of_two_ranks_loads_into_one_rank_dmp(runs):
+    w2 = runs["w2"]
+    torch.testing.assert_close(runs["r1"]["eval"], torch.cat([w2[0]["eval_loop"], w2[1]["eval_loop"]]), **TOL)
+    assert runs["r1"]["powers"] == w2[0]["powers_loop"] == w2[1]["powers_loop"]
 
 
 def test_dcp_checkpoint_of_two_ranks_loads_unsharded(runs):

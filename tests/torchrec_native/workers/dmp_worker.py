@@ -10,8 +10,10 @@ TorchRec's gradient division make the update equal to the global mean's).
 Two trainings from the same start: a plain loop (``model.fused_optimizer`` + Adam in a
 ``CombinedOptimizer``, then eval logits), and TorchRec's ``TrainPipelineSparseDist``. Written
 to ``<out>/rank<r>.pt``: per-step global losses, eval logits of the rank's slice, and the
-rank's dynamic rows by table; the loop model is also saved with
-``recis_compat.torchrec.checkpoint.save_checkpoint`` to ``<out>/dcp``.
+rank's dynamic rows by table; the loop model (and its fused optimizers) is also saved with
+``recis_compat.torchrec.checkpoint.save_checkpoint`` to ``<out>/dcp``. ``--load DIR`` instead
+loads such a checkpoint into a fresh DMP model at this world size and writes its eval logits
+and AdamW beta powers to ``<out>/load<r>.pt``.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from recis_compat.backend.sharding import init_process_group
 from recis_compat.torchrec import (DynamicEmbeddingBagCollection, DynamicEmbeddingCollection, DynamicTableOptions,
                                    Normal)
-from recis_compat.torchrec.checkpoint import save_checkpoint
+from recis_compat.torchrec.checkpoint import load_checkpoint, save_checkpoint
 from recis_compat.torchrec.distributed import shard_model
 
 GLOBAL_B = 8
@@ -136,15 +138,37 @@ def dynamic_rows(model) -> dict:
     return {name: t.impl.state_dict() for name, t in dynamic_tables(model)}
 
 
+def fused_optimizers(model) -> dict:
+    """Our collections' fused optimizers (under DMP: of the sharded twins)."""
+    return {"dyn": model.module.dyn.fused_optimizer, "seq": model.module.seq.fused_optimizer}
+
+
+def load_and_eval(args, rank: int, world: int) -> None:
+    """``--load DIR``: a fresh DMP model at this world size loads the checkpoint, evaluates."""
+    model, _ = build(world)
+    opts = fused_optimizers(model)
+    load_checkpoint(model, args.load, optimizers=opts, trusted_source=True)
+    model.eval()
+    with torch.no_grad():
+        logits = model(local_batch(99, rank, world))[1][1]
+    torch.save({"eval": logits, "powers": opts["dyn"].beta_powers("user")}, pathlib.Path(args.out) / f"load{rank}.pt")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--load", default="", help="load this checkpoint into a fresh DMP model and evaluate")
     args = ap.parse_args()
     init_process_group(device="cpu")
     rank, world = dist.get_rank(), dist.get_world_size()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.load:
+        load_and_eval(args, rank, world)
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     result = {"world": world}
 
     model, opt = build(world)
@@ -159,7 +183,8 @@ def main() -> None:
     with torch.no_grad():
         result["eval_loop"] = model(local_batch(99, rank, world))[1][1]
     result["losses_loop"], result["rows_loop"] = losses, dynamic_rows(model)
-    save_checkpoint(model, str(out / "dcp"))
+    result["powers_loop"] = fused_optimizers(model)["dyn"].beta_powers("user")
+    save_checkpoint(model, str(out / "dcp"), optimizers=fused_optimizers(model))
 
     model, opt = build(world)
     pipeline = TrainPipelineSparseDist(model, opt, torch.device("cpu"))
