@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 import torch
-from multiprocess_retry import run_retrying_known_abort  # tests/ is on sys.path (conftest dir)
+from torchrun_launch import run_launch  # tests/ is on sys.path (conftest dir)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DEEPFM = REPO.parent / "shared" / "data" / "recis-deepfm"
@@ -47,6 +47,6 @@ def _fresh_table_names():
 
 @pytest.fixture
 def run_multiprocess():
-    """``subprocess.run`` for torchrun launches with one retry on the known native TorchRec/gloo
-    abort (tests/multiprocess_retry.py)."""
-    return run_retrying_known_abort
+    """``subprocess.run`` for torchrun launches: one launch, no retry; a native abort is pointed
+    at tools/abort_soak.sh in its stderr (tests/torchrun_launch.py)."""
+    return run_launch

@@ -89,7 +89,7 @@ def test_recis_script_runs_under_torchrun(tmp_path, world, run_multiprocess):
     out = tmp_path / "ckpt"
     proc = run_multiprocess(_torchrun(world, SCRIPT, "--data_dir", str(tmp_path / "data"), "--output_dir", str(out),
                                       "--train_steps", "6", "--log_steps", "2", "--save_steps", "3"),
-                            fresh=[out], env=_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                            env=_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert log.count(CPU_MODE_BANNER) == world                  # one startup warning per process
@@ -108,7 +108,7 @@ def test_recis_script_as_shipped_runs_under_cpu_mode(tmp_path, world, run_multip
     out = tmp_path / "ckpt"
     proc = run_multiprocess(_torchrun(world, SHIPPED, "--data_dir", str(tmp_path / "data"), "--output_dir", str(out),
                                       "--train_steps", "4", "--log_steps", "2", "--save_steps", "2"),
-                            fresh=[out], env=_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                            env=_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     for r in range(world):

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from multiprocess_retry import run_retrying_known_abort  # tests/multiprocess_retry.py
+from torchrun_launch import run_launch  # tests/torchrun_launch.py
 from recis_compat.backend.slices import owner_ranks
 
 pytestmark = pytest.mark.distributed
@@ -38,17 +38,14 @@ def _env():
     return env
 
 
-def _torchrun(nproc: int, out: pathlib.Path, *extra: str, timeout: float = 120, retry: bool = True,
+def _torchrun(nproc: int, out: pathlib.Path, *extra: str, timeout: float = 120,
               steps: int = STEPS, cwd=None) -> subprocess.CompletedProcess:
-    """The worker under torchrun; retried once (``out`` cleared) on the known native gloo abort
-    unless ``retry=False`` (a launch that is meant to fail)."""
+    """The worker under torchrun, launched once (tests/torchrun_launch.py)."""
     torchrun = pathlib.Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", str(nproc), "--master_port", "0", "--rdzv_backend", "c10d",
            "--rdzv_endpoint", "localhost:0", str(WORKER), "--out", str(out), "--steps", str(steps), *extra]
     kwargs = dict(env=_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd or out.parent)
-    if not retry:
-        return subprocess.run(cmd, check=False, **kwargs)
-    return run_retrying_known_abort(cmd, fresh=[out], **kwargs)
+    return run_launch(cmd, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +128,7 @@ def test_sharded_training_equals_single_process(world, single_run, tmp_path):
 def test_dead_rank_makes_the_others_fail_not_hang(tmp_path):
     out = tmp_path / "out"
     t0 = time.monotonic()
-    proc = _torchrun(2, out, "--die-rank", "1", timeout=150, retry=False)
+    proc = _torchrun(2, out, "--die-rank", "1", timeout=150)
     elapsed = time.monotonic() - t0
     assert proc.returncode != 0
     assert elapsed < 120
@@ -145,7 +142,7 @@ def test_dcp_checkpoint_reshards_2_to_3_and_to_1(tmp_path):
     unsharded model with every row and slot intact."""
     ckpt = tmp_path / "ckpt"
     saved = tmp_path / "saved"
-    proc = _torchrun(2, saved, "--dcp-save", str(ckpt))    # a retry rewrites the whole DCP checkpoint
+    proc = _torchrun(2, saved, "--dcp-save", str(ckpt))
     assert proc.returncode == 0, proc.stderr[-4000:]
     expect = _merged_tables(_load_ranks(saved, 2))
     loaded3 = tmp_path / "loaded3"

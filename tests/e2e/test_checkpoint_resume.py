@@ -19,7 +19,7 @@ WORKER = pathlib.Path(__file__).parent / "workers" / "resume_worker.py"
 
 sys.path.insert(0, str(WORKER.parent))
 import resume_worker  # noqa: E402
-from multiprocess_retry import run_retrying_known_abort  # noqa: E402  (tests/multiprocess_retry.py)
+from torchrun_launch import run_launch  # noqa: E402  (tests/torchrun_launch.py)
 
 
 def _env():
@@ -39,13 +39,7 @@ def run(tmp: pathlib.Path, *args: str, nproc: int = 0, check: bool = True) -> su
     else:
         cmd = [sys.executable, str(WORKER)]
     kwargs = dict(env=_env(), cwd=tmp, capture_output=True, text=True, timeout=300)
-    if nproc and check:
-        # a launch that must succeed gets one retry on the known native gloo abort; no directory
-        # is cleared: the retry resumes from the first launch's last checkpoint, and resume is
-        # exact, so the final parameters the tests compare are the same
-        proc = run_retrying_known_abort(cmd + ["--data", str(tmp / "data"), *args], **kwargs)
-    else:
-        proc = subprocess.run(cmd + ["--data", str(tmp / "data"), *args], check=False, **kwargs)
+    proc = run_launch(cmd + ["--data", str(tmp / "data"), *args], **kwargs)
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc

@@ -52,7 +52,7 @@ def test_run_sh_under_torchrun(tiny_data, tmp_path, world, run_multiprocess):
     env = _env()
     env.update(WORLD_SIZE=str(world), DATA=str(tiny_data), OUTPUT_DIR=str(tmp_path / "ckpt"), MASTER_PORT=str(_free_port()))
     proc = run_multiprocess(["bash", str(EXAMPLE / "run.sh"), "--batch_size=200", "--train_steps=4", "--log_steps=1",
-                           "--gradient_accumulation_steps=2"], fresh=[tmp_path / "ckpt"], env=env, capture_output=True, text=True,
+                           "--gradient_accumulation_steps=2"], env=env, capture_output=True, text=True,
                           timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = proc.stdout + proc.stderr

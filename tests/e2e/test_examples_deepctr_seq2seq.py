@@ -181,7 +181,7 @@ def _torchrun(run_multiprocess, entry: pathlib.Path, world: int, cwd: pathlib.Pa
     """Runs ``entry`` under torchrun writing checkpoints to ``cwd / "ckpt"``."""
     cmd = [str(TORCHRUN), "--nproc_per_node", str(world), "--rdzv_backend", "c10d",
            "--rdzv_endpoint", "localhost:0", str(entry), *args]
-    proc = run_multiprocess(cmd, fresh=[cwd / "ckpt"], env=_env(), capture_output=True, text=True, timeout=180,
+    proc = run_multiprocess(cmd, env=_env(), capture_output=True, text=True, timeout=180,
                             cwd=cwd, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -230,7 +230,7 @@ def test_run_sh(example, extra, deepctr_data, seq2seq_data, tmp_path, run_multip
     data = deepctr_data if example == DEEPCTR else seq2seq_data
     env.update(WORLD_SIZE="2", DATA=str(data), OUTPUT_DIR=str(tmp_path / "ckpt"), MASTER_PORT="0")
     proc = run_multiprocess(["bash", str(example / "run.sh"), "--train_steps=2", "--log_steps=1", *extra],
-                            fresh=[tmp_path / "ckpt"], env=env, capture_output=True, text=True, timeout=180,
+                            env=env, capture_output=True, text=True, timeout=180,
                             cwd=tmp_path, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     _check_run(proc.stdout + proc.stderr, tmp_path / "ckpt", 2, 2)

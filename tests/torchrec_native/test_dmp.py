@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from multiprocess_retry import run_launch  # tests/multiprocess_retry.py
+from torchrun_launch import run_launch  # tests/torchrun_launch.py
 from recis_compat.backend.slices import owner_ranks
 
 pytestmark = pytest.mark.distributed

@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-from multiprocess_retry import run_launch  # tests/multiprocess_retry.py
+from torchrun_launch import run_launch  # tests/torchrun_launch.py
 
 pytestmark = pytest.mark.distributed
 

@@ -1,9 +1,9 @@
-"""The torchrun launch helper (tests/multiprocess_retry.py, fixture run_multiprocess) runs a launch
+"""The torchrun launch helper (tests/torchrun_launch.py, fixture run_multiprocess) runs a launch
 once: a native abort (the message the old helper retried on) is returned as a failure, with a
 note pointing at tools/abort_soak.sh, and the launch's output is left as it was."""
 import sys
 
-from multiprocess_retry import ABORT_NOTE, run_launch
+from torchrun_launch import ABORT_NOTE, run_launch
 
 
 def _script(tmp_path, marker_name: str, stderr_text: str) -> list[str]:
@@ -22,15 +22,14 @@ print("second launch")
 
 def test_native_abort_is_not_retried(tmp_path, run_multiprocess):
     proc = run_multiprocess(_script(tmp_path, "m1", "terminate called without an active exception\n"),
-                            fresh=[tmp_path / "out"], capture_output=True, text=True)
+                            capture_output=True, text=True)
     assert proc.returncode == 134 and proc.stdout == ""
     assert proc.stderr.endswith(ABORT_NOTE) and "tools/abort_soak.sh" in proc.stderr
     assert (tmp_path / "out" / "ckpt_2").exists()
 
 
 def test_other_failures_are_returned_as_is(tmp_path):
-    proc = run_launch(_script(tmp_path, "m2", "ValueError: table 'x'\n"), fresh=[tmp_path / "out"],
-                      capture_output=True, text=True)
+    proc = run_launch(_script(tmp_path, "m2", "ValueError: table 'x'\n"), capture_output=True, text=True)
     assert proc.returncode == 134 and proc.stderr == "ValueError: table 'x'\n"
     assert (tmp_path / "out" / "ckpt_2").exists()
 

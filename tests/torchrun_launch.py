@@ -13,24 +13,15 @@ from __future__ import annotations
 import subprocess
 
 NATIVE_ABORT = "terminate called without an active exception"
-ABORT_NOTE = ("\n[tests/multiprocess_retry.py] a process died of a native abort (not retried): "
+ABORT_NOTE = ("\n[tests/torchrun_launch.py] a process died of a native abort (not retried): "
               "count them with tools/abort_soak.sh and find the thread alive at exit "
               "(gdb / faulthandler), see recis_compat/io/threads.py\n")
 
 
-def run_launch(cmd, fresh=(), **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, **kwargs)``, once; the caller checks the return code.
-
-    ``fresh`` (the launch's output directories) is accepted for the callers written for the
-    retrying helper and not used: nothing is relaunched, so nothing needs clearing.
-    """
-    del fresh
+def run_launch(cmd, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, **kwargs)``, once; the caller checks the return code."""
     proc = subprocess.run(cmd, **kwargs)  # noqa: PLW1510 (callers check returncode)
     if proc.returncode != 0 and isinstance(proc.stderr, str) and NATIVE_ABORT in proc.stderr:
         proc.stderr += ABORT_NOTE
     return proc
 
-
-# The old name, still imported by tests/conftest.py, tests/distributed/test_sharded_tables.py and
-# tests/e2e/test_checkpoint_resume.py; it no longer retries.
-run_retrying_known_abort = run_launch
