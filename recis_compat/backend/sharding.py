@@ -73,11 +73,13 @@ def init_process_group(device=None, timeout_s: Optional[float] = None, **kwargs)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=float(timeout_s)), **kwargs)
 
 
-class DistributedExchangeError(RuntimeError):
+class DistributedExchangeError(dist.DistError):
     """An all-to-all of a sharded table failed (a peer died, was stopped past the process-group
     timeout, or skipped the lookup). The message names the table (and the shared_names it
     holds), this rank, which exchange and whether in forward or backward; the torch/gloo error
-    is the ``__cause__``."""
+    is the ``__cause__``. A ``torch.distributed.DistError`` (so a ``RuntimeError``): uncaught, it
+    ends the process with status 1 without finalizing under in-flight collectives
+    (recis_compat/utils/dist_exit.py)."""
 
 
 def _exchange_error(table: "ShardedDynamicTable", what: str, phase: str, err: BaseException

@@ -15,7 +15,9 @@ so one stopped or dead rank would hang the whole job that long. :func:`install` 
   or no CUDA device). Any other explicit backend (``"gloo"``, ``"mpi"``, ...) is kept.
 
 ``recis_compat.backend.sharding.init_process_group`` (our own helper) uses the same rule through
-:func:`timeout_seconds` and :func:`resolve_backend`. ``import recis`` calls :func:`install`.
+:func:`timeout_seconds` and :func:`resolve_backend`. ``import recis`` calls :func:`install`, which
+also installs :mod:`recis_compat.utils.dist_exit`: a collective that fails by this timeout ends
+the process with status 1 rather than a native abort at interpreter exit.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from typing import Optional
 
 import torch
 
+from recis_compat.utils import dist_exit
 from recis_compat.utils.device import ENV_VAR as DEVICE_ENV_VAR
 
 __all__ = ["ENV_VAR", "DEFAULT_TIMEOUT_S", "timeout_seconds", "default_timeout", "cpu_only",
@@ -133,6 +136,7 @@ def install() -> None:
     import torch.distributed as dist
     if not dist.is_available():
         return
+    dist_exit.install()
     from torch.distributed import distributed_c10d
     current = dist.init_process_group
     wrapped = current if hasattr(current, _MARK) else _wrap(current)
