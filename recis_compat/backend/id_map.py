@@ -32,32 +32,23 @@ a microsecond, small next to the kernel call (docs/reliability.md, "Thread safet
 """
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from recis_compat.backend.locking import OwnLock, locked
 from recis_compat.ops import id_map as _ops
 
 _MIN_CAPACITY = 16
 _MIN_CHUNK = 1024
 
 
-def _locked(method):
-    """Run ``method`` holding ``self._lock``."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-    return wrapper
-
-
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-class IdMap:
+class IdMap(OwnLock):
     """Exact, collision-free map from int64 ids to rows ``0, 1, 2, ...`` of growable storage.
 
     Args:
@@ -83,17 +74,6 @@ class IdMap:
         self._used_bound = 0      # upper bound of size + tombstones, exact after _sync()
         self.num_rehashes = 0
 
-    def __getstate__(self):
-        # a lock cannot be pickled or deep-copied: copies get their own
-        with self._lock:
-            state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
     # ------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device:
@@ -104,7 +84,7 @@ class IdMap:
         """Slots of the hash table (a power of two)."""
         return int(self._table.shape[0])
 
-    @_locked
+    @locked
     def _counts(self) -> Tuple[int, int, int, int]:
         size, next_row, tomb, free = self._meta.tolist()
         return size, next_row, tomb, free
@@ -123,12 +103,12 @@ class IdMap:
     def num_tombstones(self) -> int:
         return self._counts()[2]
 
-    @_locked
+    @locked
     def memory_bytes(self) -> int:
         """Bytes held by the map's state tensors (table, meta, free stack)."""
         return sum(t.numel() * t.element_size() for t in (self._table, self._meta, self._free))
 
-    @_locked
+    @locked
     def __repr__(self) -> str:
         size, next_row, tomb, free = self._counts()
         return (f"IdMap(size={size}, rows_allocated={next_row}, free_rows={free}, "
@@ -143,13 +123,13 @@ class IdMap:
                              "move one of them (IdMap.to(device))")
         return ids.reshape(-1)
 
-    @_locked
+    @locked
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows (int64, same shape as ``ids``) of int64 ``ids``; ``-1`` where absent. No insertion."""
         flat = self._check_ids(ids, "find")
         return _ops.find(self._table, flat).view(ids.shape)
 
-    @_locked
+    @locked
     def find_or_insert(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(rows, is_new)`` of int64 ``ids`` (same shape); absent ids are inserted.
 
@@ -183,7 +163,7 @@ class IdMap:
         self._sync()
         return torch.cat(rows_parts).view(ids.shape), torch.cat(new_parts).view(ids.shape)
 
-    @_locked
+    @locked
     def delete(self, ids: torch.Tensor) -> torch.Tensor:
         """Remove ``ids`` (absent ones and repeats are ignored); returns the freed rows (int64)
         in first-occurrence order. They are reused by later inserts, last freed first."""
@@ -196,18 +176,18 @@ class IdMap:
             self._free = grown
         return _ops.delete(self._table, self._meta, self._free, flat)
 
-    @_locked
+    @locked
     def ids_and_rows(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(ids, rows)`` of every stored id, int64 ``[len(self)]`` each, ordered by row."""
         return _ops.export(self._table, self._meta)
 
-    @_locked
+    @locked
     def clear(self) -> None:
         """Remove every id and forget every row (the next insert gets row 0)."""
         self._table, self._meta, self._free = _ops.empty_state(_MIN_CAPACITY, self.device)
         self._used_bound = 0
 
-    @_locked
+    @locked
     def reserve(self, num_ids: int) -> None:
         """Grow now so that ``num_ids`` ids in total fit without a rehash."""
         size, _, tomb, _ = self._counts()
@@ -232,7 +212,7 @@ class IdMap:
         self._sync()
 
     # ------------------------------------------------------------------ devices and state
-    @_locked
+    @locked
     def to(self, device) -> "IdMap":
         """Move the state to ``device`` (in place; returns self)."""
         device = torch.device(device)
@@ -245,7 +225,7 @@ class IdMap:
     def cuda(self, device=None) -> "IdMap":
         return self.to(torch.device("cuda") if device is None else torch.device(device))
 
-    @_locked
+    @locked
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """The state as tensors: ``table`` int64 [capacity, 2], ``meta`` int64 [4],
         ``free_rows`` int64 [free_count] (copies; any capacity can be loaded back)."""
@@ -253,7 +233,7 @@ class IdMap:
         return {"table": self._table.clone(), "meta": self._meta.clone(),
                 "free_rows": self._free[:free].clone()}
 
-    @_locked
+    @locked
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Replace the state with one from :meth:`state_dict` (moved to this map's device);
         raises ValueError when the tensors are not a consistent id map."""

@@ -17,23 +17,15 @@ lost or leave slots of different lengths.
 """
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
+from recis_compat.backend.locking import OwnLock, locked
+
 GROWTH = 1.5
-
-
-def _locked(method):
-    """Run ``method`` holding ``self._lock``."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-    return wrapper
 
 
 @dataclass
@@ -45,7 +37,7 @@ class SlotSpec:
     init: float = 0.0
 
 
-class RowStorage:
+class RowStorage(OwnLock):
     """Named slots over one row index space.
 
     Args:
@@ -70,17 +62,6 @@ class RowStorage:
         self.slots: Dict[str, torch.Tensor] = {
             "embedding": torch.empty((0, self.dim), dtype=dtype, device=self.device)}
 
-    def __getstate__(self):
-        # a lock cannot be pickled or deep-copied: copies get their own
-        with self._lock:
-            state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
     # ---------------------------------------------------------------- shape
     @property
     def capacity(self) -> int:
@@ -90,7 +71,7 @@ class RowStorage:
     def embedding(self) -> torch.Tensor:
         return self.slots["embedding"]
 
-    @_locked
+    @locked
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.slots.values())
 
@@ -104,7 +85,7 @@ class RowStorage:
             return vals.to(device=self.device, dtype=spec.dtype)
         return torch.full([rows] + spec.tail, spec.init, dtype=spec.dtype, device=self.device)
 
-    @_locked
+    @locked
     def ensure_capacity(self, rows_needed: int) -> None:
         """Grow every slot so that row indices ``< rows_needed`` exist (amortised)."""
         cap = self.capacity
@@ -117,7 +98,7 @@ class RowStorage:
             self.slots[name] = torch.cat([t, self._initial(name, extra)], 0)
 
     # ---------------------------------------------------------------- slots
-    @_locked
+    @locked
     def add_slot(self, name: str, tail: Sequence[int], dtype: torch.dtype, init: float = 0.0) -> torch.Tensor:
         """Create slot ``name`` (rows ``[capacity, *tail]`` filled with ``init``); idempotent for an
         identical spec, an error for a conflicting one."""
@@ -135,7 +116,7 @@ class RowStorage:
             raise KeyError(f"no slot {name!r}; slots: {list(self.slots)}")
         return self.slots[name]
 
-    @_locked
+    @locked
     def reset_rows(self, rows: torch.Tensor, preserve: Iterable[str] = ()) -> None:
         """Re-initialise ``rows`` in every slot but ``preserve`` (eviction: a freed row must
         start fresh when reused)."""
@@ -147,18 +128,18 @@ class RowStorage:
             if name not in keep:
                 self.slots[name].index_copy_(0, rows, self._initial(name, rows.numel()))
 
-    @_locked
+    @locked
     def write_rows(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         """``slot[rows] = values`` (dtype and device converted)."""
         t = self.slot(name)
         t.index_copy_(0, rows.to(device=self.device, dtype=torch.int64), values.to(t.dtype).to(self.device))
 
-    @_locked
+    @locked
     def clear(self) -> None:
         """Drop every row of every slot (capacity 0; the slots themselves stay)."""
         self.slots = {k: v[:0].clone() for k, v in self.slots.items()}
 
-    @_locked
+    @locked
     def to(self, device) -> "RowStorage":
         self.device = torch.device(device)
         self.slots = {k: v.to(self.device) for k, v in self.slots.items()}

@@ -21,7 +21,6 @@ reentrant.
 """
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -29,19 +28,11 @@ import torch
 
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.id_map import IdMap
+from recis_compat.backend.locking import OwnLock, locked
 from recis_compat.backend.row_storage import RowStorage
 from recis_compat.ops.id_map import unique_first_seen
 
 __all__ = ["DynamicTableImpl", "Slot", "SlotGroup", "is_hashtable"]
-
-
-def _locked(method):
-    """Run ``method`` holding the table's ``lock``."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self.lock:
-            return method(self, *args, **kwargs)
-    return wrapper
 
 
 def is_hashtable(obj) -> bool:
@@ -94,7 +85,7 @@ class SlotGroup:
         return list(self._impl.storage.slots)
 
 
-class DynamicTableImpl:
+class DynamicTableImpl(OwnLock):
     """Id map + row storage + gradient buffer of one table.
 
     Args:
@@ -125,11 +116,11 @@ class DynamicTableImpl:
         self.children = children
         # (begin, end, size): the slice range of ids (``id & 0xFFFF``) this shard owns
         self.slice = (0, 65536, 65536)
-        self.lock = threading.RLock()
-        self.id_map = IdMap(device, lock=self.lock)
+        self._lock = threading.RLock()
+        self.id_map = IdMap(device, lock=self._lock)
         self.init_rows = init_rows
         self.storage = RowStorage(self.dim, dtype, device, None if init_rows is not None else sample_rows,
-                                  block=self.block_size, lock=self.lock)
+                                  block=self.block_size, lock=self._lock)
         self._grad_rows: List[torch.Tensor] = []
         self._grad_values: List[torch.Tensor] = []
         self._grad_unique: List[bool] = []
@@ -139,18 +130,15 @@ class DynamicTableImpl:
         # callables f(rows) run after every training lookup with the rows looked up (filters)
         self.lookup_listeners: List[Callable[[torch.Tensor], None]] = []
 
-    def __getstate__(self):
-        # locks cannot be pickled or deep-copied: a copy gets its own (shared by its map and rows)
-        with self.lock:
-            state = self.__dict__.copy()
-        del state["lock"]
-        return state
-
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.lock = threading.RLock()
-        self.id_map._lock = self.lock
-        self.storage._lock = self.lock
+        # a copy gets its own lock (OwnLock), shared again by its map and rows
+        super().__setstate__(state)
+        self.id_map._lock = self.storage._lock = self._lock
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The table's reentrant lock (also held by its id map and row storage)."""
+        return self._lock
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,12 +169,12 @@ class DynamicTableImpl:
         return ids.reshape(-1).to(self.device)
 
     # ------------------------------------------------------------------ rows
-    @_locked
+    @locked
     def find_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows of ``ids`` (``-1`` where absent); nothing is inserted."""
         return self.id_map.find(self._check_ids(ids, "find"))
 
-    @_locked
+    @locked
     def find_or_insert_rows(self, ids: torch.Tensor, initialize: bool = True) -> torch.Tensor:
         """Rows of ``ids``; absent ids get new rows with their initial values (``initialize=False``:
         the caller writes them)."""
@@ -202,7 +190,7 @@ class DynamicTableImpl:
                                         vals.reshape(new_ids.numel(), self.dim))
         return rows
 
-    @_locked
+    @locked
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd)."""
         emb = self.storage.embedding
@@ -215,13 +203,13 @@ class DynamicTableImpl:
             return out.masked_fill_(missing.unsqueeze(1), 0)
         return emb.index_select(0, rows)
 
-    @_locked
+    @locked
     def embedding_lookup(self, ids: torch.Tensor, readonly: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """RecIS's ``embedding_lookup(ids, readonly) -> (index, emb)`` (no autograd)."""
         rows = self.find_rows(ids) if (readonly or self.read_only) else self.find_or_insert_rows(ids)
         return rows, self.gather(rows)
 
-    @_locked
+    @locked
     def notify_lookup(self, rows: torch.Tensor) -> None:
         """Tell the filters which rows a training lookup touched (absent rows dropped)."""
         if self.lookup_listeners:
@@ -230,7 +218,7 @@ class DynamicTableImpl:
                 f(rows)
 
     # ------------------------------------------------------------------ writes
-    @_locked
+    @locked
     def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Upsert ``ids`` with ``embeddings`` ``[N, dim]`` (dtype must equal the table's)."""
         ids = self._check_ids(ids, "insert")
@@ -242,7 +230,7 @@ class DynamicTableImpl:
         rows = self.find_or_insert_rows(ids, initialize=False)
         self.storage.write_rows("embedding", rows, embeddings.reshape(ids.numel(), self.dim))
 
-    @_locked
+    @locked
     def delete(self, ids: torch.Tensor, index: Optional[torch.Tensor] = None,
                preserve_slot: Optional[str] = None) -> torch.Tensor:
         """Evict ``ids``: remove them from the map and re-initialise their rows in every slot
@@ -260,7 +248,7 @@ class DynamicTableImpl:
                                         self.init_rows(ids[present]).reshape(-1, self.dim))
         return freed
 
-    @_locked
+    @locked
     def clear(self) -> None:
         """Remove every id and every row of every slot; drop pending gradients."""
         self.id_map.clear()
@@ -272,12 +260,12 @@ class DynamicTableImpl:
         self.clear()
 
     # ------------------------------------------------------------------ queries
-    @_locked
+    @locked
     def ids(self) -> torch.Tensor:
         """Every stored id (encoded for coalesced tables), ordered by row."""
         return self.id_map.ids_and_rows()[0]
 
-    @_locked
+    @locked
     def ids_map(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(ids, rows)`` int64, ordered by row."""
         return self.id_map.ids_and_rows()
@@ -302,7 +290,7 @@ class DynamicTableImpl:
     def get_slot(self, name: str) -> torch.Tensor:
         return self.storage.slot(name)
 
-    @_locked
+    @locked
     def update_slot(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         self.storage.write_rows(name, rows, values)
 
@@ -326,11 +314,11 @@ class DynamicTableImpl:
                 self._grad_values.append(grad)
                 self._grad_unique.append(bool(unique))
 
-    @_locked
+    @locked
     def has_grad(self) -> bool:
         return bool(self._grad_rows)
 
-    @_locked
+    @locked
     def grad_rows(self, acc_step: int = 1) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``(rows [U] int64, grad [U, dim])``: the buffered gradients summed per row (distinct
         rows, in first-occurrence order) and divided by ``acc_step``;
@@ -351,7 +339,7 @@ class DynamicTableImpl:
             summed = summed / float(acc_step)
         return uniq, summed
 
-    @_locked
+    @locked
     def grad(self, acc_step: int = 1) -> torch.Tensor:
         """Sparse COO gradient ``[R, dim]`` indexed by **row** (RecIS emits positions in a unique
         list when rows repeat, Q5; fixed here). ``R`` is the row capacity, or one more than the
@@ -369,14 +357,14 @@ class DynamicTableImpl:
         return torch.sparse_coo_tensor(rows.unsqueeze(0), vals.index_select(0, order), (size, self.dim),
                                        is_coalesced=True)
 
-    @_locked
+    @locked
     def clear_grad(self) -> None:
         self._grad_rows.clear()
         self._grad_values.clear()
         self._grad_unique.clear()
 
     # ------------------------------------------------------------------ device and state
-    @_locked
+    @locked
     def to(self, device) -> "DynamicTableImpl":
         """Move the map, the slots and pending gradients to ``device`` (in place)."""
         device = torch.device(device)
@@ -388,7 +376,7 @@ class DynamicTableImpl:
         self._grad_values = [t.to(device) for t in self._grad_values]
         return self
 
-    @_locked
+    @locked
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Ids and every slot of the stored rows: ``{"id": [n], "<slot>": [n, ...]}`` (row order);
         the checkpoint form (rows are renumbered on load)."""
@@ -398,7 +386,7 @@ class DynamicTableImpl:
             out[name] = t.index_select(0, rows)
         return out
 
-    @_locked
+    @locked
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Replace the content with ``state`` (from :meth:`state_dict`): ids get rows
         ``0..n-1``; slots present here but not in ``state`` start from their initial values."""
