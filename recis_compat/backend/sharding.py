@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,7 @@ from recis_compat.utils import dist_timeout
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
            "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group", "DistributedExchangeError",
-           "DynamicModuleSharder"]
+           "DynamicModuleSharder", "guarded_reverse_exchange"]
 
 DYNAMIC_TABLE_KERNEL = "recis_dynamic_hash"
 _PLAN_KEY = "rows"
@@ -112,6 +112,22 @@ class _Ctx(Multistreamable):
         pass
 
 
+def guarded_reverse_exchange(sent: torch.Tensor, received: torch.Tensor, grad: torch.Tensor,
+                             on_error: Callable[[RuntimeError], DistributedExchangeError]) -> torch.Tensor:
+    """Backward of an embedding all-to-all run through TorchRec's own autograd function.
+
+    ``sent`` ``[N_send, dim]`` (the rows this rank sent, a leaf that requires grad) and
+    ``received`` ``[N_asked, dim]`` (what the forward exchange returned from it); ``grad`` is the
+    gradient of ``received``. Returns the gradient of ``sent`` (TorchRec's reverse all-to-all);
+    a failure of that collective raises ``on_error(err)`` chained to it.
+    """
+    try:
+        (grad_sent,) = torch.autograd.grad(received, sent, grad.contiguous())
+    except RuntimeError as e:
+        raise on_error(e) from e
+    return grad_sent
+
+
 class _GuardedExchange(torch.autograd.Function):
     """The embedding all-to-all (TorchRec's ``SequenceEmbeddingsAllToAll``, autograd-aware) with
     its backward guarded: the reverse all-to-all that TorchRec runs in backward is re-run here
@@ -138,10 +154,8 @@ class _GuardedExchange(torch.autograd.Function):
             raise RuntimeError(f"table {table.name!r}: backward ran twice through one sharded lookup; "
                                "TorchRec's all-to-all supports one backward (no retain_graph=True reuse)")
         ctx.sent = ctx.received = None
-        try:
-            (grad_sent,) = torch.autograd.grad(received, sent, grad.contiguous())
-        except RuntimeError as e:
-            raise _exchange_error(table, "embedding-gradient", "backward", e) from e
+        grad_sent = guarded_reverse_exchange(
+            sent, received, grad, lambda e: _exchange_error(table, "embedding-gradient", "backward", e))
         return grad_sent, None, None
 
 

@@ -37,7 +37,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Multistreamable
 
 from recis_compat.backend.sharding import (DistributedExchangeError, DynamicModuleSharder, DynamicTableSharder,
-                                           ShardedDynamicTable, dynamic_table_plan)
+                                           ShardedDynamicTable, dynamic_table_plan, guarded_reverse_exchange)
 from recis_compat.backend.slices import owner_ranks
 from recis_compat.backend.sharding import shard_model as _backend_shard_model
 from recis_compat.torchrec.modules import (DynamicEmbeddingBagCollection, DynamicEmbeddingCollection,
@@ -183,10 +183,8 @@ class _GroupExchange(torch.autograd.Function):
             raise RuntimeError(f"dynamic tables {group.names}: backward ran twice through one sharded lookup; "
                                "TorchRec's all-to-all supports one backward (no retain_graph=True reuse)")
         ctx.sent = ctx.received = None
-        try:
-            (grad_sent,) = torch.autograd.grad(received, sent, grad.contiguous())
-        except RuntimeError as e:
-            raise group.error("embedding-gradient", "backward", e) from e
+        grad_sent = guarded_reverse_exchange(
+            sent, received, grad, lambda e: group.error("embedding-gradient", "backward", e))
         return grad_sent, None, None, None
 
 
