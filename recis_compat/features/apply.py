@@ -12,8 +12,8 @@ from typing import Dict, List, Sequence
 import torch
 
 from recis_compat.features.values import DataValueProcessor
-from recis_compat.nn.functional import fused_ops, hash_ops, ragged_ops
 from recis_compat.ops import features as _kernels
+from recis_compat.ops import hashing as _hashing
 from recis_compat.ragged.tensor import RaggedPadInfo, RaggedTensor
 
 __all__ = ["uint64_mod", "bucketize", "hash_strings", "cutoff_2d", "cutoff_3d", "multi_hash",
@@ -23,8 +23,7 @@ __all__ = ["uint64_mod", "bucketize", "hash_strings", "cutoff_2d", "cutoff_3d", 
 def uint64_mod(inputs: Sequence, mods: Sequence[int]) -> list:
     """``uint64(ids) % mods[i]`` (int64) for every input; structure of each input kept."""
     procs = [DataValueProcessor(x) for x in inputs]
-    outs = fused_ops.fused_uint64_mod_gpu([p.get_input_value() for p in procs],
-                                          [int(m) for m in mods])
+    outs = _kernels.fused_uint64_mod([p.get_input_value() for p in procs], [int(m) for m in mods])
     return [p.get_output_value(o) for p, o in zip(procs, outs)]
 
 
@@ -33,7 +32,7 @@ def bucketize(inputs: Sequence, boundaries: Sequence[torch.Tensor]) -> list:
     procs = [DataValueProcessor(x) for x in inputs]
     values = [p.get_input_value() for p in procs]
     bounds = [b.to(v.device) for b, v in zip(boundaries, values)]
-    outs = fused_ops.fused_bucketize_gpu(values, bounds)
+    outs = _kernels.fused_bucketize(values, bounds)
     return [p.get_output_value(o) for p, o in zip(procs, outs)]
 
 
@@ -43,8 +42,11 @@ def hash_strings(inputs: Sequence[RaggedTensor], hash_type: str) -> List[RaggedT
     Input ``x``: int8/uint8 bytes with offsets ``[..., string offsets]``. Output: values int64
     ``[num_strings]``, offsets ``x.offsets()[:-1]``, dense shape ``x._dense_shape[:-1]``.
     """
-    fn = hash_ops.farmhash if hash_type == "farm" else hash_ops.murmurhash
-    outs = fn([x.values() for x in inputs], [x.offsets()[-1] for x in inputs])
+    if not inputs:
+        return []
+    kind = "farm" if hash_type == "farm" else "murmur"
+    outs = _hashing.fused_hash_bytes([x.values() for x in inputs], [x.offsets()[-1] for x in inputs],
+                                     kind, [-1] * len(inputs))
     return [RaggedTensor(h, list(x.offsets()[:-1]), None, dense_shape=x._dense_shape[:-1])
             for x, h in zip(inputs, outs)]
 
@@ -64,9 +66,9 @@ def cutoff_2d(inputs: Sequence[RaggedTensor], seq_lens: Sequence[int],
     dev = inputs[0].device
     drop_t = torch.tensor([bool(d) for d in drop_left], dtype=torch.bool, device=dev)
     pad_t = torch.zeros(n, dtype=torch.bool, device=dev)
-    vs, os_, ds, ps, drop_t, pad_t, ws = ragged_ops.fused_ragged_cutoff_2D(
+    vs, os_, ws, ds, ps = _kernels.fused_ragged_cutoff_2d(
         [x.values() for x in inputs], [x.offsets()[-1] for x in inputs],
-        [int(s) for s in seq_lens], drop_t, pad_t, weights=[x.weight() for x in inputs])
+        [x.weight() for x in inputs], [int(s) for s in seq_lens], [bool(d) for d in drop_left])
     out = []
     for i, (v, o, w) in enumerate(zip(vs, os_, ws)):
         rt = RaggedTensor(v, [o], w, dense_shape=(o.shape[0] - 1, int(seq_lens[i])))
@@ -87,8 +89,6 @@ def cutoff_3d(inputs: Sequence[RaggedTensor], seq_lens: Sequence[int],
     """
     if not inputs:
         return []
-    # the ops layer directly: ragged_ops.fused_ragged_cutoff_3D logs a warning on every call
-    # that drops on the left, which is SequenceTruncate's default
     vs, outer, inner, ws = _kernels.fused_ragged_cutoff_3d(
         [x.values() for x in inputs], [x.offsets()[-2] for x in inputs],
         [x.offsets()[-1] for x in inputs], [x.weight() for x in inputs],
@@ -105,7 +105,7 @@ def multi_hash(inputs: Sequence, muls: Sequence[Sequence[int]], primes: Sequence
     semantics), in the input's structure (RaggedTensors share the input's offsets and weight).
     """
     procs = [DataValueProcessor(x) for x in inputs]
-    flat = fused_ops.fused_multi_hash([p.get_input_value() for p in procs], muls, primes, buckets)
+    flat = _kernels.fused_multi_hash([p.get_input_value() for p in procs], muls, primes, buckets)
     out, k = [], 0
     for p, b in zip(procs, buckets):
         out.append({f"multi_hash_{j}": p.get_output_value(flat[k + j]) for j in range(len(b))})
@@ -119,8 +119,8 @@ def cross(x: RaggedTensor, y: RaggedTensor) -> RaggedTensor:
     Output: ``RaggedTensor(int64 ids, [offsets [B+1]], weight, dense_shape)`` where the dense
     shape is ``x._dense_shape`` when ``x`` has one offsets level (as RecIS), else ``(B, -1)``.
     """
-    vals, offs, w = ragged_ops.feature_cross_ragged(x.values(), x.offsets()[-1], y.values(),
-                                                    y.offsets()[-1], x.weight(), y.weight())
+    vals, offs, w = _kernels.feature_cross(x.values(), x.offsets()[-1], y.values(),
+                                           y.offsets()[-1], x.weight(), y.weight())
     shape = x._dense_shape if len(x._dense_shape) == 2 else (offs.shape[0] - 1, -1)
     return RaggedTensor(vals, [offs], w, dense_shape=shape)
 

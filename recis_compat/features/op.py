@@ -30,7 +30,7 @@ from recis_compat.features.errors import (FeatureOpAssertionError, FeatureOpErro
                                           FeatureOpIndexError, FeatureOpKeyError,
                                           FeatureOpTypeError)
 from recis_compat.features.values import DataValueProcessor, describe, is_feature_value
-from recis_compat.nn.functional import array_ops
+from recis_compat.ops import features as _kernels
 from recis_compat.ragged.tensor import RaggedTensor
 
 __all__ = ["_OP", "DataValueProcessor", "SelectField", "SelectFields", "Mod", "Bucketize",
@@ -233,8 +233,8 @@ class Mod(_OP):
         self.check_config()
         self.check_input(x)
         proc = DataValueProcessor(x)
-        return proc.get_output_value(array_ops.bucketize_mod(proc.get_input_value(),
-                                                             self.mod_value))
+        return proc.get_output_value(_kernels.fused_uint64_mod([proc.get_input_value()],
+                                                              [int(self.mod_value)])[0])
 
 
 class Bucketize(_OP):
@@ -295,7 +295,8 @@ class Bucketize(_OP):
         self.check_config()
         self.check_input(x)
         proc = DataValueProcessor(x)
-        return proc.get_output_value(array_ops.bucketize(proc.get_input_value(), self.boundary))
+        return proc.get_output_value(_kernels.fused_bucketize([proc.get_input_value()],
+                                                             [self.boundary])[0])
 
 
 # ================================================================================ cross
@@ -466,8 +467,8 @@ class Hash(_OP):
         if self.bucket_size is None:
             return out
         proc = DataValueProcessor(out)
-        return proc.get_output_value(array_ops.bucketize_mod(proc.get_input_value(),
-                                                             self.bucket_size))
+        return proc.get_output_value(_kernels.fused_uint64_mod([proc.get_input_value()],
+                                                              [int(self.bucket_size)])[0])
 
 
 def _is_prime(n: int) -> bool:

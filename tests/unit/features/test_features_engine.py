@@ -90,10 +90,10 @@ def test_execution_steps_and_fusion_groups():
 
 
 def test_one_kernel_call_per_class_per_step(monkeypatch):
-    import recis_compat.features.apply as apply_mod
+    from recis_compat.ops import features as kernels
     calls = []
-    real = apply_mod.fused_ops.fused_uint64_mod_gpu
-    monkeypatch.setattr(apply_mod.fused_ops, "fused_uint64_mod_gpu",
+    real = kernels.fused_uint64_mod
+    monkeypatch.setattr(kernels, "fused_uint64_mod",
                         lambda v, m: calls.append(len(v)) or real(v, m))
     FeatureEngine(_features())(_data())
     assert calls == [2, 2]          # step 1: mod_a + mod_b; step 2: mod_b + cross
