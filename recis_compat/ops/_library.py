@@ -51,3 +51,25 @@ def has_cuda_kernel(name: str) -> bool:
     """True when op ``recis_compat::<name>`` has a CUDA kernel registered in this build."""
     load()
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"recis_compat::{name}", "CUDA")
+
+
+def require_kernel(name: str, device: torch.device) -> None:
+    """Raise RuntimeError unless op ``recis_compat::<name>`` can run on ``device`` in this build.
+
+    CPU and meta always can (every op has a CPU kernel and a fake implementation); CUDA only when
+    the extension was compiled with CUDA; any other device type never. The error names the op and
+    the device, so a missing kernel is never replaced by a silent fallback.
+    """
+    device = torch.device(device)
+    if device.type in ("cpu", "meta"):
+        return
+    qualified = f"recis_compat::{name}"
+    if device.type == "cuda":
+        if has_cuda_kernel(name):
+            return
+        raise RuntimeError(
+            f"{qualified} has no CUDA kernel in this build (compiled without CUDA); its input is "
+            f"on {device}. Rebuild recis_compat with CUDA (`make build` where nvcc is found) or "
+            "move the input to the CPU.")
+    raise RuntimeError(f"{qualified} has no kernel for device {device}: recis_compat ops run on "
+                       "cpu and cuda only; move the input to one of them.")

@@ -4,10 +4,16 @@ Every op ``torch.ops.recis_compat.<name>`` has
   * a fake (meta) implementation registered here (data-dependent sizes use
     ``torch.library.get_ctx().new_dynamic_size()``),
   * autograd where it is differentiable (``ragged_to_dense`` w.r.t. floating values),
-  * a thin typed wrapper below (what the rest of recis_compat calls), and
-  * a pure-PyTorch reference ``*_ref`` (vectorised, no per-row Python loops) that the tests
-    compare the kernels against and that the wrappers fall back to when the extension was built
-    without the op.
+  * a thin typed wrapper below (what the rest of recis_compat calls). A wrapper always runs the
+    kernel: a device without a kernel for the op is an error naming the op and the device
+    (:func:`recis_compat.ops._library.require_kernel`), never a silent fallback.
+
+The pure-PyTorch references the tests compare the kernels against live in
+``tests/ops/reference_kernels.py``. Kept here, because they run at run time: the MurmurHash64A
+pair hash in torch ops (:func:`murmur64a_pair_ref`, the plain-torch baseline of
+``benchmarks/features_bench.py``) and the ragged coordinate helpers
+(:func:`ragged_coordinates_ref`, :func:`dense_shape_ref`) used by ``recis_compat.ragged.dense``
+and ``nn.functional.ragged_ops``.
 
 Ops (shapes/dtypes):
 
@@ -45,36 +51,26 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from recis_compat.ops._library import require_kernel
+
 _NS = "recis_compat"
 _M64 = (1 << 64) - 1
 
 
-def _defined(name: str) -> bool:
-    return any(s.name == f"{_NS}::{name}" for s in torch._C._jit_get_all_schemas())
+def _device_of(*tensors) -> torch.device:
+    return next((t.device for t in tensors if isinstance(t, torch.Tensor)), torch.device("cpu"))
 
 
-_ALL_OPS = ("fused_uint64_mod", "fused_bucketize", "fused_multi_hash", "feature_cross",
-            "fused_ragged_cutoff_2d", "fused_ragged_cutoff_3d", "ragged_to_dense",
-            "ragged_to_dense_backward", "dense_to_ragged")
-_PRESENT = {n for n in _ALL_OPS if _defined(n)}
-
-
-def _use_kernel(name: str, *tensors: torch.Tensor) -> bool:
-    """True when ``name`` is built and has a kernel for the tensors' device."""
-    if name not in _PRESENT:
-        return False
-    dev = next((t.device for t in tensors if isinstance(t, torch.Tensor)), torch.device("cpu"))
-    if dev.type == "cpu":
-        return True
-    if dev.type == "cuda":
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NS}::{name}", "CUDA")
-    return dev.type == "meta"
+def _op(name: str, *tensors):
+    """``torch.ops.recis_compat.<name>`` after checking the build has a kernel for the device of
+    ``tensors`` (first tensor's device; CPU when there is none)."""
+    require_kernel(name, _device_of(*tensors))
+    return getattr(torch.ops.recis_compat, name)
 
 
 def _fake(name):
     def deco(fn):
-        if name in _PRESENT:
-            torch.library.register_fake(f"{_NS}::{name}")(fn)
+        torch.library.register_fake(f"{_NS}::{name}")(fn)
         return fn
     return deco
 
@@ -173,12 +169,11 @@ def _r2d_backward(ctx, grad):
     return g, [None] * len(ctx.offsets), None
 
 
-if "ragged_to_dense" in _PRESENT:
-    # The schema gives default_value no default on purpose: torch 2.13 drops trailing arguments
-    # equal to their schema default before autograd sees them, which would change how many
-    # gradients backward must return.
-    torch.library.register_autograd(f"{_NS}::ragged_to_dense", _r2d_backward,
-                                    setup_context=_r2d_setup)
+# The schema gives default_value no default on purpose: torch 2.13 drops trailing arguments
+# equal to their schema default before autograd sees them, which would change how many
+# gradients backward must return.
+torch.library.register_autograd(f"{_NS}::ragged_to_dense", _r2d_backward,
+                                setup_context=_r2d_setup)
 
 
 # ============================================================================ wrappers
@@ -206,9 +201,7 @@ def fused_uint64_mod(values: Sequence[torch.Tensor], mods) -> List[torch.Tensor]
     mods = _as_int_list(mods)
     if len(mods) == 1 and len(values) > 1:
         mods = mods * len(values)
-    if _use_kernel("fused_uint64_mod", *values):
-        return torch.ops.recis_compat.fused_uint64_mod(values, mods)
-    return fused_uint64_mod_ref(values, mods)
+    return _op("fused_uint64_mod", *values)(values, mods)
 
 
 def fused_bucketize(values: Sequence[torch.Tensor],
@@ -218,9 +211,7 @@ def fused_bucketize(values: Sequence[torch.Tensor],
     boundaries = [b if isinstance(b, torch.Tensor) else torch.tensor(b, dtype=torch.float32)
                   for b in boundaries]
     boundaries = [b.to(v.device) for b, v in zip(boundaries, values)]
-    if _use_kernel("fused_bucketize", *values):
-        return torch.ops.recis_compat.fused_bucketize(values, boundaries)
-    return fused_bucketize_ref(values, boundaries)
+    return _op("fused_bucketize", *values)(values, boundaries)
 
 
 def fused_multi_hash(inputs: Sequence[torch.Tensor], muls, primes, buckets) -> List[torch.Tensor]:
@@ -239,10 +230,7 @@ def fused_multi_hash(inputs: Sequence[torch.Tensor], muls, primes, buckets) -> L
             raise ValueError(f"fused_multi_hash: input {i} has {len(m)} muls, {len(p)} primes "
                              f"and {len(b)} buckets; they must be equal in number")
     flat = lambda ls: [v for l in ls for v in l]  # noqa: E731
-    if _use_kernel("fused_multi_hash", *inputs):
-        return torch.ops.recis_compat.fused_multi_hash(inputs, flat(muls), flat(primes),
-                                                       flat(buckets), num)
-    return fused_multi_hash_ref(inputs, flat(muls), flat(primes), flat(buckets), num)
+    return _op("fused_multi_hash", *inputs)(inputs, flat(muls), flat(primes), flat(buckets), num)
 
 
 def feature_cross(x_val: torch.Tensor, x_off: torch.Tensor, y_val: torch.Tensor,
@@ -250,10 +238,7 @@ def feature_cross(x_val: torch.Tensor, x_off: torch.Tensor, y_val: torch.Tensor,
                   y_weight: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row-wise id cross of two ragged int64 tensors -> (int64 ids, offsets, weight)."""
-    if _use_kernel("feature_cross", x_val):
-        return tuple(torch.ops.recis_compat.feature_cross(x_val, x_off, x_weight, y_val, y_off,
-                                                          y_weight))
-    return feature_cross_ref(x_val, x_off, x_weight, y_val, y_off, y_weight)
+    return tuple(_op("feature_cross", x_val)(x_val, x_off, x_weight, y_val, y_off, y_weight))
 
 
 def fused_ragged_cutoff_2d(values: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
@@ -266,11 +251,8 @@ def fused_ragged_cutoff_2d(values: Sequence[torch.Tensor], offsets: Sequence[tor
     weights = list(weights) if weights is not None else [None] * n
     keep = _as_int_list(keep_lengths)
     drop = _as_bool_list(drop_left, n)
-    if _use_kernel("fused_ragged_cutoff_2d", *values):
-        vs, os_, ws, ds, ps = torch.ops.recis_compat.fused_ragged_cutoff_2d(
-            values, offsets, weights, keep, drop)
-    else:
-        vs, os_, ws, ds, ps = fused_ragged_cutoff_2d_ref(values, offsets, weights, keep, drop)
+    vs, os_, ws, ds, ps = _op("fused_ragged_cutoff_2d", *values)(values, offsets, weights, keep,
+                                                                 drop)
     ws = [None if w_in is None else w for w_in, w in zip(weights, ws)]
     return list(vs), list(os_), ws, list(ds), list(ps)
 
@@ -284,12 +266,8 @@ def fused_ragged_cutoff_3d(values, outer, inner, weights, keep_lengths, drop_lef
     keep = _as_int_list(keep_lengths)
     drop = _as_bool_list(drop_left, n)
     pad = _as_bool_list(pad_left, n)
-    if _use_kernel("fused_ragged_cutoff_3d", *values):
-        vs, os_, is_, ws = torch.ops.recis_compat.fused_ragged_cutoff_3d(
-            values, outer, inner, weights, keep, drop, pad)
-    else:
-        vs, os_, is_, ws = fused_ragged_cutoff_3d_ref(values, outer, inner, weights, keep, drop,
-                                                      pad)
+    vs, os_, is_, ws = _op("fused_ragged_cutoff_3d", *values)(values, outer, inner, weights, keep,
+                                                              drop, pad)
     ws = [None if w_in is None else w for w_in, w in zip(weights, ws)]
     return list(vs), list(os_), list(is_), ws
 
@@ -300,9 +278,7 @@ def ragged_to_dense(values: torch.Tensor, offsets: Sequence[torch.Tensor],
     offsets = [offsets] if isinstance(offsets, torch.Tensor) else list(offsets)
     if isinstance(default_value, torch.Tensor):
         default_value = default_value.item()
-    if _use_kernel("ragged_to_dense", values):
-        return torch.ops.recis_compat.ragged_to_dense(values, offsets, default_value)
-    return ragged_to_dense_ref(values, offsets, default_value)
+    return _op("ragged_to_dense", values)(values, offsets, default_value)
 
 
 def dense_to_ragged(data: torch.Tensor, check_invalid: bool = True,
@@ -311,66 +287,13 @@ def dense_to_ragged(data: torch.Tensor, check_invalid: bool = True,
     ``invalid_value`` entries (when ``check_invalid``)."""
     if isinstance(invalid_value, torch.Tensor):
         invalid_value = invalid_value.item()
-    if _use_kernel("dense_to_ragged", data):
-        return tuple(torch.ops.recis_compat.dense_to_ragged(data, bool(check_invalid),
-                                                            invalid_value))
-    return dense_to_ragged_ref(data, check_invalid, invalid_value)
+    return tuple(_op("dense_to_ragged", data)(data, bool(check_invalid), invalid_value))
 
 
-# ============================================================================ references
+# ============================================================================ torch helpers
 def _signed(v: int) -> int:
     v &= _M64
     return v - (1 << 64) if v >= (1 << 63) else v
-
-
-def uint64_mod_ref(x: torch.Tensor, mod: int) -> torch.Tensor:
-    """``uint64(x) % mod`` without uint64 arithmetic: for x < 0 add ``2**64 % mod``."""
-    if x.dtype != torch.int64:
-        raise TypeError(f"uint64_mod: values must be int64, got {x.dtype}")
-    if mod <= 0:
-        raise ValueError(f"uint64_mod: mod must be > 0, got {mod}")
-    r = torch.remainder(x, mod)  # in [0, mod)
-    c = (1 << 64) % mod
-    wrapped = torch.where(r >= mod - c, r - (mod - c), r + c)
-    return torch.where(x < 0, wrapped, r)
-
-
-def fused_uint64_mod_ref(values, mods) -> List[torch.Tensor]:
-    return [uint64_mod_ref(v, int(m)) for v, m in zip(values, mods)]
-
-
-def bucketize_ref(x: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
-    if not x.is_floating_point():
-        raise TypeError(f"bucketize: values must be floating point, got {x.dtype}")
-    b = boundaries.to(device=x.device, dtype=torch.float64)
-    out = torch.bucketize(x.to(torch.float64), b, right=True)
-    return torch.where(torch.isnan(x), torch.full_like(out, b.numel()), out)
-
-
-def fused_bucketize_ref(values, boundaries) -> List[torch.Tensor]:
-    return [bucketize_ref(v, b) for v, b in zip(values, boundaries)]
-
-
-def multi_hash_one_ref(x: torch.Tensor, mul: int, prime: int, bucket: int) -> torch.Tensor:
-    """``(((x*mul) % p + p) % p) % bucket`` with C int64 semantics (wrapping, truncating)."""
-    if x.dtype != torch.int64:
-        raise TypeError(f"multi_hash: inputs must be int64, got {x.dtype}")
-    if prime <= 0 or bucket <= 0:
-        raise ValueError(f"multi_hash: primes and buckets must be > 0, got {prime}, {bucket}")
-    prod = x * _signed(mul)  # int64 multiply wraps
-    h = torch.fmod(torch.fmod(prod, prime) + prime, prime)
-    return torch.fmod(h, bucket)
-
-
-def fused_multi_hash_ref(inputs, muls, primes, buckets, num_hashes) -> List[torch.Tensor]:
-    out, j = [], 0
-    for x, k in zip(inputs, num_hashes):
-        if not 1 <= k <= 4:
-            raise ValueError(f"multi_hash: 1 to 4 hashes per input, got {k}")
-        for _ in range(k):
-            out.append(multi_hash_one_ref(x, muls[j], primes[j], buckets[j]))
-            j += 1
-    return out
 
 
 def _lsr(h: torch.Tensor, r: int) -> torch.Tensor:
@@ -391,117 +314,6 @@ def murmur64a_pair_ref(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     h = h ^ _lsr(h, r)
     h = h * m
     return h ^ _lsr(h, r)
-
-
-def _unique_rows(val: torch.Tensor, off: torch.Tensor, w: Optional[torch.Tensor], rows: int,
-                 wdtype):
-    """Per row (first ``rows``): sorted unique ids, their first weights, and counts."""
-    off = off.to(torch.int64)[: rows + 1]
-    start = off[0] if off.numel() else 0
-    lens = off[1:] - off[:-1]
-    n = int(lens.sum()) if rows else 0
-    pos = torch.arange(n, device=val.device) + start
-    row = torch.repeat_interleave(torch.arange(rows, device=val.device), lens)
-    ids = val[pos]
-    ww = (w[pos].to(wdtype) if w is not None else torch.ones(n, dtype=wdtype, device=val.device))
-    order = torch.argsort(ids, stable=True)
-    order = order[torch.argsort(row[order], stable=True)]
-    ids, row, ww = ids[order], row[order], ww[order]
-    first = torch.ones(n, dtype=torch.bool, device=val.device)
-    if n > 1:
-        first[1:] = (ids[1:] != ids[:-1]) | (row[1:] != row[:-1])
-    ids, row, ww = ids[first], row[first], ww[first]
-    counts = torch.bincount(row, minlength=rows) if rows else torch.zeros(0, dtype=torch.int64)
-    return ids, ww, counts.to(torch.int64)
-
-
-def feature_cross_ref(x_val, x_off, x_w, y_val, y_off, y_w):
-    """Reference for ``feature_cross`` (vectorised torch)."""
-    if x_val.dtype != torch.int64 or y_val.dtype != torch.int64:
-        raise TypeError("feature_cross: ids must be int64")
-    if x_off.dtype != y_off.dtype:
-        raise TypeError("feature_cross: x and y offsets must share one dtype")
-    rows = max(min(x_off.numel(), y_off.numel()) - 1, 0)
-    wdt = _cross_weight_dtype(x_w, y_w)
-    xi, xw, xc = _unique_rows(x_val, x_off, x_w, rows, wdt)
-    yi, yw, yc = _unique_rows(y_val, y_off, y_w, rows, wdt)
-    dev = x_val.device
-    lens = xc * yc
-    out_off = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
-    out_off[1:] = torch.cumsum(lens, 0)
-    n = int(out_off[-1])
-    row = torch.repeat_interleave(torch.arange(rows, device=dev), lens)
-    local = torch.arange(n, device=dev) - out_off[:-1][row]
-    xs = torch.cumsum(xc, 0) - xc
-    ys = torch.cumsum(yc, 0) - yc
-    xa = xs[row] + torch.div(local, yc[row], rounding_mode="floor")
-    ya = ys[row] + torch.remainder(local, yc[row].clamp(min=1))
-    vals = murmur64a_pair_ref(xi[xa], yi[ya])
-    return vals, out_off.to(x_off.dtype), xw[xa] * yw[ya]
-
-
-def _gather_ranges(starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """Concatenated ``arange(starts[k], starts[k]+lens[k])`` (int64)."""
-    total = int(lens.sum()) if lens.numel() else 0
-    if total == 0:
-        return torch.zeros(0, dtype=torch.int64, device=starts.device)
-    row = torch.repeat_interleave(torch.arange(lens.numel(), device=starts.device), lens)
-    base = torch.cumsum(lens, 0) - lens
-    return starts[row] + torch.arange(total, device=starts.device) - base[row]
-
-
-def _cumsum0(lens: torch.Tensor, dtype) -> torch.Tensor:
-    out = torch.zeros(lens.numel() + 1, dtype=torch.int64, device=lens.device)
-    out[1:] = torch.cumsum(lens, 0)
-    return out.to(dtype)
-
-
-def fused_ragged_cutoff_2d_ref(values, offsets, weights, keep_lengths, drop_left):
-    vs, os_, ws, ds, ps = [], [], [], [], []
-    for v, o, w, keep, left in zip(values, offsets, weights, keep_lengths, drop_left):
-        if keep <= 0:
-            raise ValueError(f"ragged_cutoff_2d: keep length must be > 0, got {keep}")
-        o64 = o.to(torch.int64)
-        lens = o64[1:] - o64[:-1]
-        kept = lens.clamp(max=keep)
-        start = o64[:-1] + (lens - kept if left else 0)
-        idx = _gather_ranges(start, kept)
-        vs.append(v[idx])
-        os_.append(_cumsum0(kept, o.dtype))
-        ws.append(w[idx] if w is not None else v.new_empty((0,), dtype=torch.float32))
-        ds.append((lens - keep).clamp(min=0).to(torch.int32))
-        ps.append((keep - lens).clamp(min=0).to(torch.int32))
-    return vs, os_, ws, ds, ps
-
-
-def fused_ragged_cutoff_3d_ref(values, outer, inner, weights, keep_lengths, drop_left, pad_left):
-    vs, outs, ins, ws = [], [], [], []
-    for v, o, i, w, keep, dl, pl in zip(values, outer, inner, weights, keep_lengths, drop_left,
-                                        pad_left):
-        if keep <= 0:
-            raise ValueError(f"ragged_cutoff_3d: keep length must be > 0, got {keep}")
-        dev = v.device
-        o64, i64 = o.to(torch.int64), i.to(torch.int64)
-        b = o64.numel() - 1
-        nsub = o64[1:] - o64[:-1]
-        kept = nsub.clamp(max=keep)
-        first = o64[:-1] + (nsub - kept if dl else 0)
-        pad = keep - kept
-        slot = torch.arange(keep, device=dev).expand(b, keep)
-        local = slot - pad.unsqueeze(1) if pl else slot
-        valid = (local >= 0) & (local < kept.unsqueeze(1))
-        sub = (first.unsqueeze(1) + local).clamp(min=0)
-        sub = torch.where(valid, sub, torch.zeros_like(sub)).reshape(-1)
-        valid = valid.reshape(-1)
-        sub_len = torch.where(valid, i64[(sub + 1).clamp(max=max(i64.numel() - 1, 0))] - i64[sub]
-                              if i64.numel() > 1 else torch.zeros_like(sub),
-                              torch.zeros_like(sub))
-        idx = _gather_ranges(i64[sub] if i64.numel() else sub, sub_len)
-        vs.append(v[idx])
-        outs.append(torch.arange(0, (b + 1) * keep, keep, dtype=o.dtype, device=dev))
-        ins.append(_cumsum0(sub_len, i.dtype))
-        ws.append(w[idx] if w is not None else v.new_empty((0,), dtype=torch.float32))
-    return vs, outs, ins, ws
 
 
 def _rows_of(positions: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -530,38 +342,3 @@ def dense_shape_ref(offsets: Sequence[torch.Tensor]) -> List[int]:
     for off in offsets:
         shape.append(int((off[1:] - off[:-1]).max().item()) if off.numel() > 1 else 0)
     return shape
-
-
-def ragged_to_dense_ref(values: torch.Tensor, offsets: Sequence[torch.Tensor],
-                        default_value: float = 0.0) -> torch.Tensor:
-    """Reference: pad to dense ``[B, max_len_1, ..., *values.shape[1:]]`` (differentiable)."""
-    offsets = [offsets] if isinstance(offsets, torch.Tensor) else list(offsets)
-    shape = dense_shape_ref(offsets)
-    trailing = list(values.shape[1:])
-    out = torch.full(shape + trailing, default_value, dtype=values.dtype, device=values.device)
-    n = values.shape[0]
-    if n == 0 or out.numel() == 0:
-        return out + values.sum() * 0 if values.requires_grad and values.numel() else out
-    coords = ragged_coordinates_ref(n, offsets)
-    return out.index_put(tuple(coords), values)
-
-
-def dense_to_ragged_ref(dense: torch.Tensor, check_invalid: bool = True,
-                        invalid_value=0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Reference: 2-D ``[B, W]`` -> (values, int32 offsets ``[B+1]``)."""
-    if dense.dim() != 2:
-        raise ValueError(f"dense_to_ragged expects a 2-D tensor, got shape {tuple(dense.shape)}")
-    b, w = dense.shape
-    if check_invalid and w:
-        valid = dense != invalid_value
-        col = torch.arange(1, w + 1, device=dense.device).expand(b, w)
-        lengths = torch.where(valid, col, torch.zeros_like(col)).amax(dim=1)
-    elif check_invalid:
-        lengths = torch.zeros(b, dtype=torch.int64, device=dense.device)
-    else:
-        lengths = torch.full((b,), w, dtype=torch.int64, device=dense.device)
-    keep = torch.arange(w, device=dense.device).expand(b, w) < lengths.unsqueeze(1)
-    values = dense[keep]
-    offsets = torch.zeros(b + 1, dtype=torch.int32, device=dense.device)
-    offsets[1:] = torch.cumsum(lengths, 0).to(torch.int32)
-    return values, offsets

@@ -68,13 +68,3 @@ def pooled_sum(emb: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor,
         weight = weight.to(emb.dtype)
     return PooledSum.apply(emb, index, offsets, weight)
 
-
-def pooled_sum_ref(emb, index, offsets, weight=None):
-    """Pure-PyTorch reference (differentiable through index_select / index_add)."""
-    off = offsets.to(torch.int64)
-    n = index.numel()
-    bags = _bags_of(off, n)
-    rows = emb.index_select(0, index.clamp(min=0)) * (index >= 0).to(emb.dtype).unsqueeze(1)
-    if weight is not None:
-        rows = rows * weight.to(emb.dtype).unsqueeze(1)
-    return torch.zeros(off.numel() - 1, emb.shape[1], dtype=emb.dtype).index_add(0, bags, rows)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from recis_compat.ops.pooling import pooled_sum, pooled_sum_ref
+from recis_compat.ops.pooling import pooled_sum
+from reference_kernels import pooled_sum_ref
 
 
 def case(seed=0, U=7, D=5, B=6, dtype=torch.float64, missing=True, weighted=True):

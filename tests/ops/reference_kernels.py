@@ -1,0 +1,223 @@
+"""Pure-PyTorch references of the feature-processing ops (``recis_compat.ops.features``) and of
+``pooled_sum`` (``recis_compat.ops.pooling``): vectorised torch, no per-row Python loops, written
+from the op contracts in those modules' docstrings. The tests in ``tests/ops`` compare the
+kernels (CPU, and CUDA where a device exists) against them; nothing in ``recis_compat`` calls them.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from recis_compat.ops.features import (_cross_weight_dtype, _signed, dense_shape_ref,
+                                       murmur64a_pair_ref, ragged_coordinates_ref)
+
+
+def uint64_mod_ref(x: torch.Tensor, mod: int) -> torch.Tensor:
+    """``uint64(x) % mod`` without uint64 arithmetic: for x < 0 add ``2**64 % mod``."""
+    if x.dtype != torch.int64:
+        raise TypeError(f"uint64_mod: values must be int64, got {x.dtype}")
+    if mod <= 0:
+        raise ValueError(f"uint64_mod: mod must be > 0, got {mod}")
+    r = torch.remainder(x, mod)  # in [0, mod)
+    c = (1 << 64) % mod
+    wrapped = torch.where(r >= mod - c, r - (mod - c), r + c)
+    return torch.where(x < 0, wrapped, r)
+
+
+def fused_uint64_mod_ref(values, mods) -> List[torch.Tensor]:
+    return [uint64_mod_ref(v, int(m)) for v, m in zip(values, mods)]
+
+
+def bucketize_ref(x: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    if not x.is_floating_point():
+        raise TypeError(f"bucketize: values must be floating point, got {x.dtype}")
+    b = boundaries.to(device=x.device, dtype=torch.float64)
+    out = torch.bucketize(x.to(torch.float64), b, right=True)
+    return torch.where(torch.isnan(x), torch.full_like(out, b.numel()), out)
+
+
+def fused_bucketize_ref(values, boundaries) -> List[torch.Tensor]:
+    return [bucketize_ref(v, b) for v, b in zip(values, boundaries)]
+
+
+def multi_hash_one_ref(x: torch.Tensor, mul: int, prime: int, bucket: int) -> torch.Tensor:
+    """``(((x*mul) % p + p) % p) % bucket`` with C int64 semantics (wrapping, truncating)."""
+    if x.dtype != torch.int64:
+        raise TypeError(f"multi_hash: inputs must be int64, got {x.dtype}")
+    if prime <= 0 or bucket <= 0:
+        raise ValueError(f"multi_hash: primes and buckets must be > 0, got {prime}, {bucket}")
+    prod = x * _signed(mul)  # int64 multiply wraps
+    h = torch.fmod(torch.fmod(prod, prime) + prime, prime)
+    return torch.fmod(h, bucket)
+
+
+def fused_multi_hash_ref(inputs, muls, primes, buckets, num_hashes) -> List[torch.Tensor]:
+    out, j = [], 0
+    for x, k in zip(inputs, num_hashes):
+        if not 1 <= k <= 4:
+            raise ValueError(f"multi_hash: 1 to 4 hashes per input, got {k}")
+        for _ in range(k):
+            out.append(multi_hash_one_ref(x, muls[j], primes[j], buckets[j]))
+            j += 1
+    return out
+
+
+def _unique_rows(val: torch.Tensor, off: torch.Tensor, w: Optional[torch.Tensor], rows: int,
+                 wdtype):
+    """Per row (first ``rows``): sorted unique ids, their first weights, and counts."""
+    off = off.to(torch.int64)[: rows + 1]
+    start = off[0] if off.numel() else 0
+    lens = off[1:] - off[:-1]
+    n = int(lens.sum()) if rows else 0
+    pos = torch.arange(n, device=val.device) + start
+    row = torch.repeat_interleave(torch.arange(rows, device=val.device), lens)
+    ids = val[pos]
+    ww = (w[pos].to(wdtype) if w is not None else torch.ones(n, dtype=wdtype, device=val.device))
+    order = torch.argsort(ids, stable=True)
+    order = order[torch.argsort(row[order], stable=True)]
+    ids, row, ww = ids[order], row[order], ww[order]
+    first = torch.ones(n, dtype=torch.bool, device=val.device)
+    if n > 1:
+        first[1:] = (ids[1:] != ids[:-1]) | (row[1:] != row[:-1])
+    ids, row, ww = ids[first], row[first], ww[first]
+    counts = torch.bincount(row, minlength=rows) if rows else torch.zeros(0, dtype=torch.int64)
+    return ids, ww, counts.to(torch.int64)
+
+
+def feature_cross_ref(x_val, x_off, x_w, y_val, y_off, y_w):
+    """Reference for ``feature_cross`` (vectorised torch)."""
+    if x_val.dtype != torch.int64 or y_val.dtype != torch.int64:
+        raise TypeError("feature_cross: ids must be int64")
+    if x_off.dtype != y_off.dtype:
+        raise TypeError("feature_cross: x and y offsets must share one dtype")
+    rows = max(min(x_off.numel(), y_off.numel()) - 1, 0)
+    wdt = _cross_weight_dtype(x_w, y_w)
+    xi, xw, xc = _unique_rows(x_val, x_off, x_w, rows, wdt)
+    yi, yw, yc = _unique_rows(y_val, y_off, y_w, rows, wdt)
+    dev = x_val.device
+    lens = xc * yc
+    out_off = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
+    out_off[1:] = torch.cumsum(lens, 0)
+    n = int(out_off[-1])
+    row = torch.repeat_interleave(torch.arange(rows, device=dev), lens)
+    local = torch.arange(n, device=dev) - out_off[:-1][row]
+    xs = torch.cumsum(xc, 0) - xc
+    ys = torch.cumsum(yc, 0) - yc
+    xa = xs[row] + torch.div(local, yc[row], rounding_mode="floor")
+    ya = ys[row] + torch.remainder(local, yc[row].clamp(min=1))
+    vals = murmur64a_pair_ref(xi[xa], yi[ya])
+    return vals, out_off.to(x_off.dtype), xw[xa] * yw[ya]
+
+
+def _gather_ranges(starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Concatenated ``arange(starts[k], starts[k]+lens[k])`` (int64)."""
+    total = int(lens.sum()) if lens.numel() else 0
+    if total == 0:
+        return torch.zeros(0, dtype=torch.int64, device=starts.device)
+    row = torch.repeat_interleave(torch.arange(lens.numel(), device=starts.device), lens)
+    base = torch.cumsum(lens, 0) - lens
+    return starts[row] + torch.arange(total, device=starts.device) - base[row]
+
+
+def _cumsum0(lens: torch.Tensor, dtype) -> torch.Tensor:
+    out = torch.zeros(lens.numel() + 1, dtype=torch.int64, device=lens.device)
+    out[1:] = torch.cumsum(lens, 0)
+    return out.to(dtype)
+
+
+def fused_ragged_cutoff_2d_ref(values, offsets, weights, keep_lengths, drop_left):
+    vs, os_, ws, ds, ps = [], [], [], [], []
+    for v, o, w, keep, left in zip(values, offsets, weights, keep_lengths, drop_left):
+        if keep <= 0:
+            raise ValueError(f"ragged_cutoff_2d: keep length must be > 0, got {keep}")
+        o64 = o.to(torch.int64)
+        lens = o64[1:] - o64[:-1]
+        kept = lens.clamp(max=keep)
+        start = o64[:-1] + (lens - kept if left else 0)
+        idx = _gather_ranges(start, kept)
+        vs.append(v[idx])
+        os_.append(_cumsum0(kept, o.dtype))
+        ws.append(w[idx] if w is not None else v.new_empty((0,), dtype=torch.float32))
+        ds.append((lens - keep).clamp(min=0).to(torch.int32))
+        ps.append((keep - lens).clamp(min=0).to(torch.int32))
+    return vs, os_, ws, ds, ps
+
+
+def fused_ragged_cutoff_3d_ref(values, outer, inner, weights, keep_lengths, drop_left, pad_left):
+    vs, outs, ins, ws = [], [], [], []
+    for v, o, i, w, keep, dl, pl in zip(values, outer, inner, weights, keep_lengths, drop_left,
+                                        pad_left):
+        if keep <= 0:
+            raise ValueError(f"ragged_cutoff_3d: keep length must be > 0, got {keep}")
+        dev = v.device
+        o64, i64 = o.to(torch.int64), i.to(torch.int64)
+        b = o64.numel() - 1
+        nsub = o64[1:] - o64[:-1]
+        kept = nsub.clamp(max=keep)
+        first = o64[:-1] + (nsub - kept if dl else 0)
+        pad = keep - kept
+        slot = torch.arange(keep, device=dev).expand(b, keep)
+        local = slot - pad.unsqueeze(1) if pl else slot
+        valid = (local >= 0) & (local < kept.unsqueeze(1))
+        sub = (first.unsqueeze(1) + local).clamp(min=0)
+        sub = torch.where(valid, sub, torch.zeros_like(sub)).reshape(-1)
+        valid = valid.reshape(-1)
+        sub_len = torch.where(valid, i64[(sub + 1).clamp(max=max(i64.numel() - 1, 0))] - i64[sub]
+                              if i64.numel() > 1 else torch.zeros_like(sub),
+                              torch.zeros_like(sub))
+        idx = _gather_ranges(i64[sub] if i64.numel() else sub, sub_len)
+        vs.append(v[idx])
+        outs.append(torch.arange(0, (b + 1) * keep, keep, dtype=o.dtype, device=dev))
+        ins.append(_cumsum0(sub_len, i.dtype))
+        ws.append(w[idx] if w is not None else v.new_empty((0,), dtype=torch.float32))
+    return vs, outs, ins, ws
+
+
+def ragged_to_dense_ref(values: torch.Tensor, offsets: Sequence[torch.Tensor],
+                        default_value: float = 0.0) -> torch.Tensor:
+    """Reference: pad to dense ``[B, max_len_1, ..., *values.shape[1:]]`` (differentiable)."""
+    offsets = [offsets] if isinstance(offsets, torch.Tensor) else list(offsets)
+    shape = dense_shape_ref(offsets)
+    trailing = list(values.shape[1:])
+    out = torch.full(shape + trailing, default_value, dtype=values.dtype, device=values.device)
+    n = values.shape[0]
+    if n == 0 or out.numel() == 0:
+        return out + values.sum() * 0 if values.requires_grad and values.numel() else out
+    coords = ragged_coordinates_ref(n, offsets)
+    return out.index_put(tuple(coords), values)
+
+
+def dense_to_ragged_ref(dense: torch.Tensor, check_invalid: bool = True,
+                        invalid_value=0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference: 2-D ``[B, W]`` -> (values, int32 offsets ``[B+1]``)."""
+    if dense.dim() != 2:
+        raise ValueError(f"dense_to_ragged expects a 2-D tensor, got shape {tuple(dense.shape)}")
+    b, w = dense.shape
+    if check_invalid and w:
+        valid = dense != invalid_value
+        col = torch.arange(1, w + 1, device=dense.device).expand(b, w)
+        lengths = torch.where(valid, col, torch.zeros_like(col)).amax(dim=1)
+    elif check_invalid:
+        lengths = torch.zeros(b, dtype=torch.int64, device=dense.device)
+    else:
+        lengths = torch.full((b,), w, dtype=torch.int64, device=dense.device)
+    keep = torch.arange(w, device=dense.device).expand(b, w) < lengths.unsqueeze(1)
+    values = dense[keep]
+    offsets = torch.zeros(b + 1, dtype=torch.int32, device=dense.device)
+    offsets[1:] = torch.cumsum(lengths, 0).to(torch.int32)
+    return values, offsets
+
+
+def pooled_sum_ref(emb, index, offsets, weight=None):
+    """``pooled_sum`` in torch ops (differentiable through index_select / index_add):
+    emb ``[U, D]``, index int64 ``[N]`` (-1 = missing), offsets ``[B+1]``, weight ``[N]`` or
+    None -> ``[B, D]``."""
+    off = offsets.to(torch.int64)
+    lengths = off[1:] - off[:-1]
+    bags = torch.repeat_interleave(torch.arange(lengths.numel(), device=off.device), lengths,
+                                   output_size=index.numel())
+    rows = emb.index_select(0, index.clamp(min=0)) * (index >= 0).to(emb.dtype).unsqueeze(1)
+    if weight is not None:
+        rows = rows * weight.to(emb.dtype).unsqueeze(1)
+    return torch.zeros(off.numel() - 1, emb.shape[1], dtype=emb.dtype).index_add(0, bags, rows)
