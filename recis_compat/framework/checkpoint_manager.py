@@ -43,7 +43,8 @@ from recis_compat.serialize.integrity import (Manifest, check_member_name, file_
 from recis_compat.serialize.layout import CheckpointError, atomic_write, fsync_dir
 from recis_compat.utils.logger import Logger
 
-__all__ = ["Saver", "CheckpointManager", "CheckpointError", "LOAD_PARTS"]
+__all__ = ["Saver", "CheckpointManager", "CheckpointError", "LOAD_PARTS", "CHECKPOINT_FILE", "load_torch_file",
+           "read_checkpoint_list", "checkpoint_dir_of"]
 
 logger = Logger(__name__)
 
@@ -61,18 +62,21 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
-def _torch_load(path: str, what: str, manifest: Optional[Manifest] = None):
-    """``torch.load(weights_only=True)`` of a checkpoint file, checked against ``manifest``
-    (the directory's ``checksums.json``) first."""
+def load_torch_file(path: str, what: str, manifest: Optional[Manifest] = None, verify: bool = True):
+    """``torch.load(weights_only=True)`` of a checkpoint file (CPU tensors). With ``verify`` it is
+    first checked against ``manifest`` (the directory's ``checksums.json``; read when None).
+    CheckpointError naming the file and ``what`` it holds when it is missing, fails its checksum or
+    cannot be unpickled."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint file {path} is missing ({what})")
-    if manifest is None:
-        manifest = Manifest(os.path.dirname(path))
-    manifest.verify(os.path.basename(path))
+    if verify:
+        if manifest is None:
+            manifest = Manifest(os.path.dirname(path))
+        manifest.verify(os.path.basename(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # unpickling / zip errors of a truncated or foreign file
-        raise CheckpointError(f"checkpoint file {path} ({what}) cannot be read: {e}") from e
+        raise CheckpointError(f"checkpoint file {path} cannot be read ({what}): {e}") from e
 
 
 def read_checkpoint_list(output_dir: str) -> List[str]:
@@ -124,9 +128,6 @@ class Saver:
         max_keep: checkpoints written by this process that are kept (older ones are deleted).
         concurrency: writer threads per rank (= safetensors files per rank).
     """
-
-    kIndexSuffix = ".index"
-    kIndexName = "index"
 
     def __init__(self, model: torch.nn.Module, sparse_optim=None, output_dir: str = "./", max_keep: int = 1,
                  concurrency: int = 4):
@@ -330,7 +331,7 @@ class Saver:
             self._sparse_optim.load_state_dict(tensors)
 
     def load_dense_params(self, ckpt_dir: str, strict: bool = True) -> None:
-        state = _torch_load(os.path.join(ckpt_dir, "model.pt"), "dense parameters", Manifest(ckpt_dir))
+        state = load_torch_file(os.path.join(ckpt_dir, "model.pt"), "dense parameters", Manifest(ckpt_dir))
         own = self._dense_state()
         try:
             missing, unexpected = self._model.load_state_dict(state, strict=False)
@@ -343,7 +344,7 @@ class Saver:
 
     def load_extra_params(self, ckpt_dir: str, load_io: bool = True, shared_id: int = 0) -> None:
         manifest = Manifest(ckpt_dir)
-        extra = _torch_load(os.path.join(ckpt_dir, "extra.pt"), "global step and optimizer state", manifest)
+        extra = load_torch_file(os.path.join(ckpt_dir, "extra.pt"), "global step and optimizer state", manifest)
         self._loaded_extra = dict(extra)
         if load_io and self._io_state:
             count_file = os.path.join(ckpt_dir, "io_state_count")
@@ -366,7 +367,7 @@ class Saver:
                         f"{ckpt_dir}: io_state was written by {count} workers but dataset {name!r} now has "
                         f"worker_num={workers}; resume with the same number of ranks or load without "
                         "'io_state' (load_conf exclude)")
-            io = _torch_load(os.path.join(ckpt_dir, f"io_state_{shared_id}.pt"), "dataset IO state", manifest)
+            io = load_torch_file(os.path.join(ckpt_dir, f"io_state_{shared_id}.pt"), "dataset IO state", manifest)
             for name, obj in self._io_state.items():
                 if name in io:
                     obj.load_io_state(io[name])

@@ -37,26 +37,23 @@ class NotACheckpointError(ValueError):
 
 # ------------------------------------------------------------------------------ locating
 def _read_ids(root: str) -> List[str]:
-    path = os.path.join(root, CHECKPOINT_FILE)
+    """The root's checkpoint list (checkpoint_manager.read_checkpoint_list), errors as
+    NotACheckpointError."""
+    from recis_compat.framework.checkpoint_manager import read_checkpoint_list
+    from recis_compat.serialize.layout import CheckpointError
     try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise NotACheckpointError(f"{path} is not UTF-8 text ({e}); it must hold one checkpoint id per line") from e
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        return read_checkpoint_list(root)
+    except CheckpointError as e:
+        raise NotACheckpointError(str(e)) from e
 
 
 def _listed_dir(root: str, ckpt_id: str) -> str:
-    """``root/ckpt_id`` for an id read from the list file; it must stay inside ``root``."""
-    from recis_compat.serialize.integrity import check_member_name, resolve_member
+    """``root/ckpt_id`` for an id read from the list file (checkpoint_manager.checkpoint_dir_of:
+    it must stay inside ``root``), errors as NotACheckpointError."""
+    from recis_compat.framework.checkpoint_manager import checkpoint_dir_of
     from recis_compat.serialize.layout import CheckpointError
-    what = f"{os.path.join(root, CHECKPOINT_FILE)}"
     try:
-        check_member_name(ckpt_id, what)
-        if "/" in ckpt_id or "\\" in ckpt_id or ckpt_id == ".":
-            raise CheckpointError(f"{what}: {ckpt_id!r} is not a checkpoint id (expected a directory name "
-                                  "such as 'ckpt_1000' directly inside the root)")
-        return resolve_member(root, ckpt_id, what)
+        return checkpoint_dir_of(root, ckpt_id)
     except CheckpointError as e:
         raise NotACheckpointError(str(e)) from e
 
@@ -192,9 +189,11 @@ def _io_state_summary(states) -> Any:
     return out
 
 
-def _torch_load(path: str):
-    import torch
-    return torch.load(path, map_location="cpu", weights_only=True)
+def _torch_load(path: str, what: str):
+    """The Trainer's loader (checkpoint_manager.load_torch_file) without the checksum check:
+    checksums are reported by :func:`_checksum_part` (and checked only with ``verify``)."""
+    from recis_compat.framework.checkpoint_manager import load_torch_file
+    return load_torch_file(path, what, verify=False)
 
 
 # ------------------------------------------------------------------------------ inspection
@@ -314,6 +313,7 @@ def _checksum_part(ckpt_dir: str, verify: bool, problems: List[str]) -> Dict[str
 def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = False) -> Dict[str, Any]:
     """Everything ``ckpt inspect`` prints, as a JSON-serialisable dict. ``verify`` checks every
     file listed in ``checksums.json`` (reads all of them)."""
+    from recis_compat.serialize.layout import CheckpointError
     ckpt_dir, root, ids = resolve_checkpoint(path, ckpt_id)
     problems: List[str] = []
     name = os.path.basename(ckpt_dir)
@@ -331,7 +331,7 @@ def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = 
     info["model"] = None
     if os.path.isfile(model_path):
         try:
-            state = _torch_load(model_path)
+            state = _torch_load(model_path, "dense parameters")
             keys = []
             numel = 0
             for k, v in (state.items() if isinstance(state, dict) else []):
@@ -349,15 +349,15 @@ def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = 
             info["model"] = {"file": "model.pt", "keys": keys, "numel": numel}
             if not isinstance(state, dict):
                 problems.append(f"{model_path}: expected a state dict, got {type(state).__name__}")
-        except Exception as e:   # noqa: BLE001 - unpickling errors of a corrupt / foreign file
-            problems.append(f"{model_path} cannot be read: {type(e).__name__}: {e}")
+        except CheckpointError as e:   # missing, truncated or foreign file
+            problems.append(str(e))
 
     extra_path = os.path.join(ckpt_dir, "extra.pt")
     info["extra"] = None
     info["global_step"] = None
     if os.path.isfile(extra_path):
         try:
-            extra = _torch_load(extra_path)
+            extra = _torch_load(extra_path, "global step and optimizer state")
             if isinstance(extra, dict):
                 objs = {str(k): _summary(v) for k, v in extra.items()}
                 gs = extra.get("global_step")
@@ -369,8 +369,8 @@ def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = 
                 info["extra"] = {"file": "extra.pt", "objects": objs}
             else:
                 problems.append(f"{extra_path}: expected a dict, got {type(extra).__name__}")
-        except Exception as e:   # noqa: BLE001
-            problems.append(f"{extra_path} cannot be read: {type(e).__name__}: {e}")
+        except CheckpointError as e:
+            problems.append(str(e))
 
     count_path = os.path.join(ckpt_dir, "io_state_count")
     io_count = None
@@ -388,11 +388,11 @@ def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = 
             continue
         entry: Dict[str, Any] = {"file": fn, "rank": int(m.group(1))}
         try:
-            st = _torch_load(os.path.join(ckpt_dir, fn))
+            st = _torch_load(os.path.join(ckpt_dir, fn), "dataset IO state")
             entry["states"] = ({str(k): _io_state_summary(v) for k, v in st.items()}
                                if isinstance(st, dict) else _summary(st))
-        except Exception as e:   # noqa: BLE001
-            problems.append(f"{os.path.join(ckpt_dir, fn)} cannot be read: {type(e).__name__}: {e}")
+        except CheckpointError as e:
+            problems.append(str(e))
         io_files.append(entry)
     if io_count is not None and len(io_files) != io_count:
         problems.append(f"io_state_count is {io_count} but {len(io_files)} io_state_<rank>.pt files exist")

@@ -173,7 +173,8 @@ def test_unreadable_files_are_problems_exit_1(tmp_path, trained):
     os.remove(bad / "io_state_0.pt")
     res = invoke(bad)
     assert res.exit_code == 1
-    assert "model.pt cannot be read" in res.output
+    # the Trainer's loader (checkpoint_manager.load_torch_file) reads it: same message as a resume
+    assert "model.pt cannot be read (dense parameters)" in res.output
     assert "io_state_count is 1 but 0 io_state_<rank>.pt files exist" in res.output
     assert "global_step: 4" in res.output          # the rest is still shown
 
