@@ -382,11 +382,9 @@ def _copy_dense(src: nn.Module, dst: TorchRecDeepFM) -> None:
 
 def _our_rows(model: nn.Module, feature: str, ids: torch.Tensor) -> torch.Tensor:
     """Ours' stored embedding rows of ``ids`` of ``feature`` (they must already be stored)."""
-    from recis_compat.backend.children import encode_ids
     eng = model.embedding_engine
-    ht = eng._fea_to_ht[feature]
-    impl = eng._ht[ht].hashtable.impl
-    rows = impl.find_rows(encode_ids(ids, eng._coalesced_groups[ht].encode_id(feature)))
+    impl = eng.tables()[eng.table_of(feature)].hashtable.impl
+    rows = impl.find_rows(eng.table_ids(feature, ids))
     if not bool((rows >= 0).all()):
         raise RuntimeError(f"same-model check: ids of {feature!r} are not in our table")
     return impl.embedding.index_select(0, rows)

@@ -142,6 +142,12 @@ class DynamicTable(nn.Module):
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def anchor(self) -> torch.Tensor:
+        """The 0-dim ``requires_grad`` tensor every lookup's output depends on, so that backward
+        reaches the table (its gradient stays zero; the rows' gradients go to ``impl``)."""
+        return self._anchor
+
     def _rows(self, unique_ids: torch.Tensor, readonly: bool) -> torch.Tensor:
         insert = self.training and not readonly and not self.impl.read_only
         rows = self.impl.find_or_insert_rows(unique_ids) if insert else self.impl.find_rows(unique_ids)
@@ -180,7 +186,7 @@ class DynamicTable(nn.Module):
     def lookup(self, ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
         """Embeddings ``[N, dim]`` of int64 ids ``[N]`` (repeats allowed: looked up once, their
         gradients summed, or averaged with ``grad_reduce_by="id"``)."""
-        flat = self.impl._check_ids(ids, "lookup")
+        flat = self.impl.check_ids(ids, "lookup")
         uniq, inverse, counts = unique_first_seen(flat, return_counts=True)
         emb = self.lookup_unique(uniq, readonly, counts)
         return emb.index_select(0, inverse)

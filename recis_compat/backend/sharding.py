@@ -182,7 +182,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         self.config = module.config
         self._local = module
         self.slice_range = slice_range(self._rank, self._world)
-        module.impl.slice = (self.slice_range[0], self.slice_range[1], 65536)
+        module.impl.set_slice(self.slice_range[0], self.slice_range[1])
         module.impl.process_group = self._pg
         ids, _ = module.impl.ids_map()
         foreign = owner_ranks(ids, self._world) != self._rank
@@ -201,6 +201,16 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
     def impl(self):
         """This rank's shard (``DynamicTableImpl``)."""
         return self._local.impl
+
+    @property
+    def local_table(self) -> DynamicTable:
+        """This rank's shard as a :class:`DynamicTable` (a child module of this one)."""
+        return self._local
+
+    @property
+    def process_group(self):
+        """The process group the table's ids and rows are exchanged over."""
+        return self._pg
 
     @property
     def name(self) -> str:
@@ -224,7 +234,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
 
     def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Upsert the ``ids`` this rank owns (every rank may pass the same full list)."""
-        ids = self.impl._check_ids(ids, "insert")
+        ids = self.impl.check_ids(ids, "insert")
         mine = self.owned(ids)
         self._local.insert(ids[mine], embeddings.reshape(ids.numel(), -1)[mine])
 
@@ -233,7 +243,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         """Embeddings ``[U, dim]`` of this rank's distinct ids (a collective: every rank calls
         it for the same table in the same order). ``counts`` is ignored: duplicates across
         ranks are counted on the owner."""
-        ids = self.impl._check_ids(unique_ids, "lookup")
+        ids = self.impl.check_ids(unique_ids, "lookup")
         ctx = self.create_context()
         try:
             dist_input = self.input_dist(ctx, ids, readonly).wait().wait()
@@ -259,7 +269,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         return emb_sorted.index_select(0, inverse)
 
     def lookup(self, ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
-        flat = self.impl._check_ids(ids, "lookup")
+        flat = self.impl.check_ids(ids, "lookup")
         uniq, inverse = unique_first_seen(flat)
         return self.lookup_unique(uniq, readonly).index_select(0, inverse)
 

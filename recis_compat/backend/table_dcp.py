@@ -39,7 +39,7 @@ __all__ = ["dynamic_tables", "table_state_dict", "load_table_state_dict", "save_
 def dynamic_tables(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
     """``(table name, DynamicTable or ShardedDynamicTable)`` of every table in ``model``."""
     # a sharded table's local shard is a DynamicTable child of it: report the sharded one only
-    seen = {id(m._local) for m in model.modules() if isinstance(m, ShardedDynamicTable)}
+    seen = {id(m.local_table) for m in model.modules() if isinstance(m, ShardedDynamicTable)}
     for module in model.modules():
         if isinstance(module, (DynamicTable, ShardedDynamicTable)) and id(module) not in seen:
             seen.add(id(module))
@@ -47,7 +47,7 @@ def dynamic_tables(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
 
 
 def _group_of(table: nn.Module):
-    return table._pg if isinstance(table, ShardedDynamicTable) else None
+    return table.process_group if isinstance(table, ShardedDynamicTable) else None
 
 
 def table_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:

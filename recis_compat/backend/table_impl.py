@@ -30,6 +30,7 @@ from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.id_map import IdMap
 from recis_compat.backend.locking import OwnLock, locked
 from recis_compat.backend.row_storage import RowStorage
+from recis_compat.backend.slices import SLICE_SIZE
 from recis_compat.ops.id_map import unique_first_seen
 
 __all__ = ["DynamicTableImpl", "Slot", "SlotGroup", "is_hashtable"]
@@ -114,8 +115,9 @@ class DynamicTableImpl(OwnLock):
         self.dtype = dtype
         self.block_size = int(block_size)
         self.children = children
-        # (begin, end, size): the slice range of ids (``id & 0xFFFF``) this shard owns
-        self.slice = (0, 65536, 65536)
+        # (begin, end, size): the slice range of ids (``id & 0xFFFF``) this shard owns; written
+        # only by set_slice
+        self.slice = (0, SLICE_SIZE, SLICE_SIZE)
         self._lock = threading.RLock()
         self.id_map = IdMap(device, lock=self._lock)
         self.init_rows = init_rows
@@ -162,7 +164,19 @@ class DynamicTableImpl(OwnLock):
         return f"HashtableImpl({self.name!r}, dim={self.dim}, dtype={self.dtype}, ids={len(self)}, " \
                f"capacity={self.storage.capacity}, slots={list(self.storage.slots)})"
 
-    def _check_ids(self, ids: torch.Tensor, what: str) -> torch.Tensor:
+    def set_slice(self, begin: int, end: int, size: int = SLICE_SIZE) -> None:
+        """Record the slice range ``[begin, end)`` of ``size`` slices whose ids this table holds
+        (read by checkpoint save/load: backend/slices.py owns the slicing). The one writer of
+        :attr:`slice`."""
+        begin, end, size = int(begin), int(end), int(size)
+        if not 0 <= begin <= end <= size:
+            raise ValueError(f"table {self.name!r}: slice range must satisfy 0 <= begin <= end <= size, "
+                             f"got ({begin}, {end}, {size})")
+        self.slice = (begin, end, size)
+
+    def check_ids(self, ids: torch.Tensor, what: str) -> torch.Tensor:
+        """``ids`` flattened to int64 ``[N]`` on the table's device; TypeError naming the table and
+        ``what`` (the operation) for anything but an int64 tensor."""
         if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
             got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise TypeError(f"table {self.name!r}: {what} expects int64 ids, got {got}")
@@ -172,13 +186,13 @@ class DynamicTableImpl(OwnLock):
     @locked
     def find_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows of ``ids`` (``-1`` where absent); nothing is inserted."""
-        return self.id_map.find(self._check_ids(ids, "find"))
+        return self.id_map.find(self.check_ids(ids, "find"))
 
     @locked
     def find_or_insert_rows(self, ids: torch.Tensor, initialize: bool = True) -> torch.Tensor:
         """Rows of ``ids``; absent ids get new rows with their initial values (``initialize=False``:
         the caller writes them)."""
-        ids = self._check_ids(ids, "insert")
+        ids = self.check_ids(ids, "insert")
         rows, is_new = self.id_map.find_or_insert(ids)
         self.storage.ensure_capacity(self.id_map.num_rows_allocated())
         if initialize and self.init_rows is not None:
@@ -221,7 +235,7 @@ class DynamicTableImpl(OwnLock):
     @locked
     def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Upsert ``ids`` with ``embeddings`` ``[N, dim]`` (dtype must equal the table's)."""
-        ids = self._check_ids(ids, "insert")
+        ids = self.check_ids(ids, "insert")
         if embeddings.dtype != self.dtype:
             raise TypeError(f"table {self.name!r}: insert got {embeddings.dtype} embeddings, the table is {self.dtype}")
         if embeddings.dim() < 1 or embeddings.shape[0] != ids.numel() or embeddings.numel() != ids.numel() * self.dim:
@@ -236,7 +250,7 @@ class DynamicTableImpl(OwnLock):
         """Evict ``ids``: remove them from the map and re-initialise their rows in every slot
         but ``preserve_slot``; the rows are reused by later inserts. Returns the freed rows.
         ``index`` (the rows, as RecIS passes them) is accepted and not needed."""
-        ids = self._check_ids(ids, "delete")
+        ids = self.check_ids(ids, "delete")
         rows_before = self.id_map.find(ids) if self.init_rows is not None else None
         freed = self.id_map.delete(ids)
         self.evicted_total += int(freed.numel())

@@ -188,8 +188,8 @@ class Trainer:
         self.checkpoint_manager.restore()
         # accumulation windows continue where the checkpoint left them
         self._micro_step = int(self._global_step)
-        if self.sparse_optimizer is not None and hasattr(self.sparse_optimizer, "_local_step"):
-            self.sparse_optimizer._local_step = int(self._global_step)
+        if self.sparse_optimizer is not None and hasattr(self.sparse_optimizer, "set_local_step"):
+            self.sparse_optimizer.set_local_step(int(self._global_step))
         self.has_restore = True
 
     # ------------------------------------------------------------------ loops
@@ -278,9 +278,10 @@ class Trainer:
                 bar.close()
 
     def _ddp(self):
-        m = self.model
-        inner = getattr(m, "_dmp_wrapped_module", None)
-        return inner if isinstance(inner, torch.nn.parallel.DistributedDataParallel) else None
+        """The DistributedDataParallel wrapper that TorchRec's DistributedModelParallel puts
+        around the dense part: a direct child of the model (None without DMP)."""
+        ddp = torch.nn.parallel.DistributedDataParallel
+        return next((c for c in self.model.children() if isinstance(c, ddp)), None)
 
     def _train_step(self, data, epoch, metrics: dict) -> None:
         first = self._micro_step % self._accum == 0

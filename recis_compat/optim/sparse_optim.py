@@ -95,6 +95,18 @@ class SparseOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{type(self).__name__}: grad accumulation steps must be an int >= 1, got {steps!r}")
         self._grad_accum_steps = steps
 
+    @property
+    def local_step(self) -> int:
+        """Micro-steps counted by :meth:`step` (the gradient-accumulation position)."""
+        return self._local_step
+
+    def set_local_step(self, step: int) -> None:
+        """Continue counting micro-steps from ``step`` (a restored checkpoint's global step), so
+        accumulation windows resume where they were left."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{type(self).__name__}: local step must be an int >= 0, got {step!r}")
+        self._local_step = step
+
     def _at_boundary(self) -> bool:
         return self._local_step % self._grad_accum_steps == 0
 

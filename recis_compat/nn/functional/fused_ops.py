@@ -11,6 +11,7 @@ from typing import List, Union
 import torch
 
 from recis_compat.backend.children import encode_ids
+from recis_compat.nn.functional._args import as_int_list
 from recis_compat.ops import features as _F
 
 
@@ -27,7 +28,7 @@ def fused_bucketize_gpu(values: List[torch.Tensor],
 def fused_uint64_mod_gpu(values: List[torch.Tensor],
                          mods: Union[List[int], torch.Tensor]) -> List[torch.Tensor]:
     """int64 ``values[i]`` -> ``uint64(values[i]) % mods[i]`` as int64 (same shape)."""
-    mods = _F._as_int_list(mods)
+    mods = as_int_list(mods)
     if len(mods) != len(values):
         raise ValueError(f"fused_uint64_mod_gpu: {len(values)} values but {len(mods)} mods")
     return _F.fused_uint64_mod(values, mods)
@@ -36,7 +37,7 @@ def fused_uint64_mod_gpu(values: List[torch.Tensor],
 def fused_ids_encode_gpu(ids_list: List[torch.Tensor],
                          table_ids: Union[List[int], torch.Tensor]) -> torch.Tensor:
     """One int64 tensor: ``cat([(ids & (2**52-1)) | (table_id << 52) for each input])``."""
-    table_ids = _F._as_int_list(table_ids)
+    table_ids = as_int_list(table_ids)
     if len(table_ids) != len(ids_list):
         raise ValueError(f"fused_ids_encode_gpu: {len(ids_list)} id tensors but "
                          f"{len(table_ids)} table ids")

@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from recis_compat.nn.functional._args import as_bool_list, as_int_list
 from recis_compat.ops import features as _F
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def ragged_to_sparse(values: torch.Tensor, row_splits: Sequence[torch.Tensor]) -
 
 
 def _keep_list(keep_lengths, n: int) -> List[int]:
-    keep = _F._as_int_list(keep_lengths)
+    keep = as_int_list(keep_lengths)
     if len(keep) == 1 and n > 1:
         keep = keep * n
     if len(keep) != n:
@@ -73,7 +74,7 @@ def _keep_list(keep_lengths, n: int) -> List[int]:
 
 
 def _side_tensor(sides, n: int, device) -> torch.Tensor:
-    return torch.tensor(_F._as_bool_list(sides, n), dtype=torch.bool, device=device)
+    return torch.tensor(as_bool_list(sides, n), dtype=torch.bool, device=device)
 
 
 def fused_ragged_cutoff_2D(values: List[torch.Tensor], offsets: List[torch.Tensor],
@@ -97,7 +98,7 @@ def fused_ragged_cutoff_2D(values: List[torch.Tensor], offsets: List[torch.Tenso
     drop_t = drop_sides if isinstance(drop_sides, torch.Tensor) else _side_tensor(drop_sides, n, dev)
     pad_t = pad_sides if isinstance(pad_sides, torch.Tensor) else _side_tensor(pad_sides, n, dev)
     vs, os_, ws, ds, ps = _F.fused_ragged_cutoff_2d(values, offs, weights, keep,
-                                                    _F._as_bool_list(drop_t, n))
+                                                    as_bool_list(drop_t, n))
     if weights is not None:
         return vs, os_, ds, ps, drop_t, pad_t, ws
     return vs, os_, ds, ps, drop_t, pad_t
@@ -111,8 +112,8 @@ def _fused_ragged_cutoff_3D(values, outer_offsets, inner_offsets, keep_lengths,
     values = list(values)
     n = len(values)
     keep = _keep_list(keep_lengths, n)
-    drop = _F._as_bool_list(drop_sides, n)
-    pad = _F._as_bool_list(pad_sides, n)
+    drop = as_bool_list(drop_sides, n)
+    pad = as_bool_list(pad_sides, n)
     if any(drop) or any(pad):
         logger.warning("fused_ragged_cutoff_3D: a left drop/pad side is in use "
                        "(drop_sides=%s, pad_sides=%s)", drop, pad)

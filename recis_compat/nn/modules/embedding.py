@@ -259,7 +259,7 @@ class DynamicEmbedding(nn.Module):
             raise AssertionError(f"table {self.name!r}: only AdmitHook('ReadOnly') is supported, got {admit_hook}")
         # find-or-insert and gather under one hold of the table's lock (see HashTable.forward)
         with self._hashtable.impl.lock:
-            emb = self._hashtable._table.lookup_unique(r.ids, readonly=admit_hook is not None)
+            emb = self._hashtable.lookup_unique(r.ids, readonly=admit_hook is not None)
         return ExchangeEmbResults(emb=emb, reverse_index=r.reverse_index, emb_shape=tuple(emb.shape),
                                   offsets=r.offsets)
 

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from recis_compat.backend.children import MAX_CHILDREN
+from recis_compat.backend.children import MAX_CHILDREN, encode_ids
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
 from recis_compat.nn.modules.embedding import DynamicEmbedding, EmbeddingOption, _cast_for_reduce, deal_with_tensor
 from recis_compat.ops.coalesce import coalesce_ids
@@ -321,5 +321,16 @@ class EmbeddingEngine(nn.Module):
         return dict(self._ht.items())
 
     def table_of(self, feature: str) -> str:
+        """The physical table name that ``feature`` is looked up in."""
+        if feature not in self._fea_to_ht:
+            raise KeyError(f"EmbeddingEngine: no embedding option for feature {feature!r} "
+                           f"(features: {sorted(self._fea_to_ht)})")
         return self._fea_to_ht[feature]
+
+    def table_ids(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """``feature``'s int64 ids ``[N]`` as its table stores them (the child index in the top
+        bits when the table is coalesced; unchanged otherwise): the keys of
+        ``tables()[table_of(feature)].hashtable.impl``."""
+        ht = self.table_of(feature)
+        return encode_ids(ids, self._coalesced_groups[ht].encode_id(feature))
 

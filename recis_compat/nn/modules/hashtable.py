@@ -215,7 +215,7 @@ class HashTable(nn.Module):
                                     grad_reduce_by=grad_reduce_by, world_size=world_size,
                                     init_rows=self._init_rows_for_ids if id_init else None)
         self._table = DynamicTable(config)
-        self._table.impl.slice = (slice.slice_begin, slice.slice_end, slice.slice_size)
+        self._table.impl.set_slice(slice.slice_begin, slice.slice_end, slice.slice_size)
         register = HashtableRegister()
         info = json.dumps({"shape": shape, "dtype": str(dtype), "table": name})
         registered = []
@@ -266,6 +266,12 @@ class HashTable(nn.Module):
             emb = self._table.lookup(ids.reshape(-1), readonly=admit_hook is not None)
         return emb.view(-1, *self._embedding_shape)
 
+    def lookup_unique(self, unique_ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
+        """Rows ``[U, dim]`` of the distinct int64 ids ``unique_ids`` ``[U]`` (inserted unless
+        ``readonly``), differentiable into the table: the backend table's ``lookup_unique``
+        (sharded or not). Callers that also read ``impl`` hold ``impl.lock`` around it."""
+        return self._table.lookup_unique(unique_ids, readonly=readonly)
+
     # ------------------------------------------------------------------ RecIS API
     @property
     def impl(self) -> DynamicTableImpl:
@@ -284,7 +290,7 @@ class HashTable(nn.Module):
     @property
     def _backward_holder(self) -> torch.Tensor:
         """The 0-dim ``requires_grad`` tensor that ties lookups into the autograd graph."""
-        return self._table._anchor
+        return self._table.anchor
 
     @property
     def _worker_num(self) -> int:
@@ -384,7 +390,7 @@ def _unregister(children) -> None:
 
 
 def _add_table_to_state_dict(module: HashTable, state_dict, prefix, local_metadata):
-    state_dict[module._name] = module._table.impl
+    state_dict[module.name] = module.impl
     return state_dict
 
 
