@@ -115,3 +115,17 @@ def test_backward_is_bit_identical_across_thread_counts(weighted):
     assert torch.equal(one, many)
     bag_of = torch.repeat_interleave(torch.arange(B), lengths)
     assert torch.equal(one, _serial_scatter(grad[bag_of], index, w, U))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_pooled_sum_is_a_registered_op_with_autograd(weighted):
+    """pooled_sum is torch.ops.recis_compat.pooled_sum with a fake impl and register_autograd
+    (recis_compat/ops/pooling.py): opcheck runs schema, fake, autograd registration and aot checks."""
+    emb, index, off, w = case(dtype=torch.float64, missing=True, weighted=weighted)
+    emb.requires_grad_()
+    if w is not None:
+        w.requires_grad_()
+    torch.library.opcheck(torch.ops.recis_compat.pooled_sum.default, (emb, index, off, w))
+    out = torch.ops.recis_compat.pooled_sum(emb, index, off, w)
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out, pooled_sum_ref(emb, index, off, w))
