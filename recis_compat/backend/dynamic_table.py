@@ -124,16 +124,21 @@ class DynamicTable(nn.Module):
 
     Args:
         config: :class:`DynamicTableConfig`.
+        impl_type: the class of :attr:`impl`, :class:`DynamicTableImpl` or a subclass of it
+            (the RecIS facade passes its ``HashtableImpl``, nn/modules/hashtable_impl.py).
     """
 
-    def __init__(self, config: DynamicTableConfig):
+    def __init__(self, config: DynamicTableConfig, impl_type: type = DynamicTableImpl):
         super().__init__()
         if config.grad_reduce_by not in ("worker", "id"):
             raise ValueError(f"table {config.name!r}: grad_reduce_by must be 'worker' or 'id', "
                              f"got {config.grad_reduce_by!r}")
         self.config = config
         children = ChildrenInfo(config.children or [config.name], config.coalesced, config.name)
-        self.impl = DynamicTableImpl(config.name, config.embedding_dim, config.dtype, config.device,
+        if not (isinstance(impl_type, type) and issubclass(impl_type, DynamicTableImpl)):
+            raise TypeError(f"table {config.name!r}: impl_type must be DynamicTableImpl or a subclass, "
+                            f"got {impl_type!r}")
+        self.impl = impl_type(config.name, config.embedding_dim, config.dtype, config.device,
                                      config.sample_rows, config.block_size, children, init_rows=config.init_rows)
         # not a Parameter: dense optimizers and DDP must not see it
         self._anchor = torch.zeros((), requires_grad=True)

@@ -1,4 +1,5 @@
-"""DynamicTableImpl: the state of one dynamic embedding table (RecIS's ``HashtableImpl``).
+"""DynamicTableImpl: the state of one dynamic embedding table (RecIS's ``HashtableImpl`` adds
+its method names on top of it in nn/modules/hashtable_impl.py).
 
 It joins the exact id->row map (:class:`~recis_compat.backend.id_map.IdMap`, csrc) to the
 growable row storage (:class:`~recis_compat.backend.row_storage.RowStorage`: slot
@@ -33,57 +34,15 @@ from recis_compat.backend.row_storage import RowStorage
 from recis_compat.backend.slices import SLICE_SIZE
 from recis_compat.ops.id_map import unique_first_seen
 
-__all__ = ["DynamicTableImpl", "Slot", "SlotGroup", "is_hashtable"]
+__all__ = ["DynamicTableImpl"]
 
 
 def is_hashtable(obj) -> bool:
-    """RecIS's test: the object carries a ``hashtable_tag`` attribute."""
-    return hasattr(obj, "hashtable_tag")
-
-
-class Slot:
-    """A named per-row tensor of a table (a view; RecIS's slot object)."""
-
-    def __init__(self, impl: "DynamicTableImpl", name: str):
-        self._impl, self._name = impl, name
-
-    def name(self) -> str:
-        return self._name
-
-    def block_size(self) -> int:
-        return self._impl.block_size
-
-    def flat_size(self) -> int:
-        t = self.value()
-        return int(t[0].numel()) if t.shape[0] else int(torch.Size(self._impl.storage.specs[self._name].tail).numel())
-
-    def value(self) -> torch.Tensor:
-        """All rows ``[capacity, *tail]`` (row order)."""
-        return self._impl.storage.slot(self._name)
-
-    def values(self) -> List[torch.Tensor]:
-        """The rows cut into blocks of ``block_size``."""
-        return list(torch.split(self.value(), self._impl.block_size))
-
-
-class SlotGroup:
-    """The slots of a table: ``slot_by_name``, ``slot_by_index``, ``slots``."""
-
-    def __init__(self, impl: "DynamicTableImpl"):
-        self._impl = impl
-
-    def slots(self) -> List[Slot]:
-        return [Slot(self._impl, n) for n in self._impl.storage.slots]
-
-    def slot_by_name(self, name: str) -> Slot:
-        self._impl.storage.slot(name)   # KeyError naming the slots when absent
-        return Slot(self._impl, name)
-
-    def slot_by_index(self, i: int) -> Slot:
-        return self.slots()[i]
-
-    def names(self) -> List[str]:
-        return list(self._impl.storage.slots)
+    """True for a dynamic table: a :class:`DynamicTableImpl` (the RecIS facade's ``HashtableImpl``
+    included) or an object carrying RecIS's ``hashtable_tag``. Kept here only for
+    serialize/saver.py, which imports it from this module; the RecIS name's home is
+    ``recis_compat.nn.modules.hashtable_impl.is_hashtable``."""
+    return isinstance(obj, DynamicTableImpl) or hasattr(obj, "hashtable_tag")
 
 
 class DynamicTableImpl(OwnLock):
@@ -104,8 +63,6 @@ class DynamicTableImpl(OwnLock):
     Attributes:
         lock: the table's reentrant lock (see the module docstring); every method holds it.
     """
-
-    hashtable_tag = True
 
     def __init__(self, name: str, dim: int, dtype: torch.dtype, device,
                  sample_rows: Optional[Callable[[int], torch.Tensor]], block_size: int, children: ChildrenInfo,
@@ -161,7 +118,7 @@ class DynamicTableImpl(OwnLock):
         return len(self.id_map)
 
     def __repr__(self) -> str:
-        return f"HashtableImpl({self.name!r}, dim={self.dim}, dtype={self.dtype}, ids={len(self)}, " \
+        return f"DynamicTableImpl({self.name!r}, dim={self.dim}, dtype={self.dtype}, ids={len(self)}, " \
                f"capacity={self.storage.capacity}, slots={list(self.storage.slots)})"
 
     def set_slice(self, begin: int, end: int, size: int = SLICE_SIZE) -> None:
@@ -218,12 +175,6 @@ class DynamicTableImpl(OwnLock):
         return emb.index_select(0, rows)
 
     @locked
-    def embedding_lookup(self, ids: torch.Tensor, readonly: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """RecIS's ``embedding_lookup(ids, readonly) -> (index, emb)`` (no autograd)."""
-        rows = self.find_rows(ids) if (readonly or self.read_only) else self.find_or_insert_rows(ids)
-        return rows, self.gather(rows)
-
-    @locked
     def notify_lookup(self, rows: torch.Tensor) -> None:
         """Tell the filters which rows a training lookup touched (absent rows dropped)."""
         if self.lookup_listeners:
@@ -269,10 +220,6 @@ class DynamicTableImpl(OwnLock):
         self.storage.clear()
         self.clear_grad()
 
-    def clear_id(self) -> None:
-        """Remove every id; rows are re-initialised and handed out again from 0."""
-        self.clear()
-
     # ------------------------------------------------------------------ queries
     @locked
     def ids(self) -> torch.Tensor:
@@ -284,9 +231,6 @@ class DynamicTableImpl(OwnLock):
         """``(ids, rows)`` int64, ordered by row."""
         return self.id_map.ids_and_rows()
 
-    def slot_group(self) -> SlotGroup:
-        return SlotGroup(self)
-
     def children_info(self) -> ChildrenInfo:
         return self.children
 
@@ -294,12 +238,6 @@ class DynamicTableImpl(OwnLock):
     def add_slot(self, name: str, tail: Sequence[int], dtype: torch.dtype, init: float = 0.0) -> torch.Tensor:
         """Per-row tensor ``[capacity, *tail]`` filled with ``init`` for new and evicted rows."""
         return self.storage.add_slot(name, tail, dtype, init)
-
-    def append_filter_slot(self, name: str, tail: Sequence[int] = (1,), dtype=torch.int64, init: float = 0) -> torch.Tensor:
-        return self.add_slot(name, tail, dtype, init)
-
-    def append_step_filter_slot(self, name: str, init_step: int) -> torch.Tensor:
-        return self.add_slot(name, [1], torch.int64, init_step)
 
     def get_slot(self, name: str) -> torch.Tensor:
         return self.storage.slot(name)

@@ -27,7 +27,7 @@ from typing import Dict, Optional
 
 import torch
 
-from recis_compat.backend.table_impl import DynamicTableImpl, is_hashtable
+from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.ops.optim import sparse_adam_rows_
 
 __all__ = ["SparseOptimizer", "SparseAdamFamily"]
@@ -68,7 +68,7 @@ class SparseOptimizer(torch.optim.Optimizer):
         seen = {id(t) for t in self._tables.values()}
         out: "OrderedDict[str, DynamicTableImpl]" = OrderedDict()
         for name, table in param_dict.items():
-            if not is_hashtable(table):
+            if not isinstance(table, DynamicTableImpl):
                 raise TypeError(f"{type(self).__name__}: entry {name!r} is a {type(table).__name__}, not a dynamic "
                                 "table; pass filter_out_sparse_param(model) (dense parameters go to a torch "
                                 "optimizer)")

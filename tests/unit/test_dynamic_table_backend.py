@@ -144,7 +144,7 @@ def test_impl_state_dict_round_trip_with_extra_slots():
     t.lookup(torch.tensor([10, 20, 30, 40, 50]))
     impl = t.impl
     impl.add_slot("sparse_adamw_exp_avg", [DIM], torch.float32)
-    impl.append_step_filter_slot("step_filter", init_step=0)
+    impl.add_slot("step_filter", [1], torch.int64, 0)
     rows = impl.find_rows(torch.tensor([10, 30]))
     impl.update_slot("sparse_adamw_exp_avg", rows, torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
     impl.update_slot("step_filter", rows, torch.tensor([[7], [8]]))

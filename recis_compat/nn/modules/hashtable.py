@@ -31,9 +31,10 @@ from torch import nn
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.slices import SLICE_SIZE, slice_range
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
-from recis_compat.backend.table_impl import DynamicTableImpl, Slot, SlotGroup, is_hashtable
+from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.common.singleton import SingletonMeta
 from recis_compat.nn.hashtable_hook import AdmitHook, FilterHook
+from recis_compat.nn.modules.hashtable_impl import HashtableImpl, Slot, SlotGroup, is_hashtable
 from recis_compat.nn.initializers import ConstantInitializer, Initializer
 from recis_compat.utils.device import resolve_device
 
@@ -41,7 +42,6 @@ __all__ = ["Slice", "gen_slice", "HashTable", "HashtableImpl", "HashtableRegiste
            "Slot", "SlotGroup", "is_hashtable", "split_sparse_dense_state_dict", "filter_out_sparse_param",
            "HashTableLookupHelpFunction", "GradIDMeanFunction", "GradWorkerMeanFunction"]
 
-HashtableImpl = DynamicTableImpl
 
 
 class Slice:
@@ -214,7 +214,7 @@ class HashTable(nn.Module):
                                     block_size=self._block_size, children=children, coalesced=coalesced,
                                     grad_reduce_by=grad_reduce_by, world_size=world_size,
                                     init_rows=self._init_rows_for_ids if id_init else None)
-        self._table = DynamicTable(config)
+        self._table = DynamicTable(config, impl_type=HashtableImpl)
         self._table.impl.set_slice(slice.slice_begin, slice.slice_end, slice.slice_size)
         register = HashtableRegister()
         info = json.dumps({"shape": shape, "dtype": str(dtype), "table": name})
