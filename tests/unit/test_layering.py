@@ -222,3 +222,113 @@ def test_checker_catches_upward_lazy_and_private_imports(tmp_path):
     assert "private '_secret' of recis_compat.ops" in reach
     assert "'_table' read from another object" in reach
     assert "'_dmp_wrapped_module' read from another object" in reach
+
+
+# ------------------------------------------------------------------------------ public accessors
+# The accessors that replaced the reach-arounds above, used the way the layers above use them.
+
+def _config(name):
+    import torch
+
+    from recis_compat.backend.dynamic_table import DynamicTableConfig
+    return DynamicTableConfig(name=name, embedding_dim=2, sample_rows=lambda k: torch.zeros(k, 2))
+
+
+def test_backend_table_impl_has_no_recis_surface_and_the_facade_adds_it():
+    import pytest
+    import torch
+
+    from recis_compat.backend.dynamic_table import DynamicTable
+    from recis_compat.backend.table_impl import DynamicTableImpl
+    from recis_compat.nn.modules.hashtable import HashTable
+    from recis_compat.nn.modules.hashtable_impl import HashtableImpl, is_hashtable
+
+    plain = DynamicTable(_config("lay_plain")).impl
+    assert type(plain) is DynamicTableImpl and not is_hashtable(plain)
+    assert not any(hasattr(plain, n) for n in ("slot_group", "embedding_lookup", "clear_id",
+                                               "append_filter_slot", "hashtable_tag"))
+    assert repr(plain).startswith("DynamicTableImpl('lay_plain'")
+    with pytest.raises(TypeError, match="table 'lay_bad': impl_type must be DynamicTableImpl"):
+        DynamicTable(_config("lay_bad"), impl_type=dict)
+
+    ht = HashTable([2], name="lay_facade")
+    impl = ht.impl
+    assert isinstance(impl, HashtableImpl) and is_hashtable(impl)
+    assert repr(impl).startswith("HashtableImpl('lay_facade'")
+    rows, emb = impl.embedding_lookup(torch.tensor([5, 6]), False)
+    assert rows.tolist() == [0, 1] and emb.shape == (2, 2)
+    impl.append_step_filter_slot("step_filter", init_step=3)
+    assert impl.slot_group().slot_by_name("step_filter").value()[:2].flatten().tolist() == [3, 3]
+    impl.clear_id()
+    assert len(impl) == 0
+
+
+def test_slice_has_one_writer_that_checks_its_range():
+    import pytest
+
+    from recis_compat.backend.dynamic_table import DynamicTable
+    from recis_compat.nn.modules.hashtable import HashTable, Slice
+
+    impl = DynamicTable(_config("lay_slice")).impl
+    assert impl.slice == (0, 65536, 65536)
+    impl.set_slice(10, 20)
+    assert impl.slice == (10, 20, 65536)
+    with pytest.raises(ValueError, match=r"table 'lay_slice': slice range .* got \(20, 10, 65536\)"):
+        impl.set_slice(20, 10)
+    assert HashTable([2], name="lay_slice_ht", slice=Slice(0, 100, 65536)).impl.slice == (0, 100, 65536)
+
+
+def test_check_ids_and_anchor_and_lookup_unique():
+    import pytest
+    import torch
+
+    from recis_compat.backend.dynamic_table import DynamicTable
+    from recis_compat.nn.modules.hashtable import HashTable
+
+    t = DynamicTable(_config("lay_ids"))
+    assert t.impl.check_ids(torch.tensor([[1, 2]]), "lookup").tolist() == [1, 2]
+    with pytest.raises(TypeError, match="table 'lay_ids': lookup expects int64 ids, got torch.int32"):
+        t.impl.check_ids(torch.tensor([1], dtype=torch.int32), "lookup")
+    assert t.anchor.requires_grad and t.anchor.dim() == 0
+
+    ht = HashTable([2], name="lay_unique")
+    emb = ht.lookup_unique(torch.tensor([7, 8]))
+    assert emb.shape == (2, 2) and emb.requires_grad
+    assert torch.equal(ht.lookup_unique(torch.tensor([8]), readonly=True), emb[1:].detach())
+    emb.sum().backward()
+    assert ht.impl.has_grad()
+
+
+def test_engine_table_ids_are_the_stored_keys():
+    import pytest
+    import torch
+
+    from recis_compat.backend.children import encode_ids
+    from recis_compat.nn.modules.embedding import EmbeddingOption
+    from recis_compat.nn.modules.embedding_engine import EmbeddingEngine
+    from recis_compat.ragged.tensor import RaggedTensor
+
+    eng = EmbeddingEngine({"a": EmbeddingOption(embedding_dim=2, shared_name="lay_sa"),
+                           "b": EmbeddingOption(embedding_dim=2, shared_name="lay_sb")})
+    ids = torch.tensor([3, 4])
+    eng({"b": RaggedTensor(ids, [torch.tensor([0, 2])])})
+    impl = eng.tables()[eng.table_of("b")].hashtable.impl
+    stored = eng.table_ids("b", ids)
+    assert torch.equal(stored, encode_ids(ids, impl.children_info().child_index("lay_sb")))
+    assert bool((impl.find_rows(stored) >= 0).all())
+    assert bool((impl.find_rows(eng.table_ids("a", ids)) < 0).all())
+    with pytest.raises(KeyError, match="no embedding option for feature 'zz'"):
+        eng.table_of("zz")
+
+
+def test_sparse_optimizer_local_step_accessor():
+    import pytest
+
+    from recis_compat.optim.sparse_adamw import SparseAdamW
+
+    opt = SparseAdamW({}, lr=0.1)
+    assert opt.local_step == 0
+    opt.set_local_step(6)
+    assert opt.local_step == 6
+    with pytest.raises(ValueError, match="local step must be an int >= 0, got -1"):
+        opt.set_local_step(-1)
