@@ -1,8 +1,13 @@
 """Python face of the csrc kernels.
 
 Importing this package loads the extension and then every submodule (one per op family), each
-of which registers the fake (meta) implementations and autograd of its ops and holds the
-pure-PyTorch reference implementations the tests compare the kernels against.
+of which registers the fake (meta) implementations of its ops, their autograd (always
+``torch.library.register_autograd``) and the typed wrappers the rest of recis_compat calls. A
+wrapper never falls back to Python: a device without a kernel is an error naming the op and the
+device (``_library.require_kernel``). The pure-PyTorch references the tests compare the kernels
+against live in ``tests/ops/reference_kernels.py``; the ones still here are used outside
+``tests/ops`` (``hashing.*_ref``: other tests and tools; ``tile.tile_ref``: nn tests;
+``features.murmur64a_pair_ref`` and the ragged coordinate helpers: run time and benchmarks).
 """
 import importlib
 import pkgutil

@@ -8,17 +8,13 @@
     offsets = cat(offsets[0], offsets[k][1:] + N_0 + ... + N_{k-1} for k >= 1)  int64 [1 + sum B_k]
 
 CPU runs the csrc kernel; CUDA the same result from ATen ops (registered in the same file).
-:func:`coalesce_ids_ref` is the pure-torch reference.
+The pure-torch reference the tests compare against is in ``tests/ops/reference_kernels.py``.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
-
-from recis_compat.ops.counter_init import as_int64
-
-_ID_MASK = (1 << 52) - 1
 
 
 @torch.library.register_fake("recis_compat::coalesce_ids")
@@ -34,17 +30,3 @@ def coalesce_ids(values: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]
     if len(values) == 0:   # the dispatcher cannot route an op call without tensors
         raise ValueError("coalesce_ids: needs at least one feature")
     return torch.ops.recis_compat.coalesce_ids(list(values), list(offsets), [int(c) for c in children])
-
-
-def coalesce_ids_ref(values: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
-                     children: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pure-torch :func:`coalesce_ids`."""
-    ids: List[torch.Tensor] = []
-    offs: List[torch.Tensor] = []
-    shift = 0
-    for k, (v, o, c) in enumerate(zip(values, offsets, children)):
-        ids.append((v & _ID_MASK) | as_int64(int(c) << 52))
-        o = o.to(torch.int64)
-        offs.append((o[1:] if k else o) + shift)
-        shift += v.numel()
-    return torch.cat(ids), torch.cat(offs)

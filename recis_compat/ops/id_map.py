@@ -31,12 +31,12 @@ Ops (``torch.ops.recis_compat.*``; ``!`` = mutated in place):
     ids int64 ``[N]`` -> ``unique`` ``[U]`` in first-occurrence order (data-dependent U) and
     ``inverse`` ``[N]`` with ``unique[inverse] == ids``. Pure.
 
-The ``*_ref`` functions and :class:`IdMapRef` below are a dict-based reference with the same
-semantics; the tests compare the kernels against them.
+``IdMapRef`` and the ``*_ref`` functions in ``tests/ops/reference_kernels.py`` are a dict-based
+reference with the same semantics; the tests compare the kernels against them.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Tuple
 
 import torch
 
@@ -134,70 +134,3 @@ def unique_first_seen(ids: torch.Tensor, return_counts: bool = False):
     if return_counts:
         return uniq, inverse, torch.bincount(inverse, minlength=uniq.numel())
     return uniq, inverse
-
-
-def unique_first_seen_ref(ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Dict-based :func:`unique_first_seen`."""
-    order: Dict[int, int] = {}
-    inverse = [order.setdefault(v, len(order)) for v in ids.reshape(-1).tolist()]
-    return torch.tensor(list(order), dtype=torch.int64), torch.tensor(inverse, dtype=torch.int64)
-
-
-# ----------------------------------------------------------------------------- reference
-class IdMapRef:
-    """Dict-based reference of the id map with the kernels' row-assignment rules."""
-
-    def __init__(self) -> None:
-        self.map: Dict[int, int] = {}
-        self.free: List[int] = []     # stack, top = last
-        self.next_row = 0
-
-    def find(self, ids: Sequence[int]) -> List[int]:
-        return [self.map.get(int(i), -1) for i in ids]
-
-    def find_or_insert(self, ids: Sequence[int]) -> Tuple[List[int], List[bool]]:
-        rows, new = [], []
-        for i in map(int, ids):
-            r = self.map.get(i)
-            if r is None:
-                r = self.free.pop() if self.free else self._fresh()
-                self.map[i] = r
-                new.append(True)
-            else:
-                new.append(False)
-            rows.append(r)
-        return rows, new
-
-    def _fresh(self) -> int:
-        self.next_row += 1
-        return self.next_row - 1
-
-    def delete(self, ids: Sequence[int]) -> List[int]:
-        freed = []
-        for i in map(int, ids):
-            r = self.map.pop(i, None)
-            if r is not None:
-                freed.append(r)
-                self.free.append(r)
-        return freed
-
-    def export(self) -> Tuple[List[int], List[int]]:
-        pairs = sorted(self.map.items(), key=lambda kv: kv[1])
-        return [k for k, _ in pairs], [v for _, v in pairs]
-
-    def __len__(self) -> int:
-        return len(self.map)
-
-
-def find_or_insert_ref(ref: IdMapRef, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Tensor face of :meth:`IdMapRef.find_or_insert` (mutates ``ref``)."""
-    rows, new = ref.find_or_insert(ids.tolist())
-    return torch.tensor(rows, dtype=torch.int64), torch.tensor(new, dtype=torch.bool)
-
-
-def find_ref(ref: IdMapRef, ids: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(ref.find(ids.tolist()), dtype=torch.int64)
-
-
-def delete_ref(ref: IdMapRef, ids: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(ref.delete(ids.tolist()), dtype=torch.int64)

@@ -8,9 +8,6 @@ is the optimizer's decay factor (SparseAdamW ``1 - lr·wd``, SparseAdamWTF ``1 -
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 
 
@@ -26,16 +23,3 @@ def sparse_adam_rows_(param, exp_avg, exp_avg_sq, rows, grad, *, lr, beta1, beta
     torch.ops.recis_compat.sparse_adam_rows_(param, exp_avg, exp_avg_sq, rows, grad, float(lr),
                                              float(beta1), float(beta2), float(eps), float(decay),
                                              float(beta1_power), float(beta2_power))
-
-
-def sparse_adam_rows_ref(param: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray,
-                         grad: np.ndarray, *, lr, beta1, beta2, eps, decay, beta1_power,
-                         beta2_power) -> None:
-    """NumPy reference of §1.6.2, in place."""
-    alpha = -lr * math.sqrt(1.0 - beta2_power) / (1.0 - beta1_power)
-    for i, r in enumerate(rows):
-        g = grad[i]
-        param[r] *= decay
-        m[r] = beta1 * m[r] + (1 - beta1) * g
-        v[r] = beta2 * v[r] + (1 - beta2) * g * g
-        param[r] += alpha * m[r] / (np.sqrt(v[r]) + eps)

@@ -1,14 +1,20 @@
-"""Pure-PyTorch references of the feature-processing ops (``recis_compat.ops.features``) and of
-``pooled_sum`` (``recis_compat.ops.pooling``): vectorised torch, no per-row Python loops, written
-from the op contracts in those modules' docstrings. The tests in ``tests/ops`` compare the
-kernels (CPU, and CUDA where a device exists) against them; nothing in ``recis_compat`` calls them.
+"""Pure-PyTorch (and NumPy / dict) references of the csrc ops, written from the op contracts in
+the docstrings of the ``recis_compat.ops`` modules: the feature-processing ops
+(``ops.features``: vectorised torch, no per-row Python loops), ``pooled_sum`` (``ops.pooling``),
+``coalesce_ids`` (``ops.coalesce``), ``counter_uniform`` (``ops.counter_init``: bit-exact),
+``sparse_adam_rows_`` (``ops.optim``) and the id map (``ops.id_map``: dict-based, with the
+kernels' row-assignment rules). The tests in ``tests/ops`` compare the kernels (CPU, and CUDA
+where a device exists) against them; nothing in ``recis_compat`` calls them.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
+from recis_compat.ops.counter_init import as_int64
 from recis_compat.ops.features import (_cross_weight_dtype, _signed, dense_shape_ref,
                                        murmur64a_pair_ref, ragged_coordinates_ref)
 
@@ -221,3 +227,125 @@ def pooled_sum_ref(emb, index, offsets, weight=None):
     if weight is not None:
         rows = rows * weight.to(emb.dtype).unsqueeze(1)
     return torch.zeros(off.numel() - 1, emb.shape[1], dtype=emb.dtype).index_add(0, bags, rows)
+
+
+# ----------------------------------------------------------------------------- coalesce_ids
+_ID_MASK = (1 << 52) - 1   # the low 52 id bits kept by coalesce_ids
+
+
+def coalesce_ids_ref(values: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
+                     children: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pure-torch :func:`coalesce_ids`."""
+    ids: List[torch.Tensor] = []
+    offs: List[torch.Tensor] = []
+    shift = 0
+    for k, (v, o, c) in enumerate(zip(values, offsets, children)):
+        ids.append((v & _ID_MASK) | as_int64(int(c) << 52))
+        o = o.to(torch.int64)
+        offs.append((o[1:] if k else o) + shift)
+        shift += v.numel()
+    return torch.cat(ids), torch.cat(offs)
+
+
+# ----------------------------------------------------------------------------- counter_uniform (bit-exact)
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _splitmix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 (increment + finalizer) on int64 bit patterns (wrapping arithmetic)."""
+    x = x + as_int64(0x9E3779B97F4A7C15)
+    x = (x ^ _shr(x, 30)) * as_int64(0xBF58476D1CE4E5B9)
+    x = (x ^ _shr(x, 27)) * as_int64(0x94D049BB133111EB)
+    return x ^ _shr(x, 31)
+
+
+def counter_uniform_ref(ids: torch.Tensor, seed: int, width: int) -> torch.Tensor:
+    """Pure-torch :func:`counter_uniform`."""
+    key = _splitmix(_splitmix(ids.reshape(-1).to(torch.int64)) ^ as_int64(int(seed)))
+    cols = torch.arange(width, dtype=torch.int64, device=ids.device) * as_int64(0xD1B54A32D192ED03)
+    bits = _splitmix(key.unsqueeze(1) + cols.unsqueeze(0))
+    return (_shr(bits, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+
+
+# ----------------------------------------------------------------------------- sparse_adam_rows_
+def sparse_adam_rows_ref(param: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray,
+                         grad: np.ndarray, *, lr, beta1, beta2, eps, decay, beta1_power,
+                         beta2_power) -> None:
+    """NumPy reference of §1.6.2, in place."""
+    alpha = -lr * math.sqrt(1.0 - beta2_power) / (1.0 - beta1_power)
+    for i, r in enumerate(rows):
+        g = grad[i]
+        param[r] *= decay
+        m[r] = beta1 * m[r] + (1 - beta1) * g
+        v[r] = beta2 * v[r] + (1 - beta2) * g * g
+        param[r] += alpha * m[r] / (np.sqrt(v[r]) + eps)
+
+
+# ----------------------------------------------------------------------------- id map
+def unique_first_seen_ref(ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dict-based :func:`unique_first_seen`."""
+    order: Dict[int, int] = {}
+    inverse = [order.setdefault(v, len(order)) for v in ids.reshape(-1).tolist()]
+    return torch.tensor(list(order), dtype=torch.int64), torch.tensor(inverse, dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- reference
+class IdMapRef:
+    """Dict-based reference of the id map with the kernels' row-assignment rules."""
+
+    def __init__(self) -> None:
+        self.map: Dict[int, int] = {}
+        self.free: List[int] = []     # stack, top = last
+        self.next_row = 0
+
+    def find(self, ids: Sequence[int]) -> List[int]:
+        return [self.map.get(int(i), -1) for i in ids]
+
+    def find_or_insert(self, ids: Sequence[int]) -> Tuple[List[int], List[bool]]:
+        rows, new = [], []
+        for i in map(int, ids):
+            r = self.map.get(i)
+            if r is None:
+                r = self.free.pop() if self.free else self._fresh()
+                self.map[i] = r
+                new.append(True)
+            else:
+                new.append(False)
+            rows.append(r)
+        return rows, new
+
+    def _fresh(self) -> int:
+        self.next_row += 1
+        return self.next_row - 1
+
+    def delete(self, ids: Sequence[int]) -> List[int]:
+        freed = []
+        for i in map(int, ids):
+            r = self.map.pop(i, None)
+            if r is not None:
+                freed.append(r)
+                self.free.append(r)
+        return freed
+
+    def export(self) -> Tuple[List[int], List[int]]:
+        pairs = sorted(self.map.items(), key=lambda kv: kv[1])
+        return [k for k, _ in pairs], [v for _, v in pairs]
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+
+def find_or_insert_ref(ref: IdMapRef, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tensor face of :meth:`IdMapRef.find_or_insert` (mutates ``ref``)."""
+    rows, new = ref.find_or_insert(ids.tolist())
+    return torch.tensor(rows, dtype=torch.int64), torch.tensor(new, dtype=torch.bool)
+
+
+def find_ref(ref: IdMapRef, ids: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(ref.find(ids.tolist()), dtype=torch.int64)
+
+
+def delete_ref(ref: IdMapRef, ids: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(ref.delete(ids.tolist()), dtype=torch.int64)

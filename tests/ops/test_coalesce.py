@@ -3,7 +3,8 @@ group against the pure-torch reference, opcheck, errors, CUDA twin."""
 import pytest
 import torch
 
-from recis_compat.ops.coalesce import coalesce_ids, coalesce_ids_ref
+from recis_compat.ops.coalesce import coalesce_ids
+from reference_kernels import coalesce_ids_ref
 
 
 def _group(sizes, seed=0, off_dtypes=(torch.int32, torch.int64)):

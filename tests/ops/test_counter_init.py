@@ -3,7 +3,8 @@ function of (seed, id, column), opcheck, errors, and the CUDA twin against the C
 import pytest
 import torch
 
-from recis_compat.ops.counter_init import as_int64, counter_uniform, counter_uniform_ref
+from recis_compat.ops.counter_init import as_int64, counter_uniform
+from reference_kernels import counter_uniform_ref
 
 I64 = torch.iinfo(torch.int64)
 

@@ -10,7 +10,8 @@ import torch
 
 from recis_compat.backend.id_map import IdMap
 from recis_compat.ops import id_map as ops
-from recis_compat.ops.id_map import IdMapRef
+import reference_kernels as R
+from reference_kernels import IdMapRef
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -66,13 +67,13 @@ def test_random_batches_vs_reference(seed):
     for step in range(12):
         ids = nasty_ids(int(torch.randint(0, 3000, (1,), generator=g)), seed * 100 + step, pool=2000)
         r, new = m.find_or_insert(ids)
-        rr, rnew = ops.find_or_insert_ref(ref, ids)
+        rr, rnew = R.find_or_insert_ref(ref, ids)
         assert torch.equal(r, rr) and torch.equal(new, rnew)
         probe = nasty_ids(500, seed * 1000 + step)
-        assert torch.equal(m.find(probe), ops.find_ref(ref, probe))
+        assert torch.equal(m.find(probe), R.find_ref(ref, probe))
         if step % 3 == 2:
             victims = torch.cat([ids[::5], nasty_ids(50, step + 77)])     # some absent
-            assert torch.equal(m.delete(victims), ops.delete_ref(ref, victims))
+            assert torch.equal(m.delete(victims), R.delete_ref(ref, victims))
         check_against_ref(m, ref)
 
 
@@ -115,7 +116,7 @@ def test_growth_across_many_rehashes():
     for k in range(40):
         ids = torch.arange(k * 5000, (k + 1) * 5000) * 7919 - 10 ** 12
         r, _ = m.find_or_insert(ids)
-        rr, _ = ops.find_or_insert_ref(ref, ids)
+        rr, _ = R.find_or_insert_ref(ref, ids)
         assert torch.equal(r, rr)
         if k % 4 == 3:
             m.delete(ids[::2])
@@ -335,7 +336,7 @@ def test_unique_first_seen_matches_a_python_reference(n, high):
         ids[::7] = torch.iinfo(torch.int64).min   # extremes are ordinary ids
         ids[1::11] = -1
     uniq, inverse, counts = ops.unique_first_seen(ids, return_counts=True)
-    ref_uniq, ref_inverse = ops.unique_first_seen_ref(ids)
+    ref_uniq, ref_inverse = R.unique_first_seen_ref(ids)
     assert torch.equal(uniq, ref_uniq)                              # first-occurrence order
     assert torch.equal(inverse, ref_inverse)
     assert torch.equal(uniq[inverse], ids)
@@ -356,7 +357,7 @@ def test_unique_inverse_op_serial_and_concurrent_paths_agree():
     g = torch.Generator().manual_seed(2)
     small = torch.randint(0, 3000, (5000,), generator=g)
     u, i = torch.ops.recis_compat.unique_inverse(small)
-    ru, ri = ops.unique_first_seen_ref(small)
+    ru, ri = R.unique_first_seen_ref(small)
     assert torch.equal(u, ru) and torch.equal(i, ri)
     big = torch.randint(0, 1 << 21, ((1 << 22) + 5,), generator=g)
     u, i = torch.ops.recis_compat.unique_inverse(big)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from recis_compat.ops.optim import sparse_adam_rows_, sparse_adam_rows_ref
+from recis_compat.ops.optim import sparse_adam_rows_
+from reference_kernels import sparse_adam_rows_ref
 
 HP = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8)
 
