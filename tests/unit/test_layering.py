@@ -350,3 +350,38 @@ def test_sparse_optimizer_local_step_accessor():
     assert opt.local_step == 6
     with pytest.raises(ValueError, match="local step must be an int >= 0, got -1"):
         opt.set_local_step(-1)
+
+
+def test_trainer_finds_dmp_ddp_without_private_names():
+    """Under torch.distributed (gloo, world 1) the Trainer wraps the model in TorchRec's DMP and
+    finds the DistributedDataParallel around the dense part (used for no_sync during gradient
+    accumulation) among the model's children; without distributed there is none."""
+    import subprocess
+    import sys
+    code = """
+import os, socket, sys, torch
+from torch import nn
+import torch.distributed as dist
+from recis_compat.framework.trainer import Trainer
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+    def forward(self, batch):
+        return self.lin(batch).sum()
+
+assert Trainer(model=M())._ddp() is None
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+dist.init_process_group("gloo", rank=0, world_size=1)
+t = Trainer(model=M())
+ddp = t._ddp()
+assert isinstance(ddp, nn.parallel.DistributedDataParallel), type(ddp)
+assert ddp is t.model._dmp_wrapped_module
+dist.destroy_process_group()
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=str(ROOT))
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr[-3000:]
