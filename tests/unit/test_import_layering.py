@@ -122,7 +122,7 @@ def _layer_errors(mod: str, path: pathlib.Path) -> List[str]:
                               f"{sorted(a for a in APART if a)}")
             continue
         if src not in LAYERS:
-            errors.append(f"{where}: package {src!r} has no layer in tests/unit/test_layering.py")
+            errors.append(f"{where}: package {src!r} has no layer in tests/unit/test_import_layering.py")
             continue
         if dst in APART or dst == src:
             pass
@@ -195,7 +195,7 @@ def test_backend_defines_no_recis_names():
 def test_every_package_has_a_layer():
     pkgs = {_package(m) for m, _ in _modules()}
     missing = sorted(p for p in pkgs if p not in LAYERS and p not in APART)
-    assert not missing, f"packages without a layer in tests/unit/test_layering.py: {missing}"
+    assert not missing, f"packages without a layer in tests/unit/test_import_layering.py: {missing}"
 
 
 def test_imports_follow_the_layers():
