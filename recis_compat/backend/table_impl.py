@@ -37,14 +37,6 @@ from recis_compat.ops.id_map import unique_first_seen
 __all__ = ["DynamicTableImpl"]
 
 
-def is_hashtable(obj) -> bool:
-    """True for a dynamic table: a :class:`DynamicTableImpl` (the RecIS facade's ``HashtableImpl``
-    included) or an object carrying RecIS's ``hashtable_tag``. Kept here only for
-    serialize/saver.py, which imports it from this module; the RecIS name's home is
-    ``recis_compat.nn.modules.hashtable_impl.is_hashtable``."""
-    return isinstance(obj, DynamicTableImpl) or hasattr(obj, "hashtable_tag")
-
-
 class DynamicTableImpl(OwnLock):
     """Id map + row storage + gradient buffer of one table.
 

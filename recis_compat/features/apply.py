@@ -40,14 +40,14 @@ def hash_strings(inputs: Sequence[RaggedTensor], hash_type: str) -> List[RaggedT
     """One int64 hash per string; the strings are the last offsets level of each input.
 
     Input ``x``: int8/uint8 bytes with offsets ``[..., string offsets]``. Output: values int64
-    ``[num_strings]``, offsets ``x.offsets()[:-1]``, dense shape ``x._dense_shape[:-1]``.
+    ``[num_strings]``, offsets ``x.offsets()[:-1]``, dense shape ``x.dense_shape[:-1]``.
     """
     if not inputs:
         return []
     kind = "farm" if hash_type == "farm" else "murmur"
     outs = _hashing.fused_hash_bytes([x.values() for x in inputs], [x.offsets()[-1] for x in inputs],
                                      kind, [-1] * len(inputs))
-    return [RaggedTensor(h, list(x.offsets()[:-1]), None, dense_shape=x._dense_shape[:-1])
+    return [RaggedTensor(h, list(x.offsets()[:-1]), None, dense_shape=x.dense_shape[:-1])
             for x, h in zip(inputs, outs)]
 
 
@@ -85,7 +85,7 @@ def cutoff_3d(inputs: Sequence[RaggedTensor], seq_lens: Sequence[int],
     Rows with more are cut on the drop side (``drop_left[i]``: keep the last ones); rows with
     fewer get empty sub-lists on the right. Sub-lists are kept whole; weights follow the values.
     Output offsets ``[arange(0, (B+1)*seq_len, seq_len), inner]``, dense shape
-    ``(B, seq_len, x._dense_shape[-1])``.
+    ``(B, seq_len, x.dense_shape[-1])``.
     """
     if not inputs:
         return []
@@ -93,7 +93,7 @@ def cutoff_3d(inputs: Sequence[RaggedTensor], seq_lens: Sequence[int],
         [x.values() for x in inputs], [x.offsets()[-2] for x in inputs],
         [x.offsets()[-1] for x in inputs], [x.weight() for x in inputs],
         [int(s) for s in seq_lens], [bool(d) for d in drop_left], [False] * len(inputs))
-    return [RaggedTensor(v, [o, i], w, dense_shape=(o.shape[0] - 1, int(s), x._dense_shape[-1]))
+    return [RaggedTensor(v, [o, i], w, dense_shape=(o.shape[0] - 1, int(s), x.dense_shape[-1]))
             for x, v, o, i, w, s in zip(inputs, vs, outer, inner, ws, seq_lens)]
 
 
@@ -117,10 +117,10 @@ def cross(x: RaggedTensor, y: RaggedTensor) -> RaggedTensor:
     """Row-wise id cross (last offsets level of each); weight ``w_x * w_y`` (missing = 1.0).
 
     Output: ``RaggedTensor(int64 ids, [offsets [B+1]], weight, dense_shape)`` where the dense
-    shape is ``x._dense_shape`` when ``x`` has one offsets level (as RecIS), else ``(B, -1)``.
+    shape is ``x.dense_shape`` when ``x`` has one offsets level (as RecIS), else ``(B, -1)``.
     """
     vals, offs, w = _kernels.feature_cross(x.values(), x.offsets()[-1], y.values(),
                                            y.offsets()[-1], x.weight(), y.weight())
-    shape = x._dense_shape if len(x._dense_shape) == 2 else (offs.shape[0] - 1, -1)
+    shape = x.dense_shape if len(x.dense_shape) == 2 else (offs.shape[0] - 1, -1)
     return RaggedTensor(vals, [offs], w, dense_shape=shape)
 

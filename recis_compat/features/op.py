@@ -163,7 +163,7 @@ class SelectField(_OP):
             return data[self.name]
         if self.dim is not None and isinstance(data, RaggedTensor):
             data = data.clone()
-            data.set_dim_by_rank(self.dim, len(data._dense_shape) - 1)
+            data.set_dim_by_rank(self.dim, len(data.dense_shape) - 1)
         return data
 
 

@@ -25,7 +25,7 @@ def replace_values(x: RaggedTensor, values: torch.Tensor,
     ``weight`` if given, else ``x``'s weight when ``keep_weight``. ``x`` is left untouched.
     """
     w = weight if weight is not None else (x.weight() if keep_weight else None)
-    out = RaggedTensor(values, list(x.offsets()), w, dense_shape=x._dense_shape)
+    out = RaggedTensor(values, list(x.offsets()), w, dense_shape=x.dense_shape)
     out.set_pad_info(x.pad_info)
     return out
 

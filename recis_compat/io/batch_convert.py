@@ -73,7 +73,7 @@ def batch_convert(dense_column: Sequence[str], ragged_format: bool,
                         group[name] = rt.to_sparse()
                         if weight is not None:
                             group[name + "_weight"] = RaggedTensor(
-                                weight, rt.offsets(), dense_shape=rt._dense_shape).to_sparse()
+                                weight, rt.offsets(), dense_shape=rt.dense_shape).to_sparse()
             out.append(group)
         return out
 

@@ -123,6 +123,12 @@ class RaggedTensor:
     def dim(self) -> int:
         return len(self._dense_shape)
 
+    @property
+    def dense_shape(self) -> tuple:
+        """The declared dense shape (``len(offsets) + 1`` entries, ``-1`` = ragged/unknown);
+        RecIS keeps it in ``_dense_shape``, which stays for RecIS code that reads it."""
+        return self._dense_shape
+
     def _resolve_dim(self, i: int) -> int:
         d = self._dense_shape[i] if self._dense_shape is not None and i < len(self._dense_shape) else -1
         if d != -1:

@@ -46,7 +46,8 @@ from typing import Dict, Iterable, List, Mapping, Optional
 import torch
 
 from recis_compat.backend.children import decode_ids
-from recis_compat.backend.table_impl import DynamicTableImpl, is_hashtable
+from recis_compat.backend.table_impl import DynamicTableImpl
+from recis_compat.nn.modules.hashtable_impl import is_hashtable as has_hashtable_tag
 from recis_compat.serialize.integrity import HashingWriter, bytes_checksum, check_member_name, write_manifest
 from recis_compat.serialize.layout import (DENSE_SLICE, INDEX_FILE, TENSORKEY_FILE, TORCH_RANK_FILE,
                                            SafetensorsEntry, atomic_write, atomic_write_bytes, atomic_write_json,
@@ -63,12 +64,18 @@ _CHUNK_BYTES = 32 << 20          # slot rows are gathered and written in pieces 
 DEFAULT_TIMEOUT = 1800.0
 
 
+def _is_table(obj) -> bool:
+    """A dynamic table's state: any ``DynamicTableImpl`` (RecIS's ``HashtableImpl`` included) or
+    an object carrying RecIS's ``hashtable_tag``."""
+    return isinstance(obj, DynamicTableImpl) or has_hashtable_tag(obj)
+
+
 def as_table_impl(name: str, obj) -> DynamicTableImpl:
     """The table state of ``obj``: a HashtableImpl itself, or a module with an ``impl`` (HashTable)."""
-    if is_hashtable(obj):
+    if _is_table(obj):
         return obj
     impl = getattr(obj, "impl", None)
-    if impl is not None and is_hashtable(impl):
+    if impl is not None and _is_table(impl):
         return impl
     raise TypeError(f"hashtables[{name!r}] is a {type(obj).__name__}, not a dynamic table; pass "
                     "filter_out_sparse_param(model) (dense tensors go to tensors=)")

@@ -49,12 +49,6 @@ ALLOWED: Dict[Tuple[str, str], str] = {
     # issue 16 item 3 (ops uniformity, owner of ops/): doctor reports which ops have CUDA kernels
     # through ops._library; it needs a public face in recis_compat.ops
     ("recis_compat.doctor", "recis_compat.ops._library"): "issue 16 item 3",
-    # issue 16 item 2: RaggedTensor (ragged/tensor.py, layer 1) has no public accessor of its
-    # declared dense shape (RecIS's own code reads _dense_shape); features and io read it
-    ("recis_compat.features.apply", "_dense_shape"): "issue 16 item 2",
-    ("recis_compat.features.op", "_dense_shape"): "issue 16 item 2",
-    ("recis_compat.features.values", "_dense_shape"): "issue 16 item 2",
-    ("recis_compat.io.batch_convert", "_dense_shape"): "issue 16 item 2",
 }
 
 
@@ -169,11 +163,7 @@ def _reach_errors(mod: str, path: pathlib.Path) -> List[str]:
 RECIS_NAMES = {"HashtableImpl", "hashtable_tag", "Slot", "SlotGroup", "slot_group", "embedding_lookup",
                "clear_id", "append_filter_slot", "append_step_filter_slot", "is_hashtable"}
 # still defined in backend, each naming its issue item
-RECIS_NAMES_ALLOWED = {
-    # issue 16 item 2: serialize/saver.py imports is_hashtable from backend.table_impl; once it
-    # imports recis_compat.nn.modules.hashtable_impl.is_hashtable this entry goes
-    ("recis_compat.backend.table_impl", "is_hashtable"),
-}
+RECIS_NAMES_ALLOWED: set = set()
 
 
 def test_backend_defines_no_recis_names():
