@@ -1,4 +1,4 @@
-"""Shared benchmark machinery: options, timing, cases and the JSON report (design.md §6).
+"""Shared benchmark machinery: options, timing, cases and the JSON report (docs/benchmarks.md).
 
 Every benchmark measures ours against a baseline *in the same run* and reports the ratio
 ``ours / baseline`` in the metric's own direction (``higher_is_better`` says which way is good).
@@ -139,7 +139,7 @@ def plot_ratios(result: Dict[str, object], path: str) -> None:
 
 
 def common_options(f):
-    """Attach the flags shared by every bench command (design.md §6)."""
+    """Attach the flags shared by every bench command (docs/benchmarks.md)."""
     import click
     f = click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
                      help="Write a PNG chart of the ratios.")(f)

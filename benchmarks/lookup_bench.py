@@ -1,6 +1,6 @@
 """``recis-compat bench lookup``: EmbeddingEngine forward+backward vs a raw TorchRec/FBGEMM lookup.
 
-Design target (design.md §6): EmbeddingEngine fwd+bwd <= 1.3x the time of a raw TorchRec/FBGEMM
+Design target (docs/benchmarks.md): EmbeddingEngine fwd+bwd <= 1.3x the time of a raw TorchRec/FBGEMM
 lookup on pre-mapped rows, measured in the same run.
 
 Workloads (ids drawn from a Zipf(``zipf``) distribution over ``vocab`` ids per feature, the same

@@ -32,7 +32,7 @@ What is timed:
   row (Adam keeps two per element), so it moves less memory per row than any Adam.
   ``detail.fbgemm_fwd_ms`` is the forward alone, for reference.
 
-Design target (design.md §6): sparse AdamW step >= 10x ``torch.optim.AdamW`` on a dense table of
+Design target (docs/benchmarks.md): sparse AdamW step >= 10x ``torch.optim.AdamW`` on a dense table of
 the same rows, 1M-row tables.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``recis-compat bench tile``: the tile combiner fwd+bwd vs TorchRec EmbeddingCollection + FBGEMM.
 
-Design target (design.md §6): tile combiner fwd+bwd >= 1.0x a TorchRec EmbeddingCollection
+Design target (docs/benchmarks.md): tile combiner fwd+bwd >= 1.0x a TorchRec EmbeddingCollection
 (unpooled lookup) followed by ``torch.ops.fbgemm.jagged_to_padded_dense`` to ``[B, T, D]``.
 
 Workload: ``batch`` (512) sequences with lengths uniform in ``[1, seq_len]`` (1000), ids drawn

@@ -1,6 +1,6 @@
 """``recis-compat bench train``: DeepFM training samples/s, ours vs the same model hand-written on TorchRec.
 
-Design target (design.md §6): a DeepFM train step >= 0.9x the samples/s of the same model
+Design target (docs/benchmarks.md): a DeepFM train step >= 0.9x the samples/s of the same model
 hand-written on TorchRec, measured in the same run.
 
 **Ours** is the deepfm example as users run it: ``examples/deepfm/deepfm_model.py`` ``DeepFM``

@@ -1,4 +1,4 @@
-"""What the top-level ``recis`` package exports (contract §0.1, §0.2).
+"""What the top-level ``recis`` package exports (RecIS 1.0; see COMPATIBILITY.md).
 
 ``recis.__version__`` is the RecIS version this layer is compatible with, not recis-compat's.
 """

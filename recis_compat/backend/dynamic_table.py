@@ -1,7 +1,7 @@
 """DynamicTable: a TorchRec-style module over one dynamic (hash-table) embedding table.
 
 TorchRec's embedding modules are fixed-size and row-indexed; RecIS's tables are unbounded and
-keyed by arbitrary int64 ids. This module is the bridge (design.md §4): it owns a
+keyed by arbitrary int64 ids. This module is the bridge (docs/architecture.md): it owns a
 :class:`~recis_compat.backend.table_impl.DynamicTableImpl` (csrc id map + growable row storage
 + optimizer/filter slots + gradient buffer) and looks ids up with autograd:
 

@@ -1,4 +1,4 @@
-"""``recis.features``: feature processing (contract §1.3).
+"""``recis.features``: feature processing (RecIS 1.0; see COMPATIBILITY.md).
 
 Exports ``FeatureEngine`` and the ops. ``Feature`` lives in ``recis.features.feature`` and is
 deliberately not re-exported (as in RecIS).

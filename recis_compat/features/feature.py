@@ -1,4 +1,4 @@
-"""``recis.features.feature.Feature``: a named chain of feature ops (contract §1.3.11).
+"""``recis.features.feature.Feature``: a named chain of feature ops (RecIS 1.0; see COMPATIBILITY.md).
 
 ``Feature(name).add_op(SelectField("col")).add_op(Mod(1000))``, or the form of RecIS's
 documentation ``Feature(name="f", ops=[SelectField("col"), Mod(1000)])`` (the same ``add_op``

@@ -1,5 +1,4 @@
-"""``recis.features.feature_engine.FeatureEngine``: runs many features, fusing their ops
-(contract §1.3.12).
+"""``recis.features.feature_engine.FeatureEngine``: runs many features, fusing their ops (RecIS 1.0; see COMPATIBILITY.md).
 
 Construction:
   * identical features (same ``Feature.get_hash()``: same name and ops) are deduplicated; the

@@ -1,4 +1,4 @@
-"""``recis.features.fused_op_impl``: fused forms of the feature ops (contract §1.3.13).
+"""``recis.features.fused_op_impl``: fused forms of the feature ops (RecIS 1.0; see COMPATIBILITY.md).
 
 A fused op holds several ops of one class (one per feature) and runs them with **one** kernel
 call: ``process(inputs)`` takes one input per op (same order) and returns one output per op.

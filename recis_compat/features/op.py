@@ -1,4 +1,4 @@
-"""``recis.features.op``: the feature-processing ops (contract §1.3.1–1.3.10).
+"""``recis.features.op``: the feature-processing ops (RecIS 1.0; see COMPATIBILITY.md).
 
 Every op is an ``nn.Module`` subclass of :class:`_OP` with a ``_get_config()`` dict; its
 ``get_hash()`` (sha256 of ``"ClassName:sorted(config.items())"``, first 8 bytes big-endian,

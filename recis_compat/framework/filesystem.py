@@ -1,4 +1,4 @@
-"""``recis.framework.filesystem``: ``get_file_system(path)`` (contract §1.7.6).
+"""``recis.framework.filesystem``: ``get_file_system(path)`` (RecIS 1.0; see COMPATIBILITY.md).
 
 Returns an fsspec filesystem for ``path``: a plain path (or ``file://``) gives
 ``fsspec.filesystem("file")``. Any other ``protocol://`` raises ``NotImplementedError`` naming the

@@ -1,4 +1,4 @@
-"""``recis.framework.trainer``: TrainingArguments and Trainer (contract §1.7.1, §1.7.2).
+"""``recis.framework.trainer``: TrainingArguments and Trainer (RecIS 1.0; see COMPATIBILITY.md).
 
 The model's forward returns the scalar loss. Each step: forward, backward, dense optimizer (+ LR
 scheduler), sparse optimizer, hooks ``after_step(metrics, global_step)``, checkpoint manager

@@ -1,4 +1,4 @@
-"""The internal first map function: column_io-style nested lists -> tensors (contract §1.1.1).
+"""The internal first map function: column_io-style nested lists -> tensors (RecIS 1.0; see COMPATIBILITY.md).
 
 Input: ``[{column: nested list}]`` as produced by the packer (layout in
 :mod:`recis_compat.io.column_chunk`). Output, per column:

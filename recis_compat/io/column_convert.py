@@ -1,6 +1,6 @@
 """Arrow columns of one stripe -> :class:`~.column_chunk.ColumnChunk` (validated, hashed, cast).
 
-Rules (column_io's, see recis-api.md §1.1.1):
+Rules (column_io's, as RecIS 1.0 applies them):
   * a selected column must be ``list<T>``/``large_list<T>``, possibly nested, or
     ``list<struct<k, v>>``; a missing or non-list column is an error;
   * a null list *row* is an empty list; a null *element* at any inner level is an error;

@@ -1,6 +1,6 @@
 """``recis.io.dataset_base``: DatasetBase, ``is_string_dtype``, ``_batch_convert``.
 
-Pipeline built on every ``__iter__`` (contract §1.1.1, with the fixes noted):
+Pipeline built on every ``__iter__`` (RecIS 1.0; see COMPATIBILITY.md):
   1. this reader's files (``_shard_path``), read by ``read_threads_num`` threads in a fixed
      order (file order, then row order) and converted stripe by stripe;
   2. packing into batches of exactly ``batch_size`` rows (spanning stripes and files; the

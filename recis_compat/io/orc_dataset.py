@@ -1,4 +1,4 @@
-"""``recis.io.orc_dataset.OrcDataset``: batches from ORC files via pyarrow (contract §1.1.1).
+"""``recis.io.orc_dataset.OrcDataset``: batches from ORC files via pyarrow (RecIS 1.0; see COMPATIBILITY.md).
 
 Usage (unchanged RecIS code)::
 

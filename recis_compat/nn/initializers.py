@@ -1,4 +1,4 @@
-"""``recis.nn.initializers``: initial values of new embedding rows (contract §1.4.7).
+"""``recis.nn.initializers``: initial values of new embedding rows (RecIS 1.0; see COMPATIBILITY.md).
 
 The table calls ``set_shape([block_size] + embedding_shape)``, ``set_dtype(dtype)`` and
 ``build()``; ``generate()`` then returns one block. Fans of the Xavier/Kaiming initializers are

@@ -1,4 +1,4 @@
-"""``recis.optim.sparse_adam.SparseAdam``: row-sparse Adam for dynamic tables (contract §1.6.2).
+"""``recis.optim.sparse_adam.SparseAdam``: row-sparse Adam for dynamic tables (RecIS 1.0; see COMPATIBILITY.md).
 
 Decay factor per touched row: ``1.0`` (no weight decay: RecIS ignores ``weight_decay`` (Q18, kept); beta powers are float64). Update, per table with gradients::
 

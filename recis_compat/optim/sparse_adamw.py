@@ -1,4 +1,4 @@
-"""``recis.optim.sparse_adamw.SparseAdamW``: row-sparse Adam for dynamic tables (contract §1.6.2).
+"""``recis.optim.sparse_adamw.SparseAdamW``: row-sparse Adam for dynamic tables (RecIS 1.0; see COMPATIBILITY.md).
 
 Decay factor per touched row: ``1.0 - lr * self.weight_decay`` (torch-style decoupled weight decay, scaled by the learning rate). Update, per table with gradients::
 

@@ -1,4 +1,4 @@
-"""``recis.optim.sparse_adamw_tf.SparseAdamWTF``: row-sparse Adam for dynamic tables (contract §1.6.2).
+"""``recis.optim.sparse_adamw_tf.SparseAdamWTF``: row-sparse Adam for dynamic tables (RecIS 1.0; see COMPATIBILITY.md).
 
 Decay factor per touched row: ``1.0 - self.weight_decay`` (TF-style decoupled weight decay, **not** scaled by the learning rate (TF AdamWOptimizer)). Update, per table with gradients::
 

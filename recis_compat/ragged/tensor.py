@@ -1,4 +1,4 @@
-"""``recis.ragged.tensor``: RaggedTensor and RaggedPadInfo (contract §1.2).
+"""``recis.ragged.tensor``: RaggedTensor and RaggedPadInfo (RecIS 1.0; see COMPATIBILITY.md).
 
 A RaggedTensor holds ``values`` (1-D, every leaf value concatenated), a list of 1-D
 ``offsets`` tensors outermost first (``offsets[0]`` has ``B+1`` entries; ``offsets[k+1]``

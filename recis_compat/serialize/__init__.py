@@ -1,4 +1,4 @@
-"""``recis.serialize``: RecIS's sparse checkpoint format (contract §1.10).
+"""``recis.serialize``: RecIS's sparse checkpoint format (RecIS 1.0; see COMPATIBILITY.md).
 
 Exports ``Loader`` and ``Saver`` (as RecIS); ``CheckpointReader`` lives in
 ``recis.serialize.checkpoint_reader``. Errors: ``recis_compat.serialize.layout.CheckpointError``

@@ -1,5 +1,5 @@
 """``recis.serialize.checkpoint_reader.CheckpointReader``: read the tensors of a sparse checkpoint
-directory by logical name (contract §1.10.3).
+directory by logical name (RecIS 1.0; see COMPATIBILITY.md).
 
 Logical names: ``"<shared_name>@<slot>"`` for table blocks (``"user_emb@id"``,
 ``"user_emb@embedding"``, ``"user_emb@sparse_adamw_exp_avg"``) and the plain name for dense

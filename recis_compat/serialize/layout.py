@@ -1,4 +1,4 @@
-"""Names, dtypes and file helpers of RecIS's sparse checkpoint format (contract §1.10.4).
+"""Names, dtypes and file helpers of RecIS's sparse checkpoint format (RecIS 1.0; see COMPATIBILITY.md).
 
 One checkpoint directory holds:
 
@@ -8,7 +8,7 @@ One checkpoint directory holds:
 * ``index``: ``{"file_index": {file: int}, "block_index": {tensor key: file int}}``;
 * ``tensorkey.json``: ``{table tensor key: "<shared>@<slot>^<slice>"}``;
 * ``torch_rank_weights_embs_table_multi_shard.json``: one entry per block written, as RecIS's
-  merge produces it (contract §1.10.4): dense tensors become ``{name, dtype ("float32"), shape,
+  merge produces it (RecIS 1.0; see COMPATIBILITY.md): dense tensors become ``{name, dtype ("float32"), shape,
   dense: true, dimension: 0, is_hashmap: false}``, ``embedding`` blocks ``{name, dtype, shape,
   dense: false, dimension, hashmap_key: "<shared>.id/part_s_n", hashmap_key_dtype: "int64",
   hashmap_value, is_hashmap: true}``, and ``id`` and every other slot block stay as the writer

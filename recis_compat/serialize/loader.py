@@ -1,5 +1,5 @@
 """``recis.serialize.loader.Loader``: loads a RecIS sparse checkpoint into dynamic tables and
-dense tensors (contract §1.10.2).
+dense tensors (RecIS 1.0; see COMPATIBILITY.md).
 
 Load info (``default_load_info()``, then ``filter_func``): ``{target: {source: [slots]}}``.
 For a table child ``target`` is the child's ``shared_name`` and the default is

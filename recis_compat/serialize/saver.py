@@ -1,5 +1,5 @@
 """``recis.serialize.saver.Saver``: writes dynamic tables and dense tensors in RecIS's sparse
-checkpoint format (contract §1.10.1, layout in :mod:`recis_compat.serialize.layout`).
+checkpoint format (RecIS 1.0; see COMPATIBILITY.md).
 
 What is written, per shard ``s`` of ``n``:
 

@@ -1,4 +1,4 @@
-"""``recis.utils.data_utils``: ``copy_data_to_device`` (contract §1.11)."""
+"""``recis.utils.data_utils``: ``copy_data_to_device`` (RecIS 1.0; see COMPATIBILITY.md)."""
 from __future__ import annotations
 
 import collections

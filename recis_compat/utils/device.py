@@ -1,4 +1,4 @@
-"""Device requests on hosts without the requested device (design.md §5).
+"""Device requests on hosts without the requested device (COMPATIBILITY.md).
 
 RecIS scripts ask for ``device="cuda"`` everywhere. On a CPU-only host our API objects accept
 the request and run on the CPU with one warning when ``RECIS_COMPAT_DEVICE=cpu`` is set;

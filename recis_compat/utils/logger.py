@@ -1,4 +1,4 @@
-"""``recis.utils.logger``: the RecIS console logger (contract §1.11).
+"""``recis.utils.logger``: the RecIS console logger (RecIS 1.0; see COMPATIBILITY.md).
 
 ``Logger(name)`` configures ``logging.getLogger(name)``: level ``level``, ``propagate=False``,
 INFO records to stdout and every other level to stderr, format

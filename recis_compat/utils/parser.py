@@ -1,4 +1,4 @@
-"""``recis.utils.parser``: the command-line parser of the RecIS examples (contract §1.11).
+"""``recis.utils.parser``: the command-line parser of the RecIS examples (RecIS 1.0; see COMPATIBILITY.md).
 
 A ``simple_parsing.ArgumentParser`` whose ``add_arguments(dataclass, dest=None)`` defaults
 ``dest`` to the dataclass's name, so ``parse_args()`` returns a Namespace with one dataclass

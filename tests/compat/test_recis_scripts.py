@@ -1,6 +1,6 @@
 """RecIS-style scripts that import nothing but ``recis.*`` (and torch) run unchanged here.
 
-``scripts/recis_script.py`` exercises every behaviour of contract §6.1 and asserts it inline
+``scripts/recis_script.py`` exercises every behaviour of RecIS's API and asserts it inline
 (batch structure, ragged layouts, trans_int8 bytes, FeatureEngine pass-through, EmbeddingEngine
 shapes and dense pass-through, filter_out_sparse_param before/after moving the model,
 SparseAdamWTF, Trainer with add_hooks / LoggerHook / save_steps / add_metric, AUROC, Logger,

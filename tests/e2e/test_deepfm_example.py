@@ -1,7 +1,7 @@
 """The deepfm example: run.sh under torchrun (1 and 2 processes), and accuracy on the shared
 Criteo-style data against a plain-PyTorch DeepFM trained the same way.
 
-Accuracy protocol (design.md §6): train one epoch on part-0..6 (batch 1000, lr as below), evaluate
+Accuracy protocol (docs/benchmarks.md): train one epoch on part-0..6 (batch 1000, lr as below), evaluate
 AUC on part-7. The reference is the same network written with ``nn.EmbeddingBag`` tables over
 contiguous re-mapped ids, initialised with the same numbers (its embedding rows are the per-id
 initial values of our tables, its dense layers a copy of ours) and trained with plain-PyTorch

@@ -1,4 +1,4 @@
-"""The deepctr and seq2seq examples (contract §2.1, §2.3).
+"""The deepctr and seq2seq examples (RecIS 1.0; see COMPATIBILITY.md).
 
 In process: each model built from the example's own modules and fed one generated batch gives
 the shapes and table layout the contract states (deepctr: tile outputs ``[B,1000,16]``, dense

@@ -1,5 +1,5 @@
 """``recis-compat bench lookup --quick`` and ``bench tile --quick`` run through the CLI and print
-one JSON report each (design.md §6). Structure only: no timing assertions."""
+one JSON report each (docs/benchmarks.md). Structure only: no timing assertions."""
 import json
 import math
 

@@ -1,5 +1,5 @@
 """``recis-compat bench optim --quick`` (benchmarks/optim_bench.py) runs and prints the report
-structure of design.md §6 (no timing assertions)."""
+structure of docs/benchmarks.md (no timing assertions)."""
 import json
 
 import pytest

@@ -1,5 +1,5 @@
 """``recis-compat bench train --quick`` and ``bench lookup --quick --world-size 2`` run through the
-CLI and print one JSON report each (design.md §6). Structure and positive ratios only: no timing
+CLI and print one JSON report each (docs/benchmarks.md). Structure and positive ratios only: no timing
 assertions. Plus: the bundled copy of the deepfm example in ``train_bench`` matches the example."""
 import gc
 import json

@@ -1,4 +1,4 @@
-"""recis.common (contract §1.12): SingletonMeta, common_config, crypto_utils."""
+"""recis.common (RecIS 1.0; see COMPATIBILITY.md): SingletonMeta, common_config, crypto_utils."""
 import importlib.util
 import json
 import threading

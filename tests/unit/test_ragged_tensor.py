@@ -1,4 +1,4 @@
-"""RaggedTensor / RaggedPadInfo against recis-api.md §1.2, with our Q15 fixes."""
+"""RaggedTensor / RaggedPadInfo against RecIS's API, with our Q15 fixes."""
 import dataclasses
 import warnings
 

@@ -1,4 +1,4 @@
-"""recis.utils (logger, data_utils, parser) and recis.framework.filesystem (contract §1.11, §1.7.6)."""
+"""recis.utils (logger, data_utils, parser) and recis.framework.filesystem (RecIS 1.0; see COMPATIBILITY.md)."""
 import collections
 import dataclasses
 import io

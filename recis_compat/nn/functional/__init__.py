@@ -1,4 +1,4 @@
-"""``recis.nn.functional``: low-level functional ops (contract §1.5).
+"""``recis.nn.functional``: low-level functional ops (RecIS 1.0; see COMPATIBILITY.md).
 
 Submodules: :mod:`array_ops`, :mod:`fused_ops`, :mod:`hash_ops`, :mod:`ragged_ops`
 (and ``embedding_ops`` where provided). They run on CPU and CUDA tensors alike.

@@ -1,4 +1,4 @@
-"""``recis.nn.functional.ragged_ops``: ragged-tensor kernels (contract §1.5).
+"""``recis.nn.functional.ragged_ops``: ragged-tensor kernels (RecIS 1.0; see COMPATIBILITY.md).
 
 Offsets are 1-D int32/int64 tensors, outermost level first. All functions run on CPU and CUDA.
 ``ragged_tile`` lives with the embedding combiners, not here.

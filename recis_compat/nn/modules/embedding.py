@@ -1,4 +1,4 @@
-"""``recis.nn.modules.embedding``: EmbeddingOption and DynamicEmbedding (contract §1.4.1, §1.4.2).
+"""``recis.nn.modules.embedding``: EmbeddingOption and DynamicEmbedding (RecIS 1.0; see COMPATIBILITY.md).
 
 ``DynamicEmbedding`` looks ids up in one :class:`~recis_compat.nn.modules.hashtable.HashTable` and
 pools them per bag with the option's combiner. On one process the "exchange" steps are local;
@@ -36,7 +36,7 @@ COMBINERS = ("sum", "mean", "tile")
 
 @dataclass
 class EmbeddingOption:
-    """Configuration of one embedded feature / logical table (see contract §1.4.1)."""
+    """Configuration of one embedded feature / logical table (RecIS 1.0; see COMPATIBILITY.md)."""
 
     embedding_dim: int = 16
     block_size: int = 10240
@@ -297,7 +297,7 @@ class DynamicEmbedding(nn.Module):
 
 
 def shape_output(emb: torch.Tensor, shape, opt: EmbeddingOption, ragged: bool) -> torch.Tensor:
-    """Pooled rows -> the output shape of contract §1.4.3 (see DynamicEmbedding)."""
+    """Pooled rows -> the output shape of RecIS's API (see DynamicEmbedding)."""
     dim = emb.shape[-1]
     if opt.combiner == "tile":
         tl = opt.combiner_kwargs["tile_len"]

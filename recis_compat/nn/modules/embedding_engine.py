@@ -1,4 +1,4 @@
-"""``recis.nn.modules.embedding_engine``: EmbeddingEngine (contract §1.4.3).
+"""``recis.nn.modules.embedding_engine``: EmbeddingEngine (RecIS 1.0; see COMPATIBILITY.md).
 
 Construction merges the options into physical tables: every option goes to
 ``"CoalescedHashtable_" + sha256(coalesced_info())``; each distinct ``shared_name`` in a table is

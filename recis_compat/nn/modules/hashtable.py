@@ -1,4 +1,4 @@
-"""``recis.nn.modules.hashtable``: RecIS's HashTable and its helpers (contract §1.4.4).
+"""``recis.nn.modules.hashtable``: RecIS's HashTable and its helpers (RecIS 1.0; see COMPATIBILITY.md).
 
 ``HashTable`` is a facade over the backend :class:`~recis_compat.backend.dynamic_table.DynamicTable`
 (csrc id map + growable row storage); its state object (``HashtableImpl``, our

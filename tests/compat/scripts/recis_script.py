@@ -1,5 +1,5 @@
 """A RecIS training script written against the RecIS API only (``import recis...``), exercising
-every behaviour of contract §6.1; run by tests/compat/test_recis_scripts.py under torchrun.
+every behaviour of RecIS's API; run by tests/compat/test_recis_scripts.py under torchrun.
 
 It asserts the §6.1 facts inline (batch structure, ragged layouts, pass-through keys, output
 shapes) and prints ``COMPAT-OK <rank>`` at the end. Usage:

@@ -1,6 +1,6 @@
 """A RecIS training script as RecIS ships its examples, run unchanged on a CPU host.
 
-It keeps every plain torch CUDA call RecIS's examples make (contract §2, recis-api.md): the
+It keeps every plain torch CUDA call RecIS's examples make (RecIS 1.0; see COMPATIBILITY.md): the
 ``set_num_threads()`` setup from ``cpu_count() // 16`` with ``torch.set_num_threads`` /
 ``torch.set_num_interop_threads`` and ``torch.cuda.set_device(int(os.getenv("RANK", "-1")))``,
 ``dist.init_process_group()`` without arguments, ``OrcDataset(device="cuda")``, tables on

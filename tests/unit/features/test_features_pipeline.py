@@ -1,4 +1,4 @@
-"""The deepctr example's feature pipeline (recis-api.md §2.1) on generated data."""
+"""The deepctr example's feature pipeline (RecIS 1.0; see COMPATIBILITY.md) on generated data."""
 import farmhash
 import numpy as np
 import torch

@@ -1,5 +1,5 @@
 """Trainer: the training loop, hooks, global step / checkpoint cadence, restore, evaluation and
-our deliberate fixes of RecIS quirks (recis-api.md §1.7.2, §6.2 Q1, Q17, Q19, Q24; design.md §5).
+our deliberate fixes of RecIS quirks (RecIS 1.0; see COMPATIBILITY.md).
 
 SIGKILL resume, multi-process runs, resharding and broken checkpoints are covered by
 tests/e2e/test_checkpoint_resume.py; these tests use small in-memory datasets.

@@ -1,5 +1,5 @@
 """TrainingArguments defaults / validation and parsing them from the command line as the RecIS
-examples do (recis-api.md §1.7.1, §1.11)."""
+examples do (RecIS 1.0; see COMPATIBILITY.md)."""
 from __future__ import annotations
 
 import dataclasses

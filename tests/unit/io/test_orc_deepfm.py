@@ -1,4 +1,4 @@
-"""The shared deepfm data through OrcDataset: batch structure of contract §6.1 items 1-2."""
+"""The deepfm data through OrcDataset: the batch structure RecIS scripts rely on."""
 import torch
 
 from recis_compat.io.orc_dataset import OrcDataset

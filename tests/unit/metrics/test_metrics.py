@@ -1,4 +1,4 @@
-"""AUROC and Gauc against the contract vectors and brute-force references."""
+"""AUROC and Gauc against RecIS's test vectors and brute-force references."""
 import numpy as np
 import pytest
 import torch

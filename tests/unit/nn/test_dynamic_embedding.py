@@ -1,4 +1,4 @@
-"""recis.nn.DynamicEmbedding (contract §1.4.2 with the Q7/Q12 fixes): pooling of dense and ragged
+"""recis.nn.DynamicEmbedding (RecIS 1.0; see COMPATIBILITY.md): pooling of dense and ragged
 inputs against pure-PyTorch references built from the table's own rows."""
 import pytest
 import torch

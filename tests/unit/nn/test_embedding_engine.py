@@ -1,4 +1,4 @@
-"""recis.nn.EmbeddingEngine (contract §1.4.3): table merging, children and id encoding, output
+"""recis.nn.EmbeddingEngine (RecIS 1.0; see COMPATIBILITY.md): table merging, children and id encoding, output
 shapes, pass-through keys, errors, and one SGD step against a dense nn.EmbeddingBag model."""
 import hashlib
 

@@ -1,4 +1,4 @@
-"""recis.nn.HashTable and the helpers of recis.nn.modules.hashtable (contract §1.4.4).
+"""recis.nn.HashTable and the helpers of recis.nn.modules.hashtable (RecIS 1.0; see COMPATIBILITY.md).
 
 Deliberate differences tested here (COMPATIBILITY / brief): ``grad()`` is indexed by real rows even
 when rows repeat (Q5 fixed); gradients of ids a ReadOnly lookup did not find are dropped (Q23);

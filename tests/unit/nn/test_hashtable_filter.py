@@ -1,5 +1,4 @@
-"""Eviction: FilterHook("GlobalStepFilter") on a HashTable, driven by recis.hooks.HashTableFilterHook
-(contract §1.4.6, §1.8)."""
+"""Eviction: FilterHook("GlobalStepFilter") on a HashTable, driven by recis.hooks.HashTableFilterHook (RecIS 1.0; see COMPATIBILITY.md)."""
 import pytest
 import torch
 

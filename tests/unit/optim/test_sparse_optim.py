@@ -1,5 +1,5 @@
 """Row-sparse optimizers (``recis.optim.SparseAdamW / SparseAdam / SparseAdamWTF``) on dynamic
-tables, checked against an independent NumPy implementation of recis-api.md §1.6.2:
+tables, checked against an independent NumPy implementation of RecIS's API:
 
 * per table, running powers ``b1p, b2p`` (float32, float64 for SparseAdam) advanced once per
   ``step()`` in which that table had gradients;

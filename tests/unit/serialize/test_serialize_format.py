@@ -1,4 +1,4 @@
-"""recis.serialize on-disk format (contract §1.10.4): file names, tensor keys, the three JSON
+"""recis.serialize on-disk format (RecIS 1.0; see COMPATIBILITY.md): file names, tensor keys, the three JSON
 metadata files as literal expected values, standard safetensors files, round-robin writers,
 atomic writes and Saver argument checks."""
 import json
@@ -100,7 +100,7 @@ def test_exact_files_keys_and_json(tmp_path):
 def test_merged_torch_rank_json_lists_every_block(tmp_path):
     save_two_shard_user_emb(tmp_path)
     d = str(tmp_path)
-    # RecIS's merge (contract §1.10.4): every block the writers produced; dense and embedding
+    # RecIS's merge (RecIS 1.0; see COMPATIBILITY.md): every block the writers produced; dense and embedding
     # entries reformatted, id and the other slots left as written (safetensors dtype code,
     # data_offsets of the file header)
     rank = read_json(d, "torch_rank_weights_embs_table_multi_shard.json")
