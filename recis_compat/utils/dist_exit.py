@@ -19,6 +19,12 @@ exception whose chain (``__cause__`` / ``__context__``) holds a ``torch.distribu
 the ``atexit`` handlers run and the standard streams are flushed, then the process ends with
 ``os._exit(1)`` instead of finalizing the interpreter under those threads: the exit status is the
 one an uncaught exception gives. Every other exception is left to the previous hook.
+
+``torch.distributed.init_process_group`` wraps ``sys.excepthook`` itself (it prints the
+traceback through a ``StringIO`` to prefix each line with ``[rankN]:``), so our hook must be the
+outermost one, or the traceback would be lost in that buffer: the ``init_process_group`` wrapper
+of :mod:`recis_compat.utils.dist_timeout` calls :func:`install` again after creating the group,
+and a hook of ours that is not the outermost only delegates.
 """
 from __future__ import annotations
 
@@ -49,6 +55,8 @@ def is_distributed_failure(exc: BaseException) -> bool:
 def _wrap(previous):
     def excepthook(exc_type, exc, tb):
         previous(exc_type, exc, tb)
+        if sys.excepthook is not excepthook:
+            return          # an outer hook is running this one; the outermost of ours ends the process
         if exc is None or not is_distributed_failure(exc):
             return
         try:
@@ -66,11 +74,12 @@ def _wrap(previous):
 
 
 def installed() -> bool:
-    """Whether ``sys.excepthook`` is our wrapper."""
+    """Whether the outermost ``sys.excepthook`` is our wrapper."""
     return hasattr(sys.excepthook, _MARK)
 
 
 def install() -> None:
-    """Wrap ``sys.excepthook`` (idempotent); see the module docstring."""
+    """Make our wrapper the outermost ``sys.excepthook`` (a no-op when it already is); see the
+    module docstring."""
     if not installed():
         sys.excepthook = _wrap(sys.excepthook)

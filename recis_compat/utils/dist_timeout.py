@@ -116,7 +116,9 @@ def _wrap(original):
         if bound.arguments.get("timeout") is None:
             bound.arguments["timeout"] = default_timeout()
         bound.arguments["backend"] = resolve_backend(bound.arguments.get("backend"))
-        return original(*bound.args, **bound.kwargs)
+        result = original(*bound.args, **bound.kwargs)
+        dist_exit.install()      # torch wrapped sys.excepthook just now; ours must stay outermost
+        return result
 
     setattr(init_process_group, _MARK, original)
     return init_process_group

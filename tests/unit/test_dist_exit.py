@@ -60,3 +60,28 @@ def test_is_distributed_failure_follows_the_chain():
     except RuntimeError as outer:
         assert is_distributed_failure(outer)
     assert not is_distributed_failure(RuntimeError("Application timeout caused pair closure"))
+
+
+PG_SCRIPT = textwrap.dedent("""
+    import os, sys, threading, time
+    import torch.distributed as dist
+    import recis  # noqa: F401  (installs the process-group rules as in a RecIS script)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
+    dist.init_process_group()           # torch wraps sys.excepthook here ([rank0]: prefixes)
+    threading.Thread(target=lambda: (time.sleep(3), print("THREAD-DONE", flush=True)), daemon=False).start()
+    raise dist.DistBackendError("gloo: Application timeout caused pair closure")
+""")
+
+
+def test_traceback_survives_torchs_rank_prefix_hook(tmp_path):
+    """torch's init_process_group wraps sys.excepthook and prints through a StringIO; ours stays
+    outermost, so the prefixed traceback is written before the process ends with status 1."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-c", PG_SCRIPT, str(port)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "[rank0]: torch.distributed.DistBackendError: gloo: Application timeout" in proc.stderr
+    assert "THREAD-DONE" not in proc.stdout
