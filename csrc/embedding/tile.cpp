@@ -22,37 +22,13 @@
 #include <type_traits>
 
 #include "common.h"
+#include "embedding/tile_checks.h"
 
 namespace recis_compat {
 namespace {
 
 constexpr const char* kFwd = "recis_compat::tile_forward";
 constexpr const char* kBwd = "recis_compat::tile_backward";
-
-void check_common(const char* op, const at::Tensor& index, const at::Tensor& offsets, int64_t tile_len) {
-  TORCH_CHECK(tile_len > 0, op, ": tile_len must be > 0, got ", tile_len);
-  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong, op,
-              ": index must be a 1-D int64 tensor, got ", index.scalar_type(), " of shape ", index.sizes());
-  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 &&
-                  (offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong),
-              op, ": offsets must be 1-D int32/int64 with at least one entry, got ",
-              offsets.scalar_type(), " of shape ", offsets.sizes());
-}
-
-template <typename off_t>
-void check_offsets(const char* op, const off_t* off, int64_t n_off, int64_t n_index) {
-  TORCH_CHECK(off[0] >= 0 && off[n_off - 1] <= n_index, op, ": offsets run from ", off[0], " to ",
-              off[n_off - 1], " but index has ", n_index, " entries");
-  for (int64_t i = 1; i < n_off; ++i)
-    TORCH_CHECK(off[i] >= off[i - 1], op, ": offsets must be non-decreasing at position ", i);
-}
-
-// Validates the row indices once (negative = missing id, skipped): the scatter loops run without checks.
-void check_rows(const char* op, const at::Tensor& index, int64_t num_rows) {
-  if (index.numel() == 0) return;
-  const int64_t hi = index.max().item<int64_t>();
-  TORCH_CHECK(hi < num_rows, op, ": index ", hi, " out of range for ", num_rows, " rows");
-}
 
 // out[r, :] += w * src[:] for r's of one owner; acc_t is float for half/bfloat16 gradients.
 template <typename acc_t, typename scalar_t>
@@ -106,18 +82,13 @@ at::Tensor owned_scatter(const at::Tensor& grad, int64_t num_rows, int64_t D, in
 
 at::Tensor tile_forward_cpu(const at::Tensor& emb_in, const at::Tensor& index_in,
                             const at::Tensor& offsets_in, int64_t tile_len) {
-  check_common(kFwd, index_in, offsets_in, tile_len);
-  TORCH_CHECK(emb_in.dim() == 2, kFwd, ": emb must be 2-D [rows, dim], got shape ", emb_in.sizes());
+  tile_checks::check_tile_forward(kFwd, emb_in, index_in, offsets_in, tile_len);
   auto emb = emb_in.contiguous();
   auto index = index_in.contiguous();
   auto offsets = offsets_in.to(at::kLong).contiguous();
-  const int64_t B = offsets.numel() - 1, D = emb.size(1), U = emb.size(0);
+  const int64_t B = offsets.numel() - 1, D = emb.size(1);
   const int64_t* off = offsets.data_ptr<int64_t>();
-  check_offsets(kFwd, off, offsets.numel(), index.numel());
   const int64_t* idx = index.data_ptr<int64_t>();
-  TORCH_CHECK(index.numel() == 0 || index.max().item<int64_t>() < U, kFwd,
-              ": index holds row ", index.numel() ? index.max().item<int64_t>() : 0,
-              " but emb has only ", U, " rows");
   // every element is written once: copied rows, zeros for missing ids and for the padding
   auto out = at::empty({B, tile_len, D}, emb.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, emb.scalar_type(), "tile_forward", [&] {
@@ -144,19 +115,14 @@ at::Tensor tile_forward_cpu(const at::Tensor& emb_in, const at::Tensor& index_in
 
 at::Tensor tile_backward_cpu(const at::Tensor& grad_in, const at::Tensor& index_in,
                              const at::Tensor& offsets_in, int64_t num_rows) {
-  TORCH_CHECK(grad_in.dim() == 3, kBwd, ": grad must be [B, tile_len, dim], got ", grad_in.sizes());
+  tile_checks::check_tile_backward(kBwd, grad_in, index_in, offsets_in, num_rows);
   const int64_t tile_len = grad_in.size(1);
-  check_common(kBwd, index_in, offsets_in, tile_len);
-  TORCH_CHECK(num_rows >= 0, kBwd, ": num_rows must be >= 0");
   auto grad = grad_in.contiguous();
   auto index = index_in.contiguous();
   auto offsets = offsets_in.to(at::kLong).contiguous();
   const int64_t B = offsets.numel() - 1, D = grad.size(2);
-  TORCH_CHECK(grad.size(0) == B, kBwd, ": grad has ", grad.size(0), " bags but offsets describe ", B);
   const int64_t* off = offsets.data_ptr<int64_t>();
-  check_offsets(kBwd, off, offsets.numel(), index.numel());
   const int64_t* idx = index.data_ptr<int64_t>();
-  check_rows(kBwd, index, num_rows);
   return owned_scatter(grad, num_rows, D, index.numel() * D, [&](auto* o, const auto* g, int64_t r_lo, int64_t r_hi) {
     using acc_t = std::remove_pointer_t<decltype(o)>;
     scatter_owned(o, g, idx, off, B, tile_len, D, r_lo, r_hi,
@@ -173,26 +139,15 @@ constexpr const char* kPool = "recis_compat::pooled_sum_backward";
 at::Tensor pooled_sum_backward_cpu(const at::Tensor& grad_in, const at::Tensor& index_in,
                                    const at::Tensor& offsets_in, const std::optional<at::Tensor>& weight_in,
                                    int64_t num_rows) {
-  TORCH_CHECK(grad_in.dim() == 2, kPool, ": grad must be [B, dim], got ", grad_in.sizes());
-  check_common(kPool, index_in, offsets_in, 1);
-  TORCH_CHECK(num_rows >= 0, kPool, ": num_rows must be >= 0");
+  tile_checks::check_pooled_sum_backward(kPool, grad_in, index_in, offsets_in, weight_in, num_rows);
   auto grad = grad_in.contiguous();
   auto index = index_in.contiguous();
   auto offsets = offsets_in.to(at::kLong).contiguous();
   const int64_t B = offsets.numel() - 1, D = grad.size(1), N = index.numel();
-  TORCH_CHECK(grad.size(0) == B, kPool, ": grad has ", grad.size(0), " bags but offsets describe ", B);
   const int64_t* off = offsets.data_ptr<int64_t>();
-  check_offsets(kPool, off, offsets.numel(), N);
   at::Tensor weight;
-  if (weight_in.has_value() && weight_in->defined()) {
-    weight = weight_in->contiguous();
-    TORCH_CHECK(weight.dim() == 1 && weight.numel() == N, kPool, ": weight must be [", N, "], got ",
-                weight.sizes());
-    TORCH_CHECK(weight.scalar_type() == grad.scalar_type(), kPool, ": weight dtype ", weight.scalar_type(),
-                " does not match grad dtype ", grad.scalar_type());
-  }
+  if (weight_in.has_value() && weight_in->defined()) weight = weight_in->contiguous();
   const int64_t* idx = index.data_ptr<int64_t>();
-  check_rows(kPool, index, num_rows);
   return owned_scatter(grad, num_rows, D, N * D, [&](auto* o, const auto* g, int64_t r_lo, int64_t r_hi) {
     using acc_t = std::remove_pointer_t<decltype(o)>;
     using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;

@@ -10,31 +10,13 @@
 #include <optional>
 
 #include "common.h"
+#include "embedding/tile_checks.h"
 
 namespace recis_compat {
 namespace {
 
 constexpr const char* kFwd = "recis_compat::tile_forward";
 constexpr const char* kBwd = "recis_compat::tile_backward";
-
-void check_args(const char* op, const at::Tensor& t, const at::Tensor& index, const at::Tensor& offsets,
-                int64_t tile_len) {
-  TORCH_CHECK(tile_len > 0, op, ": tile_len must be > 0, got ", tile_len);
-  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong, op, ": index must be 1-D int64");
-  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 &&
-                  (offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong),
-              op, ": offsets must be 1-D int32/int64 with at least one entry");
-  TORCH_CHECK(t.device() == index.device() && t.device() == offsets.device(), op,
-              ": all tensors must be on one device");
-  // validate offsets on the host: a bad offset must give an error, not an out-of-bounds read
-  auto off = offsets.to(at::kCPU, at::kLong);
-  const int64_t* o = off.data_ptr<int64_t>();
-  const int64_t n = off.numel();
-  TORCH_CHECK(o[0] >= 0 && o[n - 1] <= index.numel(), op, ": offsets run from ", o[0], " to ",
-              o[n - 1], " but index has ", index.numel(), " entries");
-  TORCH_CHECK(n < 2 || (off.slice(0, 1) >= off.slice(0, 0, n - 1)).all().item<bool>(), op,
-              ": offsets must be non-decreasing");
-}
 
 template <typename scalar_t>
 __global__ void tile_forward_kernel(const scalar_t* __restrict__ emb, const int64_t* __restrict__ index,
@@ -96,14 +78,11 @@ int blocks_for(int64_t n) {
 
 at::Tensor tile_forward_cuda(const at::Tensor& emb_in, const at::Tensor& index_in,
                              const at::Tensor& offsets_in, int64_t tile_len) {
-  check_args(kFwd, emb_in, index_in, offsets_in, tile_len);
-  TORCH_CHECK(emb_in.dim() == 2, kFwd, ": emb must be 2-D [rows, dim]");
+  tile_checks::check_tile_forward(kFwd, emb_in, index_in, offsets_in, tile_len);
   const c10::cuda::CUDAGuard guard(emb_in.device());
   auto emb = emb_in.contiguous();
   auto index = index_in.contiguous();
   auto off = offsets_in.to(at::kLong).contiguous();
-  TORCH_CHECK(index.numel() == 0 || index.max().item<int64_t>() < emb.size(0), kFwd,
-              ": index out of range for ", emb.size(0), " rows");
   const int64_t B = off.numel() - 1, D = emb.size(1);
   auto out = at::empty({B, tile_len, D}, emb.options());
   if (out.numel() == 0) return out;
@@ -119,14 +98,12 @@ at::Tensor tile_forward_cuda(const at::Tensor& emb_in, const at::Tensor& index_i
 
 at::Tensor tile_backward_cuda(const at::Tensor& grad_in, const at::Tensor& index_in,
                               const at::Tensor& offsets_in, int64_t num_rows) {
-  TORCH_CHECK(grad_in.dim() == 3, kBwd, ": grad must be [B, tile_len, dim]");
-  check_args(kBwd, grad_in, index_in, offsets_in, grad_in.size(1));
+  tile_checks::check_tile_backward(kBwd, grad_in, index_in, offsets_in, num_rows);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   auto grad = grad_in.contiguous();
   auto index = index_in.contiguous();
   auto off = offsets_in.to(at::kLong).contiguous();
   const int64_t B = off.numel() - 1, T = grad.size(1), D = grad.size(2);
-  TORCH_CHECK(grad.size(0) == B, kBwd, ": grad has ", grad.size(0), " bags but offsets describe ", B);
   const bool dbl = grad.scalar_type() == at::kDouble;
   auto acc = at::zeros({num_rows, D}, grad.options().dtype(dbl ? at::kDouble : at::kFloat));
   if (grad.numel() == 0 || num_rows == 0) return acc.to(grad.scalar_type());
@@ -151,24 +128,14 @@ constexpr const char* kPool = "recis_compat::pooled_sum_backward";
 at::Tensor pooled_sum_backward_cuda(const at::Tensor& grad_in, const at::Tensor& index_in,
                                     const at::Tensor& offsets_in, const std::optional<at::Tensor>& weight_in,
                                     int64_t num_rows) {
-  TORCH_CHECK(grad_in.dim() == 2, kPool, ": grad must be [B, dim]");
-  check_args(kPool, grad_in, index_in, offsets_in, 1);
-  TORCH_CHECK(num_rows >= 0, kPool, ": num_rows must be >= 0");
+  tile_checks::check_pooled_sum_backward(kPool, grad_in, index_in, offsets_in, weight_in, num_rows);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   auto grad = grad_in.contiguous();
   auto index = index_in.contiguous();
   auto off = offsets_in.to(at::kLong).contiguous();
   const int64_t B = off.numel() - 1, D = grad.size(1), N = index.numel();
-  TORCH_CHECK(grad.size(0) == B, kPool, ": grad has ", grad.size(0), " bags but offsets describe ", B);
   at::Tensor weight;
-  if (weight_in.has_value() && weight_in->defined()) {
-    weight = weight_in->contiguous();
-    TORCH_CHECK(weight.dim() == 1 && weight.numel() == N && weight.scalar_type() == grad.scalar_type(), kPool,
-                ": weight must be [N] of grad's dtype");
-  }
-  if (N) {
-    TORCH_CHECK(index.max().item<int64_t>() < num_rows, kPool, ": index out of range for ", num_rows, " rows");
-  }
+  if (weight_in.has_value() && weight_in->defined()) weight = weight_in->contiguous();
   const bool dbl = grad.scalar_type() == at::kDouble;
   auto acc = at::zeros({num_rows, D}, grad.options().dtype(dbl ? at::kDouble : at::kFloat));
   if (N == 0 || D == 0 || num_rows == 0 || B == 0) return acc.to(grad.scalar_type());

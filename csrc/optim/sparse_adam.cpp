@@ -16,38 +16,12 @@
 #include <cmath>
 
 #include "common.h"
+#include "optim/sparse_adam_checks.h"
 
 namespace recis_compat {
 namespace {
 
 constexpr const char* kOp = "recis_compat::sparse_adam_rows_";
-
-void check(const at::Tensor& param, const at::Tensor& m, const at::Tensor& v, const at::Tensor& rows,
-           const at::Tensor& grad, double beta1, double beta2, double eps, double b1p) {
-  TORCH_CHECK(param.dim() == 2, kOp, ": param must be 2-D [rows, dim], got ", param.sizes());
-  TORCH_CHECK(param.is_floating_point(), kOp, ": param must be floating point, got ", param.scalar_type());
-  TORCH_CHECK(m.sizes() == param.sizes() && v.sizes() == param.sizes(), kOp,
-              ": exp_avg and exp_avg_sq must have param's shape ", param.sizes());
-  TORCH_CHECK(m.scalar_type() == param.scalar_type() && v.scalar_type() == param.scalar_type(), kOp,
-              ": exp_avg and exp_avg_sq must have param's dtype ", param.scalar_type());
-  TORCH_CHECK(param.is_contiguous() && m.is_contiguous() && v.is_contiguous(), kOp,
-              ": param and slots must be contiguous");
-  TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == at::kLong, kOp, ": rows must be 1-D int64, got ",
-              rows.scalar_type(), " of shape ", rows.sizes());
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == rows.numel() && grad.size(1) == param.size(1), kOp,
-              ": grad must be [", rows.numel(), ", ", param.size(1), "], got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == param.scalar_type(), kOp, ": grad dtype ", grad.scalar_type(),
-              " does not match param dtype ", param.scalar_type());
-  TORCH_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, kOp, ": betas must be in [0, 1)");
-  TORCH_CHECK(eps >= 0, kOp, ": eps must be >= 0");
-  TORCH_CHECK(b1p < 1, kOp, ": beta1_power must be < 1 (advance it before the update)");
-  if (rows.numel()) {
-    auto mm = at::aminmax(rows);
-    const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < param.size(0), kOp, ": rows must be in [0, ", param.size(0),
-                "), got [", lo, ", ", hi, "]");
-  }
-}
 
 // The update of rows r[i0..i1). The rows are scattered over the table: the loop waits on memory,
 // so the three state rows are fetched a few iterations ahead (~2.5x on 100k random rows of a
@@ -102,7 +76,7 @@ inline void adam_rows_any(float* p, float* m, float* v, const int64_t* r, const 
 void sparse_adam_rows_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
                           const at::Tensor& rows_in, const at::Tensor& grad_in, double lr, double beta1,
                           double beta2, double eps, double decay, double beta1_power, double beta2_power) {
-  check(param, exp_avg, exp_avg_sq, rows_in, grad_in, beta1, beta2, eps, beta1_power);
+  check_sparse_adam_args(kOp, param, exp_avg, exp_avg_sq, rows_in, grad_in, beta1, beta2, eps, beta1_power);
   auto rows = rows_in.contiguous();
   auto grad = grad_in.contiguous();
   const int64_t R = rows.numel(), D = param.size(1);

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "optim/sparse_adam_checks.h"
 
 namespace recis_compat {
 namespace {
@@ -33,24 +34,10 @@ __global__ void adam_rows_kernel(T* __restrict__ p, T* __restrict__ m, T* __rest
 void sparse_adam_rows_cuda(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
                            const at::Tensor& rows_in, const at::Tensor& grad_in, double lr, double beta1,
                            double beta2, double eps, double decay, double beta1_power, double beta2_power) {
-  TORCH_CHECK(param.dim() == 2 && param.is_contiguous() && exp_avg.sizes() == param.sizes() &&
-                  exp_avg_sq.sizes() == param.sizes() && exp_avg.is_contiguous() && exp_avg_sq.is_contiguous(),
-              kOp, ": param, exp_avg, exp_avg_sq must be contiguous 2-D tensors of one shape");
-  TORCH_CHECK(exp_avg.scalar_type() == param.scalar_type() && exp_avg_sq.scalar_type() == param.scalar_type() &&
-                  grad_in.scalar_type() == param.scalar_type(),
-              kOp, ": slots and grad must have param's dtype ", param.scalar_type());
-  TORCH_CHECK(rows_in.dim() == 1 && rows_in.scalar_type() == at::kLong, kOp, ": rows must be 1-D int64");
-  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == rows_in.numel() && grad_in.size(1) == param.size(1),
-              kOp, ": grad must be [rows, dim]");
-  TORCH_CHECK(beta1_power < 1, kOp, ": beta1_power must be < 1");
+  check_sparse_adam_args(kOp, param, exp_avg, exp_avg_sq, rows_in, grad_in, beta1, beta2, eps, beta1_power);
   const c10::cuda::CUDAGuard guard(param.device());
   auto rows = rows_in.contiguous();
   auto grad = grad_in.contiguous();
-  if (rows.numel()) {
-    auto mm = at::aminmax(rows);
-    TORCH_CHECK(std::get<0>(mm).item<int64_t>() >= 0 && std::get<1>(mm).item<int64_t>() < param.size(0),
-                kOp, ": rows out of range for ", param.size(0), " rows");
-  }
   const int64_t R = rows.numel(), D = param.size(1);
   if (R * D == 0) return;
   const int blocks = static_cast<int>(std::min<int64_t>((R * D + 255) / 256, 65535));

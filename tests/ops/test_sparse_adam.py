@@ -94,3 +94,17 @@ def test_cuda_twin_matches_cpu():
     sparse_adam_rows_(pc, mc, vc, rows, grad, **kw)
     sparse_adam_rows_(pg, mg, vg, rows.cuda(), grad.cuda(), **kw)
     torch.testing.assert_close(pg.cpu(), pc)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_twins_share_their_argument_checks(device):
+    """csrc/optim/sparse_adam_checks.h: both devices reject the same inputs with the same errors
+    (the CUDA twin did not check the betas, eps or the dtype before)."""
+    p, m, v = (torch.zeros(4, 2, device=device) for _ in range(3))
+    rows, grad = torch.tensor([1], device=device), torch.ones(1, 2, device=device)
+    kw = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, decay=1.0, beta1_power=0.9, beta2_power=0.999)
+    with pytest.raises(RuntimeError, match=r"sparse_adam_rows_: betas must be in \[0, 1\)"):
+        sparse_adam_rows_(p, m, v, rows, grad, **{**kw, "beta2": 1.5})
+    with pytest.raises(RuntimeError, match=r"sparse_adam_rows_: rows must be in \[0, 4\), got \[7, 7\]"):
+        sparse_adam_rows_(p, m, v, torch.tensor([7], device=device), grad, **kw)

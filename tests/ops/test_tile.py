@@ -71,7 +71,7 @@ def test_bad_inputs():
         tile(emb, index, offsets, 0)
     with pytest.raises(RuntimeError, match="index must be a 1-D int64"):
         tile(emb, index.int(), offsets, 2)
-    with pytest.raises(RuntimeError, match="but emb has only 5 rows"):
+    with pytest.raises(RuntimeError, match="tile_forward: index 7 out of range: emb has only 5 rows"):
         tile(emb, torch.tensor([7]), torch.tensor([0, 1]), 2)
     with pytest.raises(RuntimeError, match="offsets run from"):
         tile(emb, torch.tensor([1]), torch.tensor([0, 3]), 2)
@@ -117,3 +117,18 @@ def test_backward_is_bit_identical_across_thread_counts():
             if r >= 0:
                 ref[r] += grad[b, j]
     assert torch.equal(one, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_twins_share_their_argument_checks(device):
+    """csrc/embedding/tile_checks.h: both devices reject the same inputs with the same errors
+    (the CUDA backward did not check the row range before)."""
+    grad = torch.ones(1, 2, 3, device=device)
+    index, offsets = torch.tensor([9], device=device), torch.tensor([0, 1], device=device)
+    with pytest.raises(RuntimeError, match=r"tile_backward: index 9 out of range: the gradient \(num_rows\) "
+                                           r"has only 4 rows"):
+        torch.ops.recis_compat.tile_backward(grad, index, offsets, 4)
+    with pytest.raises(RuntimeError, match=r"pooled_sum_backward: weight must be \[1\]"):
+        torch.ops.recis_compat.pooled_sum_backward(grad[:, 0], torch.tensor([0], device=device), offsets,
+                                                   torch.ones(2, device=device), 4)
