@@ -5,7 +5,8 @@ exception``, rc 134, after ``done at global step N``) was our own: the IO prefet
 daemon thread, was still alive in native code when the interpreter finalized (issue 13 item 1).
 recis_compat/io/threads.py now stops and joins every IO thread before finalization, and
 ``tools/abort_soak.sh`` counts aborts over many launches of each example runner; a launch that
-aborts is a failure to investigate, not to retry. :func:`run_launch` is ``subprocess.run`` that
+aborts is a failure to investigate, not to retry (docs/reliability.md describes the one rare
+abort at exit still known, a torch/gloo teardown race). :func:`run_launch` is ``subprocess.run`` that
 adds a pointer to that soak to the stderr of a launch that died of a native abort.
 """
 from __future__ import annotations
