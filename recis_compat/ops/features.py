@@ -177,7 +177,9 @@ torch.library.register_autograd(f"{_NS}::ragged_to_dense", _r2d_backward,
 
 
 # ============================================================================ wrappers
-def _as_int_list(x) -> List[int]:
+def as_int_list(x) -> List[int]:
+    """``x`` (int, sequence of ints, or tensor of any shape) as a flat list of Python ints (RecIS
+    passes per-feature options as lists, tuples, scalars or tensors)."""
     if isinstance(x, torch.Tensor):
         return [int(v) for v in x.reshape(-1).tolist()]
     if isinstance(x, (int,)):
@@ -185,7 +187,9 @@ def _as_int_list(x) -> List[int]:
     return [int(v) for v in x]
 
 
-def _as_bool_list(x, n: int, default: bool = False) -> List[bool]:
+def as_bool_list(x, n: int, default: bool = False) -> List[bool]:
+    """``x`` as ``n`` Python bools: None -> ``[default] * n``; a bool -> repeated ``n`` times; a
+    sequence or tensor -> its values."""
     if x is None:
         return [default] * n
     if isinstance(x, torch.Tensor):
@@ -198,7 +202,7 @@ def _as_bool_list(x, n: int, default: bool = False) -> List[bool]:
 def fused_uint64_mod(values: Sequence[torch.Tensor], mods) -> List[torch.Tensor]:
     """``uint64(values[i]) % mods[i]`` as int64 (same shape), one kernel call for all inputs."""
     values = list(values)
-    mods = _as_int_list(mods)
+    mods = as_int_list(mods)
     if len(mods) == 1 and len(values) > 1:
         mods = mods * len(values)
     return _op("fused_uint64_mod", *values)(values, mods)
@@ -217,9 +221,9 @@ def fused_bucketize(values: Sequence[torch.Tensor],
 def fused_multi_hash(inputs: Sequence[torch.Tensor], muls, primes, buckets) -> List[torch.Tensor]:
     """Flat list: for each input, one int64 tensor (input's shape) per (mul, prime, bucket)."""
     inputs = list(inputs)
-    muls = [_as_int_list(m) for m in muls]
-    primes = [_as_int_list(p) for p in primes]
-    buckets = [_as_int_list(b) for b in buckets]
+    muls = [as_int_list(m) for m in muls]
+    primes = [as_int_list(p) for p in primes]
+    buckets = [as_int_list(b) for b in buckets]
     if not (len(inputs) == len(muls) == len(primes) == len(buckets)):
         raise ValueError("fused_multi_hash: inputs, muls, primes and bucket_nums must have one "
                          f"entry per input (got {len(inputs)}, {len(muls)}, {len(primes)}, "
@@ -249,8 +253,8 @@ def fused_ragged_cutoff_2d(values: Sequence[torch.Tensor], offsets: Sequence[tor
     values, offsets = list(values), list(offsets)
     n = len(values)
     weights = list(weights) if weights is not None else [None] * n
-    keep = _as_int_list(keep_lengths)
-    drop = _as_bool_list(drop_left, n)
+    keep = as_int_list(keep_lengths)
+    drop = as_bool_list(drop_left, n)
     vs, os_, ws, ds, ps = _op("fused_ragged_cutoff_2d", *values)(values, offsets, weights, keep,
                                                                  drop)
     ws = [None if w_in is None else w for w_in, w in zip(weights, ws)]
@@ -263,9 +267,9 @@ def fused_ragged_cutoff_3d(values, outer, inner, weights, keep_lengths, drop_lef
     values, outer, inner = list(values), list(outer), list(inner)
     n = len(values)
     weights = list(weights) if weights is not None else [None] * n
-    keep = _as_int_list(keep_lengths)
-    drop = _as_bool_list(drop_left, n)
-    pad = _as_bool_list(pad_left, n)
+    keep = as_int_list(keep_lengths)
+    drop = as_bool_list(drop_left, n)
+    pad = as_bool_list(pad_left, n)
     vs, os_, is_, ws = _op("fused_ragged_cutoff_3d", *values)(values, outer, inner, weights, keep,
                                                               drop, pad)
     ws = [None if w_in is None else w for w_in, w in zip(weights, ws)]

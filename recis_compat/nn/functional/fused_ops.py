@@ -11,7 +11,7 @@ from typing import List, Union
 import torch
 
 from recis_compat.backend.children import encode_ids
-from recis_compat.nn.functional._args import as_int_list
+from recis_compat.ops.features import as_int_list
 from recis_compat.ops import features as _F
 
 

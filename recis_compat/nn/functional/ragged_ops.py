@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from recis_compat.nn.functional._args import as_bool_list, as_int_list
+from recis_compat.ops.features import as_bool_list, as_int_list
 from recis_compat.ops import features as _F
 
 logger = logging.getLogger(__name__)
