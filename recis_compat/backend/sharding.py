@@ -47,7 +47,7 @@ from recis_compat.utils import dist_timeout
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
            "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group", "DistributedExchangeError",
-           "DynamicModuleSharder", "guarded_reverse_exchange"]
+           "DynamicModuleSharder", "guarded_reverse_exchange", "record_context_stream"]
 
 DYNAMIC_TABLE_KERNEL = "recis_dynamic_hash"
 _PLAN_KEY = "rows"
@@ -109,7 +109,29 @@ class _Ctx(Multistreamable):
         self.readonly = False
 
     def record_stream(self, stream) -> None:
-        pass
+        record_context_stream(self, stream)
+
+
+def record_context_stream(ctx, stream) -> None:
+    """``Multistreamable.record_stream`` for a per-lookup context: every tensor it holds (directly,
+    in lists / tuples, or inside nested contexts and KJTs) is recorded on ``stream``, so a pipeline
+    that runs the next stage on another CUDA stream does not free them early. No stream (CPU
+    pipelines) records nothing."""
+    if stream is None:
+        return
+
+    def visit(value) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_cuda:
+                value.record_stream(stream)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+        elif isinstance(value, Multistreamable):
+            value.record_stream(stream)
+
+    for value in vars(ctx).values():
+        visit(value)
 
 
 def guarded_reverse_exchange(sent: torch.Tensor, received: torch.Tensor, grad: torch.Tensor,

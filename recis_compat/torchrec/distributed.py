@@ -37,7 +37,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Multistreamable
 
 from recis_compat.backend.sharding import (DistributedExchangeError, DynamicModuleSharder, DynamicTableSharder,
-                                           ShardedDynamicTable, dynamic_table_plan, guarded_reverse_exchange)
+                                           ShardedDynamicTable, dynamic_table_plan, guarded_reverse_exchange,
+                                           record_context_stream)
 from recis_compat.backend.slices import owner_ranks
 from recis_compat.backend.sharding import shard_model as _backend_shard_model
 from recis_compat.torchrec.modules import (DynamicEmbeddingBagCollection, DynamicEmbeddingCollection,
@@ -59,7 +60,7 @@ class _GroupCtx(Multistreamable):
         self.table_ctxs: List[Any] = []                   # owner: per-table lookup contexts
 
     def record_stream(self, stream) -> None:
-        pass
+        record_context_stream(self, stream)
 
 
 class _CollectionCtx(Multistreamable):
@@ -72,7 +73,7 @@ class _CollectionCtx(Multistreamable):
         self.groups: List[_GroupCtx] = []
 
     def record_stream(self, stream) -> None:
-        pass
+        record_context_stream(self, stream)
 
 
 class _ExchangeGroup(nn.Module):

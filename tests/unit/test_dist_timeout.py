@@ -260,3 +260,31 @@ def test_second_backward_through_one_exchange_is_refused():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="table 'user': backward ran twice through one sharded lookup"):
         loss.backward()
+
+
+def test_lookup_contexts_record_nested_state_on_a_stream():
+    """record_context_stream visits nested contexts in lists (KJTs, per-table contexts) and does
+    nothing without a stream (CPU pipelines); CPU tensors are skipped."""
+    import torch
+    from torchrec.streamable import Multistreamable
+
+    from recis_compat.backend.sharding import record_context_stream
+
+    class Spy(Multistreamable):
+        def __init__(self):
+            self.seen = []
+
+        def record_stream(self, stream):
+            self.seen.append(stream)
+
+    class Ctx:
+        def __init__(self, a, b):
+            self.nested = [a, (b,)]
+            self.rows = torch.zeros(2)
+            self.count = 3
+
+    a, b = Spy(), Spy()
+    record_context_stream(Ctx(a, b), None)
+    assert a.seen == [] and b.seen == []
+    record_context_stream(Ctx(a, b), "stream-1")
+    assert a.seen == ["stream-1"] and b.seen == ["stream-1"]
