@@ -118,14 +118,18 @@ def _layer_errors(mod: str, path: pathlib.Path) -> List[str]:
         if src not in LAYERS:
             errors.append(f"{where}: package {src!r} has no layer in tests/unit/test_import_layering.py")
             continue
-        if dst in APART or dst == src:
-            pass
+        if dst in APART or dst == src:       # stand-apart packages and the own package are always fine
+            layer_error = None
         elif dst not in LAYERS:
-            errors.append(f"{where}: package {dst!r} has no layer")
+            layer_error = f"package {dst!r} has no layer"
         elif LAYERS[dst] > LAYERS[src]:
-            errors.append(f"{where}: {src} (layer {LAYERS[src]}) imports {dst} (layer {LAYERS[dst]})")
+            layer_error = f"{src} (layer {LAYERS[src]}) imports {dst} (layer {LAYERS[dst]})"
         elif src in ONLY and dst not in ONLY[src]:
-            errors.append(f"{where}: {src} may import only {sorted(ONLY[src])}")
+            layer_error = f"{src} may import only {sorted(ONLY[src])}"
+        else:
+            layer_error = None
+        if layer_error:
+            errors.append(f"{where}: {layer_error}")
         if name and name.startswith("_") and not name.endswith("__") and dst != src and (mod, f"{target}.{name}") not in ALLOWED:
             errors.append(f"{where}: private name {name!r} of another package")
     return errors
