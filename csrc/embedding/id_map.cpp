@@ -272,6 +272,44 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cpu(const at::Tensor& ids_in) 
   return {uniq.narrow(0, 0, count), inverse};
 }
 
+// ---------------------------------------------------------------------------------- ids_partition
+// RecIS's ids_partition: (unique [U], inverse [N], rank_counts [world]) with the distinct ids
+// grouped by owner rank (rank 0's first), first-occurrence order inside each rank's group, and
+// unique[inverse] == ids. One dedupe pass, then a counting sort by owner (stable) and a remap of
+// the inverse: what a sharded lookup sends, in O(N + U) instead of a dedupe, an argsort by owner
+// and two permutations of the looked-up rows (forward and backward).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ids_partition_cpu(const at::Tensor& ids_in, int64_t world) {
+  check_partition_args(kOpPartition, ids_in, world);
+  auto [uniq, inverse] = unique_inverse_cpu(ids_in);
+  const int64_t u_count = uniq.numel();
+  auto counts = at::zeros({world}, ids_in.options());
+  int64_t* c = counts.data_ptr<int64_t>();
+  if (world == 1) {
+    c[0] = u_count;
+    return {uniq, inverse, counts};
+  }
+  const int64_t* u = uniq.data_ptr<int64_t>();
+  std::vector<int64_t> owner(u_count);
+  for (int64_t i = 0; i < u_count; ++i) {
+    owner[i] = owner_rank(u[i], world);
+    ++c[owner[i]];
+  }
+  std::vector<int64_t> next(world, 0);
+  for (int64_t r = 1; r < world; ++r) next[r] = next[r - 1] + c[r - 1];
+  auto grouped = at::empty({u_count}, ids_in.options());
+  int64_t* g = grouped.data_ptr<int64_t>();
+  std::vector<int64_t> position(u_count);
+  for (int64_t i = 0; i < u_count; ++i) {
+    const int64_t p = next[owner[i]]++;
+    g[p] = u[i];
+    position[i] = p;
+  }
+  int64_t* inv = inverse.data_ptr<int64_t>();
+  const int64_t n = inverse.numel();
+  for (int64_t j = 0; j < n; ++j) inv[j] = position[inv[j]];
+  return {grouped, inverse, counts};
+}
+
 // ---------------------------------------------------------------------------------- delete
 at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows, const at::Tensor& ids_in) {
   const char* op = kOpDelete;
@@ -445,6 +483,7 @@ TORCH_LIBRARY_FRAGMENT(recis_compat, m) {
   m.def("id_map_rehash(Tensor table, Tensor meta, int new_capacity) -> (Tensor, Tensor)");
   m.def("id_map_export(Tensor table, Tensor meta) -> (Tensor, Tensor)");
   m.def("unique_inverse(Tensor ids) -> (Tensor, Tensor)");
+  m.def("ids_partition(Tensor ids, int world_size) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(recis_compat, CPU, m) {
@@ -454,6 +493,7 @@ TORCH_LIBRARY_IMPL(recis_compat, CPU, m) {
   m.impl("id_map_rehash", &idmap::rehash_cpu);
   m.impl("id_map_export", &idmap::export_cpu);
   m.impl("unique_inverse", &idmap::unique_inverse_cpu);
+  m.impl("ids_partition", &idmap::ids_partition_cpu);
 }
 
 }  // namespace recis_compat

@@ -402,6 +402,32 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cuda(const at::Tensor& ids_in)
   return {ids_in.contiguous().masked_select(is_new), inverse};
 }
 
+__global__ void owner_kernel(const int64_t* ids, int64_t* owner, int64_t n, int64_t world) {
+  GRID_STRIDE(i, n) { owner[i] = owner_rank(ids[i], world); }
+}
+
+// ids_partition: the CUDA twin of the CPU kernel (same result): dedupe (first-occurrence order),
+// owner of every distinct id, a stable sort by owner, the inverse remapped through the new
+// positions.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ids_partition_cuda(const at::Tensor& ids_in, int64_t world) {
+  check_partition_args(kOpPartition, ids_in, world);
+  const c10::cuda::CUDAGuard guard(ids_in.device());
+  auto [uniq, inverse] = unique_inverse_cuda(ids_in);
+  const int64_t u_count = uniq.numel();
+  if (world == 1) return {uniq, inverse, at::full({1}, u_count, ids_in.options())};
+  auto owner = at::empty({u_count}, ids_in.options());
+  if (u_count > 0) {
+    owner_kernel<<<blocks_for(u_count), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        uniq.data_ptr<int64_t>(), owner.data_ptr<int64_t>(), u_count, world);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  auto sorted = at::sort(owner, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor& order = std::get<1>(sorted);
+  auto position = at::empty_like(order);
+  position.index_put_({order}, at::arange(u_count, order.options()));
+  return {uniq.index_select(0, order), position.index_select(0, inverse), at::bincount(owner, {}, world)};
+}
+
 }  // namespace
 }  // namespace idmap
 
@@ -412,6 +438,7 @@ TORCH_LIBRARY_IMPL(recis_compat, CUDA, m) {
   m.impl("id_map_rehash", &idmap::rehash_cuda);
   m.impl("id_map_export", &idmap::export_cuda);
   m.impl("unique_inverse", &idmap::unique_inverse_cuda);
+  m.impl("ids_partition", &idmap::ids_partition_cuda);
 }
 
 }  // namespace recis_compat

@@ -65,6 +65,25 @@ constexpr const char* kOpDelete = "recis_compat::id_map_delete";
 constexpr const char* kOpRehash = "recis_compat::id_map_rehash";
 constexpr const char* kOpExport = "recis_compat::id_map_export";
 constexpr const char* kOpUnique = "recis_compat::unique_inverse";
+constexpr const char* kOpPartition = "recis_compat::ids_partition";
+
+// RecIS's row partition rule (recis_compat/backend/slices.py): the id space is cut into 65536
+// slices by id & 0xFFFF; rank r of `world` owns a contiguous slice range, the first
+// 65536 % world ranges holding one extra slice. Requires 1 <= world <= 65536.
+constexpr int64_t kSliceCount = 65536;
+RECIS_HD int64_t owner_rank(int64_t id, int64_t world) {
+  const int64_t s = id & (kSliceCount - 1);
+  const int64_t per = kSliceCount / world, extra = kSliceCount % world;
+  const int64_t big = extra * (per + 1);  // slices held by the ranks with one extra
+  return s < big ? s / (per + 1) : extra + (s - big) / per;
+}
+
+inline void check_partition_args(const char* op, const at::Tensor& ids, int64_t world) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1, op, ": ids must be a 1-D int64 tensor, got ",
+              ids.scalar_type(), " of shape ", ids.sizes());
+  TORCH_CHECK(world >= 1 && world <= kSliceCount, op, ": world_size must be in [1, ", kSliceCount, "], got ",
+              world);
+}
 
 inline bool is_pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
 

@@ -31,6 +31,12 @@ Ops (``torch.ops.recis_compat.*``; ``!`` = mutated in place):
     ids int64 ``[N]`` -> ``unique`` ``[U]`` in first-occurrence order (data-dependent U) and
     ``inverse`` ``[N]`` with ``unique[inverse] == ids``. Pure.
 
+``ids_partition(ids, world_size) -> (unique, inverse, rank_counts)``
+    RecIS's ids_partition: the distinct ids grouped by owner rank (the slice rule of
+    ``backend/slices.py``; rank 0's group first, first-occurrence order inside a group),
+    ``inverse`` ``[N]`` with ``unique[inverse] == ids`` and ``rank_counts`` int64 ``[world_size]``
+    (the size of every group). Pure.
+
 ``IdMapRef`` and the ``*_ref`` functions in ``tests/ops/reference_kernels.py`` are a dict-based
 reference with the same semantics; the tests compare the kernels against them.
 """
@@ -77,6 +83,12 @@ def _export_fake(table, meta):
 def _unique_inverse_fake(ids):
     u = torch.library.get_ctx().new_dynamic_size()
     return ids.new_empty((u,)), ids.new_empty(ids.shape)
+
+
+@torch.library.register_fake("recis_compat::ids_partition")
+def _ids_partition_fake(ids, world_size):
+    u = torch.library.get_ctx().new_dynamic_size()
+    return ids.new_empty((u,)), ids.new_empty(ids.shape), ids.new_empty((world_size,))
 
 
 def empty_state(capacity: int = 16, device=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -134,3 +146,12 @@ def unique_first_seen(ids: torch.Tensor, return_counts: bool = False):
     if return_counts:
         return uniq, inverse, torch.bincount(inverse, minlength=uniq.numel())
     return uniq, inverse
+
+
+def ids_partition(ids: torch.Tensor, world_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(unique [U], inverse [N], rank_counts [world_size])`` of int64 ``ids`` (flattened):
+    the distinct ids grouped by the rank that owns them (``backend/slices.py``'s rule), rank 0's
+    first, first-occurrence order inside each group; ``unique[inverse] == ids``;
+    ``rank_counts[r]`` ids of ``unique`` belong to rank ``r``. The csrc op ``ids_partition``
+    (one dedupe pass and a counting sort by owner)."""
+    return torch.ops.recis_compat.ids_partition(ids.reshape(-1), int(world_size))

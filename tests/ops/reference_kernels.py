@@ -291,6 +291,24 @@ def unique_first_seen_ref(ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor
     return torch.tensor(list(order), dtype=torch.int64), torch.tensor(inverse, dtype=torch.int64)
 
 
+def ids_partition_ref(ids: torch.Tensor, world_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Python reference of ``ids_partition``: first-seen dedupe, owner of each distinct id by the
+    slice rule written out (65536 slices by ``id & 0xFFFF``, contiguous ranges, the first
+    ``65536 % W`` ranks one slice more), a stable grouping by owner."""
+    uniq, inverse = unique_first_seen_ref(ids)
+    per, extra = divmod(65536, world_size)
+    bounds = [0]
+    for r in range(world_size):
+        bounds.append(bounds[-1] + per + (1 if r < extra else 0))
+    owner = [next(r for r in range(world_size) if bounds[r] <= (v & 0xFFFF) < bounds[r + 1]) for v in uniq.tolist()]
+    order = sorted(range(len(owner)), key=lambda i: owner[i])      # sorted() is stable
+    position = {old: new for new, old in enumerate(order)}
+    counts = [owner.count(r) for r in range(world_size)]
+    return (uniq[torch.tensor(order, dtype=torch.int64)] if order else uniq,
+            torch.tensor([position[i] for i in inverse.tolist()], dtype=torch.int64),
+            torch.tensor(counts, dtype=torch.int64))
+
+
 # ----------------------------------------------------------------------------- reference
 class IdMapRef:
     """Dict-based reference of the id map with the kernels' row-assignment rules."""

@@ -379,3 +379,47 @@ def test_unique_inverse_cuda_twin_matches_cpu():
     u, i = torch.ops.recis_compat.unique_inverse(ids)
     gu, gi = torch.ops.recis_compat.unique_inverse(ids.cuda())
     assert torch.equal(gu.cpu(), u) and torch.equal(gi.cpu(), i)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7, 65536])
+@pytest.mark.parametrize("n", [0, 1, 5000])
+def test_ids_partition_matches_the_python_reference(world, n):
+    g = torch.Generator().manual_seed(world * 31 + n)
+    ids = torch.randint(-(1 << 62), 1 << 62, (n,), generator=g, dtype=torch.int64)
+    if n > 10:
+        ids[n // 2:] = ids[: n - n // 2].clone()     # every id of the first half repeats
+        ids[::17] = torch.iinfo(torch.int64).min
+        ids[5::19] = -1
+    uniq, inverse, counts = ops.ids_partition(ids, world)
+    ru, ri, rc = R.ids_partition_ref(ids, world)
+    assert torch.equal(uniq, ru) and torch.equal(inverse, ri) and torch.equal(counts, rc)
+    assert torch.equal(uniq[inverse], ids)
+    assert int(counts.sum()) == uniq.numel() and counts.numel() == world
+
+
+def test_ids_partition_groups_by_the_backend_slice_rule():
+    """The owner groups agree with ``backend.slices.owner_ranks`` (the rule the shards use)."""
+    from recis_compat.backend.slices import owner_ranks
+    ids = torch.randint(0, 1 << 40, (20000,), generator=torch.Generator().manual_seed(4))
+    for world in (2, 5):
+        uniq, _, counts = ops.ids_partition(ids, world)
+        expected = torch.repeat_interleave(torch.arange(world), counts)
+        assert torch.equal(owner_ranks(uniq, world), expected)
+
+
+def test_ids_partition_opcheck_and_errors():
+    torch.library.opcheck(torch.ops.recis_compat.ids_partition.default, (torch.tensor([5, 3, 70000, -1, 3]), 2))
+    with pytest.raises(RuntimeError, match="ids_partition: ids must be a 1-D int64"):
+        torch.ops.recis_compat.ids_partition(torch.tensor([1, 2], dtype=torch.int32), 2)
+    with pytest.raises(RuntimeError, match=r"ids_partition: world_size must be in \[1, 65536\], got 0"):
+        torch.ops.recis_compat.ids_partition(torch.tensor([1, 2]), 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ids_partition_cuda_twin_matches_cpu():
+    ids = torch.randint(-(1 << 40), 1 << 40, (20000,))
+    ids[::2] = ids[1::2]
+    for world in (1, 2, 3):
+        cpu = ops.ids_partition(ids, world)
+        gpu = ops.ids_partition(ids.cuda(), world)
+        assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
