@@ -72,13 +72,14 @@ INT32_OFFSETS_LIMIT = int(np.iinfo(np.int32).max)
 """Most entries one int32 offsets level can index (read at call time, so tests can lower it)."""
 
 
-def concat_pieces(kind: str, pieces: Sequence[Piece], column: str = "?") -> Piece:
+def concat_pieces(kind: str, pieces: Sequence[Piece], column: str = "?",
+                  error: type = OrcDataError) -> Piece:
     """Glue pieces (from :func:`take_rows`) into one batch column named ``column``.
 
     Offsets keep their dtype (int32 for ``list<>``/``string``, int64 for ``large_list<>``; a
     batch mixing both gets int64, numpy's promotion). A batch whose int32 offsets level would
-    have to count more than :data:`INT32_OFFSETS_LIMIT` entries is refused with
-    :class:`~.errors.OrcDataError` naming the column (int32 would wrap to negative offsets;
+    have to count more than :data:`INT32_OFFSETS_LIMIT` entries is refused with ``error`` (the
+    format's :class:`~.errors.DataError`) naming the column (int32 would wrap to negative offsets;
     RecIS's RaggedTensor contract keeps int32 offsets for ``list<>`` columns). A single piece is
     returned as is: its offsets are one Arrow array's, which fit their own dtype."""
     if len(pieces) == 1:
@@ -96,7 +97,7 @@ def concat_pieces(kind: str, pieces: Sequence[Piece], column: str = "?") -> Piec
         if dtype == np.int32 and sum(ends) > INT32_OFFSETS_LIMIT:
             leaf = "string bytes" if kind == STRINGS else "values"
             what = leaf if k == levels - 1 else f"entries of list level {k + 1}"
-            raise OrcDataError(
+            raise error(
                 f"column {column!r}: one batch holds {sum(ends)} {what}, more than its int32 "
                 f"offsets can index ({INT32_OFFSETS_LIMIT}); use a smaller batch_size, or write "
                 f"the column as large_list<> (int64 offsets)")

@@ -1,8 +1,11 @@
-"""Arrow columns of one stripe -> :class:`~.column_chunk.ColumnChunk` (validated, hashed, cast).
+"""Arrow columns of one stripe / row group -> :class:`~.column_chunk.ColumnChunk` (validated,
+hashed, cast).
 
 Rules (column_io's, as RecIS 1.0 applies them):
   * a selected column must be ``list<T>``/``large_list<T>``, possibly nested, or
-    ``list<struct<k, v>>``; a missing or non-list column is an error;
+    ``list<struct<k, v>>``; a missing or non-list column is an error. Formats whose
+    :class:`ReadRules` say ``scalars`` (Parquet) also accept plain numeric, bool and string
+    columns, read as one-element rows: a null scalar is an empty row (the fixedlen default);
   * a null list *row* is an empty list; a null *element* at any inner level is an error;
   * fixedlen (dense) columns must be ``list<numeric>`` whose rows hold 0 or ``D`` values
     (``D = len(default_value)``); empty rows get the default; result ``[rows, D]``;
@@ -15,10 +18,12 @@ Rules (column_io's, as RecIS 1.0 applies them):
     (:func:`check_same_types`; only widths may differ, see ``_WIDENING``);
   * a float value that overflows the dataset ``dtype`` (a double past float32's range) is an
     error, not an inf.
-Every error names the file and the column and says what was expected.
+Every error names the file and the column and says what was expected; its class is the
+format's (:class:`ReadRules` ``error``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -30,10 +35,33 @@ from recis_compat.io.column_chunk import DENSE, RAGGED, STRINGS, ColumnChunk
 from recis_compat.io.dataset_config import ColumnSpec
 from recis_compat.io.errors import OrcDataError, where
 
-__all__ = ["convert_record_batch", "check_schema", "check_same_types", "type_signature"]
+__all__ = ["ReadRules", "ORC_RULES", "convert_record_batch", "check_schema", "check_same_types",
+           "type_signature"]
 
-_LIST_HINT = ("OrcDataset reads list<T>, large_list<T> (possibly nested) or list<struct<k,v>> "
-              "columns")
+
+@dataclass(frozen=True)
+class ReadRules:
+    """What a file format's dataset accepts, and how it reports what it does not.
+
+    Attributes:
+        dataset: the dataset class name, for messages (``"OrcDataset"``).
+        error: the :class:`~.errors.DataError` subclass raised.
+        scalars: plain (non-list) numeric/bool/string columns are read as one-element rows.
+    """
+
+    dataset: str
+    error: type
+    scalars: bool = False
+
+    @property
+    def hint(self) -> str:
+        kinds = "list<T>, large_list<T> (possibly nested) or list<struct<k,v>> columns"
+        if self.scalars:
+            kinds = "scalar int/float/bool/string columns (one value per row) or " + kinds
+        return f"{self.dataset} reads {kinds}"
+
+
+ORC_RULES = ReadRules("OrcDataset", OrcDataError, scalars=False)
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -49,18 +77,36 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def check_schema(schema: pa.Schema, specs: Sequence[ColumnSpec], path: str) -> None:
-    """Raise :class:`OrcDataError` if a selected column is missing or is not a list column."""
+def _is_scalar(t: pa.DataType) -> bool:
+    """A plain (non-list) column the ``scalars`` rule accepts; dictionary-encoded columns are
+    judged by their value type."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return _is_number(t) or _is_string(t)
+
+
+def check_schema(schema: pa.Schema, specs: Sequence[ColumnSpec], path: str,
+                 rules: ReadRules = ORC_RULES) -> None:
+    """Raise ``rules.error`` if a selected column is missing or has a type ``rules`` refuse
+    (not a list; with ``rules.scalars`` not a list and not a scalar number/string; a scalar
+    fixedlen column whose default is not one value wide)."""
     names = set(schema.names)
     missing = [s.name for s in specs if s.name not in names]
     if missing:
-        raise OrcDataError(
+        raise rules.error(
             f"{where(path, missing[0])}: selected column not in sample (missing columns: "
             f"{missing}; the file has {sorted(names)})")
     for s in specs:
         t = schema.field(s.name).type
-        if not _is_list(t):
-            raise OrcDataError(f"{where(path, s.name)}: type {t} is not a list; {_LIST_HINT}")
+        if _is_list(t):
+            continue
+        if not (rules.scalars and _is_scalar(t)):
+            raise rules.error(f"{where(path, s.name)}: type {t} is not a list; {rules.hint}")
+        if s.is_dense and len(s.dense_default) != 1:
+            raise rules.error(
+                f"{where(path, s.name)}: scalar column ({t}) gives one value per row but "
+                f"fixedlen_feature default_value has {len(s.dense_default)} values; use a "
+                f"one-element default or a list column")
 
 
 _WIDENING = ("files may differ only in integer width (int8..int64: widened to the wider type when "
@@ -71,7 +117,9 @@ _WIDENING = ("files may differ only in integer width (int8..int64: widened to th
 def type_signature(t: pa.DataType) -> tuple:
     """The part of a column type that must agree between the files of one dataset: nesting
     (list and large_list alike), struct fields, and the element kind (signed int, unsigned int,
-    float, bool, bytes); widths are left out (see ``_WIDENING``)."""
+    float, bool, bytes); widths and dictionary encoding are left out (see ``_WIDENING``)."""
+    if pa.types.is_dictionary(t):
+        return type_signature(t.value_type)
     if _is_list(t):
         return ("list", type_signature(t.value_type))
     if pa.types.is_struct(t):
@@ -91,9 +139,10 @@ def type_signature(t: pa.DataType) -> tuple:
 
 
 def check_same_types(schema: pa.Schema, specs: Sequence[ColumnSpec], path: str,
-                     ref_schema: pa.Schema, ref_path: str) -> List[str]:
+                     ref_schema: pa.Schema, ref_path: str,
+                     rules: ReadRules = ORC_RULES) -> List[str]:
     """Compare the selected columns of file ``path`` with the reference file ``ref_path`` (the
-    dataset's first file). Raise :class:`OrcDataError` naming the column and both files when a
+    dataset's first file). Raise ``rules.error`` naming the column and both files when a
     type differs beyond widening; return the names of columns that differ only in width (they
     are widened, see ``_WIDENING``). Both schemas have passed :func:`check_schema`."""
     widened = []
@@ -102,7 +151,7 @@ def check_same_types(schema: pa.Schema, specs: Sequence[ColumnSpec], path: str,
         if t == r:
             continue
         if type_signature(t) != type_signature(r):
-            raise OrcDataError(
+            raise rules.error(
                 f"{where(path, s.name)}: type {t} differs from {r} in file {ref_path!r} (the "
                 f"dataset's first file); every file of a dataset must give a column the same "
                 f"type: {_WIDENING}")
@@ -125,11 +174,12 @@ def _offsets_view(arr: pa.Array) -> np.ndarray:
     return _buffer_view(arr.buffers()[1], dt, len(arr) + 1, arr.offset)
 
 
-def _numbers(arr: pa.Array, float_dtype: np.dtype, path: str, name: str) -> np.ndarray:
+def _numbers(arr: pa.Array, float_dtype: np.dtype, path: str, name: str,
+             rules: ReadRules) -> np.ndarray:
     """Leaf numbers as numpy; floats cast to ``float_dtype``; integers keep their type.
 
-    A finite value that the cast turns into inf (a double beyond float32's range) is an
-    :class:`OrcDataError` naming the file and column (numpy would only warn)."""
+    A finite value that the cast turns into inf (a double beyond float32's range) is a
+    ``rules.error`` naming the file and column (numpy would only warn)."""
     if pa.types.is_boolean(arr.type):
         return arr.to_numpy(zero_copy_only=False)
     np_dtype = arr.type.to_pandas_dtype()
@@ -143,7 +193,7 @@ def _numbers(arr: pa.Array, float_dtype: np.dtype, path: str, name: str) -> np.n
                 bad = np.flatnonzero(inf & np.isfinite(vals))
                 if len(bad):
                     i = int(bad[0])
-                    raise OrcDataError(
+                    raise rules.error(
                         f"{where(path, name)}: value {float(vals[i])!r} (element {i} of the "
                         f"stripe's values) overflows the dataset dtype {np.dtype(float_dtype).name} "
                         f"({len(bad)} such values); rescale the column or use a wider dtype")
@@ -151,7 +201,8 @@ def _numbers(arr: pa.Array, float_dtype: np.dtype, path: str, name: str) -> np.n
     return vals
 
 
-def _unnest(arr: pa.Array, path: str, name: str) -> Tuple[List[np.ndarray], pa.Array]:
+def _unnest(arr: pa.Array, path: str, name: str,
+            rules: ReadRules) -> Tuple[List[np.ndarray], pa.Array]:
     """Peel every list level: ``(offsets per level outermost first, leaf array)``.
 
     Null rows of the outermost level become empty lists; nulls deeper down are rejected.
@@ -161,8 +212,8 @@ def _unnest(arr: pa.Array, path: str, name: str) -> Tuple[List[np.ndarray], pa.A
     while _is_list(arr.type):
         if arr.null_count:
             if depth > 0:
-                raise OrcDataError(f"{where(path, name)}: null elements inside lists are not "
-                                   f"supported (found null inner lists at nesting level {depth})")
+                raise rules.error(f"{where(path, name)}: null elements inside lists are not "
+                                  f"supported (found null inner lists at nesting level {depth})")
             lengths = pc.list_value_length(arr).fill_null(0).to_numpy()
             dt = np.int64 if pa.types.is_large_list(arr.type) else np.int32
             off = np.zeros(len(arr) + 1, dtype=dt)
@@ -174,10 +225,26 @@ def _unnest(arr: pa.Array, path: str, name: str) -> Tuple[List[np.ndarray], pa.A
             arr = arr.values
         depth += 1
     if arr.null_count:
-        raise OrcDataError(f"{where(path, name)}: null elements inside lists are not supported "
-                           f"(RecIS: 'Not support column with null elements inside'); "
-                           f"{arr.null_count} null {arr.type} values found")
+        raise rules.error(f"{where(path, name)}: null elements inside lists are not supported "
+                          f"(RecIS: 'Not support column with null elements inside'); "
+                          f"{arr.null_count} null {arr.type} values found")
     return levels, arr
+
+
+def _scalar_as_list(arr: pa.Array) -> pa.Array:
+    """A scalar column as ``list<T>`` with one-element rows; null scalars become empty rows.
+    Without nulls the values are not copied."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    n = len(arr)
+    if arr.null_count == 0:
+        offsets = np.arange(n + 1, dtype=np.int32)
+    else:
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(valid, out=offsets[1:])
+        arr = arr.drop_null()
+    return pa.ListArray.from_arrays(pa.array(offsets), arr)
 
 
 class _HashJobs:
@@ -205,15 +272,16 @@ class _HashJobs:
 
 
 def _leaf_values(leaf: pa.Array, spec: ColumnSpec, path: str, float_dtype, hashes: _HashJobs,
-                 chunk: ColumnChunk, attr: str, levels: List[np.ndarray]) -> None:
+                 chunk: ColumnChunk, attr: str, levels: List[np.ndarray],
+                 rules: ReadRules) -> None:
     """Fill ``chunk.<attr>`` (values or weight) from a leaf array; may append a byte level."""
     t = leaf.type
     if _is_number(t):
-        setattr(chunk, attr, _numbers(leaf, float_dtype, path, spec.name))
+        setattr(chunk, attr, _numbers(leaf, float_dtype, path, spec.name, rules))
     elif _is_string(t):
         if attr == "weight":
-            raise OrcDataError(f"{where(path, spec.name)}: struct field 'v' (the weight) must be "
-                               f"numeric, got {t}")
+            raise rules.error(f"{where(path, spec.name)}: struct field 'v' (the weight) must be "
+                              f"numeric, got {t}")
         if spec.hash_type in ("farm", "murmur"):
             chunk.values = None
             hashes.add(spec.hash_type, leaf, spec.hash_bucket,
@@ -228,43 +296,60 @@ def _leaf_values(leaf: pa.Array, spec: ColumnSpec, path: str, float_dtype, hashe
                 chunk.kind = STRINGS
                 chunk.values = data
     else:
-        raise OrcDataError(f"{where(path, spec.name)}: unsupported element type {t}; expected "
-                           f"integers, floats, strings or struct<k, v>")
+        raise rules.error(f"{where(path, spec.name)}: unsupported element type {t}; expected "
+                          f"integers, floats, strings or struct<k, v>")
 
 
 def _convert_varlen(arr: pa.Array, spec: ColumnSpec, path: str, float_dtype,
-                    hashes: _HashJobs) -> ColumnChunk:
-    levels, leaf = _unnest(arr, path, spec.name)
+                    hashes: _HashJobs, rules: ReadRules) -> ColumnChunk:
+    levels, leaf = _unnest(arr, path, spec.name, rules)
     chunk = ColumnChunk(RAGGED, None, levels)
     if pa.types.is_struct(leaf.type):
         names = [leaf.type.field(i).name for i in range(leaf.type.num_fields)]
         if "k" not in names or "v" not in names:
-            raise OrcDataError(f"{where(path, spec.name)}: struct elements must have fields "
-                               f"'k' (ids) and 'v' (weights), got {names}")
+            raise rules.error(f"{where(path, spec.name)}: struct elements must have fields "
+                              f"'k' (ids) and 'v' (weights), got {names}")
         fields = dict(zip(names, leaf.flatten()))
         for fname in ("k", "v"):
             if fields[fname].null_count:
-                raise OrcDataError(f"{where(path, spec.name)}: null elements inside lists are "
-                                   f"not supported (struct field {fname!r} has nulls)")
+                raise rules.error(f"{where(path, spec.name)}: null elements inside lists are "
+                                  f"not supported (struct field {fname!r} has nulls)")
         if _is_string(fields["k"].type) and spec.hash_type not in ("farm", "murmur"):
-            raise OrcDataError(f"{where(path, spec.name)}: string struct ids need "
-                               f"varlen_feature(hash_type='farm'|'murmur')")
-        _leaf_values(fields["k"], spec, path, float_dtype, hashes, chunk, "values", levels)
-        _leaf_values(fields["v"], spec, path, float_dtype, hashes, chunk, "weight", levels)
+            raise rules.error(f"{where(path, spec.name)}: string struct ids need "
+                              f"varlen_feature(hash_type='farm'|'murmur')")
+        _leaf_values(fields["k"], spec, path, float_dtype, hashes, chunk, "values", levels, rules)
+        _leaf_values(fields["v"], spec, path, float_dtype, hashes, chunk, "weight", levels, rules)
     else:
-        _leaf_values(leaf, spec, path, float_dtype, hashes, chunk, "values", levels)
+        _leaf_values(leaf, spec, path, float_dtype, hashes, chunk, "values", levels, rules)
     return chunk
 
 
+def _convert_dense_scalar(arr: pa.Array, spec: ColumnSpec, path: str,
+                          float_dtype, rules: ReadRules) -> ColumnChunk:
+    """A scalar numeric column as ``[rows, 1]``; null rows get the default."""
+    if not _is_number(arr.type):
+        raise rules.error(f"{where(path, spec.name)}: a fixedlen (dense) column must be numeric "
+                          f"(a scalar or list<numeric>), got {arr.type}")
+    if arr.null_count:
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        present = _numbers(arr.drop_null(), float_dtype, path, spec.name, rules)
+        values = np.empty(len(arr), dtype=present.dtype)
+        values[:] = np.asarray(spec.dense_default[0], dtype=present.dtype)
+        values[valid] = present
+    else:
+        values = _numbers(arr, float_dtype, path, spec.name, rules)
+    return ColumnChunk(DENSE, values.reshape(len(arr), 1), [])
+
+
 def _convert_dense(arr: pa.Array, spec: ColumnSpec, path: str, location: str,
-                   float_dtype) -> ColumnChunk:
+                   float_dtype, rules: ReadRules) -> ColumnChunk:
     width = len(spec.dense_default)
-    levels, leaf = _unnest(arr, path, spec.name)
+    levels, leaf = _unnest(arr, path, spec.name, rules)
     if len(levels) != 1 or not _is_number(leaf.type):
-        raise OrcDataError(f"{where(path, spec.name)}: a fixedlen (dense) column must be "
-                           f"list<numeric>, got {arr.type}")
+        raise rules.error(f"{where(path, spec.name)}: a fixedlen (dense) column must be "
+                          f"list<numeric>, got {arr.type}")
     off = levels[0]
-    vals = _numbers(leaf, float_dtype, path, spec.name)
+    vals = _numbers(leaf, float_dtype, path, spec.name, rules)
     lengths = np.diff(off)
     n = len(lengths)
     full = lengths == width
@@ -272,7 +357,7 @@ def _convert_dense(arr: pa.Array, spec: ColumnSpec, path: str, location: str,
         bad = np.flatnonzero(~full & (lengths != 0))
         if len(bad):
             r = int(bad[0])
-            raise OrcDataError(
+            raise rules.error(
                 f"{where(path, spec.name)}: dense feature dim not match default dim: row {r} "
                 f"of {location} has {int(lengths[r])} values, expected {width} "
                 f"(len(default_value)) or 0")
@@ -287,19 +372,32 @@ def _convert_dense(arr: pa.Array, spec: ColumnSpec, path: str, location: str,
 
 
 def convert_record_batch(batch: pa.RecordBatch, specs: Sequence[ColumnSpec], path: str,
-                         location: str, float_dtype: np.dtype) -> Dict[str, ColumnChunk]:
-    """Convert every selected column of one stripe (``location``, e.g. ``"stripe 0 from row
-    0"``, only feeds error messages)."""
+                         location: str, float_dtype: np.dtype,
+                         rules: ReadRules = ORC_RULES) -> Dict[str, ColumnChunk]:
+    """Convert every selected column of one stripe / row group (``location``, e.g. ``"stripe 0
+    from row 0"``, only feeds error messages)."""
     hashes = _HashJobs()
     out: Dict[str, ColumnChunk] = {}
     for spec in specs:
         arr = batch.column(spec.name)
         if not _is_list(arr.type):
-            raise OrcDataError(f"{where(path, spec.name)}: type {arr.type} is not a list; "
-                               f"{_LIST_HINT}")
+            if not (rules.scalars and _is_scalar(arr.type)):
+                raise rules.error(f"{where(path, spec.name)}: type {arr.type} is not a list; "
+                                  f"{rules.hint}")
+            if spec.is_dense:
+                if len(spec.dense_default) != 1:
+                    raise rules.error(
+                        f"{where(path, spec.name)}: scalar column ({arr.type}) gives one value "
+                        f"per row but fixedlen_feature default_value has "
+                        f"{len(spec.dense_default)} values")
+                if pa.types.is_dictionary(arr.type):
+                    arr = arr.dictionary_decode()
+                out[spec.name] = _convert_dense_scalar(arr, spec, path, float_dtype, rules)
+                continue
+            arr = _scalar_as_list(arr)
         if spec.is_dense:
-            out[spec.name] = _convert_dense(arr, spec, path, location, float_dtype)
+            out[spec.name] = _convert_dense(arr, spec, path, location, float_dtype, rules)
         else:
-            out[spec.name] = _convert_varlen(arr, spec, path, float_dtype, hashes)
+            out[spec.name] = _convert_varlen(arr, spec, path, float_dtype, hashes, rules)
     hashes.run()
     return out

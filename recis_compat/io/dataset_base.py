@@ -49,12 +49,13 @@ def _batch_convert(dense_column, ragged_format, dtype) -> Callable[[list], list]
     return batch_convert(dense_column, ragged_format, dtype)
 
 
-def _output_placement(device: str) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+def _output_placement(device: str, owner: str = "OrcDataset"
+                      ) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """Tensor -> tensor on the output device: None = stay in host memory (``cpu``, or ``pin``
     without CUDA), ``pin_memory()`` (``pin`` with CUDA), ``.to(cuda)`` (``cuda``, via
     ``resolve_device``; host memory when ``RECIS_COMPAT_DEVICE=cpu``)."""
     if device == "cuda":
-        dev = resolve_device("cuda", "OrcDataset(device='cuda')")
+        dev = resolve_device("cuda", f"{owner}(device='cuda')")
         if dev.type == "cpu":
             return None
         return lambda t: t.to(dev, non_blocking=False)
@@ -90,7 +91,7 @@ class DatasetBase(IterableDataset):
         self._ragged_format = ragged_format
         self._dtype = dtype
         self._device = device
-        self._place = _output_placement(device)
+        self._place = _output_placement(device, type(self).__name__)
         if transform_fn is None:
             transform_fn = []
         elif not isinstance(transform_fn, (list, tuple)):

@@ -9,7 +9,8 @@ A state string is a JSON object::
 ``file_index`` indexes this reader's own (sharded, possibly shuffled) file list and ``row`` is
 the first row of that file not yet handed to the consumer. ``fingerprint`` digests that file
 list (relative names and sizes), so a state cannot silently be applied to other files or to
-another worker layout.
+another worker layout. ``format`` is ``recis_compat.orc/1`` for OrcDataset and
+``recis_compat.parquet/1`` for ParquetDataset; a state of one is refused by the other.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import json
 from dataclasses import dataclass
 from typing import Tuple
 
-__all__ = ["ReaderIdentity", "encode", "decode", "start_position"]
+__all__ = ["ReaderIdentity", "encode", "decode", "start_position", "FORMAT", "PARQUET_FORMAT"]
 
 FORMAT = "recis_compat.orc/1"
+PARQUET_FORMAT = "recis_compat.parquet/1"
+FORMATS = (FORMAT, PARQUET_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,10 @@ class ReaderIdentity:
     shuffle: bool
     files: int
     fingerprint: str
+    format: str = FORMAT
 
     def as_dict(self) -> dict:
-        return {"format": FORMAT, "worker_idx": self.worker_idx, "worker_num": self.worker_num,
+        return {"format": self.format, "worker_idx": self.worker_idx, "worker_num": self.worker_num,
                 "sub_id": self.sub_id, "sub_num": self.sub_num, "shuffle": self.shuffle,
                 "files": self.files, "fingerprint": self.fingerprint}
 
@@ -55,10 +59,12 @@ def decode(state) -> dict:
     try:
         d = json.loads(state)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"not an OrcDataset IO state (expected the JSON string written by "
-                         f"recis_compat's dump_io_state): {str(state)[:80]!r}") from e
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ValueError(f"not an OrcDataset IO state of format {FORMAT!r}: {str(state)[:80]!r}")
+        raise ValueError(f"not an OrcDataset IO state nor a ParquetDataset one (expected the "
+                         f"JSON string written by recis_compat's dump_io_state): "
+                         f"{str(state)[:80]!r}") from e
+    if not isinstance(d, dict) or d.get("format") not in FORMATS:
+        raise ValueError(f"not an OrcDataset IO state nor a ParquetDataset one (format one of "
+                         f"{FORMATS}): {str(state)[:80]!r}")
     return d
 
 
@@ -66,6 +72,10 @@ def start_position(state, identity: ReaderIdentity) -> Tuple[int, int]:
     """``(file_index, row)`` to resume from, after checking ``state`` fits ``identity``."""
     d = decode(state)
     mine = identity.as_dict()
+    if d["format"] != identity.format:
+        raise ValueError(f"IO state of format {d['format']!r} cannot resume a reader of format "
+                         f"{identity.format!r} (a state of an OrcDataset resumes an OrcDataset, "
+                         f"one of a ParquetDataset a ParquetDataset)")
     for key in ("worker_num", "worker_idx", "sub_num", "sub_id"):
         if d.get(key) != mine[key]:
             raise ValueError(

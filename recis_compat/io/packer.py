@@ -1,6 +1,6 @@
-"""Re-chunking stripes into batches of exactly ``batch_size`` rows.
+"""Re-chunking read units (stripes, row groups) into batches of exactly ``batch_size`` rows.
 
-A batch may span stripes and files. The last partial batch is emitted smaller, or dropped
+A batch may span units and files. The last partial batch is emitted smaller, or dropped
 with ``drop_remainder``. Each :class:`PackedBatch` carries the reading position *after* its
 last row, already encoded as an IO-state string, so the state stage can record exactly what
 the consumer has received.
@@ -13,7 +13,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import torch
 
 from recis_compat.io.column_chunk import concat_pieces, take_rows, to_nested
-from recis_compat.io.orc_reader import Chunk
+from recis_compat.io.chunk_reader import Chunk
+from recis_compat.io.errors import OrcDataError
 
 __all__ = ["PackedBatch", "pack"]
 
@@ -28,22 +29,24 @@ class PackedBatch:
     nrows: int
 
 
-def _assemble(pieces: List[Tuple[Chunk, int, int]], place) -> dict:
+def _assemble(pieces: List[Tuple[Chunk, int, int]], place, error: type) -> dict:
     first = pieces[0][0]
     out = {}
     for name, col in first.columns.items():
         parts = [take_rows(c.columns[name], a, b) for c, a, b in pieces]
-        out[name] = to_nested(col.kind, concat_pieces(col.kind, parts, name), place)
+        out[name] = to_nested(col.kind, concat_pieces(col.kind, parts, name, error), place)
     return out
 
 
 def pack(chunks: Iterable[Chunk], batch_size: int, drop_remainder: bool,
          make_state: Callable[[int, int], str],
-         place: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[PackedBatch]:
+         place: Optional[Callable[[torch.Tensor], torch.Tensor]],
+         error: type = OrcDataError) -> Iterator[PackedBatch]:
     """Yield batches of ``batch_size`` rows from ``chunks`` (in order).
 
     ``make_state(file_index, row)`` encodes the position after a batch; a batch ending at the
-    end of a file's last stripe records ``(file_index + 1, 0)``.
+    end of a file's last unit records ``(file_index + 1, 0)``. ``error`` is the format's
+    :class:`~.errors.DataError` (a batch column past int32 offsets).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -57,7 +60,7 @@ def pack(chunks: Iterable[Chunk], batch_size: int, drop_remainder: bool,
         else:
             state = make_state(c.file_index, c.row_start + b)
         rows = sum(b - a for _, a, b in pending)
-        return PackedBatch([_assemble(pending, place)], state, rows)
+        return PackedBatch([_assemble(pending, place, error)], state, rows)
 
     for chunk in chunks:
         a = 0
