@@ -184,7 +184,14 @@ def _numbers(arr: pa.Array, float_dtype: np.dtype, path: str, name: str,
         return arr.to_numpy(zero_copy_only=False)
     np_dtype = arr.type.to_pandas_dtype()
     vals = _buffer_view(arr.buffers()[1], np_dtype, len(arr), arr.offset)
-    if pa.types.is_floating(arr.type) and vals.dtype != float_dtype:
+    return _cast_floats(vals, float_dtype, path, name, rules)
+
+
+def _cast_floats(vals: np.ndarray, float_dtype: np.dtype, path: str, name: str,
+                 rules: ReadRules) -> np.ndarray:
+    """Floating ``vals`` cast to ``float_dtype`` (others returned as they are); a finite value
+    the cast makes inf is a ``rules.error`` (see :func:`_numbers`)."""
+    if vals.dtype.kind == "f" and vals.dtype != float_dtype:
         with np.errstate(over="ignore"):
             out = vals.astype(float_dtype)
         if out.dtype.itemsize < vals.dtype.itemsize:
@@ -199,6 +206,23 @@ def _numbers(arr: pa.Array, float_dtype: np.dtype, path: str, name: str,
                         f"({len(bad)} such values); rescale the column or use a wider dtype")
         vals = out
     return vals
+
+
+def _validity(arr: pa.Array):
+    """``bool [len(arr)]`` validity of a flat array (from its bitmap, no copy of the values),
+    or None when it has no nulls."""
+    if arr.null_count == 0:
+        return None
+    bits = np.frombuffer(arr.buffers()[0], dtype=np.uint8)
+    return np.unpackbits(bits, count=arr.offset + len(arr),
+                         bitorder="little")[arr.offset:].view(np.bool_)
+
+
+def _scalar_numbers(arr: pa.Array):
+    """``(values of every slot, validity or None)`` of a flat numeric array (not bool): a
+    zero-copy view whose null slots hold whatever the buffer holds."""
+    vals = _buffer_view(arr.buffers()[1], arr.type.to_pandas_dtype(), len(arr), arr.offset)
+    return vals, _validity(arr)
 
 
 def _unnest(arr: pa.Array, path: str, name: str,
@@ -324,21 +348,38 @@ def _convert_varlen(arr: pa.Array, spec: ColumnSpec, path: str, float_dtype,
     return chunk
 
 
+def _convert_varlen_scalar(arr: pa.Array, spec: ColumnSpec, path: str, float_dtype,
+                           rules: ReadRules) -> ColumnChunk:
+    """A scalar int/float column as one-element ragged rows (null rows empty), straight from
+    the Arrow buffers."""
+    n = len(arr)
+    vals, valid = _scalar_numbers(arr)
+    offsets = np.empty(n + 1, dtype=np.int32)
+    offsets[0] = 0
+    if valid is None:
+        offsets[1:] = np.arange(1, n + 1, dtype=np.int32)
+    else:
+        vals = np.compress(valid, vals)
+        # torch's cumsum of a bool mask into int32 is ~3x numpy's (numpy casts element-wise)
+        torch.cumsum(torch.from_numpy(valid), 0, dtype=torch.int32,
+                     out=torch.from_numpy(offsets[1:]))
+    return ColumnChunk(RAGGED, _cast_floats(vals, float_dtype, path, spec.name, rules), [offsets])
+
+
 def _convert_dense_scalar(arr: pa.Array, spec: ColumnSpec, path: str,
                           float_dtype, rules: ReadRules) -> ColumnChunk:
     """A scalar numeric column as ``[rows, 1]``; null rows get the default."""
     if not _is_number(arr.type):
         raise rules.error(f"{where(path, spec.name)}: a fixedlen (dense) column must be numeric "
                           f"(a scalar or list<numeric>), got {arr.type}")
-    if arr.null_count:
-        valid = arr.is_valid().to_numpy(zero_copy_only=False)
-        present = _numbers(arr.drop_null(), float_dtype, path, spec.name, rules)
-        values = np.empty(len(arr), dtype=present.dtype)
-        values[:] = np.asarray(spec.dense_default[0], dtype=present.dtype)
-        values[valid] = present
+    if pa.types.is_boolean(arr.type):
+        vals = arr.fill_null(bool(spec.dense_default[0])).to_numpy(zero_copy_only=False)
     else:
-        values = _numbers(arr, float_dtype, path, spec.name, rules)
-    return ColumnChunk(DENSE, values.reshape(len(arr), 1), [])
+        vals, valid = _scalar_numbers(arr)
+        if valid is not None:
+            vals = np.where(valid, vals, np.asarray(spec.dense_default[0]).astype(vals.dtype))
+        vals = _cast_floats(vals, float_dtype, path, spec.name, rules)
+    return ColumnChunk(DENSE, vals.reshape(len(arr), 1), [])
 
 
 def _convert_dense(arr: pa.Array, spec: ColumnSpec, path: str, location: str,
@@ -393,6 +434,9 @@ def convert_record_batch(batch: pa.RecordBatch, specs: Sequence[ColumnSpec], pat
                 if pa.types.is_dictionary(arr.type):
                     arr = arr.dictionary_decode()
                 out[spec.name] = _convert_dense_scalar(arr, spec, path, float_dtype, rules)
+                continue
+            if _is_number(arr.type) and not pa.types.is_boolean(arr.type):
+                out[spec.name] = _convert_varlen_scalar(arr, spec, path, float_dtype, rules)
                 continue
             arr = _scalar_as_list(arr)
         if spec.is_dense:

@@ -1,4 +1,5 @@
-"""``recis-compat bench io --quick`` runs and prints the report structure."""
+"""``recis-compat bench io --quick`` runs and prints the report structure (ORC and Parquet
+cases)."""
 import json
 import pathlib
 import subprocess
@@ -13,8 +14,12 @@ def test_bench_io_quick_json():
     report = json.loads(out)
     assert report["benchmark"] == "io"
     names = {(c["name"], c["metric"]) for c in report["cases"]}
-    assert names == {("orc 1 thread", "rows/s"), ("orc 1 thread", "MB/s"),
-                     ("orc 2 threads", "rows/s"), ("orc 2 threads", "MB/s")}
+    assert names == {(f"{fmt} {n}", m) for fmt in ("orc", "parquet")
+                     for n in ("1 thread", "2 threads") for m in ("rows/s", "MB/s")}
     for c in report["cases"]:
-        assert c["baseline"] == "pyarrow 1 thread" and c["higher_is_better"] is True
+        base = "pyarrow parquet 1 thread" if c["name"].startswith("parquet") else "pyarrow 1 thread"
+        assert c["baseline"] == base and c["higher_is_better"] is True
         assert c["value"] > 0 and c["baseline_value"] > 0 and c["ratio"] > 0
+        if c["metric"] == "rows/s" and c["name"].startswith("parquet"):
+            assert c["detail"]["rows"] == 2 * 5000  # the quick synthetic set, every row read
+            assert c["detail"]["pyarrow_threaded_seconds_median"] > 0
