@@ -134,3 +134,32 @@ def test_reads_stream_row_groups(tmp_path, monkeypatch):
     assert 1 <= len(reads) <= 3  # threads + 1 row groups in flight
     rest = drain(it)
     assert sorted(reads) == list(range(40)) and len(rest) == 39
+
+
+def test_scalar_bool_dense_and_sliced_nulls(tmp_path):
+    """bool fixedlen (null -> default), and nullable scalars in row groups cut mid-batch."""
+    flags = [True, None, False, True, None, True, False]
+    pq.write_table(pa.table({"b": pa.array(flags), "v": pa.array([1, None, 3, None, 5, 6, None])}),
+                   str(tmp_path / "a.parquet"), row_group_size=3)
+    ds = _dataset(tmp_path, batch_size=2)
+    ds.fixedlen_feature("b", [1])
+    ds.varlen_feature("v")
+    batches = drain(iter(ds))
+    got = torch.cat([b["b"] for b in batches]).flatten().tolist()
+    assert got == [True, True, False, True, True, True, False]
+    assert torch.cat([b["v"].values() for b in batches]).tolist() == [1, 3, 5, 6]
+    assert [b["v"].offsets()[0].tolist() for b in batches] == [[0, 1, 1], [0, 1, 1], [0, 1, 2],
+                                                               [0, 0]]
+
+
+def test_scalar_double_overflowing_float32_is_named(tmp_path):
+    pq.write_table(pa.table({"big": pa.array([1.0, 1e300, None])}), str(tmp_path / "a.parquet"))
+    for how in ("fixedlen", "varlen"):
+        ds = _dataset(tmp_path)
+        if how == "fixedlen":
+            ds.fixedlen_feature("big", [0.0])
+        else:
+            ds.varlen_feature("big")
+        with pytest.raises(ValueError, match=r"a\.parquet.*'big'.*1e\+300.*overflows the dataset "
+                                             r"dtype float32"):
+            drain(iter(ds))
