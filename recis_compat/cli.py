@@ -1,6 +1,7 @@
 """``recis-compat``: the command-line entry point (click).
 
-Commands: ``doctor`` (what is installed and built), ``bench NAME`` (benchmarks, JSON out).
+Commands: ``doctor`` (what is installed and built), ``bench NAME`` (benchmarks, JSON out),
+``criteo-to-parquet`` / ``criteo-synth`` (Criteo data, recis_compat/tools/criteo_*.py).
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 
 import click
 
+from recis_compat.tools.criteo_synth import command as criteo_synth_command
+from recis_compat.tools.criteo_to_parquet import command as criteo_to_parquet_command
 from recis_compat.tools.csv_to_orc_cli import command as csv_to_orc_command
 
 
@@ -96,6 +99,8 @@ def check_script(script, as_json, target, no_follow):
 
 
 main.add_command(csv_to_orc_command, "csv-to-orc")
+main.add_command(criteo_to_parquet_command, "criteo-to-parquet")
+main.add_command(criteo_synth_command, "criteo-synth")
 
 
 @main.group(short_help="Checkpoint tools: inspect a Trainer checkpoint.")
