@@ -32,6 +32,11 @@ class PackedBatch:
 def _assemble(pieces: List[Tuple[Chunk, int, int]], place, error: type) -> dict:
     first = pieces[0][0]
     out = {}
+    if len(pieces) == 1:  # the common case: the batch lies inside one stripe / row group
+        _, a, b = pieces[0]
+        for name, col in first.columns.items():
+            out[name] = to_nested(col.kind, take_rows(col, a, b), place)
+        return out
     for name, col in first.columns.items():
         parts = [take_rows(c.columns[name], a, b) for c, a, b in pieces]
         out[name] = to_nested(col.kind, concat_pieces(col.kind, parts, name, error), place)
