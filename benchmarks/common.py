@@ -42,12 +42,37 @@ class Case:
     higher_is_better: bool = True
     ratio: float = 0.0
     detail: Dict[str, object] = field(default_factory=dict)
+    # the ratio this case should reach (``ratio >= target`` meets it). None: the report has no
+    # "target" key (as before this field existed) and :func:`case_target` reads ``detail``
+    target: Optional[float] = None
 
     def __post_init__(self):
         if self.baseline_value and self.value:
             self.ratio = (self.value / self.baseline_value if self.higher_is_better
                           else self.baseline_value / self.value)
             self.ratio = round(self.ratio, 4)
+
+
+def case_target(case: Dict[str, object]) -> Optional[float]:
+    """The target ratio of a case as a JSON dict (also reports written before ``Case.target``).
+
+    In order: ``target``; ``detail.target_ratio`` / ``detail.target_ratio_min`` (minimum ratio);
+    ``detail.target_time_ratio_max`` (ours/baseline time at most x, so ratio >= 1/x);
+    ``detail.target_value`` (the metric's own unit: converted through ``baseline_value``).
+    None when the case states no target.
+    """
+    if case.get("target"):
+        return float(case["target"])
+    detail = case.get("detail") or {}
+    for key in ("target_ratio", "target_ratio_min"):
+        if detail.get(key):
+            return float(detail[key])
+    if detail.get("target_time_ratio_max"):
+        return 1.0 / float(detail["target_time_ratio_max"])
+    value, base = detail.get("target_value"), case.get("baseline_value")
+    if value and base:
+        return float(value) / float(base) if case.get("higher_is_better", True) else float(base) / float(value)
+    return None
 
 
 def machine_info() -> Dict[str, object]:
@@ -89,6 +114,14 @@ def time_fn(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
     return statistics.median(samples)
 
 
+def _case_json(case: Case) -> Dict[str, object]:
+    """``asdict(case)`` without ``target`` when it is None (the report format before that field)."""
+    out = asdict(case)
+    if out["target"] is None:
+        del out["target"]
+    return out
+
+
 def report(name: str, cases: List[Case], opts: BenchOptions) -> Dict[str, object]:
     """The JSON object every bench command prints."""
     return {
@@ -96,7 +129,7 @@ def report(name: str, cases: List[Case], opts: BenchOptions) -> Dict[str, object
         "machine": machine_info(),
         "options": {"quick": opts.quick, "repeat": opts.repeat, "threads": opts.threads,
                     **{k: v for k, v in opts.extra.items() if isinstance(v, (int, float, str, bool, type(None)))}},
-        "cases": [asdict(c) for c in cases],
+        "cases": [_case_json(c) for c in cases],
     }
 
 
@@ -113,29 +146,62 @@ def write_outputs(result: Dict[str, object], json_path: Optional[str], plot_path
     return text
 
 
-def plot_ratios(result: Dict[str, object], path: str) -> None:
-    """Horizontal bar chart of every case's ratio (1.0 = baseline)."""
+def ratio_figure(result: Dict[str, object]):
+    """The ratio chart of a report (one bench or ``bench all``) as a matplotlib Figure.
+
+    One horizontal bar per case from the 1.0 line (the baseline) to its ratio on a log axis, so
+    0.9x and 1.1x are as visible as 90x; each case's target (:func:`case_target`) is a black
+    diamond. Green: the target (or 1.0 without one) is met; red: not. A case with no ratio
+    (a zero value) is labelled "n/a".
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     reports = result["reports"] if "reports" in result else [result]
-    labels, ratios = [], []
+    labels, ratios, targets = [], [], []
     for rep in reports:
         for c in rep["cases"]:
             labels.append(f"{rep['benchmark']}: {c['name']} vs {c['baseline']}")
-            ratios.append(c["ratio"])
-    fig, ax = plt.subplots(figsize=(10, 0.45 * max(3, len(labels)) + 1))
-    ax.barh(range(len(labels)), ratios, color=["tab:green" if r >= 1 else "tab:red" for r in ratios])
-    ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_yticks(range(len(labels)))
+            ratios.append(float(c.get("ratio") or 0.0))
+            targets.append(case_target(c))
+    fig, ax = plt.subplots(figsize=(11, 0.45 * max(3, len(labels)) + 1.2))
+    ys = list(range(len(labels)))
+    shown = [r for r in ratios if r > 0] + [t for t in targets if t] + [1.0]
+    lo, hi = min(shown) / 1.6, max(shown) * 1.6
+    colors = ["tab:green" if r >= (t or 1.0) else "tab:red" for r, t in zip(ratios, targets)]
+    widths = [(r - 1.0) if r > 0 else 0.0 for r in ratios]
+    ax.barh(ys, widths, left=1.0, color=colors, height=0.6)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.axvline(1.0, color="black", linewidth=1.2, label="1.0 = baseline")
+    tys = [y for y, t in zip(ys, targets) if t]
+    if tys:
+        ax.scatter([t for t in targets if t], tys, marker="D", s=36, color="black", zorder=3, label="target")
+    for y, r, t in zip(ys, ratios, targets):     # a column right of the plot: "ratio (target t)"
+        note = (f"{r:.3g}x" if r > 0 else "n/a") + (f" (target {t:.3g})" if t else "")
+        ax.text(1.01, y, note, transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=7)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("ratio (ours / baseline, >1 is better)")
+    ax.set_xlabel("ratio (ours / baseline, >1 is better; log scale)")
     ax.set_title("recis-compat benchmarks")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def plot_ratios(result: Dict[str, object], path: str) -> None:
+    """Write :func:`ratio_figure` of ``result`` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = ratio_figure(result)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def common_options(f):
