@@ -49,13 +49,25 @@ def batch_convert(dense_column: Sequence[str], ragged_format: bool,
     """The conversion function for one dataset configuration (see module docstring)."""
     dense = set(dense_column)
 
+    tensor_type = torch.Tensor
+
     def convert(input_data: list) -> list:
         out = []
         for table in input_data:
             group = {}
             for name, data in table.items():
                 first = data[0][0]
-                if isinstance(first, np.ndarray) and is_string_dtype(first):
+                offsets = data[0][:0:-1]
+                if (len(data) == 1 and ragged_format and type(first) is tensor_type
+                        and name not in dense and offsets
+                        and all(type(o) is tensor_type for o in offsets)):
+                    # the common case, a ragged column without weights: tensors already
+                    if first.dtype != dtype and first.is_floating_point():
+                        first = first.to(dtype)
+                    group[name] = RaggedTensor(values=first, offsets=offsets,
+                                               dense_shape=(offsets[0].numel() - 1,)
+                                               + (-1,) * len(offsets))
+                elif isinstance(first, np.ndarray) and is_string_dtype(first):
                     if first.dtype.kind == "O":
                         try:
                             data[0][0] = first.astype("S")

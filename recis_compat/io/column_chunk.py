@@ -24,7 +24,8 @@ import torch
 
 from recis_compat.io.errors import OrcDataError
 
-__all__ = ["ColumnChunk", "take_rows", "concat_pieces", "to_nested", "strings_to_bytes_array"]
+__all__ = ["ColumnChunk", "take_rows", "concat_pieces", "to_nested", "nested_rows",
+           "strings_to_bytes_array"]
 
 DENSE, RAGGED, STRINGS = "dense", "ragged", "strings"
 
@@ -150,3 +151,21 @@ def to_nested(kind: str, piece: Piece,
         w = from_numpy(weight)
         out.append([place(w) if place else w] + level[1:])
     return out
+
+
+def nested_rows(chunk: ColumnChunk, a: int, b: int,
+                place: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> list:
+    """``to_nested(chunk.kind, take_rows(chunk, a, b), place)``: rows ``[a, b)`` of one chunk
+    as a batch column, with a short path for dense and one-level unweighted ragged columns
+    (most columns of most batches; the packer calls this once per column per batch)."""
+    kind = chunk.kind
+    if kind == DENSE:
+        t = torch.from_numpy(chunk.values[a:b])
+        return [[place(t) if place else t]]
+    if kind == RAGGED and chunk.weight is None and len(chunk.offsets) == 1:
+        off = chunk.offsets[0]
+        lo, hi = int(off[a]), int(off[b])
+        seg = off[a:b + 1]
+        level = [torch.from_numpy(chunk.values[lo:hi]), torch.from_numpy(seg - lo if lo else seg)]
+        return [[place(t) for t in level] if place else level]
+    return to_nested(kind, take_rows(chunk, a, b), place)

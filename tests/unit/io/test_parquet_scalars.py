@@ -27,6 +27,7 @@ def test_scalar_columns_one_element_features(tmp_path):
         "f": pa.array([0.5, None, 1.5, 2.5], type=pa.float32()),
         "flag": pa.array([True, False, None, True]),
         "s": pa.array(["a", None, "ccc", ""]),
+        "d": pa.array([0.25, 1e-3, None, -2.0], type=pa.float64()),
     }), str(tmp_path / "a.parquet"))
     ds = _dataset(tmp_path)
     ds.fixedlen_feature("label", [-1.0])
@@ -35,7 +36,10 @@ def test_scalar_columns_one_element_features(tmp_path):
     ds.varlen_feature("f")
     ds.varlen_feature("flag")
     ds.varlen_feature("s")
+    ds.varlen_feature("d")
     (b,) = drain(iter(ds))
+    assert b["d"].values().dtype == torch.float32  # doubles cast to the dataset dtype
+    assert b["d"].values().tolist() == pytest.approx([0.25, 1e-3, -2.0])
     assert b["label"].dtype == torch.float32 and b["label"].shape == (4, 1)
     assert b["label"].flatten().tolist() == [1.0, 0.0, -1.0, 1.0]  # null -> default
     assert b["i1"].dtype == torch.int32 and b["i1"].flatten().tolist() == [3, 7, 5, 6]
