@@ -2,7 +2,8 @@
 
 Pipeline built on every ``__iter__`` (RecIS 1.0; see COMPATIBILITY.md):
   1. this reader's files (``_shard_path``), read by ``read_threads_num`` threads in a fixed
-     order (file order, then row order) and converted stripe by stripe;
+     order (file order, then row order) and converted stripe by stripe (ORC) or row group by
+     row group (Parquet), see :mod:`.chunk_reader`;
   2. packing into batches of exactly ``batch_size`` rows (spanning stripes and files; the
      last one smaller or dropped with ``drop_remainder``), placed on the output device;
   3. ``prefetch`` batches ahead in a background thread (if ``prefetch`` is truthy);
