@@ -172,6 +172,18 @@ def _string_parts(arr: pa.Array) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data, offsets, valid
 
 
+def _rows_of_width(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """The bytes of the strings ``rows`` (bool ``[n]``; every selected one ``width`` bytes long) as
+    uint8 ``[m, width]``; a reshape when they lie back to back (Criteo: unselected are empty)."""
+    lengths = np.diff(offsets)
+    n = lengths.size
+    if width and ((lengths == width).all() or (lengths[~rows] == 0).all()):
+        block = data[offsets[0]:offsets[-1]].reshape(-1, width)
+        return block if block.shape[0] == int(rows.sum()) else block[rows]
+    idx = offsets[:-1][rows, None] + np.arange(width, dtype=np.int64)
+    return data[idx] if n else np.zeros((0, width), np.uint8)
+
+
 def hash_with_field_index(values: pa.Array, field_index: int) -> np.ndarray:
     """The ``--hash`` id (module docstring) of every string in ``values`` for field ``field_index``.
 
@@ -185,12 +197,11 @@ def hash_with_field_index(values: pa.Array, field_index: int) -> np.ndarray:
     lengths = np.diff(offsets)
     valid = valid & (lengths > 0)
     for length in np.unique(lengths[valid]):
-        rows = np.nonzero(valid & (lengths == length))[0]
+        sel = valid & (lengths == length)
         if length < 32:
-            idx = offsets[rows, None] + np.arange(length, dtype=np.int64)
-            first[rows] = xxh64_short(data[idx], np.uint64(HASH_SEED))
+            first[sel] = xxh64_short(_rows_of_width(data, offsets, sel, int(length)), np.uint64(HASH_SEED))
         else:
-            for r in rows:
+            for r in np.nonzero(sel)[0]:
                 first[r] = xxhash.xxh64_intdigest(data[offsets[r]:offsets[r + 1]].tobytes(), HASH_SEED)
     index_bytes = np.frombuffer(np.int32(field_index).astype("<i4").tobytes(), np.uint8)
     out = xxh64_short(np.broadcast_to(index_bytes, (n, 4)), first)
@@ -215,6 +226,18 @@ def parse_hex(values: pa.Array, where: str = "") -> Tuple[np.ndarray, np.ndarray
     n = len(values)
     out = np.zeros(n, dtype=np.uint64)
     if not valid.any():
+        return out, valid
+    if (lengths[valid] == 8).all():        # Criteo: 8 hex digits, missing values empty
+        nib = _HEX[_rows_of_width(data, offsets, valid, 8)]
+        if (nib == 255).any():
+            r = int(np.nonzero(valid)[0][np.nonzero((nib == 255).any(axis=1))[0][0]])
+            text = data[offsets[r]:offsets[r + 1]].tobytes().decode("utf-8", "replace")
+            raise CriteoFormatError(f"{where}: categorical value {text!r} is not 1-16 hexadecimal digits")
+        nib = nib.astype(np.uint32)
+        acc = nib[:, 0]
+        for k in range(1, 8):
+            acc = (acc << np.uint32(4)) | nib[:, k]
+        out[valid] = acc
         return out, valid
     bad = valid & (lengths > 16)
     starts = offsets[:-1]
@@ -589,7 +612,8 @@ order. Output as OneFlow's data_dir: INPUTS go to OUTPUT_DIR/train/part-00000.pa
 the first N rows of --val to test/ (OneFlow's day_23 split: N = 89137319).
 
 \b
-Columns: label int32; I1..I13 int32 raw+1 (missing 1) or, --dense log, float32 log(raw+2);
+Columns: label int32; I1..I13 int32 raw+1 (missing 1) or, with --dense log, float32
+log(max(raw+1, 0) + 1) (what OneFlow's DLRM computes from raw+1 in its model);
 C1..C26 int64: int(hex,16) % MOD_IDX + MOD_IDX*i (i = 0..25, missing MOD_IDX*i), or with
 --hash the 64-bit XXH64 chain of the value and i (Spark's xxhash64(C, lit(i)), seed 42).
 --orc writes one-element list columns (readable by OrcDataset) unless --plain-scalars.

@@ -258,3 +258,9 @@ def test_parse_hex_missing_and_bad_values():
         parse_hex(pa.array(["1g"]), "f.tsv: column C4")
     with pytest.raises(CriteoFormatError, match="not 1-16 hexadecimal digits"):
         parse_hex(pa.array(["1" * 17]), "x")
+    # Criteo's own shape (8 digits, missing empty) takes a vectorised path: same values, same errors
+    vals, valid = parse_hex(pa.array(["68fd1e64", "", None, "FFFFFFFF", "00000000"]))
+    assert valid.tolist() == [True, False, False, True, True]
+    assert vals.tolist() == [0x68fd1e64, 0, 0, 0xFFFFFFFF, 0]
+    with pytest.raises(CriteoFormatError, match="C9: categorical value '0000000x'"):
+        parse_hex(pa.array(["68fd1e64", None, "0000000x"]), "f.tsv: column C9")
