@@ -146,3 +146,15 @@ def test_transform_map_filter_as_orc(data):
         out.append(drain(iter(ds)))
     assert out[0] and len(out[0]) < sum(ROWS) // 5
     assert_same(out[0], out[1])
+
+
+def test_recis_import_paths():
+    """Unchanged RecIS-style imports reach our class (adapters/recis aliases recis_compat)."""
+    from recis.io import ParquetDataset as from_package
+    from recis.io.parquet_dataset import ParquetDataset as from_module
+    import recis.io
+    assert from_package is from_module is ParquetDataset
+    assert recis.io.__all__ == ["OrcDataset", "ParquetDataset"]
+    ds = from_package(8)
+    assert (ds.hash_types, ds.hash_buckets, ds.hash_features) == ([], [], [])
+    assert ds.get_dir_size() == []
