@@ -8,9 +8,14 @@ keyed by arbitrary int64 ids. This module is the bridge (docs/architecture.md): 
 * ``forward(features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]``: like TorchRec's
   ``EmbeddingCollection``, the per-id embeddings of every key (``values [N_key, dim]``), one
   lookup for all keys.
-* :meth:`lookup_unique` ``(unique ids [U]) -> [U, dim]``: the primitive the RecIS facade uses
-  (it dedupes ids itself, then pools with the combiners); the sharded twin in
-  ``backend/sharding`` overrides only this.
+* :meth:`lookup_unique` ``(unique ids [U]) -> [U, dim]``: the blocking primitive.
+* The staged lookup the RecIS facade and several-table callers use (the sharded twin in
+  ``backend/sharding.py`` implements the same methods with all-to-alls in between):
+  ``partition_ids(ids) -> (unique, inverse, rank_counts)``, then
+  ``request(unique, rank_counts) -> LookupRequest`` (issues the id exchange),
+  ``LookupRequest.send()`` (issues the ids themselves), ``LookupRequest.fetch(readonly)`` ->
+  ``Awaitable`` of the rows ``[U, dim]``. Per-call state lives in a
+  :class:`DynamicLookupContext`, never on the module, so lookups are re-entrant.
 
 Gradients do not go to a ``.grad``: the backward pass hands ``(rows, grad)`` to the table's
 buffer (``DynamicTableImpl.accept_grad``) and the sparse optimizer applies them row-wise, as in
@@ -24,18 +29,22 @@ give zero vectors. Layering: imports ``ops``/``backend`` (and ``utils``) only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torchrec.distributed.types import Awaitable, NoWait
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.streamable import Multistreamable
 
 from recis_compat.backend.children import ChildrenInfo
+from recis_compat.backend.exchange import ReceivedIds
 from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.utils.device import cuda_unavailable_message
 
-__all__ = ["DynamicTableConfig", "DynamicTable", "lookup_rows_with_grad", "split_per_key"]
+__all__ = ["DynamicTableConfig", "DynamicTable", "DynamicLookupContext", "LookupRequest", "lookup_rows_with_grad",
+           "split_per_key", "record_context_stream"]
 
 
 @dataclass
@@ -69,6 +78,87 @@ class DynamicTableConfig:
     grad_reduce_by: str = "worker"
     world_size: int = 1
     init_rows: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+
+def record_context_stream(ctx, stream) -> None:
+    """``Multistreamable.record_stream`` for a per-lookup context: every tensor it holds (directly,
+    in lists / tuples, or inside nested contexts and KJTs) is recorded on ``stream``, so a pipeline
+    that runs the next stage on another CUDA stream does not free them early. No stream (CPU
+    pipelines) records nothing."""
+    if stream is None:
+        return
+
+    def visit(value) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_cuda:
+                value.record_stream(stream)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+        elif isinstance(value, Multistreamable):
+            value.record_stream(stream)
+
+    for value in vars(ctx).values():
+        visit(value)
+
+
+class DynamicLookupContext(Multistreamable):
+    """The state of one lookup between its stages (TorchRec's ``EmbeddingCollectionContext``
+    role): created per call by ``create_context()``, so a table holds no per-batch tensors.
+
+    Attributes:
+        send_counts: requester: int64 ``[W]``, distinct ids sent to each rank.
+        restore: requester: int64 ``[U]`` or None: where each id given to ``send_ids`` sits in
+            the sent (owner-grouped) order, when the caller's ids were not grouped already.
+        received: owner: the :class:`~recis_compat.backend.exchange.ReceivedIds`.
+        readonly: the lookup finds without inserting.
+        features / inverse: ``forward(KJT)`` lookups: the input and the position of each of its
+            ids among the distinct ids sent.
+    """
+
+    def __init__(self):
+        self.send_counts: Optional[torch.Tensor] = None
+        self.restore: Optional[torch.Tensor] = None
+        self.received: Optional[ReceivedIds] = None
+        self.readonly = False
+        self.features: Optional[KeyedJaggedTensor] = None
+        self.inverse: Optional[torch.Tensor] = None
+
+    def record_stream(self, stream) -> None:
+        record_context_stream(self, stream)
+
+
+class LookupRequest:
+    """A lookup of distinct ids in flight, in a :class:`DynamicTable` or its sharded twin.
+
+    ``table.request(unique_ids, rank_counts)`` issues the first exchange (the per-rank counts);
+    :meth:`send` waits for it and issues the ids; :meth:`fetch` waits for the ids, looks them up
+    on their owners and issues the rows' way back -> ``Awaitable`` of ``[U, dim]`` in the order
+    of ``unique_ids``. A caller with several tables calls ``request`` for all, then ``send`` for
+    all, then ``fetch`` for all, so no exchange waits behind another table's lookup.
+    """
+
+    def __init__(self, table: nn.Module, unique_ids: torch.Tensor, rank_counts: Optional[List[int]] = None):
+        self.table = table
+        self.ctx = table.create_context()
+        self._exchange = table.send_ids(self.ctx, unique_ids, rank_counts)
+        self._ids = None
+
+    def send(self) -> None:
+        """Issue the ids all-to-all (idempotent)."""
+        if self._ids is None:
+            self._ids = self._exchange.wait()
+
+    def fetch(self, readonly: bool = False) -> Awaitable[torch.Tensor]:
+        """Owner lookups (inserting unless ``readonly`` or in eval mode) and the rows' exchange
+        back; ``wait()`` on the result gives ``[U, dim]``."""
+        self.send()
+        return self.table.fetch_rows(self.ctx, self._ids.wait(), readonly)
+
+    @property
+    def received_counts(self) -> List[int]:
+        """Ids this rank received from every rank (after :meth:`fetch`)."""
+        return list(self.ctx.received.per_source) if self.ctx.received is not None else []
 
 
 class _RowsToTable(torch.autograd.Function):
@@ -183,6 +273,36 @@ class DynamicTable(nn.Module):
         if not self.training or self.impl.read_only:
             return self.impl.gather(rows)
         return lookup_rows_with_grad(self.impl, self._anchor, rows, scale)
+
+    # ------------------------------------------------------------------ staged lookup
+    @property
+    def shard_count(self) -> int:
+        """Ranks the rows are spread over (1: this table holds them all)."""
+        return 1
+
+    def create_context(self) -> DynamicLookupContext:
+        return DynamicLookupContext()
+
+    def partition_ids(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+        """``(unique [U], inverse [N], rank_counts)`` of int64 ``ids``: the distinct ids grouped
+        by owner rank (one group here), ``unique[inverse] == ids``."""
+        uniq, inverse = unique_first_seen(self.impl.check_ids(ids, "lookup"))
+        return uniq, inverse, [uniq.numel()]
+
+    def request(self, unique_ids: torch.Tensor, rank_counts: Optional[List[int]] = None) -> LookupRequest:
+        """Start a staged lookup of distinct ids (see :class:`LookupRequest`)."""
+        return LookupRequest(self, unique_ids, rank_counts)
+
+    def send_ids(self, ctx: DynamicLookupContext, unique_ids: torch.Tensor,
+                 rank_counts: Optional[List[int]] = None) -> Awaitable[Awaitable[ReceivedIds]]:
+        """Nothing to send: the ids are their own owner's."""
+        ctx.send_counts = torch.tensor([unique_ids.numel()], dtype=torch.int64)
+        return NoWait(NoWait(ReceivedIds(unique_ids, ctx.send_counts.view(1, 1))))
+
+    def fetch_rows(self, ctx: DynamicLookupContext, received: ReceivedIds, readonly: bool = False
+                   ) -> Awaitable[torch.Tensor]:
+        ctx.received, ctx.readonly = received, bool(readonly)
+        return NoWait(self.lookup_unique(received.ids, readonly))
 
     def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Upsert ``ids`` with ``embeddings`` ``[N, dim]``."""

@@ -1,22 +1,24 @@
 """Sharded dynamic tables: ``ShardedDynamicTable`` (TorchRec ``ShardedModule``) and its sharder.
 
 Data flow of one lookup of ``U`` distinct ids on each of ``W`` ranks (RecIS's row-wise rule,
-``backend.slices``: rank r owns the ids whose ``id & 0xFFFF`` falls in its slice range)::
+``backend.slices``: rank r owns the ids whose ``id & 0xFFFF`` falls in its slice range; the
+collectives are ``backend/exchange.py``'s)::
 
-    unique ids (each rank) --sort by owner--> KJT [W keys, one bag each]
-        --TorchRec KJTAllToAll--> owner: ids from every rank (KJT, 1 key, W bags)
+    ids --ids_partition (csrc)--> distinct ids grouped by owner, inverse, rank_counts [W]
+        --IdExchange (counts, then ids; async)--> owner: the ids of every rank, by source
         --dedupe across sources, local DynamicTable lookup (csrc id map, insert in training)-->
-        embeddings [N_recv, D] --TorchRec SequenceEmbeddingsAllToAll (autograd)-->
-        requester: [U, D] in the original order  --> pooling (combiners) happens in the caller
+        rows [N_recv, D] --RowsAllToAll (async, autograd)--> requester: [U, D] in the sent order
+        --> pooling (combiners) happens in the caller
 
-Backward runs the reverse all-to-all inside TorchRec's autograd function (re-entered from
-``_GuardedExchange`` so that a dead or stopped peer gives :class:`DistributedExchangeError`
-naming the table and rank, as in forward; the process-group timeout bounds the wait, see
-``recis_compat/utils/dist_timeout.py``); the owner's rows
-receive the summed gradient of every rank, divided by the world size for
-``grad_reduce_by="worker"`` (RecIS's rule; TorchRec's own gradient division is accounted for) or
-by the number of ranks that asked for the id for ``"id"``. Pooling after the exchange works on
-gloo, which has no reduce-scatter.
+Every stage returns an ``Awaitable`` right after issuing its collective (the staged protocol of
+``backend/dynamic_table.py``: ``partition_ids``, ``request``, ``LookupRequest.send`` /
+``fetch``), so a caller with several tables has every table's exchange in flight before it waits
+on one. Backward runs the reverse all-to-all of the row gradients; the owner's rows receive the
+summed gradient of every rank, divided by the world size for ``grad_reduce_by="worker"``
+(RecIS's rule) or by the number of ranks that asked for the id for ``"id"``. A failed
+collective (dead or stopped peer; the process-group timeout bounds the wait, see
+``recis_compat/utils/dist_timeout.py``) raises :class:`DistributedExchangeError` naming the
+table, the rank and the direction, forward or backward.
 
 ``shard_model(model)`` wraps a model in ``DistributedModelParallel`` with this sharder plus
 TorchRec's default ones: every ``DynamicTable`` (inside HashTable / DynamicEmbedding /
@@ -27,27 +29,27 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec.distributed.comm_ops import get_gradient_division
-from torchrec.distributed.dist_data import KJTAllToAll, SequenceEmbeddingsAllToAll
-from torchrec.distributed.types import (Awaitable, EmbeddingModuleShardingPlan, ModuleSharder,
-                                        NoWait, ParameterSharding, ShardedModule, ShardingEnv,
-                                        ShardingPlan, ShardingType)
+from torchrec.distributed.types import (Awaitable, EmbeddingModuleShardingPlan, LazyAwaitable, LazyGetItemMixin,
+                                        ModuleSharder,
+                                        NoWait, ParameterSharding, ShardedModule, ShardingEnv, ShardingPlan,
+                                        ShardingType)
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
-from torchrec.streamable import Multistreamable
 
-from recis_compat.backend.dynamic_table import DynamicTable, split_per_key
+from recis_compat.backend.dynamic_table import (DynamicLookupContext, DynamicTable, LookupRequest,
+                                                record_context_stream, split_per_key)
+from recis_compat.backend.exchange import IdExchange, PendingRows, ReceivedIds, RowsAllToAll
 from recis_compat.backend.slices import owner_ranks, slice_range
-from recis_compat.ops.id_map import unique_first_seen
+from recis_compat.ops.id_map import ids_partition, unique_first_seen
 from recis_compat.utils import dist_timeout
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
            "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group", "DistributedExchangeError",
-           "DynamicModuleSharder", "guarded_reverse_exchange", "record_context_stream"]
+           "DynamicModuleSharder", "record_context_stream"]
 
 DYNAMIC_TABLE_KERNEL = "recis_dynamic_hash"
 _PLAN_KEY = "rows"
@@ -82,108 +84,54 @@ class DistributedExchangeError(dist.DistError):
     (recis_compat/utils/dist_exit.py)."""
 
 
-def _exchange_error(table: "ShardedDynamicTable", what: str, phase: str, err: BaseException
-                    ) -> DistributedExchangeError:
-    """``what``: which all-to-all (``"id"``, ``"embedding"``, ``"embedding-gradient"``);
-    ``phase``: ``"forward"`` or ``"backward"``."""
-    children = [str(c) for c in (table.config.children or []) if str(c) != table.name]
-    shared = f" (shared_names {', '.join(children)})" if children else ""
+def exchange_error(who: str, rank: int, world: int, what: str, phase: str, err: BaseException
+                   ) -> DistributedExchangeError:
+    """The error of a failed all-to-all of ``who`` (e.g. ``"table 'x'"``); ``what``: which
+    all-to-all (``"id"``, ``"embedding"``, ``"embedding-gradient"``); ``phase``: ``"forward"`` or
+    ``"backward"``."""
     try:
         timeout = f"{dist_timeout.ENV_VAR}={dist_timeout.timeout_seconds():g} s"
     except ValueError:
         timeout = dist_timeout.ENV_VAR
     return DistributedExchangeError(
-        f"table {table.name!r}{shared}, rank {table.rank} of {table.world_size}: the {what} all-to-all "
-        f"failed in {phase}; another rank probably died, was stopped past the process-group timeout "
-        f"({timeout}, unless the script passed timeout= to init_process_group) or skipped this "
-        f"lookup. Check the other ranks' logs. Cause: {err}")
+        f"{who}, rank {rank} of {world}: the {what} all-to-all failed in {phase}; another rank probably died, "
+        f"was stopped past the process-group timeout ({timeout}, unless the script passed timeout= to "
+        f"init_process_group) or skipped this lookup. Check the other ranks' logs. Cause: {err}")
 
 
-class _Ctx(Multistreamable):
-    """Per-lookup state between input_dist, compute and output_dist."""
+class _RestoredRows(Awaitable[torch.Tensor]):
+    """Rows ``[U, dim]`` put back into the caller's id order (``restore[i]``: where id ``i`` was
+    sent)."""
 
-    def __init__(self):
-        self.order: Optional[torch.Tensor] = None     # requester: positions sorted by owner
-        self.send_counts: List[int] = []              # requester: ids sent to each rank
-        self.recv_lengths: Optional[torch.Tensor] = None   # owner: ids received from each rank
-        self.readonly = False
+    def __init__(self, rows: Awaitable[torch.Tensor], restore: Optional[torch.Tensor], dim: int):
+        super().__init__()
+        self._rows, self._restore, self._dim = rows, restore, dim
 
-    def record_stream(self, stream) -> None:
-        record_context_stream(self, stream)
-
-
-def record_context_stream(ctx, stream) -> None:
-    """``Multistreamable.record_stream`` for a per-lookup context: every tensor it holds (directly,
-    in lists / tuples, or inside nested contexts and KJTs) is recorded on ``stream``, so a pipeline
-    that runs the next stage on another CUDA stream does not free them early. No stream (CPU
-    pipelines) records nothing."""
-    if stream is None:
-        return
-
-    def visit(value) -> None:
-        if isinstance(value, torch.Tensor):
-            if value.is_cuda:
-                value.record_stream(stream)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                visit(v)
-        elif isinstance(value, Multistreamable):
-            value.record_stream(stream)
-
-    for value in vars(ctx).values():
-        visit(value)
+    def _wait_impl(self) -> torch.Tensor:
+        rows = self._rows.wait().view(-1, self._dim)
+        return rows if self._restore is None else rows.index_select(0, self._restore)
 
 
-def guarded_reverse_exchange(sent: torch.Tensor, received: torch.Tensor, grad: torch.Tensor,
-                             on_error: Callable[[RuntimeError], DistributedExchangeError]) -> torch.Tensor:
-    """Backward of an embedding all-to-all run through TorchRec's own autograd function.
+class _PerKeyRows(LazyGetItemMixin[str, JaggedTensor], LazyAwaitable[Dict[str, JaggedTensor]]):
+    """``forward(KJT)``'s result: the rows of the distinct ids expanded to every id and cut per
+    key; ``result[key]`` is itself lazy (TorchRec's ``EmbeddingCollectionAwaitable`` style)."""
 
-    ``sent`` ``[N_send, dim]`` (the rows this rank sent, a leaf that requires grad) and
-    ``received`` ``[N_asked, dim]`` (what the forward exchange returned from it); ``grad`` is the
-    gradient of ``received``. Returns the gradient of ``sent`` (TorchRec's reverse all-to-all);
-    a failure of that collective raises ``on_error(err)`` chained to it.
-    """
-    try:
-        (grad_sent,) = torch.autograd.grad(received, sent, grad.contiguous())
-    except RuntimeError as e:
-        raise on_error(e) from e
-    return grad_sent
+    def __init__(self, rows: Awaitable[torch.Tensor], ctx: DynamicLookupContext):
+        super().__init__()
+        self._rows, self._ctx = rows, ctx
+
+    def _wait_impl(self) -> Dict[str, JaggedTensor]:
+        rows = self._rows.wait()
+        return split_per_key(self._ctx.features, rows.index_select(0, self._ctx.inverse))
 
 
-class _GuardedExchange(torch.autograd.Function):
-    """The embedding all-to-all (TorchRec's ``SequenceEmbeddingsAllToAll``, autograd-aware) with
-    its backward guarded: the reverse all-to-all that TorchRec runs in backward is re-run here
-    through ``torch.autograd.grad`` on a sub-graph, so that a failure (dead or stopped peer) is
-    raised as :class:`DistributedExchangeError` naming the table and rank instead of gloo's bare
-    message. Gradients are TorchRec's own (including its gradient division).
-
-    forward(local ``[N_recv, dim]`` rows this rank sends) -> ``[U, dim]`` rows it asked for, in
-    destination-rank order.
-    """
-
-    @staticmethod
-    def forward(ctx, local: torch.Tensor, table: "ShardedDynamicTable", lookup_ctx: "_Ctx") -> torch.Tensor:
-        with torch.enable_grad():
-            sent = local.detach().requires_grad_(True)
-            received = table.output_dist(lookup_ctx, sent).wait()
-        ctx.table, ctx.sent, ctx.received = table, sent, received
-        return received.detach()
-
-    @staticmethod
-    def backward(ctx, grad):
-        table, sent, received = ctx.table, ctx.sent, ctx.received
-        if received is None:
-            raise RuntimeError(f"table {table.name!r}: backward ran twice through one sharded lookup; "
-                               "TorchRec's all-to-all supports one backward (no retain_graph=True reuse)")
-        ctx.sent = ctx.received = None
-        grad_sent = guarded_reverse_exchange(
-            sent, received, grad, lambda e: _exchange_error(table, "embedding-gradient", "backward", e))
-        return grad_sent, None, None
-
-
-class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.Tensor, _Ctx]):
+class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[str, JaggedTensor],
+                                        DynamicLookupContext]):
     """The sharded twin of :class:`DynamicTable`: same interface (``lookup_unique``, ``lookup``,
-    ``insert``, ``impl``, ``forward(KJT)``), rows spread over the ranks by the slice rule.
+    the staged lookup, ``insert``, ``impl``, ``forward(KJT)``), rows spread over the ranks by the
+    slice rule. TorchRec's protocol: ``input_dist(ctx, KJT)`` -> ``Awaitable[Awaitable[ReceivedIds]]``,
+    ``compute`` -> this shard's rows of the received ids, ``output_dist`` -> ``Awaitable`` of the
+    rows back on the requester, ``forward(KJT)`` -> ``LazyAwaitable[Dict[str, JaggedTensor]]``.
 
     Args:
         module: the unsharded table; it becomes this rank's shard (ids it holds that belong to
@@ -210,13 +158,6 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         foreign = owner_ranks(ids, self._world) != self._rank
         if bool(foreign.any()):
             module.impl.delete(ids[foreign])
-        self._keys = [f"to_rank_{r}" for r in range(self._world)]
-        self._kjt_a2a = KJTAllToAll(self._pg, [1] * self._world)
-        self._emb_a2a = SequenceEmbeddingsAllToAll(self._pg, [1] * self._world)
-        # its permutation buffers are rebuilt at construction; keep them out of state dicts (and
-        # so out of model.pt), which must not depend on the world size
-        for sub in (self._kjt_a2a, self._emb_a2a):
-            sub._non_persistent_buffers_set.update(name for name, _ in sub.named_buffers(recurse=False))
 
     # ------------------------------------------------------------------ DynamicTable interface
     @property
@@ -247,12 +188,22 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         return self._world
 
     @property
+    def shard_count(self) -> int:
+        return self._world
+
+    @property
     def rank(self) -> int:
         return self._rank
 
     def owned(self, ids: torch.Tensor) -> torch.Tensor:
         """Mask of the ids this rank owns."""
         return owner_ranks(ids, self._world) == self._rank
+
+    def error(self, what: str, phase: str, err: BaseException) -> DistributedExchangeError:
+        """The :class:`DistributedExchangeError` of a failed all-to-all of this table."""
+        children = [str(c) for c in (self.config.children or []) if str(c) != self.name]
+        shared = f" (shared_names {', '.join(children)})" if children else ""
+        return exchange_error(f"table {self.name!r}{shared}", self._rank, self._world, what, phase, err)
 
     def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Upsert the ``ids`` this rank owns (every rank may pass the same full list)."""
@@ -266,80 +217,93 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, torch.T
         it for the same table in the same order). ``counts`` is ignored: duplicates across
         ranks are counted on the owner."""
         ids = self.impl.check_ids(unique_ids, "lookup")
-        ctx = self.create_context()
-        try:
-            dist_input = self.input_dist(ctx, ids, readonly).wait().wait()
-        except RuntimeError as e:
-            raise _exchange_error(self, "id", "forward", e) from e
-        return self.finish_lookup(ctx, dist_input)
-
-    def finish_lookup(self, ctx: _Ctx, dist_input: KeyedJaggedTensor) -> torch.Tensor:
-        """Second half of a lookup started with :meth:`input_dist` (after its awaitables were
-        waited on): look the received ids up in this shard, send the rows back (autograd-aware)
-        and put them in the order of the ids given to :meth:`input_dist` -> ``[U, dim]``."""
-        local = self.compute(ctx, dist_input)
-        try:
-            if local.requires_grad and torch.is_grad_enabled() and self._world > 1:
-                emb_sorted = _GuardedExchange.apply(local, self, ctx)
-            else:
-                emb_sorted = self.output_dist(ctx, local).wait()
-        except RuntimeError as e:
-            raise _exchange_error(self, "embedding", "forward", e) from e
-        emb_sorted = emb_sorted.view(-1, self.config.embedding_dim)
-        inverse = torch.empty_like(ctx.order)
-        inverse[ctx.order] = torch.arange(ctx.order.numel(), device=ctx.order.device)
-        return emb_sorted.index_select(0, inverse)
+        return self.request(ids).fetch(readonly).wait()
 
     def lookup(self, ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
-        flat = self.impl.check_ids(ids, "lookup")
-        uniq, inverse = unique_first_seen(flat)
-        return self.lookup_unique(uniq, readonly).index_select(0, inverse)
+        uniq, inverse, counts = self.partition_ids(ids)
+        return self.request(uniq, counts).fetch(readonly).wait().index_select(0, inverse)
 
-    def forward(self, features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]:
-        """Per-key embeddings, as :meth:`DynamicTable.forward` (a collective)."""
-        return split_per_key(features, self.lookup(features.values()))
+    def forward(self, features: KeyedJaggedTensor) -> LazyAwaitable[Dict[str, JaggedTensor]]:
+        """Per-key embeddings, as :meth:`DynamicTable.forward` (a collective); the result waits
+        for the rows on first use."""
+        ctx = self.create_context()
+        return self.compute_and_output_dist(ctx, self.input_dist(ctx, features).wait().wait())
 
-    # ------------------------------------------------------------------ ShardedModule contract
-    def create_context(self) -> _Ctx:
-        return _Ctx()
+    # ------------------------------------------------------------------ staged lookup
+    def partition_ids(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+        """``(unique [U], inverse [N], rank_counts)`` of int64 ``ids``: the distinct ids grouped
+        by owner rank (csrc ``ids_partition``), ``unique[inverse] == ids``."""
+        uniq, inverse, counts = ids_partition(self.impl.check_ids(ids, "lookup"), self._world)
+        return uniq, inverse, counts.tolist()
 
-    def input_dist(self, ctx: _Ctx, unique_ids: torch.Tensor, readonly: bool = False
-                   ) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
-        """Send every id to its owner: a KJT with one bag per destination rank."""
-        owners = owner_ranks(unique_ids, self._world)
-        order = torch.argsort(owners, stable=True)
-        counts = torch.bincount(owners, minlength=self._world)
-        ctx.order, ctx.send_counts, ctx.readonly = order, counts.tolist(), bool(readonly)
-        kjt = KeyedJaggedTensor(keys=self._keys, values=unique_ids.index_select(0, order),
-                                lengths=counts.to(torch.int32), stride=1)
-        return self._kjt_a2a(kjt)
+    def request(self, unique_ids: torch.Tensor, rank_counts: Optional[List[int]] = None) -> LookupRequest:
+        """Start a staged lookup of distinct ids (``backend/dynamic_table.py`` ``LookupRequest``)."""
+        return LookupRequest(self, unique_ids, rank_counts)
 
-    def compute(self, ctx: _Ctx, dist_input: KeyedJaggedTensor) -> torch.Tensor:
-        """Owner side: look the received ids up in the local shard -> ``[N_recv, dim]``."""
-        recv = dist_input.values()
-        ctx.recv_lengths = dist_input.lengths()
+    def create_context(self) -> DynamicLookupContext:
+        return DynamicLookupContext()
+
+    def send_ids(self, ctx: DynamicLookupContext, unique_ids: torch.Tensor,
+                 rank_counts: Optional[List[int]] = None) -> IdExchange:
+        """Issue the exchange of distinct ids to their owners. ``rank_counts`` given: the ids are
+        grouped by owner already (``partition_ids``); else they are grouped here and the rows
+        come back in the given order."""
+        if rank_counts is None:
+            unique_ids, ctx.restore, counts = ids_partition(unique_ids, self._world)
+        else:
+            counts = torch.tensor(rank_counts, dtype=torch.int64)
+            if counts.numel() != self._world or int(counts.sum()) != unique_ids.numel():
+                raise ValueError(f"table {self.name!r}: rank_counts {rank_counts} must give one count per rank "
+                                 f"({self._world}) summing to the {unique_ids.numel()} ids")
+        ctx.send_counts = counts
+        return IdExchange(unique_ids, counts, self._pg, self.error)
+
+    def input_dist(self, ctx: DynamicLookupContext, features: KeyedJaggedTensor) -> IdExchange:
+        """TorchRec's first stage: the distinct ids of ``features`` to their owners."""
+        values = features.values()
+        if values.dtype != torch.int64:
+            raise TypeError(f"table {self.name!r}: KeyedJaggedTensor values must be int64 ids, got {values.dtype}")
+        uniq, ctx.inverse, counts = self.partition_ids(values)
+        ctx.features = features
+        return self.send_ids(ctx, uniq, counts)
+
+    def compute(self, ctx: DynamicLookupContext, dist_input: ReceivedIds) -> torch.Tensor:
+        """Owner side: look the received ids up in the local shard -> ``[N_recv, dim]``
+        (inserting unless ``ctx.readonly`` or in eval mode)."""
+        ctx.received = dist_input
+        recv = dist_input.ids
+        if self._world == 1:
+            return self._local.lookup_unique_scaled(recv, ctx.readonly, None)
         uniq, inverse, counts = unique_first_seen(recv, return_counts=True)
         scale = None
         if self.training:
-            # the reverse all-to-all may already divide by the world size (TorchRec's flag)
-            division = float(self._world) if get_gradient_division() else 1.0
             if self.config.grad_reduce_by == "worker":
-                if division == 1.0 and self._world > 1:
-                    scale = torch.full((uniq.numel(),), 1.0 / self._world, device=recv.device)
+                scale = torch.full((uniq.numel(),), 1.0 / self._world, device=recv.device)
             else:
-                scale = division / counts.to(torch.float32)
+                scale = 1.0 / counts.to(torch.float32)
         emb = self._local.lookup_unique_scaled(uniq, ctx.readonly, scale)
         return emb.index_select(0, inverse)
 
-    def output_dist(self, ctx: _Ctx, output: torch.Tensor):
-        """Send the embeddings back to the ranks that asked (autograd-aware)."""
+    def output_dist(self, ctx: DynamicLookupContext, output: torch.Tensor) -> Awaitable[torch.Tensor]:
+        """Send the rows back to the ranks that asked (autograd-aware) -> ``Awaitable`` of
+        ``[U, dim]`` in the order the ids were given to :meth:`send_ids`."""
+        dim = self.config.embedding_dim
         if self._world == 1:
-            return NoWait(output)
-        lengths = ctx.recv_lengths.to(torch.int64)
-        # TorchRec names the splits after the id all-to-all: "input" = ids this rank sent
-        # (= embeddings it receives back), "output" = ids it received (= embeddings it sends)
-        return self._emb_a2a(output.contiguous(), lengths.view(1, -1), input_splits=ctx.send_counts,
-                             output_splits=lengths.tolist())
+            return _RestoredRows(NoWait(output), ctx.restore, dim)
+        pending = PendingRows(self.error)
+        pending.rows = RowsAllToAll.apply(output, ctx.received.per_source, ctx.send_counts.tolist(), self._pg, pending)
+        return _RestoredRows(pending, ctx.restore, dim)
+
+    def fetch_rows(self, ctx: DynamicLookupContext, received: ReceivedIds, readonly: bool = False
+                   ) -> Awaitable[torch.Tensor]:
+        """Owner lookups of ``received`` and the rows' way back (``compute`` + ``output_dist``)."""
+        ctx.readonly = bool(readonly)
+        return self.output_dist(ctx, self.compute(ctx, received))
+
+    def compute_and_output_dist(self, ctx: DynamicLookupContext, input: ReceivedIds
+                                ) -> LazyAwaitable[Dict[str, JaggedTensor]]:
+        """TorchRec's second stage of ``forward(KJT)``: per-key rows of ``ctx.features``."""
+        return _PerKeyRows(self.fetch_rows(ctx, input, ctx.readonly), ctx)
 
 
 class DynamicModuleSharder(ModuleSharder):

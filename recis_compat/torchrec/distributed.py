@@ -9,11 +9,12 @@ collection follows TorchRec's ``ShardedModule`` protocol, so TorchRec's
 ``TrainPipelineSparseDist`` can run ``input_dist`` of the next batch early:
 
 * ``input_dist(ctx, features)``: the distinct ids of every table are sent to their owners,
-  one TorchRec ``KJTAllToAll`` per group of tables with the same embedding dim (all issued
-  before any wait) -> ``KJTListSplitsAwaitable``;
-* ``compute_and_output_dist(ctx, kjts)``: each owner looks the ids up in its
+  one id exchange per group of tables with the same embedding dim (``backend/exchange.py``
+  ``IdExchange``: per-(rank, table) counts, then the ids; all issued before any wait) ->
+  ``KJTListSplitsAwaitable``;
+* ``compute_and_output_dist(ctx, received)``: each owner looks the ids up in its
   ``ShardedDynamicTable`` shards (inserting in training), the rows go back (one
-  ``SequenceEmbeddingsAllToAll`` per group, autograd-aware) and the requester pools them
+  ``RowsAllToAll`` per group, autograd-aware) and the requester pools them
   (sum/mean, per-sample weights) -> ``LazyAwaitable[KeyedTensor]`` (EBC) or
   ``LazyAwaitable[Dict[str, JaggedTensor]]`` (EC).
 
@@ -28,17 +29,18 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
-from torchrec.distributed.dist_data import KJTAllToAll, SequenceEmbeddingsAllToAll
 from torchrec.distributed.embedding_sharding import KJTListSplitsAwaitable
 from torchrec.distributed.embedding_types import KJTList
-from torchrec.distributed.types import (EmbeddingModuleShardingPlan, LazyNoWait, ShardedModule, ShardingEnv)
+from torchrec.distributed.types import (Awaitable, EmbeddingModuleShardingPlan, LazyNoWait, NoWait, ShardedModule,
+                                        ShardingEnv)
 from torchrec.optim.fused import FusedOptimizerModule
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Multistreamable
 
+from recis_compat.backend.dynamic_table import record_context_stream
+from recis_compat.backend.exchange import IdExchange, PendingRows, ReceivedIds, RowsAllToAll
 from recis_compat.backend.sharding import (DistributedExchangeError, DynamicModuleSharder, DynamicTableSharder,
-                                           ShardedDynamicTable, dynamic_table_plan, guarded_reverse_exchange,
-                                           record_context_stream)
+                                           ShardedDynamicTable, dynamic_table_plan, exchange_error)
 from recis_compat.backend.slices import owner_ranks
 from recis_compat.backend.sharding import shard_model as _backend_shard_model
 from recis_compat.torchrec.modules import (DynamicEmbeddingBagCollection, DynamicEmbeddingCollection,
@@ -56,8 +58,6 @@ class _GroupCtx(Multistreamable):
         self.send_perm: Optional[torch.Tensor] = None     # requester: positions in cat(uniq) sent in order
         self.send_counts: List[int] = []                  # requester: ids sent to each rank
         self.sizes: List[int] = []                        # requester: U_t of every table
-        self.recv_lengths: Optional[torch.Tensor] = None  # owner: ids received, [T, W]
-        self.table_ctxs: List[Any] = []                   # owner: per-table lookup contexts
 
     def record_stream(self, stream) -> None:
         record_context_stream(self, stream)
@@ -77,116 +77,79 @@ class _CollectionCtx(Multistreamable):
 
 
 class _ExchangeGroup(nn.Module):
-    """The tables of a collection that share an embedding dim: one id all-to-all and one
-    embedding all-to-all for all of them (instead of one pair per table).
+    """The tables of a collection that share an embedding dim: one id exchange and one row
+    exchange for all of them (instead of one pair per table).
 
-    Requester: the distinct ids of every table are sorted by (owner rank, table) and sent as one
-    KJT whose keys are ``<table>@<rank>`` (one bag each). Owner: it receives ``T`` keys with one
-    bag per source rank, looks each table's ids up in its ``ShardedDynamicTable`` shard
-    (``compute``: insertion, gradient scaling of ``backend/sharding.py``) and sends the rows
-    back in (source rank, table) order through ``SequenceEmbeddingsAllToAll`` (autograd-aware).
+    Requester: the distinct ids of every table are sorted by (owner rank, table) and sent with
+    their per-(rank, table) counts (``IdExchange``). Owner: it receives, from every source rank,
+    each table's ids; looks each table's ids up in its ``ShardedDynamicTable`` shard
+    (``compute``: insertion, gradient scaling of ``backend/sharding.py``) and sends the rows back
+    in the order received (``RowsAllToAll``, autograd-aware).
     """
 
     def __init__(self, names: List[str], dim: int, env: ShardingEnv):
         super().__init__()
         self.names, self.dim = list(names), int(dim)
         self.world, self.rank, self.pg = env.world_size, env.rank, env.process_group
-        self.keys = [f"{n}@{r}" for r in range(self.world) for n in self.names]
-        self.kjt_a2a = KJTAllToAll(self.pg, [len(self.names)] * self.world)
-        self.emb_a2a = SequenceEmbeddingsAllToAll(self.pg, [1] * self.world)
-        # rebuilt at construction; keep them out of state dicts (world-size independent)
-        for sub in (self.kjt_a2a, self.emb_a2a):
-            sub._non_persistent_buffers_set.update(name for name, _ in sub.named_buffers(recurse=False))
 
-    def send(self, gctx: _GroupCtx, uniques: List[torch.Tensor]):
-        """Issue the id all-to-all of the tables' distinct ids ``uniques`` (one ``[U_t]`` each)."""
+    def send(self, gctx: _GroupCtx, uniques: List[torch.Tensor]) -> IdExchange:
+        """Issue the id exchange of the tables' distinct ids ``uniques`` (one ``[U_t]`` each)."""
         t_count = len(self.names)
         ids = torch.cat(uniques) if t_count > 1 else uniques[0]
         key = torch.cat([owner_ranks(u, self.world) * t_count + t for t, u in enumerate(uniques)])
         perm = torch.argsort(key, stable=True)
-        lengths = torch.bincount(key, minlength=self.world * t_count)
+        lengths = torch.bincount(key, minlength=self.world * t_count).view(self.world, t_count)
         gctx.send_perm, gctx.sizes = perm, [int(u.numel()) for u in uniques]
-        gctx.send_counts = lengths.view(self.world, t_count).sum(1).tolist()
-        kjt = KeyedJaggedTensor(keys=self.keys, values=ids.index_select(0, perm), lengths=lengths.to(torch.int32),
-                                stride=1)
-        return self.kjt_a2a(kjt)
+        gctx.send_counts = lengths.sum(1).tolist()
+        return IdExchange(ids.index_select(0, perm), lengths, self.pg, self.error)
 
-    def lookup(self, gctx: _GroupCtx, received: KeyedJaggedTensor, tables: nn.ModuleDict,
-               readonly: List[bool]) -> List[torch.Tensor]:
-        """Owner lookups + the embedding all-to-all -> per table ``[U_t, dim]`` (requester order)."""
+    def lookup(self, gctx: _GroupCtx, received: ReceivedIds, tables: nn.ModuleDict,
+               readonly: List[bool]) -> Awaitable[List[torch.Tensor]]:
+        """Owner lookups + the row exchange (issued) -> ``Awaitable`` of per table ``[U_t, dim]``
+        (requester order)."""
         t_count, world = len(self.names), self.world
-        recv_lengths = received.lengths().to(torch.int64).view(t_count, world)
-        values = received.values()
-        per_key = recv_lengths.sum(1).tolist()
+        counts = received.counts                     # [W, T]: ids from source r of table t
+        # received ids are source-major (source, table); each table's lookup wants its own ids
+        table_of = torch.repeat_interleave(torch.arange(t_count).repeat(world), counts.reshape(-1))
+        by_table = torch.argsort(table_of, stable=True) if t_count > 1 else None
+        values = received.ids if by_table is None else received.ids.index_select(0, by_table.to(received.ids.device))
         rows, start = [], 0
         for t, name in enumerate(self.names):
+            n = int(counts[:, t].sum())
             table = tables[name]
             tctx = table.create_context()
             tctx.readonly = readonly[t]
-            part = KeyedJaggedTensor(keys=[name], values=values[start:start + per_key[t]],
-                                     lengths=recv_lengths[t].to(torch.int32), stride=world)
-            rows.append(table.compute(tctx, part))
-            start += per_key[t]
+            rows.append(table.compute(tctx, ReceivedIds(values[start:start + n], counts[:, t:t + 1])))
+            start += n
         local = torch.cat(rows) if t_count > 1 else rows[0]
+        if by_table is not None:                     # back to (source, table) order
+            source_major = torch.empty_like(by_table)
+            source_major[by_table] = torch.arange(by_table.numel())
+            local = local.index_select(0, source_major.to(local.device))
         if world == 1:
-            back = local
+            back: Awaitable[torch.Tensor] = NoWait(local)
         else:
-            # key-major (table, source) -> source-major (source, table) for the all-to-all
-            src = torch.arange(world, device=recv_lengths.device).repeat(t_count)
-            tbl = torch.arange(t_count, device=recv_lengths.device).repeat_interleave(world)
-            key = torch.repeat_interleave(src * t_count + tbl, recv_lengths.reshape(-1))
-            local = local.index_select(0, torch.argsort(key, stable=True).to(local.device))
-            per_source = recv_lengths.sum(0)
-            if local.requires_grad and torch.is_grad_enabled():
-                back = _GroupExchange.apply(local, self, gctx, per_source)
-            else:
-                back = self._exchange(gctx, local, per_source)
-        back = back.view(-1, self.dim)
-        inverse = torch.empty_like(gctx.send_perm)
-        inverse[gctx.send_perm] = torch.arange(gctx.send_perm.numel(), device=gctx.send_perm.device)
-        ordered = back.index_select(0, inverse.to(back.device))
-        return list(torch.split(ordered, gctx.sizes))
-
-    def _exchange(self, gctx: _GroupCtx, local: torch.Tensor, per_source: torch.Tensor) -> torch.Tensor:
-        # TorchRec names the splits after the id all-to-all: "input" = ids this rank sent
-        # (= rows it receives back), "output" = ids it received (= rows it sends)
-        try:
-            return self.emb_a2a(local.contiguous(), per_source.view(1, -1), input_splits=gctx.send_counts,
-                                output_splits=per_source.tolist()).wait()
-        except RuntimeError as e:
-            raise self.error("embedding", "forward", e) from e
+            back = PendingRows(self.error)
+            back.rows = RowsAllToAll.apply(local, received.per_source, gctx.send_counts, self.pg, back)
+        return _GroupRows(back, gctx, self.dim)
 
     def error(self, what: str, phase: str, err: BaseException) -> DistributedExchangeError:
-        return DistributedExchangeError(
-            f"dynamic tables {self.names}, rank {self.rank} of {self.world}: the {what} all-to-all failed in "
-            f"{phase}; another rank probably died, was stopped past the process-group timeout or skipped this "
-            f"lookup. Check the other ranks' logs. Cause: {err}")
+        return exchange_error(f"dynamic tables {self.names}", self.rank, self.world, what, phase, err)
 
 
-class _GroupExchange(torch.autograd.Function):
-    """The embedding all-to-all of a group with its backward guarded (as ``_GuardedExchange`` in
-    ``backend/sharding.py``): the reverse all-to-all TorchRec runs in backward is re-run through
-    ``torch.autograd.grad`` so that a dead peer gives ``DistributedExchangeError`` naming the
-    tables. ``[N_send, dim]`` rows this rank sends -> ``[N_asked, dim]`` rows it asked for."""
+class _GroupRows(Awaitable[List[torch.Tensor]]):
+    """A group's rows on their way back -> per table ``[U_t, dim]`` in the requester's order."""
 
-    @staticmethod
-    def forward(ctx, local, group: _ExchangeGroup, gctx: _GroupCtx, per_source: torch.Tensor):
-        with torch.enable_grad():
-            sent = local.detach().requires_grad_(True)
-            received = group._exchange(gctx, sent, per_source)
-        ctx.group, ctx.sent, ctx.received = group, sent, received
-        return received.detach()
+    def __init__(self, rows: Awaitable[torch.Tensor], gctx: _GroupCtx, dim: int):
+        super().__init__()
+        self._rows, self._gctx, self._dim = rows, gctx, dim
 
-    @staticmethod
-    def backward(ctx, grad):
-        group, sent, received = ctx.group, ctx.sent, ctx.received
-        if received is None:
-            raise RuntimeError(f"dynamic tables {group.names}: backward ran twice through one sharded lookup; "
-                               "TorchRec's all-to-all supports one backward (no retain_graph=True reuse)")
-        ctx.sent = ctx.received = None
-        grad_sent = guarded_reverse_exchange(
-            sent, received, grad, lambda e: group.error("embedding-gradient", "backward", e))
-        return grad_sent, None, None, None
+    def _wait_impl(self) -> List[torch.Tensor]:
+        back = self._rows.wait().view(-1, self._dim)
+        perm = self._gctx.send_perm
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+        return list(torch.split(back.index_select(0, inverse.to(back.device)), self._gctx.sizes))
 
 
 class _ShardedCollectionBase(ShardedModule, FusedOptimizerModule):
@@ -252,10 +215,11 @@ class _ShardedCollectionBase(ShardedModule, FusedOptimizerModule):
         """Look up, exchange back -> per table (config order) the rows ``[U_t, D_t]`` of its
         distinct ids."""
         out: List[Optional[torch.Tensor]] = [None] * len(self._configs)
-        for group, gctx, kjt in zip(self.groups, ctx.groups, dist_input):
-            readonly = [self._module._readonly(n) for n in group.names]
-            for name, rows in zip(group.names, group.lookup(gctx, kjt, self.tables, readonly)):
-                out[self._index[name]] = rows
+        pending = [group.lookup(gctx, received, self.tables, [self._module._readonly(n) for n in group.names])
+                   for group, gctx, received in zip(self.groups, ctx.groups, dist_input)]
+        for group, rows in zip(self.groups, pending):     # every group's rows are in flight
+            for name, table_rows in zip(group.names, rows.wait()):
+                out[self._index[name]] = table_rows
         return out
 
     def compute_and_output_dist(self, ctx: _CollectionCtx, input: KJTList):

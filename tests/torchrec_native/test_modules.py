@@ -238,7 +238,7 @@ def test_fused_optimizer_in_torchrec_combined_optimizer_state_and_lr_scheduler()
 
 def test_sharded_collection_names_its_tables_when_the_id_exchange_fails(tmp_path, monkeypatch):
     import torch.distributed as dist
-    from torchrec.distributed.types import Awaitable, ShardingEnv
+    from torchrec.distributed.types import ShardingEnv
     from recis_compat.backend.sharding import DistributedExchangeError
     from recis_compat.torchrec.distributed import DynamicEmbeddingBagCollectionSharder
 
@@ -250,19 +250,22 @@ def test_sharded_collection_names_its_tables_when_the_id_exchange_fails(tmp_path
         ours = _ebc()
         torch.testing.assert_close(sharded(kjt).values(), ours(kjt).values(), rtol=0, atol=0)
 
-        group = sharded.groups[0]
+        # one real rank: pretend the group spans two so that its id exchange runs, through an
+        # all-to-all that fails when issued, then one that fails when waited on
+        from recis_compat.backend import exchange
+        sharded.groups[0].world = 2
 
-        def broken(kjt):                                    # the all-to-all cannot even be issued
+        def broken(*args, **kwargs):                        # the all-to-all cannot even be issued
             raise RuntimeError("Connection closed by peer")
-        monkeypatch.setattr(group.kjt_a2a, "forward", broken)
-        with pytest.raises(DistributedExchangeError, match=r"tables \['t1'\], rank 0 of 1.*id all-to-all.*Connection closed"):
+        monkeypatch.setattr(exchange.dist, "all_to_all_single", broken)
+        with pytest.raises(DistributedExchangeError, match=r"tables \['t1'\], rank 0 of 2.*id all-to-all.*Connection closed"):
             sharded(kjt)
 
-        class Failing(Awaitable):
-            def _wait_impl(self):
+        class Failing:
+            def wait(self):
                 raise RuntimeError("Application timeout caused pair closure")
-        monkeypatch.setattr(group.kjt_a2a, "forward", lambda kjt: Failing())
-        with pytest.raises(DistributedExchangeError, match=r"tables \['t1'\]\), rank 0 of 1.*pair closure"):
+        monkeypatch.setattr(exchange.dist, "all_to_all_single", lambda *a, **k: Failing())
+        with pytest.raises(DistributedExchangeError, match=r"tables \['t1'\], rank 0 of 2.*id all-to-all.*pair closure"):
             sharded(kjt)
     finally:
         dist.destroy_process_group()

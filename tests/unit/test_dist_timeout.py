@@ -201,49 +201,72 @@ def test_resolve_backend_keeps_requests_on_cuda_jobs(monkeypatch):
 
 
 # ---------------------------------------------------------------- errors of the sharded exchange
-# ``_GuardedExchange`` driven in process by a stand-in table whose "all-to-all" is an autograd op
-# (the 2-rank run with a really stopped peer is tests/distributed/test_dead_peer.py).
+# ``backend/exchange.py`` driven in process: its ``all_to_all_single`` is replaced by a one-rank
+# stand-in (copy) that can fail like gloo (the 2-rank run with a really stopped peer is
+# tests/distributed/test_dead_peer.py).
 
-class _FlakyExchange(torch.autograd.Function):
-    """x -> 2x; backward raises gloo's timeout text when ``fail`` is set."""
-
-    @staticmethod
-    def forward(ctx, x, fail):
-        ctx.fail = fail
-        return x * 2
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.fail:
-            raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms "
-                               "for recv operation to complete")
-        return grad * 2, None
+GLOO_TIMEOUT = "[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms for recv operation to complete"
 
 
-def _stand_in_table(fail_backward: bool):
-    from torchrec.distributed.types import NoWait
-    config = types.SimpleNamespace(children=["user", "user_ro"])
-    return types.SimpleNamespace(
-        name="user", rank=1, world_size=4, config=config,
-        output_dist=lambda ctx, x: NoWait(_FlakyExchange.apply(x, fail_backward)))
+class _Work:
+    def __init__(self, fail):
+        self.fail = fail
+
+    def wait(self):
+        if self.fail:
+            raise RuntimeError(GLOO_TIMEOUT)
+        return True
 
 
-def test_guarded_exchange_passes_gradients():
-    from recis_compat.backend.sharding import _GuardedExchange
+def _stand_in_all_to_all(monkeypatch, fail_calls=()):
+    """Replace the exchange's all_to_all_single by a copy; calls numbered in ``fail_calls`` fail
+    (at wait() when async, else at once). Returns the list of calls made."""
+    from recis_compat.backend import exchange
+    calls = []
+
+    def fake(out, inp, output_split_sizes=None, input_split_sizes=None, group=None, async_op=False):
+        calls.append((tuple(inp.shape), async_op))
+        fail = len(calls) in fail_calls
+        out.copy_(inp)
+        if async_op:
+            return _Work(fail)
+        if fail:
+            raise RuntimeError(GLOO_TIMEOUT)
+        return None
+
+    monkeypatch.setattr(exchange.dist, "all_to_all_single", fake)
+    return calls
+
+
+def _table_error(what, phase, err):
+    from recis_compat.backend.sharding import exchange_error
+    return exchange_error("table 'user' (shared_names user_ro)", 1, 4, what, phase, err)
+
+
+def test_rows_exchange_passes_gradients_sync_and_async(monkeypatch):
+    from recis_compat.backend.exchange import PendingRows, RowsAllToAll
+    calls = _stand_in_all_to_all(monkeypatch)
     local = torch.arange(6.0).view(3, 2).requires_grad_(True)
-    out = _GuardedExchange.apply(local, _stand_in_table(False), None)
+    out = RowsAllToAll.apply(local * 2, [3], [3], None)
     torch.testing.assert_close(out, local.detach() * 2)
     (out.t() * torch.arange(6.0).view(2, 3)).sum().backward()   # non-contiguous incoming gradient
     torch.testing.assert_close(local.grad, torch.arange(6.0).view(2, 3).t() * 2)
+    pending = PendingRows(_table_error)
+    pending.rows = RowsAllToAll.apply(local, [3], [3], None, pending)
+    torch.testing.assert_close(pending.wait(), local.detach())
+    assert [c[1] for c in calls] == [False, False, True]     # forward, backward, async forward
 
 
 def test_failed_backward_exchange_names_table_and_rank(monkeypatch):
-    from recis_compat.backend.sharding import DistributedExchangeError, _GuardedExchange
+    from recis_compat.backend.exchange import PendingRows, RowsAllToAll
+    from recis_compat.backend.sharding import DistributedExchangeError
     monkeypatch.setenv(dist_timeout.ENV_VAR, "15")
+    _stand_in_all_to_all(monkeypatch, fail_calls=(2,))
     local = torch.ones(3, 2, requires_grad=True)
-    out = _GuardedExchange.apply(local, _stand_in_table(True), None)
+    pending = PendingRows(_table_error)
+    pending.rows = RowsAllToAll.apply(local, [3], [3], None, pending)
     with pytest.raises(DistributedExchangeError) as info:
-        out.sum().backward()
+        pending.wait().sum().backward()
     msg = str(info.value)
     for part in ("table 'user' (shared_names user_ro)", "rank 1 of 4",
                  "embedding-gradient all-to-all failed in backward", "RECIS_COMPAT_DIST_TIMEOUT=15 s",
@@ -252,14 +275,20 @@ def test_failed_backward_exchange_names_table_and_rank(monkeypatch):
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
-def test_second_backward_through_one_exchange_is_refused():
-    from recis_compat.backend.sharding import _GuardedExchange
-    local = torch.ones(3, 2, requires_grad=True)
-    out = _GuardedExchange.apply(local, _stand_in_table(False), None)
-    loss = out.sum()
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="table 'user': backward ran twice through one sharded lookup"):
-        loss.backward()
+@pytest.mark.parametrize("failing_call,what", [(1, "id"), (2, "id"), (3, "embedding")])
+def test_failed_forward_exchanges_name_the_direction(monkeypatch, failing_call, what):
+    """Counts (call 1), ids (call 2) and rows (call 3) all-to-alls fail at their wait() with the
+    table's error."""
+    from recis_compat.backend.exchange import IdExchange, PendingRows, RowsAllToAll
+    from recis_compat.backend.sharding import DistributedExchangeError
+    _stand_in_all_to_all(monkeypatch, fail_calls=(failing_call,))
+    ids = torch.tensor([7, 8, 9])
+    with pytest.raises(DistributedExchangeError, match=f"the {what} all-to-all failed in forward"):
+        received = IdExchange(ids, torch.tensor([2, 1]), None, _table_error).wait().wait()
+        assert torch.equal(received.ids, ids) and received.per_source == [2, 1]
+        pending = PendingRows(_table_error)
+        pending.rows = RowsAllToAll.apply(torch.ones(3, 2), [2, 1], [2, 1], None, pending)
+        pending.wait()
 
 
 def test_lookup_contexts_record_nested_state_on_a_stream():
@@ -268,7 +297,7 @@ def test_lookup_contexts_record_nested_state_on_a_stream():
     import torch
     from torchrec.streamable import Multistreamable
 
-    from recis_compat.backend.sharding import record_context_stream
+    from recis_compat.backend.dynamic_table import record_context_stream
 
     class Spy(Multistreamable):
         def __init__(self):

@@ -20,16 +20,16 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from recis_compat.backend.exchange import RowsAllToAll
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
 from recis_compat.nn.hashtable_hook import AdmitHook, FilterHook
 from recis_compat.nn.initializers import ConstantInitializer, Initializer
 from recis_compat.nn.modules.hashtable import HashTable, gen_slice
-from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.ragged.tensor import RaggedTensor
 from recis_compat.utils.device import resolve_device
 
 __all__ = ["EmbeddingOption", "DynamicEmbedding", "ExchangeIDsResults", "ExchangeEmbResults",
-           "EmbeddingExchange", "deal_with_tensor", "split_ids_for_lookup"]
+           "EmbeddingExchange", "deal_with_tensor"]
 
 COMBINERS = ("sum", "mean", "tile")
 
@@ -111,6 +111,12 @@ class EmbeddingOption:
 
 @dataclass
 class ExchangeIDsResults:
+    """One lookup after :meth:`DynamicEmbedding.exchange_ids`: ``ids`` the distinct ids ``[U]``
+    grouped by owner rank, ``parts`` how many go to each rank, ``parts_reverse`` how many this
+    rank received from each (filled by ``lookup_exchange_emb``), ``reverse_index`` ``[N]``
+    (``ids[reverse_index]`` is the input), ``offsets`` the bag offsets, ``ids_await`` the
+    exchange in flight (``backend/dynamic_table.py`` ``LookupRequest``)."""
+
     ids: torch.Tensor
     parts: list
     parts_reverse: list
@@ -121,39 +127,21 @@ class ExchangeIDsResults:
 
 @dataclass
 class ExchangeEmbResults:
-    emb: torch.Tensor
+    """One lookup after :meth:`DynamicEmbedding.lookup_exchange_emb`: ``emb`` ``[U, dim]`` once
+    :meth:`DynamicEmbedding.wait_exchange_emb` waited on ``emb_await`` (the rows in flight; None
+    before), ``emb_shape`` ``(U, dim)``."""
+
+    emb: Optional[torch.Tensor]
     reverse_index: torch.Tensor
     emb_shape: tuple
     offsets: torch.Tensor
     emb_await: object = None
 
 
-class EmbeddingExchange(torch.autograd.Function):
-    """All-to-all of looked-up embeddings back to the ranks that asked (backward: reverse).
-
-    ``(emb [sum(send_parts), D], send_parts, recv_parts, pg) -> (emb_out, None, shape)``.
-    Blocking (gloo has no async all_to_all_single for CPU tensors with autograd-friendly waits)."""
-
-    @staticmethod
-    def forward(ctx, emb, send_parts, recv_parts, pg):
-        import torch.distributed as dist
-        ctx.send_parts, ctx.recv_parts, ctx.pg = list(send_parts), list(recv_parts), pg
-        if pg is None or dist.get_world_size(pg) == 1:
-            return emb.view_as(emb), None, tuple(emb.shape)
-        out = emb.new_empty((sum(recv_parts), emb.shape[1]))
-        dist.all_to_all_single(out, emb.contiguous(), output_split_sizes=list(recv_parts),
-                               input_split_sizes=list(send_parts), group=pg)
-        return out, None, tuple(out.shape)
-
-    @staticmethod
-    def backward(ctx, grad, _g2=None, _g3=None):
-        import torch.distributed as dist
-        if ctx.pg is None or dist.get_world_size(ctx.pg) == 1:
-            return grad, None, None, None
-        out = grad.new_empty((sum(ctx.send_parts), grad.shape[1]))
-        dist.all_to_all_single(out, grad.contiguous(), output_split_sizes=ctx.send_parts,
-                               input_split_sizes=ctx.recv_parts, group=ctx.pg)
-        return out, None, None, None
+EmbeddingExchange = RowsAllToAll
+"""RecIS's autograd all-to-all of embeddings (``all_to_all_single``; backward the reverse):
+``recis_compat/backend/exchange.py`` ``RowsAllToAll``, which the sharded lookups use:
+``EmbeddingExchange.apply(emb, send_parts, recv_parts, pg)`` -> the rows received."""
 
 
 def deal_with_tensor(input_tensor: Union[torch.Tensor, RaggedTensor], what: str = "DynamicEmbedding"
@@ -190,12 +178,6 @@ def deal_with_tensor(input_tensor: Union[torch.Tensor, RaggedTensor], what: str 
         raise TypeError(f"{what}: ids must be int64, got {val.dtype} (hash or cast them first, e.g. with "
                         "the Hash/Mod feature ops or .long())")
     return val, offsets, weight, shape
-
-
-def split_ids_for_lookup(ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(unique_ids [U], reverse_index [N])`` with ``unique_ids[reverse_index] == ids``; unique
-    ids in first-occurrence order (RecIS: sorted by its GPU unique; the order is internal)."""
-    return unique_first_seen(ids)
 
 
 def _cast_for_reduce(emb: torch.Tensor, fp16_enabled: bool) -> torch.Tensor:
@@ -247,25 +229,33 @@ class DynamicEmbedding(nn.Module):
         return deal_with_tensor(input_tensor, what=f"table {self.name!r}")
 
     # ------------------------------------------------------------------ stages
+    # RecIS's three stages; each returns right after issuing its all-to-all (sharded tables), so
+    # EmbeddingEngine runs every group's exchange_ids before any lookup_exchange_emb.
     def exchange_ids(self, ids: torch.Tensor, offsets: torch.Tensor) -> ExchangeIDsResults:
-        """Dedupe ``ids``; on one process the unique ids stay local."""
-        uniq, reverse = split_ids_for_lookup(ids)
-        return ExchangeIDsResults(ids=uniq, parts=[uniq.numel()], parts_reverse=[uniq.numel()],
-                                  reverse_index=reverse, offsets=offsets)
+        """Dedupe ``ids`` ``[N]``, group the distinct ids by owner rank and issue their exchange
+        (on one process they stay local)."""
+        table = self._hashtable.table
+        uniq, reverse, parts = table.partition_ids(ids)
+        return ExchangeIDsResults(ids=uniq, parts=parts, parts_reverse=[], reverse_index=reverse, offsets=offsets,
+                                  ids_await=table.request(uniq, parts))
 
     def lookup_exchange_emb(self, r: ExchangeIDsResults, admit_hook: Optional[AdmitHook] = None) -> ExchangeEmbResults:
-        """Embeddings ``[U, dim]`` of the unique ids."""
+        """Look the ids up on their owners and issue the rows' way back; the rows ``[U, dim]``
+        come from :meth:`wait_exchange_emb`."""
         if admit_hook is not None and (not isinstance(admit_hook, AdmitHook) or admit_hook.name != "ReadOnly"):
             raise AssertionError(f"table {self.name!r}: only AdmitHook('ReadOnly') is supported, got {admit_hook}")
         # find-or-insert and gather under one hold of the table's lock (see HashTable.forward)
         with self._hashtable.impl.lock:
-            emb = self._hashtable.lookup_unique(r.ids, readonly=admit_hook is not None)
-        return ExchangeEmbResults(emb=emb, reverse_index=r.reverse_index, emb_shape=tuple(emb.shape),
-                                  offsets=r.offsets)
+            pending = r.ids_await.fetch(readonly=admit_hook is not None)
+        r.parts_reverse = r.ids_await.received_counts
+        return ExchangeEmbResults(emb=None, reverse_index=r.reverse_index,
+                                  emb_shape=(r.ids.numel(), self._emb_opt.embedding_dim), offsets=r.offsets,
+                                  emb_await=pending)
 
     def wait_exchange_emb(self, r: ExchangeEmbResults) -> torch.Tensor:
+        """The rows ``[U, dim]`` of a :meth:`lookup_exchange_emb` (waits for them once)."""
         if r.emb_await is not None:
-            r.emb_await.wait()
+            r.emb, r.emb_await = r.emb_await.wait(), None
         return r.emb.view(r.emb_shape)
 
     def emb_reduce(self, r: ExchangeEmbResults, weight, combiner, combiner_kwargs, fp16_enable=False):

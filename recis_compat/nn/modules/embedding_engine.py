@@ -10,6 +10,12 @@ deduplicated and looked up once, then pooled (sum/mean: one ``embedding_bag`` ov
 group; tile: per feature) and split back. Keys that are not embedded pass through
 (RaggedTensor -> ``to_dense()``).
 
+Under ``torchrun`` the lookups are exchanges between ranks, run in RecIS's order: every group's
+ids are sent (``exchange_ids``) before any group is looked up (``lookup_exchange_emb``), and
+every group's rows are in flight before the first is pooled; each stage returns right after
+issuing its all-to-all (``backend/exchange.py``). The state of one forward lives in an
+:class:`EmbeddingEngineContext`, never on the module.
+
 Differences from RecIS: a ``shared_name`` used with two configs raises the intended RuntimeError
 (RecIS's message construction raises KeyError); the RaggedTensor weights are used; ``tile_len``
 may differ between the features of one group.
@@ -39,7 +45,8 @@ from recis_compat.ops.coalesce import coalesce_ids
 from recis_compat.ops.tile import tile
 from recis_compat.ragged.tensor import RaggedTensor
 
-__all__ = ["EmbeddingEngine", "HashTableCoalescedGroup", "RuntimeGroupFeature", "table_name_of"]
+__all__ = ["EmbeddingEngine", "EmbeddingEngineContext", "HashTableCoalescedGroup", "RuntimeGroupFeature",
+           "table_name_of"]
 
 
 def table_name_of(opt: EmbeddingOption) -> str:
@@ -187,6 +194,15 @@ class RuntimeGroupFeature:
         return True
 
 
+class EmbeddingEngineContext:
+    """The state of one :meth:`EmbeddingEngine.forward` (TorchRec's per-call context): for
+    every group with inputs, ``(table name, RuntimeGroupFeature, ExchangeIDsResults,
+    ExchangeEmbResults)``, the last two filled as the stages run."""
+
+    def __init__(self, groups: List[tuple]):
+        self.groups = [[ht_name, group, None, None] for ht_name, group in groups]
+
+
 class EmbeddingEngine(nn.Module):
     """Embeds the features named in ``emb_options`` (feature name -> EmbeddingOption) and passes
     every other input key through. See the module docstring."""
@@ -306,12 +322,16 @@ class EmbeddingEngine(nn.Module):
     def forward(self, input_features: dict) -> dict:
         if not isinstance(input_features, dict):
             raise TypeError(f"EmbeddingEngine expects a dict of features, got {type(input_features).__name__}")
+        ctx = EmbeddingEngineContext(self.group_features(input_features))
+        for entry in ctx.groups:                    # every group's id exchange issued ...
+            entry[2] = self.group_exchange_ids(entry[0], entry[1])
+        for entry in ctx.groups:                    # ... and its ids sent, before any lookup
+            entry[2].ids_await.send()
+        for entry in ctx.groups:                    # lookups; every group's rows in flight ...
+            entry[3] = self.group_exchange_embs(entry[0], entry[1], entry[2])
         embedded: Dict[str, torch.Tensor] = {}
-        for ht_name, group in self.group_features(input_features):
-            ids_result = self.group_exchange_ids(ht_name, group)
-            emb_result = self.group_exchange_embs(ht_name, group, ids_result)
+        for ht_name, group, _, emb_result in ctx.groups:    # ... before the first is pooled
             embedded.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
-            group.clear_ids()
         out = OrderedDict((k, embedded[k]) for k in self._emb_opts if k in embedded)
         out.update(self.format_direct_out(input_features))
         return out

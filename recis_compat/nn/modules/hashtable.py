@@ -39,9 +39,7 @@ from recis_compat.nn.initializers import ConstantInitializer, Initializer
 from recis_compat.utils.device import resolve_device
 
 __all__ = ["Slice", "gen_slice", "HashTable", "HashtableImpl", "HashtableRegister", "ChildrenInfo",
-           "Slot", "SlotGroup", "is_hashtable", "split_sparse_dense_state_dict", "filter_out_sparse_param",
-           "HashTableLookupHelpFunction", "GradIDMeanFunction", "GradWorkerMeanFunction"]
-
+           "Slot", "SlotGroup", "is_hashtable", "split_sparse_dense_state_dict", "filter_out_sparse_param"]
 
 
 class Slice:
@@ -95,49 +93,6 @@ class HashtableRegister(metaclass=SingletonMeta):
         """Forget every name (tests; not in RecIS)."""
         with self._lock:
             self._names.clear()
-
-
-class GradWorkerMeanFunction(torch.autograd.Function):
-    """Identity forward; backward divides the gradient by ``world_size``."""
-
-    @staticmethod
-    def forward(ctx, emb, world_size: int):
-        ctx.world_size = int(world_size)
-        return emb.view_as(emb)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad / ctx.world_size, None
-
-
-class GradIDMeanFunction(torch.autograd.Function):
-    """Identity forward; backward divides row ``i``'s gradient by ``counts[i]``."""
-
-    @staticmethod
-    def forward(ctx, emb, counts: torch.Tensor):
-        ctx.save_for_backward(counts)
-        return emb.view_as(emb)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (counts,) = ctx.saved_tensors
-        return grad / counts.to(grad.dtype).view(-1, *([1] * (grad.dim() - 1))), None
-
-
-class HashTableLookupHelpFunction(torch.autograd.Function):
-    """``(anchor, emb, rows, impl)`` -> ``emb``; backward sends ``(rows, grad)`` to ``impl``."""
-
-    @staticmethod
-    def forward(ctx, anchor, emb, rows, impl):
-        ctx.impl = impl
-        ctx.save_for_backward(rows)
-        return emb
-
-    @staticmethod
-    def backward(ctx, grad):
-        (rows,) = ctx.saved_tensors
-        ctx.impl.accept_grad(rows, grad.reshape(rows.numel(), ctx.impl.dim).contiguous())
-        return None, None, None, None
 
 
 def _build_initializer(initializer: Optional[Initializer], block_size: int, shape: List[int],
@@ -271,6 +226,13 @@ class HashTable(nn.Module):
         ``readonly``), differentiable into the table: the backend table's ``lookup_unique``
         (sharded or not). Callers that also read ``impl`` hold ``impl.lock`` around it."""
         return self._table.lookup_unique(unique_ids, readonly=readonly)
+
+    @property
+    def table(self):
+        """The backend table module: a ``DynamicTable``, or its ``ShardedDynamicTable`` twin
+        once ``DistributedModelParallel`` sharded the model (``backend/sharding.py``). Its
+        staged lookup (``partition_ids``, ``request``) is what ``DynamicEmbedding`` drives."""
+        return self._table
 
     # ------------------------------------------------------------------ RecIS API
     @property

@@ -1,0 +1,181 @@
+"""The all-to-alls of a sharded dynamic-table lookup: ids to their owners, rows back.
+
+One lookup of ``U`` distinct ids on each of ``W`` ranks (RecIS's exchange, COMPATIBILITY.md
+"Multi-process lookups")::
+
+    ids_partition (csrc): distinct ids grouped by owner rank, inverse, rank_counts [W]
+    IdExchange:   rank_counts all-to-all (async) --wait--> ids all-to-all (async) --wait-->
+                  owner: the ids of every source rank, concatenated by source
+    RowsAllToAll: owner's rows [N_recv, D] --all-to-all (async, autograd-aware)--> requester [U, D]
+                  (backward: the reverse all-to-all of the row gradients)
+
+Every stage returns a TorchRec ``Awaitable`` right after issuing its collective
+(``async_op=True``), so a caller with several tables issues every table's id exchange before
+waiting on any (``nn/modules/embedding_engine.py``, ``torchrec/distributed.py``).
+
+Why not TorchRec's ``KJTAllToAll`` / ``SequenceEmbeddingsAllToAll``: a lookup sends one bag
+per destination rank, so the exchange is exactly two ``all_to_all_single`` calls and one back;
+TorchRec's modules add a KJT permute, a lengths all-to-all per key and, for the rows, a nested
+autograd graph that our error guard had to re-enter in backward. Measured on the one-id lookup
+benchmark (``bench lookup --world-size 2``, docs/benchmarks.md) the direct calls are cheaper;
+TorchRec's own sharded collections keep using its modules.
+
+Failures (a dead or stopped peer, the process-group timeout) surface from ``wait()`` / backward
+as the exception ``on_error(err)`` returns (the callers name the table, rank and direction).
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.types import Awaitable
+from torchrec.streamable import Multistreamable
+
+__all__ = ["IdExchange", "ReceivedIds", "RowsAllToAll", "PendingRows", "ErrorFactory"]
+
+ErrorFactory = Callable[[str, str, BaseException], BaseException]
+"""``f(what, phase, err)`` -> the exception to raise: ``what`` is ``"id"``, ``"embedding"`` or
+``"embedding-gradient"``, ``phase`` ``"forward"`` or ``"backward"``."""
+
+
+def _wait(work, on_error: ErrorFactory, what: str, phase: str) -> None:
+    try:
+        work.wait()
+    except RuntimeError as e:
+        raise on_error(what, phase, e) from e
+
+
+class ReceivedIds(Multistreamable):
+    """What an owner received.
+
+    Attributes:
+        ids: int64 ``[N_recv]``: the ids of source rank 0, then of rank 1, ...
+        counts: int64 ``[W, K]``: ids from every source rank per segment (``K`` segments, e.g.
+            tables, as the senders' ``send_counts``).
+        per_source: ``List[int]`` of length W: ids from every source rank (``counts.sum(1)``).
+    """
+
+    def __init__(self, ids: torch.Tensor, counts: torch.Tensor):
+        self.ids, self.counts = ids, counts
+        self.per_source: List[int] = counts.sum(1).tolist()
+
+    def record_stream(self, stream) -> None:
+        for t in (self.ids, self.counts):
+            if t is not None and t.is_cuda:
+                t.record_stream(stream)
+
+
+class _IdsAwaitable(Awaitable[ReceivedIds]):
+    def __init__(self, work, received: ReceivedIds, on_error: ErrorFactory):
+        super().__init__()
+        self._work, self._received, self._on_error = work, received, on_error
+
+    def _wait_impl(self) -> ReceivedIds:
+        if self._work is not None:
+            _wait(self._work, self._on_error, "id", "forward")
+        return self._received
+
+
+class IdExchange(Awaitable[Awaitable[ReceivedIds]]):
+    """Send ``ids`` int64 ``[U]`` to their owners.
+
+    ``send_counts``: int64 ``[W]`` or ``[W, K]`` (CPU): ``ids`` holds ``send_counts[r].sum()``
+    ids for rank ``r``, rank 0's first; the ``K`` columns split each rank's part into segments
+    (tables) that the owner gets back as :attr:`ReceivedIds.counts`. Construction issues the
+    counts all-to-all; the first ``wait()`` waits for it and issues the ids all-to-all; the second
+    returns :class:`ReceivedIds`. One rank (W = 1) exchanges nothing.
+    """
+
+    def __init__(self, ids: torch.Tensor, send_counts: torch.Tensor, pg, on_error: ErrorFactory):
+        super().__init__()
+        counts = send_counts.to(torch.int64).reshape(send_counts.shape[0], -1).contiguous()
+        self._ids, self._pg, self._on_error = ids, pg, on_error
+        self._send_counts = counts
+        self._work = None
+        if counts.shape[0] > 1:
+            self._recv_counts = torch.empty_like(counts)
+            try:
+                self._work = dist.all_to_all_single(self._recv_counts, counts, group=pg, async_op=True)
+            except RuntimeError as e:
+                raise on_error("id", "forward", e) from e
+
+    def _wait_impl(self) -> Awaitable[ReceivedIds]:
+        if self._work is None:
+            return _IdsAwaitable(None, ReceivedIds(self._ids, self._send_counts), self._on_error)
+        _wait(self._work, self._on_error, "id", "forward")
+        received = ReceivedIds(None, self._recv_counts)
+        received.ids = self._ids.new_empty((sum(received.per_source),))
+        try:
+            work = dist.all_to_all_single(received.ids, self._ids.contiguous(), output_split_sizes=received.per_source,
+                                          input_split_sizes=self._send_counts.sum(1).tolist(), group=self._pg,
+                                          async_op=True)
+        except RuntimeError as e:
+            raise self._on_error("id", "forward", e) from e
+        return _IdsAwaitable(work, received, self._on_error)
+
+
+class PendingRows(Awaitable[torch.Tensor]):
+    """The rows of an issued :class:`RowsAllToAll`; ``wait()`` -> ``[sum(recv_splits), D]``.
+    Pass one to ``RowsAllToAll.apply`` to make the exchange asynchronous and store what ``apply``
+    returned in :attr:`rows`."""
+
+    def __init__(self, on_error: Optional[ErrorFactory] = None):
+        super().__init__()
+        self.on_error = on_error
+        self.work = None
+        self.rows: Optional[torch.Tensor] = None
+        self.sent: Optional[torch.Tensor] = None
+
+    def _wait_impl(self) -> torch.Tensor:
+        if self.work is not None:
+            work, self.work = self.work, None
+            if self.on_error is None:
+                work.wait()
+            else:
+                _wait(work, self.on_error, "embedding", "forward")
+        self.sent = None
+        return self.rows
+
+
+class RowsAllToAll(torch.autograd.Function):
+    """All-to-all of rows, differentiable: ``rows`` ``[sum(send_splits), D]`` (``send_splits[r]``
+    rows to rank ``r``) -> ``[sum(recv_splits), D]`` (``recv_splits[r]`` rows from rank ``r``).
+    Backward sends the gradients back the same way (the reverse all-to-all).
+
+    ``apply(rows, send_splits, recv_splits, pg, pending=None)``: without ``pending`` the call
+    blocks until the rows arrived; with a :class:`PendingRows` it returns at once and the output
+    must not be read before ``pending.wait()`` (set ``pending.rows`` to the returned tensor). Failures in backward raise
+    ``pending.on_error("embedding-gradient", "backward", err)`` when one is given.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, send_splits: List[int], recv_splits: List[int], pg,
+                pending: Optional[PendingRows] = None) -> torch.Tensor:
+        send_splits, recv_splits = [int(s) for s in send_splits], [int(s) for s in recv_splits]
+        ctx.send_splits, ctx.recv_splits, ctx.pg = send_splits, recv_splits, pg
+        ctx.on_error = pending.on_error if pending is not None else None
+        sent = rows.contiguous()
+        out = rows.new_empty((sum(recv_splits),) + tuple(rows.shape[1:]))
+        try:
+            work = dist.all_to_all_single(out, sent, output_split_sizes=recv_splits, input_split_sizes=send_splits,
+                                          group=pg, async_op=pending is not None)
+        except RuntimeError as e:
+            if ctx.on_error is None:
+                raise
+            raise ctx.on_error("embedding", "forward", e) from e
+        if pending is not None:
+            pending.work, pending.sent = work, sent
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_empty((sum(ctx.send_splits),) + tuple(grad.shape[1:]))
+        try:
+            dist.all_to_all_single(out, grad.contiguous(), output_split_sizes=ctx.send_splits,
+                                   input_split_sizes=ctx.recv_splits, group=ctx.pg)
+        except RuntimeError as e:
+            if ctx.on_error is None:
+                raise
+            raise ctx.on_error("embedding-gradient", "backward", e) from e
+        return out, None, None, None, None
