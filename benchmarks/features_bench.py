@@ -32,7 +32,7 @@ from recis_compat.benchmarks.common import BenchOptions, Case
 from recis_compat.features import (Bucketize, FeatureCross, FeatureEngine, Hash, Mod,
                                    SelectField, SelectFields, SequenceTruncate)
 from recis_compat.features.feature import Feature
-from recis_compat.ops.features import murmur64a_pair_ref
+from recis_compat.ops.features import murmur64a_pair_torch
 from recis_compat.ragged.tensor import RaggedTensor
 
 DESCRIPTION = ("FeatureEngine (fused kernels) vs the same ops one feature at a time in plain "
@@ -131,7 +131,7 @@ def _cross_rows(x: RaggedTensor, y: RaggedTensor):
         xs.append(ux.repeat_interleave(uy.numel()))
         ys.append(uy.repeat(ux.numel()))
         lens.append(ux.numel() * uy.numel())
-    return murmur64a_pair_ref(torch.cat(xs), torch.cat(ys)), _offsets(torch.tensor(lens))
+    return murmur64a_pair_torch(torch.cat(xs), torch.cat(ys)), _offsets(torch.tensor(lens))
 
 
 def baseline(data: Dict[str, object], seq_len: int, with_strings: bool = True) -> Dict[str, object]:

@@ -28,13 +28,13 @@ def collect() -> Dict[str, object]:
     }
     ext: Dict[str, object] = {"loaded": False}
     try:
-        from recis_compat.ops import _library
-        ext["path"] = _library.load()
+        from recis_compat import ops   # importing loads the extension (an error is reported below)
+        ext["path"] = ops.load()
         ext["loaded"] = True
-        names = _library.op_names()
+        names = ops.op_names()
         ext["ops"] = len(names)
-        ext["ops_with_cuda_kernel"] = [n for n in names if _library.has_cuda_kernel(n)]
-        ext["ops_cpu_only"] = [n for n in names if not _library.has_cuda_kernel(n)]
+        ext["ops_with_cuda_kernel"] = [n for n in names if ops.has_cuda_kernel(n)]
+        ext["ops_cpu_only"] = [n for n in names if not ops.has_cuda_kernel(n)]
     except Exception as e:  # noqa: BLE001
         ext["error"] = f"{type(e).__name__}: {e}"
     info["extension"] = ext

@@ -5,9 +5,9 @@ of which registers the fake (meta) implementations of its ops, their autograd (a
 ``torch.library.register_autograd``) and the typed wrappers the rest of recis_compat calls. A
 wrapper never falls back to Python: a device without a kernel is an error naming the op and the
 device (``_library.require_kernel``). The pure-PyTorch references the tests compare the kernels
-against live in ``tests/ops/reference_kernels.py``; the ones still here are used outside
-``tests/ops`` (``hashing.*_ref``: other tests and tools; ``tile.tile_ref``: nn tests;
-``features.murmur64a_pair_ref`` and the ragged coordinate helpers: run time and benchmarks).
+against live in ``tests/ops/reference_kernels.py``; the plain-torch functions here
+(``features.murmur64a_pair_torch``, ``features.ragged_coordinates`` / ``dense_shape``) are run-time
+helpers and the features benchmark's baseline, not fallbacks.
 """
 import importlib
 import pkgutil

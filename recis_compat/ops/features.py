@@ -10,9 +10,9 @@ Every op ``torch.ops.recis_compat.<name>`` has
 
 The pure-PyTorch references the tests compare the kernels against live in
 ``tests/ops/reference_kernels.py``. Kept here, because they run at run time: the MurmurHash64A
-pair hash in torch ops (:func:`murmur64a_pair_ref`, the plain-torch baseline of
+pair hash in torch ops (:func:`murmur64a_pair_torch`, the plain-torch baseline of
 ``benchmarks/features_bench.py``) and the ragged coordinate helpers
-(:func:`ragged_coordinates_ref`, :func:`dense_shape_ref`) used by ``recis_compat.ragged.dense``
+(:func:`ragged_coordinates`, :func:`dense_shape`) used by ``recis_compat.ragged.dense``
 and ``nn.functional.ragged_ops``.
 
 Ops (shapes/dtypes):
@@ -305,7 +305,7 @@ def _lsr(h: torch.Tensor, r: int) -> torch.Tensor:
     return (h >> r) & ((1 << (64 - r)) - 1)
 
 
-def murmur64a_pair_ref(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def murmur64a_pair_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """MurmurHash64A(seed 0) of int64_le(x) || int64_le(y), elementwise, as int64 (torch ops)."""
     m = _signed(0xC6A4A7935BD1E995)
     r = 47
@@ -325,7 +325,7 @@ def _rows_of(positions: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(offsets.to(torch.int64), positions, right=True) - 1
 
 
-def ragged_coordinates_ref(num_values: int, offsets: Sequence[torch.Tensor]) -> torch.Tensor:
+def ragged_coordinates(num_values: int, offsets: Sequence[torch.Tensor]) -> torch.Tensor:
     """int64 ``[len(offsets)+1, num_values]``: the dense coordinates of every value."""
     device = offsets[-1].device
     pos = torch.arange(num_values, dtype=torch.int64, device=device)
@@ -340,7 +340,7 @@ def ragged_coordinates_ref(num_values: int, offsets: Sequence[torch.Tensor]) -> 
     return torch.stack(coords)
 
 
-def dense_shape_ref(offsets: Sequence[torch.Tensor]) -> List[int]:
+def dense_shape(offsets: Sequence[torch.Tensor]) -> List[int]:
     """``[B, max_len_1, ...]``: rows of offsets[0], then the longest row of each level."""
     shape = [offsets[0].shape[0] - 1]
     for off in offsets:

@@ -5,7 +5,7 @@
     ``bucket=-1`` returns the raw 64-bit hash reinterpreted as int64 (RecIS ``Hash`` op);
     ``0`` masks to 63 bits and ``>0`` takes ``uint64 % bucket`` (the ORC reader's rule).
 
-The reference functions below are plain Python over ``bytes`` and are the tests' second opinion.
+The tests' second opinion (plain Python over ``bytes``) is in ``tests/ops/reference_kernels.py``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import List, Sequence
 
 import torch
 
-_M64 = (1 << 64) - 1
 HASH_TYPES = ("farm", "murmur")
 
 
@@ -45,50 +44,3 @@ def fused_hash_bytes(data: Sequence[torch.Tensor], offsets: Sequence[torch.Tenso
     _check_hash_type(hash_type)
     return torch.ops.recis_compat.fused_hash_bytes(list(data), list(offsets), hash_type,
                                                     [int(b) for b in buckets])
-
-
-# ----------------------------------------------------------------------------- references
-def _to_signed(h: int) -> int:
-    return h - (1 << 64) if h >= (1 << 63) else h
-
-
-def murmur64a_ref(data: bytes, seed: int = 0) -> int:
-    """MurmurHash64A as an unsigned Python int (reference, slow)."""
-    m, r = 0xC6A4A7935BD1E995, 47
-    n = len(data)
-    h = (seed ^ (n * m)) & _M64
-    nwords = n // 8
-    for i in range(nwords):
-        k = int.from_bytes(data[8 * i:8 * i + 8], "little")
-        k = (k * m) & _M64
-        k ^= k >> r
-        k = (k * m) & _M64
-        h ^= k
-        h = (h * m) & _M64
-    tail = data[8 * nwords:]
-    if tail:
-        for i, b in enumerate(tail):
-            h ^= b << (8 * i)
-        h = (h * m) & _M64
-    h ^= h >> r
-    h = (h * m) & _M64
-    h ^= h >> r
-    return h
-
-
-def bucket_ref(h: int, bucket: int) -> int:
-    """Apply the reader's bucket rule to an unsigned hash (see module docstring)."""
-    if bucket < 0:
-        return _to_signed(h)
-    if bucket == 0:
-        return h & 0x7FFFFFFFFFFFFFFF
-    return h % bucket
-
-
-def hash_strings_ref(strings: Sequence[bytes], hash_type: str, bucket: int = -1) -> List[int]:
-    """Reference for :func:`hash_bytes`; farm uses ``pyfarmhash`` (a test-only oracle)."""
-    _check_hash_type(hash_type)
-    if hash_type == "farm":
-        import farmhash  # pyfarmhash, installed for tests
-        return [bucket_ref(farmhash.fingerprint64(s), bucket) for s in strings]
-    return [bucket_ref(murmur64a_ref(s), bucket) for s in strings]

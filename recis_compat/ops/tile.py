@@ -42,20 +42,3 @@ def tile(emb: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, tile_len
     if int(tile_len) <= 0:
         raise ValueError(f"tile: tile_len must be > 0, got {tile_len}")
     return torch.ops.recis_compat.tile_forward(emb, index, offsets, int(tile_len))
-
-
-def tile_ref(emb: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, tile_len: int) -> torch.Tensor:
-    """Pure-PyTorch reference (differentiable through index_select / masked scatter)."""
-    off = offsets.to(torch.int64)
-    b = off.numel() - 1
-    lengths = (off[1:] - off[:-1]).clamp(max=tile_len)
-    j = torch.arange(tile_len, device=emb.device)
-    used = j.unsqueeze(0) < lengths.unsqueeze(1)                       # [B, T]
-    pos = (off[:-1].unsqueeze(1) + j.unsqueeze(0))[used]                # positions into index
-    rows = index[pos]
-    found = rows >= 0
-    vals = torch.zeros(rows.numel(), emb.shape[1], dtype=emb.dtype, device=emb.device)
-    vals[found] = emb.index_select(0, rows[found])
-    out = torch.zeros(b, tile_len, emb.shape[1], dtype=emb.dtype, device=emb.device)
-    out = out.masked_scatter(used.unsqueeze(-1).expand_as(out), vals)
-    return out

@@ -15,12 +15,12 @@ from recis_compat.ops import features as _F
 
 def ragged_coordinates(num_values: int, offsets: Sequence[torch.Tensor]) -> torch.Tensor:
     """int64 ``[len(offsets)+1, num_values]``: the dense coordinates of every value."""
-    return _F.ragged_coordinates_ref(num_values, list(offsets))
+    return _F.ragged_coordinates(num_values, list(offsets))
 
 
 def dense_shape_of(offsets: Sequence[torch.Tensor]) -> List[int]:
     """``[B, max_len_1, ...]``: rows of offsets[0], then the longest row of each level."""
-    return _F.dense_shape_ref(list(offsets))
+    return _F.dense_shape(list(offsets))
 
 
 def ragged_to_dense(values: torch.Tensor, offsets: Sequence[torch.Tensor],

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from recis_compat.ops.counter_init import as_int64
-from recis_compat.ops.features import (_cross_weight_dtype, _signed, dense_shape_ref,
-                                       murmur64a_pair_ref, ragged_coordinates_ref)
+from recis_compat.ops.features import (_cross_weight_dtype, _signed, dense_shape,
+                                       murmur64a_pair_torch, ragged_coordinates)
 
 
 def uint64_mod_ref(x: torch.Tensor, mod: int) -> torch.Tensor:
@@ -112,7 +112,7 @@ def feature_cross_ref(x_val, x_off, x_w, y_val, y_off, y_w):
     ys = torch.cumsum(yc, 0) - yc
     xa = xs[row] + torch.div(local, yc[row], rounding_mode="floor")
     ya = ys[row] + torch.remainder(local, yc[row].clamp(min=1))
-    vals = murmur64a_pair_ref(xi[xa], yi[ya])
+    vals = murmur64a_pair_torch(xi[xa], yi[ya])
     return vals, out_off.to(x_off.dtype), xw[xa] * yw[ya]
 
 
@@ -184,13 +184,13 @@ def ragged_to_dense_ref(values: torch.Tensor, offsets: Sequence[torch.Tensor],
                         default_value: float = 0.0) -> torch.Tensor:
     """Reference: pad to dense ``[B, max_len_1, ..., *values.shape[1:]]`` (differentiable)."""
     offsets = [offsets] if isinstance(offsets, torch.Tensor) else list(offsets)
-    shape = dense_shape_ref(offsets)
+    shape = dense_shape(offsets)
     trailing = list(values.shape[1:])
     out = torch.full(shape + trailing, default_value, dtype=values.dtype, device=values.device)
     n = values.shape[0]
     if n == 0 or out.numel() == 0:
         return out + values.sum() * 0 if values.requires_grad and values.numel() else out
-    coords = ragged_coordinates_ref(n, offsets)
+    coords = ragged_coordinates(n, offsets)
     return out.index_put(tuple(coords), values)
 
 
@@ -367,3 +367,71 @@ def find_ref(ref: IdMapRef, ids: torch.Tensor) -> torch.Tensor:
 
 def delete_ref(ref: IdMapRef, ids: torch.Tensor) -> torch.Tensor:
     return torch.tensor(ref.delete(ids.tolist()), dtype=torch.int64)
+
+
+_M64 = (1 << 64) - 1
+
+
+# ----------------------------------------------------------------------------- string hashes
+def _to_signed(h: int) -> int:
+    return h - (1 << 64) if h >= (1 << 63) else h
+
+
+def murmur64a_ref(data: bytes, seed: int = 0) -> int:
+    """MurmurHash64A as an unsigned Python int (reference, slow)."""
+    m, r = 0xC6A4A7935BD1E995, 47
+    n = len(data)
+    h = (seed ^ (n * m)) & _M64
+    nwords = n // 8
+    for i in range(nwords):
+        k = int.from_bytes(data[8 * i:8 * i + 8], "little")
+        k = (k * m) & _M64
+        k ^= k >> r
+        k = (k * m) & _M64
+        h ^= k
+        h = (h * m) & _M64
+    tail = data[8 * nwords:]
+    if tail:
+        for i, b in enumerate(tail):
+            h ^= b << (8 * i)
+        h = (h * m) & _M64
+    h ^= h >> r
+    h = (h * m) & _M64
+    h ^= h >> r
+    return h
+
+
+def bucket_ref(h: int, bucket: int) -> int:
+    """Apply the reader's bucket rule to an unsigned hash (see module docstring)."""
+    if bucket < 0:
+        return _to_signed(h)
+    if bucket == 0:
+        return h & 0x7FFFFFFFFFFFFFFF
+    return h % bucket
+
+
+def hash_strings_ref(strings: Sequence[bytes], hash_type: str, bucket: int = -1) -> List[int]:
+    """Reference for ``recis_compat.ops.hashing.hash_bytes``; farm uses ``pyfarmhash`` (a test-only oracle)."""
+    assert hash_type in ("farm", "murmur"), hash_type
+    if hash_type == "farm":
+        import farmhash  # pyfarmhash, installed for tests
+        return [bucket_ref(farmhash.fingerprint64(s), bucket) for s in strings]
+    return [bucket_ref(murmur64a_ref(s), bucket) for s in strings]
+
+
+# ----------------------------------------------------------------------------- tile
+def tile_ref(emb: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, tile_len: int) -> torch.Tensor:
+    """Pure-PyTorch reference (differentiable through index_select / masked scatter)."""
+    off = offsets.to(torch.int64)
+    b = off.numel() - 1
+    lengths = (off[1:] - off[:-1]).clamp(max=tile_len)
+    j = torch.arange(tile_len, device=emb.device)
+    used = j.unsqueeze(0) < lengths.unsqueeze(1)                       # [B, T]
+    pos = (off[:-1].unsqueeze(1) + j.unsqueeze(0))[used]                # positions into index
+    rows = index[pos]
+    found = rows >= 0
+    vals = torch.zeros(rows.numel(), emb.shape[1], dtype=emb.dtype, device=emb.device)
+    vals[found] = emb.index_select(0, rows[found])
+    out = torch.zeros(b, tile_len, emb.shape[1], dtype=emb.dtype, device=emb.device)
+    out = out.masked_scatter(used.unsqueeze(-1).expand_as(out), vals)
+    return out

@@ -192,7 +192,7 @@ def test_feature_cross_dedupe_order_and_weights():
     yv = torch.tensor([7, 7, 9, 2, 1]); yo = torch.tensor([0, 2, 3, 5])
     xw = torch.tensor([1., 2., 9., 3.]); yw = torch.tensor([4., 8., 1., 5., 6.])
     v, o, w = ragged_ops.feature_cross_ragged(xv, xo, yv, yo, xw, yw)
-    h = lambda a, b: int(F.murmur64a_pair_ref(torch.tensor([a]), torch.tensor([b]))[0])  # noqa
+    h = lambda a, b: int(F.murmur64a_pair_torch(torch.tensor([a]), torch.tensor([b]))[0])  # noqa
     assert o.tolist() == [0, 2, 2, 4]
     assert v.tolist() == [h(3, 7), h(5, 7), h(1, 1), h(1, 2)]
     assert w.tolist() == [8., 4., 18., 15.]

@@ -45,11 +45,7 @@ REACH = {"_table", "_local", "_pg", "_check_ids", "_local_step", "_dmp_wrapped_m
          "_fea_to_ht", "_ht", "_coalesced_groups", "_hashtable", "_anchor", "_dense_shape"}
 
 # (module, target or attribute) pairs still open, each naming its issue item. Empty is the goal.
-ALLOWED: Dict[Tuple[str, str], str] = {
-    # issue 16 item 3 (ops uniformity, owner of ops/): doctor reports which ops have CUDA kernels
-    # through ops._library; it needs a public face in recis_compat.ops
-    ("recis_compat.doctor", "recis_compat.ops._library"): "issue 16 item 3",
-}
+ALLOWED: Dict[Tuple[str, str], str] = {}
 
 
 def _modules() -> List[Tuple[str, pathlib.Path]]:

@@ -57,10 +57,10 @@ def ragged_to_sparse(values: torch.Tensor, row_splits: Sequence[torch.Tensor]) -
     """Sparse COO tensor of shape ``[B, maxlen_1, ...]`` holding ``values`` at their ragged
     coordinates. Raises RuntimeError if any dimension of the shape is 0."""
     row_splits = [row_splits] if isinstance(row_splits, torch.Tensor) else list(row_splits)
-    shape = _F.dense_shape_ref(row_splits)
+    shape = _F.dense_shape(row_splits)
     if any(d == 0 for d in shape):
         raise RuntimeError(f"ragged_to_sparse: the dense shape {shape} has a zero dimension")
-    coords = _F.ragged_coordinates_ref(values.shape[0], row_splits)
+    coords = _F.ragged_coordinates(values.shape[0], row_splits)
     return torch.sparse_coo_tensor(coords, values, shape + list(values.shape[1:]))
 
 

@@ -11,7 +11,7 @@ from recis_compat.features.errors import FeatureOpAssertionError
 from recis_compat.features.op import (_OP, Bucketize, DataValueProcessor, FeatureCross, Hash,
                                       IDMultiHash, Mod, SelectField, SelectFields,
                                       SequenceTruncate)
-from recis_compat.ops.hashing import murmur64a_ref
+from reference_kernels import murmur64a_ref
 from recis_compat.ragged.tensor import RaggedPadInfo, RaggedTensor
 
 U64 = 1 << 64

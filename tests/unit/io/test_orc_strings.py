@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from recis_compat.io.orc_dataset import OrcDataset
-from recis_compat.ops.hashing import hash_strings_ref
+from reference_kernels import hash_strings_ref
 
 from orc_test_helpers import drain, write_orc
 

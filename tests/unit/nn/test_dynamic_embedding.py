@@ -9,7 +9,7 @@ from recis.nn import DynamicEmbedding, EmbeddingOption
 from recis.nn.hashtable_hook import AdmitHook
 from recis.nn.initializers import ConstantInitializer, NormalInitializer
 from recis.ragged.tensor import RaggedTensor
-from recis_compat.ops.tile import tile_ref
+from reference_kernels import tile_ref
 
 DIM = 3
 

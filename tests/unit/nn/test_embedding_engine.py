@@ -9,7 +9,7 @@ from recis.nn import EmbeddingEngine, EmbeddingOption
 from recis.nn.initializers import ConstantInitializer, NormalInitializer
 from recis.nn.modules.hashtable import filter_out_sparse_param
 from recis.ragged.tensor import RaggedTensor
-from recis_compat.ops.tile import tile_ref
+from reference_kernels import tile_ref
 
 ID_MASK = (1 << 52) - 1
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from recis.io.orc_dataset import OrcDataset
 from recis_compat.cli import main
-from recis_compat.ops.hashing import hash_strings_ref
+from reference_kernels import hash_strings_ref
 from recis_compat.tools.csv_to_orc import (ColumnType, CsvConversionError, SchemaError, convert, parse_schema,
                                            parse_size)
 
