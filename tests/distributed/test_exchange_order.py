@@ -1,0 +1,68 @@
+"""EmbeddingEngine under torchrun exchanges in RecIS's order (issue 16 item 4): every lookup
+group's id exchange is issued before any is waited on, every group's rows are in flight before
+the first is pooled; the outputs equal a single-process engine's.
+
+``workers/exchange_order.py`` logs every all-to-all issue and wait of ``backend/exchange.py``
+during one forward (three groups) and backward on 2 ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+import torch
+
+from torchrun_launch import run_launch  # tests/torchrun_launch.py
+
+pytestmark = pytest.mark.distributed
+
+WORKER = pathlib.Path(__file__).parent / "workers" / "exchange_order.py"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+GROUPS = 3
+
+
+def _run(tmp_path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "adapters")] + [env.get("PYTHONPATH", "")])
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "order.json"
+    torchrun = pathlib.Path(sys.executable).with_name("torchrun")
+    proc = run_launch([str(torchrun), "--nproc_per_node", "2", "--master_port", "0", "--rdzv_backend", "c10d",
+                       "--rdzv_endpoint", "localhost:0", str(WORKER), "--out", str(out)],
+                      env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_every_group_exchange_is_issued_before_any_wait_and_outputs_equal_one_process(tmp_path):
+    res = _run(tmp_path)
+    log = [tuple(e) for e in res["forward_log"]]
+    issues = [e for e in log if e[0] == "issue"]
+    kinds = [e[2] for e in issues]
+    assert kinds == ["counts"] * GROUPS + ["ids"] * GROUPS + ["rows"] * GROUPS, kinds
+    assert all(e[3] for e in issues)                                  # forward: all asynchronous
+    position = {("issue", e[1]): i for i, e in enumerate(log) if e[0] == "issue"}
+    waits = {e[1]: i for i, e in enumerate(log) if e[0] == "wait"}
+    assert sorted(waits) == list(range(3 * GROUPS)), waits               # every work waited on once
+    for kind_index in range(3):
+        calls = range(kind_index * GROUPS, (kind_index + 1) * GROUPS)
+        last_issue = max(position[("issue", c)] for c in calls)
+        first_wait = min(waits[c] for c in calls)
+        assert last_issue < first_wait, (kind_index, log)             # all issued before any wait
+    backward = [tuple(e) for e in res["log"][len(log):]]
+    assert [e[2] for e in backward] == ["rows"] * GROUPS and not any(e[3] for e in backward)
+
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import exchange_order as worker
+    finally:
+        sys.path.pop(0)
+    single = worker.engine()
+    expected = single(worker.global_batch())
+    for name in worker.FEATURES:
+        torch.testing.assert_close(torch.tensor(res["out"][name]), expected[name].detach(), rtol=1e-6, atol=1e-6)
