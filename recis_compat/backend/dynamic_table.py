@@ -29,7 +29,7 @@ give zero vectors. Layering: imports ``ops``/``backend`` (and ``utils``) only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -171,8 +171,11 @@ class _RowsToTable(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, emb, rows, impl, scale):
         ctx.impl = impl
-        ctx.save_for_backward(rows, scale) if scale is not None else ctx.save_for_backward(rows)
-        ctx.has_scale = scale is not None
+        ctx.scalar = scale if not isinstance(scale, torch.Tensor) else None
+        if isinstance(scale, torch.Tensor):
+            ctx.save_for_backward(rows, scale)
+        else:
+            ctx.save_for_backward(rows)
         return emb
 
     @staticmethod
@@ -180,17 +183,19 @@ class _RowsToTable(torch.autograd.Function):
         saved = ctx.saved_tensors
         rows = saved[0]
         g = grad.reshape(rows.numel(), ctx.impl.dim)
-        if ctx.has_scale:
+        if len(saved) > 1:
             g = g * saved[1].to(g.dtype).unsqueeze(1)
+        elif ctx.scalar is not None:
+            g = g * ctx.scalar
         # rows of one lookup of distinct ids are distinct (absent ones, -1, are dropped)
         ctx.impl.accept_grad(rows, g.contiguous(), unique=True)
         return None, None, None, None, None
 
 
 def lookup_rows_with_grad(impl: DynamicTableImpl, anchor: torch.Tensor, rows: torch.Tensor,
-                          scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                          scale: Union[None, float, torch.Tensor] = None) -> torch.Tensor:
     """``embedding[rows]`` (zeros for ``rows < 0``) whose gradient goes to ``impl``'s buffer,
-    multiplied by ``scale`` ``[len(rows)]`` when given."""
+    multiplied by ``scale`` (a float, or float ``[len(rows)]`` per row) when given."""
     emb = impl.gather(rows)
     if not torch.is_grad_enabled():
         return emb
@@ -260,15 +265,15 @@ class DynamicTable(nn.Module):
         """
         scale = None
         if self.config.grad_reduce_by == "worker" and self.config.world_size > 1:
-            scale = torch.full((unique_ids.numel(),), 1.0 / self.config.world_size, device=unique_ids.device)
+            scale = 1.0 / self.config.world_size
         elif self.config.grad_reduce_by == "id" and counts is not None:
             scale = 1.0 / counts.to(torch.float32)
         return self.lookup_unique_scaled(unique_ids, readonly, scale)
 
     def lookup_unique_scaled(self, unique_ids: torch.Tensor, readonly: bool,
-                             scale: Optional[torch.Tensor]) -> torch.Tensor:
-        """:meth:`lookup_unique` with the gradient of row ``i`` multiplied by ``scale[i]``
-        (float ``[U]``, or None for 1)."""
+                             scale: Union[None, float, torch.Tensor]) -> torch.Tensor:
+        """:meth:`lookup_unique` with the gradient of row ``i`` multiplied by ``scale`` (a float),
+        ``scale[i]`` (float ``[U]``) or 1 (None)."""
         rows = self._rows(unique_ids, readonly)
         if not self.training or self.impl.read_only:
             return self.impl.gather(rows)

@@ -274,13 +274,11 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[st
         recv = dist_input.ids
         if self._world == 1:
             return self._local.lookup_unique_scaled(recv, ctx.readonly, None)
-        uniq, inverse, counts = unique_first_seen(recv, return_counts=True)
+        by_id = self.training and self.config.grad_reduce_by == "id"
+        uniq, inverse, *counts = unique_first_seen(recv, return_counts=by_id)
         scale = None
         if self.training:
-            if self.config.grad_reduce_by == "worker":
-                scale = torch.full((uniq.numel(),), 1.0 / self._world, device=recv.device)
-            else:
-                scale = 1.0 / counts.to(torch.float32)
+            scale = 1.0 / counts[0].to(torch.float32) if by_id else 1.0 / self._world
         emb = self._local.lookup_unique_scaled(uniq, ctx.readonly, scale)
         return emb.index_select(0, inverse)
 
