@@ -16,9 +16,9 @@ waiting on any (``nn/modules/embedding_engine.py``, ``torchrec/distributed.py``)
 Why not TorchRec's ``KJTAllToAll`` / ``SequenceEmbeddingsAllToAll``: a lookup sends one bag
 per destination rank, so the exchange is exactly two ``all_to_all_single`` calls and one back;
 TorchRec's modules add a KJT permute, a lengths all-to-all per key and, for the rows, a nested
-autograd graph that our error guard had to re-enter in backward. Measured on the one-id lookup
-benchmark (``bench lookup --world-size 2``, docs/benchmarks.md) the direct calls are cheaper;
-TorchRec's own sharded collections keep using its modules.
+autograd graph that our error guard had to re-enter in backward (docs/benchmarks.md, sharded
+lookup, has the before/after). TorchRec's own sharded EBC/EC beside our tables keep using its
+modules.
 
 Failures (a dead or stopped peer, the process-group timeout) surface from ``wait()`` / backward
 as the exception ``on_error(err)`` returns (the callers name the table, rank and direction).
