@@ -8,11 +8,28 @@ from __future__ import annotations
 import json
 import sys
 
+import importlib
+
 import click
 
-from recis_compat.tools.criteo_synth import command as criteo_synth_command
-from recis_compat.tools.criteo_to_parquet import command as criteo_to_parquet_command
 from recis_compat.tools.csv_to_orc_cli import command as csv_to_orc_command
+
+# tool commands whose modules import numpy / pyarrow: loaded when invoked or listed in help
+_LAZY_COMMANDS = {"criteo-to-parquet": "recis_compat.tools.criteo_to_parquet",
+                  "criteo-synth": "recis_compat.tools.criteo_synth"}
+
+
+class _LazyMain(click.Group):
+    """The top-level group; the commands of ``_LAZY_COMMANDS`` are imported on use, so
+    ``recis-compat doctor`` and friends do not pay for pyarrow."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(_LAZY_COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name in _LAZY_COMMANDS:
+            return importlib.import_module(_LAZY_COMMANDS[name]).command
+        return super().get_command(ctx, name)
 
 
 class _LazyBenchGroup(click.Group):
@@ -31,7 +48,7 @@ class _LazyBenchGroup(click.Group):
         return registry.load(name).command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_LazyMain, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="recis-compat")
 def main():
     """recis-compat: run RecIS scripts on TorchRec + FBGEMM."""
@@ -99,8 +116,6 @@ def check_script(script, as_json, target, no_follow):
 
 
 main.add_command(csv_to_orc_command, "csv-to-orc")
-main.add_command(criteo_to_parquet_command, "criteo-to-parquet")
-main.add_command(criteo_synth_command, "criteo-synth")
 
 
 @main.group(short_help="Checkpoint tools: inspect a Trainer checkpoint.")
