@@ -93,6 +93,8 @@ def check_args(args, world: int) -> str:
     if args.batch_size < world or args.batch_size % world:
         raise P.ArgumentError(f"--batch_size {args.batch_size} must be a positive multiple of the number of "
                               f"processes ({world})")
+    if args.train_batches < 0:
+        raise P.ArgumentError(f"--train_batches must be >= 0 (0: evaluate only), got {args.train_batches}")
     if args.patience < 1:
         raise P.ArgumentError(f"--patience must be >= 1, got {args.patience}")
     return note
@@ -137,7 +139,7 @@ def main(argv=None):
     per_rank = args.batch_size // world
 
     def eval_on(files, n_samples):
-        return P.evaluate(trainer, model, lambda: make_dataset(files, per_rank, rank, world, args.device,
+        return P.evaluate(trainer, model, lambda: make_dataset(files, per_rank, 0, 1, args.device,
                                                                args.read_threads, drop_remainder=False),
                           math.ceil(n_samples / args.batch_size))
 

@@ -86,8 +86,8 @@ def check_args(args, world: int) -> str:
         v = getattr(args, name)
         if v < world or v % world:
             raise P.ArgumentError(f"--{name} {v} must be a positive multiple of the number of processes ({world})")
-    if args.train_batches < 1:
-        raise P.ArgumentError(f"--train_batches must be >= 1, got {args.train_batches}")
+    if args.train_batches < 0:
+        raise P.ArgumentError(f"--train_batches must be >= 0 (0: evaluate only), got {args.train_batches}")
     return note
 
 
@@ -144,7 +144,7 @@ def main(argv=None):
                             args.read_threads)
 
     def eval_on(files, batches):
-        return P.evaluate(trainer, model, lambda: make_dataset(files, args.eval_batch_size // world, rank, world,
+        return P.evaluate(trainer, model, lambda: make_dataset(files, args.eval_batch_size // world, 0, 1,
                                                                args.device, log_applied, args.read_threads,
                                                                drop_remainder=False), batches)
 

@@ -12,9 +12,9 @@ optimizer + LR scheduler, sparse optimizer, checkpoints, sharding under torchrun
 
 * the sparse optimizer's LR follows the dense one's schedule (one ``LambdaLR`` each);
 * loss lines ``Rank[0], Step S, Loss L, Latency ms, Throughput samples/s``;
-* evaluation (:func:`evaluate`): every rank runs its shard of the split through the Trainer's
-  (sharded) model in eval mode, predictions are gathered, AUC (ties averaged) and logloss are
-  computed over all of them: ``Rank[0], Step S, AUC A, LogLoss L, Eval_samples N``;
+* evaluation (:func:`evaluate`): the ranks share out the split's batches, run them through the
+  Trainer's (sharded) model in eval mode, gather the predictions and compute AUC (ties
+  averaged) and logloss over all of them, the same for any number of processes: ``Rank[0], Step S, AUC A, LogLoss L, Eval_samples N``;
 * ``save_model_after_each_eval`` -> ``<model_save_dir>/step_<S>_val_auc_<A>`` (recis checkpoint
   layout); ``save_initial_model`` -> ``<model_save_dir>/initial_checkpoint``;
 * the plateau rule (DeepFM): monitor ``auc - logloss``; no improvement by ``min_delta`` for
@@ -214,42 +214,48 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])
 
 
-def _any_rank(flag: bool) -> bool:
-    rank, world = rank_world()
-    if world == 1:
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def evaluate(trainer, unwrapped, batches: Callable[[], Iterable], max_batches: Optional[int] = None) -> Dict[str, float]:
     """AUC, logloss and sample count of the model on a split.
 
-    ``batches()`` gives this rank's batches; every rank runs the Trainer's model (``trainer.model``,
-    sharded under torchrun) in eval mode without gradients until any rank runs out (or
-    ``max_batches``), so the collectives of a sharded lookup stay matched. The model's forward
-    leaves ``unwrapped.last_prob`` / ``unwrapped.last_label`` (``[B]`` float32 each)."""
+    ``batches()`` gives the whole split in a fixed order (every rank reads all of it, in batches
+    of ``global batch // world`` rows); consecutive groups of ``world`` batches form one global
+    batch and rank ``r`` runs the ``r``-th of each group through the Trainer's model
+    (``trainer.model``, sharded under torchrun) in eval mode without gradients. In the last,
+    partial group a rank without a batch of its own runs the group's first batch and drops the
+    result, so every rank makes the same number of calls (the collectives of a sharded lookup
+    stay matched) and the predictions cover each row once, for any world size and file count.
+    ``max_batches``: at most this many global batches. The model's forward leaves
+    ``unwrapped.last_prob`` / ``unwrapped.last_label`` (``[B]`` each). Predictions and labels
+    are gathered on every rank, so every rank returns the same numbers."""
+    rank, world = rank_world()
     model = trainer.model
     was_training = model.training
     model.eval()
     probs, labels = [], []
     it = iter(batches())
+    group: list = []
     done = 0
+
+    def run(batch, keep: bool):
+        model(batch)
+        if keep:
+            probs.append(unwrapped.last_prob.detach().float().reshape(-1).cpu())
+            labels.append(unwrapped.last_label.detach().float().reshape(-1).cpu())
+
     try:
         with torch.no_grad():
             while max_batches is None or done < max_batches:
-                try:
-                    item = next(it)
-                except StopIteration:
-                    item = (True, None)
+                item = next(it, (True, None))
                 end, data = item if isinstance(item, tuple) else (False, item)
-                if _any_rank(bool(end) or data is None):
+                if not (end or data is None):
+                    group.append(data)
+                if len(group) == world or ((end or data is None) and group):
+                    mine = rank < len(group)
+                    run(group[rank] if mine else group[0], mine)
+                    group = []
+                    done += 1
+                if end or data is None:
                     break
-                model(data)
-                probs.append(unwrapped.last_prob.detach().float().reshape(-1).cpu())
-                labels.append(unwrapped.last_label.detach().float().reshape(-1).cpu())
-                done += 1
     finally:
         close = getattr(it, "close", None)
         if close is not None:
