@@ -41,6 +41,7 @@ from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.exchange import ReceivedIds
 from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.ops.id_map import unique_first_seen
+from recis_compat.ops.pooling import gather_rows
 from recis_compat.utils.device import cuda_unavailable_message
 
 __all__ = ["DynamicTableConfig", "DynamicTable", "DynamicLookupContext", "LookupRequest", "lookup_rows_with_grad",
@@ -318,8 +319,7 @@ class DynamicTable(nn.Module):
         gradients summed, or averaged with ``grad_reduce_by="id"``)."""
         flat = self.impl.check_ids(ids, "lookup")
         uniq, inverse, counts = unique_first_seen(flat, return_counts=True)
-        emb = self.lookup_unique(uniq, readonly, counts)
-        return emb.index_select(0, inverse)
+        return gather_rows(self.lookup_unique(uniq, readonly, counts), inverse)
 
     def forward(self, features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]:
         """Per-key embeddings: ``{key: JaggedTensor(values=[N_key, dim], lengths)}``."""

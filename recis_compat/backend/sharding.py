@@ -45,6 +45,7 @@ from recis_compat.backend.dynamic_table import (DynamicLookupContext, DynamicTab
 from recis_compat.backend.exchange import IdExchange, PendingRows, ReceivedIds, RowsAllToAll
 from recis_compat.backend.slices import owner_ranks, slice_range
 from recis_compat.ops.id_map import ids_partition, unique_first_seen
+from recis_compat.ops.pooling import gather_rows
 from recis_compat.utils import dist_timeout
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
@@ -109,7 +110,7 @@ class _RestoredRows(Awaitable[torch.Tensor]):
 
     def _wait_impl(self) -> torch.Tensor:
         rows = self._rows.wait().view(-1, self._dim)
-        return rows if self._restore is None else rows.index_select(0, self._restore)
+        return rows if self._restore is None else gather_rows(rows, self._restore)
 
 
 class _PerKeyRows(LazyGetItemMixin[str, JaggedTensor], LazyAwaitable[Dict[str, JaggedTensor]]):
@@ -122,7 +123,7 @@ class _PerKeyRows(LazyGetItemMixin[str, JaggedTensor], LazyAwaitable[Dict[str, J
 
     def _wait_impl(self) -> Dict[str, JaggedTensor]:
         rows = self._rows.wait()
-        return split_per_key(self._ctx.features, rows.index_select(0, self._ctx.inverse))
+        return split_per_key(self._ctx.features, gather_rows(rows, self._ctx.inverse))
 
 
 class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[str, JaggedTensor],
@@ -221,7 +222,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[st
 
     def lookup(self, ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
         uniq, inverse, counts = self.partition_ids(ids)
-        return self.request(uniq, counts).fetch(readonly).wait().index_select(0, inverse)
+        return gather_rows(self.request(uniq, counts).fetch(readonly).wait(), inverse)
 
     def forward(self, features: KeyedJaggedTensor) -> LazyAwaitable[Dict[str, JaggedTensor]]:
         """Per-key embeddings, as :meth:`DynamicTable.forward` (a collective); the result waits
@@ -280,7 +281,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[st
         if self.training:
             scale = 1.0 / counts[0].to(torch.float32) if by_id else 1.0 / self._world
         emb = self._local.lookup_unique_scaled(uniq, ctx.readonly, scale)
-        return emb.index_select(0, inverse)
+        return gather_rows(emb, inverse)
 
     def output_dist(self, ctx: DynamicLookupContext, output: torch.Tensor) -> Awaitable[torch.Tensor]:
         """Send the rows back to the ranks that asked (autograd-aware) -> ``Awaitable`` of

@@ -42,6 +42,7 @@ from recis_compat.backend.exchange import IdExchange, PendingRows, ReceivedIds, 
 from recis_compat.backend.sharding import (DistributedExchangeError, DynamicModuleSharder, DynamicTableSharder,
                                            ShardedDynamicTable, dynamic_table_plan, exchange_error)
 from recis_compat.backend.slices import owner_ranks
+from recis_compat.ops.pooling import gather_rows
 from recis_compat.backend.sharding import shard_model as _backend_shard_model
 from recis_compat.torchrec.modules import (DynamicEmbeddingBagCollection, DynamicEmbeddingCollection,
                                            _DynamicCollectionBase)
@@ -125,7 +126,7 @@ class _ExchangeGroup(nn.Module):
         if by_table is not None:                     # back to (source, table) order
             source_major = torch.empty_like(by_table)
             source_major[by_table] = torch.arange(by_table.numel())
-            local = local.index_select(0, source_major.to(local.device))
+            local = gather_rows(local, source_major.to(local.device))
         if world == 1:
             back: Awaitable[torch.Tensor] = NoWait(local)
         else:
@@ -149,7 +150,7 @@ class _GroupRows(Awaitable[List[torch.Tensor]]):
         perm = self._gctx.send_perm
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-        return list(torch.split(back.index_select(0, inverse.to(back.device)), self._gctx.sizes))
+        return list(torch.split(gather_rows(back, inverse.to(back.device)), self._gctx.sizes))
 
 
 class _ShardedCollectionBase(ShardedModule, FusedOptimizerModule):

@@ -35,7 +35,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
 from recis_compat.ops.counter_init import counter_uniform
 from recis_compat.ops.id_map import unique_first_seen
-from recis_compat.ops.pooling import pooled_sum
+from recis_compat.ops.pooling import gather_rows, pooled_sum
 
 __all__ = ["DynamicTableOptions", "Uniform", "Normal", "Constant", "DynamicEmbeddingBagCollection",
            "DynamicEmbeddingCollection", "ADMISSIONS"]
@@ -440,7 +440,7 @@ class DynamicEmbeddingCollection(_DynamicCollectionBase):
         out: Dict[str, JaggedTensor] = {}
         per_key = features.to_dict()
         for names, rows, (_, inverse, _, _, _) in zip(self._feature_names, per_table_rows, plan):
-            emb = rows.index_select(0, inverse.to(rows.device))
+            emb = gather_rows(rows, inverse.to(rows.device))
             start = 0
             for f in names:
                 jt = per_key[f]

@@ -129,3 +129,27 @@ def test_pooled_sum_is_a_registered_op_with_autograd(weighted):
     out = torch.ops.recis_compat.pooled_sum(emb, index, off, w)
     assert out.grad_fn is not None
     torch.testing.assert_close(out, pooled_sum_ref(emb, index, off, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gather_rows_matches_index_select_forward_and_backward(dtype):
+    """gather_rows: emb[index] with repeats; its gradient sums the repeated rows in position
+    order (the serial scatter) and equals index_select's."""
+    from recis_compat.ops.pooling import gather_rows
+    g = torch.Generator().manual_seed(5)
+    emb = torch.randn(40, 6, generator=g, dtype=dtype, requires_grad=True)
+    index = torch.randint(0, 40, (300,), generator=g)
+    grad = torch.randn(300, 6, generator=g, dtype=dtype)
+    out = gather_rows(emb, index)
+    torch.testing.assert_close(out, emb.detach().index_select(0, index), rtol=0, atol=0)
+    (ours,) = torch.autograd.grad(out, emb, grad)
+    (ref,) = torch.autograd.grad(emb.index_select(0, index), emb, grad)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(ours, _serial_scatter(grad, index, None, 40), rtol=0, atol=0)
+    empty = gather_rows(emb, torch.zeros(0, dtype=torch.int64))
+    assert empty.shape == (0, 6)
+
+
+def test_gather_rows_opcheck():
+    emb = torch.randn(7, 3, requires_grad=True)
+    torch.library.opcheck(torch.ops.recis_compat.gather_rows.default, (emb, torch.tensor([0, 6, 6, 2])))
