@@ -19,9 +19,18 @@ lookups, backward passes and optimizer steps from several threads give, as a set
 run of the same calls gives. Callers that need several calls to be atomic together (the sparse
 optimizers: take the gradients, then update the rows) hold :attr:`lock` around them; it is
 reentrant.
+
+Change tracking (incremental checkpoints, docs/reliability.md "Incremental checkpoints"): after
+:meth:`DynamicTableImpl.track_changes` the table records which rows were written since the last
+:meth:`DynamicTableImpl.take_changes` (new ids, rows the sparse optimizer takes gradients of,
+rows written by ``insert`` / ``update_slot`` / lookup listeners such as the step filter) in a
+bitmap over rows, keeps a row -> id array so the changed rows' ids are found without exporting
+the whole id map, and lists the ids evicted by ``delete`` (tombstones) and whether the table was
+cleared. Writes made straight into a slot tensor (``get_slot(...)[rows] = ...``) are not seen.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -34,7 +43,54 @@ from recis_compat.backend.row_storage import RowStorage
 from recis_compat.backend.slices import SLICE_SIZE
 from recis_compat.ops.id_map import unique_first_seen
 
-__all__ = ["DynamicTableImpl"]
+__all__ = ["DynamicTableImpl", "TableChanges"]
+
+_EPOCHS = itertools.count(1)     # change-log epochs, unique within the process
+
+
+class _ChangeLog:
+    """What changed since the last :meth:`DynamicTableImpl.take_changes` (see the module
+    docstring). ``row_ids[r]`` is the id stored in row ``r`` (-1: free); ``dirty[r]`` marks rows
+    written; ``deleted`` holds int64 tensors of evicted ids."""
+
+    def __init__(self, row_ids: torch.Tensor, epoch: int):
+        self.row_ids = row_ids
+        self.dirty = torch.zeros(row_ids.numel(), dtype=torch.bool, device=row_ids.device)
+        self.deleted: List[torch.Tensor] = []
+        self.cleared = False
+        self.epoch = epoch
+
+    def fit(self, rows_needed: int) -> None:
+        n = self.row_ids.numel()
+        if rows_needed > n:
+            extra = max(rows_needed, 2 * n) - n
+            self.row_ids = torch.cat([self.row_ids, self.row_ids.new_full((extra,), -1)])
+            self.dirty = torch.cat([self.dirty, self.dirty.new_zeros(extra)])
+
+    def to(self, device) -> None:
+        self.row_ids = self.row_ids.to(device)
+        self.dirty = self.dirty.to(device)
+        self.deleted = [t.to(device) for t in self.deleted]
+
+
+class TableChanges:
+    """One table's changes between two :meth:`DynamicTableImpl.take_changes` calls.
+
+    Attributes:
+        epoch: the epoch the changes were recorded in (the value :meth:`take_changes` or
+            :meth:`track_changes` returned when that epoch started).
+        new_epoch: the epoch recording starts in now.
+        ids: int64 ``[k]``: ids whose rows changed and are still stored.
+        values: ``{slot: Tensor[k, *tail]}``: every slot's values of those ids (copies).
+        deleted: int64 ``[d]``: ids evicted (or deleted) since; may include ids stored again later
+            (apply deletions before upserts).
+        cleared: the table was cleared (apply: clear, then the rest).
+    """
+
+    def __init__(self, epoch: int, new_epoch: int, ids: torch.Tensor, values: Dict[str, torch.Tensor],
+                 deleted: torch.Tensor, cleared: bool):
+        self.epoch, self.new_epoch = epoch, new_epoch
+        self.ids, self.values, self.deleted, self.cleared = ids, values, deleted, cleared
 
 
 class DynamicTableImpl(OwnLock):
@@ -80,6 +136,8 @@ class DynamicTableImpl(OwnLock):
         self.process_group = None
         # callables f(rows) run after every training lookup with the rows looked up (filters)
         self.lookup_listeners: List[Callable[[torch.Tensor], None]] = []
+        # change log for incremental checkpoints (None: not tracking); see track_changes
+        self._changes: Optional[_ChangeLog] = None
 
     def __setstate__(self, state):
         # a copy gets its own lock (OwnLock), shared again by its map and rows
@@ -144,13 +202,19 @@ class DynamicTableImpl(OwnLock):
         ids = self.check_ids(ids, "insert")
         rows, is_new = self.id_map.find_or_insert(ids)
         self.storage.ensure_capacity(self.id_map.num_rows_allocated())
-        if initialize and self.init_rows is not None:
+        log = self._changes
+        if (initialize and self.init_rows is not None) or log is not None:
             new_pos = torch.nonzero(is_new).view(-1)     # one pass over the mask for ids and rows
             if new_pos.numel():
                 new_ids = ids.index_select(0, new_pos)
-                vals = self.init_rows(new_ids)
-                self.storage.write_rows("embedding", rows.index_select(0, new_pos),
-                                        vals.reshape(new_ids.numel(), self.dim))
+                new_rows = rows.index_select(0, new_pos)
+                if log is not None:
+                    log.fit(self.id_map.num_rows_allocated())
+                    log.row_ids.index_copy_(0, new_rows, new_ids)
+                    log.dirty.index_fill_(0, new_rows, True)
+                if initialize and self.init_rows is not None:
+                    vals = self.init_rows(new_ids)
+                    self.storage.write_rows("embedding", new_rows, vals.reshape(new_ids.numel(), self.dim))
         return rows
 
     @locked
@@ -173,6 +237,7 @@ class DynamicTableImpl(OwnLock):
             rows = rows[rows >= 0]
             for f in self.lookup_listeners:
                 f(rows)
+            self._note_written(rows)
 
     # ------------------------------------------------------------------ writes
     @locked
@@ -186,6 +251,7 @@ class DynamicTableImpl(OwnLock):
                              f"got {tuple(embeddings.shape)}")
         rows = self.find_or_insert_rows(ids, initialize=False)
         self.storage.write_rows("embedding", rows, embeddings.reshape(ids.numel(), self.dim))
+        self._note_written(rows)
 
     @locked
     def delete(self, ids: torch.Tensor, index: Optional[torch.Tensor] = None,
@@ -197,6 +263,11 @@ class DynamicTableImpl(OwnLock):
         rows_before = self.id_map.find(ids) if self.init_rows is not None else None
         freed = self.id_map.delete(ids)
         self.evicted_total += int(freed.numel())
+        log = self._changes
+        if log is not None and freed.numel():
+            log.deleted.append(log.row_ids.index_select(0, freed))
+            log.row_ids.index_fill_(0, freed, -1)
+            log.dirty.index_fill_(0, freed, False)
         self.storage.reset_rows(freed, preserve=() if preserve_slot is None else (preserve_slot,))
         if rows_before is not None and preserve_slot != "embedding":
             present = rows_before >= 0
@@ -211,6 +282,12 @@ class DynamicTableImpl(OwnLock):
         self.id_map.clear()
         self.storage.clear()
         self.clear_grad()
+        log = self._changes
+        if log is not None:
+            log.row_ids.fill_(-1)
+            log.dirty.fill_(False)
+            log.deleted.clear()
+            log.cleared = True
 
     # ------------------------------------------------------------------ queries
     @locked
@@ -237,6 +314,7 @@ class DynamicTableImpl(OwnLock):
     @locked
     def update_slot(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         self.storage.write_rows(name, rows, values)
+        self._note_written(rows.reshape(-1))
 
     # ------------------------------------------------------------------ gradients
     def accept_grad(self, grad_index: torch.Tensor, grad: torch.Tensor, unique: bool = False) -> None:
@@ -271,6 +349,7 @@ class DynamicTableImpl(OwnLock):
             return None
         if len(self._grad_rows) == 1 and self._grad_unique[0]:
             vals = self._grad_values[0]
+            self._note_written(self._grad_rows[0])
             return self._grad_rows[0], (vals / float(acc_step) if acc_step != 1 else vals)
         rows = torch.cat(self._grad_rows) if len(self._grad_rows) > 1 else self._grad_rows[0]
         vals = torch.cat(self._grad_values) if len(self._grad_values) > 1 else self._grad_values[0]
@@ -281,6 +360,7 @@ class DynamicTableImpl(OwnLock):
             summed = vals.new_zeros((uniq.numel(), self.dim)).index_add_(0, inverse, vals)
         if acc_step != 1:
             summed = summed / float(acc_step)
+        self._note_written(uniq)
         return uniq, summed
 
     @locked
@@ -318,6 +398,8 @@ class DynamicTableImpl(OwnLock):
         self.storage.to(device)
         self._grad_rows = [t.to(device) for t in self._grad_rows]
         self._grad_values = [t.to(device) for t in self._grad_values]
+        if self._changes is not None:
+            self._changes.to(device)
         return self
 
     @locked
@@ -350,3 +432,67 @@ class DynamicTableImpl(OwnLock):
                 tail = list(t.shape[1:])
                 self.add_slot(name, tail, t.dtype)
             self.storage.write_rows(name, rows, t)
+
+    # ------------------------------------------------------------------ change tracking
+    def _note_written(self, rows: torch.Tensor) -> None:
+        """Mark ``rows`` (int64, all >= 0) changed (no-op when not tracking)."""
+        log = self._changes
+        if log is not None and rows.numel():
+            with self._lock:
+                log.fit(self.storage.capacity)
+                log.dirty.index_fill_(0, rows.to(log.dirty.device), True)
+
+    @property
+    def tracking_changes(self) -> bool:
+        """Whether :meth:`track_changes` was called."""
+        return self._changes is not None
+
+    @locked
+    def change_epoch(self) -> Optional[int]:
+        """The current change-log epoch (None when not tracking). It changes with every
+        :meth:`track_changes` / :meth:`take_changes`, so a caller that recorded it can tell
+        whether the log still holds every change since its last checkpoint."""
+        return None if self._changes is None else self._changes.epoch
+
+    @locked
+    def track_changes(self) -> int:
+        """Start recording changes (restart, dropping the current log, when already tracking);
+        returns the new epoch. Costs one export of the id map (O(ids))."""
+        ids, rows = self.id_map.ids_and_rows()
+        n = max(self.storage.capacity, self.id_map.num_rows_allocated())
+        row_ids = torch.full((n,), -1, dtype=torch.int64, device=self.device)
+        if rows.numel():
+            row_ids.index_copy_(0, rows, ids)
+        self._changes = _ChangeLog(row_ids, next(_EPOCHS))
+        return self._changes.epoch
+
+    @locked
+    def take_changes(self, with_values: bool = True) -> TableChanges:
+        """The changes recorded since the epoch began, and start a new epoch (atomic under the
+        table lock). ``with_values``: also copy every slot's values of the changed ids (what a
+        delta checkpoint writes); False: only ids. RuntimeError naming the table when
+        :meth:`track_changes` was never called.
+
+        Returns:
+            :class:`TableChanges` (``ids`` int64 ``[k]`` ordered by row, ``values[slot]``
+            ``[k, *tail]``, ``deleted`` int64 ``[d]``).
+        """
+        log = self._changes
+        if log is None:
+            raise RuntimeError(f"table {self.name!r}: take_changes() needs track_changes() first")
+        rows = torch.nonzero(log.dirty).view(-1)
+        ids = log.row_ids.index_select(0, rows)
+        present = ids >= 0
+        if not bool(present.all()):
+            rows, ids = rows[present], ids[present]
+        values: Dict[str, torch.Tensor] = {}
+        if with_values:
+            for name, t in self.storage.slots.items():
+                values[name] = t.index_select(0, rows)
+        deleted = torch.cat(log.deleted) if log.deleted else torch.zeros(0, dtype=torch.int64, device=self.device)
+        out = TableChanges(log.epoch, next(_EPOCHS), ids, values, deleted, log.cleared)
+        log.dirty.fill_(False)
+        log.deleted = []
+        log.cleared = False
+        log.epoch = out.new_epoch
+        return out

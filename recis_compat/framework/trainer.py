@@ -57,6 +57,9 @@ class TrainingArguments:
     train_epoch: Optional[int] = 1
     eval_steps: Optional[int] = None
     save_steps: Optional[int] = 1000
+    # not in RecIS: a delta checkpoint (rows changed since the previous checkpoint) every N steps
+    # between full ones (recis_compat/framework/checkpoint_manager.py); None / 0: never
+    delta_save_steps: Optional[int] = None
     max_to_keep: int = 5
     save_concurrency_per_rank: int = 4
 
@@ -71,6 +74,8 @@ class TrainingArguments:
             raise ValueError(f"TrainingArguments: log_steps must be >= 1, got {self.log_steps}")
         if self.save_steps is not None and int(self.save_steps) < 0:
             raise ValueError(f"TrainingArguments: save_steps must be >= 0 or None, got {self.save_steps}")
+        if self.delta_save_steps is not None and int(self.delta_save_steps) < 0:
+            raise ValueError(f"TrainingArguments: delta_save_steps must be >= 0 or None, got {self.delta_save_steps}")
 
 
 class _RngState:
@@ -165,7 +170,8 @@ class Trainer:
                      concurrency=args.save_concurrency_per_rank)
 
     def build_checkpoint_manager(self, model: nn.Module, args: TrainingArguments) -> CheckpointManager:
-        return CheckpointManager(self.build_saver(model, args), args.save_steps)
+        return CheckpointManager(self.build_saver(model, args), args.save_steps,
+                                 getattr(args, "delta_save_steps", None))
 
     def add_hook(self, hook: Hook) -> None:
         """Append ``hook``; a hook with ``state_dict``/``load_state_dict`` (e.g. HashTableFilterHook)
