@@ -126,7 +126,8 @@ def ckpt():
 @ckpt.command("inspect")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=True, dir_okay=True))
 @click.option("--ckpt-id", default=None, metavar="ID",
-              help="Checkpoint to inspect under a root DIR: ckpt_<step> or <step>.  [default: the latest]")
+              help="Checkpoint to inspect under a root DIR: ckpt_<step>, delta_<step> or <step>.  "
+                   "[default: the latest full checkpoint]")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--verify", is_flag=True,
               help="Check every file against checksums.json (reads all the data).")
@@ -135,7 +136,15 @@ def ckpt_inspect(directory, ckpt_id, as_json, verify):
 
     \b
     DIR is a checkpoint root (the Trainer's output_dir, with a 'checkpoint' file listing
-    ckpt_<step> ids; the latest is shown unless --ckpt-id) or one ckpt_<step> directory.
+    ckpt_<step> ids; the latest is shown unless --ckpt-id) or one ckpt_<step> or delta_<step>
+    directory.
+
+    \b
+    Delta checkpoints (TrainingArguments.delta_save_steps): the chain of the inspected
+    checkpoint is shown (its full base and every delta listed for it in delta_checkpoint, with
+    the step, rows changed and ids deleted of each); a delta directory shows its base, parent,
+    sequence and per-table counts. A missing or unlinked link (with --verify: a corrupt one) is
+    listed under problems.
 
     \b
     Shown: every embedding table (shared_name) with its row count, embedding dim and dtype,
@@ -152,6 +161,7 @@ def ckpt_inspect(directory, ckpt_id, as_json, verify):
       recis-compat ckpt inspect ./ckpt_out
       recis-compat ckpt inspect ./ckpt_out --ckpt-id 200 --json
       recis-compat ckpt inspect ./ckpt_out/ckpt_200
+      recis-compat ckpt inspect ./ckpt_out --ckpt-id delta_210
 
     Exit codes: 0 ok, 1 some files could not be read (listed under problems), 2 DIR is not a
     checkpoint.

@@ -66,7 +66,7 @@ from recis_compat.serialize.saver import as_table_impl
 from recis_compat.utils.logger import Logger
 
 __all__ = ["Saver", "CheckpointManager", "CheckpointError", "LOAD_PARTS", "CHECKPOINT_FILE", "load_torch_file",
-           "read_checkpoint_list", "checkpoint_dir_of", "DELTA_LIST_FILE", "read_delta_list", "resolve_chain"]
+           "read_checkpoint_list", "checkpoint_dir_of", "DELTA_LIST_FILE", "read_delta_list", "resolve_chain", "verify_link"]
 
 logger = Logger(__name__)
 
@@ -158,7 +158,7 @@ def _write_delta_list(output_dir: str, entries: List[Tuple[str, str, int]]) -> N
     atomic_write_text(os.path.join(output_dir, DELTA_LIST_FILE), "".join(f"{d} {b} {s}\n" for d, b, s in entries))
 
 
-def _verify_link(root: str, base: str, delta_id: str, seq: int, parent: str) -> dict:
+def verify_link(root: str, base: str, delta_id: str, seq: int, parent: str) -> dict:
     """Check one delta of the chain of ``base`` (exists, is delta ``seq`` after ``parent``,
     every file matches its checksum); returns its meta. CheckpointError (its subclass when the
     cause is one) naming the link otherwise."""
@@ -215,7 +215,7 @@ def resolve_chain(root: str, ckpt_id: Optional[str] = None) -> Optional[Tuple[st
             raise CheckpointError(f"delta checkpoint chain of {base} in {root}: link {missing} is missing or "
                                   f"repeated (sequences listed: {[s for s, _ in links]}); restore {base} or a "
                                   "delta before the gap by id")
-        metas.append(_verify_link(root, base, d, seq, parent))
+        metas.append(verify_link(root, base, d, seq, parent))
         dirs.append(checkpoint_dir_of(root, d))
         parent = d
         if d == target:

@@ -12,6 +12,13 @@ Checksums (recis_compat/serialize/integrity.py): the report says whether the dir
 read and checked, and each mismatch is a problem naming the file (this reads all table data).
 A ``checkpoint`` list entry must name a directory directly inside the root.
 
+Delta checkpoints (recis_compat/framework/checkpoint_manager.py, recis_compat/serialize/delta.py):
+``DIR`` may also be a ``delta_<step>`` directory (or ``--ckpt-id delta_<step>`` / a step that only
+a delta has); the report then describes the delta (base, parent, sequence, rows changed and ids
+deleted per table) instead of RecIS's sparse files. For a root, ``chain`` shows the inspected
+checkpoint's chain: its base and the deltas listed for it in ``delta_checkpoint``, in order;
+a missing, unlinked or (with ``verify``) corrupt link is a problem naming it.
+
 :func:`inspect_checkpoint` returns a JSON-serialisable dict; :func:`format_text` renders it.
 A directory that is not a checkpoint raises :class:`NotACheckpointError`; files that exist but
 cannot be read are reported in the result's ``problems`` list.
@@ -26,7 +33,8 @@ from typing import Any, Dict, List, Optional, Tuple
 __all__ = ["NotACheckpointError", "resolve_checkpoint", "inspect_checkpoint", "format_text"]
 
 CHECKPOINT_FILE = "checkpoint"
-_CKPT_MARKERS = ("index", "tensorkey.json", "model.pt", "extra.pt")
+_CKPT_MARKERS = ("index", "tensorkey.json", "model.pt", "extra.pt", "delta.json")
+DELTA_LIST_FILE = "delta_checkpoint"
 _SMALL = 16          # dense tensors / values with at most this many elements are shown
 
 
@@ -95,7 +103,10 @@ def resolve_checkpoint(path: str, ckpt_id: Optional[str] = None) -> Tuple[str, O
         else:
             ckpt_id = str(ckpt_id)
             if ckpt_id.isdigit():
-                ckpt_id = f"ckpt_{ckpt_id}"
+                step = ckpt_id
+                ckpt_id = f"ckpt_{step}"
+                if not os.path.isdir(os.path.join(root, ckpt_id)) and os.path.isdir(os.path.join(root, f"delta_{step}")):
+                    ckpt_id = f"delta_{step}"
             ckpt_dir = os.path.join(root, ckpt_id)
         if not os.path.isdir(ckpt_dir):
             listed = "listed in" if ckpt_id in ids else "not listed in"
@@ -310,6 +321,87 @@ def _checksum_part(ckpt_dir: str, verify: bool, problems: List[str]) -> Dict[str
     return out
 
 
+def _delta_part(ckpt_dir: str, problems: List[str]) -> Tuple[Optional[dict], List[dict]]:
+    """``(delta description or None, data files)`` of a delta directory (delta.json and the
+    shard JSONs, read without checksums: those are :func:`_checksum_part`'s)."""
+    from recis_compat.serialize.delta import DELTA_META
+    try:
+        with open(os.path.join(ckpt_dir, DELTA_META), "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        problems.append(f"{ckpt_dir}/{DELTA_META} cannot be read ({e})")
+        return None, []
+    if not isinstance(meta, dict) or not isinstance(meta.get("tables"), dict):
+        problems.append(f"{ckpt_dir}/{DELTA_META} is not a delta description")
+        return None, []
+    files = []
+    for jname in meta.get("shards") or []:
+        try:
+            with open(os.path.join(ckpt_dir, jname), "rb") as f:
+                shard = json.loads(f.read().decode("utf-8"))
+            data = shard["file"]
+            files.append({"name": data, "bytes": os.path.getsize(os.path.join(ckpt_dir, data)),
+                          "shard_index": shard.get("shard_index")})
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{ckpt_dir}: delta shard {jname!r} cannot be read ({e})")
+    delta = {k: meta.get(k) for k in ("base", "parent", "sequence", "global_step", "shard_num")}
+    delta["tables"] = [{"name": n, "rows": int(v.get("rows", 0)), "deleted": int(v.get("deleted", 0))}
+                       for n, v in sorted(meta["tables"].items())]
+    return delta, files
+
+
+def _chain_part(root: str, name: str, delta: Optional[dict], verify: bool, problems: List[str]) -> Optional[dict]:
+    """The chain of the inspected checkpoint ``name`` in ``root``: ``{"base", "links": [{"id",
+    "sequence", "global_step", "rows", "deleted", "ok"}]}`` (links after the inspected delta
+    are included and marked ``after``)."""
+    from recis_compat.framework.checkpoint_manager import verify_link, read_delta_list
+    from recis_compat.serialize.delta import DELTA_META
+    from recis_compat.serialize.layout import CheckpointError
+    try:
+        entries = read_delta_list(root)
+    except CheckpointError as e:
+        problems.append(str(e))
+        return None
+    base = delta["base"] if delta is not None else name
+    links = sorted((s, d) for d, b, s in entries if b == base)
+    if delta is None and not links:
+        return {"base": base, "links": []}
+    out = []
+    parent, after = base, False
+    for i, (seq, d) in enumerate(links, 1):
+        link: Dict[str, Any] = {"id": d, "sequence": seq, "after": after}
+        if seq != i:
+            problems.append(f"chain of {base}: link {i} is missing from {root}/{DELTA_LIST_FILE} "
+                            f"(sequences listed: {[s for s, _ in links]})")
+            link["ok"] = False
+            out.append(link)
+            break
+        try:
+            if verify:
+                meta = verify_link(root, base, d, seq, parent)
+            else:
+                with open(os.path.join(root, d, DELTA_META), "rb") as f:
+                    meta = json.loads(f.read().decode("utf-8"))
+                if meta.get("base") != base or meta.get("sequence") != seq or meta.get("parent") != parent:
+                    raise CheckpointError(f"chain of {base}: link {seq} ({d}) does not link (its delta.json says "
+                                          f"base {meta.get('base')!r}, sequence {meta.get('sequence')}, parent "
+                                          f"{meta.get('parent')!r})")
+            link.update(ok=True, global_step=meta.get("global_step"),
+                        rows=sum(int(t.get("rows", 0)) for t in meta["tables"].values()),
+                        deleted=sum(int(t.get("deleted", 0)) for t in meta["tables"].values()))
+        except FileNotFoundError:
+            problems.append(f"chain of {base}: link {seq} ({d}) is missing ({os.path.join(root, d)})")
+            link["ok"] = False
+        except (CheckpointError, OSError, ValueError, KeyError, AttributeError) as e:
+            problems.append(str(e) if isinstance(e, CheckpointError) else f"chain of {base}: link {seq} ({d}): {e}")
+            link["ok"] = False
+        out.append(link)
+        parent = d
+        if d == name:
+            after = True
+    return {"base": base, "links": out}
+
+
 def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = False) -> Dict[str, Any]:
     """Everything ``ckpt inspect`` prints, as a JSON-serialisable dict. ``verify`` checks every
     file listed in ``checksums.json`` (reads all of them)."""
@@ -322,7 +414,13 @@ def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = 
         "latest": bool(ids) and ids[-1] == name,
     }
     info["checksums"] = _checksum_part(ckpt_dir, verify, problems)
-    tables, dense, files = _sparse_part(ckpt_dir, problems)
+    info["delta"] = None
+    if os.path.isfile(os.path.join(ckpt_dir, "delta.json")):
+        info["delta"], files = _delta_part(ckpt_dir, problems)
+        tables, dense = [], []
+    else:
+        tables, dense, files = _sparse_part(ckpt_dir, problems)
+    info["chain"] = _chain_part(root, name, info["delta"], verify, problems) if root else None
     info["data_files"] = files
     info["tables"] = tables
     info["dense_tensors"] = dense
@@ -397,7 +495,8 @@ def inspect_checkpoint(path: str, ckpt_id: Optional[str] = None, verify: bool = 
     if io_count is not None and len(io_files) != io_count:
         problems.append(f"io_state_count is {io_count} but {len(io_files)} io_state_<rank>.pt files exist")
     info["io_state"] = {"count": io_count, "files": io_files}
-    if not tables and not dense and info["model"] is None and info["extra"] is None and not problems:
+    if not tables and not dense and info["delta"] is None and info["model"] is None and info["extra"] is None \
+            and not problems:
         problems.append(f"{ckpt_dir} holds neither sparse files (index) nor model.pt / extra.pt")
     info["problems"] = problems
     return info
@@ -444,6 +543,25 @@ def format_text(info: Dict[str, Any]) -> str:
         state = "latest" if info["latest"] else ("listed" if info["ckpt_id"] in ids else "not listed")
         lines.append(f"  root {info['root']}: {len(ids)} listed ({', '.join(ids)}); {info['ckpt_id']} is {state}")
     lines.append(f"global_step: {info['global_step'] if info['global_step'] is not None else '(no extra.pt)'}")
+    delta = info.get("delta")
+    if delta is not None:
+        lines.append(f"delta checkpoint: base {delta['base']}, parent {delta['parent']}, sequence {delta['sequence']}, "
+                     f"global_step {delta['global_step']}, {delta['shard_num']} shard(s)")
+        for t in delta["tables"]:
+            lines.append(f"  {t['name']}: {t['rows']} rows changed, {t['deleted']} ids deleted")
+    chain = info.get("chain")
+    if chain is not None:
+        links = chain["links"]
+        if not links:
+            lines.append(f"chain: {chain['base']} (full, no deltas)")
+        else:
+            lines.append(f"chain: {chain['base']} (full) + {len(links)} delta(s):")
+            for ln in links:
+                mark = "" if ln.get("ok") else "  BROKEN"
+                here = "  <- inspected" if ln["id"] == info["ckpt_id"] else ""
+                detail = (f"step {ln.get('global_step')}, {ln.get('rows')} rows, {ln.get('deleted')} deleted"
+                          if ln.get("ok") else "see problems")
+                lines.append(f"  {ln['sequence']}. {ln['id']}: {detail}{mark}{here}")
     cs = info["checksums"]
     if not cs["present"]:
         lines.append("checksums: none (checksums.json absent: written by RecIS or an older recis-compat)")
@@ -454,11 +572,11 @@ def format_text(info: Dict[str, Any]) -> str:
     files = info["data_files"]
     if files:
         total = sum(f["bytes"] for f in files)
-        lines.append(f"sparse data files: {len(files)} ({_fmt_bytes(total)})")
+        lines.append(f"{'delta' if delta is not None else 'sparse'} data files: {len(files)} ({_fmt_bytes(total)})")
         for f in files:
             lines.append(f"  {f['name']}  {_fmt_bytes(f['bytes'])}")
     else:
-        lines.append("sparse data files: none (no index)")
+        lines.append("sparse data files: none (no index)" if delta is None else "delta data files: none")
 
     tables = info["tables"]
     lines.append(f"tables ({len(tables)}):")

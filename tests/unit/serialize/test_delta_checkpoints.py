@@ -312,3 +312,27 @@ def test_a_delta_without_a_chain_falls_back_to_a_full_save(tmp_path):
     assert not mgr.saver.can_save_delta()
     with pytest.raises(RuntimeError, match="save a full checkpoint"):
         mgr.saver.save_delta("delta_3", 3)
+
+
+def test_ckpt_inspect_shows_the_chain(chain):
+    from click.testing import CliRunner
+    from recis_compat.cli import main
+    out, tag = chain
+    res = CliRunner().invoke(main, ["ckpt", "inspect", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "chain: ckpt_1 (full) + 3 delta(s):" in res.output
+    for seq, step in ((1, 2), (2, 3), (3, 4)):
+        assert f"  {seq}. delta_{step}: step {step}, " in res.output
+    res = CliRunner().invoke(main, ["ckpt", "inspect", str(out), "--ckpt-id", "3", "--json", "--verify"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["delta"]["base"] == "ckpt_1" and info["delta"]["parent"] == "delta_2"
+    assert info["delta"]["sequence"] == 2 and info["global_step"] == 3
+    assert [t["name"] for t in info["delta"]["tables"]] == [f"{tag}_a", f"{tag}_b"]
+    assert info["delta"]["tables"][0]["rows"] > 0
+    assert [ln["after"] for ln in info["chain"]["links"]] == [False, False, True]
+    assert info["checksums"]["verified"] == len(os.listdir(out / "delta_3")) - 1 and not info["problems"]
+    import shutil
+    shutil.rmtree(out / "delta_3")
+    res = CliRunner().invoke(main, ["ckpt", "inspect", str(out)])
+    assert res.exit_code == 1 and "link 2 (delta_3) is missing" in res.output and "BROKEN" in res.output
