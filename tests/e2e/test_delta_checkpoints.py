@@ -52,7 +52,7 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def _check_chain_restore(data_dir, out, nproc):
+def _check_chain_restore(data_dir, out, nproc, *args):
     ranks = max(1, nproc)
     chain = resolve_chain(str(data_dir / out))
     assert chain is not None and chain[1], "the run should end on a delta"
@@ -60,7 +60,7 @@ def _check_chain_restore(data_dir, out, nproc):
     assert os.path.basename(base).startswith("ckpt_")
     assert [m["sequence"] for m in metas] == list(range(1, len(metas) + 1))
     assert all(m["shard_num"] == ranks for m in metas)
-    run(data_dir, "--out", out, "--steps", "0", "--dump", f"{out}_restored_RANK.pt", nproc=nproc)
+    run(data_dir, "--out", out, *args, "--steps", "0", "--dump", f"{out}_restored_RANK.pt", nproc=nproc)
     for r in range(ranks):
         assert_same_run(_load(data_dir / f"{out}_live_{r}.pt"), _load(data_dir / f"{out}_restored_{r}.pt"))
 
@@ -99,11 +99,14 @@ def test_sigkill_during_a_delta_save_keeps_the_chain_before_it(data_dir, live1):
 
 @pytest.mark.distributed
 def test_two_processes_chain_restore_and_sigkill_between_deltas(data_dir):
-    run(data_dir, "--out", "live2", "--dump", "live2_live_RANK.pt", nproc=2)
-    _check_chain_restore(data_dir, "live2", 2)
-    proc = run(data_dir, "--out", "k3", "--kill-at-step", "7", nproc=2, check=False)
+    # 15 steps per rank: full at 3 (no chain yet), 6, 12; deltas at 9 and 15
+    sched = ("--save-steps", "6", "--delta-steps", "3", "--accum", "1")
+    run(data_dir, "--out", "live2", *sched, "--dump", "live2_live_RANK.pt", nproc=2)
+    _check_chain_restore(data_dir, "live2", 2, *sched)
+    proc = run(data_dir, "--out", "k3", *sched, "--kill-at-step", "11", nproc=2, check=False)
     assert proc.returncode != 0
-    assert [d for d, _, _ in read_delta_list(str(data_dir / "k3"))] == ["delta_4", "delta_6"]
-    run(data_dir, "--out", "k3", "--dump", "k3_RANK.pt", nproc=2)
+    assert read_delta_list(str(data_dir / "k3")) == [("delta_9", "ckpt_6", 1)]
+    proc = run(data_dir, "--out", "k3", *sched, "--dump", "k3_RANK.pt", nproc=2)
+    assert "1 deltas (up to" in proc.stderr + proc.stdout
     for r in range(2):
         assert_same_run(_load(data_dir / f"live2_live_{r}.pt"), _load(data_dir / f"k3_{r}.pt"))

@@ -3,7 +3,7 @@ dump of tests/e2e/workers/resume_worker.py, trained by ``Trainer`` with full che
 ``--save-steps`` and delta checkpoints every ``--delta-steps``.
 
 ``python delta_worker.py --data DIR --out DIR [--kill-at-step N | --kill-during-delta N]
-[--steps 0] [--dump FILE]`` (also under ``torchrun``; ``RANK`` in ``--dump`` becomes the rank).
+[--save-steps N] [--delta-steps M] [--accum K] [--steps 0] [--dump FILE]`` (also under ``torchrun``; ``RANK`` in ``--dump`` becomes the rank).
 ``--kill-at-step`` SIGKILLs the process after that global step's update (before its save);
 ``--kill-during-delta`` SIGKILLs it while the delta of that step is being written (after the
 table shards, before the dense files). ``--steps 0`` only restores (the latest chain) and dumps.
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--save-steps", type=int, default=8)
     ap.add_argument("--delta-steps", type=int, default=2)
+    ap.add_argument("--accum", type=int, default=2)
     ap.add_argument("--kill-at-step", type=int, default=0)
     ap.add_argument("--kill-during-delta", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None)
@@ -57,7 +58,7 @@ def main() -> None:
     dense_opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.StepLR(dense_opt, step_size=4, gamma=0.5)
     targs = TrainingArguments(output_dir=args.out, save_steps=args.save_steps, delta_save_steps=args.delta_steps,
-                              log_steps=5, max_to_keep=3, gradient_accumulation_steps=2,
+                              log_steps=5, max_to_keep=3, gradient_accumulation_steps=args.accum,
                               save_concurrency_per_rank=2, train_steps=args.steps)
     trainer = Trainer(model=model, args=targs, train_dataset=ds, dense_optimizers=(dense_opt, sched),
                       sparse_optimizer=sparse_opt)
