@@ -11,7 +11,7 @@
 //       first-occurrence order and returned in that order. Absent ids and duplicates are ignored.
 //       Precondition: len(free_rows) >= min(next_row, free_count + len(ids)).
 //   id_map_rehash(table, meta, new_capacity) -> (new_table, new_meta)
-//       the same map in a table of new_capacity slots (a power of two > size), without tombstones.
+//       the same map in a table of new_capacity slots (any integer > size, >= 2), without tombstones.
 //   id_map_export(table, meta) -> (ids, rows)            every live pair, ordered by row.
 //
 // Parallel with at::parallel_for. Concurrent inserts claim empty slots by CAS on the state word
@@ -46,10 +46,10 @@ constexpr int64_t kGrain = 4096;    // ids per at::parallel_for task
 constexpr int64_t kChunk = 16384;   // fixed chunk of the deterministic prefix sums
 constexpr int kPrefetch = 12;       // probes issued ahead (the table is usually far beyond cache)
 
-using AtomicI64 = std::atomic_ref<int64_t>;
+using AtomicI32 = std::atomic_ref<int32_t>;
 
-inline void prefetch_slot(const int64_t* e, int64_t key, int64_t mask, bool write) {
-  const int64_t* p = e + 2 * home_slot(key, mask);
+inline void prefetch_slot(const int32_t* e, int64_t key, int64_t cap, bool write) {
+  const int32_t* p = e + key_word(home_slot(key, cap));
   if (write)
     __builtin_prefetch(p, 1, 1);
   else
@@ -74,13 +74,13 @@ int64_t chunked_scan(int64_t n, Count count, Emit emit) {
 }
 
 // Slot of `key`, or -1 when absent; bounded by the capacity so a corrupt table cannot hang.
-inline int64_t probe(const int64_t* e, int64_t mask, int64_t key) {
-  int64_t j = home_slot(key, mask);
-  for (int64_t step = 0; step <= mask; ++step) {
-    const int64_t s = e[2 * j + 1];
+inline int64_t probe(const int32_t* e, int64_t cap, int64_t key) {
+  int64_t j = home_slot(key, cap);
+  for (int64_t step = 0; step < cap; ++step) {
+    const int32_t s = e[state_word(j)];
     if (s == kEmpty) return -1;
-    if (s >= 0 && e[2 * j] == key) return j;
-    j = (j + 1) & mask;
+    if (s >= 0 && key_at(e, j) == key) return j;
+    j = next_slot(j, cap);
   }
   return -1;
 }
@@ -98,16 +98,16 @@ at::Tensor find_cpu(const at::Tensor& table, const at::Tensor& ids_in) {
   auto ids = ids_in.contiguous();
   const int64_t n = ids.numel();
   auto rows = at::empty({n}, ids.options());
-  const int64_t* e = table.data_ptr<int64_t>();
-  const int64_t mask = table.size(0) - 1;
+  const int32_t* e = table.data_ptr<int32_t>();
+  const int64_t cap = table.size(0);
   const int64_t* id = ids.data_ptr<int64_t>();
   int64_t* out = rows.data_ptr<int64_t>();
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
-    for (int64_t i = b; i < std::min(end, b + kPrefetch); ++i) prefetch_slot(e, id[i], mask, false);
+    for (int64_t i = b; i < std::min(end, b + kPrefetch); ++i) prefetch_slot(e, id[i], cap, false);
     for (int64_t i = b; i < end; ++i) {
-      if (i + kPrefetch < end) prefetch_slot(e, id[i + kPrefetch], mask, false);
-      const int64_t j = probe(e, mask, id[i]);
-      out[i] = j < 0 ? -1 : e[2 * j + 1];
+      if (i + kPrefetch < end) prefetch_slot(e, id[i + kPrefetch], cap, false);
+      const int64_t j = probe(e, cap, id[i]);
+      out[i] = j < 0 ? -1 : e[state_word(j)];
     }
   });
   return rows;
@@ -115,19 +115,19 @@ at::Tensor find_cpu(const at::Tensor& table, const at::Tensor& ids_in) {
 
 // --------------------------------------------------------------------------- find_or_insert
 // Phase A for ids[b, end): existing ids get their row; absent ids claim (or join) a pending slot.
-void claim_range(int64_t* e, int64_t mask, const int64_t* id, int64_t* rows, int64_t* slot_of,
+void claim_range(int32_t* e, int64_t cap, const int64_t* id, int64_t* rows, int64_t* slot_of,
                  int64_t b, int64_t end) {
-  for (int64_t i = b; i < std::min(end, b + kPrefetch); ++i) prefetch_slot(e, id[i], mask, true);
+  for (int64_t i = b; i < std::min(end, b + kPrefetch); ++i) prefetch_slot(e, id[i], cap, true);
   for (int64_t i = b; i < end; ++i) {
-    if (i + kPrefetch < end) prefetch_slot(e, id[i + kPrefetch], mask, true);
+    if (i + kPrefetch < end) prefetch_slot(e, id[i + kPrefetch], cap, true);
     const int64_t key = id[i];
-    int64_t j = home_slot(key, mask);
+    int64_t j = home_slot(key, cap);
     for (;;) {
-      AtomicI64 st(e[2 * j + 1]);
-      int64_t s = st.load(std::memory_order_acquire);
+      AtomicI32 st(e[state_word(j)]);
+      int32_t s = st.load(std::memory_order_acquire);
       if (s == kEmpty) {
         if (st.compare_exchange_strong(s, kLocked, std::memory_order_acq_rel, std::memory_order_acquire)) {
-          e[2 * j] = key;
+          set_key(e, j, key);
           st.store(encode_pending(i), std::memory_order_release);
           rows[i] = -1;
           slot_of[i] = j;
@@ -144,7 +144,7 @@ void claim_range(int64_t* e, int64_t mask, const int64_t* id, int64_t* rows, int
         }
         continue;
       }
-      if (s != kTombstone && e[2 * j] == key) {  // the key was published before s (acquire)
+      if (s != kTombstone && key_at(e, j) == key) {  // the key was published before s (acquire)
         if (s >= 0) {
           rows[i] = s;
           slot_of[i] = -1;
@@ -158,7 +158,7 @@ void claim_range(int64_t* e, int64_t mask, const int64_t* id, int64_t* rows, int
         }
         break;
       }
-      j = (j + 1) & mask;
+      j = next_slot(j, cap);
     }
   }
 }
@@ -170,20 +170,20 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Ten
   check_state_cpu(op, table, meta, free_rows);
   auto ids = ids_in.contiguous();
   const int64_t n = ids.numel();
-  const int64_t cap = table.size(0), mask = cap - 1;
+  const int64_t cap = table.size(0);
   int64_t* m = meta.data_ptr<int64_t>();
   check_batch_fits(op, m, n, cap);
   auto rows_t = at::empty({n}, ids.options());
   auto is_new_t = at::zeros({n}, ids.options().dtype(at::kBool));
   if (n == 0) return {rows_t, is_new_t};
   auto slot_t = at::empty({n}, ids.options());
-  int64_t* e = table.data_ptr<int64_t>();
+  int32_t* e = table.data_ptr<int32_t>();
   const int64_t* id = ids.data_ptr<int64_t>();
   int64_t* rows = rows_t.data_ptr<int64_t>();
   int64_t* slot_of = slot_t.data_ptr<int64_t>();
   bool* is_new = is_new_t.data_ptr<bool>();
 
-  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) { claim_range(e, mask, id, rows, slot_of, b, end); });
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) { claim_range(e, cap, id, rows, slot_of, b, end); });
 
   const int64_t fc = m[kFreeCount], next_row = m[kNextRow];
   const int64_t* fr = free_rows.data_ptr<int64_t>();
@@ -192,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Ten
       [&](int64_t b, int64_t end) {
         int64_t c = 0;
         for (int64_t i = b; i < end; ++i) {
-          if (rows[i] < 0 && e[2 * slot_of[i] + 1] == encode_pending(i)) {
+          if (rows[i] < 0 && e[state_word(slot_of[i])] == encode_pending(i)) {
             is_new[i] = true;
             ++c;
           }
@@ -203,14 +203,14 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Ten
         for (int64_t i = b; i < end; ++i) {
           if (!is_new[i]) continue;
           const int64_t r = row_for_new(base++, fr, fc, next_row);
-          e[2 * slot_of[i] + 1] = r;
+          e[state_word(slot_of[i])] = static_cast<int32_t>(r);
           rows[i] = r;
         }
       });
   if (k < n) {  // duplicates of new ids take the row of their first occurrence
     at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
       for (int64_t i = b; i < end; ++i)
-        if (rows[i] < 0) rows[i] = e[2 * slot_of[i] + 1];
+        if (rows[i] < 0) rows[i] = e[state_word(slot_of[i])];
     });
   }
   m[kSize] += k;
@@ -235,13 +235,12 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cpu(const at::Tensor& ids_in) 
   int64_t cap = 16;
   while (cap < 2 * n) cap <<= 1;
   if (n > kSerialUniqueMax) {
-    auto table = at::full({cap, 2}, kEmpty, ids.options());
+    auto table = at::full({cap, kSlotWords}, kEmpty, ids.options().dtype(at::kInt));
     auto meta = at::zeros({kMetaLen}, ids.options());
     auto free_rows = at::empty({0}, ids.options());
     auto [inverse, is_new] = find_or_insert_cpu(table, meta, free_rows, ids);
     return {ids.masked_select(is_new), inverse};
   }
-  const int64_t mask = cap - 1;
   std::vector<int64_t> keys(cap);
   std::vector<int32_t> slot_index(cap, -1);
   auto uniq = at::empty({n}, ids.options());
@@ -252,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cpu(const at::Tensor& ids_in) 
   int32_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t key = id[i];
-    int64_t j = home_slot(key, mask);
+    int64_t j = home_slot(key, cap);
     while (true) {
       const int32_t at_slot = slot_index[j];
       if (at_slot < 0) {
@@ -266,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cpu(const at::Tensor& ids_in) 
         inv[i] = at_slot;
         break;
       }
-      j = (j + 1) & mask;
+      j = next_slot(j, cap);
     }
   }
   return {uniq.narrow(0, 0, count), inverse};
@@ -317,12 +316,12 @@ at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows
   check_state_cpu(op, table, meta, free_rows);
   auto ids = ids_in.contiguous();
   const int64_t n = ids.numel();
-  const int64_t mask = table.size(0) - 1;
+  const int64_t cap = table.size(0);
   int64_t* m = meta.data_ptr<int64_t>();
   const int64_t fc = m[kFreeCount];
   check_free_rows_room(op, m, free_rows.numel(), n);
   if (n == 0) return at::empty({0}, ids.options());
-  int64_t* e = table.data_ptr<int64_t>();
+  int32_t* e = table.data_ptr<int32_t>();
   const int64_t* id = ids.data_ptr<int64_t>();
   auto found_t = at::empty({n}, ids.options());
   auto slot_t = at::empty({n}, ids.options());
@@ -331,17 +330,17 @@ at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows
   // 1: locate (read only)
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
     for (int64_t i = b; i < end; ++i) {
-      const int64_t j = probe(e, mask, id[i]);
+      const int64_t j = probe(e, cap, id[i]);
       slot_of[i] = j;
-      found[i] = j < 0 ? -1 : e[2 * j + 1];
+      found[i] = j < 0 ? -1 : e[state_word(j)];
     }
   });
   // 2: each found slot keeps the smallest batch position that names it
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
     for (int64_t i = b; i < end; ++i) {
       if (slot_of[i] < 0) continue;
-      AtomicI64 st(e[2 * slot_of[i] + 1]);
-      int64_t s = st.load(std::memory_order_relaxed);
+      AtomicI32 st(e[state_word(slot_of[i])]);
+      int32_t s = st.load(std::memory_order_relaxed);
       while ((s >= 0 || (is_pending(s) && decode_pending(s) > i)) &&
              !st.compare_exchange_weak(s, encode_pending(i), std::memory_order_relaxed)) {
       }
@@ -355,7 +354,7 @@ at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows
       [&](int64_t b, int64_t end) {
         int64_t c = 0;
         for (int64_t i = b; i < end; ++i)
-          if (slot_of[i] >= 0 && e[2 * slot_of[i] + 1] == encode_pending(i)) first[i] = 1, ++c;
+          if (slot_of[i] >= 0 && e[state_word(slot_of[i])] == encode_pending(i)) first[i] = 1, ++c;
         return c;
       },
       [&](int64_t, int64_t, int64_t) {});
@@ -373,7 +372,7 @@ at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows
           if (!first[i]) continue;
           freed[base] = found[i];
           fr[fc + base] = found[i];
-          e[2 * slot_of[i] + 1] = kTombstone;
+          e[state_word(slot_of[i])] = kTombstone;
           ++base;
         }
       });
@@ -391,30 +390,31 @@ std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at:
   const int64_t* m = meta.data_ptr<int64_t>();
   check_meta_values(op, m, table.size(0), m[kFreeCount]);
   check_new_capacity(op, new_capacity, m);
-  const int64_t old_cap = table.size(0), nmask = new_capacity - 1;
-  auto out = at::empty({new_capacity, 2}, table.options());
-  int64_t* ne = out.data_ptr<int64_t>();
+  const int64_t old_cap = table.size(0), ncap = new_capacity;
+  auto out = at::empty({new_capacity, kSlotWords}, table.options());
+  int32_t* ne = out.data_ptr<int32_t>();
   at::parallel_for(0, new_capacity, 1 << 16, [&](int64_t b, int64_t end) {
-    for (int64_t j = b; j < end; ++j) ne[2 * j] = 0, ne[2 * j + 1] = kEmpty;
+    for (int64_t j = b; j < end; ++j) ne[key_word(j)] = 0, ne[key_word(j) + 1] = 0, ne[state_word(j)] = kEmpty;
   });
-  const int64_t* e = table.data_ptr<int64_t>();
+  const int32_t* e = table.data_ptr<int32_t>();
   std::atomic<int64_t> live{0}, bad{0};
   at::parallel_for(0, old_cap, kGrain, [&](int64_t b, int64_t end) {
     int64_t cnt = 0, nbad = 0;
     for (int64_t j = b; j < end; ++j) {
-      const int64_t s = e[2 * j + 1], key = e[2 * j];
+      const int32_t s = e[state_word(j)];
+      const int64_t key = key_at(e, j);
       if (s < 0) {
         nbad += s < kTombstone;
         continue;
       }
       ++cnt;
-      int64_t t = home_slot(key, nmask);
-      for (int64_t step = 0; step <= nmask; ++step, t = (t + 1) & nmask) {
-        AtomicI64 st(ne[2 * t + 1]);
-        int64_t expect = kEmpty;
+      int64_t t = home_slot(key, ncap);
+      for (int64_t step = 0; step < ncap; ++step, t = next_slot(t, ncap)) {
+        AtomicI32 st(ne[state_word(t)]);
+        int32_t expect = kEmpty;
         if (st.load(std::memory_order_relaxed) == kEmpty &&
             st.compare_exchange_strong(expect, s, std::memory_order_relaxed)) {
-          ne[2 * t] = key;  // nobody reads keys during a rehash: all keys are distinct
+          set_key(ne, t, key);  // nobody reads keys during a rehash: all keys are distinct
           break;
         }
       }
@@ -435,20 +435,20 @@ std::tuple<at::Tensor, at::Tensor> export_cpu(const at::Tensor& table, const at:
   const int64_t* m = meta.data_ptr<int64_t>();
   check_meta_values(op, m, table.size(0), m[kFreeCount]);
   const int64_t cap = table.size(0), next_row = m[kNextRow], size = m[kSize];
-  const int64_t* e = table.data_ptr<int64_t>();
+  const int32_t* e = table.data_ptr<int32_t>();
   std::vector<int64_t> key_by_row(next_row);
   std::vector<uint8_t> present(next_row, 0);
   std::atomic<int64_t> live{0}, bad{0};
   at::parallel_for(0, cap, kGrain, [&](int64_t b, int64_t end) {
     int64_t cnt = 0, nbad = 0;
     for (int64_t j = b; j < end; ++j) {
-      const int64_t s = e[2 * j + 1];
+      const int64_t s = e[state_word(j)];
       if (s < 0) continue;
       if (s >= next_row) {
         ++nbad;
         continue;
       }
-      key_by_row[s] = e[2 * j];
+      key_by_row[s] = key_at(e, j);
       present[s] = 1;  // a row held twice is caught by the count below
       ++cnt;
     }
@@ -456,8 +456,8 @@ std::tuple<at::Tensor, at::Tensor> export_cpu(const at::Tensor& table, const at:
     bad += nbad;
   });
   check_export_counts(op, bad.load(), live.load(), next_row, size);
-  auto ids = at::empty({size}, table.options());
-  auto rows = at::empty({size}, table.options());
+  auto ids = at::empty({size}, table.options().dtype(at::kLong));
+  auto rows = at::empty({size}, table.options().dtype(at::kLong));
   int64_t* oi = ids.data_ptr<int64_t>();
   int64_t* orow = rows.data_ptr<int64_t>();
   int64_t k = 0;

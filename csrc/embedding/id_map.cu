@@ -27,49 +27,57 @@ int blocks_for(int64_t n) {
 #define GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
-__device__ __forceinline__ int64_t load_state(const int64_t* e, int64_t j) {
-  return *reinterpret_cast<const volatile int64_t*>(e + 2 * j + 1);
+__device__ __forceinline__ int32_t load_state(const int32_t* e, int64_t j) {
+  return *reinterpret_cast<const volatile int32_t*>(e + state_word(j));
 }
-__device__ __forceinline__ int64_t load_key(const int64_t* e, int64_t j) {
-  return *reinterpret_cast<const volatile int64_t*>(e + 2 * j);
+// the key as two 32-bit words (slots are 12 bytes: an 8-byte load would be misaligned)
+__device__ __forceinline__ int64_t load_key(const int32_t* e, int64_t j) {
+  const volatile int32_t* k = reinterpret_cast<const volatile int32_t*>(e + key_word(j));
+  const uint64_t lo = static_cast<uint32_t>(k[0]), hi = static_cast<uint32_t>(k[1]);
+  return static_cast<int64_t>((hi << 32) | lo);
 }
-__device__ __forceinline__ int64_t cas_state(int64_t* e, int64_t j, int64_t expect, int64_t desired) {
-  return static_cast<int64_t>(
-      atomicCAS(reinterpret_cast<ull*>(e + 2 * j + 1), static_cast<ull>(expect), static_cast<ull>(desired)));
+__device__ __forceinline__ void store_key(int32_t* e, int64_t j, int64_t key) {
+  volatile int32_t* k = reinterpret_cast<volatile int32_t*>(e + key_word(j));
+  const uint64_t u = static_cast<uint64_t>(key);
+  k[0] = static_cast<int32_t>(static_cast<uint32_t>(u));
+  k[1] = static_cast<int32_t>(static_cast<uint32_t>(u >> 32));
+}
+__device__ __forceinline__ int32_t cas_state(int32_t* e, int64_t j, int32_t expect, int32_t desired) {
+  return atomicCAS(reinterpret_cast<int*>(e + state_word(j)), expect, desired);
 }
 
-__device__ __forceinline__ int64_t probe(const int64_t* e, int64_t mask, int64_t key) {
-  int64_t j = home_slot(key, mask);
-  for (int64_t step = 0; step <= mask; ++step) {
-    const int64_t s = e[2 * j + 1];
+__device__ __forceinline__ int64_t probe(const int32_t* e, int64_t cap, int64_t key) {
+  int64_t j = home_slot(key, cap);
+  for (int64_t step = 0; step < cap; ++step) {
+    const int32_t s = e[state_word(j)];
     if (s == kEmpty) return -1;
-    if (s >= 0 && e[2 * j] == key) return j;
-    j = (j + 1) & mask;
+    if (s >= 0 && key_at(e, j) == key) return j;
+    j = next_slot(j, cap);
   }
   return -1;
 }
 
-__global__ void find_kernel(const int64_t* __restrict__ e, int64_t mask, const int64_t* __restrict__ ids,
+__global__ void find_kernel(const int32_t* __restrict__ e, int64_t cap, const int64_t* __restrict__ ids,
                             int64_t* __restrict__ out, int64_t n) {
   GRID_STRIDE(i, n) {
-    const int64_t j = probe(e, mask, ids[i]);
-    out[i] = j < 0 ? -1 : e[2 * j + 1];
+    const int64_t j = probe(e, cap, ids[i]);
+    out[i] = j < 0 ? -1 : e[state_word(j)];
   }
 }
 
 // Phase A of find_or_insert: see claim_range in id_map.cpp.
-__global__ void claim_kernel(int64_t* e, int64_t mask, const int64_t* __restrict__ ids, int64_t* rows,
+__global__ void claim_kernel(int32_t* e, int64_t cap, const int64_t* __restrict__ ids, int64_t* rows,
                              int64_t* slot_of, int64_t n) {
   GRID_STRIDE(i, n) {
     const int64_t key = ids[i];
-    int64_t j = home_slot(key, mask);
+    int64_t j = home_slot(key, cap);
     for (;;) {
-      int64_t s = load_state(e, j);
+      int32_t s = load_state(e, j);
       if (s == kEmpty) {
         if (cas_state(e, j, kEmpty, kLocked) == kEmpty) {
-          *reinterpret_cast<volatile int64_t*>(e + 2 * j) = key;
+          store_key(e, j, key);
           __threadfence();
-          atomicExch(reinterpret_cast<ull*>(e + 2 * j + 1), static_cast<ull>(encode_pending(i)));
+          atomicExch(reinterpret_cast<int*>(e + state_word(j)), encode_pending(i));
           rows[i] = -1;
           slot_of[i] = j;
           break;
@@ -84,7 +92,7 @@ __global__ void claim_kernel(int64_t* e, int64_t mask, const int64_t* __restrict
           slot_of[i] = -1;
         } else {  // pending: keep the smallest batch position
           while (is_pending(s) && decode_pending(s) > i) {
-            const int64_t old = cas_state(e, j, s, encode_pending(i));
+            const int32_t old = cas_state(e, j, s, encode_pending(i));
             if (old == s) break;
             s = old;
           }
@@ -93,34 +101,34 @@ __global__ void claim_kernel(int64_t* e, int64_t mask, const int64_t* __restrict
         }
         break;
       }
-      j = (j + 1) & mask;
+      j = next_slot(j, cap);
     }
   }
 }
 
-__global__ void first_mask_kernel(const int64_t* e, const int64_t* rows, const int64_t* slot_of,
+__global__ void first_mask_kernel(const int32_t* e, const int64_t* rows, const int64_t* slot_of,
                                   int64_t* mask_out, bool* is_new, int64_t n) {
   GRID_STRIDE(i, n) {
-    const bool f = rows[i] < 0 && e[2 * slot_of[i] + 1] == encode_pending(i);
+    const bool f = rows[i] < 0 && e[state_word(slot_of[i])] == encode_pending(i);
     mask_out[i] = f;
     is_new[i] = f;
   }
 }
 
-__global__ void assign_kernel(int64_t* e, const bool* is_new, const int64_t* incl, const int64_t* slot_of,
+__global__ void assign_kernel(int32_t* e, const bool* is_new, const int64_t* incl, const int64_t* slot_of,
                               const int64_t* free_rows, const int64_t* meta, int64_t* rows, int64_t n) {
   const int64_t fc = meta[kFreeCount], next_row = meta[kNextRow];
   GRID_STRIDE(i, n) {
     if (!is_new[i]) continue;
     const int64_t r = row_for_new(incl[i] - 1, free_rows, fc, next_row);
-    e[2 * slot_of[i] + 1] = r;
+    e[state_word(slot_of[i])] = static_cast<int32_t>(r);
     rows[i] = r;
   }
 }
 
-__global__ void gather_dup_kernel(const int64_t* e, const int64_t* slot_of, int64_t* rows, int64_t n) {
+__global__ void gather_dup_kernel(const int32_t* e, const int64_t* slot_of, int64_t* rows, int64_t n) {
   GRID_STRIDE(i, n) {
-    if (rows[i] < 0) rows[i] = e[2 * slot_of[i] + 1];
+    if (rows[i] < 0) rows[i] = e[state_word(slot_of[i])];
   }
 }
 
@@ -131,33 +139,33 @@ __global__ void meta_insert_kernel(int64_t* meta, const int64_t* incl, int64_t n
   meta[kFreeCount] = fc > k ? fc - k : 0;
 }
 
-__global__ void locate_kernel(const int64_t* e, int64_t mask, const int64_t* ids, int64_t* slot_of,
+__global__ void locate_kernel(const int32_t* e, int64_t cap, const int64_t* ids, int64_t* slot_of,
                               int64_t* found, int64_t n) {
   GRID_STRIDE(i, n) {
-    const int64_t j = probe(e, mask, ids[i]);
+    const int64_t j = probe(e, cap, ids[i]);
     slot_of[i] = j;
-    found[i] = j < 0 ? -1 : e[2 * j + 1];
+    found[i] = j < 0 ? -1 : e[state_word(j)];
   }
 }
 
-__global__ void delete_claim_kernel(int64_t* e, const int64_t* slot_of, int64_t n) {
+__global__ void delete_claim_kernel(int32_t* e, const int64_t* slot_of, int64_t n) {
   GRID_STRIDE(i, n) {
     const int64_t j = slot_of[i];
     if (j < 0) continue;
-    int64_t s = load_state(e, j);
+    int32_t s = load_state(e, j);
     while (s >= 0 || (is_pending(s) && decode_pending(s) > i)) {
-      const int64_t old = cas_state(e, j, s, encode_pending(i));
+      const int32_t old = cas_state(e, j, s, encode_pending(i));
       if (old == s) break;
       s = old;
     }
   }
 }
 
-__global__ void delete_first_kernel(const int64_t* e, const int64_t* slot_of, int64_t* first, int64_t n) {
-  GRID_STRIDE(i, n) { first[i] = slot_of[i] >= 0 && e[2 * slot_of[i] + 1] == encode_pending(i); }
+__global__ void delete_first_kernel(const int32_t* e, const int64_t* slot_of, int64_t* first, int64_t n) {
+  GRID_STRIDE(i, n) { first[i] = slot_of[i] >= 0 && e[state_word(slot_of[i])] == encode_pending(i); }
 }
 
-__global__ void delete_emit_kernel(int64_t* e, const int64_t* first, const int64_t* incl, const int64_t* slot_of,
+__global__ void delete_emit_kernel(int32_t* e, const int64_t* first, const int64_t* incl, const int64_t* slot_of,
                                    const int64_t* found, int64_t* freed, int64_t* free_rows, int64_t fc,
                                    int64_t n) {
   GRID_STRIDE(i, n) {
@@ -165,7 +173,7 @@ __global__ void delete_emit_kernel(int64_t* e, const int64_t* first, const int64
     const int64_t p = incl[i] - 1;
     freed[p] = found[i];
     free_rows[fc + p] = found[i];
-    e[2 * slot_of[i] + 1] = kTombstone;
+    e[state_word(slot_of[i])] = kTombstone;
   }
 }
 
@@ -175,27 +183,29 @@ __global__ void meta_delete_kernel(int64_t* meta, int64_t k) {
   meta[kFreeCount] += k;
 }
 
-__global__ void init_table_kernel(int64_t* e, int64_t cap) {
+__global__ void init_table_kernel(int32_t* e, int64_t cap) {
   GRID_STRIDE(j, cap) {
-    e[2 * j] = 0;
-    e[2 * j + 1] = kEmpty;
+    e[key_word(j)] = 0;
+    e[key_word(j) + 1] = 0;
+    e[state_word(j)] = kEmpty;
   }
 }
 
 // counters[0] = live slots, counters[1] = slots in a transient state
-__global__ void rehash_kernel(const int64_t* e, int64_t old_cap, int64_t* ne, int64_t nmask,
+__global__ void rehash_kernel(const int32_t* e, int64_t old_cap, int32_t* ne, int64_t ncap,
                               unsigned long long* counters) {
   GRID_STRIDE(j, old_cap) {
-    const int64_t s = e[2 * j + 1], key = e[2 * j];
+    const int32_t s = e[state_word(j)];
+    const int64_t key = key_at(e, j);
     if (s < 0) {
       if (s < kTombstone) atomicAdd(counters + 1, 1ULL);
       continue;
     }
     atomicAdd(counters, 1ULL);
-    int64_t t = home_slot(key, nmask);
-    for (int64_t step = 0; step <= nmask; ++step, t = (t + 1) & nmask) {
-      if (ne[2 * t + 1] == kEmpty && cas_state(ne, t, kEmpty, s) == kEmpty) {
-        ne[2 * t] = key;  // nobody reads keys during a rehash: all keys are distinct
+    int64_t t = home_slot(key, ncap);
+    for (int64_t step = 0; step < ncap; ++step, t = next_slot(t, ncap)) {
+      if (ne[state_word(t)] == kEmpty && cas_state(ne, t, kEmpty, s) == kEmpty) {
+        set_key(ne, t, key);  // nobody reads keys during a rehash: all keys are distinct
         break;
       }
     }
@@ -203,17 +213,17 @@ __global__ void rehash_kernel(const int64_t* e, int64_t old_cap, int64_t* ne, in
 }
 
 // counters[0] = live slots, counters[1] = slots with rows >= next_row
-__global__ void export_scatter_kernel(const int64_t* e, int64_t cap, int64_t next_row, int64_t* key_by_row,
+__global__ void export_scatter_kernel(const int32_t* e, int64_t cap, int64_t next_row, int64_t* key_by_row,
                                       int64_t* present, unsigned long long* counters) {
   GRID_STRIDE(j, cap) {
-    const int64_t s = e[2 * j + 1];
+    const int64_t s = e[state_word(j)];
     if (s < 0) continue;
     if (s >= next_row) {
       atomicAdd(counters + 1, 1ULL);
       continue;
     }
     atomicAdd(counters, 1ULL);
-    key_by_row[s] = e[2 * j];
+    key_by_row[s] = key_at(e, j);
     present[s] = 1;
   }
 }
@@ -246,7 +256,7 @@ at::Tensor find_cuda(const at::Tensor& table, const at::Tensor& ids_in) {
   auto rows = at::empty({n}, ids.options());
   if (n == 0) return rows;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  find_kernel<<<blocks_for(n), kThreads, 0, stream>>>(table.data_ptr<int64_t>(), table.size(0) - 1,
+  find_kernel<<<blocks_for(n), kThreads, 0, stream>>>(table.data_ptr<int32_t>(), table.size(0),
                                                        ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return rows;
@@ -269,9 +279,9 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cuda(at::Tensor& table, at::Te
   auto slot_of = at::empty({n}, ids.options());
   auto first = at::empty({n}, ids.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  int64_t* e = table.data_ptr<int64_t>();
+  int32_t* e = table.data_ptr<int32_t>();
   const int blocks = blocks_for(n);
-  claim_kernel<<<blocks, kThreads, 0, stream>>>(e, cap - 1, ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(),
+  claim_kernel<<<blocks, kThreads, 0, stream>>>(e, cap, ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(),
                                                 slot_of.data_ptr<int64_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   first_mask_kernel<<<blocks, kThreads, 0, stream>>>(e, rows.data_ptr<int64_t>(), slot_of.data_ptr<int64_t>(),
@@ -305,9 +315,9 @@ at::Tensor delete_cuda(at::Tensor& table, at::Tensor& meta, at::Tensor& free_row
   auto found = at::empty({n}, ids.options());
   auto first = at::empty({n}, ids.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  int64_t* e = table.data_ptr<int64_t>();
+  int32_t* e = table.data_ptr<int32_t>();
   const int blocks = blocks_for(n);
-  locate_kernel<<<blocks, kThreads, 0, stream>>>(e, table.size(0) - 1, ids.data_ptr<int64_t>(),
+  locate_kernel<<<blocks, kThreads, 0, stream>>>(e, table.size(0), ids.data_ptr<int64_t>(),
                                                  slot_of.data_ptr<int64_t>(), found.data_ptr<int64_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   delete_claim_kernel<<<blocks, kThreads, 0, stream>>>(e, slot_of.data_ptr<int64_t>(), n);
@@ -337,12 +347,12 @@ std::tuple<at::Tensor, at::Tensor> rehash_cuda(const at::Tensor& table, const at
   check_meta_values(op, m, table.size(0), m[kFreeCount]);
   check_new_capacity(op, new_capacity, m);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  auto out = at::empty({new_capacity, 2}, table.options());
-  init_table_kernel<<<blocks_for(new_capacity), kThreads, 0, stream>>>(out.data_ptr<int64_t>(), new_capacity);
+  auto out = at::empty({new_capacity, kSlotWords}, table.options());
+  init_table_kernel<<<blocks_for(new_capacity), kThreads, 0, stream>>>(out.data_ptr<int32_t>(), new_capacity);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  auto counters = at::zeros({2}, table.options());
+  auto counters = at::zeros({2}, meta.options());
   rehash_kernel<<<blocks_for(table.size(0)), kThreads, 0, stream>>>(
-      table.data_ptr<int64_t>(), table.size(0), out.data_ptr<int64_t>(), new_capacity - 1,
+      table.data_ptr<int32_t>(), table.size(0), out.data_ptr<int32_t>(), new_capacity,
       reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto ch = counters.to(at::kCPU);
@@ -361,15 +371,15 @@ std::tuple<at::Tensor, at::Tensor> export_cuda(const at::Tensor& table, const at
   const int64_t* m = mh.data_ptr<int64_t>();
   check_meta_values(op, m, table.size(0), m[kFreeCount]);
   const int64_t cap = table.size(0), next_row = m[kNextRow], size = m[kSize];
-  auto ids = at::empty({size}, table.options());
-  auto rows = at::empty({size}, table.options());
+  auto ids = at::empty({size}, meta.options());
+  auto rows = at::empty({size}, meta.options());
   if (next_row == 0) return {ids, rows};
   auto stream = c10::cuda::getCurrentCUDAStream();
-  auto key_by_row = at::empty({next_row}, table.options());
-  auto present = at::zeros({next_row}, table.options());
-  auto counters = at::zeros({2}, table.options());
+  auto key_by_row = at::empty({next_row}, meta.options());
+  auto present = at::zeros({next_row}, meta.options());
+  auto counters = at::zeros({2}, meta.options());
   export_scatter_kernel<<<blocks_for(cap), kThreads, 0, stream>>>(
-      table.data_ptr<int64_t>(), cap, next_row, key_by_row.data_ptr<int64_t>(), present.data_ptr<int64_t>(),
+      table.data_ptr<int32_t>(), cap, next_row, key_by_row.data_ptr<int64_t>(), present.data_ptr<int64_t>(),
       reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto incl = at::cumsum(present, 0);
@@ -395,7 +405,7 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cuda(const at::Tensor& ids_in)
   const int64_t n = ids_in.numel();
   int64_t cap = 16;
   while (cap < 2 * n) cap <<= 1;
-  auto table = at::full({cap, 2}, kEmpty, ids_in.options());
+  auto table = at::full({cap, kSlotWords}, kEmpty, ids_in.options().dtype(at::kInt));
   auto meta = at::zeros({kMetaLen}, ids_in.options());
   auto free_rows = at::empty({0}, ids_in.options());
   auto [inverse, is_new] = find_or_insert_cuda(table, meta, free_rows, ids_in);

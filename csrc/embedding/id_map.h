@@ -3,12 +3,17 @@
 // An open-addressing hash table (linear probing) whose whole state lives in three tensors, so it
 // can be saved, moved between devices and later sharded:
 //
-//   table     int64 [capacity, 2]   entry j = (key, state); capacity is a power of two
-//               state >= 0   occupied, the key's row
-//               state == -1  empty (the key column is meaningless)
+//   table     int32 [capacity, 3]   slot j = (key_lo, key_hi, state): 12 bytes per slot
+//               key         the int64 id, split in its low and high 32-bit words (so slots
+//                           pack at 12 bytes; read as two 32-bit words on CUDA, which faults on
+//                           misaligned 8-byte loads)
+//               state >= 0   occupied, the key's row (rows < 2^31 - 1 per table / shard)
+//               state == -1  empty (the key words are meaningless)
 //               state == -2  tombstone (deleted; probing continues past it)
-//             Key and state sit side by side so a probe touches one cache line. No key value is
-//             reserved: every int64 id (INT64_MIN, -1, ...) is a valid key.
+//             capacity is any integer >= 2: an id's home slot is the high word of
+//             mix64(id) * capacity (a multiply-shift range reduction), so the map can grow x1.5.
+//             Key and state sit side by side so a probe touches one cache line (most of the time).
+//             No key value is reserved: every int64 id (INT64_MIN, -1, ...) is a valid key.
 //   meta      int64 [4]   = (size, next_row, tombstones, free_count)
 //               size        live ids;           next_row  rows ever handed out (high-water mark)
 //               tombstones  deleted slots;      free_count rows on the free stack
@@ -17,7 +22,11 @@
 //
 // Two transient states exist only inside one find_or_insert / delete call:
 //   -3          locked: a thread claimed the empty slot and is writing the key
-//   <= -4       pending: encodes the smallest batch position p (= -4 - state) that claimed it
+//   <= -4       pending: encodes the smallest batch position p (= -4 - state) that claimed it,
+//               so one call takes at most kMaxBatch ids
+//
+// Earlier versions used int64 [capacity, 2] (key, state) with a power-of-two capacity (16 bytes
+// per slot); recis_compat/backend/id_map.py converts such a state on load.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -27,16 +36,19 @@
 namespace recis_compat {
 namespace idmap {
 
-constexpr int64_t kEmpty = -1;
-constexpr int64_t kTombstone = -2;
-constexpr int64_t kLocked = -3;
-constexpr int64_t kPendingBase = -4;
+constexpr int32_t kEmpty = -1;
+constexpr int32_t kTombstone = -2;
+constexpr int32_t kLocked = -3;
+constexpr int32_t kPendingBase = -4;
+constexpr int64_t kSlotWords = 3;                      // int32 words per slot
+constexpr int64_t kMaxRows = INT32_MAX;                // rows are < kMaxRows
+constexpr int64_t kMaxBatch = int64_t(INT32_MAX) + kPendingBase;  // ids per call (pending codes)
 
 enum MetaField : int64_t { kSize = 0, kNextRow = 1, kTombstones = 2, kFreeCount = 3, kMetaLen = 4 };
 
-RECIS_HD int64_t encode_pending(int64_t pos) { return kPendingBase - pos; }
-RECIS_HD int64_t decode_pending(int64_t state) { return kPendingBase - state; }
-RECIS_HD bool is_pending(int64_t state) { return state <= kPendingBase; }
+RECIS_HD int32_t encode_pending(int64_t pos) { return static_cast<int32_t>(kPendingBase - pos); }
+RECIS_HD int64_t decode_pending(int32_t state) { return int64_t(kPendingBase) - state; }
+RECIS_HD bool is_pending(int32_t state) { return state <= kPendingBase; }
 
 // splitmix64's finalizer: a bijective 64-bit mixer with full avalanche, so sequential ids and ids
 // that differ only in their top bits (the 12-bit child tag) land on unrelated slots.
@@ -49,8 +61,32 @@ RECIS_HD uint64_t mix64(uint64_t x) {
   return x;
 }
 
-RECIS_HD int64_t home_slot(int64_t key, int64_t mask) {
-  return static_cast<int64_t>(mix64(static_cast<uint64_t>(key)) & static_cast<uint64_t>(mask));
+// Home slot in [0, capacity): the high 64 bits of mix64(key) * capacity.
+RECIS_HD int64_t home_slot(int64_t key, int64_t capacity) {
+  const uint64_t h = mix64(static_cast<uint64_t>(key));
+#if defined(__CUDA_ARCH__)
+  return static_cast<int64_t>(__umul64hi(h, static_cast<uint64_t>(capacity)));
+#else
+  return static_cast<int64_t>((static_cast<unsigned __int128>(h) * static_cast<uint64_t>(capacity)) >> 64);
+#endif
+}
+
+RECIS_HD int64_t next_slot(int64_t j, int64_t capacity) { return j + 1 == capacity ? 0 : j + 1; }
+
+// Word offsets of slot j's parts.
+RECIS_HD int64_t key_word(int64_t j) { return kSlotWords * j; }
+RECIS_HD int64_t state_word(int64_t j) { return kSlotWords * j + 2; }
+
+RECIS_HD int64_t key_at(const int32_t* e, int64_t j) {
+  const uint64_t lo = static_cast<uint32_t>(e[kSlotWords * j]);
+  const uint64_t hi = static_cast<uint32_t>(e[kSlotWords * j + 1]);
+  return static_cast<int64_t>((hi << 32) | lo);
+}
+
+RECIS_HD void set_key(int32_t* e, int64_t j, int64_t key) {
+  const uint64_t k = static_cast<uint64_t>(key);
+  e[kSlotWords * j] = static_cast<int32_t>(static_cast<uint32_t>(k));
+  e[kSlotWords * j + 1] = static_cast<int32_t>(static_cast<uint32_t>(k >> 32));
 }
 
 // Row handed to the k-th new id of a batch (k = 0, 1, ...): free-stack rows first, top first,
@@ -85,15 +121,14 @@ inline void check_partition_args(const char* op, const at::Tensor& ids, int64_t 
               world);
 }
 
-inline bool is_pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
-
 // Shape / dtype / device checks of the state tensors (no data reads: safe on every device).
 inline void check_table(const char* op, const at::Tensor& table) {
-  TORCH_CHECK(table.scalar_type() == at::kLong, op, ": 'table' must be int64, got ", table.scalar_type());
-  TORCH_CHECK(table.dim() == 2 && table.size(1) == 2, op,
-              ": 'table' must have shape [capacity, 2] (key, state), got ", table.sizes());
-  TORCH_CHECK(is_pow2(table.size(0)), op, ": 'table' capacity must be a power of two, got ",
-              table.size(0));
+  TORCH_CHECK(table.scalar_type() == at::kInt, op, ": 'table' must be int32 [capacity, 3] "
+              "(key_lo, key_hi, state), got ", table.scalar_type(),
+              " (an int64 [capacity, 2] table is the old layout: IdMap.load_state_dict converts it)");
+  TORCH_CHECK(table.dim() == 2 && table.size(1) == kSlotWords, op,
+              ": 'table' must have shape [capacity, 3] (key_lo, key_hi, state), got ", table.sizes());
+  TORCH_CHECK(table.size(0) >= 2, op, ": 'table' capacity must be >= 2, got ", table.size(0));
   TORCH_CHECK(table.is_contiguous(), op, ": 'table' must be contiguous");
 }
 
@@ -152,6 +187,10 @@ inline void check_state_shapes(const char* op, const at::Tensor& table, const at
 
 // find_or_insert: a batch of n ids must fit below the capacity, whatever its new ids.
 inline void check_batch_fits(const char* op, const int64_t* m, int64_t n, int64_t cap) {
+  TORCH_CHECK(n <= kMaxBatch, op, ": a batch holds at most ", kMaxBatch, " ids, got ", n,
+              "; split it");
+  TORCH_CHECK(m[kNextRow] + std::max<int64_t>(0, n - m[kFreeCount]) <= kMaxRows, op, ": rows are int32: next_row (", m[kNextRow], ") + the batch (", n,
+              ") may pass 2^31 - 1 rows in one table or shard; shard the table over more ranks");
   TORCH_CHECK(m[kSize] + m[kTombstones] + n < cap, op, ": a batch of ", n,
               " ids may not fit: size (", m[kSize], ") + tombstones (", m[kTombstones],
               ") + batch must stay below the capacity (", cap, "); grow the table with "
@@ -167,7 +206,7 @@ inline void check_free_rows_room(const char* op, const int64_t* m, int64_t free_
 }
 
 inline void check_new_capacity(const char* op, int64_t new_capacity, const int64_t* m) {
-  TORCH_CHECK(is_pow2(new_capacity), op, ": new_capacity must be a power of two, got ", new_capacity);
+  TORCH_CHECK(new_capacity >= 2, op, ": new_capacity must be >= 2, got ", new_capacity);
   TORCH_CHECK(new_capacity > m[kSize], op, ": new_capacity (", new_capacity,
               ") must exceed the number of ids (", m[kSize], ")");
 }

@@ -12,16 +12,24 @@ map appears in its state dict; this class gives it :meth:`state_dict` / :meth:`l
 (tensors of any capacity) and :meth:`to`.
 
 Growth policy (amortised, no rebuild per batch): with ``used = size + tombstones``, a batch of N
-ids goes straight to the kernel when ``used + N <= max_load * capacity`` (default 0.5; N counts
-repeats, so this is conservative). Otherwise the exact counts are read and the table is rehashed
+ids goes straight to the kernel when ``used + N <= max_load * capacity`` (default 0.75; N counts
+repeats, so this is conservative). Otherwise the exact counts are read and the batch is inserted
 in chunks that each fit the remaining room (``room = max_load * capacity - used``; a chunk of
 already-present ids consumes no room), and the table is rehashed only when the room drops below
-``max(1024, capacity / 64)``: to the smallest power of two with ``size + extra <= max_load *
-capacity`` (doubling), ``extra`` being the part of the batch about to go in. A rehash at the
-same capacity (only dropping tombstones) happens only when the tombstones are worth it. So the
-capacity follows the number of *distinct* ids, not the batch length or its repeats. Chunking never changes the result: rows are
-handed out in first-occurrence order either way. After any growth the load is at least
-``max_load / 2``, so the map costs at most ``16 / (max_load / 2)`` bytes per id (64 at 0.5).
+``max(1024, capacity / 64)``: to ``ceil(GROWTH * (size + extra) / max_load)`` slots (``GROWTH``
+= 1.5; capacities need not be powers of two, the kernels reduce hashes by multiply-shift),
+``extra`` being the part of the batch about to go in. A rehash at the same capacity (only
+dropping tombstones) happens only when the tombstones are worth it. So the capacity follows the
+number of *distinct* ids, not the batch length or its repeats. Chunking never changes the
+result: rows are handed out in first-occurrence order either way.
+
+Memory: a slot is 12 bytes (int64 key + int32 row, csrc/embedding/id_map.h). Once the batch
+that triggered a growth is in, the load is ``max_load / GROWTH`` (0.5) and it rises to
+``max_load`` before the next growth, so a map that only grows costs 24 down to 16 bytes per id
+(``12 / load``), plus the free stack (8 bytes per freed row). Linear probing at load 0.75
+averages 2.5 slot reads for a hit and 8.5 for a miss (30 and 102 bytes: one or two cache lines).
+States saved in the old layout (int64 ``[capacity, 2]``, 16 bytes per slot) are converted by
+:meth:`IdMap.load_state_dict`.
 
 Thread safety: every method holds the map's lock (a ``threading.RLock``; a table passes its own so
 that one lock guards its map and its rows, see ``backend/table_impl.py``). The kernels mutate the
@@ -32,6 +40,7 @@ a microsecond, small next to the kernel call (docs/reliability.md, "Thread safet
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Dict, Optional, Tuple
 
@@ -42,10 +51,8 @@ from recis_compat.ops import id_map as _ops
 
 _MIN_CAPACITY = 16
 _MIN_CHUNK = 1024
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
+GROWTH = 1.5
+DEFAULT_MAX_LOAD = 0.75
 
 
 class IdMap(OwnLock):
@@ -54,7 +61,7 @@ class IdMap(OwnLock):
     Args:
         device: where the state lives (CPU or CUDA); ids passed in must be on this device.
         max_load: the table is grown before ``(size + tombstones) / capacity`` would pass this
-            (0 < max_load <= 0.9).
+            (0 < max_load <= 0.9; default 0.75).
         lock: the lock that serialises every call (default: a new ``threading.RLock``); calls
             from several Python threads are applied one after the other, so the result equals
             a serial run of the same calls in some order.
@@ -64,7 +71,7 @@ class IdMap(OwnLock):
     ids get rows in the order of their first occurrence in the batch, independent of threads.
     """
 
-    def __init__(self, device: Optional[torch.device | str] = None, max_load: float = 0.5,
+    def __init__(self, device: Optional[torch.device | str] = None, max_load: float = DEFAULT_MAX_LOAD,
                  lock: Optional[threading.RLock] = None) -> None:
         if not 0.0 < float(max_load) <= 0.9:
             raise ValueError(f"IdMap: max_load must be in (0, 0.9], got {max_load}")
@@ -81,7 +88,7 @@ class IdMap(OwnLock):
 
     @property
     def capacity(self) -> int:
-        """Slots of the hash table (a power of two)."""
+        """Slots of the hash table (12 bytes each)."""
         return int(self._table.shape[0])
 
     @locked
@@ -199,14 +206,18 @@ class IdMap(OwnLock):
         size, _, tomb, _ = self._counts()
         self._used_bound = size + tomb
 
+    def _capacity_for(self, num_ids: int) -> int:
+        """Slots that hold ``num_ids`` ids at load ``max_load / GROWTH``."""
+        return max(_MIN_CAPACITY, math.ceil(GROWTH * num_ids / self.max_load), num_ids + 2)
+
     def _grow(self, size: int, tomb: int, extra: int) -> None:
         """Rehash so that ``size + extra`` fits under the load limit (tombstones dropped)."""
         cap = self.capacity
-        new_cap = max(_MIN_CAPACITY, cap)
-        while size + extra > self.max_load * new_cap or size + extra + 1 >= new_cap:
-            new_cap *= 2
-        if new_cap == cap and tomb < self.max_load * cap / 4:
-            new_cap *= 2   # dropping a few tombstones would not make lasting room
+        new_cap = self._capacity_for(size + extra)
+        if new_cap <= cap:
+            # the room is held by tombstones: keep the capacity (dropping them), unless they are
+            # too few to make lasting room
+            new_cap = cap if tomb >= self.max_load * cap / 4 else math.ceil(GROWTH * cap)
         self._table, self._meta = _ops.rehash(self._table, self._meta, new_cap)
         self.num_rehashes += 1
         self._sync()
@@ -227,7 +238,7 @@ class IdMap(OwnLock):
 
     @locked
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        """The state as tensors: ``table`` int64 [capacity, 2], ``meta`` int64 [4],
+        """The state as tensors: ``table`` int32 [capacity, 3], ``meta`` int64 [4],
         ``free_rows`` int64 [free_count] (copies; any capacity can be loaded back)."""
         free = self.num_free_rows()
         return {"table": self._table.clone(), "meta": self._meta.clone(),
@@ -236,14 +247,23 @@ class IdMap(OwnLock):
     @locked
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Replace the state with one from :meth:`state_dict` (moved to this map's device);
-        raises ValueError when the tensors are not a consistent id map."""
+        raises ValueError when the tensors are not a consistent id map. A ``table`` in the old
+        layout (int64 ``[capacity, 2]`` = ``(key, state)``, before 12-byte slots) is converted:
+        the same ids keep the same rows, tombstones are dropped, the capacity follows
+        this map's growth policy."""
         missing = {"table", "meta", "free_rows"} - set(state)
         if missing:
             raise ValueError(f"IdMap.load_state_dict: missing keys {sorted(missing)}")
-        table = state["table"].to(self.device, torch.int64).contiguous().clone()
+        table = state["table"].to(self.device).contiguous().clone()
         meta = state["meta"].to(self.device, torch.int64).contiguous().clone()
         free = state["free_rows"].to(self.device, torch.int64).contiguous().clone()
         try:
+            if _ops.is_legacy_table(table):
+                size = int(meta[0]) if meta.numel() == 4 else 0
+                table, meta = _ops.convert_legacy_table(table, meta, self._capacity_for(size))
+            elif table.dtype != torch.int32:
+                raise ValueError(f"IdMap.load_state_dict: 'table' must be int32 [capacity, 3] (or the old "
+                                 f"int64 [capacity, 2]), got {table.dtype} {tuple(table.shape)}")
             _ops.export(table, meta)    # validates shapes, meta values and the table contents
         except RuntimeError as e:
             raise ValueError(f"IdMap.load_state_dict: not a consistent id map: {e}") from e
@@ -253,7 +273,8 @@ class IdMap(OwnLock):
         self._sync()
 
     @classmethod
-    def from_state_dict(cls, state: Dict[str, torch.Tensor], device=None, max_load: float = 0.5) -> "IdMap":
+    def from_state_dict(cls, state: Dict[str, torch.Tensor], device=None,
+                        max_load: float = DEFAULT_MAX_LOAD) -> "IdMap":
         m = cls(device=device if device is not None else state["table"].device, max_load=max_load)
         m.load_state_dict(state)
         return m

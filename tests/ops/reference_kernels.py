@@ -435,3 +435,57 @@ def tile_ref(emb: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, tile
     out = torch.zeros(b, tile_len, emb.shape[1], dtype=emb.dtype, device=emb.device)
     out = out.masked_scatter(used.unsqueeze(-1).expand_as(out), vals)
     return out
+
+
+# ----------------------------------------------------------------------------- id map table layout
+_M64 = (1 << 64) - 1
+
+
+def id_map_mix64_ref(key: int) -> int:
+    """splitmix64's finalizer on the key's 64-bit two's complement (csrc/embedding/id_map.h)."""
+    x = key & _M64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _M64
+    x ^= x >> 31
+    return x
+
+
+def id_map_home_slot_ref(key: int, capacity: int) -> int:
+    """Home slot of ``key`` in a table of ``capacity`` slots: high word of mix64(key) * capacity."""
+    return (id_map_mix64_ref(key) * capacity) >> 64
+
+
+def id_map_decode_table_ref(table: torch.Tensor) -> Tuple[List[int], List[int]]:
+    """``(keys, states)`` per slot of an int32 ``[capacity, 3]`` id-map table
+    (``(key_lo, key_hi, state)``; keys meaningless where ``state < 0``)."""
+    words = table.tolist()
+    keys = []
+    for lo, hi, _ in words:
+        k = (lo & 0xFFFFFFFF) | ((hi & 0xFFFFFFFF) << 32)
+        keys.append(k - (1 << 64) if k >= 1 << 63 else k)
+    return keys, [w[2] for w in words]
+
+
+def id_map_legacy_state_ref(ref: "IdMapRef", capacity: int) -> Dict[str, torch.Tensor]:
+    """The state dict an IdMap of the old layout held for ``ref``'s map: ``table`` int64
+    ``[capacity, 2]`` = ``(key, state)`` (power-of-two capacity, home slot ``mix64(key) &
+    (capacity - 1)``, linear probing), ``meta`` and the free stack. Freed rows leave tombstones
+    in slots of their own."""
+    assert capacity & (capacity - 1) == 0
+    table = [[0, -1] for _ in range(capacity)]
+    ids, rows = ref.export()
+    for k, r in zip(ids, rows):
+        j = id_map_mix64_ref(k) & (capacity - 1)
+        while table[j][1] != -1:
+            j = (j + 1) & (capacity - 1)
+        table[j] = [k, r]
+    tombs = 0
+    for j in range(capacity):                   # a few tombstones, as deletes leave them
+        if table[j][1] == -1 and tombs < len(ref.free):
+            table[j] = [12345, -2]
+            tombs += 1
+    meta = [len(ref), ref.next_row, tombs, len(ref.free)]
+    return {"table": torch.tensor(table, dtype=torch.int64), "meta": torch.tensor(meta, dtype=torch.int64),
+            "free_rows": torch.tensor(list(ref.free), dtype=torch.int64)}
