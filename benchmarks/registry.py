@@ -29,5 +29,6 @@ for _name, _mod in [
     ("tile", "tile_bench"),
     ("optim", "optim_bench"),
     ("train", "train_bench"),
+    ("ckpt", "ckpt_bench"),
 ]:
     register(_name, _mod)
