@@ -533,6 +533,11 @@ def _measure_cpu_mode(ex: types.SimpleNamespace, batches: List[dict], warmup: in
 
 
 def run(opts: BenchOptions) -> List[Case]:
+    model = opts.extra.get("model") or "deepfm"
+    if model == "dlrm":
+        return run_dlrm(opts)
+    if int(opts.extra.get("world_size") or 1) != 1:
+        raise click.ClickException("bench train: --world-size > 1 is measured for --model dlrm only")
     cfg = dict(DEFAULTS)
     cfg.update({k: v for k, v in opts.extra.items() if v is not None and k in DEFAULTS})
     if opts.quick:
@@ -590,13 +595,401 @@ def _kernel_names(fused) -> str:
     return _fused_kernel_name(fused)
 
 
+# ============================================================================= --model dlrm
+# DLRM (issue 15 item 4): ours = examples/dlrm (FeatureEngine + EmbeddingEngine, 26 dynamic
+# tables, SparseSGD + torch SGD) against torchrec.models.dlrm.DLRM over a
+# FusedEmbeddingBagCollection (FBGEMM TBE, fused EXACT_SGD) + torch SGD, on the same synthetic
+# Criteo batches. See the DLRM paragraph of the module docstring.
+DLRM_DEFAULTS: Dict[str, object] = {"batch": 2048, "buckets": 100_000, "dim": 32, "bottom_mlp": "128,64,32",
+                                    "top_mlp": "256,128"}
+_DLRM_QUICK = {"batch": 256, "buckets": 10_000, "dim": 16, "bottom_mlp": "32,16", "top_mlp": "32,16"}
+DLRM_LR = 0.1
+ENV_DLRM_EXAMPLE = "RECIS_COMPAT_DLRM_EXAMPLE"
+_DLRM_MODULES = ("dlrm_data", "dlrm_model", "sparse_optimizers", "oneflow_protocol")
+
+
+def find_dlrm_example(explicit: Optional[str] = None) -> pathlib.Path:
+    """The dlrm example directory: ``explicit``, ``$RECIS_COMPAT_DLRM_EXAMPLE`` or
+    ``<repo>/examples/dlrm``; ClickException naming what is missing otherwise (there is no
+    bundled copy of the DLRM example)."""
+    tried = []
+    for cand in (explicit, os.environ.get(ENV_DLRM_EXAMPLE),
+                 pathlib.Path(__file__).resolve().parent.parent / "examples" / "dlrm"):
+        if not cand:
+            continue
+        path = pathlib.Path(cand)
+        if all((path / f"{m}.py").is_file() for m in _DLRM_MODULES):
+            return path
+        tried.append(str(path))
+    raise click.ClickException("bench train --model dlrm needs the dlrm example (examples/dlrm of a source checkout, "
+                               f"or --example-dir / ${ENV_DLRM_EXAMPLE}); not found in: {', '.join(tried)} "
+                               f"(needs {', '.join(m + '.py' for m in _DLRM_MODULES)})")
+
+
+def load_dlrm_example(path: pathlib.Path) -> types.SimpleNamespace:
+    """Import examples/dlrm's modules from ``path`` without leaving their bare names in
+    ``sys.modules`` or the directory on ``sys.path``."""
+    saved = {n: sys.modules.pop(n) for n in _DLRM_MODULES if n in sys.modules}
+    sys.path.insert(0, str(path))
+    try:
+        mods = {n: importlib.import_module(n) for n in _DLRM_MODULES}
+    finally:
+        sys.path.remove(str(path))
+        for n in _DLRM_MODULES:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+    return types.SimpleNamespace(DLRM=mods["dlrm_model"].DLRM, make_dataset=mods["dlrm_data"].make_dataset,
+                                 SPARSE=list(mods["dlrm_data"].SPARSE), SparseSGD=mods["sparse_optimizers"].SparseSGD,
+                                 source=str(path))
+
+
+def _int_list(text) -> List[int]:
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def dlrm_sizes(buckets: int) -> List[int]:
+    """OneFlow DLRM's table_size_array capped at ``buckets`` rows: the synthetic ids of field
+    ``i`` lie in ``[0, size_i)``, so the TorchRec tables hold every id without collisions."""
+    from recis_compat.tools.criteo_synth import DLRM_TABLE_SIZES
+    return [min(int(s), int(buckets)) for s in DLRM_TABLE_SIZES]
+
+
+def dlrm_batches(ex: types.SimpleNamespace, data_dir: str, batch: int, n: int, sizes: List[int],
+                 rank: int = 0, world: int = 1) -> List[dict]:
+    """``n`` batches of ``batch`` rows for ``rank``: synthetic Criteo (``criteo-synth``, seed 0,
+    ``sizes``) written as criteo-to-parquet's layout (mod_idx ids) and read back through the
+    example's ``make_dataset`` (ParquetDataset + transform), all in memory. Rank ``r`` of ``world``
+    takes rows ``[k * batch * world + r * batch, ...)`` of global step ``k``."""
+    from recis_compat.tools.criteo_synth import write_parquet
+    write_parquet(data_dir, n * batch * world, 0, sizes, rows_per_file=0)
+    files = sorted(str(p) for p in pathlib.Path(data_dir).glob("*.parquet"))
+    out = []
+    for item in ex.make_dataset(files, batch, drop_remainder=True):
+        end, data = item
+        if end or data is None:
+            break
+        out.append(data)
+    out = out[rank::world][:n]
+    if len(out) < n:
+        raise RuntimeError(f"read {len(out)} batches of {batch} rows for rank {rank}, expected {n}")
+    return out
+
+
+def _dlrm_kjt(batch: dict, sparse: List[str]):
+    """KJT (keys C1..C26) of each field's row ``id - mod_idx * i`` (the raw synthetic id)."""
+    from torchrec import KeyedJaggedTensor
+    from recis_compat.tools.criteo_to_parquet import DEFAULT_MOD_IDX
+    values, lengths = [], []
+    for i, c in enumerate(sparse):
+        vals, off = _ragged_parts(batch[c])
+        values.append(vals - DEFAULT_MOD_IDX * i)
+        lengths.append(off[1:] - off[:-1])
+    return KeyedJaggedTensor.from_lengths_sync(keys=list(sparse), values=torch.cat(values),
+                                               lengths=torch.cat(lengths))
+
+
+def _dlrm_configs(sparse: List[str], sizes: List[int], dim: int):
+    from torchrec import EmbeddingBagConfig
+
+    def init(scale):
+        return lambda w: nn.init.uniform_(w, -scale, scale)
+    return [EmbeddingBagConfig(name=f"t_{c}", embedding_dim=dim, num_embeddings=n, feature_names=[c],
+                               init_fn=init(float(1.0 / n) ** 0.5)) for c, n in zip(sparse, sizes)]
+
+
+def _ours_dlrm(ex, cfg, sizes):
+    """Our DLRM as TorchRec's is built (no OneFlow paddings: same arithmetic)."""
+    bottom = _int_list(cfg["bottom_mlp"])
+    if not bottom or bottom[-1] != int(cfg["dim"]):
+        raise click.ClickException(f"--bottom-mlp must end with --dim ({cfg['dim']}), got {cfg['bottom_mlp']!r}")
+    return ex.DLRM(int(cfg["dim"]), bottom, _int_list(cfg["top_mlp"]), sizes, interaction_padding=False,
+                   dense_input_padding=False)
+
+
+def _torchrec_dlrm(ebc, cfg, ours):
+    from torchrec.models.dlrm import DLRM as TorchRecDLRMModel
+    return TorchRecDLRMModel(embedding_bag_collection=ebc, dense_in_features=13,
+                             dense_arch_layer_sizes=[m.out_features for m in ours.bottom_mlp if isinstance(m, nn.Linear)],
+                             over_arch_layer_sizes=_int_list(cfg["top_mlp"]) + [1], dense_device=torch.device("cpu"))
+
+
+def _sane_loss(name: str, loss: float) -> None:
+    if not (math.isfinite(loss) and 0.05 < loss < 5.0):
+        raise RuntimeError(f"bench train --model dlrm: {name} computes loss {loss} on the first batch "
+                           "(expected a finite BCE near log 2)")
+
+
+def _measure_dlrm(ex, cfg, batches, sizes, warmup: int, n_steps: int) -> Dict[str, object]:
+    from recis_compat.benchmarks.lookup_bench import interleaved_steps
+    from recis_compat.nn.modules.hashtable import filter_out_sparse_param
+    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+
+    torch.manual_seed(42)
+    ours = _ours_dlrm(ex, cfg, sizes)
+    ours.train()
+    dense_opt = torch.optim.SGD(ours.parameters(), lr=DLRM_LR)
+    sparse_opt = ex.SparseSGD(filter_out_sparse_param(ours), lr=DLRM_LR)
+    ebc = FusedEmbeddingBagCollection(_dlrm_configs(ex.SPARSE, sizes, int(cfg["dim"])),
+                                      optimizer_type=torch.optim.SGD, optimizer_kwargs={"lr": DLRM_LR},
+                                      device=torch.device("cpu"))
+    base = _torchrec_dlrm(ebc, cfg, ours)
+    base.train()
+    base_opt = torch.optim.SGD([p for n, p in base.named_parameters() if "embedding_bag_collection" not in n],
+                               lr=DLRM_LR)
+    inputs = [(b["dense"], _dlrm_kjt(b, ex.SPARSE), b["label"].reshape(-1)) for b in batches]
+    bce = nn.BCEWithLogitsLoss()
+    with torch.no_grad():
+        _sane_loss("ours", float(ours(batches[0])))
+        _sane_loss("torchrec.models.dlrm.DLRM", float(bce(base(inputs[0][0], inputs[0][1]).reshape(-1),
+                                                           inputs[0][2])))
+
+    def ours_step(k):
+        loss = ours(batches[k])
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+        dense_opt.zero_grad()
+        sparse_opt.zero_grad()
+
+    def base_step(k):
+        d, kjt, label = inputs[k]
+        loss = bce(base(d, kjt).reshape(-1), label)
+        loss.backward()          # the tables are updated here (fused EXACT_SGD)
+        base_opt.step()
+        base_opt.zero_grad()
+
+    t = interleaved_steps({"ours": ours_step, "torchrec": base_step}, n_steps, warmup=warmup)
+    return {"t": t, "kernel": _kernel_names(ebc),
+            "ours_table_ids": int(sum(len(i) for i in filter_out_sparse_param(ours).values()))}
+
+
+def _dlrm_cfg(opts: BenchOptions) -> Dict[str, object]:
+    cfg = dict(DLRM_DEFAULTS)
+    user = {k: v for k, v in opts.extra.items() if v is not None}
+    cfg.update({k: user[k] for k in DLRM_DEFAULTS if k in user})
+    if opts.quick:
+        cfg.update(_DLRM_QUICK)
+    cfg["world_size"] = int(user.get("world_size") or 1)
+    cfg["example_dir"] = user.get("example_dir")
+    return cfg
+
+
+def _dlrm_detail(cfg, t, world, extra) -> Dict[str, object]:
+    d = {"batch_per_rank": int(cfg["batch"]), "world_size": world, "embedding_dim": int(cfg["dim"]),
+         "bottom_mlp": cfg["bottom_mlp"], "top_mlp": cfg["top_mlp"], "table_rows_cap": int(cfg["buckets"]),
+         "ours_ms_per_step": round(t["ours"] * 1e3, 4), "baseline_ms_per_step": round(t["torchrec"] * 1e3, 4),
+         "ours": "examples/dlrm DLRM (FeatureEngine + EmbeddingEngine, 26 dynamic tables), SparseSGD + SGD, "
+                 f"lr {DLRM_LR}; no OneFlow paddings (TorchRec's arithmetic)",
+         "baseline_does": "torchrec.models.dlrm.DLRM over FusedEmbeddingBagCollection (FBGEMM TBE, fused "
+                          "EXACT_SGD in backward), 26 tables sized min(OneFlow table size, cap), SGD dense; KJTs "
+                          "built before timing",
+         "target_ratio_min": TARGET_RATIO}
+    d.update(extra)
+    return d
+
+
+def run_dlrm(opts: BenchOptions) -> List[Case]:
+    cfg = _dlrm_cfg(opts)
+    ex = load_dlrm_example(find_dlrm_example(cfg.get("example_dir")))
+    warmup = QUICK_WARMUP_STEPS if opts.quick else WARMUP_STEPS
+    n_steps = 1 if opts.quick else max(1, opts.repeat) * STEPS_PER_REPEAT
+    sizes = dlrm_sizes(int(cfg["buckets"]))
+    with tempfile.TemporaryDirectory(prefix="recis-bench-train-dlrm-") as tmp:
+        batches = dlrm_batches(ex, tmp, int(cfg["batch"]), warmup + n_steps, sizes)
+    gc.collect()
+    m = _measure_dlrm(ex, cfg, batches, sizes, warmup, n_steps)
+    gc.collect()
+    b = int(cfg["batch"])
+    cases = [Case("DLRM train step (ours), world 1", "samples/s", round(b / m["t"]["ours"], 2),
+                  "torchrec.models.dlrm.DLRM (FusedEBC EXACT_SGD + SGD), world 1", round(b / m["t"]["torchrec"], 2),
+                  higher_is_better=True,
+                  detail=_dlrm_detail(cfg, m["t"], 1, {"timed_steps": n_steps, "warmup_steps": warmup,
+                                                       "threads": torch.get_num_threads(), "model_source": ex.source,
+                                                       "baseline_kernel": m["kernel"],
+                                                       "ours_table_ids": m["ours_table_ids"]}))]
+    world = int(cfg["world_size"])
+    if world > 1:
+        r = _launch_dlrm(world, cfg, ex.source, n_steps, warmup, opts.quick)
+        t = {"ours": r["ours_s"], "torchrec": r["torchrec_s"]}
+        cases.append(Case(f"DLRM train step (ours), world {world}", "samples/s", round(world * b / t["ours"], 2),
+                          f"torchrec.models.dlrm.DLRM under DistributedModelParallel (row-wise, fused EXACT_SGD), "
+                          f"world {world}", round(world * b / t["torchrec"], 2), higher_is_better=True,
+                          detail=_dlrm_detail(cfg, t, world, {
+                              "timed_steps": n_steps, "warmup_steps": warmup, "model_source": ex.source,
+                              "threads_per_rank": r["threads"], "baseline_kernel": r["kernel"],
+                              "step_time": "per side, the slowest rank's median step time",
+                              "first_losses": r["first_losses"]})))
+    return cases
+
+
+def _launch_dlrm(world: int, cfg, example_dir: str, n_steps: int, warmup: int, quick: bool) -> Dict[str, object]:
+    import json
+    import subprocess
+    from recis_compat.benchmarks.lookup_bench import _torchrun_cmd, _worker_env
+    threads = max(1, torch.get_num_threads() // world)
+    with tempfile.TemporaryDirectory(prefix="recis-bench-train-dlrm-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = _torchrun_cmd() + ["--nproc_per_node", str(world), "--master_port", "0", "--rdzv_backend", "c10d",
+                                 "--rdzv_endpoint", "localhost:0", "-m", "recis_compat.benchmarks.train_bench",
+                                 "--worker", "--out", out, "--example-dir", example_dir, "--steps", str(n_steps),
+                                 "--warmup", str(warmup), "--threads", str(threads)]
+        for k in ("batch", "buckets", "dim", "bottom_mlp", "top_mlp"):
+            cmd += [f"--{k.replace('_', '-')}", str(cfg[k])]
+        click.echo(f"bench train --model dlrm: torchrun with {world} ranks, {threads} thread(s) each ...", err=True)
+        timeout = 600 if quick else 3600
+        try:
+            proc = subprocess.run(cmd, env=_worker_env(threads), capture_output=True, text=True, timeout=timeout,
+                                  cwd=tmp)
+        except subprocess.TimeoutExpired as e:
+            raise click.ClickException(f"bench train --model dlrm: torchrun with {world} ranks timed out after "
+                                       f"{timeout} s") from e
+        if proc.returncode != 0 or not os.path.exists(out):
+            raise click.ClickException(f"bench train --model dlrm: torchrun with {world} ranks failed "
+                                       f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
+def _worker_main(argv: Optional[List[str]] = None) -> None:
+    """One rank of ``bench train --model dlrm --world-size N``: ours sharded by
+    ``shard_model`` (dynamic tables by RecIS's slice rule, dense DDP), TorchRec's DLRM under
+    DistributedModelParallel (row-wise FBGEMM tables, fused EXACT_SGD); interleaved steps on
+    this rank's slice of each global batch. Rank 0 writes ``--out``."""
+    import argparse
+    import json
+    import torch.distributed as dist
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
+    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise
+    from torchrec.distributed.types import ShardingPlan
+    from torchrec import EmbeddingBagCollection
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    from recis_compat.backend.sharding import init_process_group, shard_model
+    from recis_compat.benchmarks.lookup_bench import _dmp_kernel_name, interleaved_steps
+    from recis_compat.nn.modules.hashtable import filter_out_sparse_param
+
+    ap = argparse.ArgumentParser(prog="train_bench --worker")
+    ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--example-dir", dest="example_dir", required=True)
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--warmup", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    for k in ("batch", "buckets", "dim"):
+        ap.add_argument(f"--{k}", type=int, required=True)
+    ap.add_argument("--bottom-mlp", dest="bottom_mlp", required=True)
+    ap.add_argument("--top-mlp", dest="top_mlp", required=True)
+    args = ap.parse_args(argv)
+    cfg = vars(args)
+    torch.set_num_threads(max(1, args.threads))
+    init_process_group("cpu")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ex = load_dlrm_example(pathlib.Path(args.example_dir))
+    sizes = dlrm_sizes(args.buckets)
+    n = args.warmup + args.steps
+    data_dir = [tempfile.mkdtemp(prefix="recis-bench-dlrm-data-") if rank == 0 else None]
+    dist.broadcast_object_list(data_dir, src=0)
+    if rank == 0:
+        from recis_compat.tools.criteo_synth import write_parquet
+        write_parquet(data_dir[0], n * args.batch * world, 0, sizes, rows_per_file=0)
+    dist.barrier()
+    files = sorted(str(p) for p in pathlib.Path(data_dir[0]).glob("*.parquet"))
+    batches = []
+    for item in ex.make_dataset(files, args.batch, drop_remainder=True):
+        end, data = item
+        if end or data is None:
+            break
+        batches.append(data)
+    batches = batches[rank::world][:n]
+    dist.barrier()
+    if rank == 0:
+        import shutil
+        shutil.rmtree(data_dir[0], ignore_errors=True)
+
+    torch.manual_seed(42)
+    ours = _ours_dlrm(ex, cfg, sizes)
+    dense_opt = torch.optim.SGD(ours.parameters(), lr=DLRM_LR)
+    sparse_opt = ex.SparseSGD(filter_out_sparse_param(ours), lr=DLRM_LR)
+    ours_dmp = shard_model(ours, data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False,
+                                                                                  find_unused_parameters=False))
+    sharder = EmbeddingBagCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD,
+                                                          "learning_rate": DLRM_LR})
+    ebc = EmbeddingBagCollection(_dlrm_configs(ex.SPARSE, sizes, args.dim), device=torch.device("meta"))
+    base = _torchrec_dlrm(ebc, cfg, ours)
+    plan = construct_module_sharding_plan(ebc, {f"t_{c}": row_wise(compute_kernel="fused") for c in ex.SPARSE},
+                                          sharder=sharder, local_size=world, world_size=world, device_type="cpu")
+    base_dmp = DistributedModelParallel(base, device=torch.device("cpu"),
+                                        plan=ShardingPlan({"sparse_arch.embedding_bag_collection": plan}),
+                                        sharders=[sharder])
+    base_opt = torch.optim.SGD([p for nm, p in base_dmp.named_parameters() if "embedding_bag_collection" not in nm],
+                               lr=DLRM_LR)
+    inputs = [(b["dense"], _dlrm_kjt(b, ex.SPARSE), b["label"].reshape(-1)) for b in batches]
+    bce = nn.BCEWithLogitsLoss()
+    with torch.no_grad():
+        first = [float(ours_dmp(batches[0])), float(bce(base_dmp(inputs[0][0], inputs[0][1]).reshape(-1),
+                                                        inputs[0][2]))]
+    _sane_loss("ours", first[0])
+    _sane_loss("torchrec.models.dlrm.DLRM", first[1])
+
+    def ours_step(k):
+        loss = ours_dmp(batches[k])
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+        dense_opt.zero_grad()
+        sparse_opt.zero_grad()
+
+    def base_step(k):
+        d, kjt, label = inputs[k]
+        loss = bce(base_dmp(d, kjt).reshape(-1), label)
+        loss.backward()
+        base_opt.step()
+        base_opt.zero_grad()
+
+    t = interleaved_steps({"ours": ours_step, "torchrec": base_step}, args.steps, warmup=args.warmup)
+    got = [None] * world
+    dist.all_gather_object(got, t)
+    if rank == 0:
+        result = {"ours_s": max(g["ours"] for g in got), "torchrec_s": max(g["torchrec"] for g in got),
+                  "threads": torch.get_num_threads(), "kernel": _dmp_kernel_name(base_dmp), "first_losses": first}
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(args.out + ".tmp", args.out)
+    dist.barrier()
+    dist.destroy_process_group()
+    # Skip interpreter teardown, as lookup_bench's worker does: two-rank processes that ran
+    # TorchRec's row-wise EmbeddingBagCollection on gloo sometimes abort at exit after the
+    # results are written (docs/reliability.md, the known abort at a normal exit).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 command = common.make_command(
     "train", run, help=DESCRIPTION,
     extra_options=[
-        click.option("--batch", type=int, default=DEFAULTS["batch"], show_default=True, help="Rows per batch."),
-        click.option("--buckets", type=int, default=DEFAULTS["buckets"], show_default=True,
-                     help="Rows per TorchRec table (ids are mapped by id % buckets)."),
+        click.option("--model", type=click.Choice(["deepfm", "dlrm"]), default="deepfm", show_default=True,
+                     help="deepfm: examples/deepfm vs a hand-written TorchRec DeepFM; dlrm: examples/dlrm vs "
+                          "torchrec.models.dlrm.DLRM."),
+        click.option("--batch", type=int, default=None,
+                     help=f"Rows per batch (per rank).  [default: deepfm {DEFAULTS['batch']}, dlrm "
+                          f"{DLRM_DEFAULTS['batch']}]"),
+        click.option("--buckets", type=int, default=None,
+                     help=f"deepfm: rows per TorchRec table (ids % buckets); dlrm: cap on OneFlow's table sizes "
+                          f"(synthetic ids stay below it).  [default: {DEFAULTS['buckets']}]"),
+        click.option("--world-size", "world_size", type=int, default=1, show_default=True,
+                     help="dlrm: N > 1 also launches torchrun with N ranks (both models sharded row-wise)."),
+        click.option("--dim", type=int, default=None, help=f"dlrm: embedding dim.  [default: {DLRM_DEFAULTS['dim']}]"),
+        click.option("--bottom-mlp", "bottom_mlp", default=None,
+                     help=f"dlrm: bottom MLP sizes, ending with --dim.  [default: {DLRM_DEFAULTS['bottom_mlp']}]"),
+        click.option("--top-mlp", "top_mlp", default=None,
+                     help=f"dlrm: top MLP sizes (a final 1 is added).  [default: {DLRM_DEFAULTS['top_mlp']}]"),
         click.option("--example-dir", "example_dir", type=click.Path(file_okay=False), default=None,
-                     help=f"The deepfm example directory (default: ${ENV_EXAMPLE_DIR}, else examples/deepfm of "
-                          "the source tree, else a bundled copy)."),
+                     help=f"The example directory (deepfm: default ${ENV_EXAMPLE_DIR}, else examples/deepfm of "
+                          f"the source tree, else a bundled copy; dlrm: ${ENV_DLRM_EXAMPLE}, else examples/dlrm)."),
     ])
+
+
+if __name__ == "__main__":
+    _worker_main()
