@@ -55,8 +55,11 @@ def test_change_log_records_every_kind_of_write():
     t.accept_grad(t.find_rows(torch.tensor([6, 6])), torch.ones(2, 4))
     t.grad_rows()                                              # what the sparse optimizer takes
     t.delete(torch.tensor([7, 555]))                           # 555 is absent
+    # a filter stamping the rows of a training lookup (as GlobalStepFilter does)
+    t.lookup_listeners.append(lambda rows: t.get_slot("step_filter").index_fill_(0, rows, 42))
+    t.notify_lookup(t.find_rows(torch.tensor([8, 999])))       # 999 is absent
     ch = t.take_changes()
-    assert sorted(ch.ids.tolist()) == [4, 5, 6, 100]
+    assert sorted(ch.ids.tolist()) == [4, 5, 6, 8, 100]
     assert ch.deleted.tolist() == [7]
     rows = t.find_rows(ch.ids)
     for slot, vals in ch.values.items():
@@ -336,3 +339,13 @@ def test_ckpt_inspect_shows_the_chain(chain):
     shutil.rmtree(out / "delta_3")
     res = CliRunner().invoke(main, ["ckpt", "inspect", str(out)])
     assert res.exit_code == 1 and "link 2 (delta_3) is missing" in res.output and "BROKEN" in res.output
+
+
+def test_delta_options_are_checked(tmp_path):
+    from recis_compat.framework.trainer import TrainingArguments
+    with pytest.raises(ValueError, match="delta_save_steps must be >= 0"):
+        TrainingArguments(delta_save_steps=-1)
+    model, sparse, dense, _ = make(tmp_path, f"o{next(_names)}", delta=None)
+    with pytest.raises(ValueError, match="delta_interval must be >= 0"):
+        CheckpointManager(Saver(model, sparse, output_dir=str(tmp_path)), 10, -2)
+    assert CheckpointManager(Saver(model, sparse, output_dir=str(tmp_path)), 10, 0).delta_interval is None
