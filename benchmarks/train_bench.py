@@ -688,13 +688,21 @@ def _dlrm_kjt(batch: dict, sparse: List[str]):
                                                lengths=torch.cat(lengths))
 
 
-def _dlrm_configs(sparse: List[str], sizes: List[int], dim: int):
+def _dlrm_configs(sparse: List[str], sizes: List[int], dim: int, init_sizes: List[int]):
     from torchrec import EmbeddingBagConfig
 
     def init(scale):
         return lambda w: nn.init.uniform_(w, -scale, scale)
     return [EmbeddingBagConfig(name=f"t_{c}", embedding_dim=dim, num_embeddings=n, feature_names=[c],
-                               init_fn=init(float(1.0 / n) ** 0.5)) for c, n in zip(sparse, sizes)]
+                               init_fn=init(float(1.0 / m) ** 0.5)) for c, n, m in zip(sparse, sizes, init_sizes)]
+
+
+def _init_sizes(sizes: List[int], init: str) -> List[int]:
+    """The sizes that set the embedding init ``U(-sqrt(1/n), sqrt(1/n))`` of each table:
+    ``oneflow`` = each table's own size (OneFlow's rule; 19 distinct initializers, so ours keeps
+    19 physical tables), ``shared`` = the largest size for all (one initializer: ours coalesces
+    the 26 tables into one physical table)."""
+    return list(sizes) if init == "oneflow" else [max(sizes)] * len(sizes)
 
 
 def _ours_dlrm(ex, cfg, sizes):
@@ -719,17 +727,17 @@ def _sane_loss(name: str, loss: float) -> None:
                            "(expected a finite BCE near log 2)")
 
 
-def _measure_dlrm(ex, cfg, batches, sizes, warmup: int, n_steps: int) -> Dict[str, object]:
+def _measure_dlrm(ex, cfg, batches, sizes, warmup: int, n_steps: int, init: str) -> Dict[str, object]:
     from recis_compat.benchmarks.lookup_bench import interleaved_steps
     from recis_compat.nn.modules.hashtable import filter_out_sparse_param
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
     torch.manual_seed(42)
-    ours = _ours_dlrm(ex, cfg, sizes)
+    ours = _ours_dlrm(ex, cfg, _init_sizes(sizes, init))
     ours.train()
     dense_opt = torch.optim.SGD(ours.parameters(), lr=DLRM_LR)
     sparse_opt = ex.SparseSGD(filter_out_sparse_param(ours), lr=DLRM_LR)
-    ebc = FusedEmbeddingBagCollection(_dlrm_configs(ex.SPARSE, sizes, int(cfg["dim"])),
+    ebc = FusedEmbeddingBagCollection(_dlrm_configs(ex.SPARSE, sizes, int(cfg["dim"]), _init_sizes(sizes, init)),
                                       optimizer_type=torch.optim.SGD, optimizer_kwargs={"lr": DLRM_LR},
                                       device=torch.device("cpu"))
     base = _torchrec_dlrm(ebc, cfg, ours)
@@ -759,8 +767,9 @@ def _measure_dlrm(ex, cfg, batches, sizes, warmup: int, n_steps: int) -> Dict[st
         base_opt.zero_grad()
 
     t = interleaved_steps({"ours": ours_step, "torchrec": base_step}, n_steps, warmup=warmup)
-    return {"t": t, "kernel": _kernel_names(ebc),
-            "ours_table_ids": int(sum(len(i) for i in filter_out_sparse_param(ours).values()))}
+    tables = filter_out_sparse_param(ours)
+    return {"t": t, "kernel": _kernel_names(ebc), "ours_physical_tables": len(tables),
+            "ours_table_ids": int(sum(len(i) for i in tables.values()))}
 
 
 def _dlrm_cfg(opts: BenchOptions) -> Dict[str, object]:
@@ -770,6 +779,7 @@ def _dlrm_cfg(opts: BenchOptions) -> Dict[str, object]:
     if opts.quick:
         cfg.update(_DLRM_QUICK)
     cfg["world_size"] = int(user.get("world_size") or 1)
+    cfg["init"] = user.get("dlrm_init") or "oneflow"
     cfg["example_dir"] = user.get("example_dir")
     return cfg
 
@@ -796,27 +806,33 @@ def run_dlrm(opts: BenchOptions) -> List[Case]:
     sizes = dlrm_sizes(int(cfg["buckets"]))
     with tempfile.TemporaryDirectory(prefix="recis-bench-train-dlrm-") as tmp:
         batches = dlrm_batches(ex, tmp, int(cfg["batch"]), warmup + n_steps, sizes)
-    gc.collect()
-    m = _measure_dlrm(ex, cfg, batches, sizes, warmup, n_steps)
-    gc.collect()
     b = int(cfg["batch"])
-    cases = [Case("DLRM train step (ours), world 1", "samples/s", round(b / m["t"]["ours"], 2),
-                  "torchrec.models.dlrm.DLRM (FusedEBC EXACT_SGD + SGD), world 1", round(b / m["t"]["torchrec"], 2),
-                  higher_is_better=True,
-                  detail=_dlrm_detail(cfg, m["t"], 1, {"timed_steps": n_steps, "warmup_steps": warmup,
-                                                       "threads": torch.get_num_threads(), "model_source": ex.source,
-                                                       "baseline_kernel": m["kernel"],
-                                                       "ours_table_ids": m["ours_table_ids"]}))]
+    cases = []
+    for init in ("oneflow", "shared"):
+        gc.collect()
+        m = _measure_dlrm(ex, cfg, batches, sizes, warmup, n_steps, init)
+        gc.collect()
+        cases.append(Case(f"DLRM train step (ours), world 1, {init} init", "samples/s",
+                          round(b / m["t"]["ours"], 2),
+                          "torchrec.models.dlrm.DLRM (FusedEBC EXACT_SGD + SGD), world 1",
+                          round(b / m["t"]["torchrec"], 2), higher_is_better=True,
+                          detail=_dlrm_detail(cfg, m["t"], 1, {
+                              "timed_steps": n_steps, "warmup_steps": warmup, "threads": torch.get_num_threads(),
+                              "model_source": ex.source, "baseline_kernel": m["kernel"], "init": init,
+                              "init_rule": _init_sizes.__doc__.split("``oneflow``")[1].strip(),
+                              "ours_physical_tables": m["ours_physical_tables"],
+                              "ours_table_ids": m["ours_table_ids"]})))
     world = int(cfg["world_size"])
     if world > 1:
         r = _launch_dlrm(world, cfg, ex.source, n_steps, warmup, opts.quick)
+        init = str(cfg["init"])
         t = {"ours": r["ours_s"], "torchrec": r["torchrec_s"]}
-        cases.append(Case(f"DLRM train step (ours), world {world}", "samples/s", round(world * b / t["ours"], 2),
+        cases.append(Case(f"DLRM train step (ours), world {world}, {init} init", "samples/s", round(world * b / t["ours"], 2),
                           f"torchrec.models.dlrm.DLRM under DistributedModelParallel (row-wise, fused EXACT_SGD), "
                           f"world {world}", round(world * b / t["torchrec"], 2), higher_is_better=True,
                           detail=_dlrm_detail(cfg, t, world, {
                               "timed_steps": n_steps, "warmup_steps": warmup, "model_source": ex.source,
-                              "threads_per_rank": r["threads"], "baseline_kernel": r["kernel"],
+                              "init": init, "threads_per_rank": r["threads"], "baseline_kernel": r["kernel"],
                               "step_time": "per side, the slowest rank's median step time",
                               "first_losses": r["first_losses"]})))
     return cases
@@ -833,7 +849,7 @@ def _launch_dlrm(world: int, cfg, example_dir: str, n_steps: int, warmup: int, q
                                  "--rdzv_endpoint", "localhost:0", "-m", "recis_compat.benchmarks.train_bench",
                                  "--worker", "--out", out, "--example-dir", example_dir, "--steps", str(n_steps),
                                  "--warmup", str(warmup), "--threads", str(threads)]
-        for k in ("batch", "buckets", "dim", "bottom_mlp", "top_mlp"):
+        for k in ("batch", "buckets", "dim", "bottom_mlp", "top_mlp", "init"):
             cmd += [f"--{k.replace('_', '-')}", str(cfg[k])]
         click.echo(f"bench train --model dlrm: torchrun with {world} ranks, {threads} thread(s) each ...", err=True)
         timeout = 600 if quick else 3600
@@ -880,6 +896,7 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
         ap.add_argument(f"--{k}", type=int, required=True)
     ap.add_argument("--bottom-mlp", dest="bottom_mlp", required=True)
     ap.add_argument("--top-mlp", dest="top_mlp", required=True)
+    ap.add_argument("--init", choices=("oneflow", "shared"), required=True)
     args = ap.parse_args(argv)
     cfg = vars(args)
     torch.set_num_threads(max(1, args.threads))
@@ -908,14 +925,15 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
         shutil.rmtree(data_dir[0], ignore_errors=True)
 
     torch.manual_seed(42)
-    ours = _ours_dlrm(ex, cfg, sizes)
+    ours = _ours_dlrm(ex, cfg, _init_sizes(sizes, args.init))
     dense_opt = torch.optim.SGD(ours.parameters(), lr=DLRM_LR)
     sparse_opt = ex.SparseSGD(filter_out_sparse_param(ours), lr=DLRM_LR)
     ours_dmp = shard_model(ours, data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False,
                                                                                   find_unused_parameters=False))
     sharder = EmbeddingBagCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD,
                                                           "learning_rate": DLRM_LR})
-    ebc = EmbeddingBagCollection(_dlrm_configs(ex.SPARSE, sizes, args.dim), device=torch.device("meta"))
+    ebc = EmbeddingBagCollection(_dlrm_configs(ex.SPARSE, sizes, args.dim, _init_sizes(sizes, args.init)),
+                                 device=torch.device("meta"))
     base = _torchrec_dlrm(ebc, cfg, ours)
     plan = construct_module_sharding_plan(ebc, {f"t_{c}": row_wise(compute_kernel="fused") for c in ex.SPARSE},
                                           sharder=sharder, local_size=world, world_size=world, device_type="cpu")
@@ -980,6 +998,9 @@ command = common.make_command(
                           f"(synthetic ids stay below it).  [default: {DEFAULTS['buckets']}]"),
         click.option("--world-size", "world_size", type=int, default=1, show_default=True,
                      help="dlrm: N > 1 also launches torchrun with N ranks (both models sharded row-wise)."),
+        click.option("--dlrm-init", "dlrm_init", type=click.Choice(["oneflow", "shared"]), default="oneflow",
+                     show_default=True, help="dlrm, --world-size N: the embedding init of the N-rank case "
+                                             "(world 1 measures both; see _init_sizes)."),
         click.option("--dim", type=int, default=None, help=f"dlrm: embedding dim.  [default: {DLRM_DEFAULTS['dim']}]"),
         click.option("--bottom-mlp", "bottom_mlp", default=None,
                      help=f"dlrm: bottom MLP sizes, ending with --dim.  [default: {DLRM_DEFAULTS['bottom_mlp']}]"),
