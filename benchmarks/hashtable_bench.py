@@ -8,7 +8,17 @@ the size of that share (so new ids repeat, as in real feature streams). Measured
   ``torch.tensor``), and vs a tensor-only map (``torch.unique`` + ``torch.searchsorted`` over a
   sorted key tensor, merging the new keys back with a sort);
 * find (M ids/s): IdMap vs a dict and vs ``searchsorted``;
-* find_or_insert on 1 thread (ids/s per core; target >= 25 M/s) vs the dict.
+* find_or_insert on 1 thread (ids/s per core; target >= 25 M/s) vs the dict;
+* growth (issue 14 item 4): a ``HashTable`` (``dim``, float32) trained with ``SparseAdamW`` on
+  batches of ``growth_batch`` ids never seen before until it holds ``growth_ids``: new ids/s
+  through the whole step (training lookup with row initialisation, ``backward``, optimizer
+  step, ``zero_grad``), against ``IdMap.find_or_insert`` alone on the same batches into an
+  empty map (growth and rehashes included), in the same run. Target >= 10 M new ids/s on
+  2 threads; ``detail`` splits the step into lookup / backward / step seconds;
+* bytes per id at the end of the growth (issue 14 item 3): the id map against 24 B/id, and the
+  whole table (map + embedding + both Adam moments, memory actually backed: RowStorage's
+  ``memory_bytes``) against the floor ``dim * 4 * 3 + 12`` (a row, two moments, an 8-byte key
+  and a 4-byte row index per id); target within 10 % of the floor.
 
 Each timed find_or_insert starts from a fresh copy of the populated map (copy untimed); the IdMap
 copy has room reserved for the batch, so no rehash lands inside a timing (growth is amortised
@@ -16,6 +26,8 @@ and measured by the tests). Design targets: >= 20x dict; >= 25 M ids/s/core.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from typing import Callable, Dict, List
 
@@ -26,8 +38,12 @@ from recis_compat.benchmarks import common
 from recis_compat.benchmarks.common import BenchOptions, Case
 
 DESCRIPTION = "id->row map find-or-insert / find: IdMap vs Python dict vs torch.unique+searchsorted"
-DEFAULTS: Dict[str, object] = {"table_size": 2_000_000, "batch": 1_000_000, "new_frac": 0.1}
-_QUICK = {"table_size": 100_000, "batch": 100_000}
+DEFAULTS: Dict[str, object] = {"table_size": 2_000_000, "batch": 1_000_000, "new_frac": 0.1,
+                               "growth_ids": 4_194_304, "growth_batch": 262_144, "dim": 8}
+_QUICK = {"table_size": 100_000, "batch": 100_000, "growth_ids": 163_840, "growth_batch": 16_384}
+GROWTH_TARGET_M_IDS_PER_S = 10.0
+MAP_TARGET_BYTES_PER_ID = 24.0
+TABLE_TARGET_OVER_FLOOR = 1.10
 
 
 def _workload(table_size: int, batch: int, new_frac: float, seed: int = 0):
@@ -110,6 +126,69 @@ def _mids(n: int, seconds: float) -> float:
     return n / seconds / 1e6
 
 
+_tables = itertools.count()
+
+
+def _growth(total: int, batch: int, dim: int) -> Dict[str, object]:
+    """End-to-end growth of a SparseAdamW-trained table vs the id map alone (see the module
+    docstring). Returns seconds, split and memory figures."""
+    from recis_compat.backend.id_map import IdMap
+    from recis_compat.nn.modules.hashtable import HashTable, filter_out_sparse_param
+    from recis_compat.optim import SparseAdamW
+
+    g = torch.Generator().manual_seed(7)
+    steps = max(2, total // batch)
+    batches = [torch.randint(-(2 ** 63), 2 ** 63 - 1, (batch,), generator=g, dtype=torch.int64)
+               for _ in range(steps + 1)]
+    ht = HashTable([dim], block_size=10240, dtype=torch.float32,
+                   name=f"growth_bench_{os.getpid()}_{next(_tables)}")
+    model = torch.nn.ModuleDict({"t": ht})
+    opt = SparseAdamW(filter_out_sparse_param(model), lr=1e-3)
+    split = {"lookup": 0.0, "backward": 0.0, "step": 0.0}
+
+    def train_step(ids, timing):
+        t0 = time.perf_counter()
+        out = ht(ids)
+        t1 = time.perf_counter()
+        out.sum().backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad()
+        t3 = time.perf_counter()
+        if timing:
+            split["lookup"] += t1 - t0
+            split["backward"] += t2 - t1
+            split["step"] += t3 - t2
+
+    train_step(batches[0], False)            # warm-up: builds the optimizer slots
+    t0 = time.perf_counter()
+    for ids in batches[1:]:
+        train_step(ids, True)
+    t_ours = time.perf_counter() - t0
+    impl = ht.impl
+    n_ids = len(impl)
+    assert n_ids == (steps + 1) * batch, "growth bench: ids were lost or merged"
+
+    m = IdMap()
+    m.find_or_insert(batches[0])
+    t0 = time.perf_counter()
+    for ids in batches[1:]:
+        m.find_or_insert(ids)
+    t_map = time.perf_counter() - t0
+    assert len(m) == n_ids
+
+    map_b = impl.id_map.memory_bytes() / n_ids
+    storage_b = impl.storage.memory_bytes() / n_ids
+    slots = sorted(impl.storage.slots)
+    row_b = sum(t[:1].numel() * t.element_size() for t in impl.storage.slots.values())
+    floor_b = row_b + 12.0
+    return {"t_ours": t_ours, "t_map": t_map, "new_ids": steps * batch, "split": split, "ids": n_ids,
+            "map_bytes_per_id": map_b, "storage_bytes_per_id": storage_b, "row_bytes": row_b,
+            "floor_bytes_per_id": floor_b, "slots": slots,
+            "storage_reserved_bytes_per_id": impl.storage.reserved_bytes() / n_ids,
+            "storage_reallocations": impl.storage.num_reallocations, "map_capacity": impl.id_map.capacity}
+
+
 def run(opts: BenchOptions) -> List[Case]:
     from recis_compat.backend.id_map import IdMap
 
@@ -160,7 +239,31 @@ def run(opts: BenchOptions) -> List[Case]:
     per_thread = {"ours_ids_per_s_per_thread": round(batch / t_ours / threads),
                   "ours_ids_per_s_1_thread": round(batch / t_ours_1), "target_ids_per_s_per_core": 25e6}
     mid = "M ids/s"
-    return [
+    gr = _growth(int(cfg["growth_ids"]), int(cfg["growth_batch"]), int(cfg["dim"]))
+    gdetail = {"dim": int(cfg["dim"]), "batch": int(cfg["growth_batch"]), "ids_at_end": gr["ids"],
+               "threads": threads, "ours_s": round(gr["t_ours"], 3), "id_map_s": round(gr["t_map"], 3),
+               "split_s": {k: round(v, 3) for k, v in gr["split"].items()},
+               "target_value": GROWTH_TARGET_M_IDS_PER_S,
+               "timed_ours": "HashTable(ids) [training: find-or-insert + per-id initial values + gather], "
+                             "out.sum().backward(), SparseAdamW.step(), zero_grad(); every id new",
+               "timed_baseline": "IdMap.find_or_insert of the same batches into an empty map (rehashes included)"}
+    mem = {"ids": gr["ids"], "slots": gr["slots"], "row_bytes": gr["row_bytes"],
+           "map_bytes_per_id": round(gr["map_bytes_per_id"], 2),
+           "storage_bytes_per_id": round(gr["storage_bytes_per_id"], 2),
+           "storage_reserved_bytes_per_id": round(gr["storage_reserved_bytes_per_id"], 2),
+           "storage_reallocations": gr["storage_reallocations"], "map_capacity": gr["map_capacity"],
+           "floor_bytes_per_id": gr["floor_bytes_per_id"]}
+    total_b = gr["map_bytes_per_id"] + gr["storage_bytes_per_id"]
+    growth_cases = [
+        Case("growth: lookup+init+backward+SparseAdamW step", "M new ids/s", _mids(gr["new_ids"], gr["t_ours"]),
+             "IdMap.find_or_insert alone (same batches)", _mids(gr["new_ids"], gr["t_map"]), detail=gdetail),
+        Case("bytes per id: id map", "B/id", round(gr["map_bytes_per_id"], 2), "target 24 B/id",
+             MAP_TARGET_BYTES_PER_ID, higher_is_better=False, detail=mem, target=1.0),
+        Case("bytes per id: table with SparseAdamW (map + row + moments)", "B/id", round(total_b, 2),
+             "floor: row + moments + 12 B (key, row)", gr["floor_bytes_per_id"], higher_is_better=False,
+             detail=mem, target=round(1 / TABLE_TARGET_OVER_FLOOR, 4)),
+    ]
+    return growth_cases + [
         Case("find_or_insert", mid, _mids(batch, t_ours), "python dict", _mids(batch, t_dict),
              detail={**detail, **per_thread}),
         Case("find_or_insert", mid, _mids(batch, t_ours), "torch.unique+searchsorted", _mids(batch, t_sort),
@@ -182,4 +285,10 @@ command = common.make_command(
         click.option("--batch", type=int, default=DEFAULTS["batch"], show_default=True, help="Ids per batch."),
         click.option("--new-frac", "new_frac", type=float, default=DEFAULTS["new_frac"], show_default=True,
                      help="Share of a batch drawn from unseen ids."),
+        click.option("--growth-ids", "growth_ids", type=int, default=DEFAULTS["growth_ids"], show_default=True,
+                     help="Growth case: ids the table holds at the end."),
+        click.option("--growth-batch", "growth_batch", type=int, default=DEFAULTS["growth_batch"],
+                     show_default=True, help="Growth case: new ids per training step."),
+        click.option("--dim", type=int, default=DEFAULTS["dim"], show_default=True,
+                     help="Growth case: embedding width."),
     ])

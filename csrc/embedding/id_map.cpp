@@ -192,6 +192,9 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Ten
       [&](int64_t b, int64_t end) {
         int64_t c = 0;
         for (int64_t i = b; i < end; ++i) {
+          // the claimed slots are random and usually out of cache again by now
+          if (i + kPrefetch < end && rows[i + kPrefetch] < 0)
+            __builtin_prefetch(e + state_word(slot_of[i + kPrefetch]), 1, 1);
           if (rows[i] < 0 && e[state_word(slot_of[i])] == encode_pending(i)) {
             is_new[i] = true;
             ++c;
@@ -201,6 +204,8 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Ten
       },
       [&](int64_t b, int64_t end, int64_t base) {
         for (int64_t i = b; i < end; ++i) {
+          if (i + kPrefetch < end && is_new[i + kPrefetch])
+            __builtin_prefetch(e + state_word(slot_of[i + kPrefetch]), 1, 1);
           if (!is_new[i]) continue;
           const int64_t r = row_for_new(base++, fr, fc, next_row);
           e[state_word(slot_of[i])] = static_cast<int32_t>(r);
@@ -401,6 +406,10 @@ std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at:
   at::parallel_for(0, old_cap, kGrain, [&](int64_t b, int64_t end) {
     int64_t cnt = 0, nbad = 0;
     for (int64_t j = b; j < end; ++j) {
+      // the old table is read in order; the new slots are random: fetch them a few keys ahead
+      // (the loop otherwise waits on one cache miss per id)
+      if (j + kPrefetch < end && e[state_word(j + kPrefetch)] >= 0)
+        prefetch_slot(ne, key_at(e, j + kPrefetch), ncap, true);
       const int32_t s = e[state_word(j)];
       const int64_t key = key_at(e, j);
       if (s < 0) {

@@ -148,9 +148,13 @@ class RowStorage(OwnLock):
         if new_cap > self.reserved_rows:
             self._reallocate(self._reserve_rows_for(new_cap))
         extra = new_cap - cap
-        for name in self.slots:
+        for name, spec in self.specs.items():
             view = self._reserve[name].narrow(0, 0, new_cap)
-            view.narrow(0, cap, extra).copy_(self._initial(name, extra))
+            fresh = view.narrow(0, cap, extra)
+            if name == "embedding" and self._sample_rows is not None:
+                fresh.copy_(self._initial(name, extra))
+            else:
+                fresh.fill_(spec.init)        # in place: no temporary of the new rows
             self.slots[name] = view
 
     def _reserve_rows_for(self, new_cap: int) -> int:
