@@ -621,6 +621,8 @@ def find_dlrm_example(explicit: Optional[str] = None) -> pathlib.Path:
         if all((path / f"{m}.py").is_file() for m in _DLRM_MODULES):
             return path
         tried.append(str(path))
+        if cand == explicit:
+            break               # an explicit directory is not replaced by a default one
     raise click.ClickException("bench train --model dlrm needs the dlrm example (examples/dlrm of a source checkout, "
                                f"or --example-dir / ${ENV_DLRM_EXAMPLE}); not found in: {', '.join(tried)} "
                                f"(needs {', '.join(m + '.py' for m in _DLRM_MODULES)})")
