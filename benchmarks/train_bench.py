@@ -775,14 +775,20 @@ def _measure_dlrm(ex, cfg, batches, sizes, warmup: int, n_steps: int, init: str)
 
 
 def _dlrm_cfg(opts: BenchOptions) -> Dict[str, object]:
+    """Defaults, then ``--quick``'s, then the options given (they win over both)."""
     cfg = dict(DLRM_DEFAULTS)
-    user = {k: v for k, v in opts.extra.items() if v is not None}
-    cfg.update({k: user[k] for k in DLRM_DEFAULTS if k in user})
     if opts.quick:
         cfg.update(_DLRM_QUICK)
+    user = {k: v for k, v in opts.extra.items() if v is not None}
+    cfg.update({k: user[k] for k in DLRM_DEFAULTS if k in user})
     cfg["world_size"] = int(user.get("world_size") or 1)
     cfg["init"] = user.get("dlrm_init") or "oneflow"
     cfg["example_dir"] = user.get("example_dir")
+    bottom = _int_list(cfg["bottom_mlp"])
+    if not bottom or bottom[-1] != int(cfg["dim"]):
+        raise click.ClickException(f"--bottom-mlp must end with --dim ({cfg['dim']}), got {cfg['bottom_mlp']!r}")
+    if cfg["world_size"] < 1:
+        raise click.ClickException(f"--world-size must be >= 1, got {cfg['world_size']}")
     return cfg
 
 
