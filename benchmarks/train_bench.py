@@ -43,6 +43,27 @@ per-step cost (1.0 = none).
 Before timing, a guard checks that both models compute the same loss on the first batch when
 the baseline's table rows hold ours' embeddings (a plain EBC with collision-free rows).
 ``--quick``: batch 200, 1 timed step, 2 warm-up steps, 10k buckets.
+
+**--model dlrm** (issue 15 item 4). Ours is examples/dlrm's ``DLRM`` (``FeatureEngine`` ->
+``EmbeddingEngine`` over ``C1..C26``, one dynamic table per field, sum combiner; bottom MLP,
+dot interaction, top MLP; BCE-with-logits) built without OneFlow's paddings so that it does
+TorchRec's arithmetic, trained with the example's ``SparseSGD`` + ``torch.optim.SGD`` (OneFlow's
+DLRM optimizer), lr 0.1. The baseline is ``torchrec.models.dlrm.DLRM`` over a
+``FusedEmbeddingBagCollection`` (FBGEMM TBE, EXACT_SGD applied inside backward) + SGD on the
+dense arches, same layer sizes. Data: synthetic Criteo (``criteo-synth``, seed 0) with OneFlow
+DLRM's table sizes capped at ``--buckets`` (so every id has its own TorchRec row), written in
+criteo-to-parquet's layout and read through the example's ``make_dataset`` before timing; the
+TorchRec side gets KJTs of the raw ids built before timing. Embedding init
+``U(-sqrt(1/n), sqrt(1/n))`` on both sides: with OneFlow's rule (``n`` = each table's size,
+"oneflow init") ours holds one physical table per distinct initializer, with one ``n`` for all
+("shared init") ours coalesces the 26 tables into one; world 1 reports both. ``--world-size N``
+also launches torchrun with N ranks (``python -m recis_compat.benchmarks.train_bench
+--worker``): ours sharded by ``shard_model`` (RecIS's slice rule, dense DDP), TorchRec's under
+``DistributedModelParallel`` with a row-wise plan; each rank trains its slice of each global
+batch (``--batch`` rows per rank), and a side's step time is its slowest rank's median. Guards:
+both sides' first-batch loss is a finite BCE (0.05 .. 5). There is no bundled copy of the DLRM
+example: it is read from ``--example-dir``, ``$RECIS_COMPAT_DLRM_EXAMPLE`` or ``examples/dlrm``.
+``--quick``: batch 256, dim 16, MLPs 32,16, tables capped at 10k rows, 1 timed step.
 """
 from __future__ import annotations
 
@@ -65,7 +86,8 @@ from recis_compat.benchmarks import common
 from recis_compat.benchmarks.common import BenchOptions, Case
 
 DESCRIPTION = ("DeepFM train step (examples/deepfm: FeatureEngine + EmbeddingEngine, SparseAdamW + AdamW) vs "
-               "the same DeepFM hand-written on TorchRec (FusedEmbeddingBagCollection, fused EXACT_ADAGRAD + AdamW)")
+               "the same DeepFM hand-written on TorchRec (FusedEmbeddingBagCollection, fused EXACT_ADAGRAD + AdamW); "
+               "--model dlrm: examples/dlrm vs torchrec.models.dlrm.DLRM (fused EXACT_SGD), world 1 and --world-size N")
 DEFAULTS: Dict[str, object] = {"batch": 1000, "buckets": 100_000, "example_dir": None}
 _QUICK = {"batch": 200, "buckets": 10_000}
 STEPS_PER_REPEAT = 10
