@@ -2,7 +2,9 @@
 
 The model's forward returns the scalar loss. Each step: forward, backward, dense optimizer (+ LR
 scheduler), sparse optimizer, hooks ``after_step(metrics, global_step)``, checkpoint manager
-``step()`` (saves every ``save_steps``); a checkpoint is also written at the end of training.
+``step()`` (saves every ``save_steps``, and with ``delta_save_steps`` a delta checkpoint every that
+many steps in between: recis_compat/framework/checkpoint_manager.py); a checkpoint is also
+written at the end of training.
 
 Multi-process (torchrun, ``torch.distributed`` initialised): the model is wrapped by
 ``recis_compat.backend.sharding.shard_model`` (TorchRec DistributedModelParallel: dynamic tables
