@@ -23,3 +23,18 @@ def sparse_adam_rows_(param, exp_avg, exp_avg_sq, rows, grad, *, lr, beta1, beta
     torch.ops.recis_compat.sparse_adam_rows_(param, exp_avg, exp_avg_sq, rows, grad, float(lr),
                                              float(beta1), float(beta2), float(eps), float(decay),
                                              float(beta1_power), float(beta2_power))
+
+
+@torch.library.register_fake("recis_compat::sparse_rows_rotate_")
+def _sparse_rows_rotate_fake(a, b, c, rows, grad):
+    return None
+
+
+def sparse_rows_rotate_(a, b, c, rows, grad) -> None:
+    """The physical floor of :func:`sparse_adam_rows_` (``bench optim``): for every listed
+    (unique) row ``r`` of the float ``[R_total, D]`` tensors ``a``, ``b``, ``c`` (same shape and
+    dtype), ``(a, b, c)[r] <- (b, c, a)[r]`` in place, with no arithmetic: each slot row is read
+    and written once, with the same loop, prefetching and threading as the Adam kernel
+    (csrc/optim/rows_floor.cpp). ``grad`` ``[len(rows), D]`` is checked as the Adam kernel checks
+    it and not read."""
+    torch.ops.recis_compat.sparse_rows_rotate_(a, b, c, rows, grad)

@@ -489,3 +489,10 @@ def id_map_legacy_state_ref(ref: "IdMapRef", capacity: int) -> Dict[str, torch.T
     meta = [len(ref), ref.next_row, tombs, len(ref.free)]
     return {"table": torch.tensor(table, dtype=torch.int64), "meta": torch.tensor(meta, dtype=torch.int64),
             "free_rows": torch.tensor(list(ref.free), dtype=torch.int64)}
+
+
+def sparse_rows_rotate_ref(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, rows: torch.Tensor):
+    """``(a, b, c)`` after ``(a, b, c)[rows] <- (b, c, a)[rows]`` (new tensors)."""
+    a2, b2, c2 = a.clone(), b.clone(), c.clone()
+    a2[rows], b2[rows], c2[rows] = b[rows], c[rows], a[rows]
+    return a2, b2, c2
