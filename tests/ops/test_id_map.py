@@ -394,6 +394,21 @@ def test_bench_hashtable_quick_json():
     for c in rep["cases"]:
         for key in ("name", "metric", "value", "baseline", "baseline_value", "ratio", "higher_is_better"):
             assert key in c
+    by_name = {c["name"]: c for c in rep["cases"]}
+    growth = by_name["growth: lookup+init+backward+SparseAdamW step"]
+    assert growth["metric"] == "M new ids/s" and growth["value"] > 0 and growth["baseline_value"] > 0
+    assert growth["detail"]["target_value"] == 10.0 and growth["detail"]["ids_at_end"] == 180_224
+    assert set(growth["detail"]["split_s"]) == {"lookup", "backward", "step"}
+    per_map = by_name["bytes per id: id map"]
+    assert per_map["higher_is_better"] is False and per_map["target"] == 1.0
+    assert 16 <= per_map["value"] <= 24.01                        # 12-byte slots, load 0.5..0.75
+    table = by_name["bytes per id: table with SparseAdamW (map + row + moments)"]
+    d = table["detail"]
+    assert d["slots"] == ["embedding", "sparse_adamw_exp_avg", "sparse_adamw_exp_avg_sq"]
+    assert d["row_bytes"] == 3 * 8 * 4 and d["floor_bytes_per_id"] == 3 * 8 * 4 + 12
+    assert abs(table["value"] - d["map_bytes_per_id"] - d["storage_bytes_per_id"]) < 0.02
+    # the storage backs whole blocks of the rows in use, not a x1.5 capacity
+    assert d["storage_bytes_per_id"] <= 96 * (1 + 10240 / d["ids"]) + 0.01
 
 
 @pytest.mark.parametrize("n,high", [(0, 1), (1, 1), (1000, 50), (30000, 1 << 62)])
