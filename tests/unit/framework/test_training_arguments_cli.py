@@ -10,11 +10,12 @@ from recis.utils.parser import ArgumentParser
 
 
 def test_defaults_match_recis():
+    """RecIS's fields and defaults, plus ours (COMPATIBILITY.md): ``delta_save_steps`` (off)."""
     a = TrainingArguments()
     assert dataclasses.asdict(a) == {
         "gradient_accumulation_steps": 1, "output_dir": "output_dir", "model_bank": None, "log_steps": 100,
         "train_steps": None, "train_epoch": 1, "eval_steps": None, "save_steps": 1000, "max_to_keep": 5,
-        "save_concurrency_per_rank": 4}
+        "save_concurrency_per_rank": 4, "delta_save_steps": None}
 
 
 @pytest.mark.parametrize("kwargs", [
