@@ -6,13 +6,14 @@ the EmbeddingOption default block of 10240 rows, filled by training-mode lookups
 Memory bounds asserted (``rows`` = distinct ids = rows handed out, ``needed = rows * 32 * 4``
 bytes, the row storage actually needed):
 
-* id map: ``impl.id_map.memory_bytes() <= 64 * rows + 4096`` (the IdMap docstring: load stays
-  >= max_load/2 = 0.25 after any growth, 16 B per slot, plus the meta/free-stack tensors);
-* row storage: ``impl.storage.capacity <= 1.5 * rows + block_size`` and
-  ``impl.storage.memory_bytes() == capacity * 128`` (the RowStorage docstring);
-* together: ``id_map.memory_bytes() + storage.memory_bytes() <= 2 * needed``.
-  (With dim 32 the two documented bounds add up to at most 2x + one block: 64 + 1.5 * 128 = 256
-  B per id, so the total bound is meaningful; at dim 16 it could not hold by design.)
+* id map: ``impl.id_map.memory_bytes() <= 24 * rows + 4096`` (the IdMap docstring: 12-byte
+  slots, load >= max_load / 1.5 = 0.5 once a batch is in, plus the meta/free-stack tensors);
+* row storage: ``rows <= impl.storage.capacity < rows + block_size`` (whole blocks of the rows
+  in use) and ``impl.storage.memory_bytes() == capacity * 128`` (the RowStorage docstring: the
+  reserve beyond the capacity is never written, so not resident);
+* together: ``id_map.memory_bytes() + storage.memory_bytes() <= 1.2 * needed`` (24 + 128 B per
+  id plus one block: 1.19x the rows; issue 14 item 3 asks for the floor + 10 % with SparseAdamW,
+  where the moments make the rows 3x larger).
 
 Measured 10-37 s on the 2-core machine depending on other load (~5 GB peak RAM), so it is
 marked ``slow`` (still part of ``make test``; skipped by ``make test-fast``).
@@ -79,11 +80,11 @@ def test_table_grows_past_ten_million_ids():
     storage_bytes = impl.storage.memory_bytes()
     capacity = impl.storage.capacity
     needed = N * DIM * 4
-    assert map_bytes <= 64 * N + 4096, f"id map {map_bytes / N:.1f} B/id"
-    assert N <= capacity <= 1.5 * N + BLOCK and capacity % BLOCK == 0
+    assert map_bytes <= 24 * N + 4096, f"id map {map_bytes / N:.1f} B/id"
+    assert N <= capacity < N + BLOCK and capacity % BLOCK == 0
     assert storage_bytes == capacity * DIM * 4
-    assert map_bytes + storage_bytes <= 2 * needed, \
-        f"map {map_bytes / N:.1f} B/id + storage {storage_bytes / N:.1f} B/id > 2 * {needed / N:.0f}"
+    assert map_bytes + storage_bytes <= 1.2 * needed, \
+        f"map {map_bytes / N:.1f} B/id + storage {storage_bytes / N:.1f} B/id > 1.2 * {needed / N:.0f}"
 
     # ------------------------------------------------------------------ values
     g = torch.Generator().manual_seed(1)
