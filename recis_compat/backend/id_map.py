@@ -18,7 +18,8 @@ in chunks that each fit the remaining room (``room = max_load * capacity - used`
 already-present ids consumes no room), and the table is rehashed only when the room drops below
 ``max(1024, capacity / 64)``: to ``ceil(GROWTH * (size + extra) / max_load)`` slots (``GROWTH``
 = 1.5; capacities need not be powers of two, the kernels reduce hashes by multiply-shift),
-``extra`` being the part of the batch about to go in. A rehash at the same capacity (only
+``extra`` being the distinct ids of the rest of the batch not yet in the map (a find and a
+dedupe of the rest, once per batch that needs a growth: O(batch), small next to the rehash). A rehash at the same capacity (only
 dropping tombstones) happens only when the tombstones are worth it. So the capacity follows the
 number of *distinct* ids, not the batch length or its repeats. Chunking never changes the
 result: rows are handed out in first-occurrence order either way.
@@ -154,14 +155,23 @@ class IdMap(OwnLock):
             return rows.view(ids.shape), new.view(ids.shape)
         rows_parts, new_parts = [], []
         pos = 0
+        need = size0 = None      # distinct absent ids of flat[pos:], counted once when needed
         while pos < n:
             size, _, tomb, _ = self._counts()
             remaining = n - pos
             room = int(self.max_load * self.capacity) - size - tomb
             if room < min(remaining, max(_MIN_CHUNK, self.capacity // 64)):
-                # nearly full: grow for the part of the batch about to go in
-                self._grow(size, tomb, min(remaining, max(size, _MIN_CHUNK)))
-                continue
+                if need is None:
+                    need, size0 = self._absent_distinct(flat[pos:]), size
+                need_left = need - (size - size0)
+                if need_left > 0 or room < 1:
+                    # nearly full: grow once for every new id still to come, so the load after
+                    # the batch is max_load / GROWTH whatever its repeats
+                    self._grow(size, tomb, max(need_left, 1))
+                    continue
+                # only known ids remain: they take no slot, the kernel only needs the batch
+                # to stay below the capacity
+                room = self.capacity - size - tomb - 1
             take = min(remaining, room)
             r, nw = _ops.find_or_insert(self._table, self._meta, self._free, flat[pos:pos + take])
             rows_parts.append(r)
@@ -202,6 +212,11 @@ class IdMap(OwnLock):
             self._grow(size, tomb, max(0, int(num_ids) - size))
 
     # ------------------------------------------------------------------ growth
+    def _absent_distinct(self, ids: torch.Tensor) -> int:
+        """How many distinct ids of ``ids`` are not in the map."""
+        missing = ids[_ops.find(self._table, ids) < 0]
+        return int(_ops.unique_first_seen(missing)[0].numel()) if missing.numel() else 0
+
     def _sync(self) -> None:
         size, _, tomb, _ = self._counts()
         self._used_bound = size + tomb
