@@ -172,11 +172,14 @@ def main(argv=None):
     test = eval_on(test_files, None)
     P.log0(f"Rank[{rank}], Step {step}, Test AUC {test['auc']:0.6f}, LogLoss {test['logloss']:0.6f}, "
            f"Eval_samples {test['samples']}")
+    # ids stored over all ranks (a sharded table holds each id on one rank)
+    table_ids = torch.tensor([sum(len(t) for t in filter_out_sparse_param(model).values())], dtype=torch.int64)
+    dist.all_reduce(table_ids)
     P.write_metrics(args.metrics_json, {
         "model": "dlrm", "world_size": world, "steps": step, "losses": hook.losses, "evals": hook.evals,
         "test": test, "amp": bool(args.amp), "compute_dtype": str(model.last_compute_dtype),
         "optimizer": args.optimizer, "store_note": note,
-        "table_ids": int(sum(len(t) for t in filter_out_sparse_param(model).values()))})
+        "table_ids": int(table_ids)})
     dist.barrier()
     if tmp is not None and rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
