@@ -62,8 +62,9 @@ class SparseSGD(_NoScalars, SparseOptimizer):
                 got = table.grad_rows(self._grad_accum_steps)
                 if got is None:
                     continue
-                rows, grad = got
-                table.embedding.index_add_(0, rows, grad.to(table.embedding.dtype), alpha=-lr)
+                rows, grad = got          # distinct rows: read, update, write back
+                emb = table.embedding
+                emb.index_copy_(0, rows, emb.index_select(0, rows).add_(grad.to(emb.dtype), alpha=-lr))
 
 
 class SparseAdagrad(_NoScalars, SparseOptimizer):
@@ -105,4 +106,5 @@ class SparseAdagrad(_NoScalars, SparseOptimizer):
                 acc = table.get_slot(self.slot)
                 s = acc.index_select(0, rows).addcmul_(grad, grad)
                 acc.index_copy_(0, rows, s)
-                table.embedding.index_add_(0, rows, grad / (s.sqrt() + self.eps), alpha=-lr)
+                emb = table.embedding
+                emb.index_copy_(0, rows, emb.index_select(0, rows).add_(grad / (s.sqrt() + self.eps), alpha=-lr))
