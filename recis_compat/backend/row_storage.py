@@ -14,12 +14,14 @@ Growth without copies (CPU): each slot is a view ``reserve[:capacity]`` of a lar
 tensor. Growing within the reserve only widens the view and initialises the new rows; pages of
 the reserve that no row reached are never written, so the operating system does not back them
 with memory (a large ``torch.empty`` is a fresh anonymous mapping). When the reserve is full it
-is replaced by one ``RESERVE_FACTOR`` (4) times larger and the rows are copied once, so the
-copies add up to a third of the final table, against twice with x1.5 copy-growth (a profile of
-a table growing to 10M ids spent 22 % of its time in that ``torch.cat``). A reserve is capped
+is replaced by one ``RESERVE_FACTOR`` (8) times larger and the rows are copied once, so the
+copies add up to a seventh of the final table, against twice with x1.5 copy-growth (a profile
+of a table growing to 10M ids spent 22 % of its time in that ``torch.cat``). A reserve is capped
 at half the machine's RAM per slot (never below what is needed), which keeps a request within
-what Linux's default overcommit heuristics grant. On other devices (CUDA) memory is committed
-at allocation, so the reserve grows by x1.5 and :meth:`memory_bytes` counts it whole.
+what Linux's default overcommit heuristics grant. Under strict overcommit accounting
+(``vm.overcommit_memory = 2``) reserved address space counts as used memory, so there the
+reserve grows by x1.5 like on other devices. On other devices (CUDA) memory is committed at
+allocation, so the reserve grows by x1.5 and :meth:`memory_bytes` counts it whole.
 
 Copies of the storage (``pickle``, ``copy.deepcopy``) hold compact slots of ``capacity`` rows,
 never the reserve.
@@ -42,7 +44,16 @@ import torch
 from recis_compat.backend.locking import OwnLock, locked
 
 GROWTH = 1.5          # reserve growth on devices that commit memory at allocation (CUDA)
-RESERVE_FACTOR = 4    # CPU: a new reserve holds this many times the rows needed
+RESERVE_FACTOR = 8    # CPU: a new reserve holds this many times the rows needed
+
+
+def _strict_overcommit() -> bool:
+    """Whether Linux accounts reserved address space as used memory (vm.overcommit_memory = 2)."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return False
 
 
 def _physical_ram_bytes() -> int:
@@ -158,7 +169,7 @@ class RowStorage(OwnLock):
             self.slots[name] = view
 
     def _reserve_rows_for(self, new_cap: int) -> int:
-        if self.device.type != "cpu":
+        if self.device.type != "cpu" or _strict_overcommit():
             return max(new_cap, int(self.reserved_rows * GROWTH))
         widest = max(max(1, math.prod(sp.tail)) * torch.empty((), dtype=sp.dtype).element_size()
                      for sp in self.specs.values())
