@@ -50,9 +50,9 @@ dot interaction, top MLP; BCE-with-logits) built without OneFlow's paddings so t
 TorchRec's arithmetic, trained with the example's ``SparseSGD`` + ``torch.optim.SGD`` (OneFlow's
 DLRM optimizer), lr 0.1. The baseline is ``torchrec.models.dlrm.DLRM`` over a
 ``FusedEmbeddingBagCollection`` (FBGEMM TBE, EXACT_SGD applied inside backward) + SGD on the
-dense arches, same layer sizes. Data: synthetic Criteo (``criteo-synth``, seed 0) with OneFlow
-DLRM's table sizes capped at ``--buckets`` (so every id has its own TorchRec row), written in
-criteo-to-parquet's layout and read through the example's ``make_dataset`` before timing; the
+dense arches, same layer sizes. Data: synthetic Criteo (the example's make_data: ``criteo-synth`` +
+``criteo-to-parquet``, seed 0) with OneFlow DLRM's table sizes capped at ``--buckets`` (so
+every id has its own TorchRec row), read through the example's ``make_dataset`` before timing; the
 TorchRec side gets KJTs of the raw ids built before timing. Embedding init
 ``U(-sqrt(1/n), sqrt(1/n))`` on both sides: with OneFlow's rule (``n`` = each table's size,
 "oneflow init") ours holds one physical table per distinct initializer, with one ``n`` for all
@@ -627,7 +627,7 @@ DLRM_DEFAULTS: Dict[str, object] = {"batch": 2048, "buckets": 100_000, "dim": 32
 _DLRM_QUICK = {"batch": 256, "buckets": 10_000, "dim": 16, "bottom_mlp": "32,16", "top_mlp": "32,16"}
 DLRM_LR = 0.1
 ENV_DLRM_EXAMPLE = "RECIS_COMPAT_DLRM_EXAMPLE"
-_DLRM_MODULES = ("dlrm_data", "dlrm_model", "sparse_optimizers", "oneflow_protocol")
+_DLRM_MODULES = ("dlrm_data", "dlrm_model", "sparse_optimizers", "oneflow_protocol", "make_data")
 
 
 def find_dlrm_example(explicit: Optional[str] = None) -> pathlib.Path:
@@ -662,20 +662,29 @@ def load_dlrm_example(path: pathlib.Path) -> types.SimpleNamespace:
         for n in _DLRM_MODULES:
             sys.modules.pop(n, None)
         sys.modules.update(saved)
+    md = mods["make_data"]
     return types.SimpleNamespace(DLRM=mods["dlrm_model"].DLRM, make_dataset=mods["dlrm_data"].make_dataset,
                                  SPARSE=list(mods["dlrm_data"].SPARSE), SparseSGD=mods["sparse_optimizers"].SparseSGD,
-                                 source=str(path))
+                                 write_data=md.write, MOD_IDX=int(md.MOD_IDX),
+                                 TABLE_SIZES=[int(x) for x in md.DLRM_TABLE_SIZES], source=str(path))
 
 
 def _int_list(text) -> List[int]:
     return [int(x) for x in str(text).split(",") if x.strip()]
 
 
-def dlrm_sizes(buckets: int) -> List[int]:
-    """OneFlow DLRM's table_size_array capped at ``buckets`` rows: the synthetic ids of field
-    ``i`` lie in ``[0, size_i)``, so the TorchRec tables hold every id without collisions."""
-    from recis_compat.tools.criteo_synth import DLRM_TABLE_SIZES
-    return [min(int(s), int(buckets)) for s in DLRM_TABLE_SIZES]
+def dlrm_sizes(ex: types.SimpleNamespace, buckets: int) -> List[int]:
+    """OneFlow DLRM's table_size_array (the example's ``make_data.DLRM_TABLE_SIZES``) capped at
+    ``buckets`` rows: the synthetic ids of field ``i`` lie in ``[0, size_i)``, so the TorchRec
+    tables hold every id without collisions."""
+    return [min(int(s), int(buckets)) for s in ex.TABLE_SIZES]
+
+
+def _write_dlrm_data(ex: types.SimpleNamespace, data_dir: str, rows: int, sizes: List[int]) -> List[str]:
+    """``rows`` synthetic Criteo rows (seed 0) in one train file, written by the example's
+    make_data (criteo-synth + criteo-to-parquet); returns the train files."""
+    ex.write_data(data_dir, rows, 2, 0, 0, sizes, row_group_rows=1 << 16)
+    return sorted(str(p) for p in (pathlib.Path(data_dir) / "train").glob("*.parquet"))
 
 
 def dlrm_batches(ex: types.SimpleNamespace, data_dir: str, batch: int, n: int, sizes: List[int],
@@ -684,9 +693,7 @@ def dlrm_batches(ex: types.SimpleNamespace, data_dir: str, batch: int, n: int, s
     ``sizes``) written as criteo-to-parquet's layout (mod_idx ids) and read back through the
     example's ``make_dataset`` (ParquetDataset + transform), all in memory. Rank ``r`` of ``world``
     takes rows ``[k * batch * world + r * batch, ...)`` of global step ``k``."""
-    from recis_compat.tools.criteo_synth import write_parquet
-    write_parquet(data_dir, n * batch * world, 0, sizes, rows_per_file=0)
-    files = sorted(str(p) for p in pathlib.Path(data_dir).glob("*.parquet"))
+    files = _write_dlrm_data(ex, data_dir, n * batch * world, sizes)
     out = []
     for item in ex.make_dataset(files, batch, drop_remainder=True):
         end, data = item
@@ -699,14 +706,13 @@ def dlrm_batches(ex: types.SimpleNamespace, data_dir: str, batch: int, n: int, s
     return out
 
 
-def _dlrm_kjt(batch: dict, sparse: List[str]):
+def _dlrm_kjt(batch: dict, sparse: List[str], mod_idx: int):
     """KJT (keys C1..C26) of each field's row ``id - mod_idx * i`` (the raw synthetic id)."""
     from torchrec import KeyedJaggedTensor
-    from recis_compat.tools.criteo_to_parquet import DEFAULT_MOD_IDX
     values, lengths = [], []
     for i, c in enumerate(sparse):
         vals, off = _ragged_parts(batch[c])
-        values.append(vals - DEFAULT_MOD_IDX * i)
+        values.append(vals - mod_idx * i)
         lengths.append(off[1:] - off[:-1])
     return KeyedJaggedTensor.from_lengths_sync(keys=list(sparse), values=torch.cat(values),
                                                lengths=torch.cat(lengths))
@@ -741,7 +747,8 @@ def _ours_dlrm(ex, cfg, sizes):
 def _torchrec_dlrm(ebc, cfg, ours):
     from torchrec.models.dlrm import DLRM as TorchRecDLRMModel
     return TorchRecDLRMModel(embedding_bag_collection=ebc, dense_in_features=13,
-                             dense_arch_layer_sizes=[m.out_features for m in ours.bottom_mlp if isinstance(m, nn.Linear)],
+                             dense_arch_layer_sizes=[m.out_features for m in ours.bottom_mlp
+                                                     if isinstance(m, nn.Linear)],
                              over_arch_layer_sizes=_int_list(cfg["top_mlp"]) + [1], dense_device=torch.device("cpu"))
 
 
@@ -768,7 +775,7 @@ def _measure_dlrm(ex, cfg, batches, sizes, warmup: int, n_steps: int, init: str)
     base.train()
     base_opt = torch.optim.SGD([p for n, p in base.named_parameters() if "embedding_bag_collection" not in n],
                                lr=DLRM_LR)
-    inputs = [(b["dense"], _dlrm_kjt(b, ex.SPARSE), b["label"].reshape(-1)) for b in batches]
+    inputs = [(b["dense"], _dlrm_kjt(b, ex.SPARSE, ex.MOD_IDX), b["label"].reshape(-1)) for b in batches]
     bce = nn.BCEWithLogitsLoss()
     with torch.no_grad():
         _sane_loss("ours", float(ours(batches[0])))
@@ -833,7 +840,7 @@ def run_dlrm(opts: BenchOptions) -> List[Case]:
     ex = load_dlrm_example(find_dlrm_example(cfg.get("example_dir")))
     warmup = QUICK_WARMUP_STEPS if opts.quick else WARMUP_STEPS
     n_steps = 1 if opts.quick else max(1, opts.repeat) * STEPS_PER_REPEAT
-    sizes = dlrm_sizes(int(cfg["buckets"]))
+    sizes = dlrm_sizes(ex, int(cfg["buckets"]))
     with tempfile.TemporaryDirectory(prefix="recis-bench-train-dlrm-") as tmp:
         batches = dlrm_batches(ex, tmp, int(cfg["batch"]), warmup + n_steps, sizes)
     b = int(cfg["batch"])
@@ -857,7 +864,8 @@ def run_dlrm(opts: BenchOptions) -> List[Case]:
         r = _launch_dlrm(world, cfg, ex.source, n_steps, warmup, opts.quick)
         init = str(cfg["init"])
         t = {"ours": r["ours_s"], "torchrec": r["torchrec_s"]}
-        cases.append(Case(f"DLRM train step (ours), world {world}, {init} init", "samples/s", round(world * b / t["ours"], 2),
+        cases.append(Case(f"DLRM train step (ours), world {world}, {init} init", "samples/s",
+                          round(world * b / t["ours"], 2),
                           f"torchrec.models.dlrm.DLRM under DistributedModelParallel (row-wise, fused EXACT_SGD), "
                           f"world {world}", round(world * b / t["torchrec"], 2), higher_is_better=True,
                           detail=_dlrm_detail(cfg, t, world, {
@@ -933,15 +941,14 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
     init_process_group("cpu")
     rank, world = dist.get_rank(), dist.get_world_size()
     ex = load_dlrm_example(pathlib.Path(args.example_dir))
-    sizes = dlrm_sizes(args.buckets)
+    sizes = dlrm_sizes(ex, args.buckets)
     n = args.warmup + args.steps
     data_dir = [tempfile.mkdtemp(prefix="recis-bench-dlrm-data-") if rank == 0 else None]
     dist.broadcast_object_list(data_dir, src=0)
     if rank == 0:
-        from recis_compat.tools.criteo_synth import write_parquet
-        write_parquet(data_dir[0], n * args.batch * world, 0, sizes, rows_per_file=0)
+        _write_dlrm_data(ex, data_dir[0], n * args.batch * world, sizes)
     dist.barrier()
-    files = sorted(str(p) for p in pathlib.Path(data_dir[0]).glob("*.parquet"))
+    files = sorted(str(p) for p in (pathlib.Path(data_dir[0]) / "train").glob("*.parquet"))
     batches = []
     for item in ex.make_dataset(files, args.batch, drop_remainder=True):
         end, data = item
@@ -972,7 +979,7 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
                                         sharders=[sharder])
     base_opt = torch.optim.SGD([p for nm, p in base_dmp.named_parameters() if "embedding_bag_collection" not in nm],
                                lr=DLRM_LR)
-    inputs = [(b["dense"], _dlrm_kjt(b, ex.SPARSE), b["label"].reshape(-1)) for b in batches]
+    inputs = [(b["dense"], _dlrm_kjt(b, ex.SPARSE, ex.MOD_IDX), b["label"].reshape(-1)) for b in batches]
     bce = nn.BCEWithLogitsLoss()
     with torch.no_grad():
         first = [float(ours_dmp(batches[0])), float(bce(base_dmp(inputs[0][0], inputs[0][1]).reshape(-1),

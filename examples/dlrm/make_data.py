@@ -20,7 +20,11 @@ import os
 import tempfile
 
 from recis_compat.tools.criteo_synth import DLRM_TABLE_SIZES, write_tsv
-from recis_compat.tools.criteo_to_parquet import CriteoOptions, convert
+from recis_compat.tools.criteo_to_parquet import DEFAULT_MOD_IDX, CriteoOptions, convert
+
+# C<i+1> ids are ``raw % MOD_IDX + MOD_IDX * i`` (criteo-to-parquet's default layout)
+MOD_IDX = DEFAULT_MOD_IDX
+__all__ = ["DLRM_TABLE_SIZES", "MOD_IDX", "write"]
 
 
 def write(out: str, rows: int, heldout_rows: int, rows_per_file: int, seed: int = 0, table_size_array=None,

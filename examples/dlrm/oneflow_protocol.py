@@ -14,7 +14,8 @@ optimizer + LR scheduler, sparse optimizer, checkpoints, sharding under torchrun
 * loss lines ``Rank[0], Step S, Loss L, Latency ms, Throughput samples/s``;
 * evaluation (:func:`evaluate`): the ranks share out the split's batches, run them through the
   Trainer's (sharded) model in eval mode, gather the predictions and compute AUC (ties
-  averaged) and logloss over all of them, the same for any number of processes: ``Rank[0], Step S, AUC A, LogLoss L, Eval_samples N``;
+  averaged) and logloss over all of them, the same for any number of processes:
+  ``Rank[0], Step S, AUC A, LogLoss L, Eval_samples N``;
 * ``save_model_after_each_eval`` -> ``<model_save_dir>/step_<S>_val_auc_<A>`` (recis checkpoint
   layout); ``save_initial_model`` -> ``<model_save_dir>/initial_checkpoint``;
 * the plateau rule (DeepFM): monitor ``auc - logloss``; no improvement by ``min_delta`` for
@@ -214,7 +215,8 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])
 
 
-def evaluate(trainer, unwrapped, batches: Callable[[], Iterable], max_batches: Optional[int] = None) -> Dict[str, float]:
+def evaluate(trainer, unwrapped, batches: Callable[[], Iterable],
+             max_batches: Optional[int] = None) -> Dict[str, float]:
     """AUC, logloss and sample count of the model on a split.
 
     ``batches()`` gives the whole split in a fixed order (every rank reads all of it, in batches

@@ -135,7 +135,8 @@ def test_dlrm_saved_model_loads_with_same_metrics(dlrm_w1, data, tmp_path, world
     tmp, m = dlrm_w1
     snap = glob.glob(str(tmp / "save" / "step_12_val_auc_*"))[0]
     run(DLRM, data, tmp_path / "save", *SMALL_DLRM, "--train_batches", "0", "--eval_interval", "6",
-        "--optimizer", "adagrad", "--table_size_array", _sizes(data), "--model_load_dir", snap, "--metrics_json", str(tmp_path / "m.json"), world=world)
+        "--optimizer", "adagrad", "--table_size_array", _sizes(data), "--model_load_dir", snap,
+        "--metrics_json", str(tmp_path / "m.json"), world=world)
     got = _metrics(tmp_path / "m.json")
     assert got["steps"] == 0 and got["evals"][0]["samples"] == HELDOUT // 2
     for key in ("auc", "logloss"):
@@ -319,7 +320,8 @@ def test_dlrm_matches_plain_pytorch_dlrm(data, optimizer, lr):
 
     sched = lambda opt: P.lambda_scheduler(opt, lambda s: P.dlrm_lr_factor(s, 5, 30, 18))  # noqa: E731
     if optimizer == "sgd":
-        o_dense, o_sparse = torch.optim.SGD(ours.parameters(), lr=lr), SO.SparseSGD(filter_out_sparse_param(ours), lr=lr)
+        o_dense = torch.optim.SGD(ours.parameters(), lr=lr)
+        o_sparse = SO.SparseSGD(filter_out_sparse_param(ours), lr=lr)
         r_opt = torch.optim.SGD(ref.parameters(), lr=lr)
     else:
         o_dense = torch.optim.Adagrad(ours.parameters(), lr=lr)

@@ -49,7 +49,7 @@ def test_bench_train_dlrm_quick_world_1_and_2(tmp_path):
     one_flow, shared, two = rep["cases"]
     # OneFlow's per-table init rule: one initializer per distinct table size, each its own physical
     # table (14 with --quick's 10k cap); a shared initializer coalesces the 26 tables into one
-    distinct = len(set(train_bench.dlrm_sizes(10_000)))
+    distinct = len({min(s, 10_000) for s in train_bench.load_dlrm_example(train_bench.find_dlrm_example()).TABLE_SIZES})
     assert distinct == 14 and one_flow["detail"]["ours_physical_tables"] == distinct
     assert shared["detail"]["ours_physical_tables"] == 1
     assert two["detail"]["world_size"] == 2 and two["detail"]["threads_per_rank"] >= 1
