@@ -254,6 +254,8 @@ def run(opts: BenchOptions) -> List[Case]:
            "storage_reallocations": gr["storage_reallocations"], "map_capacity": gr["map_capacity"],
            "floor_bytes_per_id": gr["floor_bytes_per_id"]}
     total_b = gr["map_bytes_per_id"] + gr["storage_bytes_per_id"]
+    # the same total over row + moments + the map as it is: the storage's own slack alone
+    mem["total_over_rows_plus_map"] = round(total_b / (gr["row_bytes"] + gr["map_bytes_per_id"]), 4)
     growth_cases = [
         Case("growth: lookup+init+backward+SparseAdamW step", "M new ids/s", _mids(gr["new_ids"], gr["t_ours"]),
              "IdMap.find_or_insert alone (same batches)", _mids(gr["new_ids"], gr["t_map"]), detail=gdetail),
