@@ -203,6 +203,7 @@ def run(opts: BenchOptions) -> List[Case]:
 
     base = IdMap()
     base.find_or_insert(stored)
+    grown_bytes_per_id = base.memory_bytes() / len(base)     # as grown, before the reserve below
     base.reserve(table_size + batch)
     state = base.state_dict()
     d0 = {k: r for r, k in enumerate(base.ids_and_rows()[0].tolist())}
@@ -235,7 +236,8 @@ def run(opts: BenchOptions) -> List[Case]:
 
     detail = {"table_size": table_size, "batch": batch, "new_frac": new_frac,
               "new_unique_ids": n_new_unique, "threads": threads,
-              "id_map_bytes_per_id": round(base.memory_bytes() / len(base), 1)}
+              "id_map_bytes_per_id": round(grown_bytes_per_id, 1),
+              "id_map_bytes_per_id_reserved": round(base.memory_bytes() / len(base), 1)}
     per_thread = {"ours_ids_per_s_per_thread": round(batch / t_ours / threads),
                   "ours_ids_per_s_1_thread": round(batch / t_ours_1), "target_ids_per_s_per_core": 25e6}
     mid = "M ids/s"
