@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -93,9 +94,10 @@ def _sane(m: dict, samples: int, min_auc: float) -> None:
 def dlrm_w1(data, tmp_path_factory):
     """One training run of the DLRM example, 1 process, snapshots after each evaluation."""
     tmp = tmp_path_factory.mktemp("dlrm_w1")
-    run(DLRM, data, tmp / "save", *SMALL_DLRM, "--train_batches", "12", "--eval_interval", "6", "--optimizer",
+    proc = run(DLRM, data, tmp / "save", *SMALL_DLRM, "--train_batches", "12", "--eval_interval", "6", "--optimizer",
         "adagrad", "--learning_rate", "0.05", "--table_size_array", _sizes(data), "--save_model_after_each_eval",
         "--save_initial_model", "--metrics_json", str(tmp / "m.json"))
+    (tmp / "stdout.txt").write_text(proc.stdout)
     return tmp, _metrics(tmp / "m.json")
 
 
@@ -110,6 +112,12 @@ def test_dlrm_trains_and_evaluates_one_process(dlrm_w1):
     names = sorted(os.path.basename(p) for p in glob.glob(str(tmp / "save" / "*")))
     assert "initial_checkpoint" in names and "train_state" in names
     assert f"step_12_val_auc_{m['evals'][1]['auc']:0.5f}" in names, names
+    # OneFlow's log lines, printed by rank 0
+    out = (tmp / "stdout.txt").read_text()
+    assert re.search(r"^Rank\[0\], Step 10, Loss \d+\.\d{4}, Latency [\d.]+ ms, Throughput [\d.]+, ", out, re.M), out
+    e = m["evals"][1]
+    assert f"Rank[0], Step 12, AUC {e['auc']:0.6f}, LogLoss {e['logloss']:0.6f}, Eval_samples 1000, " in out
+    assert f"Rank[0], Step 12, Test AUC {m['test']['auc']:0.6f}, LogLoss {m['test']['logloss']:0.6f}, " in out
 
 
 @pytest.mark.distributed
