@@ -382,3 +382,17 @@ def test_dlrm_lr_schedule_is_oneflows():
     assert f[:5] == [0.0, 0.25, 0.5, 0.75, 1.0] and f[9] == 1.0
     assert f[10:16] == pytest.approx([1.0, 0.64, 0.36, 0.16, 0.04, 0.0]) and f[17] == 0.0
     assert P.multistep_milestones(6, 0.001, 1e-6, 0.1) == [6, 12, 18]     # 1e-3 -> 1e-6: three decays
+
+
+def test_dlrm_interaction_sizes_are_oneflows():
+    """OneFlow: ``dim + sum(range(F + 1))`` (``interaction_itself``: ``F + 2``), padded to 8."""
+    DI = _import_dlrm()["dlrm_model"].DotInteraction
+    assert DI(128, 26, itself=False, padding=True).output_size == 480         # 128 + 351 -> 480
+    assert DI(128, 26, itself=False, padding=False).output_size == 479
+    assert DI(128, 26, itself=True, padding=True).output_size == 512          # 128 + 378 -> 512
+    x, emb = torch.randn(4, 8), torch.randn(4, 3, 8)
+    out = DI(8, 3, itself=True, padding=True)(x, emb)
+    t = torch.cat([x.unsqueeze(1), emb], 1)
+    z = t @ t.transpose(1, 2)
+    assert out.shape == (4, 24) and torch.equal(out[:, :8], x) and bool((out[:, 18:] == 0).all())
+    assert torch.allclose(out[:, 8:18].sort(1).values, torch.cat([z[:, i, :i + 1] for i in range(4)], 1).sort(1).values)
