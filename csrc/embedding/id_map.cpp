@@ -115,7 +115,15 @@ at::Tensor find_cpu(const at::Tensor& table, const at::Tensor& ids_in) {
 
 // --------------------------------------------------------------------------- find_or_insert
 // Phase A for ids[b, end): existing ids get their row; absent ids claim (or join) a pending slot.
-void claim_range(int32_t* e, int64_t cap, const int64_t* id, int64_t* rows, int64_t* slot_of,
+// is_new[i] ends true exactly at the batch position each pending slot keeps (its id's first
+// occurrence): a position sets its own flag before publishing itself in a slot (release), and the
+// smaller position that displaces it clears it after (acquire). So the row-assignment scan reads
+// the flags in order instead of every claimed slot again (one random access less per new id).
+inline void set_flag(bool* is_new, int64_t i, bool v) {
+  std::atomic_ref<bool>(is_new[i]).store(v, std::memory_order_relaxed);
+}
+
+void claim_range(int32_t* e, int64_t cap, const int64_t* id, int64_t* rows, int64_t* slot_of, bool* is_new,
                  int64_t b, int64_t end) {
   for (int64_t i = b; i < std::min(end, b + kPrefetch); ++i) prefetch_slot(e, id[i], cap, true);
   for (int64_t i = b; i < end; ++i) {
@@ -128,6 +136,7 @@ void claim_range(int32_t* e, int64_t cap, const int64_t* id, int64_t* rows, int6
       if (s == kEmpty) {
         if (st.compare_exchange_strong(s, kLocked, std::memory_order_acq_rel, std::memory_order_acquire)) {
           set_key(e, j, key);
+          set_flag(is_new, i, true);
           st.store(encode_pending(i), std::memory_order_release);
           rows[i] = -1;
           slot_of[i] = j;
@@ -148,11 +157,21 @@ void claim_range(int32_t* e, int64_t cap, const int64_t* id, int64_t* rows, int6
         if (s >= 0) {
           rows[i] = s;
           slot_of[i] = -1;
-        } else {  // pending: keep the smallest batch position
-          while (is_pending(s) && decode_pending(s) > i &&
-                 !st.compare_exchange_weak(s, encode_pending(i), std::memory_order_acq_rel,
-                                           std::memory_order_acquire)) {
+        } else if (decode_pending(s) > i) {  // pending: keep the smallest batch position
+          set_flag(is_new, i, true);
+          int64_t displaced = -1;
+          while (is_pending(s) && decode_pending(s) > i) {
+            const int32_t seen = s;
+            if (st.compare_exchange_weak(s, encode_pending(i), std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+              displaced = decode_pending(seen);
+              break;
+            }
           }
+          set_flag(is_new, displaced >= 0 ? displaced : i, false);
+          rows[i] = -1;
+          slot_of[i] = j;
+        } else {  // a smaller position holds the slot
           rows[i] = -1;
           slot_of[i] = j;
         }
@@ -183,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Ten
   int64_t* slot_of = slot_t.data_ptr<int64_t>();
   bool* is_new = is_new_t.data_ptr<bool>();
 
-  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) { claim_range(e, cap, id, rows, slot_of, b, end); });
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) { claim_range(e, cap, id, rows, slot_of, is_new, b, end); });
 
   const int64_t fc = m[kFreeCount], next_row = m[kNextRow];
   const int64_t* fr = free_rows.data_ptr<int64_t>();
@@ -191,15 +210,7 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Ten
       n,
       [&](int64_t b, int64_t end) {
         int64_t c = 0;
-        for (int64_t i = b; i < end; ++i) {
-          // the claimed slots are random and usually out of cache again by now
-          if (i + kPrefetch < end && rows[i + kPrefetch] < 0)
-            __builtin_prefetch(e + state_word(slot_of[i + kPrefetch]), 1, 1);
-          if (rows[i] < 0 && e[state_word(slot_of[i])] == encode_pending(i)) {
-            is_new[i] = true;
-            ++c;
-          }
-        }
+        for (int64_t i = b; i < end; ++i) c += is_new[i];
         return c;
       },
       [&](int64_t b, int64_t end, int64_t base) {

@@ -152,6 +152,28 @@ def test_determinism_across_thread_counts():
         assert torch.equal(a, b)
 
 
+def test_new_flags_when_threads_claim_the_same_ids():
+    """Every id occurs in both halves of the batch (the two threads' ranges) several times, so
+    positions displace each other in the pending slots: ``is_new`` still marks exactly each
+    id's first occurrence and rows follow first occurrences, as the reference says."""
+    old = torch.get_num_threads()
+    g = torch.Generator().manual_seed(8)
+    try:
+        torch.set_num_threads(2)
+        for rep in range(12):
+            keys = torch.randint(I64_MIN, I64_MAX, (3000,), generator=g)
+            half = keys[torch.randint(0, 3000, (60_000,), generator=g)]
+            ids = torch.cat([half, half.flip(0)])         # late positions of a key in the first half
+            m, ref = IdMap(), IdMapRef()
+            m.find_or_insert(keys[:100])                  # some ids known before
+            ref.find_or_insert(keys[:100].tolist())
+            rows, new = m.find_or_insert(ids)
+            rrows, rnew = R.find_or_insert_ref(ref, ids)
+            assert torch.equal(new, rnew) and torch.equal(rows, rrows), rep
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_state_dict_roundtrip_and_device_move():
     m = IdMap()
     m.find_or_insert(nasty_ids(5000, 1))
