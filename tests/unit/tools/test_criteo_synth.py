@@ -1,4 +1,4 @@
-"""Synthetic Criteo (recis_compat/tools/criteo_synth.py): determinism, schema and bounds, Criteo-like
+"""Synthetic Criteo (recis_compat/io/criteo_synth.py): determinism, schema and bounds, Criteo-like
 missing values and click rate, TSV -> criteo-to-parquet equals write_parquet, learnable labels, CLI."""
 import numpy as np
 import pyarrow.orc as orc
@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from recis_compat.cli import main
-from recis_compat.tools.criteo_synth import (CHUNK_ROWS, DENSE_MISSING, DLRM_TABLE_SIZES, SPARSE_MISSING, CriteoSynth,
-                                             synth_batches, write_parquet, write_tsv)
-from recis_compat.tools.criteo_to_parquet import CRITEO_COLUMNS, CriteoOptions, convert, read_criteo_tsv
+from recis_compat.io.criteo_synth import (CHUNK_ROWS, DENSE_MISSING, DLRM_TABLE_SIZES, SPARSE_MISSING, CriteoSynth,
+                                          synth_batches, write_parquet, write_tsv)
+from recis_compat.io.criteo import CRITEO_COLUMNS, CriteoOptions, convert, read_criteo_tsv
 
 
 def one(rows, seed=0, **kw):

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from recis.io.orc_dataset import OrcDataset
 from recis_compat.cli import main
-from recis_compat.tools.criteo_to_parquet import (CRITEO_COLUMNS, CriteoFormatError, CriteoOptions, convert,
-                                                  hash_with_field_index, parse_hex, xxh64_short)
+from recis_compat.io.criteo import (CRITEO_COLUMNS, CriteoFormatError, CriteoOptions, convert,
+                                    hash_with_field_index, parse_hex, xxh64_short)
 
 M = 40_000_000
 
