@@ -12,8 +12,8 @@ import argparse
 import os
 import tempfile
 
-from recis_compat.tools.criteo_synth import DLRM_TABLE_SIZES, write_tsv
-from recis_compat.tools.criteo_to_parquet import CriteoOptions, convert
+from recis_compat.io.criteo_synth import DLRM_TABLE_SIZES, write_tsv
+from recis_compat.io.criteo import CriteoOptions, convert
 
 
 def write(out: str, rows: int, heldout_rows: int, rows_per_file: int, seed: int = 0, table_size_array=None,

@@ -19,8 +19,8 @@ import argparse
 import os
 import tempfile
 
-from recis_compat.tools.criteo_synth import DLRM_TABLE_SIZES, write_tsv
-from recis_compat.tools.criteo_to_parquet import DEFAULT_MOD_IDX, CriteoOptions, convert
+from recis_compat.io.criteo_synth import DLRM_TABLE_SIZES, write_tsv
+from recis_compat.io.criteo import DEFAULT_MOD_IDX, CriteoOptions, convert
 
 # C<i+1> ids are ``raw % MOD_IDX + MOD_IDX * i`` (criteo-to-parquet's default layout)
 MOD_IDX = DEFAULT_MOD_IDX

@@ -1,5 +1,5 @@
 """``recis-compat criteo-synth``: the command over :mod:`recis_compat.io.criteo_synth`
-(synthetic Criteo rows); the library names are re-exported here."""
+(synthetic Criteo rows)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -7,11 +7,9 @@ from typing import Optional, Sequence
 import click
 
 from recis_compat.io.criteo import DEFAULT_MOD_IDX, DENSE_MODES, CriteoOptions
-from recis_compat.io.criteo_synth import *  # noqa: F401,F403  (the library's public names)
-from recis_compat.io.criteo_synth import __all__ as _LIBRARY_NAMES
 from recis_compat.io.criteo_synth import DLRM_TABLE_SIZES, write_parquet, write_tsv
 
-__all__ = list(_LIBRARY_NAMES) + ["command"]
+__all__ = ["command"]
 
 
 def _parse_sizes(text: Optional[str]) -> Sequence[int]:

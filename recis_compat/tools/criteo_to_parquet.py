@@ -1,15 +1,12 @@
 """``recis-compat criteo-to-parquet``: the command over :mod:`recis_compat.io.criteo` (Criteo TSV ->
-Parquet or ORC in OneFlow's DLRM layout; the schema and hashing are documented there). The
-library names are re-exported here."""
+Parquet or ORC in OneFlow's DLRM layout; the schema and hashing are documented there)."""
 from __future__ import annotations
 
 import click
 
-from recis_compat.io.criteo import *  # noqa: F401,F403  (the library's public names)
-from recis_compat.io.criteo import __all__ as _LIBRARY_NAMES
-from recis_compat.io.criteo import (DEFAULT_MOD_IDX, DENSE_MODES, CriteoFormatError, CriteoOptions, convert)
+from recis_compat.io.criteo import DEFAULT_MOD_IDX, DENSE_MODES, CriteoFormatError, CriteoOptions, convert
 
-__all__ = list(_LIBRARY_NAMES) + ["command"]
+__all__ = ["command"]
 
 
 _HELP = """Convert Criteo TSV files (label, I1..I13, C1..C26 hex; empty = missing) into Parquet
