@@ -9,7 +9,8 @@ scheduling (``param_groups[0]["lr"]``) come from the base class.
 
 Both update only the rows that had gradients in the step (the rows of the step's ids), as
 torch's ``SGD``/``Adagrad`` do for an ``nn.EmbeddingBag(sparse=True)``; a table with no ids in
-the step is left alone. Slots (Adagrad's ``sum``) are table slots, so checkpoints hold them.
+the step is left alone. Slots (Adagrad's ``sum``) are table slots, so checkpoints hold them;
+neither has scalars, so the base class's empty ``state_dict`` stands.
 """
 from __future__ import annotations
 
@@ -22,26 +23,13 @@ from recis.optim.sparse_optim import SparseOptimizer
 __all__ = ["SparseSGD", "SparseAdagrad"]
 
 
-class _NoScalars:
-    """Checkpoints save a sparse optimizer's ``state_dict()`` as flat tensors next to the tables;
-    SGD has no state and Adagrad's lives in table slots, so there are none (the LR is the
-    scheduler's, checkpointed by the example's hook)."""
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state_dict):
-        if state_dict:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: expected no scalars, got {sorted(state_dict)[:5]}")
-
-
 def _check_lr(name: str, lr) -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"{name}: invalid learning rate {lr!r} (must be a finite number >= 0)")
     return float(lr)
 
 
-class SparseSGD(_NoScalars, SparseOptimizer):
+class SparseSGD(SparseOptimizer):
     """``row -= lr * grad`` for every row with a gradient.
 
     Args:
@@ -67,7 +55,7 @@ class SparseSGD(_NoScalars, SparseOptimizer):
                 emb.index_copy_(0, rows, emb.index_select(0, rows).add_(grad.to(emb.dtype), alpha=-lr))
 
 
-class SparseAdagrad(_NoScalars, SparseOptimizer):
+class SparseAdagrad(SparseOptimizer):
     """torch ``Adagrad`` per row: ``sum += grad ** 2``; ``row -= lr * grad / (sqrt(sum) + eps)``.
 
     Args:

@@ -127,6 +127,19 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _apply(self, lr: float) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _apply(lr)")
 
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        """The optimizer's scalars as flat tensors (what checkpoints save beside the tables;
+        per-row state lives in table slots). None here: subclasses with scalars override this
+        and :meth:`load_state_dict` (torch's ``{"state", "param_groups"}`` form is not savable
+        by the checkpoint writer, and the LR belongs to the scheduler's state)."""
+        return OrderedDict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: this optimizer has no scalars, got keys "
+                           f"{sorted(state_dict)[:5]}")
+
 
 class SparseAdamFamily(SparseOptimizer):
     """Adam with the TF epsilon form and a per-optimizer decay factor (§1.6.2).

@@ -687,3 +687,40 @@ def test_adamwtf_groups_match_reference():
             w[k] = w[k] - lr * math.sqrt(1 - h["b2"] ** t[k]) / (1 - h["b1"] ** t[k]) * m[k] / (v[k].sqrt() + h["eps"])
     for x, y in zip(got, w):
         torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5)
+
+
+def test_user_sparse_optimizer_without_scalars_checkpoints(tmp_path):
+    """A SparseOptimizer subclass that only implements _apply (e.g. a row-sparse SGD) saves and
+    restores through the RecIS Saver: its state_dict is empty flat tensors, not torch's
+    {"state", "param_groups"} dict."""
+    from recis.framework.checkpoint_manager import Saver
+    from recis.optim.sparse_optim import SparseOptimizer
+
+    class RowSGD(SparseOptimizer):
+        def __init__(self, params, lr=0.1):
+            super().__init__(lr)
+            self.add_params(params)
+
+        def _apply(self, lr):
+            for table in self.tables.values():
+                got = table.grad_rows(1)
+                if got is not None:
+                    rows, grad = got
+                    table.embedding.index_add_(0, rows, grad, alpha=-lr)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = HashTable([4], name="rowsgd_t", initializer=ConstantInitializer(init_val=1.0))
+
+    m = M()
+    opt = RowSGD(filter_out_sparse_param(m))
+    m.t(torch.tensor([1, 2])).sum().backward()
+    opt.step()
+    assert opt.state_dict() == {}
+    opt.load_state_dict({})
+    with pytest.raises(KeyError, match="RowSGD.load_state_dict: this optimizer has no scalars"):
+        opt.load_state_dict({"x": torch.zeros(1)})
+    Saver(model=m, sparse_optim=opt, output_dir=str(tmp_path)).save("ckpt_1")
+    assert (tmp_path / "ckpt_1" / "index").exists()
+    torch.testing.assert_close(m.t(torch.tensor([1])), torch.full((1, 4), 0.9))
