@@ -4,7 +4,7 @@ A table owns one :class:`RowStorage`: slot ``"embedding"`` ``[capacity, dim]`` p
 of extra slots (optimizer moments such as ``sparse_adamw_exp_avg``, the eviction filter's
 ``step_filter``), all indexed by the same row numbers the id map hands out.
 
-Capacity grows without a size from the user, in whole ``block``\ s of rows (as RecIS's block
+Capacity grows without a size from the user, in whole blocks of ``block`` rows (as RecIS's block
 storage): ``capacity = ceil(rows_needed / block) * block``, so a table never holds more than one
 block of rows it does not use. New embedding rows take values from the table's initializer when
 the capacity grows (RecIS fills a whole block at block creation); rows freed by eviction are

@@ -33,13 +33,13 @@ def test_bench_optim_quick_json(tmp_path):
     assert report["options"]["threads"] == 1
     cases = report["cases"]
     baselines = [c["baseline"] for c in cases]
-    assert len(cases) == 4
+    assert len(cases) == 6          # 4 against dense / FBGEMM baselines, 2 against the physical floor
     assert baselines[0].startswith("torch.optim.AdamW(") and baselines[1].startswith("torch.optim.AdamW(")
     assert {baselines[0], baselines[1]} == {"torch.optim.AdamW(fused=True) dense table",
                                             "torch.optim.AdamW(foreach=True) dense table"}
     assert baselines[2] == "FBGEMM CPU TBE EXACT_ROWWISE_ADAGRAD fwd+bwd"
     assert baselines[3] == baselines[0]
-    for c in cases:
+    for c in cases[:4]:
         assert set(c) == {"name", "metric", "value", "baseline", "baseline_value", "ratio",
                           "higher_is_better", "detail"}
         assert c["name"] in ("SparseAdamW.step", "SparseAdamW.step, repeated-row buffer")
@@ -56,7 +56,6 @@ def test_bench_optim_quick_json(tmp_path):
     first = cases[0]["detail"]
     assert first["torch_adamw_fastest"] in cases[0]["baseline"]
     assert cases[0]["baseline_value"] >= cases[1]["baseline_value"]
-    assert first["target_ratio"] == 10.0
     assert cases[2]["detail"]["fbgemm_fwd_bwd_ms"] > 0 and cases[2]["detail"]["fbgemm_fwd_ms"] > 0
     # the repeated-row buffer really coalesces (torch.unique), the lookup's unique buffer does not
     assert [c["name"] for c in cases].count("SparseAdamW.step, repeated-row buffer") == 1
@@ -77,7 +76,7 @@ def test_bench_optim_run_small_and_bad_batch():
     from recis_compat.benchmarks.common import BenchOptions
 
     cases = optim_bench.run(BenchOptions(repeat=1, extra={"rows": 3000, "dim": 8, "batch": 300}))
-    assert len(cases) == 4
+    assert len(cases) == 6
     assert all(c.detail["rows"] == 3000 and c.detail["dim"] == 8 for c in cases)
     result = CliRunner().invoke(optim_bench.command, ["--rows", "100", "--batch", "200", "--repeat", "1"])
     assert result.exit_code != 0
