@@ -158,7 +158,7 @@ def main(argv=None):
             hook.stop_requested = not args.disable_early_stop
 
     stream = P.StopAwareDataset(lambda: make_dataset(train_files, per_rank, rank, world, args.device,
-                                                     args.read_threads), _Proxy(holder))
+                                                     args.read_threads), P.LateStopFlag(holder))
     trainer = Trainer(model=model, args=targs, train_dataset=stream, dense_optimizers=(dense_opt, dense_sched),
                       sparse_optimizer=sparse_opt)
     hook = P.ProtocolHook(trainer, model, sparse_sched, batches_per_epoch,
@@ -190,18 +190,6 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
     dist.destroy_process_group()
     return 0
-
-
-class _Proxy:
-    """``stop_requested`` of the hook created after the Trainer (the stream needs it first)."""
-
-    def __init__(self, holder):
-        self._holder = holder
-
-    @property
-    def stop_requested(self):
-        h = self._holder.get("hook")
-        return bool(h is not None and h.stop_requested)
 
 
 if __name__ == "__main__":

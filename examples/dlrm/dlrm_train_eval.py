@@ -152,7 +152,7 @@ def main(argv=None):
         if args.save_model_after_each_eval:
             P.save_model(model, sparse_opt, args.model_save_dir, f"step_{step}_val_auc_{m['auc']:0.5f}")
 
-    stream = P.StopAwareDataset(train_ds, _Proxy(hook_holder))
+    stream = P.StopAwareDataset(train_ds, P.LateStopFlag(hook_holder))
     trainer = Trainer(model=model, args=targs, train_dataset=stream, dense_optimizers=(dense_opt, dense_sched),
                       sparse_optimizer=sparse_opt)
     hook = P.ProtocolHook(trainer, model, sparse_sched, args.eval_interval,
@@ -185,18 +185,6 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
     dist.destroy_process_group()
     return 0
-
-
-class _Proxy:
-    """``stop_requested`` of the hook created after the Trainer (the stream needs it first)."""
-
-    def __init__(self, holder):
-        self._holder = holder
-
-    @property
-    def stop_requested(self):
-        h = self._holder.get("hook")
-        return bool(h is not None and h.stop_requested)
 
 
 if __name__ == "__main__":

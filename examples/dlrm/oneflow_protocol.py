@@ -293,6 +293,19 @@ def load_model(model, sparse_optimizer, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the Trainer side
+class LateStopFlag:
+    """``stop_requested`` of a hook created after the Trainer (the training stream needs the
+    flag first): reads ``holder["hook"]`` when asked."""
+
+    def __init__(self, holder: dict):
+        self._holder = holder
+
+    @property
+    def stop_requested(self) -> bool:
+        h = self._holder.get("hook")
+        return bool(h is not None and h.stop_requested)
+
+
 class StopAwareDataset:
     """The train dataset, read pass after pass (OneFlow's loaders repeat; ``train_batches``
     bounds the run), ending as soon as ``hook.stop_requested`` is set (early stop). Everything
