@@ -116,19 +116,26 @@ def find_example_dir(explicit: Optional[str] = None) -> Optional[pathlib.Path]:
     return None
 
 
+def import_isolated(path: pathlib.Path, names) -> Dict[str, types.ModuleType]:
+    """Import the bare-named modules ``names`` from directory ``path``; afterwards neither the
+    names (examples reuse them: ``dataset``, ``make_data``, ...) stay in ``sys.modules`` nor the
+    directory on ``sys.path``."""
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(path))
+    try:
+        return {n: importlib.import_module(n) for n in names}
+    finally:
+        sys.path.remove(str(path))
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+
+
 def load_example(path: pathlib.Path) -> types.SimpleNamespace:
     """Import the example's modules from ``path`` without leaving its bare module names
     (``dataset``, ``feature_config``, ...) in ``sys.modules`` or its directory on ``sys.path``
     (other examples use the same names)."""
-    saved = {n: sys.modules.pop(n) for n in _EXAMPLE_MODULES if n in sys.modules}
-    sys.path.insert(0, str(path))
-    try:
-        mods = {n: importlib.import_module(n) for n in _EXAMPLE_MODULES}
-    finally:
-        sys.path.remove(str(path))
-        for n in _EXAMPLE_MODULES:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
+    mods = import_isolated(path, _EXAMPLE_MODULES)
     fc, ds, model, data = (mods[n] for n in _EXAMPLE_MODULES)
     return types.SimpleNamespace(DeepFM=model.DeepFM, IOArgs=ds.IOArgs, get_dataset=ds.get_dataset,
                                  NUMERIC=list(fc.NUMERIC), CATEGORICAL=list(fc.CATEGORICAL), EMB_DIM=int(fc.EMB_DIM),
@@ -653,15 +660,7 @@ def find_dlrm_example(explicit: Optional[str] = None) -> pathlib.Path:
 def load_dlrm_example(path: pathlib.Path) -> types.SimpleNamespace:
     """Import examples/dlrm's modules from ``path`` without leaving their bare names in
     ``sys.modules`` or the directory on ``sys.path``."""
-    saved = {n: sys.modules.pop(n) for n in _DLRM_MODULES if n in sys.modules}
-    sys.path.insert(0, str(path))
-    try:
-        mods = {n: importlib.import_module(n) for n in _DLRM_MODULES}
-    finally:
-        sys.path.remove(str(path))
-        for n in _DLRM_MODULES:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
+    mods = import_isolated(path, _DLRM_MODULES)
     md = mods["make_data"]
     return types.SimpleNamespace(DLRM=mods["dlrm_model"].DLRM, make_dataset=mods["dlrm_data"].make_dataset,
                                  SPARSE=list(mods["dlrm_data"].SPARSE), SparseSGD=mods["sparse_optimizers"].SparseSGD,

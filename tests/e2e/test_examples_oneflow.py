@@ -244,17 +244,8 @@ def test_deepfm_needs_sample_counts(tmp_path, data):
 
 # ----------------------------------------------------------------------------- accuracy vs plain PyTorch
 def _import_dlrm():
-    sys.path.insert(0, str(DLRM))
-    names = ("dlrm_data", "dlrm_model", "sparse_optimizers", "oneflow_protocol")
-    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    try:
-        mods = {n: importlib.import_module(n) for n in names}
-    finally:
-        sys.path.remove(str(DLRM))
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
-    return mods
+    from recis_compat.benchmarks.train_bench import import_isolated
+    return import_isolated(DLRM, ("dlrm_data", "dlrm_model", "sparse_optimizers", "oneflow_protocol"))
 
 
 class PlainDLRM(torch.nn.Module):
