@@ -257,41 +257,28 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cpu(const at::Tensor& ids_in) 
     auto [inverse, is_new] = find_or_insert_cpu(table, meta, free_rows, ids);
     return {ids.masked_select(is_new), inverse};
   }
-  // One 16-byte entry per slot (key beside its index: one cache line per probe), probes
-  // prefetched kPrefetch ids ahead, the scratch kept per thread between calls up to
-  // kScratchKeep entries (a fresh multi-MB buffer per lookup costs its page faults every time).
-  struct Entry {
-    int64_t key;
-    int64_t index;  // -1: empty
-  };
-  constexpr int64_t kScratchKeep = int64_t(1) << 20;
-  thread_local std::vector<Entry> kept;
-  std::vector<Entry> fresh;
-  std::vector<Entry>& scratch = cap <= kScratchKeep ? kept : fresh;
-  if (static_cast<int64_t>(scratch.size()) < cap) scratch.resize(cap);
-  Entry* slots = scratch.data();
-  for (int64_t j = 0; j < cap; ++j) slots[j].index = -1;
+  std::vector<int64_t> keys(cap);
+  std::vector<int32_t> slot_index(cap, -1);
   auto uniq = at::empty({n}, ids.options());
   auto inverse = at::empty({n}, ids.options());
   const int64_t* id = ids.data_ptr<int64_t>();
   int64_t* u = uniq.data_ptr<int64_t>();
   int64_t* inv = inverse.data_ptr<int64_t>();
-  int64_t count = 0;
+  int32_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (i + kPrefetch < n) __builtin_prefetch(slots + home_slot(id[i + kPrefetch], cap), 1, 1);
     const int64_t key = id[i];
     int64_t j = home_slot(key, cap);
     while (true) {
-      Entry& e = slots[j];
-      if (e.index < 0) {
-        e.key = key;
-        e.index = count;
+      const int32_t at_slot = slot_index[j];
+      if (at_slot < 0) {
+        keys[j] = key;
+        slot_index[j] = count;
         u[count] = key;
         inv[i] = count++;
         break;
       }
-      if (e.key == key) {
-        inv[i] = e.index;
+      if (keys[j] == key) {
+        inv[i] = at_slot;
         break;
       }
       j = next_slot(j, cap);
