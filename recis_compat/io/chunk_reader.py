@@ -17,6 +17,7 @@ Formats: :class:`~.orc_reader.OrcFormat` (units are stripes) and
 """
 from __future__ import annotations
 
+import abc
 import collections
 import functools
 import logging
@@ -51,7 +52,7 @@ class Chunk:
     last_in_file: bool
 
 
-class FileFormat:
+class FileFormat(abc.ABC):
     """What :class:`ChunkReader` needs to know about a file format.
 
     Attributes: ``kind`` (``"ORC"``, for messages and thread names), ``unit`` (``"stripe"``,
@@ -66,22 +67,27 @@ class FileFormat:
     rules: ReadRules
     logger: logging.Logger
 
+    @abc.abstractmethod
     def open(self, path: str) -> Any:
         """An opened file: the handle the other methods get."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def schema(self, handle) -> pa.Schema:
         """The Arrow schema of an opened file."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def num_units(self, handle) -> int:
         """Number of read units (stripes, row groups) of an opened file."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def unit_rows(self, handle, path: str, unit: int, columns: List[str]) -> int:
         """Rows of one unit (used to find where a resumed read starts)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def read_unit(self, handle, path: str, unit: int, columns: List[str]) -> pa.RecordBatch:
         """The selected ``columns`` of one unit, one contiguous array per column. Called from
         reader threads: must not share mutable state with other calls."""
