@@ -131,6 +131,16 @@ def import_isolated(path: pathlib.Path, names) -> Dict[str, types.ModuleType]:
         sys.modules.update(saved)
 
 
+def train_step(model: nn.Module, batch: dict, dense_opt, sparse_opt) -> None:
+    """What the Trainer does per step, without hooks or checkpoints: loss, backward, both
+    optimizers' step and zero_grad."""
+    model(batch).backward()
+    dense_opt.step()
+    sparse_opt.step()
+    dense_opt.zero_grad()
+    sparse_opt.zero_grad()
+
+
 def load_example(path: pathlib.Path) -> types.SimpleNamespace:
     """Import the example's modules from ``path`` without leaving its bare module names
     (``dataset``, ``feature_config``, ...) in ``sys.modules`` or its directory on ``sys.path``
@@ -498,12 +508,7 @@ def _measure(ex: types.SimpleNamespace, batches: List[dict], check_batch: dict, 
         raise RuntimeError(f"the TorchRec DeepFM does not compute the example's loss (|diff| = {loss_diff})")
 
     def ours_step(k):
-        loss = ours(batches[k])
-        loss.backward()
-        dense_opt.step()
-        sparse_opt.step()
-        dense_opt.zero_grad()
-        sparse_opt.zero_grad()
+        train_step(ours, batches[k], dense_opt, sparse_opt)
 
     def base_step(k):
         loss = base(*base_inputs[k])
@@ -542,12 +547,7 @@ def _measure_cpu_mode(ex: types.SimpleNamespace, batches: List[dict], warmup: in
             model(b)
 
     def step(k):
-        loss = model(batches[k])
-        loss.backward()
-        dense_opt.step()
-        sparse_opt.step()
-        dense_opt.zero_grad()
-        sparse_opt.zero_grad()
+        train_step(model, batches[k], dense_opt, sparse_opt)
 
     was_installed = cpu_mode.installed()
     try:
@@ -782,12 +782,7 @@ def _measure_dlrm(ex, cfg, batches, sizes, warmup: int, n_steps: int, init: str)
                                                            inputs[0][2])))
 
     def ours_step(k):
-        loss = ours(batches[k])
-        loss.backward()
-        dense_opt.step()
-        sparse_opt.step()
-        dense_opt.zero_grad()
-        sparse_opt.zero_grad()
+        train_step(ours, batches[k], dense_opt, sparse_opt)
 
     def base_step(k):
         d, kjt, label = inputs[k]
@@ -987,12 +982,7 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
     _sane_loss("torchrec.models.dlrm.DLRM", first[1])
 
     def ours_step(k):
-        loss = ours_dmp(batches[k])
-        loss.backward()
-        dense_opt.step()
-        sparse_opt.step()
-        dense_opt.zero_grad()
-        sparse_opt.zero_grad()
+        train_step(ours_dmp, batches[k], dense_opt, sparse_opt)
 
     def base_step(k):
         d, kjt, label = inputs[k]

@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import random
 import shutil
 import sys
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -102,12 +100,7 @@ def check_args(args, world: int) -> str:
 
 def main(argv=None):
     args = get_args(argv)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    dist.init_process_group(backend="nccl" if args.device.startswith("cuda") else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = P.init_run(args.seed, args.device)
     try:
         note = check_args(args, world)
         train_files = P.split_files(args.data_dir, "train")

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import shutil
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -103,12 +101,7 @@ def build_optimizers(model, args):
 
 def main(argv=None):
     args = get_args(argv)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    dist.init_process_group(backend="nccl" if args.device.startswith("cuda") else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = P.init_run(args.seed, args.device)
     try:
         note = check_args(args, world)
     except P.ArgumentError as e:

@@ -36,9 +36,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from typing import Callable, Dict, Iterable, List, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -59,6 +61,17 @@ def rank_world():
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def init_run(seed: int, device: str):
+    """One process of a run: intra-op threads = cores / local processes, every RNG seeded with
+    ``seed``, the process group (nccl for a CUDA ``device``, else gloo) -> ``(rank, world)``."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def log0(msg: str) -> None:
