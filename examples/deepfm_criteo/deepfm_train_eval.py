@@ -178,10 +178,7 @@ def main(argv=None):
         "early_stopped": bool(hook.stop_requested), "batches_per_epoch": batches_per_epoch,
         "lr_milestones": milestones, "final_lr": float(dense_opt.param_groups[0]["lr"]),
         "final_sparse_lr": float(sparse_opt.param_groups[0]["lr"]), "store_note": note})
-    dist.barrier()
-    if tmp is not None and rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-    dist.destroy_process_group()
+    P.finish_run(tmp, rank)
     return 0
 
 

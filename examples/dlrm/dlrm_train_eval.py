@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import shutil
 
 import torch
 import torch.distributed as dist
@@ -173,10 +172,7 @@ def main(argv=None):
         "test": test, "amp": bool(args.amp), "compute_dtype": str(model.last_compute_dtype),
         "optimizer": args.optimizer, "store_note": note,
         "table_ids": int(table_ids)})
-    dist.barrier()
-    if tmp is not None and rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-    dist.destroy_process_group()
+    P.finish_run(tmp, rank)
     return 0
 
 

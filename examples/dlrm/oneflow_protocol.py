@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from typing import Callable, Dict, Iterable, List, Optional
 
@@ -72,6 +73,15 @@ def init_run(seed: int, device: str):
     torch.manual_seed(seed)
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def finish_run(tmp_dir: Optional[str], rank: int) -> None:
+    """End of a run: every rank done, rank 0 removes the run's scratch directory (if any), the
+    process group is destroyed."""
+    dist.barrier()
+    if tmp_dir is not None and rank == 0:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    dist.destroy_process_group()
 
 
 def log0(msg: str) -> None:
