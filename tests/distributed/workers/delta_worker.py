@@ -14,13 +14,12 @@ import argparse
 import glob
 import os
 import pathlib
-import signal
 import sys
 
 import torch.distributed as dist
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "e2e" / "workers"))
-from resume_worker import BATCH, KillAt, Model, dump  # noqa: E402  (tests/e2e/workers/resume_worker.py)
+from resume_worker import BATCH, Model, run  # noqa: E402  (tests/e2e/workers/resume_worker.py)
 
 from recis.framework.trainer import Trainer, TrainingArguments  # noqa: E402
 from recis.io.orc_dataset import OrcDataset  # noqa: E402
@@ -62,27 +61,7 @@ def main() -> None:
                               save_concurrency_per_rank=2, train_steps=args.steps)
     trainer = Trainer(model=model, args=targs, train_dataset=ds, dense_optimizers=(dense_opt, sched),
                       sparse_optimizer=sparse_opt)
-    if args.kill_at_step:
-        trainer.add_hook(KillAt(args.kill_at_step))
-    if args.kill_during_delta:
-        from recis_compat.framework import checkpoint_manager as cm
-        real = cm.Saver.save_dense_params
-
-        def dying_save_dense(self, ckpt_path, state):
-            if os.path.basename(ckpt_path).startswith(f".delta_{args.kill_during_delta}."):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(self, ckpt_path, state)
-        cm.Saver.save_dense_params = dying_save_dense
-    if args.steps == 0:
-        trainer.restore()
-    else:
-        trainer.train()
-    if args.dump:
-        dump(model, sparse_opt, dense_opt, args.dump.replace("RANK", str(rank)))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-
+    run(trainer, args, model, sparse_opt, dense_opt, rank, world, kill_during=(".delta", args.kill_during_delta))
 
 if __name__ == "__main__":
     main()

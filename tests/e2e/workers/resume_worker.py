@@ -92,6 +92,34 @@ def dump(model, sparse_opt, dense_opt, path: str) -> None:
                 "sparse_opt": sparse_opt.state_dict(), "dense_opt": dense_opt.state_dict()}, path)
 
 
+def run(trainer, args, model, sparse_opt, dense_opt, rank: int, world: int, kill_during=(".ckpt", 0)) -> None:
+    """The end of every worker: the kill switches (``args.kill_at_step``; ``kill_during =
+    (prefix, step)``: SIGKILL while the ``<prefix>_<step>`` directory's dense files are being
+    written), train or (``args.steps == 0``) only restore, dump (``RANK`` -> the rank), tear
+    down the process group."""
+    if args.kill_at_step:
+        trainer.add_hook(KillAt(args.kill_at_step))
+    prefix, kill_step = kill_during
+    if kill_step:
+        from recis_compat.framework import checkpoint_manager as cm
+        real = cm.Saver.save_dense_params
+
+        def dying_save_dense(self, ckpt_path, state):
+            if os.path.basename(ckpt_path).startswith(f"{prefix}_{kill_step}."):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(self, ckpt_path, state)
+        cm.Saver.save_dense_params = dying_save_dense
+    if args.steps == 0:
+        trainer.restore()
+    else:
+        trainer.train()
+    if args.dump:
+        dump(model, sparse_opt, dense_opt, args.dump.replace("RANK", str(rank)))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -123,26 +151,8 @@ def main() -> None:
                               train_steps=args.steps)
     trainer = Trainer(model=model, args=targs, train_dataset=ds, dense_optimizers=(dense_opt, sched),
                       sparse_optimizer=sparse_opt)
-    if args.kill_at_step:
-        trainer.add_hook(KillAt(args.kill_at_step))
-    if args.kill_during_save:
-        from recis_compat.framework import checkpoint_manager as cm
-        real = cm.Saver.save_dense_params
-
-        def dying_save_dense(self, ckpt_path, state):
-            if os.path.basename(ckpt_path).startswith(f".ckpt_{args.kill_during_save}."):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(self, ckpt_path, state)
-        cm.Saver.save_dense_params = dying_save_dense
-    if args.steps == 0:
-        trainer.restore()
-    else:
-        trainer.train()
-    if args.dump:
-        dump(model, sparse_opt, dense_opt, args.dump.replace("RANK", str(rank)))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    run(trainer, args, model, sparse_opt, dense_opt, rank, world,
+        kill_during=(".ckpt", args.kill_during_save))
 
 
 if __name__ == "__main__":
