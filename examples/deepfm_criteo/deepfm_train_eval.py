@@ -11,9 +11,10 @@ for ``--patience`` epochs stops training (unless ``--disable_early_stop``); ``--
 keeps ``best_checkpoint`` and reloads it before the final test evaluation. Differences:
 
 * ``--num_{train,val,test}_samples`` default to ``<data_dir>/dataset_info.json``
-  (``criteo-to-parquet --export-dataset-info``); ``--table_size_array`` (39 or 26 sizes) and
-  ``--persistent_path`` are optional and validated only (dynamic tables); ``--store_type
-  cached_ssd`` is refused (examples/dlrm/oneflow_protocol.py).
+  (``criteo-to-parquet --export-dataset-info``); ``--table_size_array`` (39 or 26 sizes) is
+  optional and validated only (dynamic tables); ``--store_type cached_ssd`` keeps the tables in
+  files under ``--persistent_path`` with ``--cache_memory_budget_mb`` of RAM
+  (examples/dlrm/oneflow_protocol.py, docs/stores.md).
 * ``--amp`` is bf16 autocast (no loss scaling); ``--disable_fusedmlp`` has no effect;
   ``--save_graph_for_serving`` / ``--model_serving_path`` (OneFlow graphs) are not offered.
 * ``--metrics_json`` (ours): rank 0 writes losses and evaluations there.

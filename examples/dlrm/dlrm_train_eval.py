@@ -4,9 +4,9 @@ Arguments are OneFlow's ``dlrm_train_eval.py`` ones with the same meanings and d
 (``--data_dir`` with ``train/``, ``val/``, ``test/`` Parquet splits; ``--train_batch_size`` is
 global: each of N processes reads ``train_batch_size // N`` rows of its files). Differences:
 
-* ``--persistent_path`` is optional and ``--store_type cached_ssd`` is refused (no persistent
-  store yet; examples/dlrm/oneflow_protocol.py); ``--table_size_array`` only scales the
-  embedding init (tables are dynamic, ids need no bound).
+* ``--store_type cached_ssd`` keeps the tables' rows and optimizer slots in files under
+  ``--persistent_path`` with ``--cache_memory_budget_mb`` of RAM per process (docs/stores.md);
+  ``--table_size_array`` only scales the embedding init (tables are dynamic, ids need no bound).
 * Periodic evaluation (every ``--eval_interval`` steps, ``--eval_batches`` batches of
   ``--eval_batch_size``) runs on ``val/`` and a final one on ``test/`` (OneFlow evaluates
   ``test/`` periodically and has no final one); both print AUC and logloss.

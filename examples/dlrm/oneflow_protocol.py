@@ -22,10 +22,15 @@ optimizer + LR scheduler, sparse optimizer, checkpoints, sharding under torchrun
   ``patience`` evaluations stops training (:class:`StopAwareDataset` ends the train stream, and
   the Trainer's stop flag is reduced over ranks, so every rank stops at the same step).
 
-Store arguments (:func:`check_store_args`): recis-compat's tables are dynamic in-RAM hash tables
-(no capacity, no cache). ``cached_host_mem`` (OneFlow's DeepFM default) is that; ``device_mem``
+Store arguments (:func:`check_store_args`): recis-compat's tables are dynamic hash tables (no
+capacity). ``cached_host_mem`` (OneFlow's DeepFM default) keeps every row in RAM; ``device_mem``
 puts the tables on the training device (RAM on a CPU run); ``cached_ssd`` (tables larger than
-RAM) needs the persistent row store of issue 14, which does not exist yet, and is refused.
+RAM) keeps every table's rows and optimizer slots in files under ``--persistent_path`` (one
+directory per table and rank) with ``--cache_memory_budget_mb`` of RAM per process shared by all
+tables (docs/stores.md). The choice reaches the RecIS-facade model the way it reaches an
+unchanged RecIS script: through the ``RECIS_COMPAT_STORE_TYPE`` /
+``RECIS_COMPAT_PERSISTENT_PATH`` / ``RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB`` environment variables,
+set here before the model is built.
 
 Mixed precision: ``--amp`` runs the forward under ``torch.autocast`` in bfloat16 (CPU and
 GPU); bf16 has float32's exponent range, so no loss scaling is applied and
@@ -46,6 +51,7 @@ import torch
 import torch.distributed as dist
 
 from recis.framework.checkpoint_manager import Saver
+from recis_compat.backend.row_store import ENV_CACHE_BUDGET_MB, ENV_PERSISTENT_PATH, ENV_STORE_TYPE
 from recis.hooks.hook import Hook
 
 STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
@@ -111,11 +117,12 @@ def add_store_args(parser, store_default: str, budget_default: int) -> None:
                         help="rows of each sparse field's table (OneFlow sizes its tables with it; ours are "
                              "dynamic, see the example's README)")
     parser.add_argument("--persistent_path", type=str, default=None,
-                        help="OneEmbedding persistent store path (validated; unused until the persistent "
-                             "store of issue 14 exists)")
+                        help="directory of the row files of --store_type cached_ssd (one directory per table "
+                             "and rank, removed at exit)")
     parser.add_argument("--store_type", type=str, default=store_default, help="/".join(STORE_TYPES))
     parser.add_argument("--cache_memory_budget_mb", type=int, default=budget_default,
-                        help="OneEmbedding cache budget per device in MB (validated; in-RAM tables have no cache)")
+                        help="RAM (MiB per process) the rows of cached_ssd tables may take; in-RAM tables "
+                             "have no cache")
 
 
 def add_amp_args(parser) -> None:
@@ -136,11 +143,8 @@ def check_store_args(args, device: str) -> str:
     st = args.store_type
     if st not in STORE_TYPES:
         raise ArgumentError(f"--store_type must be one of {', '.join(STORE_TYPES)}, got {st!r}")
-    if st == "cached_ssd":
-        raise ArgumentError(
-            "--store_type cached_ssd is not available: it needs the persistent row store with a RAM cache "
-            "(issue 14, 'Tables larger than RAM ... as OneEmbedding's cached_ssd'), which recis-compat does not "
-            "have yet; use --store_type cached_host_mem (dynamic tables in RAM, as large as memory allows)")
+    if st == "cached_ssd" and not args.persistent_path:
+        raise ArgumentError("--store_type cached_ssd needs --persistent_path (a directory for the row files)")
     if st in ("cached_host_mem", "cached_ssd") and not int(args.cache_memory_budget_mb) > 0:
         raise ArgumentError(f"--cache_memory_budget_mb must be > 0 with --store_type {st}, "
                             f"got {args.cache_memory_budget_mb}")
@@ -152,6 +156,15 @@ def check_store_args(args, device: str) -> str:
         bad = [s for s in args.table_size_array if s <= 0]
         if bad:
             raise ArgumentError(f"--table_size_array sizes must be > 0, got {bad[:3]}")
+    if st == "cached_ssd":
+        if device != "cpu":
+            raise ArgumentError(f"--store_type cached_ssd keeps rows in host memory and files; run with "
+                                f"--device cpu (got {device})")
+        os.environ[ENV_STORE_TYPE] = "cached_ssd"
+        os.environ[ENV_PERSISTENT_PATH] = os.path.abspath(args.persistent_path)
+        os.environ[ENV_CACHE_BUDGET_MB] = str(int(args.cache_memory_budget_mb))
+        return (f"store_type cached_ssd: dynamic tables in files under {args.persistent_path} with a "
+                f"{int(args.cache_memory_budget_mb)} MiB RAM budget per process")
     if st == "device_mem":
         where = "RAM (a CPU run: device_mem = host memory)" if device == "cpu" else f"{device} memory"
         return f"store_type device_mem: dynamic tables in {where}"

@@ -39,6 +39,7 @@ from torchrec.streamable import Multistreamable
 
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.exchange import ReceivedIds
+from recis_compat.backend.row_store import StoreConfig
 from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.ops.pooling import gather_rows
@@ -66,6 +67,8 @@ class DynamicTableConfig:
         world_size: divisor of ``"worker"``.
         init_rows: ``f(ids) -> Tensor[k, embedding_dim]``, per-id initial values of new rows
             (see ``DynamicTableImpl``); None: new rows take ``sample_rows`` draws.
+        store: where the rows live (backend/row_store.py: ``StoreConfig``); None: from the
+            ``RECIS_COMPAT_STORE_TYPE`` environment variables, in memory when they are unset.
     """
 
     name: str
@@ -79,6 +82,7 @@ class DynamicTableConfig:
     grad_reduce_by: str = "worker"
     world_size: int = 1
     init_rows: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    store: Optional[StoreConfig] = None
 
 
 def record_context_stream(ctx, stream) -> None:
@@ -235,7 +239,8 @@ class DynamicTable(nn.Module):
             raise TypeError(f"table {config.name!r}: impl_type must be DynamicTableImpl or a subclass, "
                             f"got {impl_type!r}")
         self.impl = impl_type(config.name, config.embedding_dim, config.dtype, config.device,
-                                     config.sample_rows, config.block_size, children, init_rows=config.init_rows)
+                             config.sample_rows, config.block_size, children, init_rows=config.init_rows,
+                             store=config.store)
         # not a Parameter: dense optimizers and DDP must not see it
         self._anchor = torch.zeros((), requires_grad=True)
 

@@ -26,6 +26,13 @@ allocation, so the reserve grows by x1.5 and :meth:`memory_bytes` counts it whol
 Copies of the storage (``pickle``, ``copy.deepcopy``) hold compact slots of ``capacity`` rows,
 never the reserve.
 
+File-backed slots (``cached_ssd``, backend/row_store.py): with a persistent :class:`StoreConfig`
+every slot's reserve is a mapped file instead of memory; growing past the reserve maps a larger
+file (no row is copied), and every access to rows (:meth:`note_access`, :meth:`read_rows`,
+:meth:`write_rows`, :meth:`reset_rows`, growth) is reported to the store's RAM budget, which
+releases the least recently used rows' pages from the process. :meth:`memory_bytes` is then the
+budget's view of this table's resident rows and :meth:`disk_bytes` what the files take.
+
 Thread safety: every method holds the storage's lock (a ``threading.RLock``, the owning table's
 lock when it passes one, see ``backend/table_impl.py``): growth replaces each slot tensor by a
 wider view or a larger copy, so an unsynchronised write or a second growth running at the same
@@ -42,6 +49,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 
 from recis_compat.backend.locking import OwnLock, locked
+from recis_compat.backend.row_store import FileSlots, StoreConfig
 
 GROWTH = 1.5          # reserve growth on devices that commit memory at allocation (CUDA)
 RESERVE_FACTOR = 8    # CPU: a new reserve holds this many times the rows needed
@@ -84,32 +92,96 @@ class RowStorage(OwnLock):
             are zeros (the table then writes each new id's initial values itself).
         block: minimum growth step in rows.
         lock: the lock every method holds (default: a new ``threading.RLock``).
+        store: where the slots live (backend/row_store.py); None or an in-memory kind: memory on
+            ``device``; ``cached_ssd``: files under its path with its RAM budget (CPU only).
+        name: the table's name (error messages, the store's directory name).
     """
 
     def __init__(self, dim: int, dtype: torch.dtype, device, sample_rows, block: int = 1024,
-                 lock: Optional[threading.RLock] = None):
+                 lock: Optional[threading.RLock] = None, store: Optional[StoreConfig] = None,
+                 name: str = "table"):
         self._lock = lock if lock is not None else threading.RLock()
         self.dim = int(dim)
         self.device = torch.device(device)
         self.block = max(1, int(block))
+        self.name = name
         self._sample_rows = sample_rows
+        self.store = store
         self.specs: Dict[str, SlotSpec] = {"embedding": SlotSpec([self.dim], dtype)}
-        self.slots: Dict[str, torch.Tensor] = {
-            "embedding": torch.empty((0, self.dim), dtype=dtype, device=self.device)}
-        # name -> backing tensor [reserve_rows, *tail]; slots[name] is reserve[:capacity]
-        self._reserve: Dict[str, torch.Tensor] = dict(self.slots)
-        self.num_reallocations = 0   # times the reserve was replaced (rows copied)
+        self._files: Optional[FileSlots] = None
+        if store is not None and store.persistent:
+            if self.device.type != "cpu":
+                raise ValueError(f"table {name!r}: store_type 'cached_ssd' keeps rows in host memory and files; "
+                                 f"the table's device must be the CPU, got {self.device}")
+            self._files = FileSlots(store, name)
+            emb = self._files.map("embedding", 0, [self.dim], dtype)
+            self._reserve: Dict[str, torch.Tensor] = {"embedding": emb}
+            self.slots: Dict[str, torch.Tensor] = {"embedding": emb.narrow(0, 0, 0)}
+        else:
+            self.slots = {"embedding": torch.empty((0, self.dim), dtype=dtype, device=self.device)}
+            # name -> backing tensor [reserve_rows, *tail]; slots[name] is reserve[:capacity]
+            self._reserve = dict(self.slots)
+        self.num_reallocations = 0   # times the reserve was replaced (rows copied; files: remapped)
 
     def __getstate__(self):
         state = super().__getstate__()
         state["slots"] = {k: v.clone() for k, v in state["slots"].items()}   # compact: no reserve
         state.pop("_reserve", None)
+        state["_files"] = None
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._reserve = dict(self.slots)
+        self.__dict__.setdefault("store", None)
+        self.__dict__.setdefault("name", "table")
+        self.__dict__.setdefault("_files", None)
         self.__dict__.setdefault("num_reallocations", 0)
+        compact = self.slots
+        self._reserve = dict(compact)
+        if self.store is not None and self.store.persistent:
+            # a copy gets files of its own (a new directory) holding the copied rows
+            cap = next(iter(compact.values())).shape[0]
+            self._files = FileSlots(self.store, self.name)
+            for name, spec in self.specs.items():
+                reserve = self._files.map(name, max(cap, self.block), spec.tail, spec.dtype)
+                reserve.narrow(0, 0, cap).copy_(compact[name])
+                self._reserve[name] = reserve
+                self.slots[name] = reserve.narrow(0, 0, cap)
+            self._files.touch_range(0, cap)
+
+    @property
+    def file_backed(self) -> bool:
+        """Whether the slots live in files (``cached_ssd``)."""
+        return self._files is not None
+
+    @property
+    def store_directory(self) -> Optional[str]:
+        """The directory of this table's row files (None: in memory)."""
+        return None if self._files is None else self._files.directory
+
+    def disk_bytes(self) -> int:
+        """Bytes of disk the row files take (0 in memory)."""
+        return 0 if self._files is None else self._files.disk_bytes()
+
+    def close(self) -> None:
+        """Delete the row files now (file-backed slots; in memory: nothing). The storage must not
+        be used afterwards."""
+        with self._lock:
+            if self._files is not None:
+                self._files.close()
+
+    def note_access(self, rows: torch.Tensor) -> None:
+        """``rows`` (int64, >= 0) are being used: tell the RAM budget (file-backed slots only)."""
+        if self._files is not None and rows.numel():
+            self._files.touch(rows)
+
+    @locked
+    def read_rows(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """``slot[rows]`` (a copy; rows int64 ``>= 0``), reported to the RAM budget."""
+        t = self.slot(name)
+        rows = rows.to(device=self.device, dtype=torch.int64)
+        self.note_access(rows)
+        return t.index_select(0, rows)
 
     # ---------------------------------------------------------------- shape
     @property
@@ -128,13 +200,17 @@ class RowStorage(OwnLock):
     @locked
     def memory_bytes(self) -> int:
         """Bytes of memory the slots occupy: the rows up to ``capacity`` on CPU (reserved rows
-        beyond it are never written, so not resident), the whole reserve elsewhere."""
+        beyond it are never written, so not resident), the whole reserve elsewhere; file-backed:
+        the chunks the RAM budget counts as resident."""
+        if self._files is not None:
+            return self._files.resident_bytes()
         tensors = self.slots if self.device.type == "cpu" else self._reserve
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     @locked
     def reserved_bytes(self) -> int:
-        """Bytes of address space reserved for the slots (``>= memory_bytes()``)."""
+        """Bytes of address space reserved for the slots (``>= memory_bytes()``; file-backed:
+        the mapped file sizes)."""
         return sum(t.numel() * t.element_size() for t in self._reserve.values())
 
     def _initial(self, name: str, rows: int) -> torch.Tensor:
@@ -167,8 +243,12 @@ class RowStorage(OwnLock):
             else:
                 fresh.fill_(spec.init)        # in place: no temporary of the new rows
             self.slots[name] = view
+        if self._files is not None:
+            self._files.touch_range(cap, new_cap)
 
     def _reserve_rows_for(self, new_cap: int) -> int:
+        if self._files is not None:       # sparse files: reserved rows take no disk until written
+            return max(new_cap, RESERVE_FACTOR * new_cap)
         if self.device.type != "cpu" or _strict_overcommit():
             return max(new_cap, int(self.reserved_rows * GROWTH))
         widest = max(max(1, math.prod(sp.tail)) * torch.empty((), dtype=sp.dtype).element_size()
@@ -178,6 +258,12 @@ class RowStorage(OwnLock):
 
     def _reallocate(self, rows: int) -> None:
         cap = self.capacity
+        if self._files is not None:       # a larger file mapping: the rows stay where they are
+            for name, spec in self.specs.items():
+                self._reserve[name] = self._files.map(name, rows, spec.tail, spec.dtype)
+                self.slots[name] = self._reserve[name].narrow(0, 0, cap)
+            self.num_reallocations += 1
+            return
         for name, spec in self.specs.items():
             new = torch.empty([rows] + spec.tail, dtype=spec.dtype, device=self.device)
             new.narrow(0, 0, cap).copy_(self.slots[name])
@@ -196,8 +282,14 @@ class RowStorage(OwnLock):
                 raise ValueError(f"slot {name!r} already exists as {self.specs[name]}, not {spec}")
             return self.slots[name]
         self.specs[name] = spec
-        reserve = torch.empty([self.reserved_rows] + spec.tail, dtype=dtype, device=self.device)
-        reserve.narrow(0, 0, self.capacity).copy_(self._initial(name, self.capacity))
+        if self._files is not None:
+            reserve = self._files.map(name, self.reserved_rows, spec.tail, dtype)
+            if self.capacity:
+                reserve.narrow(0, 0, self.capacity).fill_(spec.init)
+                self._files.touch_range(0, self.capacity)
+        else:
+            reserve = torch.empty([self.reserved_rows] + spec.tail, dtype=dtype, device=self.device)
+            reserve.narrow(0, 0, self.capacity).copy_(self._initial(name, self.capacity))
         self._reserve[name] = reserve
         self.slots[name] = reserve.narrow(0, 0, self.capacity)
         return self.slots[name]
@@ -215,6 +307,7 @@ class RowStorage(OwnLock):
             return
         keep = set(preserve)
         rows = rows.to(device=self.device, dtype=torch.int64)
+        self.note_access(rows)
         for name in self.slots:
             if name not in keep:
                 self.slots[name].index_copy_(0, rows, self._initial(name, rows.numel()))
@@ -223,16 +316,27 @@ class RowStorage(OwnLock):
     def write_rows(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         """``slot[rows] = values`` (dtype and device converted)."""
         t = self.slot(name)
-        t.index_copy_(0, rows.to(device=self.device, dtype=torch.int64), values.to(t.dtype).to(self.device))
+        rows = rows.to(device=self.device, dtype=torch.int64)
+        self.note_access(rows)
+        t.index_copy_(0, rows, values.to(t.dtype).to(self.device))
 
     @locked
     def clear(self) -> None:
         """Drop every row of every slot (capacity 0; the slots themselves stay)."""
+        if self._files is not None:       # emptied files keep their mappings
+            self._files.zero(self.reserved_rows)
+            self.slots = {k: v.narrow(0, 0, 0) for k, v in self._reserve.items()}
+            return
         self.slots = {k: v[:0].clone() for k, v in self.slots.items()}
         self._reserve = dict(self.slots)
 
     @locked
     def to(self, device) -> "RowStorage":
+        if self._files is not None:
+            if torch.device(device).type != "cpu":
+                raise ValueError(f"table {self.name!r}: store_type 'cached_ssd' keeps rows in host memory and "
+                                 f"files; it cannot move to {device} (use cached_host_mem or device_mem there)")
+            return self
         self.device = torch.device(device)
         self.slots = {k: v.to(self.device) for k, v in self.slots.items()}
         self._reserve = dict(self.slots)

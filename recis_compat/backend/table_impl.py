@@ -40,6 +40,7 @@ from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.id_map import IdMap
 from recis_compat.backend.locking import OwnLock, locked
 from recis_compat.backend.row_storage import RowStorage
+from recis_compat.backend.row_store import StoreConfig, store_from_env
 from recis_compat.backend.slices import SLICE_SIZE
 from recis_compat.ops.id_map import unique_first_seen
 
@@ -107,6 +108,9 @@ class DynamicTableImpl(OwnLock):
         init_rows: ``f(ids [k]) -> Tensor[k, dim]``, the initial values of the rows of newly
             inserted ids (a pure function of the id, so runs are reproducible whatever the
             order or rank rows are created in); None: rows start from ``sample_rows`` draws.
+        store: where the rows live (backend/row_store.py: in memory, or ``cached_ssd`` files with
+            a RAM budget); None: :func:`~recis_compat.backend.row_store.store_from_env` (the
+            ``RECIS_COMPAT_STORE_TYPE`` variables), in memory when they are unset.
 
     Attributes:
         lock: the table's reentrant lock (see the module docstring); every method holds it.
@@ -114,7 +118,8 @@ class DynamicTableImpl(OwnLock):
 
     def __init__(self, name: str, dim: int, dtype: torch.dtype, device,
                  sample_rows: Optional[Callable[[int], torch.Tensor]], block_size: int, children: ChildrenInfo,
-                 init_rows: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 init_rows: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 store: Optional[StoreConfig] = None):
         self.name = name
         self.dim = int(dim)
         self.dtype = dtype
@@ -124,10 +129,15 @@ class DynamicTableImpl(OwnLock):
         # only by set_slice
         self.slice = (0, SLICE_SIZE, SLICE_SIZE)
         self._lock = threading.RLock()
+        store = store if store is not None else store_from_env()
+        if store is not None and store.persistent and torch.device(device).type != "cpu":
+            raise ValueError(f"table {name!r}: store_type 'cached_ssd' keeps rows in host memory and files; the "
+                             f"table's device must be the CPU, got {device}")
         self.id_map = IdMap(device, lock=self._lock)
         self.init_rows = init_rows
         self.storage = RowStorage(self.dim, dtype, device, None if init_rows is not None else sample_rows,
-                                  block=self.block_size, lock=self._lock)
+                                  block=self.block_size, lock=self._lock,
+                                  store=store, name=name)
         self._grad_rows: List[torch.Tensor] = []
         self._grad_values: List[torch.Tensor] = []
         self._grad_unique: List[bool] = []
@@ -193,7 +203,10 @@ class DynamicTableImpl(OwnLock):
     @locked
     def find_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows of ``ids`` (``-1`` where absent); nothing is inserted."""
-        return self.id_map.find(self.check_ids(ids, "find"))
+        rows = self.id_map.find(self.check_ids(ids, "find"))
+        if self.storage.file_backed:
+            self.storage.note_access(rows[rows >= 0])
+        return rows
 
     @locked
     def find_or_insert_rows(self, ids: torch.Tensor, initialize: bool = True) -> torch.Tensor:
@@ -215,6 +228,7 @@ class DynamicTableImpl(OwnLock):
                 if initialize and self.init_rows is not None:
                     vals = self.init_rows(new_ids)
                     self.storage.write_rows("embedding", new_rows, vals.reshape(new_ids.numel(), self.dim))
+        self.storage.note_access(rows)
         return rows
 
     @locked
@@ -309,7 +323,23 @@ class DynamicTableImpl(OwnLock):
         return self.storage.add_slot(name, tail, dtype, init)
 
     def get_slot(self, name: str) -> torch.Tensor:
+        """The whole slot tensor ``[capacity, *tail]`` (file-backed tables: a mapping of the file;
+        reading all of it brings every row in, prefer :meth:`read_slot`)."""
         return self.storage.slot(name)
+
+    def read_slot(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """``slot[rows]`` (a copy; rows int64 ``>= 0``), in chunks that respect a file-backed
+        table's RAM budget."""
+        rows = rows.reshape(-1)
+        step = 1 << 20
+        if rows.numel() <= step:
+            return self.storage.read_rows(name, rows)
+        return torch.cat([self.storage.read_rows(name, rows[b:b + step]) for b in range(0, rows.numel(), step)])
+
+    def close(self) -> None:
+        """Release the row files of a file-backed table now (otherwise when it is garbage
+        collected); the table must not be used afterwards."""
+        self.storage.close()
 
     @locked
     def update_slot(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
@@ -408,8 +438,8 @@ class DynamicTableImpl(OwnLock):
         the checkpoint form (rows are renumbered on load)."""
         ids, rows = self.ids_map()
         out = {"id": ids}
-        for name, t in self.storage.slots.items():
-            out[name] = t.index_select(0, rows)
+        for name in self.storage.slots:
+            out[name] = self.read_slot(name, rows)
         return out
 
     @locked
@@ -487,8 +517,8 @@ class DynamicTableImpl(OwnLock):
             rows, ids = rows[present], ids[present]
         values: Dict[str, torch.Tensor] = {}
         if with_values:
-            for name, t in self.storage.slots.items():
-                values[name] = t.index_select(0, rows)
+            for name in self.storage.slots:
+                values[name] = self.read_slot(name, rows)
         deleted = torch.cat(log.deleted) if log.deleted else torch.zeros(0, dtype=torch.int64, device=self.device)
         out = TableChanges(log.epoch, next(_EPOCHS), ids, values, deleted, log.cleared)
         log.dirty.fill_(False)

@@ -36,12 +36,13 @@ directory is complete once ``index`` exists.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
 
@@ -114,9 +115,13 @@ class TableWriteBlock(WriteBlock):
     """The ``id`` block or one slot block of one child of a table."""
 
     def __init__(self, table: str, shared_name: str, slot: str, slice_info: str, ids: torch.Tensor,
-                 rows: Optional[torch.Tensor] = None, values: Optional[torch.Tensor] = None):
+                 rows: Optional[torch.Tensor] = None, values: Optional[torch.Tensor] = None,
+                 read_rows: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.table, self.shared_name, self.slot = table, shared_name, slot
         self._ids, self._rows, self._values = ids, rows, values
+        # read_rows(rows) -> values[rows]: the table's reader (file-backed tables count the reads
+        # against their RAM budget); None: index the values tensor
+        self._read = read_rows if read_rows is not None else (lambda r: values.index_select(0, r))
         if slot == "id":
             dtype, shape = torch.int64, [ids.numel()]
         else:
@@ -134,7 +139,7 @@ class TableWriteBlock(WriteBlock):
         row_bytes = max(1, self._values[0:1].numel() * self._values.element_size()) if self._values.dim() else 1
         step = max(1, _CHUNK_BYTES // row_bytes)
         for b in range(0, rows.numel(), step):
-            yield self._values.index_select(0, rows[b:b + step])
+            yield self._read(rows[b:b + step])
 
 
 class DenseWriteBlock(WriteBlock):
@@ -171,7 +176,8 @@ def table_write_blocks(name: str, impl: DynamicTableImpl) -> List[TableWriteBloc
     for shared, (cids, crows) in zip(children, per_child):
         out.append(TableWriteBlock(name, shared, "id", slc, cids.contiguous()))
         for slot, values in impl.storage.slots.items():
-            out.append(TableWriteBlock(name, shared, slot, slc, cids, crows, values))
+            out.append(TableWriteBlock(name, shared, slot, slc, cids, crows, values,
+                                       read_rows=functools.partial(impl.read_slot, slot)))
     return out
 
 

@@ -33,6 +33,7 @@ from torchrec.optim.fused import FusedOptimizerModule
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
+from recis_compat.backend.row_store import StoreConfig
 from recis_compat.ops.counter_init import counter_uniform
 from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.ops.pooling import gather_rows, pooled_sum
@@ -98,6 +99,9 @@ class DynamicTableOptions:
         block_size: the row storage grows in blocks of this many rows.
         grad_reduce_by: ``"worker"`` (duplicate ids' gradients summed, divided by the world
             size when sharded) or ``"id"`` (averaged over the duplicates of a lookup), as RecIS.
+        store: where the rows live: a ``recis_compat.backend.row_store.StoreConfig``
+            (``cached_ssd``: files under a path with a RAM budget, docs/stores.md); None: the
+            ``RECIS_COMPAT_STORE_TYPE`` environment variables, in memory when unset.
     """
 
     initializer: Any = None
@@ -107,6 +111,7 @@ class DynamicTableOptions:
     device: Optional[torch.device] = None
     block_size: int = 10240
     grad_reduce_by: str = "worker"
+    store: Optional[StoreConfig] = None
 
     def validate(self, table: str) -> None:
         if self.admission not in ADMISSIONS:
@@ -123,6 +128,9 @@ class DynamicTableOptions:
         if not isinstance(self.block_size, int) or self.block_size <= 0:
             raise ValueError(f"table {table!r}: DynamicTableOptions.block_size must be an int > 0, "
                              f"got {self.block_size!r}")
+        if self.store is not None and not isinstance(self.store, StoreConfig):
+            raise TypeError(f"table {table!r}: DynamicTableOptions.store must be a StoreConfig or None, "
+                            f"got {type(self.store).__name__}")
         if self.initializer is not None and not hasattr(self.initializer, "sample_for_ids"):
             raise TypeError(f"table {table!r}: DynamicTableOptions.initializer must be Uniform/Normal/Constant, a "
                             f"built RecIS initializer or None, got {type(self.initializer).__name__}")
@@ -172,7 +180,7 @@ class _TableRuntime:
             ids, rows = impl.ids_map()
             if ids.numel() == 0:
                 return 0
-            last = impl.get_slot(LAST_SEEN_SLOT).index_select(0, rows).view(-1)
+            last = impl.read_slot(LAST_SEEN_SLOT, rows).view(-1)
             stale = last <= self.step - n
             if not bool(stale.any()):
                 return 0
@@ -258,7 +266,8 @@ class _DynamicCollectionBase(nn.Module, FusedOptimizerModule):
             table = DynamicTable(DynamicTableConfig(
                 name=cfg.name, embedding_dim=int(cfg.embedding_dim), sample_rows=self._no_block_sampling(cfg.name),
                 dtype=_dtype_of(cfg), device=torch.device(opt.device) if opt.device is not None else device,
-                block_size=opt.block_size, grad_reduce_by=opt.grad_reduce_by, init_rows=rt.init_rows))
+                block_size=opt.block_size, grad_reduce_by=opt.grad_reduce_by, init_rows=rt.init_rows,
+                store=opt.store))
             if opt.evict_after_steps is not None:
                 table.impl.add_slot(LAST_SEEN_SLOT, [1], torch.int64, 0)
                 table.impl.lookup_listeners.append(_MarkSeen(table.impl, rt))

@@ -39,12 +39,14 @@ def _env():
 
 
 def _torchrun(nproc: int, out: pathlib.Path, *extra: str, timeout: float = 120,
-              steps: int = STEPS, cwd=None) -> subprocess.CompletedProcess:
+              steps: int = STEPS, cwd=None, env_extra=None) -> subprocess.CompletedProcess:
     """The worker under torchrun, launched once (tests/torchrun_launch.py)."""
     torchrun = pathlib.Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", str(nproc), "--master_port", "0", "--rdzv_backend", "c10d",
            "--rdzv_endpoint", "localhost:0", str(WORKER), "--out", str(out), "--steps", str(steps), *extra]
-    kwargs = dict(env=_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd or out.parent)
+    env = _env()
+    env.update(env_extra or {})
+    kwargs = dict(env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd or out.parent)
     return run_launch(cmd, **kwargs)
 
 
@@ -81,6 +83,31 @@ def test_sharded_training_equals_single_process(world, single_run, tmp_path):
     proc = _torchrun(world, out)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = _load_ranks(out, world)
+    _assert_matches_single(ranks, single_run, world)
+
+
+def test_cached_ssd_store_sharded_equals_in_memory_single_process(single_run, tmp_path):
+    """The unchanged RecIS model with every table in files (RECIS_COMPAT_STORE_TYPE=cached_ssd)
+    on 2 ranks gives what the in-memory single process gives; each rank has its own directory,
+    removed at exit. (Budget trimming under training: tests/unit/test_row_store.py.)"""
+    store = tmp_path / "store"
+    out = tmp_path / "out"
+    proc = _torchrun(2, out, env_extra={"RECIS_COMPAT_STORE_TYPE": "cached_ssd",
+                                        "RECIS_COMPAT_PERSISTENT_PATH": str(store),
+                                        "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = _load_ranks(out, 2)
+    for rank, r in enumerate(ranks):
+        for table, st in r["stores"].items():
+            if r["tables"][table]["embedding"].dtype.is_floating_point:
+                assert st["file_backed"], f"rank {rank} table {table}: rows not in files"
+                assert pathlib.Path(st["directory"]).parent == store
+                assert f"-rank{rank}-" in pathlib.Path(st["directory"]).name
+    assert store.is_dir() and not any(store.iterdir()), "row-store directories left behind after exit"
+    _assert_matches_single(ranks, single_run, 2)
+
+
+def _assert_matches_single(ranks, single_run, world):
     # the TorchRec EBC in the same model is sharded by the planner; ours by our sharder
     assert ranks[0]["ebc_type"] == "ShardedEmbeddingBagCollection"
     assert single_run["ebc_type"] == "EmbeddingBagCollection"

@@ -6,8 +6,8 @@ set made by the examples' make_data.py (criteo-synth + criteo-to-parquet; table 
 steps, periodic validation AUC/logloss and the final test evaluation (all rows, sane values),
 the snapshots OneFlow names (``step_<S>_val_auc_<A>``, ``best_checkpoint``), loading them back
 (the same AUC/logloss under 1 and 2 processes), bf16 autocast under ``--amp``, DeepFM's LR
-decay per epoch and plateau early stop, and the store arguments (cached_ssd refused naming the
-persistent store of issue 14). ``test_dlrm_matches_plain_pytorch_dlrm`` is issue 15 item 4's
+decay per epoch and plateau early stop, and the store arguments (``cached_ssd``: the same run with
+every table in files under a 1 MiB budget gives the in-RAM run's numbers; bad values refused). ``test_dlrm_matches_plain_pytorch_dlrm`` is issue 15 item 4's
 accuracy check: our DLRM against a plain-PyTorch DLRM (``nn.EmbeddingBag`` tables holding the
 same initial rows, the same dense weights, batches and optimizer) for a fixed number of steps:
 validation AUC within 0.003.
@@ -165,7 +165,7 @@ def test_dlrm_amp_runs_bf16(data, tmp_path):
 
 @pytest.mark.parametrize("example", ["dlrm", "deepfm_criteo"])
 @pytest.mark.parametrize("args,message", [
-    (["--store_type", "cached_ssd", "--persistent_path", "/tmp/x"], "issue 14"),
+    (["--store_type", "cached_ssd"], "--store_type cached_ssd needs --persistent_path"),
     (["--store_type", "cached_host_mem", "--cache_memory_budget_mb", "0"], "--cache_memory_budget_mb must be > 0"),
     (["--store_type", "hbm"], "--store_type must be one of device_mem, cached_host_mem, cached_ssd"),
     (["--loss_scale_policy", "auto"], "--loss_scale_policy must be static or dynamic"),
@@ -175,8 +175,24 @@ def test_store_and_amp_arguments_refused_clearly(data, tmp_path, example, args, 
     proc = run(ex, data, tmp_path / "save", *args, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-3000:]
-    if "cached_ssd" in args:
-        assert "persistent row store" in proc.stderr and "cached_host_mem" in proc.stderr
+
+
+def test_dlrm_cached_ssd_store_equals_in_ram(dlrm_w1, data, tmp_path):
+    """``--store_type cached_ssd`` (every table's rows and Adagrad slots in files under
+    ``--persistent_path``, a 1 MiB RAM budget) trains and evaluates exactly like the in-RAM run
+    of the ``dlrm_w1`` fixture; the row files are gone after the run."""
+    _, ref = dlrm_w1
+    store = tmp_path / "store"
+    run(DLRM, data, tmp_path / "save", *SMALL_DLRM, "--train_batches", "12", "--eval_interval", "6", "--optimizer",
+        "adagrad", "--learning_rate", "0.05", "--table_size_array", _sizes(data), "--store_type", "cached_ssd",
+        "--persistent_path", str(store), "--cache_memory_budget_mb", "1", "--metrics_json", str(tmp_path / "m.json"))
+    m = _metrics(tmp_path / "m.json")
+    assert "cached_ssd" in m["store_note"] and str(store) in m["store_note"]
+    assert m["losses"] == ref["losses"]
+    for key in ("auc", "logloss"):
+        assert [e[key] for e in m["evals"]] == [e[key] for e in ref["evals"]]
+        assert m["test"][key] == ref["test"][key]
+    assert store.is_dir() and not any(store.iterdir())
 
 
 def test_persistent_path_must_be_a_directory(data, tmp_path):

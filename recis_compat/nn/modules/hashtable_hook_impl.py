@@ -158,7 +158,7 @@ class GlobalStepFilterHookImpl(BaseFilterHookImpl):
 
     def filter(self) -> Tuple[torch.Tensor, torch.Tensor]:
         ids, rows = self.ht.impl.ids_map()
-        stamps = self.ht.impl.get_slot(self._name).index_select(0, rows).view(-1)
+        stamps = self.ht.impl.read_slot(self._name, rows).view(-1)
         stale = stamps < (self._global_step - self.filter_step)
         return ids[stale], rows[stale]
 

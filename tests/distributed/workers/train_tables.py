@@ -170,6 +170,10 @@ def main() -> None:
         after = {n: set(i.ids().tolist()) for n, i in filter_out_sparse_param(model).items()}
         rec["evicted"].append({n: sorted(before[n] - after[n]) for n in before})
     rec["tables"] = {n: i.state_dict() for n, i in filter_out_sparse_param(model).items()}
+    # where each table's rows lived (RECIS_COMPAT_STORE_TYPE=cached_ssd: files under a RAM budget)
+    rec["stores"] = {n: {"file_backed": i.storage.file_backed, "directory": i.storage.store_directory,
+                         "trims": i.storage.store.budget().trims if i.storage.file_backed else 0}
+                     for n, i in filter_out_sparse_param(model).items()}
     if args.dcp_save:
         from recis_compat.backend.table_dcp import save_tables
         save_tables(model, args.dcp_save)

@@ -1,0 +1,395 @@
+"""Where a dynamic table's rows live: in memory, or in files with a RAM budget (``cached_ssd``).
+
+Store kinds carry OneEmbedding's names (docs/stores.md):
+
+* ``device_mem`` / ``cached_host_mem``: every row of every slot in memory on the table's device
+  (RowStorage's in-memory reserve; on CPU both mean RAM). The default.
+* ``cached_ssd``: every slot of the table (embedding, optimizer moments, filter steps) is a flat
+  file ``<persistent_path>/<table>-rank<r>-pid<p>-<k>/<slot>.rows`` holding ``[rows, *tail]``
+  values in row order, mapped into the process (``mmap``, ``MAP_SHARED``). The RAM cache is the
+  set of file pages mapped resident in the process; :class:`CacheBudget` keeps it within
+  ``cache_memory_budget_mb``: every access marks its rows' chunks (``CHUNK_ROWS`` rows of every
+  slot) with a clock tick, and when the marked chunks exceed the budget the least recently used
+  ones are released (``madvise(MADV_DONTNEED)``): their pages leave the process (dirty pages stay
+  in the kernel's page cache and are written back to the file by the kernel, so nothing is
+  lost), and a later access reads them back from the page cache or the file.
+
+Why flat files and ``mmap`` rather than a key-value library (RocksDB, LMDB): rows are addressed
+by the dense row numbers the id map hands out, so a row's place in a file is ``row * row_bytes``
+and no second index is needed; a mapped file lets the optimizer kernels update rows in place
+with no copy in or out of a cache; and the kernel's page cache and writeback already do the
+read-ahead, dirty tracking and asynchronous writing a hand-written cache would repeat. What
+the kernel does not do is bound the process's resident set, which is :class:`CacheBudget`'s job.
+
+The files are working storage of one process: the id map lives in RAM, so the files mean
+nothing without it. A table's directory is created empty at table creation and removed when the
+table is garbage collected or the process exits normally; checkpoints (serialize/) are the
+durable form. A crashed process leaves its directory behind (the name carries rank and pid).
+
+Budget sharing: tables built from one :class:`StoreConfig` object share one budget, as the
+tables of one OneEmbedding share its ``cache_memory_budget_mb``; the environment configuration
+(:func:`store_from_env`) is one object per process, so every table of an unchanged RecIS script
+shares it.
+"""
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import re
+import shutil
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["STORE_TYPES", "ENV_STORE_TYPE", "ENV_PERSISTENT_PATH", "ENV_CACHE_BUDGET_MB", "CHUNK_ROWS",
+           "StoreConfig", "CacheBudget", "FileSlots", "store_from_env"]
+
+STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
+ENV_STORE_TYPE = "RECIS_COMPAT_STORE_TYPE"
+ENV_PERSISTENT_PATH = "RECIS_COMPAT_PERSISTENT_PATH"
+ENV_CACHE_BUDGET_MB = "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB"
+_CHUNK_SHIFT = 10
+CHUNK_ROWS = 1 << _CHUNK_SHIFT   # rows per cache chunk (x the row bytes of a slot: whole pages)
+TRIM_TO = 0.75             # a trim keeps the most recent chunks up to this fraction of the budget
+_PAGE = mmap.PAGESIZE
+
+
+@dataclass(eq=False)
+class StoreConfig:
+    """Where a table's rows live (OneEmbedding's store options).
+
+    Attributes:
+        store_type: ``"cached_host_mem"`` (default) or ``"device_mem"``: rows in memory;
+            ``"cached_ssd"``: rows in files under ``persistent_path`` with a RAM cache.
+        persistent_path: directory of the files (``cached_ssd``; created if missing).
+        cache_memory_budget_mb: RAM the mapped rows of all tables sharing this config may take
+            (``cached_ssd``), in MiB; > 0.
+        origin: what to name in error messages (``"StoreConfig"`` or the environment variables).
+    """
+
+    store_type: str = "cached_host_mem"
+    persistent_path: Optional[str] = None
+    cache_memory_budget_mb: Optional[int] = None
+    origin: str = "StoreConfig"
+    _budget: Optional["CacheBudget"] = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        where = self.origin
+        if self.store_type not in STORE_TYPES:
+            raise ValueError(f"{where}: store_type must be one of {', '.join(STORE_TYPES)}, got {self.store_type!r}")
+        if self.store_type != "cached_ssd":
+            return
+        if not self.persistent_path:
+            raise ValueError(f"{where}: store_type 'cached_ssd' needs persistent_path (a directory for the row files)")
+        self.persistent_path = os.fspath(self.persistent_path)
+        if os.path.exists(self.persistent_path) and not os.path.isdir(self.persistent_path):
+            raise ValueError(f"{where}: persistent_path {self.persistent_path!r} exists and is not a directory")
+        b = self.cache_memory_budget_mb
+        if isinstance(b, str) and b.strip().isdigit():
+            b = int(b)
+        if not isinstance(b, int) or isinstance(b, bool) or b <= 0:
+            raise ValueError(f"{where}: store_type 'cached_ssd' needs cache_memory_budget_mb, an int > 0 (MiB), "
+                             f"got {self.cache_memory_budget_mb!r}")
+        self.cache_memory_budget_mb = b
+
+    def __deepcopy__(self, memo):
+        return self          # copies of a table share its store settings and budget
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_budget"] = None          # a pickled config gets a budget of its own
+        return state
+
+    @property
+    def persistent(self) -> bool:
+        """Whether rows live in files (``cached_ssd``)."""
+        return self.store_type == "cached_ssd"
+
+    def budget(self) -> "CacheBudget":
+        """The :class:`CacheBudget` every table of this config shares (created on first use)."""
+        if not self.persistent:
+            raise ValueError(f"{self.origin}: store_type {self.store_type!r} has no cache budget")
+        if self._budget is None:
+            self._budget = CacheBudget(int(self.cache_memory_budget_mb) << 20)
+        return self._budget
+
+
+_ENV_LOCK = threading.Lock()
+_ENV_CONFIGS: Dict[Tuple[str, str, str], StoreConfig] = {}
+
+
+def store_from_env() -> Optional[StoreConfig]:
+    """The store of tables built without one, from ``RECIS_COMPAT_STORE_TYPE``,
+    ``RECIS_COMPAT_PERSISTENT_PATH`` and ``RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB`` (how unchanged
+    RecIS scripts choose ``cached_ssd``); None when ``RECIS_COMPAT_STORE_TYPE`` is unset or
+    empty. One object per distinct setting, so the tables of a process share one budget."""
+    st = os.environ.get(ENV_STORE_TYPE, "").strip()
+    if not st:
+        return None
+    key = (st, os.environ.get(ENV_PERSISTENT_PATH, ""), os.environ.get(ENV_CACHE_BUDGET_MB, ""))
+    with _ENV_LOCK:
+        cfg = _ENV_CONFIGS.get(key)
+        if cfg is None:
+            budget = key[2].strip()
+            try:
+                budget_v = int(budget) if budget else None
+            except ValueError:
+                raise ValueError(f"{ENV_CACHE_BUDGET_MB} must be an integer number of MiB, got {budget!r}") from None
+            cfg = StoreConfig(st, key[1] or None, budget_v,
+                              origin=f"environment ({ENV_STORE_TYPE}, {ENV_PERSISTENT_PATH}, {ENV_CACHE_BUDGET_MB})")
+            _ENV_CONFIGS[key] = cfg
+        return cfg
+
+
+class CacheBudget:
+    """The RAM budget of the file-backed slots of several tables (one LRU over all of them).
+
+    Every access to rows of a :class:`FileSlots` stamps their chunks with the next tick of this
+    budget's clock; when the stamped chunks of all its stores exceed ``limit_bytes``, the most
+    recent chunks up to ``TRIM_TO`` of the limit are kept and every other page of every store is
+    released from the process (see the module docstring). Thread-safe (one lock).
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = int(limit_bytes)
+        self._lock = threading.Lock()
+        self._tick = 0
+        self._stores: "weakref.WeakSet[FileSlots]" = weakref.WeakSet()
+        self.trims = 0               # times the budget released pages
+        self.released_bytes = 0      # bytes of stamped chunks released over the budget's life
+
+    def register(self, store: "FileSlots") -> None:
+        with self._lock:
+            self._stores.add(store)
+
+    def stamp(self, store: "FileSlots", chunks: torch.Tensor) -> None:
+        """Mark ``chunks`` (int64 chunk indices of ``store``) used now; trim when over budget."""
+        with self._lock:
+            self._tick += 1
+            store.stamps_locked(chunks, self._tick)
+            if self._resident_locked() > self.limit_bytes:
+                self._trim_locked()
+
+    def resident_bytes(self) -> int:
+        """Bytes of the stamped (possibly resident) chunks of every store."""
+        with self._lock:
+            return self._resident_locked()
+
+    def _resident_locked(self) -> int:
+        return sum(s.stamped_bytes_locked() for s in list(self._stores))
+
+    def _trim_locked(self) -> None:
+        stores = list(self._stores)
+        stamps, sizes = [], []
+        for s in stores:
+            st = s.chunk_stamps_locked()
+            stamps.append(st)
+            sizes.append(torch.full_like(st, s.chunk_bytes))
+        all_st, all_sz = torch.cat(stamps), torch.cat(sizes)
+        live = all_st > 0
+        order = torch.argsort(all_st[live], descending=True)
+        kept_bytes = torch.cumsum(all_sz[live][order], 0)
+        keep_n = int((kept_bytes <= int(TRIM_TO * self.limit_bytes)).sum())
+        threshold = int(all_st[live][order][keep_n - 1]) if keep_n > 0 else None
+        before = self._resident_locked()
+        for s in stores:
+            s.release_older_locked(threshold)
+        self.trims += 1
+        self.released_bytes += before - self._resident_locked()
+
+
+_DIR_COUNTER = itertools.count()
+
+
+def _process_rank() -> int:
+    try:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except (RuntimeError, ValueError):
+        pass
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80] or "table"
+
+
+class _SlotFile:
+    """One slot's file and its current mapping ``[rows, *tail]`` of ``dtype``."""
+
+    def __init__(self, path: str, tail: Sequence[int], dtype: torch.dtype):
+        self.path = path
+        self.tail = [int(x) for x in tail]
+        self.dtype = dtype
+        numel = 1
+        for x in self.tail:
+            numel *= x
+        self.row_bytes = max(1, numel) * torch.empty((), dtype=dtype).element_size()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.mm: Optional[mmap.mmap] = None
+        self.tensor: Optional[torch.Tensor] = None
+
+    def map(self, rows: int) -> torch.Tensor:
+        """Size the file to ``rows`` rows (at least one; sparse: no disk blocks until written) and
+        map it whole; the tensor keeps the mapping alive (older tensors keep theirs)."""
+        rows = max(1, int(rows))
+        size = max(_PAGE, rows * self.row_bytes)
+        if os.fstat(self.fd).st_size < size:
+            os.ftruncate(self.fd, size)
+        self.mm = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        flat = torch.frombuffer(self.mm, dtype=self.dtype, count=rows * self.row_bytes // itemsize)
+        self.tensor = flat.view([rows] + self.tail)
+        return self.tensor
+
+    def release(self, row_begin: int, row_end: int) -> None:
+        """Drop the pages of rows ``[row_begin, row_end)`` from the process (data kept)."""
+        if self.mm is None or row_end <= row_begin:
+            return
+        start = row_begin * self.row_bytes
+        stop = min(row_end * self.row_bytes, len(self.mm))
+        start -= start % _PAGE
+        if stop > start:
+            self.mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+    def unmap(self) -> None:
+        """Forget the mapping (it goes with the last tensor viewing it); the fd stays open."""
+        self.tensor = None
+        self.mm = None
+
+
+def _remove_dir(path: str, fds: List[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class FileSlots:
+    """The file-backed slots of one table (``cached_ssd``): one file per slot, mapped whole,
+    sized in whole reserves like the in-memory slots (growing maps a larger file; no copy).
+
+    Args:
+        config: a ``cached_ssd`` :class:`StoreConfig` (its path and shared budget).
+        table: the table name (part of the directory name).
+    """
+
+    def __init__(self, config: StoreConfig, table: str):
+        if not config.persistent:
+            raise ValueError(f"table {table!r}: FileSlots needs a cached_ssd StoreConfig, got {config.store_type!r}")
+        self.config = config
+        self.table = table
+        os.makedirs(config.persistent_path, exist_ok=True)
+        self.directory = os.path.join(
+            config.persistent_path,
+            f"{_safe_name(table)}-rank{_process_rank()}-pid{os.getpid()}-{next(_DIR_COUNTER)}")
+        try:
+            os.makedirs(self.directory)
+        except OSError as e:
+            raise OSError(f"table {table!r}: cannot create the row-store directory {self.directory!r} "
+                          f"under persistent_path ({e})") from e
+        self.files: Dict[str, _SlotFile] = {}
+        self._stamps = torch.zeros(0, dtype=torch.int64)     # per chunk: last tick used, 0 = released
+        self.chunk_bytes = 0                                 # bytes of one chunk over every slot
+        self._fds: List[int] = []
+        self._finalizer = weakref.finalize(self, _remove_dir, self.directory, self._fds)
+        self.budget = config.budget()
+        self.budget.register(self)
+
+    # ---------------------------------------------------------------- files
+    def map(self, name: str, rows: int, tail: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """The slot ``name`` as a ``[rows, *tail]`` tensor over its file (created on first use;
+        a larger ``rows`` keeps every value already written)."""
+        f = self.files.get(name)
+        if f is None:
+            f = _SlotFile(os.path.join(self.directory, _safe_name(name) + ".rows"), tail, dtype)
+            self.files[name] = f
+            self._fds.append(f.fd)
+            self.chunk_bytes = CHUNK_ROWS * sum(x.row_bytes for x in self.files.values())
+        t = f.map(rows)
+        chunks = -(-rows // CHUNK_ROWS)
+        with self.budget._lock:
+            if chunks > self._stamps.numel():
+                grown = torch.zeros(chunks, dtype=torch.int64)
+                grown[:self._stamps.numel()] = self._stamps
+                self._stamps = grown
+        return t
+
+    def zero(self, rows: int) -> None:
+        """Discard every value (files emptied; reads give zeros) keeping ``rows`` rows mapped."""
+        with self.budget._lock:
+            for f in self.files.values():
+                os.ftruncate(f.fd, 0)
+                os.ftruncate(f.fd, max(_PAGE, rows * f.row_bytes))
+            self._stamps.zero_()
+
+    def disk_bytes(self) -> int:
+        """Bytes of disk the files occupy (allocated blocks; the files are sparse)."""
+        total = 0
+        for f in self.files.values():
+            try:
+                total += os.fstat(f.fd).st_blocks * 512
+            except OSError:
+                pass
+        return total
+
+    def close(self) -> None:
+        """Close and delete the files (mappings still viewed by tensors stay readable until those
+        tensors go); the table must not be used afterwards."""
+        for f in self.files.values():
+            f.unmap()
+        self.files.clear()
+        self._finalizer()
+
+    # ---------------------------------------------------------------- cache
+    def touch(self, rows: torch.Tensor) -> None:
+        """Rows ``rows`` (int64, >= 0; any order, duplicates fine) are being used."""
+        if rows.numel():
+            self.budget.stamp(self, rows.reshape(-1) >> _CHUNK_SHIFT)
+
+    def touch_range(self, begin: int, end: int) -> None:
+        """Rows ``[begin, end)`` are being used."""
+        if end > begin:
+            self.budget.stamp(self, torch.arange(begin // CHUNK_ROWS, -(-end // CHUNK_ROWS), dtype=torch.int64))
+
+    def resident_bytes(self) -> int:
+        """Bytes of this table's chunks marked used and not released (an upper bound of what the
+        budget counts against it)."""
+        with self.budget._lock:
+            return self.stamped_bytes_locked()
+
+    # budget-side (the budget holds its lock)
+    def stamps_locked(self, chunks: torch.Tensor, tick: int) -> None:
+        self._stamps.index_fill_(0, chunks, tick)
+
+    def stamped_bytes_locked(self) -> int:
+        return int((self._stamps > 0).sum()) * self.chunk_bytes
+
+    def chunk_stamps_locked(self) -> torch.Tensor:
+        return self._stamps
+
+    def release_older_locked(self, threshold: Optional[int]) -> None:
+        """Release every chunk stamped before ``threshold`` (None: every chunk) and every page
+        never stamped, in runs of consecutive chunks (one ``madvise`` per run and slot)."""
+        st = self._stamps
+        if st.numel() == 0:
+            return
+        drop = st > -1 if threshold is None else st < threshold
+        if not bool(drop.any()):
+            return
+        # runs of consecutive dropped chunks: [starts[i], ends[i])
+        d = torch.cat([torch.zeros(1, dtype=torch.int8), drop.to(torch.int8), torch.zeros(1, dtype=torch.int8)])
+        edges = torch.diff(d)
+        starts = torch.nonzero(edges == 1).view(-1).tolist()
+        ends = torch.nonzero(edges == -1).view(-1).tolist()
+        for f in self.files.values():
+            for a, b in zip(starts, ends):
+                f.release(a * CHUNK_ROWS, b * CHUNK_ROWS)
+        st.masked_fill_(drop, 0)
