@@ -30,5 +30,6 @@ for _name, _mod in [
     ("optim", "optim_bench"),
     ("train", "train_bench"),
     ("ckpt", "ckpt_bench"),
+    ("store", "store_bench"),
 ]:
     register(_name, _mod)

@@ -201,9 +201,9 @@ class RowStorage(OwnLock):
     def memory_bytes(self) -> int:
         """Bytes of memory the slots occupy: the rows up to ``capacity`` on CPU (reserved rows
         beyond it are never written, so not resident), the whole reserve elsewhere; file-backed:
-        the chunks the RAM budget counts as resident."""
+        the rows of the chunks accessed since they were last released (an upper bound)."""
         if self._files is not None:
-            return self._files.resident_bytes()
+            return self._files.stamped_bytes()
         tensors = self.slots if self.device.type == "cpu" else self._reserve
         return sum(t.numel() * t.element_size() for t in tensors.values())
 

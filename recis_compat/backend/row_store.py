@@ -52,9 +52,9 @@ STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
 ENV_STORE_TYPE = "RECIS_COMPAT_STORE_TYPE"
 ENV_PERSISTENT_PATH = "RECIS_COMPAT_PERSISTENT_PATH"
 ENV_CACHE_BUDGET_MB = "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB"
-_CHUNK_SHIFT = 10
+_CHUNK_SHIFT = 6
 CHUNK_ROWS = 1 << _CHUNK_SHIFT   # rows per cache chunk (x the row bytes of a slot: whole pages)
-TRIM_TO = 0.75             # a trim keeps the most recent chunks up to this fraction of the budget
+TRIM_TO = 0.8              # a trim releases the least recently used rows down to this fraction of the budget
 _PAGE = mmap.PAGESIZE
 
 
@@ -145,61 +145,123 @@ def store_from_env() -> Optional[StoreConfig]:
         return cfg
 
 
-class CacheBudget:
-    """The RAM budget of the file-backed slots of several tables (one LRU over all of them).
+def _file_rss_bytes() -> int:
+    """Bytes of file-backed pages mapped resident in this process (``/proc/self/statm``'s shared
+    field: RssFile + RssShmem); 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
-    Every access to rows of a :class:`FileSlots` stamps their chunks with the next tick of this
-    budget's clock; when the stamped chunks of all its stores exceed ``limit_bytes``, the most
-    recent chunks up to ``TRIM_TO`` of the limit are kept and every other page of every store is
-    released from the process (see the module docstring). Thread-safe (one lock).
+
+class CacheBudget:
+    """The RAM budget of the file-backed slots of the tables of one :class:`StoreConfig`.
+
+    Attributes:
+        limit_bytes: the budget.
+        trims: times the process's file-backed rows were released because of this budget.
+        released_bytes: resident bytes those releases gave back (measured).
     """
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = int(limit_bytes)
-        self._lock = threading.Lock()
-        self._tick = 0
-        self._stores: "weakref.WeakSet[FileSlots]" = weakref.WeakSet()
-        self.trims = 0               # times the budget released pages
-        self.released_bytes = 0      # bytes of stamped chunks released over the budget's life
-
-    def register(self, store: "FileSlots") -> None:
-        with self._lock:
-            self._stores.add(store)
-
-    def stamp(self, store: "FileSlots", chunks: torch.Tensor) -> None:
-        """Mark ``chunks`` (int64 chunk indices of ``store``) used now; trim when over budget."""
-        with self._lock:
-            self._tick += 1
-            store.stamps_locked(chunks, self._tick)
-            if self._resident_locked() > self.limit_bytes:
-                self._trim_locked()
+        self.trims = 0
+        self.released_bytes = 0
 
     def resident_bytes(self) -> int:
-        """Bytes of the stamped (possibly resident) chunks of every store."""
+        """Bytes of file-backed rows resident in the process now (every budget's tables; the
+        process's file pages beyond those mapped before the first file-backed table)."""
+        return _POOL.resident_bytes()
+
+    # kept for the tables that register with it
+    def register(self, store: "FileSlots") -> None:
+        _POOL.register(store, self)
+
+    def stamp(self, store: "FileSlots", chunks: torch.Tensor) -> None:
+        _POOL.stamp(store, chunks)
+
+
+class _CachePool:
+    """One LRU over the chunks of every file-backed table of the process.
+
+    Every access stamps its rows' chunks (``CHUNK_ROWS`` rows of every slot of a table) with the
+    next tick of one clock. At each access the pool adds the file-backed pages actually resident
+    in the process (``/proc/self/statm``, less what was resident before the first table) to the
+    pages the access is about to bring in (its chunks that are not resident); when that passes
+    the sum of the live budgets it releases the least recently stamped chunks
+    (``madvise(MADV_DONTNEED)``, in runs) until the resident pages leave room for the access
+    within ``TRIM_TO`` of the limit, measuring again after each round; chunks stamped by the
+    current access go last. So the resident rows stay within the budget as long as one access's
+    rows fit in it.
+    """
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._tick = 0
+        self._stores: "weakref.WeakKeyDictionary[FileSlots, CacheBudget]" = weakref.WeakKeyDictionary()
+        self._baseline: Optional[int] = None
+
+    def register(self, store: "FileSlots", budget: CacheBudget) -> None:
         with self._lock:
-            return self._resident_locked()
+            if self._baseline is None or not len(self._stores):
+                self._baseline = _file_rss_bytes()
+            self._stores[store] = budget
 
-    def _resident_locked(self) -> int:
-        return sum(s.stamped_bytes_locked() for s in list(self._stores))
+    def limit_bytes(self) -> int:
+        seen = {id(b): b.limit_bytes for b in list(self._stores.values())}
+        return sum(seen.values())
 
-    def _trim_locked(self) -> None:
-        stores = list(self._stores)
-        stamps, sizes = [], []
-        for s in stores:
-            st = s.chunk_stamps_locked()
-            stamps.append(st)
-            sizes.append(torch.full_like(st, s.chunk_bytes))
-        all_st, all_sz = torch.cat(stamps), torch.cat(sizes)
-        live = all_st > 0
-        order = torch.argsort(all_st[live], descending=True)
-        kept_bytes = torch.cumsum(all_sz[live][order], 0)
-        keep_n = int((kept_bytes <= int(TRIM_TO * self.limit_bytes)).sum())
-        threshold = int(all_st[live][order][keep_n - 1]) if keep_n > 0 else None
-        before = self._resident_locked()
-        for s in stores:
-            s.release_older_locked(threshold)
-        self.trims += 1
-        self.released_bytes += before - self._resident_locked()
+    def resident_bytes(self) -> int:
+        with self._lock:
+            return max(0, _file_rss_bytes() - (self._baseline or 0))
+
+    def stamp(self, store: "FileSlots", chunks: torch.Tensor) -> None:
+        with self._lock:
+            self._tick += 1
+            st = store.chunk_stamps_locked()
+            cold_before = int((st == 0).sum())
+            store.stamps_locked(chunks, self._tick)
+            # pages this access is about to bring in: its chunks that were released (or new)
+            incoming = (cold_before - int((st == 0).sum())) * store.chunk_bytes
+            limit = self.limit_bytes()
+            resident = self.resident_bytes()
+            if resident + incoming > limit:
+                self._trim_locked(resident, max(0, int(TRIM_TO * limit) - incoming), store)
+
+    def _trim_locked(self, resident: int, target: int, culprit: "FileSlots") -> None:
+        stores = list(self._stores.keys())
+        stamps = [s.chunk_stamps_locked() for s in stores]
+        live = [torch.nonzero(st).view(-1) for st in stamps]
+        ticks = torch.cat([st.index_select(0, lv) for st, lv in zip(stamps, live)])
+        owner = torch.cat([torch.full((lv.numel(),), i, dtype=torch.int64) for i, lv in enumerate(live)])
+        chunk = torch.cat(live)
+        order = torch.argsort(ticks, stable=True)           # oldest first
+        before = resident
+        done = 0
+        n = order.numel()
+        while resident > target and done < n:
+            # release about as many chunks as the excess needs at the current bytes per chunk
+            per_chunk = max(1, resident // max(1, n - done))
+            k = max(1, min(n - done, -(-(resident - target) // per_chunk)))
+            pick = order[done:done + k]
+            done += k
+            for i, s in enumerate(stores):
+                mine = chunk.index_select(0, pick[owner.index_select(0, pick) == i])
+                if mine.numel():
+                    s.release_chunks_locked(mine)
+            resident = self.resident_bytes()
+        if resident > target:       # nothing stamped is left: pages touched outside stamps
+            for s in stores:
+                s.release_all_locked()
+            resident = self.resident_bytes()
+        b = self._stores.get(culprit)
+        if b is not None:
+            b.trims += 1
+            b.released_bytes += max(0, before - resident)
+
+
+_POOL = _CachePool()
 
 
 _DIR_COUNTER = itertools.count()
@@ -314,8 +376,8 @@ class FileSlots:
             self._fds.append(f.fd)
             self.chunk_bytes = CHUNK_ROWS * sum(x.row_bytes for x in self.files.values())
         t = f.map(rows)
-        chunks = -(-rows // CHUNK_ROWS)
-        with self.budget._lock:
+        chunks = -(-max(1, rows) // CHUNK_ROWS)
+        with _POOL._lock:
             if chunks > self._stamps.numel():
                 grown = torch.zeros(chunks, dtype=torch.int64)
                 grown[:self._stamps.numel()] = self._stamps
@@ -324,7 +386,7 @@ class FileSlots:
 
     def zero(self, rows: int) -> None:
         """Discard every value (files emptied; reads give zeros) keeping ``rows`` rows mapped."""
-        with self.budget._lock:
+        with _POOL._lock:
             for f in self.files.values():
                 os.ftruncate(f.fd, 0)
                 os.ftruncate(f.fd, max(_PAGE, rows * f.row_bytes))
@@ -359,37 +421,36 @@ class FileSlots:
         if end > begin:
             self.budget.stamp(self, torch.arange(begin // CHUNK_ROWS, -(-end // CHUNK_ROWS), dtype=torch.int64))
 
-    def resident_bytes(self) -> int:
-        """Bytes of this table's chunks marked used and not released (an upper bound of what the
-        budget counts against it)."""
-        with self.budget._lock:
-            return self.stamped_bytes_locked()
+    def stamped_bytes(self) -> int:
+        """Bytes of this table's chunks stamped since they were last released (an upper bound of
+        its resident rows)."""
+        with _POOL._lock:
+            return int((self._stamps > 0).sum()) * self.chunk_bytes
 
-    # budget-side (the budget holds its lock)
+    # pool-side (the pool holds its lock)
     def stamps_locked(self, chunks: torch.Tensor, tick: int) -> None:
         self._stamps.index_fill_(0, chunks, tick)
-
-    def stamped_bytes_locked(self) -> int:
-        return int((self._stamps > 0).sum()) * self.chunk_bytes
 
     def chunk_stamps_locked(self) -> torch.Tensor:
         return self._stamps
 
-    def release_older_locked(self, threshold: Optional[int]) -> None:
-        """Release every chunk stamped before ``threshold`` (None: every chunk) and every page
-        never stamped, in runs of consecutive chunks (one ``madvise`` per run and slot)."""
-        st = self._stamps
-        if st.numel() == 0:
+    def release_chunks_locked(self, chunks: torch.Tensor) -> None:
+        """Release the pages of ``chunks`` (int64 chunk indices), in runs of consecutive chunks
+        (one ``madvise`` per run and slot), and clear their stamps."""
+        if chunks.numel() == 0:
             return
-        drop = st > -1 if threshold is None else st < threshold
-        if not bool(drop.any()):
-            return
-        # runs of consecutive dropped chunks: [starts[i], ends[i])
-        d = torch.cat([torch.zeros(1, dtype=torch.int8), drop.to(torch.int8), torch.zeros(1, dtype=torch.int8)])
-        edges = torch.diff(d)
-        starts = torch.nonzero(edges == 1).view(-1).tolist()
-        ends = torch.nonzero(edges == -1).view(-1).tolist()
+        c = torch.sort(chunks).values
+        brk = torch.nonzero(c[1:] != c[:-1] + 1).view(-1) + 1
+        starts = torch.cat([c[:1], c.index_select(0, brk)]).tolist()
+        ends = (torch.cat([c.index_select(0, brk - 1), c[-1:]]) + 1).tolist()
         for f in self.files.values():
             for a, b in zip(starts, ends):
                 f.release(a * CHUNK_ROWS, b * CHUNK_ROWS)
-        st.masked_fill_(drop, 0)
+        self._stamps.index_fill_(0, chunks, 0)
+
+    def release_all_locked(self) -> None:
+        """Release every page of every slot file and clear every stamp."""
+        for f in self.files.values():
+            if f.mm is not None:
+                f.release(0, len(f.mm) // f.row_bytes + 1)
+        self._stamps.zero_()

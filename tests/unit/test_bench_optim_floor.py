@@ -25,6 +25,11 @@ def test_floor_cases_are_reported_with_their_target():
         assert "sparse_rows_rotate_" in c.detail["timed_baseline"]
     # the step case and the kernel case share the floor measurement; the kernel alone is timed
     assert floor[0].baseline_value == floor[1].baseline_value
+    # the same floor on a cached_ssd table (rows and slots in mapped files)
+    ssd = [c for c in cases if c.baseline == FLOOR + ", cached_ssd table"]
+    assert [c.name for c in ssd] == ["SparseAdamW.step, cached_ssd table"]
+    assert ssd[0].target == 0.8 and ssd[0].value > 0 and ssd[0].baseline_value > 0
+    assert ssd[0].detail["store"].startswith("cached_ssd") and ssd[0].detail["floor_ms"] > 0
     # the dense AdamW comparison stays as context, without the former 10x target
     dense = [c for c in cases if c.baseline.startswith("torch.optim.AdamW(")]
     assert dense and all("target_ratio" not in c.detail and c.target is None for c in dense)

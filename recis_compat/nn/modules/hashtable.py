@@ -31,6 +31,7 @@ from torch import nn
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.slices import SLICE_SIZE, slice_range
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
+from recis_compat.backend.row_store import StoreConfig
 from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.common.singleton import SingletonMeta
 from recis_compat.nn.hashtable_hook import AdmitHook, FilterHook
@@ -123,6 +124,10 @@ class HashTable(nn.Module):
         name: table name: the key of this table in ``state_dict()`` and checkpoints.
         grad_reduce_by: ``"worker"`` or ``"id"``.
         filter_hook: ``FilterHook("GlobalStepFilter", ...)`` or None.
+        store: ours, not RecIS's: where the rows live, a
+            ``recis_compat.backend.row_store.StoreConfig`` (``cached_ssd``: files with a RAM
+            budget, docs/stores.md); None: the ``RECIS_COMPAT_STORE_TYPE`` environment
+            variables, in memory when they are unset.
 
     ``forward(ids [N] int64, admit_hook=None) -> [N, *embedding_shape]``.
     """
@@ -131,7 +136,8 @@ class HashTable(nn.Module):
                  device=torch.device("cpu"), coalesced: bool = False, children: Optional[List[str]] = None,
                  slice: Slice = _default_slice, initializer: Optional[Initializer] = None,
                  name: str = "hashtable", grad_reduce_by: str = "worker",
-                 filter_hook: Optional[FilterHook] = None, world_size: Optional[int] = None):
+                 filter_hook: Optional[FilterHook] = None, world_size: Optional[int] = None,
+                 store: Optional[StoreConfig] = None):
         super().__init__()
         shape = [int(s) for s in (embedding_shape if isinstance(embedding_shape, (list, tuple))
                                   else [embedding_shape])]
@@ -168,7 +174,7 @@ class HashTable(nn.Module):
                                     sample_rows=self._sample_flat_rows, dtype=dtype, device=device,
                                     block_size=self._block_size, children=children, coalesced=coalesced,
                                     grad_reduce_by=grad_reduce_by, world_size=world_size,
-                                    init_rows=self._init_rows_for_ids if id_init else None)
+                                    init_rows=self._init_rows_for_ids if id_init else None, store=store)
         self._table = DynamicTable(config, impl_type=HashtableImpl)
         self._table.impl.set_slice(slice.slice_begin, slice.slice_end, slice.slice_size)
         register = HashtableRegister()
