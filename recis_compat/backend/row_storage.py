@@ -170,10 +170,12 @@ class RowStorage(OwnLock):
             if self._files is not None:
                 self._files.close()
 
-    def note_access(self, rows: torch.Tensor) -> None:
-        """``rows`` (int64, >= 0) are being used: tell the RAM budget (file-backed slots only)."""
+    def note_access(self, rows: torch.Tensor, lookup: bool = False) -> None:
+        """``rows`` (int64, >= 0) are being used: tell the RAM budget (file-backed slots only).
+        ``lookup``: rows a lookup returns (the optimizer writes them next): their pages are
+        brought in for writing, one page per row and slot (backend/row_store.py)."""
         if self._files is not None and rows.numel():
-            self._files.touch(rows)
+            self._files.touch(rows, for_write=lookup)
 
     @locked
     def read_rows(self, name: str, rows: torch.Tensor) -> torch.Tensor:

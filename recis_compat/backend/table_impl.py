@@ -205,7 +205,7 @@ class DynamicTableImpl(OwnLock):
         """Rows of ``ids`` (``-1`` where absent); nothing is inserted."""
         rows = self.id_map.find(self.check_ids(ids, "find"))
         if self.storage.file_backed:
-            self.storage.note_access(rows[rows >= 0])
+            self.storage.note_access(rows[rows >= 0], lookup=True)
         return rows
 
     @locked
@@ -228,7 +228,7 @@ class DynamicTableImpl(OwnLock):
                 if initialize and self.init_rows is not None:
                     vals = self.init_rows(new_ids)
                     self.storage.write_rows("embedding", new_rows, vals.reshape(new_ids.numel(), self.dim))
-        self.storage.note_access(rows)
+        self.storage.note_access(rows, lookup=True)
         return rows
 
     @locked
