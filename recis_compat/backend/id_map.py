@@ -16,8 +16,9 @@ ids goes straight to the kernel when ``used + N <= max_load * capacity`` (defaul
 repeats, so this is conservative). Otherwise the exact counts are read and the batch is inserted
 in chunks that each fit the remaining room (``room = max_load * capacity - used``; a chunk of
 already-present ids consumes no room), and the table is rehashed only when the room drops below
-``max(1024, capacity / 64)``: to ``ceil(GROWTH * (size + extra) / max_load)`` slots (``GROWTH``
-= 1.5; capacities need not be powers of two, the kernels reduce hashes by multiply-shift),
+``max(1024, capacity / 64)``: to ``ceil(GROWTH * (size + extra) / max_load)`` slots rounded down
+to whole 5-slot buckets (``GROWTH`` = 1.5; bucket counts need not be powers of two, the kernels
+reduce hashes by multiply-shift),
 ``extra`` being the distinct ids of the rest of the batch not yet in the map (a find and a
 dedupe of the rest, once per batch that needs a growth: O(batch), small next to the rehash). A rehash at the same capacity (only
 dropping tombstones) happens only when the tombstones are worth it. So the capacity follows the
@@ -300,8 +301,11 @@ class IdMap(OwnLock):
         self._used_bound = size + tomb
 
     def _capacity_for(self, num_ids: int) -> int:
-        """Slots that hold ``num_ids`` ids at load ``max_load / GROWTH``."""
-        return max(_MIN_CAPACITY, math.ceil(GROWTH * num_ids / self.max_load), num_ids + 2)
+        """Slots that hold ``num_ids`` ids at load ``max_load / GROWTH``, in whole buckets rounded
+        down (so the map never passes ``64 / 5 * GROWTH / max_load`` = 24 bytes per id right
+        after a growth; the load is then at most 4 slots above ``max_load / GROWTH``)."""
+        slots = math.ceil(GROWTH * num_ids / self.max_load) // LANES * LANES
+        return max(_MIN_CAPACITY, slots, num_ids + 2)
 
     def _grow(self, size: int, tomb: int, extra: int) -> None:
         """Rehash so that ``size + extra`` fits under the load limit (tombstones dropped)."""
