@@ -77,10 +77,18 @@ struct HomeRing {
     else
       prefetch_bucket_read(t, h);
   }
+  // id i's home bucket (fetched already)
+  int64_t at(int64_t i) const { return buf[static_cast<uint64_t>(i) % kRing]; }
   // id i's home bucket; starts fetching id i + kPrefetch's
   int64_t advance(int64_t i) {
-    const int64_t h = buf[static_cast<uint64_t>(i) % kRing];
+    const int64_t h = at(i);
     if (i + kPrefetch < end) fetch(i + kPrefetch);
+    return h;
+  }
+  // advance() when i + kPrefetch < end is known
+  int64_t advance_and_fetch(int64_t i) {
+    const int64_t h = at(i);
+    fetch(i + kPrefetch);
     return h;
   }
 };
@@ -122,6 +130,35 @@ void check_state_cpu(const char* op, const at::Tensor& table, const at::Tensor& 
 }
 
 // ------------------------------------------------------------------------------------ find
+// Row of `key` (home bucket hb), or -1. The home bucket decides almost every lookup: it is scanned
+// inline, the probe loop only follows an overflow chain.
+inline int64_t lookup(const int64_t* t, int64_t nb, int64_t key, int64_t hb) {
+  const int lane = scan_bucket(bucket_keys(t, hb), bucket_states(t, hb), key);
+  if (lane >= 0 && lane < kLaneNext) return bucket_states(t, hb)[lane];
+  if (lane == kLaneAbsent) return -1;
+  const int64_t h = probe(t, nb, key, next_bucket(hb, nb));
+  return h < 0 ? -1 : state_words(t)[h];
+}
+
+// rows of ids[b, end), home buckets fetched kPrefetch ids ahead. Functions of their own with
+// arguments by value (in a lambda capturing by reference every store to out[] may alias the
+// captured pointers, which are then reloaded per id), compiled for x86-64-v3 too (VEX forms of the
+// lane scan: fewer register copies).
+RECIS_CPU_CLONES void find_range(const int64_t* t, int64_t nb, const int64_t* id, int64_t* out, int64_t b,
+                                 int64_t end) {
+  HomeRing<false> ring(t, id, nb, b, end);
+  for (int64_t i = b; i < end; ++i) {
+    const int64_t hb = ring.advance(i);
+    const int64_t key = id[i];
+    const int lane = scan_bucket(bucket_keys(t, hb), bucket_states(t, hb), key);
+    if (__builtin_expect(lane >= 0 && lane < kLaneNext, 1)) {
+      out[i] = bucket_states(t, hb)[lane];
+      continue;
+    }
+    out[i] = lookup(t, nb, key, hb);
+  }
+}
+
 at::Tensor find_cpu(const at::Tensor& table, const at::Tensor& ids_in) {
   check_table(kOpFind, table);
   check_ids(kOpFind, ids_in, table);
@@ -129,27 +166,11 @@ at::Tensor find_cpu(const at::Tensor& table, const at::Tensor& ids_in) {
   const int64_t n = ids.numel();
   auto rows = at::empty({n}, ids.options());
   const int64_t* t = table.data_ptr<int64_t>();
-  const int32_t* sw = state_words(t);
   const int64_t nb = table.size(0);
   const int64_t* id = ids.data_ptr<int64_t>();
   int64_t* out = rows.data_ptr<int64_t>();
-  at::parallel_for(0, n, kGrain, [t, sw, nb, id, out](int64_t b, int64_t end) {
-    HomeRing<false> ring(t, id, nb, b, end);
-    for (int64_t i = b; i < end; ++i) {
-      const int64_t hb = ring.advance(i);
-      const int64_t key = id[i];
-      // the home bucket decides almost every lookup: scanned inline, the loop only for overflow
-      const int lane = scan_bucket(bucket_keys(t, hb), bucket_states(t, hb), key);
-      if (lane >= 0 && lane < kLaneNext) {
-        out[i] = bucket_states(t, hb)[lane];
-      } else if (lane == kLaneAbsent) {
-        out[i] = -1;
-      } else {
-        const int64_t h = probe(t, nb, key, next_bucket(hb, nb));
-        out[i] = h < 0 ? -1 : sw[h];
-      }
-    }
-  });
+  // prefetching pays even for a table in L2 (measured: 10k ids, 1 thread, 0.46 -> 0.32 ms)
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) { find_range(t, nb, id, out, b, end); });
   return rows;
 }
 
@@ -165,8 +186,8 @@ inline void set_flag(bool* is_new, int64_t i, bool v) {
 
 // Returns how many positions of the range were left pending (rows[i] = -1: new ids and their
 // repeats), so the caller skips the row-assignment passes when there are none.
-int64_t claim_range(int64_t* t, int64_t nb, const int64_t* id, int64_t* rows, int64_t* slot_of, bool* is_new,
-                    int64_t b, int64_t end) {
+RECIS_CPU_CLONES int64_t claim_range(int64_t* t, int64_t nb, const int64_t* id, int64_t* rows, int64_t* slot_of,
+                                     bool* is_new, int64_t b, int64_t end) {
   HomeRing<true> ring(t, id, nb, b, end);
   int64_t pending = 0;
   for (int64_t i = b; i < end; ++i) {

@@ -105,8 +105,8 @@ RECIS_HD int32_t* state_words(int64_t* t) { return reinterpret_cast<int32_t*>(t)
 RECIS_HD const int32_t* state_words(const int64_t* t) { return reinterpret_cast<const int32_t*>(t); }
 
 // Lane scan of one bucket for `key` (all five lanes compared, no branch per lane):
-//   0..4        the lane holding key as a live slot (state >= 0) before the bucket's first empty slot
-//   kLaneAbsent the bucket has an empty slot before any such lane: key is not in the map
+//   0..4        the lane holding key as a live slot (state >= 0)
+//   kLaneAbsent no such lane and the bucket has an empty slot: key is not in the map
 //   kLaneNext   neither: the probe continues in the next bucket
 constexpr int kLaneAbsent = -1;
 constexpr int kLaneNext = static_cast<int>(kLanes);
@@ -119,8 +119,10 @@ RECIS_HD int lowest_bit(unsigned x) {
 #endif
 }
 
+// A key is live in at most one slot (an insert claims the first empty slot of its probe path only
+// after finding no live copy on it; delete tombstones the live one), so a live lane holding the
+// key is the answer wherever it sits in the bucket.
 RECIS_HD int scan_result(unsigned match, unsigned empty) {
-  match &= (empty & (0u - empty)) - 1u;  // lanes before the first empty one (all when none)
   if (match) return lowest_bit(match);
   return empty ? kLaneAbsent : kLaneNext;
 }
