@@ -197,17 +197,20 @@ RECIS_CPU_CLONES int64_t claim_range(int64_t* t, int64_t nb, const int64_t* id, 
     // loads while other threads may be claiming its empty lanes; only a lane whose state is live
     // (>= 0) is trusted, and live states and their keys do not change during this pass (rows are
     // written after it; the fork of parallel_for orders this call after the earlier ones). A
-    // stale view of the other lanes only sends the id to the atomic path below.
+    // stale view of the other lanes only sends the id to the atomic path below, which starts at
+    // the first lane not seen live (live lanes stay live and hold other keys).
+    unsigned live = 0;
     {
-      const int lane = scan_bucket(bucket_keys(t, hb), bucket_states(t, hb), key);
+      const int lane = scan_bucket(bucket_keys(t, hb), bucket_states(t, hb), key, &live);
       if (lane >= 0 && lane < kLaneNext) {
         rows[i] = bucket_states(t, hb)[lane];
         slot_of[i] = -1;
         continue;
       }
     }
-    int64_t bk = hb;
-    int lane = 0;
+    constexpr unsigned kAllLanes = (1u << kLanes) - 1;
+    int64_t bk = live == kAllLanes ? next_bucket(hb, nb) : hb;
+    int lane = live == kAllLanes ? 0 : lowest_bit(~live & kAllLanes);
     for (;;) {
       AtomicI32 st(bucket_states(t, bk)[lane]);
       AtomicI64 kw(bucket_keys(t, bk)[lane]);

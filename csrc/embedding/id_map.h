@@ -108,6 +108,7 @@ RECIS_HD const int32_t* state_words(const int64_t* t) { return reinterpret_cast<
 //   0..4        the lane holding key as a live slot (state >= 0)
 //   kLaneAbsent no such lane and the bucket has an empty slot: key is not in the map
 //   kLaneNext   neither: the probe continues in the next bucket
+// and, when live_lanes is given, the mask of the bucket's live lanes (bit l: lane l's state >= 0).
 constexpr int kLaneAbsent = -1;
 constexpr int kLaneNext = static_cast<int>(kLanes);
 
@@ -131,7 +132,7 @@ RECIS_HD int scan_result(unsigned match, unsigned empty) {
 // x86-64 (SSE2 is its baseline): the four first lanes compared in two vectors. Measured: the
 // scalar form below costs ~85 instructions per bucket and made an L2-resident find
 // instruction-bound (14 ns per id); this one ~30.
-inline int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key) {
+inline int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key, unsigned* live_lanes = nullptr) {
   const __m128i k = _mm_set1_epi64x(key);
   const __m128 c01 = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(keys)), k));
   const __m128 c23 =
@@ -143,6 +144,7 @@ inline int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key) 
   const int32_t s4 = states[4];
   const unsigned live = ~(static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(st))) |
                           (static_cast<unsigned>(s4 < 0) << 4));
+  if (live_lanes) *live_lanes = live & 0x1fu;
   const unsigned match = (static_cast<unsigned>(_mm_movemask_ps(eq)) | (static_cast<unsigned>(keys[4] == key) << 4)) & live;
   const unsigned empty =
       static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(st, _mm_set1_epi32(kEmpty))))) |
@@ -150,15 +152,17 @@ inline int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key) 
   return scan_result(match, empty);
 }
 #else
-RECIS_HD int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key) {
-  unsigned match = 0, empty = 0;
+RECIS_HD int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key, unsigned* live_lanes = nullptr) {
+  unsigned match = 0, empty = 0, live = 0;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int l = 0; l < static_cast<int>(kLanes); ++l) {
     match |= static_cast<unsigned>((keys[l] == key) & (states[l] >= 0)) << l;
     empty |= static_cast<unsigned>(states[l] == kEmpty) << l;
+    live |= static_cast<unsigned>(states[l] >= 0) << l;
   }
+  if (live_lanes) *live_lanes = live;
   return scan_result(match, empty);
 }
 #endif
