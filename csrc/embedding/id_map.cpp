@@ -150,10 +150,14 @@ RECIS_CPU_CLONES void find_range(const int64_t* t, int64_t nb, const int64_t* id
   for (int64_t i = b; i < end; ++i) {
     const int64_t hb = ring.advance(i);
     const int64_t key = id[i];
-    const int lane = scan_bucket(bucket_keys(t, hb), bucket_states(t, hb), key);
-    if (__builtin_expect(lane >= 0 && lane < kLaneNext, 1)) {
-      out[i] = bucket_states(t, hb)[lane];
-      continue;
+    // fast path: the first lane holding the key is live (a key is live in at most one slot)
+    const unsigned m = key_lanes(bucket_keys(t, hb), key);
+    if (m) {
+      const int32_t s = bucket_states(t, hb)[lowest_bit(m)];
+      if (s >= 0) {
+        out[i] = s;
+        continue;
+      }
     }
     out[i] = lookup(t, nb, key, hb);
   }
@@ -199,6 +203,15 @@ RECIS_CPU_CLONES int64_t claim_range(int64_t* t, int64_t nb, const int64_t* id, 
     // written after it; the fork of parallel_for orders this call after the earlier ones). A
     // stale view of the other lanes only sends the id to the atomic path below, which starts at
     // the first lane not seen live (live lanes stay live and hold other keys).
+    const unsigned m = key_lanes(bucket_keys(t, hb), key);
+    if (m) {  // the first lane holding the key is live: the common case of a known id
+      const int32_t s = bucket_states(t, hb)[lowest_bit(m)];
+      if (s >= 0) {
+        rows[i] = s;
+        slot_of[i] = -1;
+        continue;
+      }
+    }
     unsigned live = 0;
     {
       const int lane = scan_bucket(bucket_keys(t, hb), bucket_states(t, hb), key, &live);

@@ -151,7 +151,24 @@ inline int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key, 
       (static_cast<unsigned>(s4 == kEmpty) << 4);
   return scan_result(match, empty);
 }
+// Mask of the lanes whose key equals `key`, states not looked at (a hit's lane is then checked
+// live by the caller: the common case of a lookup costs the key compares and one state load).
+inline unsigned key_lanes(const int64_t* keys, int64_t key) {
+  const __m128i k = _mm_set1_epi64x(key);
+  const __m128 c01 = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(keys)), k));
+  const __m128 c23 =
+      _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(keys + 2)), k));
+  const __m128 eq = _mm_and_ps(_mm_shuffle_ps(c01, c23, _MM_SHUFFLE(2, 0, 2, 0)),
+                               _mm_shuffle_ps(c01, c23, _MM_SHUFFLE(3, 1, 3, 1)));
+  return static_cast<unsigned>(_mm_movemask_ps(eq)) | (static_cast<unsigned>(keys[4] == key) << 4);
+}
 #else
+RECIS_HD unsigned key_lanes(const int64_t* keys, int64_t key) {
+  unsigned m = 0;
+  for (int l = 0; l < static_cast<int>(kLanes); ++l) m |= static_cast<unsigned>(keys[l] == key) << l;
+  return m;
+}
+
 RECIS_HD int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key, unsigned* live_lanes = nullptr) {
   unsigned match = 0, empty = 0, live = 0;
 #if defined(__CUDA_ARCH__)

@@ -163,3 +163,23 @@ def test_layout_checks():
     # an empty table: every word -1, so every state is empty and nothing is found
     t = empty_table(11)
     assert t.shape == (3, 8) and ops.find(t, torch.tensor([-1, 0, I64_MIN])).tolist() == [-1, -1, -1]
+
+
+def test_tombstoned_copy_before_the_live_key_in_one_bucket():
+    """A deleted id leaves its key in a tombstoned lane; re-inserted, it lands in a later lane of
+    the same bucket. Lookups (find, find_or_insert of the known id, delete) must skip the stale
+    copy, whose key compares equal, and reach the live lane."""
+    table, meta, free = fresh(10)                         # two buckets
+    a, b, c = ids_with_home_bucket(0, 2, 3)
+    assert ops.find_or_insert(table, meta, free, torch.tensor([a, b]))[0].tolist() == [0, 1]
+    assert ops.delete(table, meta, free, torch.tensor([a])).tolist() == [0]
+    assert ops.find_or_insert(table, meta, free, torch.tensor([c]))[0].tolist() == [0]   # row 0 reused
+    assert ops.find_or_insert(table, meta, free, torch.tensor([a]))[0].tolist() == [2]
+    keys, states = slot_keys_and_states(table)
+    assert keys[0].item() == a and states[0].item() == -2 and keys[3].item() == a and states[3].item() == 2
+    absent = ids_with_home_bucket(0, 2, 1, start=10 ** 6)[0]
+    assert ops.find(table, torch.tensor([a, b, c, absent])).tolist() == [2, 1, 0, -1]
+    rows, new = ops.find_or_insert(table, meta, free, torch.tensor([a, c]))
+    assert rows.tolist() == [2, 0] and not new.any()
+    assert ops.delete(table, meta, free, torch.tensor([a])).tolist() == [2]
+    assert ops.find(table, torch.tensor([a, b, c])).tolist() == [-1, 1, 0]
