@@ -1,5 +1,6 @@
-// The dynamic id -> row map, CUDA twin of id_map.cpp (same schemas, state layout and row rules;
-// see id_map.h). Slots are claimed with atomicCAS on the state word; the deterministic row
+// The dynamic id -> row map, CUDA twin of id_map.cpp (same schemas, state layout -- 64-byte
+// buckets of 5 slots -- and row rules; see id_map.h). Slots are claimed with atomicCAS on the
+// state word; the deterministic row
 // assignment is an at::cumsum over the first-occurrence mask. The state (meta) is read on the
 // host once per call to validate it, as the CPU kernels do.
 #include <ATen/ATen.h>
@@ -27,108 +28,113 @@ int blocks_for(int64_t n) {
 #define GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
-__device__ __forceinline__ int32_t load_state(const int32_t* e, int64_t j) {
-  return *reinterpret_cast<const volatile int32_t*>(e + state_word(j));
+// State handles (id_map.h state_handle) index the table's int32 words; keys are 8-byte aligned
+// int64 words (check_table), so they are read and written whole.
+__device__ __forceinline__ int32_t load_state(const int32_t* sw, int64_t h) {
+  return *reinterpret_cast<const volatile int32_t*>(sw + h);
 }
-// the key as two 32-bit words (slots are 12 bytes: an 8-byte load would be misaligned)
-__device__ __forceinline__ int64_t load_key(const int32_t* e, int64_t j) {
-  const volatile int32_t* k = reinterpret_cast<const volatile int32_t*>(e + key_word(j));
-  const uint64_t lo = static_cast<uint32_t>(k[0]), hi = static_cast<uint32_t>(k[1]);
-  return static_cast<int64_t>((hi << 32) | lo);
+__device__ __forceinline__ int64_t load_key(const int64_t* t, int64_t b, int lane) {
+  return *reinterpret_cast<const volatile int64_t*>(bucket_keys(t, b) + lane);
 }
-__device__ __forceinline__ void store_key(int32_t* e, int64_t j, int64_t key) {
-  volatile int32_t* k = reinterpret_cast<volatile int32_t*>(e + key_word(j));
-  const uint64_t u = static_cast<uint64_t>(key);
-  k[0] = static_cast<int32_t>(static_cast<uint32_t>(u));
-  k[1] = static_cast<int32_t>(static_cast<uint32_t>(u >> 32));
+__device__ __forceinline__ void store_key(int64_t* t, int64_t b, int lane, int64_t key) {
+  *reinterpret_cast<volatile int64_t*>(bucket_keys(t, b) + lane) = key;
 }
-__device__ __forceinline__ int32_t cas_state(int32_t* e, int64_t j, int32_t expect, int32_t desired) {
-  return atomicCAS(reinterpret_cast<int*>(e + state_word(j)), expect, desired);
+__device__ __forceinline__ int32_t cas_state(int32_t* sw, int64_t h, int32_t expect, int32_t desired) {
+  return atomicCAS(reinterpret_cast<int*>(sw + h), expect, desired);
 }
 
-__device__ __forceinline__ int64_t probe(const int32_t* e, int64_t cap, int64_t key) {
-  int64_t j = home_slot(key, cap);
-  for (int64_t step = 0; step < cap; ++step) {
-    const int32_t s = e[state_word(j)];
-    if (s == kEmpty) return -1;
-    if (s >= 0 && key_at(e, j) == key) return j;
-    j = next_slot(j, cap);
+// State handle of `key`'s slot, or -1 when absent; bounded by the bucket count.
+__device__ __forceinline__ int64_t probe(const int64_t* t, int64_t nb, int64_t key) {
+  int64_t b = home_bucket(key, nb);
+  for (int64_t step = 0; step < nb; ++step) {
+    const int lane = scan_bucket(bucket_keys(t, b), bucket_states(t, b), key);
+    if (lane >= 0 && lane < kLaneNext) return state_handle(b, lane);
+    if (lane == kLaneAbsent) return -1;
+    b = next_bucket(b, nb);
   }
   return -1;
 }
 
-__global__ void find_kernel(const int32_t* __restrict__ e, int64_t cap, const int64_t* __restrict__ ids,
+__global__ void find_kernel(const int64_t* __restrict__ t, int64_t nb, const int64_t* __restrict__ ids,
                             int64_t* __restrict__ out, int64_t n) {
+  const int32_t* sw = state_words(t);
   GRID_STRIDE(i, n) {
-    const int64_t j = probe(e, cap, ids[i]);
-    out[i] = j < 0 ? -1 : e[state_word(j)];
+    const int64_t h = probe(t, nb, ids[i]);
+    out[i] = h < 0 ? -1 : sw[h];
   }
 }
 
-// Phase A of find_or_insert: see claim_range in id_map.cpp.
-__global__ void claim_kernel(int32_t* e, int64_t cap, const int64_t* __restrict__ ids, int64_t* rows,
+// Phase A of find_or_insert: see claim_range in id_map.cpp (the same slot order: lanes 0..4 of
+// the home bucket, then of the next bucket, ...).
+__global__ void claim_kernel(int64_t* t, int64_t nb, const int64_t* __restrict__ ids, int64_t* rows,
                              int64_t* slot_of, int64_t n) {
+  int32_t* sw = state_words(t);
   GRID_STRIDE(i, n) {
     const int64_t key = ids[i];
-    int64_t j = home_slot(key, cap);
+    int64_t b = home_bucket(key, nb);
+    int lane = 0;
     for (;;) {
-      int32_t s = load_state(e, j);
+      const int64_t h = state_handle(b, lane);
+      int32_t s = load_state(sw, h);
       if (s == kEmpty) {
-        if (cas_state(e, j, kEmpty, kLocked) == kEmpty) {
-          store_key(e, j, key);
+        if (cas_state(sw, h, kEmpty, kLocked) == kEmpty) {
+          store_key(t, b, lane, key);
           __threadfence();
-          atomicExch(reinterpret_cast<int*>(e + state_word(j)), encode_pending(i));
+          atomicExch(reinterpret_cast<int*>(sw + h), encode_pending(i));
           rows[i] = -1;
-          slot_of[i] = j;
+          slot_of[i] = h;
           break;
         }
         continue;  // lost the race: look at the slot again
       }
       if (s == kLocked) continue;  // the key is being written (independent thread scheduling)
       __threadfence();
-      if (s != kTombstone && load_key(e, j) == key) {
+      if (s != kTombstone && load_key(t, b, lane) == key) {
         if (s >= 0) {
           rows[i] = s;
           slot_of[i] = -1;
         } else {  // pending: keep the smallest batch position
           while (is_pending(s) && decode_pending(s) > i) {
-            const int32_t old = cas_state(e, j, s, encode_pending(i));
+            const int32_t old = cas_state(sw, h, s, encode_pending(i));
             if (old == s) break;
             s = old;
           }
           rows[i] = -1;
-          slot_of[i] = j;
+          slot_of[i] = h;
         }
         break;
       }
-      j = next_slot(j, cap);
+      if (++lane == static_cast<int>(kLanes)) {
+        lane = 0;
+        b = next_bucket(b, nb);
+      }
     }
   }
 }
 
-__global__ void first_mask_kernel(const int32_t* e, const int64_t* rows, const int64_t* slot_of,
+__global__ void first_mask_kernel(const int32_t* sw, const int64_t* rows, const int64_t* slot_of,
                                   int64_t* mask_out, bool* is_new, int64_t n) {
   GRID_STRIDE(i, n) {
-    const bool f = rows[i] < 0 && e[state_word(slot_of[i])] == encode_pending(i);
+    const bool f = rows[i] < 0 && sw[slot_of[i]] == encode_pending(i);
     mask_out[i] = f;
     is_new[i] = f;
   }
 }
 
-__global__ void assign_kernel(int32_t* e, const bool* is_new, const int64_t* incl, const int64_t* slot_of,
+__global__ void assign_kernel(int32_t* sw, const bool* is_new, const int64_t* incl, const int64_t* slot_of,
                               const int64_t* free_rows, const int64_t* meta, int64_t* rows, int64_t n) {
   const int64_t fc = meta[kFreeCount], next_row = meta[kNextRow];
   GRID_STRIDE(i, n) {
     if (!is_new[i]) continue;
     const int64_t r = row_for_new(incl[i] - 1, free_rows, fc, next_row);
-    e[state_word(slot_of[i])] = static_cast<int32_t>(r);
+    sw[slot_of[i]] = static_cast<int32_t>(r);
     rows[i] = r;
   }
 }
 
-__global__ void gather_dup_kernel(const int32_t* e, const int64_t* slot_of, int64_t* rows, int64_t n) {
+__global__ void gather_dup_kernel(const int32_t* sw, const int64_t* slot_of, int64_t* rows, int64_t n) {
   GRID_STRIDE(i, n) {
-    if (rows[i] < 0) rows[i] = e[state_word(slot_of[i])];
+    if (rows[i] < 0) rows[i] = sw[slot_of[i]];
   }
 }
 
@@ -139,33 +145,34 @@ __global__ void meta_insert_kernel(int64_t* meta, const int64_t* incl, int64_t n
   meta[kFreeCount] = fc > k ? fc - k : 0;
 }
 
-__global__ void locate_kernel(const int32_t* e, int64_t cap, const int64_t* ids, int64_t* slot_of,
+__global__ void locate_kernel(const int64_t* t, int64_t nb, const int64_t* ids, int64_t* slot_of,
                               int64_t* found, int64_t n) {
+  const int32_t* sw = state_words(t);
   GRID_STRIDE(i, n) {
-    const int64_t j = probe(e, cap, ids[i]);
-    slot_of[i] = j;
-    found[i] = j < 0 ? -1 : e[state_word(j)];
+    const int64_t h = probe(t, nb, ids[i]);
+    slot_of[i] = h;
+    found[i] = h < 0 ? -1 : sw[h];
   }
 }
 
-__global__ void delete_claim_kernel(int32_t* e, const int64_t* slot_of, int64_t n) {
+__global__ void delete_claim_kernel(int32_t* sw, const int64_t* slot_of, int64_t n) {
   GRID_STRIDE(i, n) {
-    const int64_t j = slot_of[i];
-    if (j < 0) continue;
-    int32_t s = load_state(e, j);
+    const int64_t h = slot_of[i];
+    if (h < 0) continue;
+    int32_t s = load_state(sw, h);
     while (s >= 0 || (is_pending(s) && decode_pending(s) > i)) {
-      const int32_t old = cas_state(e, j, s, encode_pending(i));
+      const int32_t old = cas_state(sw, h, s, encode_pending(i));
       if (old == s) break;
       s = old;
     }
   }
 }
 
-__global__ void delete_first_kernel(const int32_t* e, const int64_t* slot_of, int64_t* first, int64_t n) {
-  GRID_STRIDE(i, n) { first[i] = slot_of[i] >= 0 && e[state_word(slot_of[i])] == encode_pending(i); }
+__global__ void delete_first_kernel(const int32_t* sw, const int64_t* slot_of, int64_t* first, int64_t n) {
+  GRID_STRIDE(i, n) { first[i] = slot_of[i] >= 0 && sw[slot_of[i]] == encode_pending(i); }
 }
 
-__global__ void delete_emit_kernel(int32_t* e, const int64_t* first, const int64_t* incl, const int64_t* slot_of,
+__global__ void delete_emit_kernel(int32_t* sw, const int64_t* first, const int64_t* incl, const int64_t* slot_of,
                                    const int64_t* found, int64_t* freed, int64_t* free_rows, int64_t fc,
                                    int64_t n) {
   GRID_STRIDE(i, n) {
@@ -173,7 +180,7 @@ __global__ void delete_emit_kernel(int32_t* e, const int64_t* first, const int64
     const int64_t p = incl[i] - 1;
     freed[p] = found[i];
     free_rows[fc + p] = found[i];
-    e[state_word(slot_of[i])] = kTombstone;
+    sw[slot_of[i]] = kTombstone;
   }
 }
 
@@ -183,47 +190,51 @@ __global__ void meta_delete_kernel(int64_t* meta, int64_t k) {
   meta[kFreeCount] += k;
 }
 
-__global__ void init_table_kernel(int32_t* e, int64_t cap) {
-  GRID_STRIDE(j, cap) {
-    e[key_word(j)] = 0;
-    e[key_word(j) + 1] = 0;
-    e[state_word(j)] = kEmpty;
-  }
-}
-
-// counters[0] = live slots, counters[1] = slots in a transient state
-__global__ void rehash_kernel(const int32_t* e, int64_t old_cap, int32_t* ne, int64_t ncap,
+// counters[0] = live slots, counters[1] = slots in a transient state; one thread per old slot
+__global__ void rehash_kernel(const int64_t* t, int64_t old_nb, int64_t* nt, int64_t nnb,
                               unsigned long long* counters) {
-  GRID_STRIDE(j, old_cap) {
-    const int32_t s = e[state_word(j)];
-    const int64_t key = key_at(e, j);
+  const int32_t* sw = state_words(t);
+  int32_t* nsw = state_words(nt);
+  GRID_STRIDE(j, old_nb * kLanes) {
+    const int64_t ob = j / kLanes;
+    const int ol = static_cast<int>(j % kLanes);
+    const int32_t s = sw[state_handle(ob, ol)];
     if (s < 0) {
       if (s < kTombstone) atomicAdd(counters + 1, 1ULL);
       continue;
     }
     atomicAdd(counters, 1ULL);
-    int64_t t = home_slot(key, ncap);
-    for (int64_t step = 0; step < ncap; ++step, t = next_slot(t, ncap)) {
-      if (ne[state_word(t)] == kEmpty && cas_state(ne, t, kEmpty, s) == kEmpty) {
-        set_key(ne, t, key);  // nobody reads keys during a rehash: all keys are distinct
-        break;
+    const int64_t key = bucket_keys(t, ob)[ol];
+    int64_t b = home_bucket(key, nnb);
+    bool placed = false;
+    for (int64_t step = 0; step < nnb && !placed; ++step, b = next_bucket(b, nnb)) {
+      for (int lane = 0; lane < static_cast<int>(kLanes); ++lane) {
+        const int64_t h = state_handle(b, lane);
+        if (nsw[h] == kEmpty && cas_state(nsw, h, kEmpty, s) == kEmpty) {
+          bucket_keys(nt, b)[lane] = key;  // nobody reads keys during a rehash: all keys are distinct
+          placed = true;
+          break;
+        }
       }
     }
   }
 }
 
-// counters[0] = live slots, counters[1] = slots with rows >= next_row
-__global__ void export_scatter_kernel(const int32_t* e, int64_t cap, int64_t next_row, int64_t* key_by_row,
+// counters[0] = live slots, counters[1] = slots with rows >= next_row; one thread per slot
+__global__ void export_scatter_kernel(const int64_t* t, int64_t nb, int64_t next_row, int64_t* key_by_row,
                                       int64_t* present, unsigned long long* counters) {
-  GRID_STRIDE(j, cap) {
-    const int64_t s = e[state_word(j)];
+  const int32_t* sw = state_words(t);
+  GRID_STRIDE(j, nb * kLanes) {
+    const int64_t b = j / kLanes;
+    const int lane = static_cast<int>(j % kLanes);
+    const int64_t s = sw[state_handle(b, lane)];
     if (s < 0) continue;
     if (s >= next_row) {
       atomicAdd(counters + 1, 1ULL);
       continue;
     }
     atomicAdd(counters, 1ULL);
-    key_by_row[s] = key_at(e, j);
+    key_by_row[s] = bucket_keys(t, b)[lane];
     present[s] = 1;
   }
 }
@@ -242,7 +253,7 @@ __global__ void export_compact_kernel(const int64_t* key_by_row, const int64_t* 
 
 at::Tensor host_meta(const char* op, const at::Tensor& table, const at::Tensor& meta, int64_t free_len) {
   auto mh = meta.to(at::kCPU);
-  check_meta_values(op, mh.data_ptr<int64_t>(), table.size(0), free_len);
+  check_meta_values(op, mh.data_ptr<int64_t>(), table_capacity(table), free_len);
   return mh;
 }
 
@@ -256,7 +267,7 @@ at::Tensor find_cuda(const at::Tensor& table, const at::Tensor& ids_in) {
   auto rows = at::empty({n}, ids.options());
   if (n == 0) return rows;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  find_kernel<<<blocks_for(n), kThreads, 0, stream>>>(table.data_ptr<int32_t>(), table.size(0),
+  find_kernel<<<blocks_for(n), kThreads, 0, stream>>>(table.data_ptr<int64_t>(), table.size(0),
                                                        ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return rows;
@@ -268,10 +279,10 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cuda(at::Tensor& table, at::Te
   check_ids(op, ids_in, table);
   check_state_shapes(op, table, meta, free_rows);
   const c10::cuda::CUDAGuard guard(table.device());
-  const int64_t cap = table.size(0), n = ids_in.numel();
+  const int64_t nb = table.size(0), n = ids_in.numel();
   auto mh = host_meta(op, table, meta, free_rows.numel());
   const int64_t* m = mh.data_ptr<int64_t>();
-  check_batch_fits(op, m, n, cap);
+  check_batch_fits(op, m, n, table_capacity(table));
   auto ids = ids_in.contiguous();
   auto rows = at::empty({n}, ids.options());
   auto is_new = at::zeros({n}, ids.options().dtype(at::kBool));
@@ -279,9 +290,10 @@ std::tuple<at::Tensor, at::Tensor> find_or_insert_cuda(at::Tensor& table, at::Te
   auto slot_of = at::empty({n}, ids.options());
   auto first = at::empty({n}, ids.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  int32_t* e = table.data_ptr<int32_t>();
+  int64_t* t = table.data_ptr<int64_t>();
+  int32_t* e = state_words(t);
   const int blocks = blocks_for(n);
-  claim_kernel<<<blocks, kThreads, 0, stream>>>(e, cap, ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(),
+  claim_kernel<<<blocks, kThreads, 0, stream>>>(t, nb, ids.data_ptr<int64_t>(), rows.data_ptr<int64_t>(),
                                                 slot_of.data_ptr<int64_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   first_mask_kernel<<<blocks, kThreads, 0, stream>>>(e, rows.data_ptr<int64_t>(), slot_of.data_ptr<int64_t>(),
@@ -315,9 +327,10 @@ at::Tensor delete_cuda(at::Tensor& table, at::Tensor& meta, at::Tensor& free_row
   auto found = at::empty({n}, ids.options());
   auto first = at::empty({n}, ids.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  int32_t* e = table.data_ptr<int32_t>();
+  int64_t* t = table.data_ptr<int64_t>();
+  int32_t* e = state_words(t);
   const int blocks = blocks_for(n);
-  locate_kernel<<<blocks, kThreads, 0, stream>>>(e, table.size(0), ids.data_ptr<int64_t>(),
+  locate_kernel<<<blocks, kThreads, 0, stream>>>(t, table.size(0), ids.data_ptr<int64_t>(),
                                                  slot_of.data_ptr<int64_t>(), found.data_ptr<int64_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   delete_claim_kernel<<<blocks, kThreads, 0, stream>>>(e, slot_of.data_ptr<int64_t>(), n);
@@ -344,15 +357,14 @@ std::tuple<at::Tensor, at::Tensor> rehash_cuda(const at::Tensor& table, const at
   const c10::cuda::CUDAGuard guard(table.device());
   auto mh = meta.to(at::kCPU);
   const int64_t* m = mh.data_ptr<int64_t>();
-  check_meta_values(op, m, table.size(0), m[kFreeCount]);
+  check_meta_values(op, m, table_capacity(table), m[kFreeCount]);
   check_new_capacity(op, new_capacity, m);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  auto out = at::empty({new_capacity, kSlotWords}, table.options());
-  init_table_kernel<<<blocks_for(new_capacity), kThreads, 0, stream>>>(out.data_ptr<int32_t>(), new_capacity);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t nnb = buckets_for(new_capacity);
+  auto out = at::full({nnb, kBucketWords}, -1, table.options());  // every int32 state kEmpty
   auto counters = at::zeros({2}, meta.options());
-  rehash_kernel<<<blocks_for(table.size(0)), kThreads, 0, stream>>>(
-      table.data_ptr<int32_t>(), table.size(0), out.data_ptr<int32_t>(), new_capacity,
+  rehash_kernel<<<blocks_for(table_capacity(table)), kThreads, 0, stream>>>(
+      table.data_ptr<int64_t>(), table.size(0), out.data_ptr<int64_t>(), nnb,
       reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto ch = counters.to(at::kCPU);
@@ -369,8 +381,8 @@ std::tuple<at::Tensor, at::Tensor> export_cuda(const at::Tensor& table, const at
   const c10::cuda::CUDAGuard guard(table.device());
   auto mh = meta.to(at::kCPU);
   const int64_t* m = mh.data_ptr<int64_t>();
-  check_meta_values(op, m, table.size(0), m[kFreeCount]);
-  const int64_t cap = table.size(0), next_row = m[kNextRow], size = m[kSize];
+  check_meta_values(op, m, table_capacity(table), m[kFreeCount]);
+  const int64_t nb = table.size(0), next_row = m[kNextRow], size = m[kSize];
   auto ids = at::empty({size}, meta.options());
   auto rows = at::empty({size}, meta.options());
   if (next_row == 0) return {ids, rows};
@@ -378,8 +390,8 @@ std::tuple<at::Tensor, at::Tensor> export_cuda(const at::Tensor& table, const at
   auto key_by_row = at::empty({next_row}, meta.options());
   auto present = at::zeros({next_row}, meta.options());
   auto counters = at::zeros({2}, meta.options());
-  export_scatter_kernel<<<blocks_for(cap), kThreads, 0, stream>>>(
-      table.data_ptr<int32_t>(), cap, next_row, key_by_row.data_ptr<int64_t>(), present.data_ptr<int64_t>(),
+  export_scatter_kernel<<<blocks_for(table_capacity(table)), kThreads, 0, stream>>>(
+      table.data_ptr<int64_t>(), nb, next_row, key_by_row.data_ptr<int64_t>(), present.data_ptr<int64_t>(),
       reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto incl = at::cumsum(present, 0);
@@ -405,7 +417,7 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cuda(const at::Tensor& ids_in)
   const int64_t n = ids_in.numel();
   int64_t cap = 16;
   while (cap < 2 * n) cap <<= 1;
-  auto table = at::full({cap, kSlotWords}, kEmpty, ids_in.options().dtype(at::kInt));
+  auto table = at::full({buckets_for(cap), kBucketWords}, -1, ids_in.options());  // all states kEmpty
   auto meta = at::zeros({kMetaLen}, ids_in.options());
   auto free_rows = at::empty({0}, ids_in.options());
   auto [inverse, is_new] = find_or_insert_cuda(table, meta, free_rows, ids_in);

@@ -12,25 +12,26 @@ map appears in its state dict; this class gives it :meth:`state_dict` / :meth:`l
 (tensors of any capacity) and :meth:`to`.
 
 Growth policy (amortised, no rebuild per batch): with ``used = size + tombstones``, a batch of N
-ids goes straight to the kernel when ``used + N <= max_load * capacity`` (default 0.75; N counts
+ids goes straight to the kernel when ``used + N <= max_load * capacity`` (default 0.8; N counts
 repeats, so this is conservative). Otherwise the exact counts are read and the batch is inserted
 in chunks that each fit the remaining room (``room = max_load * capacity - used``; a chunk of
 already-present ids consumes no room), and the table is rehashed only when the room drops below
-``max(1024, capacity / 64)``: to ``ceil(GROWTH * (size + extra) / max_load)`` slots (``GROWTH``
-= 1.5; capacities need not be powers of two, the kernels reduce hashes by multiply-shift),
+``max(1024, capacity / 64)``: to ``ceil(GROWTH * (size + extra) / max_load)`` slots rounded down
+to whole 5-slot buckets (``GROWTH`` = 1.5; bucket counts need not be powers of two, the kernels
+reduce hashes by multiply-shift),
 ``extra`` being the distinct ids of the rest of the batch not yet in the map (a find and a
 dedupe of the rest, once per batch that needs a growth: O(batch), small next to the rehash). A rehash at the same capacity (only
 dropping tombstones) happens only when the tombstones are worth it. So the capacity follows the
 number of *distinct* ids, not the batch length or its repeats. Chunking never changes the
 result: rows are handed out in first-occurrence order either way.
 
-Memory: a slot is 12 bytes (int64 key + int32 row, csrc/embedding/id_map.h). Once the batch
-that triggered a growth is in, the load is ``max_load / GROWTH`` (0.5) and it rises to
-``max_load`` before the next growth, so a map that only grows costs 24 down to 16 bytes per id
-(``12 / load``), plus the free stack (8 bytes per freed row). Linear probing at load 0.75
-averages 2.5 slot reads for a hit and 8.5 for a miss (30 and 102 bytes: one or two cache lines).
-States saved in the old layout (int64 ``[capacity, 2]``, 16 bytes per slot) are converted by
-:meth:`IdMap.load_state_dict`.
+Memory: the table is 64-byte buckets of 5 slots (5 int64 keys + 5 int32 rows + 4 bytes,
+csrc/embedding/id_map.h), 12.8 bytes per slot. Once the batch that triggered a growth is in, the
+load is ``max_load / GROWTH`` (0.8 / 1.5 = 0.53) and it rises to ``max_load`` before the next
+growth, so a map that only grows costs 24 down to 16 bytes per id (``12.8 / load``), plus the free
+stack (8 bytes per freed row). A hit is nearly always in its home bucket: one cache line, five
+compares. States saved in the two earlier layouts (int64 ``[capacity, 2]``, 16 bytes per slot,
+and int32 ``[capacity, 3]``, 12 bytes per slot) are converted by :meth:`IdMap.load_state_dict`.
 
 Thread safety: every method holds the map's lock (a ``threading.RLock``; a table passes its own so
 that one lock guards its map and its rows, see ``backend/table_impl.py``). The kernels mutate the
@@ -53,7 +54,85 @@ from recis_compat.ops import id_map as _ops
 _MIN_CAPACITY = 16
 _MIN_CHUNK = 1024
 GROWTH = 1.5
-DEFAULT_MAX_LOAD = 0.75
+DEFAULT_MAX_LOAD = 0.8
+
+LANES = 5                 # slots per 64-byte bucket (csrc/embedding/id_map.h)
+BUCKET_WORDS = 8          # int64 words per bucket: 5 keys, then 5 int32 states and a spare word
+_STATE_WORDS = slice(2 * LANES, 3 * LANES)   # the states among a bucket's 16 int32 words
+_EMPTY, _TOMBSTONE, _MAX_ROWS = -1, -2, 2 ** 31 - 1
+
+
+def empty_table(capacity: int, device=None) -> torch.Tensor:
+    """An empty table of at least ``capacity`` slots: int64 ``[ceil(capacity / 5), 8]``, every
+    word ``-1`` (so every int32 state is empty)."""
+    capacity = int(capacity)
+    if capacity < 2:
+        raise ValueError(f"IdMap: capacity must be >= 2, got {capacity}")
+    return torch.full((-(-capacity // LANES), BUCKET_WORDS), _EMPTY, dtype=torch.int64, device=device)
+
+
+def _empty_state(capacity: int, device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (empty_table(capacity, device), torch.zeros(4, dtype=torch.int64, device=device),
+            torch.zeros(0, dtype=torch.int64, device=device))
+
+
+def table_layout(table: torch.Tensor) -> str:
+    """``"bucketed"`` (int64 ``[num_buckets, 8]``, the current layout), ``"int32x3"`` (int32
+    ``[capacity, 3]`` = ``(key_lo, key_hi, state)``), ``"int64x2"`` (int64 ``[capacity, 2]`` =
+    ``(key, state)``, power-of-two capacity) or ``"unknown"``."""
+    if table.dim() == 2 and table.dtype == torch.int64 and table.shape[1] == BUCKET_WORDS:
+        return "bucketed"
+    if table.dim() == 2 and table.dtype == torch.int32 and table.shape[1] == 3:
+        return "int32x3"
+    if table.dim() == 2 and table.dtype == torch.int64 and table.shape[1] == 2:
+        return "int64x2"
+    return "unknown"
+
+
+def slot_keys_and_states(table: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(keys int64 [capacity], states int64 [capacity])`` per slot of a table in any of the
+    three layouts (``table_layout``), slot order; keys are meaningless where ``state < 0``."""
+    layout = table_layout(table)
+    if layout == "bucketed":
+        t = table.contiguous()
+        return (t[:, :LANES].reshape(-1),
+                t.view(torch.int32)[:, _STATE_WORDS].reshape(-1).to(torch.int64))
+    if layout == "int32x3":
+        words = table.contiguous()
+        keys = words[:, :2].contiguous().view(torch.int64).reshape(-1)  # little-endian words
+        return keys, words[:, 2].to(torch.int64)
+    if layout == "int64x2":
+        return table[:, 0].contiguous(), table[:, 1].contiguous()
+    raise ValueError(f"IdMap: 'table' must be int64 [num_buckets, {BUCKET_WORDS}] (or an earlier layout: "
+                     f"int32 [capacity, 3], int64 [capacity, 2]), got {table.dtype} {tuple(table.shape)}")
+
+
+def convert_table(table: torch.Tensor, meta: torch.Tensor, new_capacity: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(table, meta)`` in the bucketed layout holding the map of ``table`` (an earlier layout,
+    see ``table_layout``) and its ``meta``, with ``new_capacity`` slots (rounded up to whole
+    buckets) and no tombstones: the same ids keep the same rows. Raises ValueError when a row
+    does not fit in 31 bits or a slot holds a transient (locked/pending) state; the rehash op's
+    checks (RuntimeError) catch an inconsistent meta."""
+    keys, states = slot_keys_and_states(table)
+    if bool((states >= _MAX_ROWS).any()):
+        raise ValueError(f"IdMap: the saved table holds rows >= {_MAX_ROWS}; they do not fit the int32 "
+                         "rows of the id map (shard the table)")
+    if bool((states < _TOMBSTONE).any()):
+        raise ValueError("IdMap: the saved table holds transient (locked/pending) slots")
+    # the slots as they are, packed into buckets (positions do not matter: the rehash below scans
+    # every slot and places each live key at its home bucket); tombstones become empty slots
+    packed = empty_table(max(2, keys.numel()), table.device)
+    cap = packed.shape[0] * LANES
+    k = torch.full((cap,), _EMPTY, dtype=torch.int64, device=table.device)
+    s = torch.full((cap,), _EMPTY, dtype=torch.int32, device=table.device)
+    k[:keys.numel()] = keys
+    s[:states.numel()] = torch.where(states >= 0, states, torch.full_like(states, _EMPTY)).to(torch.int32)
+    packed[:, :LANES] = k.view(-1, LANES)
+    packed.view(torch.int32)[:, _STATE_WORDS] = s.view(-1, LANES)
+    meta_live = meta.clone()
+    if meta_live.numel() == 4:
+        meta_live[2] = 0
+    return _ops.rehash(packed, meta_live, new_capacity)
 
 
 class IdMap(OwnLock):
@@ -62,7 +141,7 @@ class IdMap(OwnLock):
     Args:
         device: where the state lives (CPU or CUDA); ids passed in must be on this device.
         max_load: the table is grown before ``(size + tombstones) / capacity`` would pass this
-            (0 < max_load <= 0.9; default 0.75).
+            (0 < max_load <= 0.9; default 0.8).
         lock: the lock that serialises every call (default: a new ``threading.RLock``); calls
             from several Python threads are applied one after the other, so the result equals
             a serial run of the same calls in some order.
@@ -78,7 +157,7 @@ class IdMap(OwnLock):
             raise ValueError(f"IdMap: max_load must be in (0, 0.9], got {max_load}")
         self.max_load = float(max_load)
         self._lock = lock if lock is not None else threading.RLock()
-        self._table, self._meta, self._free = _ops.empty_state(_MIN_CAPACITY, device)
+        self._table, self._meta, self._free = _empty_state(_MIN_CAPACITY, device)
         self._used_bound = 0      # upper bound of size + tombstones, exact after _sync()
         self.num_rehashes = 0
 
@@ -89,8 +168,8 @@ class IdMap(OwnLock):
 
     @property
     def capacity(self) -> int:
-        """Slots of the hash table (12 bytes each)."""
-        return int(self._table.shape[0])
+        """Slots of the hash table (5 per 64-byte bucket: 12.8 bytes each)."""
+        return int(self._table.shape[0]) * LANES
 
     @locked
     def _counts(self) -> Tuple[int, int, int, int]:
@@ -201,7 +280,7 @@ class IdMap(OwnLock):
     @locked
     def clear(self) -> None:
         """Remove every id and forget every row (the next insert gets row 0)."""
-        self._table, self._meta, self._free = _ops.empty_state(_MIN_CAPACITY, self.device)
+        self._table, self._meta, self._free = _empty_state(_MIN_CAPACITY, self.device)
         self._used_bound = 0
 
     @locked
@@ -222,8 +301,11 @@ class IdMap(OwnLock):
         self._used_bound = size + tomb
 
     def _capacity_for(self, num_ids: int) -> int:
-        """Slots that hold ``num_ids`` ids at load ``max_load / GROWTH``."""
-        return max(_MIN_CAPACITY, math.ceil(GROWTH * num_ids / self.max_load), num_ids + 2)
+        """Slots that hold ``num_ids`` ids at load ``max_load / GROWTH``, in whole buckets rounded
+        down (so the map never passes ``64 / 5 * GROWTH / max_load`` = 24 bytes per id right
+        after a growth; the load is then at most 4 slots above ``max_load / GROWTH``)."""
+        slots = math.ceil(GROWTH * num_ids / self.max_load) // LANES * LANES
+        return max(_MIN_CAPACITY, slots, num_ids + 2)
 
     def _grow(self, size: int, tomb: int, extra: int) -> None:
         """Rehash so that ``size + extra`` fits under the load limit (tombstones dropped)."""
@@ -253,7 +335,7 @@ class IdMap(OwnLock):
 
     @locked
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        """The state as tensors: ``table`` int32 [capacity, 3], ``meta`` int64 [4],
+        """The state as tensors: ``table`` int64 [capacity / 5, 8] (buckets), ``meta`` int64 [4],
         ``free_rows`` int64 [free_count] (copies; any capacity can be loaded back)."""
         free = self.num_free_rows()
         return {"table": self._table.clone(), "meta": self._meta.clone(),
@@ -262,26 +344,30 @@ class IdMap(OwnLock):
     @locked
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Replace the state with one from :meth:`state_dict` (moved to this map's device);
-        raises ValueError when the tensors are not a consistent id map. A ``table`` in the old
-        layout (int64 ``[capacity, 2]`` = ``(key, state)``, before 12-byte slots) is converted:
-        the same ids keep the same rows, tombstones are dropped, the capacity follows
-        this map's growth policy."""
+        raises ValueError when the tensors are not a consistent id map. A ``table`` in an earlier
+        layout (int64 ``[capacity, 2]`` = ``(key, state)`` or int32 ``[capacity, 3]`` =
+        ``(key_lo, key_hi, state)``) is converted: the same ids keep the same rows, tombstones are
+        dropped, the capacity follows this map's growth policy."""
         missing = {"table", "meta", "free_rows"} - set(state)
         if missing:
             raise ValueError(f"IdMap.load_state_dict: missing keys {sorted(missing)}")
         table = state["table"].to(self.device).contiguous().clone()
         meta = state["meta"].to(self.device, torch.int64).contiguous().clone()
         free = state["free_rows"].to(self.device, torch.int64).contiguous().clone()
+        layout = table_layout(table)
+        if layout == "unknown":
+            raise ValueError(f"IdMap.load_state_dict: 'table' must be int64 [num_buckets, {BUCKET_WORDS}] "
+                             f"(or an earlier layout: int32 [capacity, 3], int64 [capacity, 2]), got "
+                             f"{table.dtype} {tuple(table.shape)}")
         try:
-            if _ops.is_legacy_table(table):
+            if layout != "bucketed":
                 size = int(meta[0]) if meta.numel() == 4 else 0
-                table, meta = _ops.convert_legacy_table(table, meta, self._capacity_for(size))
-            elif table.dtype != torch.int32:
-                raise ValueError(f"IdMap.load_state_dict: 'table' must be int32 [capacity, 3] (or the old "
-                                 f"int64 [capacity, 2]), got {table.dtype} {tuple(table.shape)}")
+                table, meta = convert_table(table, meta, self._capacity_for(size))
             _ops.export(table, meta)    # validates shapes, meta values and the table contents
         except RuntimeError as e:
             raise ValueError(f"IdMap.load_state_dict: not a consistent id map: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"IdMap.load_state_dict: {e}") from e
         if free.dim() != 1 or free.numel() < int(meta[3]):
             raise ValueError("IdMap.load_state_dict: free_rows is shorter than meta's free_count")
         self._table, self._meta, self._free = table, meta, free

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from recis_compat.backend.id_map import IdMap
+from recis_compat.backend.id_map import IdMap, empty_table, slot_keys_and_states
 from recis_compat.ops import id_map as ops
 import reference_kernels as R
 from reference_kernels import IdMapRef
@@ -29,6 +29,11 @@ def nasty_ids(n, seed, pool=None):
     return pool_t[torch.randint(0, pool_t.numel(), (n,), generator=g)]
 
 
+def empty_state(capacity):
+    """A fresh map's state tensors: (table int64 [ceil(capacity / 5), 8], meta, free_rows)."""
+    return empty_table(capacity), torch.zeros(4, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+
+
 def check_against_ref(m: IdMap, ref: IdMapRef):
     ids, rows = m.ids_and_rows()
     rids, rrows = ref.export()
@@ -40,7 +45,7 @@ def check_against_ref(m: IdMap, ref: IdMapRef):
 
 # ------------------------------------------------------------------------ raw ops
 def test_ops_by_hand():
-    table, meta, free = ops.empty_state(16)
+    table, meta, free = empty_state(16)
     rows, new = ops.find_or_insert(table, meta, free, torch.tensor([5, 7, 5, -1, I64_MAX, I64_MIN, 7]))
     assert rows.tolist() == [0, 1, 0, 2, 3, 4, 1]
     assert new.tolist() == [True, True, False, True, True, True, False]
@@ -55,7 +60,7 @@ def test_ops_by_hand():
     ids, rows = ops.export(table, meta)
     assert ids.tolist() == [10, 11, -1, I64_MAX, I64_MIN, 12] and rows.tolist() == list(range(6))
     t2, m2 = ops.rehash(table, meta, 64)
-    assert t2.shape == (64, 3) and t2.dtype == torch.int32 and m2.tolist() == [6, 6, 0, 0]
+    assert t2.shape == (13, 8) and t2.dtype == torch.int64 and m2.tolist() == [6, 6, 0, 0]  # 64 -> 65 slots
     assert [x.tolist() for x in ops.export(t2, m2)] == [ids.tolist(), rows.tolist()]
     assert meta.tolist() == [6, 6, 2, 0]                 # rehash is pure
 
@@ -192,13 +197,13 @@ def test_state_dict_roundtrip_and_device_move():
 
 def test_memory_accounting():
     m = IdMap()
-    assert m.memory_bytes() == m.capacity * 12 + 4 * 8
+    assert m.memory_bytes() == m.capacity // 5 * 64 + 4 * 8          # 64-byte buckets of 5 slots
     m.find_or_insert(torch.arange(100_000))
     assert m.memory_bytes() <= 100_000 * 24 + 4096
 
 
 def test_map_stays_within_24_bytes_per_id_while_growing():
-    """12-byte slots, load between max_load / 1.5 (0.5) and max_load (0.75) after every batch:
+    """12.8-byte slots, load between max_load / 1.5 (0.53) and max_load (0.8) after every batch:
     16..24 bytes per id (issue 14 item 3: <= 24 at steady state), capacities not powers of two."""
     m = IdMap()
     g = torch.Generator().manual_seed(3)
@@ -206,7 +211,7 @@ def test_map_stays_within_24_bytes_per_id_while_growing():
     for _ in range(40):
         m.find_or_insert(torch.randint(I64_MIN, I64_MAX, (7_000,), generator=g))
         per_id = (m.memory_bytes() - 32) / len(m)
-        assert 12 / 0.76 <= per_id <= 24.01, (len(m), m.capacity, per_id)
+        assert 12.8 / 0.81 <= per_id <= 24.01, (len(m), m.capacity, per_id)
         caps.add(m.capacity)
     assert any(c & (c - 1) for c in caps)            # x1.5 growth: not powers of two
     assert m.num_rehashes >= 5
@@ -214,22 +219,26 @@ def test_map_stays_within_24_bytes_per_id_while_growing():
 
 def test_slots_sit_on_their_probe_path():
     """The table layout, checked slot by slot against the Python reference: each live key is
-    found by linear probing from ``home_slot_ref`` (multiply-shift) without crossing an empty
-    slot, and the 12-byte slots decode to exactly the map's (id, row) pairs."""
+    found by linear probing from lane 0 of its home bucket (``home_slot_ref`` over the bucket
+    count: multiply-shift) without crossing an empty slot, and the 64-byte buckets decode to
+    exactly the map's (id, row) pairs."""
     m = IdMap()
     ids = nasty_ids(20_000, 11, pool=9_000)
     m.find_or_insert(ids)
     m.delete(ids[::3])
     m.find_or_insert(nasty_ids(5_000, 12))
     table = m.state_dict()["table"]
-    keys, states = R.id_map_decode_table_ref(table)
-    cap = table.shape[0]
+    assert table.dtype == torch.int64 and table.shape[1] == 8
+    keys, states = (x.tolist() for x in slot_keys_and_states(table))
+    nb = table.shape[0]
+    cap = 5 * nb
+    assert len(keys) == cap == m.capacity
     live = {}
     for j, (k, st) in enumerate(zip(keys, states)):
         if st < 0:
             continue
         live[k] = st
-        h = R.id_map_home_slot_ref(k, cap)
+        h = 5 * R.id_map_home_slot_ref(k, nb)
         t = h
         while t != j:
             assert states[t] != -1, f"key {k} at slot {j} is behind an empty slot {t} (home {h})"
@@ -248,7 +257,8 @@ def test_old_layout_state_dict_loads():
     sd = R.id_map_legacy_state_ref(ref, capacity=8192)
     assert sd["table"].dtype == torch.int64 and sd["table"].shape == (8192, 2)
     m = IdMap.from_state_dict(sd)
-    assert m.state_dict()["table"].dtype == torch.int32 and m.num_tombstones() == 0
+    assert m.state_dict()["table"].dtype == torch.int64 and m.state_dict()["table"].shape[1] == 8
+    assert m.num_tombstones() == 0
     check_against_ref(m, ref)
     probe = nasty_ids(2000, 22)
     assert torch.equal(m.find(probe), R.find_ref(ref, probe))
@@ -257,29 +267,32 @@ def test_old_layout_state_dict_loads():
     check_against_ref(m, ref)
     bad = dict(sd, table=sd["table"].clone())
     bad["table"][int(torch.nonzero(bad["table"][:, 1] >= 0)[0]), 1] = 2 ** 31
-    with pytest.raises(ValueError, match="int32 layout"):
+    with pytest.raises(ValueError, match="do not fit the int32 rows"):
         IdMap.from_state_dict(bad)
-    with pytest.raises(ValueError, match="must be int32"):
+    with pytest.raises(ValueError, match=r"must be int64 \[num_buckets, 8\]"):
         IdMap.from_state_dict(dict(sd, table=sd["table"].float()))
 
 
 # ------------------------------------------------------------------------ errors
 def test_bad_inputs():
-    table, meta, free = ops.empty_state(16)
+    table, meta, free = empty_state(16)
     with pytest.raises(RuntimeError, match=r"id_map_find_or_insert: 'ids' must be an int64"):
         ops.find_or_insert(table, meta, free, torch.tensor([1, 2], dtype=torch.int32))
     with pytest.raises(RuntimeError, match=r"id_map_find: 'ids' must be an int64"):
         ops.find(table, torch.tensor([1.0]))
     with pytest.raises(RuntimeError, match=r"id_map_delete: 'ids' must be 1-D"):
         ops.delete(table, meta, free, torch.zeros(2, 2, dtype=torch.int64))
-    with pytest.raises(RuntimeError, match="old layout"):
+    with pytest.raises(RuntimeError, match="earlier layouts"):
         ops.find(torch.zeros(16, 2, dtype=torch.int64), torch.tensor([1]))
-    with pytest.raises(RuntimeError, match=r"\[capacity, 3\]"):
-        ops.find(torch.zeros(16, dtype=torch.int32), torch.tensor([1]))
-    with pytest.raises(RuntimeError, match=">= 2"):
-        ops.find(torch.zeros(1, 3, dtype=torch.int32), torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="earlier layouts"):
+        ops.find(torch.zeros(16, 3, dtype=torch.int32), torch.tensor([1]))
+    with pytest.raises(RuntimeError, match=r"\[num_buckets, 8\]"):
+        ops.find(torch.zeros(16, dtype=torch.int64), torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="at least one bucket"):
+        ops.find(torch.zeros(0, 8, dtype=torch.int64), torch.tensor([1]))
+    assert table.shape == (4, 8)                                 # 16 slots -> 4 buckets, 20 slots
     with pytest.raises(RuntimeError, match="may not fit"):
-        ops.find_or_insert(table, meta, free, torch.arange(16))
+        ops.find_or_insert(table, meta, free, torch.arange(20))
     with pytest.raises(RuntimeError, match="next_row"):
         ops.find_or_insert(table, torch.tensor([1, 0, 0, 0]), free, torch.arange(2))
     with pytest.raises(RuntimeError, match="'meta' must be int64"):
@@ -289,9 +302,10 @@ def test_bad_inputs():
         ops.delete(table, meta, free, torch.arange(2))
     with pytest.raises(RuntimeError, match="must exceed"):
         ops.rehash(table, meta, 4)
-    assert ops.rehash(table, meta, 100)[0].shape == (100, 3)     # any capacity >= 2
+    assert ops.rehash(table, meta, 100)[0].shape == (20, 8)      # any capacity: whole buckets
+    assert ops.rehash(table, meta, 101)[0].shape == (21, 8)
     with pytest.raises(ValueError, match=">= 2"):
-        ops.empty_state(1)
+        empty_table(1)
     m = IdMap()
     with pytest.raises(RuntimeError, match="int64"):
         m.find_or_insert(torch.tensor([1, 2], dtype=torch.int32))
@@ -302,21 +316,23 @@ def test_bad_inputs():
 
 
 def test_corrupt_table_is_reported():
-    table, meta, free = ops.empty_state(16)
+    table, meta, free = empty_state(16)
     ops.find_or_insert(table, meta, free, torch.arange(5))
     meta2 = meta.clone()
     meta2[0] = 4
     meta2[1] = 4
     with pytest.raises(RuntimeError, match="inconsistent"):
         ops.export(table, meta2)
-    full = torch.zeros(16, 3, dtype=torch.int32)
-    full[:, 2] = -2                                      # all tombstones: find must still return
-    assert ops.find(full, torch.tensor([3])).tolist() == [-1]
+    full = torch.zeros(4, 8, dtype=torch.int64)
+    full.view(torch.int32)[:, 10:15] = -2                # all tombstones: find must still return
+    assert ops.find(full, torch.tensor([3, 0])).tolist() == [-1, -1]
+    assert ops.delete(full, torch.tensor([0, 0, 19, 0]), torch.zeros(4, dtype=torch.int64),
+                      torch.tensor([0])).tolist() == []
 
 
 # ------------------------------------------------------------------------ opcheck
 def _opcheck_state():
-    table, meta, free = ops.empty_state(32)
+    table, meta, free = empty_state(32)
     ops.find_or_insert(table, meta, free, torch.tensor([3, -9, I64_MIN, 44]))
     return table, meta, free
 
@@ -394,9 +410,9 @@ def test_growth_past_ten_million_ids_memory():
     assert len(m) == n_ids == m.num_rows_allocated()
     # within 2x of the row storage the same ids need at dim 16 float32
     assert m.memory_bytes() <= 2 * n_ids * 16 * 4
-    # O(n): after every batch the map costs at most 12 / (max_load / 1.5) = 24 bytes per id
-    # (12-byte slots, load >= 0.5 once a growth's batch is in; issue 14 item 3)
-    bound = 12 / (m.max_load / 1.5) + 0.1
+    # O(n): after every batch the map costs at most 12.8 / (max_load / 1.5) = 24 bytes per id
+    # (12.8-byte slots, load >= 0.53 once a growth's batch is in; issue 14 item 3)
+    bound = 12.8 / (m.max_load / 1.5) + 0.1
     assert max(per_id) <= bound, per_id
     print(f"\n10.5M ids: {elapsed:.2f}s, {m.memory_bytes() / len(m):.1f} bytes/id "
           f"(max over growth {max(per_id):.1f}, bound {bound:.0f}), capacity {m.capacity}, "
@@ -423,7 +439,7 @@ def test_bench_hashtable_quick_json():
     assert set(growth["detail"]["split_s"]) == {"lookup", "backward", "step"}
     per_map = by_name["bytes per id: id map"]
     assert per_map["higher_is_better"] is False and per_map["target"] == 1.0
-    assert 16 <= per_map["value"] <= 24.01                        # 12-byte slots, load 0.5..0.75
+    assert 16 <= per_map["value"] <= 24.01                        # 12.8-byte slots, load 0.53..0.8
     table = by_name["bytes per id: table with SparseAdamW (map + row + moments)"]
     d = table["detail"]
     assert d["slots"] == ["embedding", "sparse_adamw_exp_avg", "sparse_adamw_exp_avg_sq"]
