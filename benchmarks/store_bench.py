@@ -42,27 +42,28 @@ from recis_compat.benchmarks.common import BenchOptions, Case
 DESCRIPTION = ("DeepFM-style steps with a cached_ssd table (files + RAM budget) vs the same table in RAM, "
                "Zipf and uniform ids; opt-in: a table 1.5x the machine's RAM trained, checkpointed, restored")
 DEFAULTS: Dict[str, object] = {"universe": 4_000_000, "dim": 16, "batch": 4096, "fields": 26, "zipf_s": 1.05,
-                               "budget_mb": 128, "warmup": 30, "steps": 20, "block": 5, "dir": None,
+                               "budget_mb": 128, "warmup": 60, "steps": 40, "block": 5, "dir": None,
                                "beyond_ram_ids": 0, "beyond_ram_dim": 24, "beyond_ram_budget_mb": 4096}
 _QUICK = {"universe": 200_000, "batch": 512, "budget_mb": 4, "warmup": 4, "steps": 4, "block": 2}
 TARGET_ZIPF = 0.7
 _GiB = 1 << 30
 
 
-def _rss() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``, ...) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) << 10
     return 0
+
+
+def _rss() -> int:
+    return _status_bytes("VmRSS")
 
 
 def _hwm() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) << 10
-    return 0
+    return _status_bytes("VmHWM")
 
 
 def _faults() -> Dict[str, int]:

@@ -6,20 +6,23 @@ Store kinds carry OneEmbedding's names (docs/stores.md):
   (RowStorage's in-memory reserve; on CPU both mean RAM). The default.
 * ``cached_ssd``: every slot of the table (embedding, optimizer moments, filter steps) is a flat
   file ``<persistent_path>/<table>-rank<r>-pid<p>-<k>/<slot>.rows`` holding ``[rows, *tail]``
-  values in row order, mapped into the process (``mmap``, ``MAP_SHARED``). The RAM cache is the
-  set of file pages mapped resident in the process; :class:`CacheBudget` keeps it within
-  ``cache_memory_budget_mb``: every access marks its rows' chunks (``CHUNK_ROWS`` rows of every
-  slot) with a clock tick, and when the marked chunks exceed the budget the least recently used
-  ones are released (``madvise(MADV_DONTNEED)``): their pages leave the process (dirty pages stay
-  in the kernel's page cache and are written back to the file by the kernel, so nothing is
-  lost), and a later access reads them back from the page cache or the file.
+  values in row order, mapped into the process (``mmap``, ``MAP_SHARED``, ``MADV_RANDOM``). The
+  RAM cache is the set of file pages resident in the process; the budgets keep it within
+  ``cache_memory_budget_mb`` (:class:`_CachePool`): every access stamps its rows' chunks
+  (``CHUNK_ROWS`` rows of every slot) with a clock tick, the pages really resident are read from
+  ``/proc/self/statm``, and when they and the pages an access is about to bring in pass the
+  budget, the least recently stamped chunks are released (``madvise(MADV_DONTNEED)``): their
+  pages leave the process (changed rows stay in the kernel's page cache and are written back to
+  the file by the kernel, so nothing is lost), and a later access reads them back from the page
+  cache or the file. Lookups bring their rows in by a write touch (``rows_touch_for_write_``):
+  one page per row and slot, where a read fault on a shared file mapping maps neighbours too.
 
 Why flat files and ``mmap`` rather than a key-value library (RocksDB, LMDB): rows are addressed
 by the dense row numbers the id map hands out, so a row's place in a file is ``row * row_bytes``
 and no second index is needed; a mapped file lets the optimizer kernels update rows in place
 with no copy in or out of a cache; and the kernel's page cache and writeback already do the
 read-ahead, dirty tracking and asynchronous writing a hand-written cache would repeat. What
-the kernel does not do is bound the process's resident set, which is :class:`CacheBudget`'s job.
+the kernel does not do is bound the process's resident set, which is the budgets' job.
 
 The files are working storage of one process: the id map lives in RAM, so the files mean
 nothing without it. A table's directory is created empty at table creation and removed when the

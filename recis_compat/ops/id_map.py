@@ -3,13 +3,15 @@
 An exact, collision-free map from any int64 id to a row index of growable row storage. Its whole
 state lives in three tensors (layout in ``csrc/embedding/id_map.h``):
 
-* ``table``: int32 ``[capacity, 3]`` (12 bytes per slot), capacity any integer >= 2; slot ``j``
-  is ``(key_lo, key_hi, state)``: the int64 key split in its low and high 32-bit words, and
-  ``state >= 0`` the key's row (``< 2**31 - 1``), ``-1`` empty, ``-2`` tombstone (deleted). A
-  key's home slot is the high word of ``mix64(key) * capacity`` (multiply-shift), probing is
-  linear with wrap-around. No id is reserved: every int64, ``INT64_MIN`` and ``-1`` included,
-  is a valid key. (The old layout, int64 ``[capacity, 2]`` = ``(key, state)`` with a
-  power-of-two capacity, is converted by :func:`convert_legacy_table`.)
+* ``table``: int64 ``[num_buckets, 8]``, one 64-byte bucket (a cache line) of 5 slots per row:
+  words 0..4 are the lanes' int64 keys, words 5..7 read as int32 ``[6]`` the lanes' states and a
+  spare word (12.8 bytes per slot; capacity = ``5 * num_buckets`` slots, any bucket count >= 1).
+  ``state >= 0`` is the key's row (``< 2**31 - 1``), ``-1`` empty, ``-2`` tombstone (deleted). A
+  key's home bucket is the high word of ``mix64(key) * num_buckets`` (multiply-shift); probing is
+  linear over slots from lane 0 of the home bucket, with wrap-around. No id is reserved: every
+  int64, ``INT64_MIN`` and ``-1`` included, is a valid key. (The earlier layouts, int64
+  ``[capacity, 2]`` = ``(key, state)`` and int32 ``[capacity, 3]`` = ``(key_lo, key_hi, state)``,
+  are converted by ``recis_compat.backend.id_map.IdMap.load_state_dict``.)
 * ``meta``: int64 ``[4]`` = ``(size, next_row, tombstones, free_count)``; always
   ``next_row == size + free_count`` and ``size + tombstones < capacity``.
 * ``free_rows``: int64 ``[>= free_count]``, a stack of freed rows (top = ``free_rows[free_count-1]``).
@@ -29,7 +31,8 @@ Ops (``torch.ops.recis_compat.*``; ``!`` = mutated in place):
     ``freed_rows`` int64 ``[K]`` (data-dependent K) lists them in that order. Absent ids and
     repeats are ignored. Requires ``len(free_rows) >= min(next_row, free_count + N)``.
 ``id_map_rehash(table, meta, new_capacity) -> (new_table, new_meta)``
-    The same map in ``new_capacity`` slots (any integer > size, >= 2), tombstones dropped. Pure.
+    The same map in at least ``new_capacity`` slots (any integer > size, >= 2; rounded up to
+    ``ceil(new_capacity / 5)`` buckets), tombstones dropped. Pure.
 ``id_map_export(table, meta) -> (ids, rows)``
     Every live pair ordered by row; int64 ``[size]`` each. Pure.
 ``unique_inverse(ids) -> (unique, inverse)``
@@ -53,8 +56,9 @@ import torch
 
 META_SIZE, META_NEXT_ROW, META_TOMBSTONES, META_FREE_COUNT = range(4)
 EMPTY, TOMBSTONE = -1, -2
-SLOT_WORDS = 3            # int32 words per slot: key_lo, key_hi, state
-SLOT_BYTES = 4 * SLOT_WORDS
+LANES = 5                 # slots per bucket
+BUCKET_WORDS = 8          # int64 words per bucket: 5 keys, then 5 int32 states and a spare word
+SLOT_BYTES = 8 * BUCKET_WORDS / LANES
 MAX_ROWS = 2 ** 31 - 1    # rows of one table (or shard) are below this
 
 
@@ -77,7 +81,7 @@ def _delete_fake(table, meta, free_rows, ids):
 
 @torch.library.register_fake("recis_compat::id_map_rehash")
 def _rehash_fake(table, meta, new_capacity):
-    return table.new_empty((new_capacity, SLOT_WORDS)), meta.new_empty((4,))
+    return table.new_empty((-(-new_capacity // LANES), BUCKET_WORDS)), meta.new_empty((4,))
 
 
 @torch.library.register_fake("recis_compat::id_map_export")
@@ -100,14 +104,16 @@ def _ids_partition_fake(ids, world_size):
 
 
 def empty_state(capacity: int = 16, device=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A fresh empty map: ``(table int32 [capacity, 3], meta int64 [4], free_rows int64 [0])``.
+    """A fresh empty map of at least ``capacity`` slots: ``(table int64 [ceil(capacity / 5), 8],
+    meta int64 [4], free_rows int64 [0])``.
 
     ``capacity`` must be an integer >= 2.
     """
     capacity = int(capacity)
     if capacity < 2:
         raise ValueError(f"id_map: capacity must be >= 2, got {capacity}")
-    table = torch.full((capacity, SLOT_WORDS), EMPTY, dtype=torch.int32, device=device)  # key words unused
+    # every word -1: every int32 state is EMPTY (the key words are unused)
+    table = torch.full((-(-capacity // LANES), BUCKET_WORDS), EMPTY, dtype=torch.int64, device=device)
     meta = torch.zeros(4, dtype=torch.int64, device=device)
     free_rows = torch.zeros(0, dtype=torch.int64, device=device)
     return table, meta, free_rows
@@ -132,7 +138,7 @@ def delete(table: torch.Tensor, meta: torch.Tensor, free_rows: torch.Tensor,
 
 def rehash(table: torch.Tensor, meta: torch.Tensor,
            new_capacity: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(new_table [new_capacity, 2], new_meta [4])`` holding the same map, no tombstones."""
+    """``(new_table [ceil(new_capacity / 5), 8], new_meta [4])`` holding the same map, no tombstones."""
     return torch.ops.recis_compat.id_map_rehash(table, meta, int(new_capacity))
 
 
@@ -163,34 +169,3 @@ def ids_partition(ids: torch.Tensor, world_size: int) -> Tuple[torch.Tensor, tor
     ``rank_counts[r]`` ids of ``unique`` belong to rank ``r``. The csrc op ``ids_partition``
     (one dedupe pass and a counting sort by owner)."""
     return torch.ops.recis_compat.ids_partition(ids.reshape(-1), int(world_size))
-
-
-def is_legacy_table(table: torch.Tensor) -> bool:
-    """Whether ``table`` has the old layout: int64 ``[capacity, 2]`` = ``(key, state)``."""
-    return table.dtype == torch.int64 and table.dim() == 2 and table.shape[1] == 2
-
-
-def convert_legacy_table(table: torch.Tensor, meta: torch.Tensor,
-                         new_capacity: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(table int32 [new_capacity, 3], meta int64 [4])`` holding the map of an old-layout
-    int64 ``[capacity, 2]`` table and its ``meta`` (tombstones dropped). Raises ValueError when
-    a row does not fit in 31 bits or the old table holds transient states; the ops' own checks
-    (RuntimeError) catch an inconsistent meta."""
-    if not is_legacy_table(table):
-        raise ValueError(f"id_map: not an old-layout table (int64 [capacity, 2]): {table.dtype} "
-                         f"{tuple(table.shape)}")
-    state = table[:, 1]
-    if bool((state >= MAX_ROWS).any()):
-        raise ValueError(f"id_map: the old table holds rows >= {MAX_ROWS}; they do not fit the "
-                         "int32 layout (shard the table)")
-    if bool((state < TOMBSTONE).any()):
-        raise ValueError("id_map: the old table holds transient (locked/pending) slots")
-    live = state >= 0
-    packed = torch.empty((table.shape[0], SLOT_WORDS), dtype=torch.int32, device=table.device)
-    packed[:, :2] = table[:, 0].contiguous().view(torch.int32).view(-1, 2)   # little-endian words
-    packed[:, 2] = torch.where(live, state, torch.full_like(state, EMPTY)).to(torch.int32)
-    # same-map rehash into the new layout's slot positions (rehash scans every slot, so the old
-    # power-of-two positions do not matter); tombstones became empty slots above
-    meta_live = meta.clone()
-    meta_live[META_TOMBSTONES] = 0
-    return rehash(packed, meta_live, new_capacity)

@@ -457,17 +457,6 @@ def id_map_home_slot_ref(key: int, capacity: int) -> int:
     return (id_map_mix64_ref(key) * capacity) >> 64
 
 
-def id_map_decode_table_ref(table: torch.Tensor) -> Tuple[List[int], List[int]]:
-    """``(keys, states)`` per slot of an int32 ``[capacity, 3]`` id-map table
-    (``(key_lo, key_hi, state)``; keys meaningless where ``state < 0``)."""
-    words = table.tolist()
-    keys = []
-    for lo, hi, _ in words:
-        k = (lo & 0xFFFFFFFF) | ((hi & 0xFFFFFFFF) << 32)
-        keys.append(k - (1 << 64) if k >= 1 << 63 else k)
-    return keys, [w[2] for w in words]
-
-
 def id_map_legacy_state_ref(ref: "IdMapRef", capacity: int) -> Dict[str, torch.Tensor]:
     """The state dict an IdMap of the old layout held for ``ref``'s map: ``table`` int64
     ``[capacity, 2]`` = ``(key, state)`` (power-of-two capacity, home slot ``mix64(key) &
