@@ -144,6 +144,7 @@ class RowStorage(OwnLock):
             self._files = FileSlots(self.store, self.name)
             for name, spec in self.specs.items():
                 reserve = self._files.map(name, max(cap, self.block), spec.tail, spec.dtype)
+                self._files.allocate(0, cap, name)
                 reserve.narrow(0, 0, cap).copy_(compact[name])
                 self._reserve[name] = reserve
                 self.slots[name] = reserve.narrow(0, 0, cap)
@@ -168,6 +169,10 @@ class RowStorage(OwnLock):
         be used afterwards."""
         with self._lock:
             if self._files is not None:
+                # drop this storage's views too: a file's disk space is freed when its last
+                # mapping goes, and the directory is deleted now
+                self.slots = {k: torch.empty((0,) + tuple(v.shape[1:]), dtype=v.dtype) for k, v in self.slots.items()}
+                self._reserve = dict(self.slots)
                 self._files.close()
 
     def note_access(self, rows: torch.Tensor, lookup: bool = False) -> None:
@@ -237,6 +242,8 @@ class RowStorage(OwnLock):
         if new_cap > self.reserved_rows:
             self._reallocate(self._reserve_rows_for(new_cap))
         extra = new_cap - cap
+        if self._files is not None:
+            self._files.allocate(cap, new_cap)
         for name, spec in self.specs.items():
             view = self._reserve[name].narrow(0, 0, new_cap)
             fresh = view.narrow(0, cap, extra)
@@ -286,6 +293,7 @@ class RowStorage(OwnLock):
         self.specs[name] = spec
         if self._files is not None:
             reserve = self._files.map(name, self.reserved_rows, spec.tail, dtype)
+            self._files.allocate(0, self.capacity, name)
             if self.capacity:
                 reserve.narrow(0, 0, self.capacity).fill_(spec.init)
                 self._files.touch_range(0, self.capacity)

@@ -393,6 +393,23 @@ class FileSlots:
                 self._stamps = grown
         return t
 
+    def allocate(self, begin: int, end: int, name: Optional[str] = None) -> None:
+        """Reserve disk blocks for rows ``[begin, end)`` of every slot (or of slot ``name``)
+        before they are written: a full disk is then this ``OSError`` naming the table and the
+        directory, not a ``SIGBUS`` when a page of a sparse mapped file cannot get a block."""
+        if end <= begin:
+            return
+        for n, f in self.files.items():
+            if name is not None and n != name:
+                continue
+            try:
+                os.posix_fallocate(f.fd, begin * f.row_bytes, (end - begin) * f.row_bytes)
+            except OSError as e:
+                raise OSError(e.errno, f"table {self.table!r}: cannot reserve disk for rows [{begin}, {end}) of slot "
+                                       f"{n!r} ({(end - begin) * f.row_bytes} bytes) under {self.directory!r}: "
+                                       f"{e.strerror}; free space under persistent_path or use a smaller table") \
+                    from e
+
     def zero(self, rows: int) -> None:
         """Discard every value (files emptied; reads give zeros) keeping ``rows`` rows mapped."""
         with _POOL._lock:

@@ -320,3 +320,38 @@ def test_change_tracking_for_delta_checkpoints_in_files(tmp_path):
     assert sorted(a.values) == sorted(b.values)
     for k in a.values:
         assert torch.equal(a.values[k], b.values[k])
+
+
+def test_a_full_disk_is_a_clear_error_not_a_bus_error(tmp_path, monkeypatch):
+    """Rows get disk blocks before they are written; ENOSPC there names the table and directory
+    (a page of a sparse mapped file with no block to write would kill the process with SIGBUS)."""
+    import errno
+    store = StoreConfig("cached_ssd", str(tmp_path), 4)
+    impl = DynamicTable(DynamicTableConfig(name="full_disk", embedding_dim=8, sample_rows=lambda k: torch.zeros(k, 8),
+                                           block_size=128, store=store)).impl
+    impl.find_or_insert_rows(torch.arange(100))
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(OSError, match=r"table 'full_disk': cannot reserve disk for rows \[128, 256\) of slot "
+                                      r"'embedding'.*No space left on device") as e:
+        impl.find_or_insert_rows(torch.arange(100, 200))
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert len(impl.find_rows(torch.arange(100)).ne(-1).nonzero()) == 100   # the table still answers
+
+
+def test_close_releases_the_files_disk_space(tmp_path):
+    store = StoreConfig("cached_ssd", str(tmp_path), 4)
+    impl = DynamicTable(DynamicTableConfig(name="closing", embedding_dim=64, sample_rows=lambda k: torch.ones(k, 64),
+                                           block_size=4096, store=store)).impl
+    impl.find_or_insert_rows(torch.arange(50_000))
+    directory = impl.storage.store_directory
+    free_before = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    impl.close()
+    free_after = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    assert not os.path.exists(directory)
+    assert impl.storage.slots["embedding"].numel() == 0          # no view keeps the mapping alive
+    assert free_after - free_before >= 50_000 * 64 * 4 * 0.9     # the blocks came back
