@@ -59,6 +59,7 @@ ENV_PERSISTENT_PATH = "RECIS_COMPAT_PERSISTENT_PATH"
 ENV_CACHE_BUDGET_MB = "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB"
 _CHUNK_SHIFT = 6
 CHUNK_ROWS = 1 << _CHUNK_SHIFT   # rows per cache chunk (x the row bytes of a slot: whole pages)
+KEEP_HOT = 0.5             # a trim never goes below this fraction of the budget
 TRIM_TO = 0.8              # a trim releases the least recently used rows down to this fraction of the budget
 _PAGE = mmap.PAGESIZE
 
@@ -196,9 +197,10 @@ class _CachePool:
     pages the access is about to bring in (its chunks that are not resident); when that passes
     the sum of the live budgets it releases the least recently stamped chunks
     (``madvise(MADV_DONTNEED)``, in runs) until the resident pages leave room for the access
-    within ``TRIM_TO`` of the limit, measuring again after each round; chunks stamped by the
-    current access go last. So the resident rows stay within the budget as long as one access's
-    rows fit in it.
+    within ``TRIM_TO`` of the limit (never below ``KEEP_HOT`` of it), measuring again after each
+    round; chunks stamped by the current access go last. So the resident rows stay within the
+    budget as long as one access's new pages fit in half of it; a larger access runs above it by
+    its own pages and keeps the most recently used half of the budget resident.
     """
 
     def __init__(self):
@@ -232,7 +234,12 @@ class _CachePool:
             limit = self.limit_bytes()
             resident = self.resident_bytes()
             if resident + incoming > limit:
-                self._trim_locked(resident, max(0, int(TRIM_TO * limit) - incoming), store)
+                # make room for the access within TRIM_TO of the budget, but keep at least
+                # KEEP_HOT of it (the most recent rows): an access whose own pages pass the budget
+                # then runs above it rather than releasing the rows every step uses
+                target = max(int(TRIM_TO * limit) - incoming, int(KEEP_HOT * limit))
+                if resident > target:
+                    self._trim_locked(resident, target, store)
 
     def _trim_locked(self, resident: int, target: int, culprit: "FileSlots") -> None:
         stores = list(self._stores.keys())
