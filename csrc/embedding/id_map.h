@@ -132,27 +132,10 @@ RECIS_HD int scan_result(unsigned match, unsigned empty) {
 // x86-64 (SSE2 is its baseline): the four first lanes compared in two vectors. Measured: the
 // scalar form below costs ~85 instructions per bucket and made an L2-resident find
 // instruction-bound (14 ns per id); this one ~30.
-inline int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key, unsigned* live_lanes = nullptr) {
-  const __m128i k = _mm_set1_epi64x(key);
-  const __m128 c01 = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(keys)), k));
-  const __m128 c23 =
-      _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(keys + 2)), k));
-  // a key lane is equal when both of its 32-bit halves are
-  const __m128 eq = _mm_and_ps(_mm_shuffle_ps(c01, c23, _MM_SHUFFLE(2, 0, 2, 0)),
-                               _mm_shuffle_ps(c01, c23, _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m128i st = _mm_loadu_si128(reinterpret_cast<const __m128i*>(states));
-  const int32_t s4 = states[4];
-  const unsigned live = ~(static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(st))) |
-                          (static_cast<unsigned>(s4 < 0) << 4));
-  if (live_lanes) *live_lanes = live & 0x1fu;
-  const unsigned match = (static_cast<unsigned>(_mm_movemask_ps(eq)) | (static_cast<unsigned>(keys[4] == key) << 4)) & live;
-  const unsigned empty =
-      static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(st, _mm_set1_epi32(kEmpty))))) |
-      (static_cast<unsigned>(s4 == kEmpty) << 4);
-  return scan_result(match, empty);
-}
-// Mask of the lanes whose key equals `key`, states not looked at (a hit's lane is then checked
-// live by the caller: the common case of a lookup costs the key compares and one state load).
+//
+// key_lanes: mask of the lanes whose key equals `key`, states not looked at (a hit's lane is then
+// checked live by the caller: the common case of a lookup costs the key compares and one state
+// load). scan_bucket: the same compares, masked by the live lanes, plus the empty lanes.
 inline unsigned key_lanes(const int64_t* keys, int64_t key) {
   const __m128i k = _mm_set1_epi64x(key);
   const __m128 c01 = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(keys)), k));
@@ -161,6 +144,18 @@ inline unsigned key_lanes(const int64_t* keys, int64_t key) {
   const __m128 eq = _mm_and_ps(_mm_shuffle_ps(c01, c23, _MM_SHUFFLE(2, 0, 2, 0)),
                                _mm_shuffle_ps(c01, c23, _MM_SHUFFLE(3, 1, 3, 1)));
   return static_cast<unsigned>(_mm_movemask_ps(eq)) | (static_cast<unsigned>(keys[4] == key) << 4);
+}
+inline int scan_bucket(const int64_t* keys, const int32_t* states, int64_t key, unsigned* live_lanes = nullptr) {
+  const __m128i st = _mm_loadu_si128(reinterpret_cast<const __m128i*>(states));
+  const int32_t s4 = states[4];
+  const unsigned live = ~(static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(st))) |
+                          (static_cast<unsigned>(s4 < 0) << 4));
+  if (live_lanes) *live_lanes = live & 0x1fu;
+  const unsigned match = key_lanes(keys, key) & live;
+  const unsigned empty =
+      static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(st, _mm_set1_epi32(kEmpty))))) |
+      (static_cast<unsigned>(s4 == kEmpty) << 4);
+  return scan_result(match, empty);
 }
 #else
 RECIS_HD unsigned key_lanes(const int64_t* keys, int64_t key) {
