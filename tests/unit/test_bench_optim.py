@@ -33,7 +33,8 @@ def test_bench_optim_quick_json(tmp_path):
     assert report["options"]["threads"] == 1
     cases = report["cases"]
     baselines = [c["baseline"] for c in cases]
-    assert len(cases) == 6          # 4 against dense / FBGEMM baselines, 2 against the physical floor
+    assert len(cases) == 7          # 4 against dense / FBGEMM baselines, 3 against the physical floor
+    assert baselines[6].endswith(", cached_ssd table")     # the floor again on a file-backed table
     assert baselines[0].startswith("torch.optim.AdamW(") and baselines[1].startswith("torch.optim.AdamW(")
     assert {baselines[0], baselines[1]} == {"torch.optim.AdamW(fused=True) dense table",
                                             "torch.optim.AdamW(foreach=True) dense table"}
@@ -76,7 +77,7 @@ def test_bench_optim_run_small_and_bad_batch():
     from recis_compat.benchmarks.common import BenchOptions
 
     cases = optim_bench.run(BenchOptions(repeat=1, extra={"rows": 3000, "dim": 8, "batch": 300}))
-    assert len(cases) == 6
+    assert len(cases) == 7
     assert all(c.detail["rows"] == 3000 and c.detail["dim"] == 8 for c in cases)
     result = CliRunner().invoke(optim_bench.command, ["--rows", "100", "--batch", "200", "--repeat", "1"])
     assert result.exit_code != 0
