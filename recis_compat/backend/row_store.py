@@ -227,10 +227,11 @@ class _CachePool:
         with self._lock:
             self._tick += 1
             st = store.chunk_stamps_locked()
-            cold_before = int((st == 0).sum())
+            # pages this access is about to bring in: its distinct chunks that were released (or
+            # new); counted over the access's chunks, not the whole stamp array
+            cold = chunks[st.index_select(0, chunks) == 0]
+            incoming = (torch.unique(cold).numel() if cold.numel() else 0) * store.chunk_bytes
             store.stamps_locked(chunks, self._tick)
-            # pages this access is about to bring in: its chunks that were released (or new)
-            incoming = (cold_before - int((st == 0).sum())) * store.chunk_bytes
             limit = self.limit_bytes()
             resident = self.resident_bytes()
             if resident + incoming > limit:
