@@ -53,6 +53,7 @@ from recis_compat.backend.row_store import FileSlots, StoreConfig
 
 GROWTH = 1.5          # reserve growth on devices that commit memory at allocation (CUDA)
 RESERVE_FACTOR = 8    # CPU: a new reserve holds this many times the rows needed
+_FILE_FILL_ROWS = 1 << 20   # file-backed growth initialises new rows in pieces of this many
 
 
 def _strict_overcommit() -> bool:
@@ -244,16 +245,22 @@ class RowStorage(OwnLock):
         extra = new_cap - cap
         if self._files is not None:
             self._files.allocate(cap, new_cap)
-        for name, spec in self.specs.items():
-            view = self._reserve[name].narrow(0, 0, new_cap)
-            fresh = view.narrow(0, cap, extra)
-            if name == "embedding" and self._sample_rows is not None:
-                fresh.copy_(self._initial(name, extra))
-            else:
-                fresh.fill_(spec.init)        # in place: no temporary of the new rows
-            self.slots[name] = view
-        if self._files is not None:
-            self._files.touch_range(cap, new_cap)
+        # file-backed: the new rows are written in pieces, each reported to the RAM budget
+        # (sampled initial values are drawn once, as in memory, so both stores hold the same rows)
+        piece = extra if self._files is None else max(self.block, _FILE_FILL_ROWS)
+        sampled = self._initial("embedding", extra) if self._sample_rows is not None else None
+        for a in range(cap, new_cap, piece):
+            b = min(new_cap, a + piece)
+            for name, spec in self.specs.items():
+                fresh = self._reserve[name].narrow(0, a, b - a)
+                if name == "embedding" and sampled is not None:
+                    fresh.copy_(sampled.narrow(0, a - cap, b - a))
+                else:
+                    fresh.fill_(spec.init)        # in place: no temporary of the new rows
+            if self._files is not None:
+                self._files.touch_range(a, b)
+        for name in self.specs:
+            self.slots[name] = self._reserve[name].narrow(0, 0, new_cap)
 
     def _reserve_rows_for(self, new_cap: int) -> int:
         if self._files is not None:       # sparse files: reserved rows take no disk until written

@@ -48,6 +48,7 @@ __all__ = ["Loader", "LoadSummary", "accept_ids"]
 logger = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 32 << 20
+_ID_BATCH = 1 << 20       # ids inserted per find_or_insert call on load
 
 
 def accept_ids(ids: torch.Tensor, begin: int, end: int, size: int) -> torch.Tensor:
@@ -302,7 +303,11 @@ class Loader:
             counts[task.target] = counts.get(task.target, 0) + int(accepted.numel())
             if accepted.numel() == 0:
                 continue
-            rows = impl.find_or_insert_rows(accepted.to(impl.device))
+            # ids in batches: a file-backed table grows and keeps its RAM budget batch by batch
+            # (rows are assigned in id order either way)
+            accepted = accepted.to(impl.device)
+            rows = torch.cat([impl.find_or_insert_rows(accepted[a:a + _ID_BATCH])
+                              for a in range(0, accepted.numel(), _ID_BATCH)])
             pos_rows = torch.full((task.n,), -1, dtype=torch.int64)
             pos_rows[mask] = rows.cpu()
             for slot, ref in task.slots:
