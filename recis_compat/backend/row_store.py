@@ -36,6 +36,7 @@ shares it.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 import os
@@ -281,12 +282,11 @@ _DIR_COUNTER = itertools.count()
 
 
 def _process_rank() -> int:
-    try:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except (RuntimeError, ValueError):
-        pass
+    """This process's rank (the default process group's, else ``RANK``, else 0): part of a
+    table's directory name, so the ranks of one job never share files."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
     return int(os.environ.get("RANK", "0") or 0)
 
 
@@ -343,11 +343,12 @@ class _SlotFile:
 
 
 def _remove_dir(path: str, fds: List[int]) -> None:
+    """The table's finalizer: close its files and delete its directory. It runs at garbage
+    collection or interpreter exit, where raising helps no one, so errors are ignored."""
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
+    fds.clear()
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -428,13 +429,7 @@ class FileSlots:
 
     def disk_bytes(self) -> int:
         """Bytes of disk the files occupy (allocated blocks; the files are sparse)."""
-        total = 0
-        for f in self.files.values():
-            try:
-                total += os.fstat(f.fd).st_blocks * 512
-            except OSError:
-                pass
-        return total
+        return sum(os.fstat(f.fd).st_blocks * 512 for f in self.files.values())
 
     def close(self) -> None:
         """Close and delete the files (mappings still viewed by tensors stay readable until those
