@@ -80,8 +80,13 @@ drawn with seed ``1000 + r``. Before every timed step all ranks pass a barrier (
 step's time is the slowest rank's (all ranks' per-step times are gathered on rank 0), the median
 over steps is reported, and samples/s = ``W * batch / step time``. Rank 0 writes one JSON for
 the launch; the command turns the two launches into cases (metric samples/s, higher is better):
-ours at N vs ours at 1 (the scaling), ours at N vs each TorchRec collection at N, and the same
-comparisons at W = 1. Threads per rank: ``--threads`` if given, else ``cores // W`` (so both
+ours at N vs ours at 1 (the scaling; target 0.9), ours at N vs each TorchRec collection at N
+(target 1.9 against the EBC), and the same comparisons at W = 1. The scaling case's world-1 side is
+timed **inside the world-N launch**: rank 0 also holds a world-1 twin of ours (the same engine
+sharded over a one-rank group, warmed with every draw) and runs its steps alone with ``N x``
+threads while the other ranks sleep in a barrier, interleaved with the world-N steps, so a
+change of machine speed between two launches (hypervisor steal time on this VM) cannot move the
+ratio; the separate world-1 launch's figure is in ``detail.world1_launch_samples_per_s``. Threads per rank: ``--threads`` if given, else ``cores // W`` (so both
 launches use the same cores). ``--quick`` uses the quick sizes above and one timed step per side.
 """
 from __future__ import annotations
@@ -173,12 +178,14 @@ def _cfg(opts: BenchOptions) -> Dict[str, object]:
     return cfg
 
 
-def _engine(names: Sequence[str], dim: int):
+def _engine(names: Sequence[str], dim: int, table_prefix: str = ""):
+    """An EmbeddingEngine of one-id SUM features ``names`` sharing one physical table (tables are
+    named ``table_prefix + feature``: a second engine in the process needs its own prefix)."""
     from recis_compat.nn.modules.embedding import EmbeddingOption
     from recis_compat.nn.modules.embedding_engine import EmbeddingEngine
     from recis_compat.nn.modules.hashtable import filter_out_sparse_param
     from recis_compat.nn.initializers import UniformInitializer
-    eng = EmbeddingEngine({n: EmbeddingOption(embedding_dim=dim, shared_name=n, combiner="sum",
+    eng = EmbeddingEngine({n: EmbeddingOption(embedding_dim=dim, shared_name=table_prefix + n, combiner="sum",
                                               initializer=UniformInitializer(-0.01, 0.01)) for n in names})
     eng.train()
     return eng, list(filter_out_sparse_param(eng).values())
@@ -372,6 +379,9 @@ def run(opts: BenchOptions) -> List[Case]:
 
 # ----------------------------------------------------------------------------- sharded (torchrun)
 SIDES = ("ours", "ec", "ebc")
+TWIN = "ours_w1"   # world-1 twin timed inside a world-N launch (rank 0 alone, see _worker_main)
+TARGET_SCALING = 0.9          # issue 16 item 4: world N samples/s >= 0.9x world 1
+TARGET_VS_EBC = 1.9           # ... and still >= 1.9x TorchRec's row-wise EBC at world N
 SIDE_LABELS = {
     "ec": "torchrec row-wise EmbeddingCollection (DMP, FBGEMM TBE fused SGD)",
     "ebc": "torchrec row-wise EmbeddingBagCollection (DMP, FBGEMM TBE fused SGD)",
@@ -441,22 +451,32 @@ def _run_sharded(opts: BenchOptions, cfg: Dict[str, object], n_steps: int) -> Li
         return float(r["samples_per_s"][side])
 
     one, many = res[1], res[world]
+    # the scaling baseline is the world-1 twin timed in the same launch, interleaved with the
+    # world-N steps (so a change of machine speed between two launches, e.g. hypervisor steal
+    # time, cannot move the ratio); the separate world-1 launch stays in detail for reference
+    twin_threads = many.get("twin_threads", one["threads_per_rank"])
     cases = [Case(f"{name}, world {world}", "samples/s", round(sps(many, "ours"), 2),
-                  "EmbeddingEngine (shard_model), world 1, same command", round(sps(one, "ours"), 2),
+                  f"EmbeddingEngine (shard_model), world 1: rank 0 alone with {twin_threads} thread(s), "
+                  f"steps interleaved in the world-{world} launch", round(sps(many, TWIN), 2),
                   detail=detail(many, {"baseline_world_size": 1,
-                                       "baseline_threads_per_rank": one["threads_per_rank"],
-                                       "baseline_ms_per_step": one["ms_per_step"]["ours"],
-                                       "ideal_ratio": world}))]
+                                       "baseline_threads_per_rank": twin_threads,
+                                       "baseline_ms_per_step": many["ms_per_step"][TWIN],
+                                       "world1_launch_samples_per_s": round(sps(one, "ours"), 2),
+                                       "world1_launch_ms_per_step": one["ms_per_step"]["ours"],
+                                       "ratio_vs_world1_launch": round(sps(many, "ours") / sps(one, "ours"), 4),
+                                       "ideal_ratio": world}),
+                  target=TARGET_SCALING)]
     for r in (many, one):
         w = int(r["world_size"])
         for side in ("ec", "ebc"):
+            target = TARGET_VS_EBC if (side == "ebc" and w == world) else None
             cases.append(Case(f"{name}, world {w}", "samples/s", round(sps(r, "ours"), 2),
                               f"{SIDE_LABELS[side]}, world {w}", round(sps(r, side), 2),
                               detail=detail(r, {"baseline_does": "pre-mapped rows (rank * 2654435761 mod vocab); "
                                                                  "fwd + bwd with fused EXACT_SGD update (lr 0.01)",
                                                 "time_ratio": round(r["ms_per_step"]["ours"]
-                                                                    / r["ms_per_step"][side], 4),
-                                                "target_time_ratio_max": TARGET_TIME_RATIO})))
+                                                                    / r["ms_per_step"][side], 4)}),
+                              target=target))
     return cases
 
 
@@ -550,6 +570,17 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
     # ours: the engine sharded by shard_model; warm with the global draws, keeping owned ids
     eng, impls = _engine(names, dim)
     ours_model = shard_model(eng)
+    # world > 1: rank 0 also holds a world-1 twin (the same engine over a one-rank group, warmed
+    # with every draw), timed alone with all the launch's threads while the other ranks wait in
+    # a barrier (idle: gloo's barrier sleeps), interleaved with the world-N steps
+    twin_model, twin_impls = None, []
+    twin_threads = max(1, args.threads) * world
+    if world > 1:
+        solo = dist.new_group([0])            # a collective: every rank creates it
+        if rank == 0:
+            from torchrec.distributed.types import ShardingEnv
+            eng1, twin_impls = _engine(names, dim, table_prefix="w1_")
+            twin_model = shard_model(eng1, env=ShardingEnv.from_process_group(solo))
     warm = ZipfSampler(vocab, args.zipf, seed=0)
     for child in range(nfeat):
         left = args.warm_draws
@@ -557,6 +588,8 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
             k = min(left, 1 << 20)
             ids = encode_ids(warm.draw(k) * ID_MULT + salts[child], child)
             impls[0].find_or_insert_rows(ids[owner_ranks(ids, world) == rank])
+            if twin_impls:
+                twin_impls[0].find_or_insert_rows(ids)
             left -= k
     del warm
     table_ids_warm = sum(len(i) for i in impls)
@@ -584,6 +617,21 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
         torch.autograd.backward([out[n] for n in names], out_grads)
         for impl in impls:
             impl.clear_grad()
+
+    def twin_step(k):
+        if twin_model is None:      # other ranks: nothing (they wait in the next barrier)
+            return
+        out = twin_model(batches[k][0])
+        torch.autograd.backward([out[n] for n in names], out_grads)
+        for impl in twin_impls:
+            impl.clear_grad()
+
+    def twin_before(k):
+        dist.barrier()
+        torch.set_num_threads(twin_threads)
+
+    def twin_after(k):
+        torch.set_num_threads(max(1, args.threads))
 
     def ec_step(k):
         out = ec(batches[k][1])
@@ -616,9 +664,12 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
             inserted.append(sum(len(i) for i in impls) - size_before["n"])
 
     samples: Dict[str, List[float]] = {}
-    interleaved_steps({"ours": ours, "ec": ec_step, "ebc": ebc_step}, args.steps,
-                      before={"ours": ours_before, "ec": barrier, "ebc": barrier},
-                      after={"ours": ours_after}, samples_out=samples)
+    sides = {"ours": ours, "ec": ec_step, "ebc": ebc_step}
+    before = {"ours": ours_before, "ec": barrier, "ebc": barrier}
+    after = {"ours": ours_after}
+    if world > 1:
+        sides[TWIN], before[TWIN], after[TWIN] = twin_step, twin_before, twin_after
+    interleaved_steps(sides, args.steps, before=before, after=after, samples_out=samples)
     mine = {"samples": samples, "new_ids": statistics.mean(inserted) if inserted else 0.0,
             "unique": statistics.mean(b[2] for b in batches[WARMUP_STEPS:]), "table_ids_warm": table_ids_warm}
     gathered: List[dict] = [None] * world
@@ -626,6 +677,8 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
     if rank == 0:
         ms = {s: statistics.median(max(r["samples"][s][i] for r in gathered) for i in range(args.steps)) * 1e3
               for s in SIDES}
+        if world > 1:               # the twin ran on rank 0 alone: its times are rank 0's
+            ms[TWIN] = statistics.median(gathered[0]["samples"][TWIN]) * 1e3
         result = {
             "world_size": world, "threads_per_rank": torch.get_num_threads(), "batch_per_rank": batch,
             "features": nfeat, "dim": dim, "vocab_per_feature": vocab, "zipf_s": args.zipf,
@@ -633,7 +686,8 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
             "ms_per_step": {s: round(v, 4) for s, v in ms.items()},
             "rank_ms_per_step": {s: [round(statistics.median(r["samples"][s]) * 1e3, 4) for r in gathered]
                                  for s in SIDES},
-            "samples_per_s": {s: world * batch / (v / 1e3) for s, v in ms.items()},
+            "samples_per_s": {s: (batch if s == TWIN else world * batch) / (v / 1e3) for s, v in ms.items()},
+            **({"twin_threads": twin_threads} if world > 1 else {}),
             "ids_per_step": world * nfeat * batch,
             "unique_ids_per_step": round(sum(r["unique"] for r in gathered)),
             "new_ids_per_step": round(sum(r["new_ids"] for r in gathered), 1),

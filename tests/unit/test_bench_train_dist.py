@@ -126,12 +126,22 @@ def test_bench_lookup_world_size_2_quick(tmp_path):
         _check_case(case)
         d = case["detail"]
         assert d["timed_steps"] == 1 and d["features"] == 8 and d["batch_per_rank"] == 512
-        assert set(d["ms_per_step"]) == {"ours", "ec", "ebc"}
+        # world 2 also times the world-1 twin (rank 0 alone, interleaved in the same launch)
+        assert set(d["ms_per_step"]) == ({"ours", "ec", "ebc", "ours_w1"} if d["world_size"] == 2
+                                         else {"ours", "ec", "ebc"})
         assert len(d["rank_ms_per_step"]["ours"]) == d["world_size"]
         assert d["ids_per_step"] == d["world_size"] * 8 * 512
     # ours at 2 vs ours at 1, then vs TorchRec's row-wise EC and EBC at 2, then at 1
     assert [c["detail"]["world_size"] for c in cases] == [2, 2, 2, 1, 1]
     assert "world 1" in cases[0]["baseline"] and cases[0]["detail"]["baseline_world_size"] == 1
+    assert "interleaved in the world-2 launch" in cases[0]["baseline"]
+    assert cases[0]["target"] == 0.9 and cases[2]["target"] == 1.9
+    assert "target" not in cases[1] and "target" not in cases[3] and "target" not in cases[4]
+    d0 = cases[0]["detail"]
+    # the twin ran on rank 0 alone with both ranks' threads: samples/s = batch / its step time
+    assert d0["baseline_threads_per_rank"] == 2 * d0["threads_per_rank"]
+    assert cases[0]["baseline_value"] == pytest.approx(512 / (d0["ms_per_step"]["ours_w1"] / 1e3), rel=1e-3)
+    assert d0["world1_launch_samples_per_s"] == cases[3]["value"]
     assert cases[0]["detail"]["threads_per_rank"] >= 1 and cases[0]["detail"]["baseline_threads_per_rank"] >= 1
     assert "EmbeddingCollection" in cases[1]["baseline"] and "NONE" in cases[1]["detail"]["ec_kernel"]
     assert "EmbeddingBagCollection" in cases[2]["baseline"] and "SUM" in cases[2]["detail"]["ebc_kernel"]
