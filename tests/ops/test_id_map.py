@@ -443,7 +443,12 @@ def test_bench_hashtable_quick_json():
     table = by_name["bytes per id: table with SparseAdamW (map + row + moments)"]
     d = table["detail"]
     assert d["slots"] == ["embedding", "sparse_adamw_exp_avg", "sparse_adamw_exp_avg_sq"]
-    assert d["row_bytes"] == 3 * 8 * 4 and d["floor_bytes_per_id"] == 3 * 8 * 4 + 12
+    assert d["row_bytes"] == 3 * 8 * 4 and d["floor_bytes_per_id"] == 3 * 8 * 4 + 24
+    assert d["strict_floor_bytes_per_id"] == 3 * 8 * 4 + 12 and table["baseline_value"] == 3 * 8 * 4 + 24
+    assert table["target"] == pytest.approx(1 / 1.10, abs=1e-4)
+    strict = by_name["bytes per id: table with SparseAdamW, strict floor"]
+    assert strict["value"] == table["value"] and strict["baseline_value"] == 3 * 8 * 4 + 12
+    assert "target" not in strict
     assert abs(table["value"] - d["map_bytes_per_id"] - d["storage_bytes_per_id"]) < 0.02
     # the storage backs whole blocks of the rows in use, not a x1.5 capacity
     assert d["storage_bytes_per_id"] <= 96 * (1 + 10240 / d["ids"]) + 0.01
