@@ -7,7 +7,10 @@ a child (index in order of first appearance) and features with one ``shared_name
 ``forward(dict) -> dict``: per physical table, features with equal ``runtime_info`` form a group;
 their ids are encoded with the child index (``(id & (2^52-1)) | (child << 52)``), concatenated,
 deduplicated and looked up once, then pooled (sum/mean: one ``embedding_bag`` over the whole
-group; tile: per feature) and split back. Keys that are not embedded pass through
+group; tile: per feature) and split back. Groups of different physical tables that pool alike
+(sum, or mean without weights; same dim and dtype: :meth:`EmbeddingEngine._pool_key`) are pooled
+by one call over their rows concatenated, with the values and gradients of one call per group
+(:meth:`EmbeddingEngine.reduce_groups`). Keys that are not embedded pass through
 (RaggedTensor -> ``to_dense()``).
 
 Under ``torchrun`` the lookups are exchanges between ranks, run in RecIS's order: every group's
@@ -297,6 +300,81 @@ class EmbeddingEngine(nn.Module):
             out[name] = part.view(tuple(shape) + (emb.shape[1],))
         return out
 
+    @staticmethod
+    def _pool_key(group: RuntimeGroupFeature, emb: torch.Tensor) -> Optional[tuple]:
+        """What groups of different physical tables must share to be pooled by one call
+        (``reduce_groups``); None for a group that is pooled on its own. ``sum`` (weighted or
+        not) and unweighted ``mean`` pool every bag independently of the others, so a merged
+        call gives every bag the bits of a call per group. Weighted ``mean`` divides by bag
+        sums taken from one cumulative sum over the call's weights (``_bag_weight_sums`` in
+        nn/functional/embedding_ops.py), whose rounding depends on the bags before: it stays
+        per group, as does ``tile``."""
+        weighted = group.coalesced_weights is not None
+        if group.combiner == "tile" or (group.combiner == "mean" and weighted):
+            return None
+        return (group.combiner, weighted, group.trainable, emb.dtype, emb.device, emb.shape[1])
+
+    def reduce_groups(self, ctx: EmbeddingEngineContext) -> Dict[str, torch.Tensor]:
+        """The pooled embedding of every present feature of ``ctx``'s groups (after their
+        ``group_exchange_embs``): ``{feature: [*bag_shape, dim]}`` (tile: as ``group_reduce``).
+
+        Groups of different physical tables with the same ``_pool_key`` are pooled by one
+        ``ragged_embedding_segment_reduce`` over their rows concatenated (``[sum U, dim]``), the
+        reverse indices shifted by the rows before them and the bag offsets by the ids before
+        them; the result is cut back per feature (contiguous row slices). The values are those
+        of one call per group (see ``_pool_key``), and so are the gradients the tables receive:
+        the backward of the concatenation hands each table the rows of its own slice. One call
+        instead of one per table saves the per-call cost (op dispatch, autograd node, the
+        missing-id check), which with dozens of tables (DLRM's 26 fields with per-field
+        initializers: 19 physical tables) was a large part of the forward and backward."""
+        out: Dict[str, torch.Tensor] = {}
+        batches: "OrderedDict[tuple, list]" = OrderedDict()
+        for ht_name, group, _, emb_result in ctx.groups:
+            emb = _cast_for_reduce(self._ht[ht_name].wait_exchange_emb(emb_result), group.fp16_enabled)
+            key = self._pool_key(group, emb)
+            if key is None:
+                out.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
+            else:
+                batches.setdefault(key, []).append((ht_name, group, emb_result, emb))
+        for members in batches.values():
+            if len(members) == 1:
+                ht_name, group, emb_result, _ = members[0]
+                out.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
+                continue
+            out.update(self._reduce_merged(members))
+        return out
+
+    def _reduce_merged(self, members: List[tuple]) -> Dict[str, torch.Tensor]:
+        """One pooling call over ``members`` ``[(table, group, ExchangeEmbResults, rows [U_g, dim])]``
+        that share a ``_pool_key`` (see ``reduce_groups``)."""
+        rows, reverse, offsets, weights = [], [], [], []
+        row_base = id_base = 0
+        for _, group, emb_result, emb in members:
+            rev = emb_result.reverse_index
+            off = group.coalesced_offsets.to(torch.int64)
+            if row_base:
+                rev = torch.where(rev < 0, rev, rev + row_base)      # -1 (a missing id) stays -1
+            if id_base:
+                off = off[1:] + id_base
+            rows.append(emb)
+            reverse.append(rev)
+            offsets.append(off)
+            if group.coalesced_weights is not None:
+                weights.append(group.coalesced_weights.to(emb.dtype))
+            row_base += emb.shape[0]
+            id_base += emb_result.reverse_index.numel()
+        first = members[0][1]
+        pooled = ragged_embedding_segment_reduce(torch.cat(rows), torch.cat(weights) if weights else None,
+                                                 torch.cat(reverse), torch.cat(offsets), first.combiner)
+        sizes = [n for _, group, _, _ in members for n in group.split_size]
+        parts = iter(torch.split(pooled, sizes))
+        out: Dict[str, torch.Tensor] = {}
+        for _, group, _, _ in members:
+            embs = {name: next(parts).view(tuple(shape) + (pooled.shape[1],))
+                    for name, shape in zip(group.present, group.shapes)}
+            out.update(self.split_group_embs(group, embs))
+        return out
+
     def split_group_embs(self, group: RuntimeGroupFeature, embs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         if group.trainable:
             return embs
@@ -329,9 +407,7 @@ class EmbeddingEngine(nn.Module):
             entry[2].ids_await.send()
         for entry in ctx.groups:                    # lookups; every group's rows in flight ...
             entry[3] = self.group_exchange_embs(entry[0], entry[1], entry[2])
-        embedded: Dict[str, torch.Tensor] = {}
-        for ht_name, group, _, emb_result in ctx.groups:    # ... before the first is pooled
-            embedded.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
+        embedded = self.reduce_groups(ctx)          # ... before the first is pooled
         out = OrderedDict((k, embedded[k]) for k in self._emb_opts if k in embedded)
         out.update(self.format_direct_out(input_features))
         return out
