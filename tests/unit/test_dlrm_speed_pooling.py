@@ -180,3 +180,21 @@ def test_dlrm_interaction_of_a_field_list_equals_the_stacked_tensor(itself, padd
     assert torch.equal(outs[0], outs[1])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+def test_a_group_without_ids_in_a_merged_call():
+    """A table whose bags are all empty this batch (no rows) between two that have ids: its
+    features are zeros and the others equal their per-group pooling."""
+    def batch():
+        gen = torch.Generator().manual_seed(9)
+        out = _batch(2)
+        out["f2"] = _ragged(gen, 9, empty_rows=range(B))
+        return out
+    outs = []
+    for cls in (EmbeddingEngine, PerGroupEngine):
+        HashtableRegister().clear()
+        torch.manual_seed(0)
+        outs.append(cls(_options())(batch()))
+    assert torch.equal(outs[0]["f2"], torch.zeros(B, 4))
+    for k in outs[1]:
+        assert torch.equal(outs[0][k], outs[1][k]), k

@@ -347,25 +347,36 @@ class EmbeddingEngine(nn.Module):
     def _reduce_merged(self, members: List[tuple]) -> Dict[str, torch.Tensor]:
         """One pooling call over ``members`` ``[(table, group, ExchangeEmbResults, rows [U_g, dim])]``
         that share a ``_pool_key`` (see ``reduce_groups``)."""
-        rows, reverse, offsets, weights = [], [], [], []
+        rows, reverse, ends, weights = [], [], [], []
+        row_bases, id_bases, n_ids, n_bags = [], [], [], []
         row_base = id_base = 0
         for _, group, emb_result, emb in members:
-            rev = emb_result.reverse_index
-            off = group.coalesced_offsets.to(torch.int64)
-            if row_base:
-                rev = torch.where(rev < 0, rev, rev + row_base)      # -1 (a missing id) stays -1
-            if id_base:
-                off = off[1:] + id_base
             rows.append(emb)
-            reverse.append(rev)
-            offsets.append(off)
+            reverse.append(emb_result.reverse_index)
+            ends.append(group.coalesced_offsets[1:].to(torch.int64))
             if group.coalesced_weights is not None:
                 weights.append(group.coalesced_weights.to(emb.dtype))
+            row_bases.append(row_base)
+            id_bases.append(id_base)
+            n_ids.append(emb_result.reverse_index.numel())
+            n_bags.append(ends[-1].numel())
             row_base += emb.shape[0]
-            id_base += emb_result.reverse_index.numel()
+            id_base += n_ids[-1]
+        device = rows[0].device
+        # every group's reverse indices shifted by the rows before it (-1, a missing id, stays
+        # -1) and its bag ends by the ids before it: a few ops for all groups, not a few per group
+        rev = torch.cat(reverse)
+        rev = torch.where(rev < 0, rev, rev + torch.repeat_interleave(
+            torch.tensor(row_bases, dtype=torch.int64, device=device),
+            torch.tensor(n_ids, dtype=torch.int64, device=device), output_size=rev.numel()))
+        ends = torch.cat(ends)
+        ends = ends + torch.repeat_interleave(torch.tensor(id_bases, dtype=torch.int64, device=device),
+                                              torch.tensor(n_bags, dtype=torch.int64, device=device),
+                                              output_size=ends.numel())
+        offsets = torch.cat([members[0][1].coalesced_offsets[:1].to(torch.int64), ends])
         first = members[0][1]
         pooled = ragged_embedding_segment_reduce(torch.cat(rows), torch.cat(weights) if weights else None,
-                                                 torch.cat(reverse), torch.cat(offsets), first.combiner)
+                                                 rev, offsets, first.combiner)
         sizes = [n for _, group, _, _ in members for n in group.split_size]
         parts = iter(torch.split(pooled, sizes))
         out: Dict[str, torch.Tensor] = {}
