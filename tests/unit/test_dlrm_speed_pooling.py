@@ -1,8 +1,10 @@
-"""EmbeddingEngine pools the groups of different physical tables in one call (issue 15 item 4,
-the DLRM train-speed work): the values the features get and the rows the tables end up with are
-bit-equal to pooling every group on its own (the engine before this change), over several
-training steps, for every combiner; and examples/dlrm's interaction stacks the fields in one copy
-with the result of the old two-copy path."""
+"""The DLRM train-speed work (issue 15 item 4) on EmbeddingEngine and examples/dlrm, each against
+the code it replaced, over several training steps, bit for bit:
+
+* groups of different physical tables that pool alike are pooled in one call (values the features
+  get and rows the tables end up with equal pooling every group on its own), for every combiner;
+* tables that are not sharded are looked up without the staged LookupRequest;
+* examples/dlrm's interaction stacks the bottom output and the fields in one copy."""
 import importlib
 import sys
 from pathlib import Path
@@ -198,3 +200,63 @@ def test_a_group_without_ids_in_a_merged_call():
     assert torch.equal(outs[0]["f2"], torch.zeros(B, 4))
     for k in outs[1]:
         assert torch.equal(outs[0][k], outs[1][k]), k
+
+
+# ----------------------------------------------------------------------------- local tables
+class StagedEngine(EmbeddingEngine):
+    """The engine as it looked tables up before: every table through DynamicEmbedding's staged
+    lookup (LookupRequest), sharded or not."""
+
+    def group_exchange_ids(self, ht_name, group):
+        return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
+
+    def group_exchange_embs(self, ht_name, group, ids_result):
+        return self._ht[ht_name].lookup_exchange_emb(ids_result, group.admit_hook)
+
+
+def test_local_tables_skip_the_staged_request_with_the_same_training(monkeypatch):
+    """Tables that are not sharded are looked up without a LookupRequest; outputs over three
+    training steps, the ids inserted and the rows trained are bit-equal to the staged path."""
+    from recis_compat.backend.dynamic_table import DynamicTable
+    requests = []
+    real = DynamicTable.request
+    monkeypatch.setattr(DynamicTable, "request", lambda self, *a, **k: requests.append(self.name) or real(self, *a, **k))
+    new_outs, new_tables = _train(EmbeddingEngine)
+    assert requests == []
+    old_outs, old_tables = _train(StagedEngine)
+    assert len(requests) == 3 * 11
+    for step, (a, b) in enumerate(zip(new_outs, old_outs)):
+        for k in b:
+            assert torch.equal(a[k], b[k]), f"step {step}, feature {k}"
+    for name in old_tables:
+        assert torch.equal(new_tables[name][0], old_tables[name][0]), name
+        assert torch.equal(new_tables[name][1], old_tables[name][1]), name
+
+
+def test_local_readonly_and_eval_lookups_insert_nothing():
+    from recis.nn.hashtable_hook import AdmitHook
+    opts = {"ro": EmbeddingOption(embedding_dim=4, shared_name="ro", combiner="sum", initializer=_normal(60),
+                                  admit_hook=AdmitHook("ReadOnly")),
+            "rw": EmbeddingOption(embedding_dim=4, shared_name="rw", combiner="sum", initializer=_normal(61))}
+    eng = EmbeddingEngine(opts)
+    ids = torch.tensor([[1, 2], [3, 3]])
+    eng.eval()
+    out = eng({"ro": ids, "rw": ids})
+    assert torch.equal(out["rw"], torch.zeros(2, 4)) and torch.equal(out["ro"], torch.zeros(2, 4))
+    assert all(len(impl.ids_map()[0]) == 0 for impl in filter_out_sparse_param(eng).values())
+    eng.train()
+    out = eng({"ro": ids, "rw": ids})
+    sizes = {impl.children_info().children()[0]: len(impl.ids_map()[0]) for impl in filter_out_sparse_param(eng).values()}
+    assert sizes == {"ro": 0, "rw": 3}
+    assert torch.equal(out["ro"], torch.zeros(2, 4)) and not torch.equal(out["rw"], torch.zeros(2, 4))
+
+
+def test_a_bad_admit_hook_is_refused_on_a_local_table():
+    from recis.nn.hashtable_hook import AdmitHook
+    eng = EmbeddingEngine({"a": EmbeddingOption(embedding_dim=4, shared_name="a", initializer=_normal(62),
+                                                admit_hook=AdmitHook("ReadOnly"))})
+    for per_table in eng._runtime_groups.values():
+        for group in per_table.values():
+            group.admit_hook = "not a hook"
+    with pytest.raises(AssertionError, match="only AdmitHook"):
+        eng({"a": torch.tensor([[1]])})

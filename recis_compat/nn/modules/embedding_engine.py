@@ -16,7 +16,9 @@ by one call over their rows concatenated, with the values and gradients of one c
 Under ``torchrun`` the lookups are exchanges between ranks, run in RecIS's order: every group's
 ids are sent (``exchange_ids``) before any group is looked up (``lookup_exchange_emb``), and
 every group's rows are in flight before the first is pooled; each stage returns right after
-issuing its all-to-all (``backend/exchange.py``). The state of one forward lives in an
+issuing its all-to-all (``backend/exchange.py``). A table that is not sharded (one process, or
+a model not passed through ``shard_model``) has nothing to exchange and is looked up directly
+(:meth:`EmbeddingEngine.group_exchange_ids`). The state of one forward lives in an
 :class:`EmbeddingEngineContext`, never on the module.
 
 Differences from RecIS: a ``shared_name`` used with two configs raises the intended RuntimeError
@@ -42,8 +44,11 @@ import torch
 from torch import nn
 
 from recis_compat.backend.children import MAX_CHILDREN, encode_ids
+from recis_compat.backend.dynamic_table import DynamicTable
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
-from recis_compat.nn.modules.embedding import DynamicEmbedding, EmbeddingOption, _cast_for_reduce, deal_with_tensor
+from recis_compat.nn.hashtable_hook import AdmitHook
+from recis_compat.nn.modules.embedding import (DynamicEmbedding, EmbeddingOption, ExchangeEmbResults,
+                                               ExchangeIDsResults, _cast_for_reduce, deal_with_tensor)
 from recis_compat.ops.coalesce import coalesce_ids
 from recis_compat.ops.tile import tile
 from recis_compat.ragged.tensor import RaggedTensor
@@ -269,11 +274,42 @@ class EmbeddingEngine(nn.Module):
                     out.append((ht_name, group))
         return out
 
-    def group_exchange_ids(self, ht_name: str, group: RuntimeGroupFeature):
-        return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
+    def _local_table(self, ht_name: str) -> Optional[DynamicTable]:
+        """The backend table of ``ht_name`` when it holds all its rows in this process (a
+        ``DynamicTable``, not sharded: nothing to exchange), else None."""
+        table = self._ht[ht_name].hashtable.table
+        return table if isinstance(table, DynamicTable) else None
 
-    def group_exchange_embs(self, ht_name: str, group: RuntimeGroupFeature, ids_result):
-        return self._ht[ht_name].lookup_exchange_emb(ids_result, group.admit_hook)
+    def group_exchange_ids(self, ht_name: str, group: RuntimeGroupFeature) -> ExchangeIDsResults:
+        """Dedupe the group's ids and issue their exchange. A table that is not sharded has
+        nothing to exchange: its distinct ids are taken here (``partition_ids``) and
+        ``ids_await`` is None, skipping the staged request (``backend/dynamic_table.py``
+        ``LookupRequest``: a context and three awaitables per lookup, which cost as much as a
+        small table's lookup itself); the values are those of the staged path."""
+        if self._local_table(ht_name) is None:
+            return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
+        uniq, reverse, parts = self._local_table(ht_name).partition_ids(group.coalesced_ids)
+        return ExchangeIDsResults(ids=uniq, parts=parts, parts_reverse=[], reverse_index=reverse,
+                                  offsets=group.coalesced_offsets, ids_await=None)
+
+    def group_exchange_embs(self, ht_name: str, group: RuntimeGroupFeature,
+                            ids_result: ExchangeIDsResults) -> ExchangeEmbResults:
+        """Look the group's distinct ids up (rows via ``wait_exchange_emb``). Ids of a table that
+        is not sharded (``ids_await`` None, see :meth:`group_exchange_ids`) are looked up
+        directly with ``HashTable.lookup_unique`` under the table's lock, as the staged
+        ``fetch`` does."""
+        dyn = self._ht[ht_name]
+        if ids_result.ids_await is not None:
+            return dyn.lookup_exchange_emb(ids_result, group.admit_hook)
+        admit_hook = group.admit_hook
+        if admit_hook is not None and (not isinstance(admit_hook, AdmitHook) or admit_hook.name != "ReadOnly"):
+            raise AssertionError(f"table {dyn.name!r}: only AdmitHook('ReadOnly') is supported, got {admit_hook}")
+        with dyn.hashtable.impl.lock:
+            emb = dyn.hashtable.lookup_unique(ids_result.ids, readonly=admit_hook is not None)
+        ids_result.parts_reverse = [ids_result.ids.numel()]
+        return ExchangeEmbResults(emb=emb, reverse_index=ids_result.reverse_index,
+                                  emb_shape=(ids_result.ids.numel(), group.dim),
+                                  offsets=ids_result.offsets, emb_await=None)
 
     def group_reduce(self, ht_name: str, group: RuntimeGroupFeature, emb_result) -> Dict[str, torch.Tensor]:
         dyn = self._ht[ht_name]
@@ -415,7 +451,8 @@ class EmbeddingEngine(nn.Module):
         for entry in ctx.groups:                    # every group's id exchange issued ...
             entry[2] = self.group_exchange_ids(entry[0], entry[1])
         for entry in ctx.groups:                    # ... and its ids sent, before any lookup
-            entry[2].ids_await.send()
+            if entry[2].ids_await is not None:      # None: a table that is not sharded
+                entry[2].ids_await.send()
         for entry in ctx.groups:                    # lookups; every group's rows in flight ...
             entry[3] = self.group_exchange_embs(entry[0], entry[1], entry[2])
         embedded = self.reduce_groups(ctx)          # ... before the first is pooled
