@@ -286,9 +286,10 @@ class EmbeddingEngine(nn.Module):
         ``ids_await`` is None, skipping the staged request (``backend/dynamic_table.py``
         ``LookupRequest``: a context and three awaitables per lookup, which cost as much as a
         small table's lookup itself); the values are those of the staged path."""
-        if self._local_table(ht_name) is None:
+        table = self._local_table(ht_name)
+        if table is None:
             return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
-        uniq, reverse, parts = self._local_table(ht_name).partition_ids(group.coalesced_ids)
+        uniq, reverse, parts = table.partition_ids(group.coalesced_ids)
         return ExchangeIDsResults(ids=uniq, parts=parts, parts_reverse=[], reverse_index=reverse,
                                   offsets=group.coalesced_offsets, ids_await=None)
 
