@@ -260,3 +260,26 @@ def test_a_bad_admit_hook_is_refused_on_a_local_table():
             group.admit_hook = "not a hook"
     with pytest.raises(AssertionError, match="only AdmitHook"):
         eng({"a": torch.tensor([[1]])})
+
+
+@pytest.mark.parametrize("fp16", [True, False])
+def test_int8_tables_pool_merged_in_their_compute_dtype(fp16):
+    """Two int8 tables (different initializers) pool in one call in float16 / float32, as each
+    would alone; ids they do not hold give zeros and are not inserted (int8 tables are read-only)."""
+    from recis.nn.initializers import ConstantInitializer
+    opts = {f"q{i}": EmbeddingOption(embedding_dim=4, shared_name=f"q{i}", combiner="sum", dtype=torch.int8,
+                                     fp16_enabled=fp16, initializer=ConstantInitializer(init_val=i))
+            for i in range(2)}
+    eng = EmbeddingEngine(opts)
+    impls = filter_out_sparse_param(eng)
+    assert len(impls) == 2
+    for i, name in enumerate(opts):
+        impl = impls[eng.table_of(name)]
+        impl.insert(eng.table_ids(name, torch.tensor([1, 2])),
+                    torch.tensor([[1, 2, 3, 4], [10, 20, 30, 40]], dtype=torch.int8) * (i + 1))
+    out = eng({name: torch.tensor([[1, 2], [2, 3]]) for name in opts})
+    for i, name in enumerate(opts):
+        assert out[name].dtype == (torch.float16 if fp16 else torch.float32)
+        assert out[name].tolist() == [[11 * (i + 1), 22 * (i + 1), 33 * (i + 1), 44 * (i + 1)],
+                                      [10 * (i + 1), 20 * (i + 1), 30 * (i + 1), 40 * (i + 1)]]
+    assert all(len(impl) == 2 for impl in impls.values())
