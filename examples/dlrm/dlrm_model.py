@@ -52,7 +52,10 @@ def round8(n: int) -> int:
 
 
 class DotInteraction(nn.Module):
-    """``[B, D]`` bottom output and ``[B, F, D]`` embeddings -> ``[B, output_size]``."""
+    """``[B, D]`` bottom output and the embeddings (``[B, F, D]``, or a list of F ``[B, D]``)
+    -> ``[B, output_size]``. A list is stacked together with the bottom output in one copy (what
+    the model passes: stacking the fields first and then prepending the bottom output copied the
+    ``[B, F, D]`` block twice)."""
 
     def __init__(self, dim: int, num_fields: int, itself: bool = False, padding: bool = True):
         super().__init__()
@@ -64,8 +67,11 @@ class DotInteraction(nn.Module):
         self.output_size = round8(raw) if padding else raw
         self.pad = self.output_size - raw
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        t = torch.cat([x.unsqueeze(1), emb], 1)                      # [B, F + 1, D]
+    def forward(self, x: torch.Tensor, emb) -> torch.Tensor:
+        if isinstance(emb, torch.Tensor):
+            t = torch.cat([x.unsqueeze(1), emb], 1)                  # [B, F + 1, D]
+        else:
+            t = torch.stack([x] + list(emb), 1)                      # [B, F + 1, D]
         z = torch.bmm(t, t.transpose(1, 2))                          # [B, F + 1, F + 1]
         out = torch.cat([x, z[:, self.li, self.lj]], 1)
         if self.pad:
@@ -103,7 +109,7 @@ class DLRM(nn.Module):
             if self.num_dense > dense.shape[1]:
                 dense = nn.functional.pad(dense, (0, self.num_dense - dense.shape[1]))
             x = self.bottom_mlp(dense)
-            emb = torch.stack([feats[c] for c in SPARSE], 1).to(x.dtype)   # [B, 26, D]
+            emb = [feats[c].to(x.dtype) for c in SPARSE]                   # 26 x [B, D]
             out = self.top_mlp(self.interaction(x, emb))
         self.last_compute_dtype = out.dtype
         return out.float().reshape(-1)

@@ -7,13 +7,18 @@ a child (index in order of first appearance) and features with one ``shared_name
 ``forward(dict) -> dict``: per physical table, features with equal ``runtime_info`` form a group;
 their ids are encoded with the child index (``(id & (2^52-1)) | (child << 52)``), concatenated,
 deduplicated and looked up once, then pooled (sum/mean: one ``embedding_bag`` over the whole
-group; tile: per feature) and split back. Keys that are not embedded pass through
+group; tile: per feature) and split back. Groups of different physical tables that pool alike
+(sum, or mean without weights; same dim and dtype: :meth:`EmbeddingEngine._pool_key`) are pooled
+by one call over their rows concatenated, with the values and gradients of one call per group
+(:meth:`EmbeddingEngine.reduce_groups`). Keys that are not embedded pass through
 (RaggedTensor -> ``to_dense()``).
 
 Under ``torchrun`` the lookups are exchanges between ranks, run in RecIS's order: every group's
 ids are sent (``exchange_ids``) before any group is looked up (``lookup_exchange_emb``), and
 every group's rows are in flight before the first is pooled; each stage returns right after
-issuing its all-to-all (``backend/exchange.py``). The state of one forward lives in an
+issuing its all-to-all (``backend/exchange.py``). A table that is not sharded (one process, or
+a model not passed through ``shard_model``) has nothing to exchange and is looked up directly
+(:meth:`EmbeddingEngine.group_exchange_ids`). The state of one forward lives in an
 :class:`EmbeddingEngineContext`, never on the module.
 
 Differences from RecIS: a ``shared_name`` used with two configs raises the intended RuntimeError
@@ -39,8 +44,11 @@ import torch
 from torch import nn
 
 from recis_compat.backend.children import MAX_CHILDREN, encode_ids
+from recis_compat.backend.dynamic_table import DynamicTable
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
-from recis_compat.nn.modules.embedding import DynamicEmbedding, EmbeddingOption, _cast_for_reduce, deal_with_tensor
+from recis_compat.nn.hashtable_hook import AdmitHook
+from recis_compat.nn.modules.embedding import (DynamicEmbedding, EmbeddingOption, ExchangeEmbResults,
+                                               ExchangeIDsResults, _cast_for_reduce, deal_with_tensor)
 from recis_compat.ops.coalesce import coalesce_ids
 from recis_compat.ops.tile import tile
 from recis_compat.ragged.tensor import RaggedTensor
@@ -266,11 +274,43 @@ class EmbeddingEngine(nn.Module):
                     out.append((ht_name, group))
         return out
 
-    def group_exchange_ids(self, ht_name: str, group: RuntimeGroupFeature):
-        return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
+    def _local_table(self, ht_name: str) -> Optional[DynamicTable]:
+        """The backend table of ``ht_name`` when it holds all its rows in this process (a
+        ``DynamicTable``, not sharded: nothing to exchange), else None."""
+        table = self._ht[ht_name].hashtable.table
+        return table if isinstance(table, DynamicTable) else None
 
-    def group_exchange_embs(self, ht_name: str, group: RuntimeGroupFeature, ids_result):
-        return self._ht[ht_name].lookup_exchange_emb(ids_result, group.admit_hook)
+    def group_exchange_ids(self, ht_name: str, group: RuntimeGroupFeature) -> ExchangeIDsResults:
+        """Dedupe the group's ids and issue their exchange. A table that is not sharded has
+        nothing to exchange: its distinct ids are taken here (``partition_ids``) and
+        ``ids_await`` is None, skipping the staged request (``backend/dynamic_table.py``
+        ``LookupRequest``: a context and three awaitables per lookup, which cost as much as a
+        small table's lookup itself); the values are those of the staged path."""
+        table = self._local_table(ht_name)
+        if table is None:
+            return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
+        uniq, reverse, parts = table.partition_ids(group.coalesced_ids)
+        return ExchangeIDsResults(ids=uniq, parts=parts, parts_reverse=[], reverse_index=reverse,
+                                  offsets=group.coalesced_offsets, ids_await=None)
+
+    def group_exchange_embs(self, ht_name: str, group: RuntimeGroupFeature,
+                            ids_result: ExchangeIDsResults) -> ExchangeEmbResults:
+        """Look the group's distinct ids up (rows via ``wait_exchange_emb``). Ids of a table that
+        is not sharded (``ids_await`` None, see :meth:`group_exchange_ids`) are looked up
+        directly with ``HashTable.lookup_unique`` under the table's lock, as the staged
+        ``fetch`` does."""
+        dyn = self._ht[ht_name]
+        if ids_result.ids_await is not None:
+            return dyn.lookup_exchange_emb(ids_result, group.admit_hook)
+        admit_hook = group.admit_hook
+        if admit_hook is not None and (not isinstance(admit_hook, AdmitHook) or admit_hook.name != "ReadOnly"):
+            raise AssertionError(f"table {dyn.name!r}: only AdmitHook('ReadOnly') is supported, got {admit_hook}")
+        with dyn.hashtable.impl.lock:
+            emb = dyn.hashtable.lookup_unique(ids_result.ids, readonly=admit_hook is not None)
+        ids_result.parts_reverse = [ids_result.ids.numel()]
+        return ExchangeEmbResults(emb=emb, reverse_index=ids_result.reverse_index,
+                                  emb_shape=(ids_result.ids.numel(), group.dim),
+                                  offsets=ids_result.offsets, emb_await=None)
 
     def group_reduce(self, ht_name: str, group: RuntimeGroupFeature, emb_result) -> Dict[str, torch.Tensor]:
         dyn = self._ht[ht_name]
@@ -295,6 +335,92 @@ class EmbeddingEngine(nn.Module):
         pooled = ragged_embedding_segment_reduce(emb, weight, reverse, offsets, group.combiner)
         for name, part, shape in zip(group.present, torch.split(pooled, group.split_size), group.shapes):
             out[name] = part.view(tuple(shape) + (emb.shape[1],))
+        return out
+
+    @staticmethod
+    def _pool_key(group: RuntimeGroupFeature, emb: torch.Tensor) -> Optional[tuple]:
+        """What groups of different physical tables must share to be pooled by one call
+        (``reduce_groups``); None for a group that is pooled on its own. ``sum`` (weighted or
+        not) and unweighted ``mean`` pool every bag independently of the others, so a merged
+        call gives every bag the bits of a call per group. Weighted ``mean`` divides by bag
+        sums taken from one cumulative sum over the call's weights (``_bag_weight_sums`` in
+        nn/functional/embedding_ops.py), whose rounding depends on the bags before: it stays
+        per group, as does ``tile``."""
+        weighted = group.coalesced_weights is not None
+        if group.combiner == "tile" or (group.combiner == "mean" and weighted):
+            return None
+        return (group.combiner, weighted, group.trainable, emb.dtype, emb.device, emb.shape[1])
+
+    def reduce_groups(self, ctx: EmbeddingEngineContext) -> Dict[str, torch.Tensor]:
+        """The pooled embedding of every present feature of ``ctx``'s groups (after their
+        ``group_exchange_embs``): ``{feature: [*bag_shape, dim]}`` (tile: as ``group_reduce``).
+
+        Groups of different physical tables with the same ``_pool_key`` are pooled by one
+        ``ragged_embedding_segment_reduce`` over their rows concatenated (``[sum U, dim]``), the
+        reverse indices shifted by the rows before them and the bag offsets by the ids before
+        them; the result is cut back per feature (contiguous row slices). The values are those
+        of one call per group (see ``_pool_key``), and so are the gradients the tables receive:
+        the backward of the concatenation hands each table the rows of its own slice. One call
+        instead of one per table saves the per-call cost (op dispatch, autograd node, the
+        missing-id check), which with dozens of tables (DLRM's 26 fields with per-field
+        initializers: 19 physical tables) was a large part of the forward and backward."""
+        out: Dict[str, torch.Tensor] = {}
+        batches: "OrderedDict[tuple, list]" = OrderedDict()
+        for ht_name, group, _, emb_result in ctx.groups:
+            emb = _cast_for_reduce(self._ht[ht_name].wait_exchange_emb(emb_result), group.fp16_enabled)
+            key = self._pool_key(group, emb)
+            if key is None:
+                out.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
+            else:
+                batches.setdefault(key, []).append((ht_name, group, emb_result, emb))
+        for members in batches.values():
+            if len(members) == 1:
+                ht_name, group, emb_result, _ = members[0]
+                out.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
+                continue
+            out.update(self._reduce_merged(members))
+        return out
+
+    def _reduce_merged(self, members: List[tuple]) -> Dict[str, torch.Tensor]:
+        """One pooling call over ``members`` ``[(table, group, ExchangeEmbResults, rows [U_g, dim])]``
+        that share a ``_pool_key`` (see ``reduce_groups``)."""
+        rows, reverse, ends, weights = [], [], [], []
+        row_bases, id_bases, n_ids, n_bags = [], [], [], []
+        row_base = id_base = 0
+        for _, group, emb_result, emb in members:
+            rows.append(emb)
+            reverse.append(emb_result.reverse_index)
+            ends.append(group.coalesced_offsets[1:].to(torch.int64))
+            if group.coalesced_weights is not None:
+                weights.append(group.coalesced_weights.to(emb.dtype))
+            row_bases.append(row_base)
+            id_bases.append(id_base)
+            n_ids.append(emb_result.reverse_index.numel())
+            n_bags.append(ends[-1].numel())
+            row_base += emb.shape[0]
+            id_base += n_ids[-1]
+        device = rows[0].device
+        # every group's reverse indices shifted by the rows before it (-1, a missing id, stays
+        # -1) and its bag ends by the ids before it: a few ops for all groups, not a few per group
+        rev = torch.cat(reverse)
+        rev = torch.where(rev < 0, rev, rev + torch.repeat_interleave(
+            torch.tensor(row_bases, dtype=torch.int64, device=device),
+            torch.tensor(n_ids, dtype=torch.int64, device=device), output_size=rev.numel()))
+        ends = torch.cat(ends)
+        ends = ends + torch.repeat_interleave(torch.tensor(id_bases, dtype=torch.int64, device=device),
+                                              torch.tensor(n_bags, dtype=torch.int64, device=device),
+                                              output_size=ends.numel())
+        offsets = torch.cat([members[0][1].coalesced_offsets[:1].to(torch.int64), ends])
+        first = members[0][1]
+        pooled = ragged_embedding_segment_reduce(torch.cat(rows), torch.cat(weights) if weights else None,
+                                                 rev, offsets, first.combiner)
+        sizes = [n for _, group, _, _ in members for n in group.split_size]
+        parts = iter(torch.split(pooled, sizes))
+        out: Dict[str, torch.Tensor] = {}
+        for _, group, _, _ in members:
+            embs = {name: next(parts).view(tuple(shape) + (pooled.shape[1],))
+                    for name, shape in zip(group.present, group.shapes)}
+            out.update(self.split_group_embs(group, embs))
         return out
 
     def split_group_embs(self, group: RuntimeGroupFeature, embs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -326,12 +452,11 @@ class EmbeddingEngine(nn.Module):
         for entry in ctx.groups:                    # every group's id exchange issued ...
             entry[2] = self.group_exchange_ids(entry[0], entry[1])
         for entry in ctx.groups:                    # ... and its ids sent, before any lookup
-            entry[2].ids_await.send()
+            if entry[2].ids_await is not None:      # None: a table that is not sharded
+                entry[2].ids_await.send()
         for entry in ctx.groups:                    # lookups; every group's rows in flight ...
             entry[3] = self.group_exchange_embs(entry[0], entry[1], entry[2])
-        embedded: Dict[str, torch.Tensor] = {}
-        for ht_name, group, _, emb_result in ctx.groups:    # ... before the first is pooled
-            embedded.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
+        embedded = self.reduce_groups(ctx)          # ... before the first is pooled
         out = OrderedDict((k, embedded[k]) for k in self._emb_opts if k in embedded)
         out.update(self.format_direct_out(input_features))
         return out
