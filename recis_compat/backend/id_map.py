@@ -232,16 +232,22 @@ class IdMap(OwnLock):
             rows, new = _ops.find_or_insert(self._table, self._meta, self._free, flat)
             self._used_bound += n
             return rows.view(ids.shape), new.view(ids.shape)
+        # near the load limit: a steady-state table's batches mostly hold known ids only, which
+        # take no slot: one find answers them without the chunked insert below
+        found = _ops.find(self._table, flat)
+        missing = found < 0
+        if not bool(missing.any()):
+            return found.view(ids.shape), torch.zeros(ids.shape, dtype=torch.bool, device=self.device)
         rows_parts, new_parts = [], []
         pos = 0
-        need = size0 = None      # distinct absent ids of flat[pos:], counted once when needed
+        # distinct absent ids of flat[pos:] (pos = 0 now), against the size they were counted at
+        need = int(_ops.unique_first_seen(flat[missing])[0].numel())
+        size0 = self._counts()[0]
         while pos < n:
             size, _, tomb, _ = self._counts()
             remaining = n - pos
             room = int(self.max_load * self.capacity) - size - tomb
             if room < min(remaining, max(_MIN_CHUNK, self.capacity // 64)):
-                if need is None:
-                    need, size0 = self._absent_distinct(flat[pos:]), size
                 need_left = need - (size - size0)
                 if need_left > 0 or room < 1:
                     # nearly full: grow once for every new id still to come, so the load after
@@ -291,11 +297,6 @@ class IdMap(OwnLock):
             self._grow(size, tomb, max(0, int(num_ids) - size))
 
     # ------------------------------------------------------------------ growth
-    def _absent_distinct(self, ids: torch.Tensor) -> int:
-        """How many distinct ids of ``ids`` are not in the map."""
-        missing = ids[_ops.find(self._table, ids) < 0]
-        return int(_ops.unique_first_seen(missing)[0].numel()) if missing.numel() else 0
-
     def _sync(self) -> None:
         size, _, tomb, _ = self._counts()
         self._used_bound = size + tomb

@@ -137,6 +137,38 @@ def test_growth_across_many_rehashes():
     assert big.capacity <= 4096
 
 
+def test_known_ids_at_the_load_limit_need_no_insert_pass(monkeypatch):
+    """A map filled close to its load limit, fed batches larger than the room left: known ids come
+    back from one find (no rehash, nothing new); a batch with a few new ids still inserts them
+    exactly once, growing as needed, with the same rows as a reference map."""
+    m, ref = IdMap(), IdMapRef()
+    ids = torch.arange(1, 1 + 3000, dtype=torch.int64) * 7919
+    m.find_or_insert(ids)
+    ref.find_or_insert(ids.tolist())
+    limit = int(m.max_load * m.capacity)
+    filler = torch.arange(10_000, 10_000 + max(0, limit - len(m) - 5), dtype=torch.int64) * 104729
+    m.find_or_insert(filler)
+    ref.find_or_insert(filler.tolist())
+    assert limit - len(m) <= 5
+    cap, rehashes = m.capacity, m.num_rehashes
+    import recis_compat.backend.id_map as id_map_module
+    insert_calls = []
+    real_insert = id_map_module._ops.find_or_insert
+    monkeypatch.setattr(id_map_module._ops, "find_or_insert",
+                        lambda *a: insert_calls.append(a[-1].numel()) or real_insert(*a))
+    known = torch.cat([ids, ids.flip(0)])               # repeats, and far more ids than the room
+    rows, new = m.find_or_insert(known)
+    assert insert_calls == []                           # answered by find alone
+    assert m.capacity == cap and m.num_rehashes == rehashes and not bool(new.any())
+    assert rows.tolist() == ref.find(known.tolist())
+    mixed = torch.cat([ids[:100], torch.tensor([-5, -6, -5, -7], dtype=torch.int64), ids[100:200]])
+    rows, new = m.find_or_insert(mixed)
+    ref_rows, ref_new = ref.find_or_insert(mixed.tolist())
+    assert rows.tolist() == ref_rows and new.tolist() == ref_new and int(new.sum()) == 3
+    assert insert_calls                                 # new ids do go through the insert kernel
+    assert len(m) == len(ref.export()[0]) and bool((rows >= 0).all())
+
+
 def test_determinism_across_thread_counts():
     ids = nasty_ids(200_000, 5, pool=60_000)
     victims = ids[::7]
