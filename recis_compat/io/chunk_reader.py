@@ -23,7 +23,7 @@ import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import pyarrow as pa
 
@@ -42,7 +42,8 @@ Converter = Callable[[pa.RecordBatch, str, str], Dict[str, ColumnChunk]]
 class Chunk:
     """Converted rows ``[row_start, row_start + nrows)`` of file ``file_index``.
 
-    ``last_in_file`` is True for the file's final read unit.
+    ``last_in_file`` is True for the file's final read unit. ``plan`` caches how the packer
+    cuts rows out of ``columns`` (:func:`~.column_chunk.rows_plan`), made on first use.
     """
 
     file_index: int
@@ -50,6 +51,7 @@ class Chunk:
     nrows: int
     columns: Dict[str, ColumnChunk]
     last_in_file: bool
+    plan: Optional[list] = None
 
 
 class FileFormat(abc.ABC):
