@@ -176,16 +176,15 @@ def columns_rows(plan: List[tuple], a: int, b: int,
                  place: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> Dict[str, list]:
     """Rows ``[a, b)`` of every column of one chunk (``plan`` from :func:`rows_plan`) as
     ``{column: nested list}``, i.e. ``to_nested(kind, take_rows(chunk, a, b), place)`` per
-    column; the short paths build the same lists directly (offsets rebased to start at 0 are a
-    view of the chunk's when they already do)."""
+    column; the short paths build the same lists directly. Their rebased offsets are always a
+    new array (consecutive batches share a boundary entry of the chunk's offsets, so a view
+    changed in place by a user map could shift the next batch)."""
     out = {}
     from_numpy = torch.from_numpy
     for name, path, values, off in plan:
         if path == _FAST_RAGGED:
             lo = off.item(a)
-            seg = off[a:b + 1]
-            if lo:
-                seg = seg - lo
+            seg = off[a:b + 1] - lo  # always a new array: batches share boundary entries
             if place:
                 out[name] = [[place(from_numpy(values[lo:off.item(b)])), place(from_numpy(seg))]]
             else:
