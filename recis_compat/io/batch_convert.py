@@ -58,8 +58,9 @@ def batch_convert(dense_column: Sequence[str], ragged_format: bool,
             for name, data in table.items():
                 level = data[0]
                 first = level[0]
-                if (ragged_format and len(data) == 1 and len(level) == 2 and type(first) is tensor_type
-                        and type(level[1]) is tensor_type and name not in dense):
+                if (ragged_format and len(data) == 1 and len(level) == 2
+                        and type(first) is tensor_type and type(level[1]) is tensor_type
+                        and name not in dense):
                     # the common case, a one-level ragged column without weights, tensors
                     # already (the packer's short path, recis_compat/io/column_chunk.py)
                     if first.dtype.is_floating_point and first.dtype != dtype:

@@ -12,7 +12,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
-from recis_compat.io.column_chunk import columns_rows, concat_pieces, rows_plan, take_rows, to_nested
+from recis_compat.io.column_chunk import (columns_rows, concat_pieces, rows_plan, take_rows,
+                                          to_nested)
 from recis_compat.io.chunk_reader import Chunk
 from recis_compat.io.errors import OrcDataError
 
