@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recis_compat.io import column_chunk, file_dataset
+from recis_compat.io import file_dataset
 from recis_compat.io.batch_convert import batch_convert
 from recis_compat.io.column_chunk import (DENSE, RAGGED, STRINGS, ColumnChunk, columns_rows,
                                           rows_plan, take_rows, to_nested)
