@@ -143,3 +143,39 @@ def test_columns_converted_in_the_iterating_thread(tmp_path, monkeypatch, prefet
     assert len(threads) == 3 * 8  # 8 row groups of <= 7 rows per file
     expected = "recis-io-prefetch" if prefetch else threading.current_thread().name
     assert set(threads) == {expected}
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_batch_convert_runs_before_the_prefetch_queue(tmp_path, monkeypatch, prefetch):
+    """``_batch_convert`` runs in the prefetch thread (the consumer only receives finished
+    batches); user maps still see converted batches, in order, in the consumer thread."""
+    from recis_compat.io import dataset_base
+    pq.write_table(pa.table({"x": pa.array(np.arange(30)), "label": pa.array(np.ones(30))}),
+                   str(tmp_path / "a.parquet"), row_group_size=8)
+    converted_in, mapped_in = [], []
+    real = dataset_base.batch_convert
+
+    def spy(*args):
+        convert = real(*args)
+
+        def wrapped(data):
+            converted_in.append(threading.current_thread().name)
+            return convert(data)
+        return wrapped
+
+    def user_map(batch):
+        mapped_in.append(threading.current_thread().name)
+        assert isinstance(batch[0]["x"], RaggedTensor) and batch[0]["label"].shape[1] == 1
+        return batch
+
+    monkeypatch.setattr(dataset_base, "batch_convert", spy)
+    ds = ParquetDataset(7, read_threads_num=2, prefetch=prefetch, transform_fn=lambda b: b[0])
+    ds.add_path(str(tmp_path))
+    ds.varlen_feature("x")
+    ds.fixedlen_feature("label", [0.0])
+    ds.map(user_map)
+    batches = drain(iter(ds))
+    assert torch.cat([b["x"].values() for b in batches]).tolist() == list(range(30))
+    me = threading.current_thread().name
+    assert converted_in == ["recis-io-prefetch" if prefetch else me] * 5
+    assert mapped_in == [me] * 5
