@@ -18,7 +18,9 @@ Cases (rows/s and MB/s of on-disk bytes, warm page cache):
     validity bitmap, sequentially. ``detail.pyarrow_threaded_seconds_median`` also times that
     baseline with pyarrow's own thread pool (``use_threads=True``).
 Ours and the baseline alternate within each repetition so machine noise hits both alike; the
-median of ``--repeat`` repetitions is reported. Each case's ``detail`` also has the process CPU
+median of the repetitions is reported: ``--repeat`` of them, at least :data:`MIN_ROUNDS` outside
+``--quick`` (a pass takes ~0.1 s, and on a machine shared with other jobs single passes move by
++-30 %, so five medians of five passes disagreed by up to 0.5 in ratio). Each case's ``detail`` also has the process CPU
 seconds per pass (every thread: ``cpu_seconds_median``, ``baseline_cpu_seconds_median``), so a
 ratio won by running decode in parallel with conversion can be told from one won by doing less
 work; on a machine shared with other jobs the wall-clock ratios move by +-30 % between runs
@@ -52,6 +54,8 @@ DESCRIPTION = ("OrcDataset and ParquetDataset rows/s and MB/s with 1 and 2 reade
                "pyarrow read + to-torch")
 DEFAULTS: Dict[str, object] = {"data": None, "parquet_data": None}
 BATCH_SIZE = 1000
+MIN_ROUNDS = 15
+"""Fewest timed repetitions outside ``--quick`` (module docstring)."""
 TARGET_RATIO = 1.0
 """Target of the ``2 threads`` cases: at least the baseline's rows/s (docs/benchmarks.md)."""
 
@@ -221,7 +225,8 @@ def _timed_cases(data: str, files: List[str], runners: dict, base: str,
     rows: Dict[str, int] = {}
     for fn in runners.values():  # warm-up: page cache, extension load, allocator
         fn()
-    for _ in range(max(1, opts.repeat)):
+    rounds = max(1, opts.repeat) if opts.quick else max(MIN_ROUNDS, opts.repeat)
+    for _ in range(rounds):
         for name, fn in runners.items():
             c0, t0 = time.process_time(), time.perf_counter()
             rows[name] = fn()
