@@ -7,7 +7,8 @@
 * ``_batch_convert``'s short path for one-level unweighted ragged columns against the general
   RaggedTensor construction.
 * Conversion runs in the thread iterating the reader (prefetch thread, or the caller without
-  prefetch), never in the reader threads (recis_compat/io/chunk_reader.py).
+  prefetch), never in the reader threads (recis_compat/io/chunk_reader.py); ``_batch_convert``
+  runs before the prefetch queue, user maps after it (recis_compat/io/dataset_base.py).
 """
 import threading
 
