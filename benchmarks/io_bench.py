@@ -18,7 +18,13 @@ Cases (rows/s and MB/s of on-disk bytes, warm page cache):
     validity bitmap, sequentially. ``detail.pyarrow_threaded_seconds_median`` also times that
     baseline with pyarrow's own thread pool (``use_threads=True``).
 Ours and the baseline alternate within each repetition so machine noise hits both alike; the
-median of ``--repeat`` repetitions is reported.
+median of the repetitions is reported: ``--repeat`` of them, at least :data:`MIN_ROUNDS` outside
+``--quick`` (a pass takes ~0.1 s, and on a machine shared with other jobs single passes move by
++-30 %, so five medians of five passes disagreed by up to 0.5 in ratio). Each case's ``detail`` also has the process CPU
+seconds per pass (every thread: ``cpu_seconds_median``, ``baseline_cpu_seconds_median``), so a
+ratio won by running decode in parallel with conversion can be told from one won by doing less
+work; on a machine shared with other jobs the wall-clock ratios move by +-30 % between runs
+while the CPU ones move by a few %.
 
 Data: ``--data DIR`` (every ``*.orc`` below it), else ``<repo>/../shared/data/recis-deepfm``
 when present, else a synthetic Criteo-like set (label, 13 float, 26 int64 columns) written to
@@ -48,6 +54,8 @@ DESCRIPTION = ("OrcDataset and ParquetDataset rows/s and MB/s with 1 and 2 reade
                "pyarrow read + to-torch")
 DEFAULTS: Dict[str, object] = {"data": None, "parquet_data": None}
 BATCH_SIZE = 1000
+MIN_ROUNDS = 15
+"""Fewest timed repetitions outside ``--quick`` (module docstring)."""
 TARGET_RATIO = 1.0
 """Target of the ``2 threads`` cases: at least the baseline's rows/s (docs/benchmarks.md)."""
 
@@ -213,15 +221,19 @@ def _timed_cases(data: str, files: List[str], runners: dict, base: str,
     report each non-baseline runner against ``base``."""
     nbytes = sum(os.path.getsize(f) for f in files)
     times: Dict[str, List[float]] = {k: [] for k in runners}
+    cpu: Dict[str, List[float]] = {k: [] for k in runners}
     rows: Dict[str, int] = {}
     for fn in runners.values():  # warm-up: page cache, extension load, allocator
         fn()
-    for _ in range(max(1, opts.repeat)):
+    rounds = max(1, opts.repeat) if opts.quick else max(MIN_ROUNDS, opts.repeat)
+    for _ in range(rounds):
         for name, fn in runners.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             rows[name] = fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    cpu_med = {k: round(statistics.median(v), 5) for k, v in cpu.items()}
     if len(set(rows.values())) != 1:
         raise RuntimeError(f"row counts differ between readers: {rows}")
     base_rows, base_mb = rows[base] / med[base], nbytes / 1e6 / med[base]
@@ -230,7 +242,9 @@ def _timed_cases(data: str, files: List[str], runners: dict, base: str,
         detail = {"rows": rows[name], "files": len(files), "bytes": nbytes, "data": data,
                   "batch_size": BATCH_SIZE, "seconds_median": round(med[name], 5),
                   "baseline_seconds_median": round(med[base], 5),
-                  "seconds_all": [round(t, 5) for t in times[name]]}
+                  "seconds_all": [round(t, 5) for t in times[name]],
+                  "cpu_seconds_median": cpu_med[name],
+                  "baseline_cpu_seconds_median": cpu_med[base]}
         target = TARGET_RATIO if name.endswith("2 threads") else None
         cases.append(Case(name=name, metric="rows/s", value=round(rows[name] / med[name], 1),
                           baseline=base, baseline_value=round(base_rows, 1), detail=detail,

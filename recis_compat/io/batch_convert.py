@@ -56,12 +56,24 @@ def batch_convert(dense_column: Sequence[str], ragged_format: bool,
         for table in input_data:
             group = {}
             for name, data in table.items():
-                first = data[0][0]
-                offsets = data[0][:0:-1]
+                level = data[0]
+                first = level[0]
+                if (ragged_format and len(data) == 1 and len(level) == 2
+                        and type(first) is tensor_type and type(level[1]) is tensor_type
+                        and name not in dense):
+                    # the common case, a one-level ragged column without weights, tensors
+                    # already (the packer's short path, recis_compat/io/column_chunk.py)
+                    if first.dtype.is_floating_point and first.dtype != dtype:
+                        first = first.to(dtype)
+                    off = level[1]
+                    group[name] = RaggedTensor(values=first, offsets=off,
+                                               dense_shape=(off.shape[0] - 1, -1))
+                    continue
+                offsets = level[:0:-1]
                 if (len(data) == 1 and ragged_format and type(first) is tensor_type
                         and name not in dense and offsets
                         and all(type(o) is tensor_type for o in offsets)):
-                    # the common case, a ragged column without weights: tensors already
+                    # a nested ragged column without weights: tensors already
                     if first.dtype != dtype and first.is_floating_point():
                         first = first.to(dtype)
                     group[name] = RaggedTensor(values=first, offsets=offsets,

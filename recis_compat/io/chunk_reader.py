@@ -1,11 +1,18 @@
 """Threaded, ordered reader of a file list, one read unit (ORC stripe, Parquet row group) at a
 time, for any file format behind the small :class:`FileFormat` interface.
 
-:class:`ChunkReader` reads the units of a file list with ``threads`` worker threads (pyarrow
-decodes with the GIL released, and the column conversion is mostly numpy and the C++ hash op)
-and yields :class:`Chunk` objects in **file order, then row order**, whatever order the threads
-finish in. This is deliberately stricter than RecIS's sloppy interleave of ``read_threads_num``
-files: a fixed order is what makes IO-state resume exact.
+:class:`ChunkReader` decodes the units of a file list with ``threads`` worker threads and yields
+:class:`Chunk` objects in **file order, then row order**, whatever order the threads finish in.
+This is deliberately stricter than RecIS's sloppy interleave of ``read_threads_num`` files: a
+fixed order is what makes IO-state resume exact.
+
+Division of work: a reader thread only decodes (one pyarrow call per unit, without the GIL);
+the column conversion (:mod:`.column_convert`) runs in the thread iterating the reader (the
+prefetch thread, which also packs batches), as each unit's turn comes. Converting in the
+reader threads made them take the GIL back after every numpy/torch/hash call of every column
+(a few hundred times per unit), each time waiting behind the Python-heavy packing and batch
+threads, and spread the converted arrays' allocations over short-lived threads (several
+thousand extra page faults per pass of ``recis-compat bench io``).
 
 At most ``threads + 1`` units are in flight or buffered, so memory stays bounded by a few
 units. Closing the generator (or dropping it) cancels the pending reads and joins the worker
@@ -23,7 +30,7 @@ import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import pyarrow as pa
 
@@ -42,7 +49,8 @@ Converter = Callable[[pa.RecordBatch, str, str], Dict[str, ColumnChunk]]
 class Chunk:
     """Converted rows ``[row_start, row_start + nrows)`` of file ``file_index``.
 
-    ``last_in_file`` is True for the file's final read unit.
+    ``last_in_file`` is True for the file's final read unit. ``plan`` caches how the packer
+    cuts rows out of ``columns`` (:func:`~.column_chunk.rows_plan`), made on first use.
     """
 
     file_index: int
@@ -50,6 +58,7 @@ class Chunk:
     nrows: int
     columns: Dict[str, ColumnChunk]
     last_in_file: bool
+    plan: Optional[list] = None
 
 
 class FileFormat(abc.ABC):
@@ -101,7 +110,8 @@ class ChunkReader:
         fmt: the file format.
         files: this reader's files, in reading order.
         specs: the selected columns.
-        convert: ``convert(record_batch, path, location) -> {column: ColumnChunk}``;
+        convert: ``convert(record_batch, path, location) -> {column: ColumnChunk}``, called in
+            the iterating thread (module docstring);
             ``location`` (e.g. ``"stripe 2 from row 0"``) is for error messages.
         threads: number of reader threads (>= 1).
         start_file, start_row: where to begin (an IO-state position). Rows before
@@ -126,11 +136,10 @@ class ChunkReader:
         self.start_row = start_row
         self.reference = reference
 
-    def _convert_task(self, handle, path: str, unit: int, skip: int):
+    def _read_task(self, handle, path: str, unit: int, skip: int) -> pa.RecordBatch:
+        """One unit decoded (a reader thread's whole job: one long call without the GIL)."""
         rb = self.fmt.read_unit(handle, path, unit, self.columns)
-        if skip:
-            rb = rb.slice(skip)
-        return rb.num_rows, self.convert(rb, path, f"{self.fmt.unit} {unit} from row {skip}")
+        return rb.slice(skip) if skip else rb
 
     def _check_types(self, fmt: FileFormat, handle, path: str, ref, warned: set):
         """Schema of ``path`` checked alone and against the reference; returns the reference
@@ -192,6 +201,7 @@ class ChunkReader:
         key = register_stopper(functools.partial(pool.shutdown, wait=True, cancel_futures=True))
         window = collections.deque()
         plan = self._plan()
+        fmt_unit = self.fmt.unit
         # per-file next row, filled as chunks come back in order
         next_row: Dict[int, int] = {}
         try:
@@ -205,20 +215,23 @@ class ChunkReader:
                     fi, handle, path, u, skip, base, last = item
                     if base is not None:
                         next_row[fi] = base + skip
-                    fut = pool.submit(self._convert_task, handle, path, u, skip)
-                    window.append((fi, last, fut))
+                    fut = pool.submit(self._read_task, handle, path, u, skip)
+                    window.append((fi, last, fut, path, f"{fmt_unit} {u} from row {skip}"))
                 if not window:
                     return
-                fi, last, fut = window.popleft()
-                n, columns = fut.result()
+                fi, last, fut, path, location = window.popleft()
+                rb = fut.result()
+                n = rb.num_rows
                 row = next_row.get(fi, 0)
                 next_row[fi] = row + n
                 if n:
+                    columns = self.convert(rb, path, location)
+                    del rb  # the Arrow buffers no chunk column views are freed now
                     yield Chunk(fi, row, n, columns, last)
         finally:
             # closing (or finishing) the pass joins the reader threads: at most one unit per
             # thread is still being read, and none may outlive the pass (recis_compat/io/threads.py)
-            for _, _, fut in window:
-                fut.cancel()
+            for item in window:
+                item[2].cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             unregister_stopper(key)

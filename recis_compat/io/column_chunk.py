@@ -17,14 +17,14 @@ Nested-list format per column (the same layout RecIS's column_io packer hands to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from recis_compat.io.errors import OrcDataError
 
-__all__ = ["ColumnChunk", "take_rows", "concat_pieces", "to_nested", "nested_rows",
+__all__ = ["ColumnChunk", "take_rows", "concat_pieces", "to_nested", "rows_plan", "columns_rows",
            "strings_to_bytes_array"]
 
 DENSE, RAGGED, STRINGS = "dense", "ragged", "strings"
@@ -153,19 +153,45 @@ def to_nested(kind: str, piece: Piece,
     return out
 
 
-def nested_rows(chunk: ColumnChunk, a: int, b: int,
-                place: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> list:
-    """``to_nested(chunk.kind, take_rows(chunk, a, b), place)``: rows ``[a, b)`` of one chunk
-    as a batch column, with a short path for dense and one-level unweighted ragged columns
-    (most columns of most batches; the packer calls this once per column per batch)."""
-    kind = chunk.kind
-    if kind == DENSE:
-        t = torch.from_numpy(chunk.values[a:b])
-        return [[place(t) if place else t]]
-    if kind == RAGGED and chunk.weight is None and len(chunk.offsets) == 1:
-        off = chunk.offsets[0]
-        lo, hi = int(off[a]), int(off[b])
-        seg = off[a:b + 1]
-        level = [torch.from_numpy(chunk.values[lo:hi]), torch.from_numpy(seg - lo if lo else seg)]
-        return [[place(t) for t in level] if place else level]
-    return to_nested(kind, take_rows(chunk, a, b), place)
+_FAST_DENSE, _FAST_RAGGED, _GENERAL = 0, 1, 2
+
+
+def rows_plan(columns: Dict[str, ColumnChunk]) -> List[tuple]:
+    """How :func:`columns_rows` cuts each column of one chunk: ``(name, path, values,
+    offsets_or_chunk)``, ``path`` a short path (dense; one-level unweighted ragged: most columns)
+    or the general :func:`take_rows` + :func:`to_nested`. Computed once per chunk (the packer
+    cuts several batches from most chunks)."""
+    plan = []
+    for name, col in columns.items():
+        if col.kind == DENSE:
+            plan.append((name, _FAST_DENSE, col.values, None))
+        elif col.kind == RAGGED and col.weight is None and len(col.offsets) == 1:
+            plan.append((name, _FAST_RAGGED, col.values, col.offsets[0]))
+        else:
+            plan.append((name, _GENERAL, None, col))
+    return plan
+
+
+def columns_rows(plan: List[tuple], a: int, b: int,
+                 place: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> Dict[str, list]:
+    """Rows ``[a, b)`` of every column of one chunk (``plan`` from :func:`rows_plan`) as
+    ``{column: nested list}``, i.e. ``to_nested(kind, take_rows(chunk, a, b), place)`` per
+    column; the short paths build the same lists directly. Their rebased offsets are always a
+    new array (consecutive batches share a boundary entry of the chunk's offsets, so a view
+    changed in place by a user map could shift the next batch)."""
+    out = {}
+    from_numpy = torch.from_numpy
+    for name, path, values, off in plan:
+        if path == _FAST_RAGGED:
+            lo = off.item(a)
+            seg = off[a:b + 1] - lo  # always a new array: batches share boundary entries
+            if place:
+                out[name] = [[place(from_numpy(values[lo:off.item(b)])), place(from_numpy(seg))]]
+            else:
+                out[name] = [[from_numpy(values[lo:off.item(b)]), from_numpy(seg)]]
+        elif path == _FAST_DENSE:
+            t = from_numpy(values[a:b])
+            out[name] = [[place(t) if place else t]]
+        else:
+            out[name] = to_nested(off.kind, take_rows(off, a, b), place)
+    return out

@@ -6,13 +6,19 @@ Pipeline built on every ``__iter__`` (RecIS 1.0; see COMPATIBILITY.md):
      row group (Parquet), see :mod:`.chunk_reader`;
   2. packing into batches of exactly ``batch_size`` rows (spanning stripes and files; the
      last one smaller or dropped with ``drop_remainder``), placed on the output device;
-  3. ``prefetch`` batches ahead in a background thread (if ``prefetch`` is truthy);
-  4. IO-state tracking (``StateDataset``): the state is refreshed as each batch is handed on;
-  5. map functions: ``_batch_convert``, then ``map()`` functions in registration order, then
-     the ``transform_fn`` list in order;
-  6. ``filter()`` functions (fix of Q10: a batch is dropped when a filter returns falsy);
-  7. ``(is_end, batch)`` items: ``(False, batch)`` while data lasts, then ``(True, None)``
+  3. ``_batch_convert`` (nested lists -> tensors / RaggedTensors), the first map function;
+  4. ``prefetch`` batches ahead in a background thread (if ``prefetch`` is truthy);
+  5. IO-state tracking (``StateDataset``): the state is refreshed as each batch is handed on;
+  6. the other map functions: ``map()`` functions in registration order, then the
+     ``transform_fn`` list in order;
+  7. ``filter()`` functions (fix of Q10: a batch is dropped when a filter returns falsy);
+  8. ``(is_end, batch)`` items: ``(False, batch)`` while data lasts, then ``(True, None)``
      forever.
+
+``_batch_convert`` runs before the prefetch queue, so with ``prefetch`` it runs in the prefetch
+thread together with reading and packing: the consumer thread (a training step) only receives
+finished batches. RecIS runs it after the queue; the order relative to the user's map
+functions, filters and the IO state is the same (COMPATIBILITY.md).
 
 Threads: ``it.close()`` on the iterator (Trainer does it when a loop ends) passes through every
 stage and stops and joins the prefetch thread and the reader threads; the end of the data or an
@@ -39,6 +45,7 @@ from recis_compat.io.filter_dataset import FilterDataset
 from recis_compat.io.map_dataset import MapDataset
 from recis_compat.io.prefetch_dataset import PrefetchDataset
 from recis_compat.io.state_dataset import StateDataset
+from recis_compat.io.threads import close_iterator
 from recis_compat.io.wrap_end_dataset import WrapEndDataset
 from recis_compat.utils.device import resolve_device
 
@@ -63,6 +70,27 @@ def _output_placement(device: str, owner: str = "OrcDataset"
     if device == "pin" and torch.cuda.is_available():
         return lambda t: t.pin_memory()
     return None
+
+
+class _Converted:
+    """The packed batches (``PackedBatch``) with ``convert`` (``_batch_convert``) applied to
+    their data; closing the iteration closes the source (:mod:`.threads`)."""
+
+    def __init__(self, source, convert: Callable[[list], list]):
+        self._source = source
+        self._convert = convert
+
+    def __iter__(self):
+        return self._gen(iter(self._source))
+
+    def _gen(self, it):
+        convert = self._convert
+        try:
+            for item in it:
+                item.data = convert(item.data)
+                yield item
+        finally:
+            close_iterator(it)
 
 
 class DatasetBase(IterableDataset):
@@ -200,6 +228,8 @@ class DatasetBase(IterableDataset):
         self._shard_path(sub_id, sub_num)
         load_state = self._take_load_state(sub_id, sub_num)
         source, start_state = self.make_dataset_fn()(load_state)
+        source = _Converted(source, _batch_convert(self._dense_column, self._ragged_format,
+                                                   self._dtype))
         if self._prefetch:
             source = PrefetchDataset(source, self._prefetch)
         with self._lock:  # the start position is the state until the first batch is out
@@ -209,9 +239,7 @@ class DatasetBase(IterableDataset):
         self._state_dataset = StateDataset(source, self._lock, self._io_state,
                                            load_state=start_state,
                                            save_interval=self._save_interval, sub_id=sub_id)
-        funcs = [_batch_convert(self._dense_column, self._ragged_format, self._dtype)]
-        funcs += self._map_funcs + self._transform_fn
-        dataset = MapDataset(self._state_dataset, funcs)
+        dataset = MapDataset(self._state_dataset, self._map_funcs + self._transform_fn)
         if self._filter_funcs:
             dataset = FilterDataset(dataset, self._filter_funcs)
         self._dataset = WrapEndDataset(dataset)

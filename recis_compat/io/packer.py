@@ -12,7 +12,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
-from recis_compat.io.column_chunk import concat_pieces, nested_rows, take_rows, to_nested
+from recis_compat.io.column_chunk import (columns_rows, concat_pieces, rows_plan, take_rows,
+                                          to_nested)
 from recis_compat.io.chunk_reader import Chunk
 from recis_compat.io.errors import OrcDataError
 
@@ -34,9 +35,9 @@ def _assemble(pieces: List[Tuple[Chunk, int, int]], place, error: type) -> dict:
     out = {}
     if len(pieces) == 1:  # the common case: the batch lies inside one stripe / row group
         _, a, b = pieces[0]
-        for name, col in first.columns.items():
-            out[name] = nested_rows(col, a, b, place)
-        return out
+        if first.plan is None:
+            first.plan = rows_plan(first.columns)
+        return columns_rows(first.plan, a, b, place)
     for name, col in first.columns.items():
         parts = [take_rows(c.columns[name], a, b) for c, a, b in pieces]
         out[name] = to_nested(col.kind, concat_pieces(col.kind, parts, name, error), place)
