@@ -233,16 +233,17 @@ class DynamicTableImpl(OwnLock):
 
     @locked
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd)."""
-        emb = self.storage.embedding
-        if rows.numel() == 0 or emb.shape[0] == 0:
+        """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd). File-backed
+        tables read the rows through their RAM cache (backend/row_cache.py)."""
+        storage = self.storage
+        if rows.numel() == 0 or storage.capacity == 0:
             # nothing stored yet (fresh table, read-only lookup): every row is absent
-            return emb.new_zeros((rows.numel(), self.dim))
+            return storage.embedding.new_zeros((rows.numel(), self.dim))
         missing = rows < 0
         if bool(missing.any()):
-            out = emb.index_select(0, rows.clamp(min=0))
+            out = storage.gather("embedding", rows.clamp(min=0))
             return out.masked_fill_(missing.unsqueeze(1), 0)
-        return emb.index_select(0, rows)
+        return storage.gather("embedding", rows)
 
     @locked
     def notify_lookup(self, rows: torch.Tensor) -> None:
@@ -323,8 +324,9 @@ class DynamicTableImpl(OwnLock):
         return self.storage.add_slot(name, tail, dtype, init)
 
     def get_slot(self, name: str) -> torch.Tensor:
-        """The whole slot tensor ``[capacity, *tail]`` (file-backed tables: a mapping of the file;
-        reading all of it brings every row in, prefer :meth:`read_slot`)."""
+        """The slot tensor the optimizer kernels index with :meth:`grad_rows`'s rows: every row
+        ``[capacity, *tail]`` in memory; file-backed tables: the RAM cache's slab ``[cached rows,
+        *tail]`` (backend/row_cache.py; read rows by id with :meth:`read_slot`)."""
         return self.storage.slot(name)
 
     def read_slot(self, name: str, rows: torch.Tensor) -> torch.Tensor:
@@ -343,8 +345,25 @@ class DynamicTableImpl(OwnLock):
 
     @locked
     def update_slot(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """``slot[rows] = values`` (rows int64 ``[N]`` from a lookup, distinct; values
+        ``[N, *tail]``)."""
         self.storage.write_rows(name, rows, values)
         self._note_written(rows.reshape(-1))
+
+    @locked
+    def fill_slot(self, name: str, rows: torch.Tensor, value) -> None:
+        """``slot[rows] = value`` for every element of the rows ``rows`` (int64 ``[N]`` from a
+        lookup, distinct): how lookup listeners such as the step filter stamp rows."""
+        rows = rows.reshape(-1)
+        if not rows.numel():
+            return
+        if self.storage.file_backed:
+            spec = self.storage.specs[name]
+            self.storage.write_rows(name, rows, torch.full([rows.numel()] + spec.tail, value, dtype=spec.dtype))
+        else:
+            slot = self.storage.slot(name)
+            slot.index_fill_(0, rows.to(slot.device), value)
+        self._note_written(rows)
 
     # ------------------------------------------------------------------ gradients
     def accept_grad(self, grad_index: torch.Tensor, grad: torch.Tensor, unique: bool = False) -> None:
@@ -373,13 +392,24 @@ class DynamicTableImpl(OwnLock):
     @locked
     def grad_rows(self, acc_step: int = 1) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``(rows [U] int64, grad [U, dim])``: the buffered gradients summed per row (distinct
-        rows, in first-occurrence order) and divided by ``acc_step``;
-        None when nothing was buffered."""
+        rows, in first-occurrence order) and divided by ``acc_step``; None when nothing was
+        buffered. ``rows`` index the slot tensors (:meth:`get_slot`, :attr:`embedding`), which
+        the caller updates next: file-backed tables give the rows' cache slots, read in by this
+        call and valid until the next call on the table (hold :attr:`lock` from here to the
+        update)."""
+        got = self._merged_grad(acc_step)
+        if got is None:
+            return None
+        rows, vals = got
+        self._note_written(rows)
+        return self.storage.kernel_rows(rows), vals
+
+    def _merged_grad(self, acc_step: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The buffered gradients summed per (table) row: ``(rows [U], grad [U, dim])``."""
         if not self._grad_rows:
             return None
         if len(self._grad_rows) == 1 and self._grad_unique[0]:
             vals = self._grad_values[0]
-            self._note_written(self._grad_rows[0])
             return self._grad_rows[0], (vals / float(acc_step) if acc_step != 1 else vals)
         rows = torch.cat(self._grad_rows) if len(self._grad_rows) > 1 else self._grad_rows[0]
         vals = torch.cat(self._grad_values) if len(self._grad_values) > 1 else self._grad_values[0]
@@ -390,7 +420,6 @@ class DynamicTableImpl(OwnLock):
             summed = vals.new_zeros((uniq.numel(), self.dim)).index_add_(0, inverse, vals)
         if acc_step != 1:
             summed = summed / float(acc_step)
-        self._note_written(uniq)
         return uniq, summed
 
     @locked
@@ -399,13 +428,14 @@ class DynamicTableImpl(OwnLock):
         list when rows repeat, Q5; fixed here). ``R`` is the row capacity, or one more than the
         largest buffered row when :meth:`accept_grad` was given rows beyond it, so the tensor is
         always valid (``to_dense()``, ``coalesce()`` work)."""
-        got = self.grad_rows(acc_step)
+        got = self._merged_grad(acc_step)
         cap = self.storage.capacity
         if got is None:
             return torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64, device=self.device),
                                            torch.zeros((0, self.dim), dtype=self.dtype, device=self.device),
                                            (cap, self.dim)).coalesce()
         rows, vals = got
+        self._note_written(rows)
         rows, order = torch.sort(rows)
         size = max(cap, int(rows[-1]) + 1)
         return torch.sparse_coo_tensor(rows.unsqueeze(0), vals.index_select(0, order), (size, self.dim),
