@@ -236,6 +236,7 @@ class RowCache:
         self.row_slot.index_fill_(0, self.slot_row.index_select(0, victims), -1)
         self.slot_row.index_fill_(0, victims, -1)
         self.budget.evictions += victims.numel()
+        self.budget.trims += 1
         return victims
 
     def _write_back(self, slots: torch.Tensor) -> None:

@@ -152,6 +152,7 @@ class CacheBudget:
         limit_bytes: the budget.
         misses: rows read from the files into a cache.
         evictions: rows evicted from a cache.
+        trims: accesses that evicted rows to make room (each evicts one batch).
         writebacks: evicted rows written back to the files (they were changed while cached).
         over_budget_bytes: the largest excess of the caches over the budget so far (0: never).
     """
@@ -160,6 +161,7 @@ class CacheBudget:
         self.limit_bytes = int(limit_bytes)
         self.misses = 0
         self.evictions = 0
+        self.trims = 0
         self.writebacks = 0
         self.over_budget_bytes = 0
         self._held: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()

@@ -397,15 +397,19 @@ class DynamicTableImpl(OwnLock):
         the caller updates next: file-backed tables give the rows' cache slots, read in by this
         call and valid until the next call on the table (hold :attr:`lock` from here to the
         update)."""
-        got = self._merged_grad(acc_step)
+        got = self.summed_grad(acc_step)
         if got is None:
             return None
         rows, vals = got
         self._note_written(rows)
         return self.storage.kernel_rows(rows), vals
 
-    def _merged_grad(self, acc_step: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """The buffered gradients summed per (table) row: ``(rows [U], grad [U, dim])``."""
+    @locked
+    def summed_grad(self, acc_step: int = 1) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The buffered gradients summed per row and divided by ``acc_step``: ``(rows [U] int64,
+        grad [U, dim])``, distinct rows in first-occurrence order, as lookups and
+        :meth:`ids_map` give rows (no cache slots; nothing is marked changed); None when
+        nothing was buffered. :meth:`grad_rows` is the optimizers' form."""
         if not self._grad_rows:
             return None
         if len(self._grad_rows) == 1 and self._grad_unique[0]:
@@ -428,7 +432,7 @@ class DynamicTableImpl(OwnLock):
         list when rows repeat, Q5; fixed here). ``R`` is the row capacity, or one more than the
         largest buffered row when :meth:`accept_grad` was given rows beyond it, so the tensor is
         always valid (``to_dense()``, ``coalesce()`` work)."""
-        got = self._merged_grad(acc_step)
+        got = self.summed_grad(acc_step)
         cap = self.storage.capacity
         if got is None:
             return torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64, device=self.device),
