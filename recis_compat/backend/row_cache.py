@@ -15,12 +15,14 @@ RAM *slabs*, one per slot, ``[cache_rows, *tail]``, at *cache slots*:
 An access (:meth:`RowCache.slots_of`) translates file rows to cache slots with one gather when
 every row is cached. Missing rows are read from the files in one batch (sorted, one
 ``rows_pread_`` op call per slot, csrc/optim/rows_floor.cpp) into free slots: slots never used
-yet, then more slab rows while the shared budget has room
-(:class:`~recis_compat.backend.row_store.CacheBudget`), then victims chosen by a clock sweep
+yet, then more slab rows up to the table's share of the budget
+(:class:`~recis_compat.backend.row_store.CacheBudget`: all its rows when every table of the
+budget fits, else a water level), then victims chosen by a clock sweep
 (second chance: a slot used since the hand last passed it is skipped once); changed victims are
-written back (sorted, one ``rows_pwrite`` call per slot) before their slots are reused. When the
-rows of one access do not fit even after every other row is evicted, the slab grows past the
-budget by the shortfall (a warning names the table and the budget needed; the excess is kept in
+written back (sorted, one ``rows_pwrite`` call per slot) before their slots are reused. A cache
+above its share (another table grew) shrinks to it at its next access. When the rows of one
+access do not fit even after every other row is evicted, the slab grows past the share by the
+shortfall (a warning names the table and the budget needed; the excess is kept in
 ``CacheBudget.over_budget_bytes``): one access always gets all its rows.
 
 Why ``pread`` / ``pwrite`` rather than copies through a mapping of the file (measured by
@@ -96,17 +98,51 @@ class RowCache:
         self.ref = torch.zeros(0, dtype=torch.bool)
         self.dirty = torch.zeros(0, dtype=torch.bool)
         self.row_slot.fill_(-1)
+        self._version = -1                 # the budget version the share was computed at
+        self._share = 0
         self.budget.set_held(self, 0)
+        self.budget.set_demand(self, self.rows * self.slot_bytes)
 
-    @property
-    def budget_rows(self) -> int:
-        """Cache slots the whole budget would hold for this table's slots."""
-        return max(1, self.budget.limit_bytes // self.slot_bytes)
+    def fits(self, n: int) -> bool:
+        """Whether ``n`` rows fit in this table's share of the budget."""
+        return n <= self._share_rows()
+
+    def _share_rows(self) -> int:
+        """Cache slots this table may hold now (its share of the budget, CacheBudget); a cache
+        above it gives the excess back (called at every access)."""
+        if self._version != self.budget.version:
+            self._version = self.budget.version
+            self._share = max(1, self.budget.share_bytes(self) // self.slot_bytes)
+        if self.alloc > self._share:       # the shares moved, or the last access grew past it
+            self._shrink(self._share)
+        return self._share
+
+    def _shrink(self, to: int) -> None:
+        """Give back the slots ``>= to``: their rows are evicted (changed ones written back) and
+        the slabs copied into tensors of ``to`` rows, so the memory really goes."""
+        if self.used > to:
+            gone = torch.arange(to, self.used, dtype=torch.int64)
+            self._write_back(gone)
+            self.row_slot.index_fill_(0, self.slot_row.index_select(0, gone), -1)
+            self.budget.evictions += gone.numel()
+            self.budget.trims += 1
+            self.used = to
+        for name in self.files.files:
+            self._reserve[name] = self.slabs[name].narrow(0, 0, to).clone()
+            self.slabs[name] = self._reserve[name]
+        self.slot_row = self.slot_row[:to].clone()
+        self.tick = self.tick[:to].clone()
+        self.ref = self.ref[:to].clone()
+        self.dirty = self.dirty[:to].clone()
+        self.alloc = to
+        self.hand = self.hand if self.hand < max(1, self.used) else 0
+        self.budget.set_held(self, to * self.slot_bytes)
 
     def fit_rows(self, rows: int) -> None:
         """Make the index cover table rows ``[0, rows)`` (new rows not cached)."""
         rows = int(rows)
         self.rows = max(self.rows, rows)
+        self.budget.set_demand(self, self.rows * self.slot_bytes)
         n = self.row_slot.numel()
         if rows > n:
             grown = torch.full((max(rows, int(n * _GROWTH)),), -1, dtype=torch.int32)
@@ -126,7 +162,7 @@ class RowCache:
         if new_alloc > reserve_rows:
             # the reserve covers the whole budget (pages never written are not resident); past
             # the budget it is reallocated to the rows needed
-            rows = max(new_alloc, min(self.budget_rows, max(self.rows, 1)))
+            rows = max(new_alloc, min(max(self._share, 1), max(self.rows, 1)))
             for name, f in self.files.files.items():
                 r = torch.empty([rows] + f.tail, dtype=f.dtype)
                 if old:
@@ -148,6 +184,7 @@ class RowCache:
         rows covered``; any order, duplicates fine), reading the missing ones in. ``write``: the
         caller changes these rows (they are written back when evicted)."""
         self.clock += 1
+        self._share_rows()
         if rows.numel() == 0:
             return rows.new_zeros(0)
         s = self.row_slot.index_select(0, rows)
@@ -182,9 +219,8 @@ class RowCache:
         parts: List[torch.Tensor] = []
         need = k
         if self.used + need > self.alloc:
-            room = self.budget.room_bytes(self) // self.slot_bytes
             want = max(self.used + need, int(self.alloc * _GROWTH))
-            self._grow(min(want, max(self.rows, self.used + need), self.alloc + room))
+            self._grow(min(want, max(self.rows, self.used + need), max(self._share, self.alloc)))
         if need and self.used < self.alloc:
             n = min(need, self.alloc - self.used)
             parts.append(torch.arange(self.used, self.used + n, dtype=torch.int64))
@@ -307,6 +343,6 @@ class RowCache:
 
     def release(self) -> None:
         """Free the slabs and the index (the table is closing)."""
+        self.rows = 0
         self._layout()
         self.row_slot = torch.full((0,), -1, dtype=torch.int32)
-        self.rows = 0

@@ -194,7 +194,7 @@ class RowStorage(OwnLock):
         ``lookup``: rows a lookup returns (gathered and updated next): the cache reads the
         missing ones in now, when they fit in the budget (a checkpoint restore's batches of new
         ids may not: those stay in the files)."""
-        if self._cache is not None and lookup and 0 < rows.numel() <= self._cache.budget_rows:
+        if self._cache is not None and lookup and rows.numel() and self._cache.fits(rows.numel()):
             self._cache.slots_of(rows.to(torch.int64))
 
     @locked
@@ -213,7 +213,7 @@ class RowStorage(OwnLock):
         else read through."""
         if self._cache is None:
             return self.slots[name].index_select(0, rows)
-        if rows.numel() <= self._cache.budget_rows:
+        if self._cache.fits(rows.numel()):
             slots = self._cache.slots_of(rows)          # may grow the slabs: index them after
             return self.slots[name].index_select(0, slots)
         return self._cache.read(name, rows)

@@ -143,10 +143,16 @@ def store_from_env() -> Optional[StoreConfig]:
 
 class CacheBudget:
     """The RAM budget of the row caches of the tables of one :class:`StoreConfig`
-    (backend/row_cache.py): the caches' slabs together hold at most ``limit_bytes`` (a cache
-    grows its slab on demand while the shared budget has room, then evicts its own least recently
-    used rows; a single access with more distinct rows than that grows it past the budget and is
-    counted in ``over_budget_bytes``).
+    (backend/row_cache.py).
+
+    Each cache states its *demand* (its table's rows x the bytes a cached row takes) and gets a
+    *share*: every table all its rows when the demands fit in the budget, else a water level
+    (small tables keep all their rows, the others get equal parts of the rest). A cache grows
+    its slabs on demand up to its share, then evicts its own least recently used rows; a cache
+    above its share (the shares moved because another table grew) gives the excess back at its
+    next access, so the caches exceed the budget only between an access of one table and the
+    next access of another. A single access with more distinct rows than the share grows its
+    cache past it (counted in ``over_budget_bytes``).
 
     Attributes:
         limit_bytes: the budget.
@@ -155,6 +161,7 @@ class CacheBudget:
         trims: accesses that evicted rows to make room (each evicts one batch).
         writebacks: evicted rows written back to the files (they were changed while cached).
         over_budget_bytes: the largest excess of the caches over the budget so far (0: never).
+        version: changes whenever a demand changes (caches then check their share).
     """
 
     def __init__(self, limit_bytes: int):
@@ -164,18 +171,16 @@ class CacheBudget:
         self.trims = 0
         self.writebacks = 0
         self.over_budget_bytes = 0
+        self.version = 0
         self._held: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
+        self._demand: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
+        self._level: Optional[int] = None
         self._lock = threading.Lock()
 
     def used_bytes(self) -> int:
         """Bytes the caches of this budget hold now (their slabs and per-row bookkeeping)."""
         with self._lock:
             return sum(self._held.values())
-
-    def room_bytes(self, holder) -> int:
-        """Bytes ``holder`` may still add within the budget."""
-        with self._lock:
-            return max(0, self.limit_bytes - sum(self._held.values()))
 
     def set_held(self, holder, nbytes: int) -> None:
         """``holder`` (a row cache) now holds ``nbytes`` (0: releases its share)."""
@@ -185,6 +190,34 @@ class CacheBudget:
             else:
                 self._held.pop(holder, None)
             self.over_budget_bytes = max(self.over_budget_bytes, sum(self._held.values()) - self.limit_bytes)
+
+    def set_demand(self, holder, nbytes: int) -> None:
+        """``holder`` would hold ``nbytes`` to cache every row of its table (0: none)."""
+        with self._lock:
+            if self._demand.get(holder, 0) == int(nbytes):
+                return
+            if nbytes:
+                self._demand[holder] = int(nbytes)
+            else:
+                self._demand.pop(holder, None)
+            self._level = None
+            self.version += 1
+
+    def share_bytes(self, holder) -> int:
+        """The bytes ``holder`` may hold: its demand, capped at the water level that makes the
+        capped demands of every cache add up to the budget."""
+        with self._lock:
+            if self._level is None:
+                demands = sorted(self._demand.values())
+                left, level = self.limit_bytes, self.limit_bytes
+                for i, d in enumerate(demands):
+                    even = left // (len(demands) - i)
+                    if d > even:
+                        level = even
+                        break
+                    left -= d
+                self._level = level
+            return min(self._demand.get(holder, 0), self._level)
 
 
 _DIR_COUNTER = itertools.count()
