@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import mmap
 import os
 import re
 import shutil
@@ -52,6 +53,7 @@ STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
 ENV_STORE_TYPE = "RECIS_COMPAT_STORE_TYPE"
 ENV_PERSISTENT_PATH = "RECIS_COMPAT_PERSISTENT_PATH"
 ENV_CACHE_BUDGET_MB = "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB"
+WRITE_WINDOW = 8192        # rows written through a file mapping before its pages are dropped
 
 
 @dataclass(eq=False)
@@ -237,7 +239,8 @@ def _safe_name(name: str) -> str:
 
 
 class _SlotFile:
-    """One slot's file: rows ``[*tail]`` of ``dtype``, row ``r`` at byte ``r * row_bytes``."""
+    """One slot's file: rows ``[*tail]`` of ``dtype``, row ``r`` at byte ``r * row_bytes``; and
+    a shared mapping of it for scattered writes (:meth:`FileSlots.write`)."""
 
     def __init__(self, path: str, tail: Sequence[int], dtype: torch.dtype):
         self.path = path
@@ -246,8 +249,28 @@ class _SlotFile:
         numel = 1
         for x in self.tail:
             numel *= x
-        self.row_bytes = max(1, numel) * torch.empty((), dtype=dtype).element_size()
+        self.numel = max(1, numel)
+        self.row_bytes = self.numel * torch.empty((), dtype=dtype).element_size()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.mm: Optional[mmap.mmap] = None
+
+    def resize(self, rows: int) -> None:
+        """Size the file to ``rows`` rows (sparse) and map it whole."""
+        self.unmap()
+        os.ftruncate(self.fd, rows * self.row_bytes)
+        self.mm = mmap.mmap(self.fd, rows * self.row_bytes, flags=mmap.MAP_SHARED,
+                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.mm.madvise(mmap.MADV_RANDOM)       # no readahead around the written rows
+
+    def rows_view(self) -> torch.Tensor:
+        """The mapping as ``[rows, *tail]`` (a temporary view: drop it before :meth:`unmap`)."""
+        rows = len(self.mm) // self.row_bytes
+        return torch.frombuffer(self.mm, dtype=self.dtype, count=rows * self.numel).view([rows] + self.tail)
+
+    def unmap(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
 
 
 def _remove_dir(path: str, fds: List[int]) -> None:
@@ -300,7 +323,7 @@ class FileSlots:
         f = _SlotFile(os.path.join(self.directory, _safe_name(name) + ".rows"), tail, dtype)
         self.files[name] = f
         self._fds.append(f.fd)
-        os.ftruncate(f.fd, max(1, self.rows) * f.row_bytes)
+        f.resize(max(1, self.rows))
         return f
 
     def resize(self, rows: int) -> None:
@@ -309,7 +332,7 @@ class FileSlots:
         if rows <= self.rows:
             return
         for f in self.files.values():
-            os.ftruncate(f.fd, rows * f.row_bytes)
+            f.resize(rows)
         self.rows = rows
 
     def allocate(self, begin: int, end: int, name: Optional[str] = None) -> None:
@@ -339,23 +362,42 @@ class FileSlots:
         return out
 
     def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
-        """Write ``values`` ``[R, *tail]`` to the distinct rows ``rows`` (int64 ``[R]``, sorted
-        for fewer writes) of slot ``name``."""
-        if rows.numel():
-            f = self.files[name]
-            rows_pwrite(f.fd, rows, values.to(f.dtype).contiguous())
+        """Write ``values`` ``[R, *tail]`` to the distinct rows ``rows`` (int64 ``[R]``, rows
+        that have disk blocks, see :meth:`allocate`) of slot ``name``.
+
+        Scattered rows are copied through the file's shared mapping, ``WRITE_WINDOW`` rows at a
+        time, and the mapping's pages are dropped from the process after each window (one
+        ``madvise(MADV_DONTNEED)``; the rows stay in the page cache and reach the file by the
+        kernel's writeback). A ``pwrite`` per row costs more here: measured on ext4, 6.5-8.7 us
+        per 64-byte row (each write call updates the file's times through the journal) against
+        about 0.1 us per row through the mapping (a write fault maps one page; docs/stores.md).
+        """
+        if not rows.numel():
+            return
+        f = self.files[name]
+        values = values.to(f.dtype).reshape([rows.numel()] + f.tail)
+        view = f.rows_view()
+        try:
+            for a in range(0, rows.numel(), WRITE_WINDOW):
+                view.index_copy_(0, rows[a:a + WRITE_WINDOW], values[a:a + WRITE_WINDOW])
+                f.mm.madvise(mmap.MADV_DONTNEED)
+        finally:
+            del view
 
     def write_range(self, name: str, begin: int, values: torch.Tensor) -> None:
-        """Write ``values`` ``[n, *tail]`` to rows ``[begin, begin + n)`` of slot ``name``."""
+        """Write ``values`` ``[n, *tail]`` to rows ``[begin, begin + n)`` of slot ``name`` (one
+        ``pwrite``: a long run costs one call)."""
         n = values.shape[0]
         if n:
-            self.write(name, torch.arange(begin, begin + n, dtype=torch.int64), values)
+            f = self.files[name]
+            rows_pwrite(f.fd, torch.arange(begin, begin + n, dtype=torch.int64), values.to(f.dtype).contiguous())
 
     def zero(self) -> None:
         """Discard every value (files emptied to sparse zeros, keeping their size)."""
         for f in self.files.values():
+            f.unmap()
             os.ftruncate(f.fd, 0)
-            os.ftruncate(f.fd, max(1, self.rows) * f.row_bytes)
+            f.resize(max(1, self.rows))
 
     def disk_bytes(self) -> int:
         """Bytes of disk the files occupy (allocated blocks; the files are sparse)."""
@@ -363,5 +405,7 @@ class FileSlots:
 
     def close(self) -> None:
         """Close and delete the files; the table must not be used afterwards."""
+        for f in self.files.values():
+            f.unmap()
         self.files.clear()
         self._finalizer()
