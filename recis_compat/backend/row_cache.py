@@ -7,9 +7,9 @@ RAM *slabs*, one per slot, ``[cache_rows, *tail]``, at *cache slots*:
 
 * ``row_slot`` (int32 ``[table rows]``): the cache slot of each file row, -1 when not cached
   (4 bytes per table row, outside the budget);
-* per cache slot: ``slot_row`` (int64, -1 = free), ``tick`` (int64: the access that last used
-  it; rows of the running access are never evicted by it), ``ref`` (bool: used since the clock
-  hand last passed it) and ``dirty`` (bool: changed since it was read from the file). The slabs
+* per cache slot: ``slot_row`` (int64, -1 = free), ``tick`` (int64: the last access with
+  misses that used it; rows of the running access are never evicted by it), ``ref`` (bool:
+  used since the clock hand last passed it) and ``dirty`` (bool: changed since it was read from the file). The slabs
   and these 18 bytes per slot are what the budget counts.
 
 An access (:meth:`RowCache.slots_of`) translates file rows to cache slots with one gather when
@@ -19,18 +19,21 @@ yet, then more slab rows up to the table's share of the budget
 (:class:`~recis_compat.backend.row_store.CacheBudget`: all its rows when every table of the
 budget fits, else a water level), then victims chosen by a clock sweep
 (second chance: a slot used since the hand last passed it is skipped once); changed victims are
-written back (sorted, one ``rows_pwrite`` call per slot) before their slots are reused. A cache
+written back (sorted, one batch per slot) before their slots are reused. A cache
 above its share (another table grew) shrinks to it at its next access. When the rows of one
 access do not fit even after every other row is evicted, the slab grows past the share by the
 shortfall (a warning names the table and the budget needed; the excess is kept in
 ``CacheBudget.over_budget_bytes``): one access always gets all its rows.
 
-Why ``pread`` / ``pwrite`` rather than copies through a mapping of the file (measured by
-tests/unit/test_row_cache.py's sibling benchmark numbers in docs/stores.md): a missed row costs
-one system call per run of consecutive rows and slot either way, but a mapping adds a page fault
-per row, a page-table entry to tear down by ``madvise`` and, for rows changed through it, the
-kernel's writeback of whole 4 KiB pages for 64-byte rows; ``pread`` copies exactly the row's
-bytes and leaves nothing mapped, so the process's resident set is the slabs and nothing else.
+How rows move (measured on this project's ext4 test machine, 40k scattered 64-byte rows of a
+77 MB file in the page cache): reads use ``pread`` (0.35-0.85 us per row) although copying
+through a shared mapping measured 0.02 us per row, because a read fault on a file mapping maps
+its neighbours too (fault-around, whole large folios): the process's resident set would grow by
+up to 16 pages per row read, which is what the RAM budget exists to prevent, while ``pread``
+copies exactly the row and maps nothing. Writes (write-back, writes to uncached rows) go through
+the mapping (``FileSlots.write``: a write fault maps exactly one page, dropped again every 8192
+rows) because a ``pwrite`` per row measured 6.5-8.7 us: every write call updates the file's
+times through the ext4 journal. Long runs of rows (new rows at growth) are one ``pwrite``.
 
 Who sees which rows (backend/table_impl.py): every table method takes and returns file rows
 (lookups, ``read_slot``, ``update_slot``, ``delete``, ``ids_map``, change tracking,
@@ -47,7 +50,7 @@ from typing import Dict, List
 
 import torch
 
-from recis_compat.backend.row_store import FileSlots
+from recis_compat.backend.row_store import FileSlots, strict_overcommit
 
 __all__ = ["RowCache", "META_BYTES"]
 
@@ -160,9 +163,12 @@ class RowCache:
             return
         reserve_rows = next(iter(self._reserve.values())).shape[0] if self._reserve else 0
         if new_alloc > reserve_rows:
-            # the reserve covers the whole budget (pages never written are not resident); past
-            # the budget it is reallocated to the rows needed
-            rows = max(new_alloc, min(max(self._share, 1), max(self.rows, 1)))
+            # the reserve covers the whole budget: pages never written are not resident, so the
+            # slabs grow with no copy (where reserved memory counts as used, strict overcommit,
+            # it doubles instead); past the budget it is reallocated to the rows needed
+            limit_rows = max(1, self.budget.limit_bytes // self.slot_bytes)
+            rows = min(limit_rows, 2 * max(reserve_rows, 1)) if strict_overcommit() else limit_rows
+            rows = max(new_alloc, rows)
             for name, f in self.files.files.items():
                 r = torch.empty([rows] + f.tail, dtype=f.dtype)
                 if old:
@@ -179,10 +185,12 @@ class RowCache:
         self.budget.set_held(self, new_alloc * self.slot_bytes)
 
     # ---------------------------------------------------------------- access
-    def slots_of(self, rows: torch.Tensor, write: bool = False) -> torch.Tensor:
+    def slots_of(self, rows: torch.Tensor, write: bool = False, touch: bool = True) -> torch.Tensor:
         """Cache slots (int64 ``[N]``) of the file rows ``rows`` (int64 ``[N]``, ``0 <= row <
         rows covered``; any order, duplicates fine), reading the missing ones in. ``write``: the
-        caller changes these rows (they are written back when evicted)."""
+        caller changes these rows (they are written back when evicted). ``touch=False``: the
+        rows were just used by another access (a lookup's gather after its find), so their
+        recency is not marked again."""
         self.clock += 1
         self._share_rows()
         if rows.numel() == 0:
@@ -190,13 +198,13 @@ class RowCache:
         s = self.row_slot.index_select(0, rows)
         miss = s < 0
         if bool(miss.any()):
-            hit = s[~miss].long()
-            self.tick.index_fill_(0, hit, self.clock)       # the access's cached rows stay
+            self.tick.index_fill_(0, s[~miss].long(), self.clock)     # the access's cached rows stay
             self._bring_in(torch.unique(rows[miss]))
             s = self.row_slot.index_select(0, rows)
+            touch = True
         s = s.long()
-        self.tick.index_fill_(0, s, self.clock)
-        self.ref.index_fill_(0, s, True)
+        if touch:
+            self.ref.index_fill_(0, s, True)
         if write:
             self.dirty.index_fill_(0, s, True)
         return s

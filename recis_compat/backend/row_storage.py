@@ -51,20 +51,11 @@ import torch
 
 from recis_compat.backend.locking import OwnLock, locked
 from recis_compat.backend.row_cache import RowCache
-from recis_compat.backend.row_store import FileSlots, StoreConfig
+from recis_compat.backend.row_store import FileSlots, StoreConfig, strict_overcommit
 
 GROWTH = 1.5          # reserve growth on devices that commit memory at allocation (CUDA)
 RESERVE_FACTOR = 8    # CPU: a new reserve holds this many times the rows needed
 _FILE_FILL_ROWS = 1 << 20   # file-backed growth initialises new rows in pieces of this many
-
-
-def _strict_overcommit() -> bool:
-    """Whether Linux accounts reserved address space as used memory (vm.overcommit_memory = 2)."""
-    try:
-        with open("/proc/sys/vm/overcommit_memory") as f:
-            return f.read().strip() == "2"
-    except OSError:
-        return False
 
 
 def _physical_ram_bytes() -> int:
@@ -214,7 +205,9 @@ class RowStorage(OwnLock):
         if self._cache is None:
             return self.slots[name].index_select(0, rows)
         if self._cache.fits(rows.numel()):
-            slots = self._cache.slots_of(rows)          # may grow the slabs: index them after
+            # the lookup's find brought the rows in and marked them; may grow the slabs: index
+            # them after
+            slots = self._cache.slots_of(rows, touch=False)
             return self.slots[name].index_select(0, slots)
         return self._cache.read(name, rows)
 
@@ -325,7 +318,7 @@ class RowStorage(OwnLock):
     def _reserve_rows_for(self, new_cap: int) -> int:
         if self._files is not None:       # sparse files: reserved rows take no disk until written
             return max(new_cap, RESERVE_FACTOR * new_cap)
-        if self.device.type != "cpu" or _strict_overcommit():
+        if self.device.type != "cpu" or strict_overcommit():
             return max(new_cap, int(self.reserved_rows * GROWTH))
         widest = max(max(1, math.prod(sp.tail)) * torch.empty((), dtype=sp.dtype).element_size()
                      for sp in self.specs.values())

@@ -54,6 +54,7 @@ ENV_STORE_TYPE = "RECIS_COMPAT_STORE_TYPE"
 ENV_PERSISTENT_PATH = "RECIS_COMPAT_PERSISTENT_PATH"
 ENV_CACHE_BUDGET_MB = "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB"
 WRITE_WINDOW = 8192        # rows written through a file mapping before its pages are dropped
+_PAGE = mmap.PAGESIZE
 
 
 @dataclass(eq=False)
@@ -222,6 +223,15 @@ class CacheBudget:
             return min(self._demand.get(holder, 0), self._level)
 
 
+def strict_overcommit() -> bool:
+    """Whether Linux accounts reserved address space as used memory (vm.overcommit_memory = 2)."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return False
+
+
 _DIR_COUNTER = itertools.count()
 
 
@@ -379,8 +389,12 @@ class FileSlots:
         view = f.rows_view()
         try:
             for a in range(0, rows.numel(), WRITE_WINDOW):
-                view.index_copy_(0, rows[a:a + WRITE_WINDOW], values[a:a + WRITE_WINDOW])
-                f.mm.madvise(mmap.MADV_DONTNEED)
+                part = rows[a:a + WRITE_WINDOW]
+                view.index_copy_(0, part, values[a:a + WRITE_WINDOW])
+                # drop the pages of the rows' span (the cost of madvise grows with the range)
+                lo = int(part.min()) * f.row_bytes // _PAGE * _PAGE
+                hi = min(len(f.mm), (int(part.max()) + 1) * f.row_bytes)
+                f.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
         finally:
             del view
 
