@@ -215,6 +215,9 @@ class DynamicTableImpl(OwnLock):
         ids = self.check_ids(ids, "insert")
         rows, is_new = self.id_map.find_or_insert(ids)
         self.storage.ensure_capacity(self.id_map.num_rows_allocated())
+        # file-backed: the rows come into the RAM cache first, so new rows' initial values are
+        # written there rather than into the files and read back
+        self.storage.note_access(rows, lookup=True)
         log = self._changes
         if (initialize and self.init_rows is not None) or log is not None:
             new_pos = torch.nonzero(is_new).view(-1)     # one pass over the mask for ids and rows
@@ -228,7 +231,6 @@ class DynamicTableImpl(OwnLock):
                 if initialize and self.init_rows is not None:
                     vals = self.init_rows(new_ids)
                     self.storage.write_rows("embedding", new_rows, vals.reshape(new_ids.numel(), self.dim))
-        self.storage.note_access(rows, lookup=True)
         return rows
 
     @locked
