@@ -20,6 +20,13 @@ run of the same calls gives. Callers that need several calls to be atomic togeth
 optimizers: take the gradients, then update the rows) hold :attr:`lock` around them; it is
 reentrant.
 
+File-backed tables (``cached_ssd``, backend/row_cache.py): rows are the id map's stable rows
+in the files everywhere in this class (lookups, ``read_slot``, ``update_slot``, ``fill_slot``,
+``delete``, ``ids_map``, change tracking, checkpoints); the slot tensors (:meth:`get_slot`,
+:attr:`embedding`) are the RAM cache's slabs, and :meth:`grad_rows` (what the optimizer kernels
+index them with) returns the rows' cache slots, valid until the next call on the table. In
+memory both are the same rows.
+
 Change tracking (incremental checkpoints, docs/reliability.md "Incremental checkpoints"): after
 :meth:`DynamicTableImpl.track_changes` the table records which rows were written since the last
 :meth:`DynamicTableImpl.take_changes` (new ids, rows the sparse optimizer takes gradients of,
@@ -171,7 +178,8 @@ class DynamicTableImpl(OwnLock):
 
     @property
     def embedding(self) -> torch.Tensor:
-        """The ``"embedding"`` slot ``[capacity, dim]``."""
+        """The ``"embedding"`` slot ``[capacity, dim]`` (file-backed: the cache's slab, see
+        :meth:`get_slot`)."""
         return self.storage.embedding
 
     def __len__(self) -> int:
