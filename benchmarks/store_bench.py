@@ -10,7 +10,8 @@ Cases (docs/stores.md, docs/benchmarks.md):
   probability ~ k^-s; ranks are scattered over the id space) or uniform. The two tables see the
   same batches, in alternating blocks of ``block`` steps after ``warmup`` untimed steps each;
   samples/s of each. The budget (``budget_mb``) is a fraction of the file-backed table's rows:
-  the Zipf case's hot set fits it, the uniform case touches every chunk of the table each step.
+  the Zipf case's hot set fits it, the uniform case misses most of its rows every step. The
+  detail counts the row cache's misses, evictions and write-backs in the timed steps.
   Target (issue 14 item 2): Zipf >= 0.7x in RAM; uniform: reported.
 * **beyond RAM** (opt-in, ``--beyond-ram-ids N``; minutes and 2x the table on disk): a fresh
   process trains a ``cached_ssd`` table (``--beyond-ram-dim``, SparseAdamW) up to N ids under a
