@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -65,6 +65,9 @@ class RowCache:
     Args:
         files: the table's :class:`FileSlots` (its slots, files and shared budget).
         table: the table's name (warnings, errors).
+        fresh_values: ``f(slot)``: the value every element of a fresh row of ``slot`` holds
+            (the slot's initial value), or None when fresh rows must be read from the file
+            (sampled initial embeddings).
 
     Attributes:
         slabs: ``{slot: Tensor[cache_rows, *tail]}``, the cached rows of every slot (the
@@ -73,9 +76,13 @@ class RowCache:
         clock: accesses so far.
     """
 
-    def __init__(self, files: FileSlots, table: str):
+    def __init__(self, files: FileSlots, table: str, fresh_values: Callable[[str], Optional[float]]):
         self.files = files
         self.table = table
+        self.fresh_values = fresh_values
+        # rows >= fresh_from were never cached nor written since the table's growth gave them
+        # their initial values (rows are handed out in increasing order)
+        self.fresh_from = 0
         self.budget = files.budget
         self.slabs: Dict[str, torch.Tensor] = {}
         self.row_slot = torch.full((0,), -1, dtype=torch.int32)
@@ -212,8 +219,17 @@ class RowCache:
     def _bring_in(self, rows: torch.Tensor) -> None:
         """Read the distinct, sorted, uncached file rows ``rows`` into free slots."""
         slots = self._take(rows.numel())
+        # fresh rows (new ids) hold their slots' initial values: filled, not read
+        k = int(torch.searchsorted(rows, self.fresh_from)) if int(rows[-1]) >= self.fresh_from else rows.numel()
         for name, slab in self.slabs.items():
-            slab.index_copy_(0, slots, self.files.read(name, rows))
+            value = self.fresh_values(name) if k < rows.numel() else None
+            if value is None:
+                slab.index_copy_(0, slots, self.files.read(name, rows))
+            else:
+                if k:
+                    slab.index_copy_(0, slots[:k], self.files.read(name, rows[:k]))
+                slab.index_fill_(0, slots[k:], value)
+        self.fresh_from = max(self.fresh_from, int(rows[-1]) + 1)
         self.slot_row.index_copy_(0, slots, rows)
         self.row_slot.index_copy_(0, rows, slots.to(torch.int32))
         self.tick.index_fill_(0, slots, self.clock)
@@ -333,6 +349,7 @@ class RowCache:
         mp = torch.nonzero(~hit).view(-1)
         mr, order = torch.sort(rows.index_select(0, mp))
         self.files.write(name, mr, values.index_select(0, mp.index_select(0, order)))
+        self.fresh_from = max(self.fresh_from, int(mr[-1]) + 1)
 
     # ---------------------------------------------------------------- whole cache
     def flush(self) -> None:
@@ -347,6 +364,7 @@ class RowCache:
 
     def reset(self) -> None:
         """Forget every cached row without writing it back (the files were emptied)."""
+        self.fresh_from = 0
         self._layout()
 
     def release(self) -> None:

@@ -121,9 +121,16 @@ class RowStorage(OwnLock):
         self._files = FileSlots(self.store, self.name)
         for name, spec in self.specs.items():
             self._files.add(name, spec.tail, spec.dtype)
-        self._cache = RowCache(self._files, self.name)
+        self._cache = RowCache(self._files, self.name, self._fresh_value)
         self.slots = self._cache.slabs
         self._reserve = {}
+
+    def _fresh_value(self, name: str) -> Optional[float]:
+        """The value of every element of a row of slot ``name`` that growth initialised and
+        nothing wrote since; None: sampled embeddings (read them from the file)."""
+        if name == "embedding" and self._sample_rows is not None:
+            return None
+        return self.specs[name].init
 
     def __getstate__(self):
         with self._lock:
@@ -156,6 +163,7 @@ class RowStorage(OwnLock):
             self._cache.fit_rows(cap)
             for name, values in compact.items():
                 self._files.write_range(name, 0, values)
+            self._cache.fresh_from = cap
 
     @property
     def file_backed(self) -> bool:
