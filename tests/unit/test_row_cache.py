@@ -260,3 +260,36 @@ def test_a_budget_above_the_table_reads_each_row_once(tmp_path):
     _same(ram, ssd)
     assert budget.evictions == 0 and budget.writebacks == 0
     assert budget.misses == len(ssd)
+
+
+def test_new_rows_are_filled_not_read_and_reused_rows_are_read(tmp_path, monkeypatch):
+    """A miss on rows that growth initialised and nothing wrote since (new ids) fills the
+    cache with the slots' initial values instead of reading the files (sampled embeddings are
+    still read); a row freed by eviction and reused is read back (it was written)."""
+    from recis_compat.backend.row_store import FileSlots
+    read = {}
+    orig = FileSlots.read
+
+    def counting(self, name, rows):
+        read[name] = read.get(name, 0) + rows.numel()
+        return orig(self, name, rows)
+
+    monkeypatch.setattr(FileSlots, "read", counting)
+    ram, ssd = _pair(tmp_path, name="fresh")
+    g = torch.Generator().manual_seed(6)
+    ids = torch.arange(1000)
+    grad = torch.randn(1000, DIM, generator=g)
+    assert torch.equal(_step(ram, ids, grad, 1), _step(ssd, ids, grad, 1))
+    assert read.get("exp_avg", 0) == 0 and read.get("exp_avg_sq", 0) == 0
+    assert read["embedding"] == 1000                  # sampled initial rows come from the file
+    others = torch.arange(20_000, 21_200)              # pushes most of the first rows out
+    grad = torch.randn(others.numel(), DIM, generator=g)
+    assert torch.equal(_step(ram, others, grad, 2), _step(ssd, others, grad, 2))
+    for t in (ram, ssd):
+        t.delete(torch.arange(0, 1000, 2))             # their reset values go to the files
+    read.clear()
+    reuse = torch.arange(30_000, 30_500)               # get the freed rows
+    grad = torch.randn(reuse.numel(), DIM, generator=g)
+    assert torch.equal(_step(ram, reuse, grad, 3), _step(ssd, reuse, grad, 3))
+    assert read.get("exp_avg", 0) >= 300               # the reused rows' reset values, from the files
+    _same(ram, ssd)
