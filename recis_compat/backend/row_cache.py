@@ -59,6 +59,11 @@ _MIN_WINDOW = 4096              # slots a clock sweep looks at per round, at lea
 _GROWTH = 1.5                   # slab and index growth factor within the budget
 
 
+def _increasing(rows: torch.Tensor) -> bool:
+    """Whether ``rows`` is strictly increasing (sorted and distinct)."""
+    return rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())
+
+
 class RowCache:
     """The row cache of one file-backed table (see the module docstring).
 
@@ -326,8 +331,12 @@ class RowCache:
         if hp.numel():
             out.index_copy_(0, hp, slab.index_select(0, s.index_select(0, hp)))
         mp = torch.nonzero(~hit).view(-1)
-        u, inverse = torch.unique(rows.index_select(0, mp), return_inverse=True)
-        out.index_copy_(0, mp, self.files.read(name, u).index_select(0, inverse))
+        mr = rows.index_select(0, mp)
+        if _increasing(mr):             # rows in row order (checkpoints, filters): read as they are
+            out.index_copy_(0, mp, self.files.read(name, mr))
+        else:
+            u, inverse = torch.unique(mr, return_inverse=True)
+            out.index_copy_(0, mp, self.files.read(name, u).index_select(0, inverse))
         return out
 
     def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
@@ -347,8 +356,11 @@ class RowCache:
             slab.index_copy_(0, hs, values.index_select(0, hp))
             self.dirty.index_fill_(0, hs, True)
         mp = torch.nonzero(~hit).view(-1)
-        mr, order = torch.sort(rows.index_select(0, mp))
-        self.files.write(name, mr, values.index_select(0, mp.index_select(0, order)))
+        mr = rows.index_select(0, mp)
+        if not _increasing(mr):
+            mr, order = torch.sort(mr)
+            mp = mp.index_select(0, order)
+        self.files.write(name, mr, values.index_select(0, mp))
         self.fresh_from = max(self.fresh_from, int(mr[-1]) + 1)
 
     # ---------------------------------------------------------------- whole cache

@@ -373,7 +373,8 @@ class FileSlots:
 
     def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Write ``values`` ``[R, *tail]`` to the distinct rows ``rows`` (int64 ``[R]``, rows
-        that have disk blocks, see :meth:`allocate`) of slot ``name``.
+        that have disk blocks, see :meth:`allocate`) of slot ``name``. Rows in long runs (64
+        rows a run on average) are written by one ``pwrite`` per run.
 
         Scattered rows are copied through the file's shared mapping, ``WRITE_WINDOW`` rows at a
         time, and the mapping's pages are dropped from the process after each window (one
@@ -386,6 +387,10 @@ class FileSlots:
             return
         f = self.files[name]
         values = values.to(f.dtype).reshape([rows.numel()] + f.tail)
+        runs = 1 + int((rows[1:] != rows[:-1] + 1).sum())
+        if runs * 64 <= rows.numel():   # long runs of rows (a checkpoint restore): one pwrite each
+            rows_pwrite(f.fd, rows, values.contiguous())
+            return
         view = f.rows_view()
         try:
             for a in range(0, rows.numel(), WRITE_WINDOW):
