@@ -51,7 +51,8 @@ import torch
 
 from recis_compat.backend.locking import OwnLock, locked
 from recis_compat.backend.row_cache import RowCache
-from recis_compat.backend.row_store import FileSlots, StoreConfig, strict_overcommit
+from recis_compat.backend.row_store import FileSlots, StoreConfig
+from recis_compat.backend.row_store import strict_overcommit as _strict_overcommit
 
 GROWTH = 1.5          # reserve growth on devices that commit memory at allocation (CUDA)
 RESERVE_FACTOR = 8    # CPU: a new reserve holds this many times the rows needed
@@ -326,7 +327,7 @@ class RowStorage(OwnLock):
     def _reserve_rows_for(self, new_cap: int) -> int:
         if self._files is not None:       # sparse files: reserved rows take no disk until written
             return max(new_cap, RESERVE_FACTOR * new_cap)
-        if self.device.type != "cpu" or strict_overcommit():
+        if self.device.type != "cpu" or _strict_overcommit():
             return max(new_cap, int(self.reserved_rows * GROWTH))
         widest = max(max(1, math.prod(sp.tail)) * torch.empty((), dtype=sp.dtype).element_size()
                      for sp in self.specs.values())
