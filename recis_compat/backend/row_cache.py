@@ -19,8 +19,7 @@ yet, then more slab rows up to the table's share of the budget
 (:class:`~recis_compat.backend.row_store.CacheBudget`: all its rows when every table of the
 budget fits, else a water level), then victims chosen by a clock sweep
 (second chance: a slot used since the hand last passed it is skipped once); changed victims are
-copied out before their slots are reused and written back (sorted, one batch per slot) on the
-store's writer thread, overlapping the rest of the step. A cache
+written back (sorted, one batch per slot) before their slots are reused. A cache
 above its share (another table grew) shrinks to it at its next access. When the rows of one
 access do not fit even after every other row is evicted, the slab grows past the share by the
 shortfall (a warning names the table and the budget needed; the excess is kept in
@@ -313,9 +312,8 @@ class RowCache:
             return
         rows, order = torch.sort(self.slot_row.index_select(0, d))
         d = d.index_select(0, order)
-        # copies of the rows go to the files on the store's writer thread while the step goes
-        # on; the files' next use waits for it (FileSlots.write_behind)
-        self.files.write_behind(rows, {name: slab.index_select(0, d) for name, slab in self.slabs.items()})
+        for name, slab in self.slabs.items():
+            self.files.write(name, rows, slab.index_select(0, d))
         self.dirty.index_fill_(0, d, False)
         self.budget.writebacks += d.numel()
 

@@ -39,7 +39,6 @@ import re
 import shutil
 import threading
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -56,8 +55,6 @@ ENV_PERSISTENT_PATH = "RECIS_COMPAT_PERSISTENT_PATH"
 ENV_CACHE_BUDGET_MB = "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB"
 WRITE_WINDOW = 8192        # rows written through a file mapping before its pages are dropped
 _PAGE = mmap.PAGESIZE
-# write-behind of evicted rows (FileSlots.write_behind): one thread for the process
-_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recis-compat-row-writeback")
 
 
 @dataclass(eq=False)
@@ -326,13 +323,11 @@ class FileSlots:
         self.rows = 0                       # every file holds at least this many rows
         self._fds: List[int] = []
         self._finalizer = weakref.finalize(self, _remove_dir, self.directory, self._fds)
-        self._pending: Optional[Future] = None       # the write-behind in flight (one at most)
         self.budget = config.budget()
 
     # ---------------------------------------------------------------- files
     def add(self, name: str, tail: Sequence[int], dtype: torch.dtype) -> _SlotFile:
         """Create the file of slot ``name`` (``rows`` rows, all zeros: a sparse file)."""
-        self.drain()
         if name in self.files:
             raise ValueError(f"table {self.table!r}: slot file {name!r} exists already")
         f = _SlotFile(os.path.join(self.directory, _safe_name(name) + ".rows"), tail, dtype)
@@ -343,7 +338,6 @@ class FileSlots:
 
     def resize(self, rows: int) -> None:
         """Grow every file to hold ``rows`` rows (new rows read as zeros; no disk blocks yet)."""
-        self.drain()
         rows = int(rows)
         if rows <= self.rows:
             return
@@ -355,7 +349,6 @@ class FileSlots:
         """Reserve disk blocks for rows ``[begin, end)`` of every slot (or of slot ``name``)
         before they are written: a full disk is then this ``OSError`` naming the table and the
         directory, here rather than in the middle of a cache write-back."""
-        self.drain()
         if end <= begin:
             return
         for n, f in self.files.items():
@@ -372,30 +365,11 @@ class FileSlots:
     def read(self, name: str, rows: torch.Tensor) -> torch.Tensor:
         """Rows ``rows`` (int64 ``[R]``, ``0 <= row < self.rows``; sorted: runs of consecutive
         rows are one read each) of slot ``name`` as a new ``[R, *tail]`` tensor."""
-        self.drain()
         f = self.files[name]
         out = torch.empty([rows.numel()] + f.tail, dtype=f.dtype)
         if rows.numel():
             rows_pread_(f.fd, rows, out)
         return out
-
-    def drain(self) -> None:
-        """Wait for the write-behind in flight (:meth:`write_behind`); its error is raised here."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def write_behind(self, rows: torch.Tensor, values: Dict[str, torch.Tensor]) -> None:
-        """:meth:`write` ``values[slot]`` to the rows ``rows`` of every slot named, on the
-        store's writer thread, overlapping the caller's next work (a training step's compute);
-        every other method of this object waits for it first, so no read sees the file before
-        the write. ``values`` must not be changed afterwards (pass copies)."""
-        self.drain()
-        self._pending = _WRITER.submit(self._write_all, rows, values)
-
-    def _write_all(self, rows: torch.Tensor, values: Dict[str, torch.Tensor]) -> None:
-        for name, v in values.items():
-            self._write(name, rows, v)
 
     def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Write ``values`` ``[R, *tail]`` to the distinct rows ``rows`` (int64 ``[R]``, rows
@@ -409,10 +383,6 @@ class FileSlots:
         per 64-byte row (each write call updates the file's times through the journal) against
         about 0.1 us per row through the mapping (a write fault maps one page; docs/stores.md).
         """
-        self.drain()
-        self._write(name, rows, values)
-
-    def _write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         if not rows.numel():
             return
         f = self.files[name]
@@ -436,7 +406,6 @@ class FileSlots:
     def write_range(self, name: str, begin: int, values: torch.Tensor) -> None:
         """Write ``values`` ``[n, *tail]`` to rows ``[begin, begin + n)`` of slot ``name`` (one
         ``pwrite``: a long run costs one call)."""
-        self.drain()
         n = values.shape[0]
         if n:
             f = self.files[name]
@@ -444,7 +413,6 @@ class FileSlots:
 
     def zero(self) -> None:
         """Discard every value (files emptied to sparse zeros, keeping their size)."""
-        self.drain()
         for f in self.files.values():
             f.unmap()
             os.ftruncate(f.fd, 0)
@@ -452,12 +420,10 @@ class FileSlots:
 
     def disk_bytes(self) -> int:
         """Bytes of disk the files occupy (allocated blocks; the files are sparse)."""
-        self.drain()
         return sum(os.fstat(f.fd).st_blocks * 512 for f in self.files.values())
 
     def close(self) -> None:
         """Close and delete the files; the table must not be used afterwards."""
-        self.drain()
         for f in self.files.values():
             f.unmap()
         self.files.clear()
