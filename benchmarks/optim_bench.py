@@ -142,9 +142,9 @@ def _ours(ids, values, touched, grad, dim: int, repeat: int, unique: bool, store
     mask[touched] = False
     untouched = torch.nonzero(mask).view(-1)
     sample = untouched[torch.randint(0, untouched.numel(), (min(1000, untouched.numel()),), generator=g)]
-    assert torch.equal(impl.embedding[impl.find_rows(ids[sample])], values[sample]), \
+    assert torch.equal(impl.read_slot("embedding", impl.find_rows(ids[sample])), values[sample]), \
         "SparseAdamW changed rows without gradients"
-    assert not torch.equal(impl.embedding[rows[:100]], values[touched[:100]]), "touched rows did not change"
+    assert not torch.equal(impl.read_slot("embedding", rows[:100]), values[touched[:100]]), "touched rows did not change"
     impl.close()
     return t_step, t_coalesce, t_kernel, t_floor
 

@@ -10,7 +10,8 @@ Cases (docs/stores.md, docs/benchmarks.md):
   probability ~ k^-s; ranks are scattered over the id space) or uniform. The two tables see the
   same batches, in alternating blocks of ``block`` steps after ``warmup`` untimed steps each;
   samples/s of each. The budget (``budget_mb``) is a fraction of the file-backed table's rows:
-  the Zipf case's hot set fits it, the uniform case touches every chunk of the table each step.
+  the Zipf case's hot set fits it, the uniform case misses most of its rows every step. The
+  detail counts the row cache's misses, evictions and write-backs in the timed steps.
   Target (issue 14 item 2): Zipf >= 0.7x in RAM; uniform: reported.
 * **beyond RAM** (opt-in, ``--beyond-ram-ids N``; minutes and 2x the table on disk): a fresh
   process trains a ``cached_ssd`` table (``--beyond-ram-dim``, SparseAdamW) up to N ids under a
@@ -94,6 +95,12 @@ class IdSampler:
         return ranks.to(torch.int64) * 2654435761 + 17
 
 
+def _row_bytes(impl) -> int:
+    """Bytes of one row over every slot of a table."""
+    return sum(max(1, math.prod(sp.tail)) * torch.empty((), dtype=sp.dtype).element_size()
+               for sp in impl.storage.specs.values())
+
+
 # ----------------------------------------------------------------------------- DeepFM-style model
 class _FMModel(torch.nn.Module):
     def __init__(self, name: str, dim: int, fields: int, store):
@@ -153,7 +160,8 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
         ssd.step(ids, y)
     t_ram = t_ssd = 0.0
     faults0 = _faults()
-    trims0 = store.budget().trims
+    budget = store.budget()
+    misses0, evictions0, writebacks0 = budget.misses, budget.evictions, budget.writebacks
     for b in range(warmup, warmup + steps, block):
         chunk = batches[b:b + block]
         t0 = time.perf_counter()
@@ -171,13 +179,17 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
     r_ram, r_ssd = ram.impl.find_rows(probe), ssd.impl.find_rows(probe)
     assert torch.equal(ram.impl.gather(r_ram), ssd.impl.gather(r_ssd)), "cached_ssd rows differ from in-RAM rows"
     n_ids = len(ssd.impl)
-    row_bytes = sum(t[0:1].numel() * t.element_size() for t in ssd.impl.storage.slots.values())
+    row_bytes = _row_bytes(ssd.impl)
+    evictions = budget.evictions - evictions0
     detail = {"universe": universe, "zipf_s": zipf_s, "dim": dim, "batch": batch, "fields": fields,
               "ids_per_step": batch * fields, "warmup_steps": warmup, "timed_steps": steps,
               "distinct_ids": n_ids, "table_row_bytes": row_bytes * n_ids,
               "budget_bytes": store.budget().limit_bytes,
               "budget_over_table": round(store.budget().limit_bytes / max(1, row_bytes * n_ids), 3),
-              "resident_bytes": store.budget().resident_bytes(), "trims_timed": store.budget().trims - trims0,
+              "cache_bytes": ssd.impl.storage.memory_bytes(), "over_budget_bytes": budget.over_budget_bytes,
+              "misses_timed": budget.misses - misses0, "evictions_timed": evictions,
+              "writebacks_timed": budget.writebacks - writebacks0,
+              "trims_timed": evictions,          # the page cache's name for the same count (rows evicted)
               "page_faults_timed": {k: faults1[k] - faults0[k] for k in faults1},
               "ram_step_ms": round(t_ram / steps * 1e3, 2), "ssd_step_ms": round(t_ssd / steps * 1e3, 2),
               "threads": torch.get_num_threads(),
@@ -219,7 +231,7 @@ def _beyond_ram_child(n_ids: int, dim: int, budget_mb: int, workdir: str) -> Dic
         peak_rss = max(peak_rss, _rss())
     t_train = time.perf_counter() - t0
     id_map_bytes = impl.id_map.memory_bytes()
-    row_bytes = sum(t[0:1].numel() * t.element_size() for t in impl.storage.slots.values())
+    row_bytes = _row_bytes(impl)
     disk = impl.storage.disk_bytes()
     hwm_train = _hwm()
     sample = torch.randint(0, n_ids, (100_000,), generator=g) * 2654435761 + 17

@@ -19,9 +19,24 @@
 // resident set to the rows' own pages (it also marks them dirty: they are written by the optimizer
 // step anyway). Host memory only: device tensors have no page faults (the op has no CUDA kernel and
 // says so). Rows < 0 are skipped; rows >= a slot's length are an error.
+//
+// 3. rows_pread_(fd, rows[R] int64, out[R, ...]!) / rows_pwrite(fd, rows[R] int64, values[R, ...]): the
+// cached_ssd row cache's file side (recis_compat/backend/row_cache.py). A slot file holds row r at byte
+// r * row_bytes (row_bytes = bytes of one row of out / values). Each run of consecutive rows is one
+// pread / pwrite of the whole run (rows are passed sorted, so runs of new or neighbouring rows coalesce),
+// runs are spread over the intra-op threads (pread/pwrite take their offset: no shared file position).
+// A short read (past the end of the file) or a failed write is an error naming the row and the errno
+// text; EINTR is retried (a signal interrupting the call, not a failure). Host tensors only: the op has
+// no CUDA kernel (cached_ssd tables live on the CPU, docs/stores.md) and says so for other devices.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <cerrno>
+#include <cstring>
+#include <unistd.h>
+
+#include <vector>
 
 #include "common.h"
 #include "optim/sparse_adam_checks.h"
@@ -113,16 +128,94 @@ void rows_touch_for_write_cpu(at::TensorList slots, const at::Tensor& rows_in) {
   }
 }
 
+constexpr const char* kPreadOp = "recis_compat::rows_pread_";
+constexpr const char* kPwriteOp = "recis_compat::rows_pwrite";
+
+// Checks shared by rows_pread_ and rows_pwrite; returns the bytes of one row of ``t``.
+int64_t check_file_rows(const char* op, int64_t fd, const at::Tensor& rows, const at::Tensor& t, const char* what) {
+  TORCH_CHECK(fd >= 0, op, ": fd must be an open file descriptor, got ", fd);
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1, op, ": rows must be a 1-D int64 tensor, got ",
+              rows.scalar_type(), " of shape ", rows.sizes());
+  TORCH_CHECK(rows.device().is_cpu() && t.device().is_cpu(), op, ": rows and ", what,
+              " must be host (CPU) tensors (a file is read into host memory), got ", rows.device(), " and ",
+              t.device());
+  TORCH_CHECK(t.dim() >= 1 && t.size(0) == rows.numel(), op, ": ", what, " must be [len(rows)=", rows.numel(),
+              ", ...], got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", what, " must be contiguous");
+  const int64_t R = rows.numel();
+  return R == 0 ? 0 : t.numel() / R * t.element_size();
+}
+
+// Runs of consecutive rows: run k covers positions [starts[k], starts[k + 1]).
+std::vector<int64_t> row_runs(const char* op, const int64_t* r, int64_t R) {
+  std::vector<int64_t> starts;
+  starts.reserve(R / 4 + 2);
+  for (int64_t i = 0; i < R; ++i) {
+    TORCH_CHECK(r[i] >= 0, op, ": row ", r[i], " at position ", i, " is negative");
+    if (i == 0 || r[i] != r[i - 1] + 1) starts.push_back(i);
+  }
+  starts.push_back(R);
+  return starts;
+}
+
+template <bool kWrite>
+void file_rows_io(const char* op, int64_t fd, const int64_t* r, int64_t R, unsigned char* data, int64_t row_bytes) {
+  const std::vector<int64_t> starts = row_runs(op, r, R);
+  const int64_t runs = static_cast<int64_t>(starts.size()) - 1;
+  at::parallel_for(0, runs, 256, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t i = starts[k];
+      unsigned char* p = data + i * row_bytes;
+      int64_t left = (starts[k + 1] - i) * row_bytes;
+      off_t off = static_cast<off_t>(r[i]) * row_bytes;
+      while (left > 0) {
+        const ssize_t n = kWrite ? ::pwrite(static_cast<int>(fd), p, static_cast<size_t>(left), off)
+                                 : ::pread(static_cast<int>(fd), p, static_cast<size_t>(left), off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          const int err = n < 0 ? errno : 0;
+          TORCH_CHECK(false, op, ": ", kWrite ? "writing" : "reading", " row ", r[i], " (", left,
+                      " bytes at offset ", static_cast<int64_t>(off), ") of fd ", fd, " failed: ",
+                      err ? std::strerror(err) : "the file ends before the row");
+        }
+        p += n;
+        off += n;
+        left -= n;
+      }
+    }
+  });
+}
+
+void rows_pread_cpu(int64_t fd, const at::Tensor& rows_in, const at::Tensor& out) {
+  const int64_t row_bytes = check_file_rows(kPreadOp, fd, rows_in, out, "out");
+  auto rows = rows_in.contiguous();
+  if (rows.numel() == 0) return;
+  file_rows_io<false>(kPreadOp, fd, rows.data_ptr<int64_t>(), rows.numel(),
+                      static_cast<unsigned char*>(out.data_ptr()), row_bytes);
+}
+
+void rows_pwrite_cpu(int64_t fd, const at::Tensor& rows_in, const at::Tensor& values) {
+  const int64_t row_bytes = check_file_rows(kPwriteOp, fd, rows_in, values, "values");
+  auto rows = rows_in.contiguous();
+  if (rows.numel() == 0) return;
+  file_rows_io<true>(kPwriteOp, fd, rows.data_ptr<int64_t>(), rows.numel(),
+                     static_cast<unsigned char*>(values.data_ptr()), row_bytes);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(recis_compat, m) {
   m.def("sparse_rows_rotate_(Tensor(a!) a, Tensor(b!) b, Tensor(c!) c, Tensor rows, Tensor grad) -> ()");
   m.def("rows_touch_for_write_(Tensor(a!)[] slots, Tensor rows) -> ()");
+  m.def("rows_pread_(int fd, Tensor rows, Tensor(a!) out) -> ()");
+  m.def("rows_pwrite(int fd, Tensor rows, Tensor values) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(recis_compat, CPU, m) {
   m.impl("sparse_rows_rotate_", &sparse_rows_rotate_cpu);
   m.impl("rows_touch_for_write_", &rows_touch_for_write_cpu);
+  m.impl("rows_pread_", &rows_pread_cpu);
+  m.impl("rows_pwrite", &rows_pwrite_cpu);
 }
 
 }  // namespace recis_compat

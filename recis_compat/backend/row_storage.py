@@ -26,12 +26,13 @@ allocation, so the reserve grows by x1.5 and :meth:`memory_bytes` counts it whol
 Copies of the storage (``pickle``, ``copy.deepcopy``) hold compact slots of ``capacity`` rows,
 never the reserve.
 
-File-backed slots (``cached_ssd``, backend/row_store.py): with a persistent :class:`StoreConfig`
-every slot's reserve is a mapped file instead of memory; growing past the reserve maps a larger
-file (no row is copied), and every access to rows (:meth:`note_access`, :meth:`read_rows`,
-:meth:`write_rows`, :meth:`reset_rows`, growth) is reported to the store's RAM budget, which
-releases the least recently used rows' pages from the process. :meth:`memory_bytes` is then the
-budget's view of this table's resident rows and :meth:`disk_bytes` what the files take.
+File-backed slots (``cached_ssd``, backend/row_store.py and backend/row_cache.py): with a
+persistent :class:`StoreConfig` every slot's rows live in a file (sized in reserves like the
+in-memory slots; growing the file copies nothing) and the rows in use in a RAM cache of single
+rows (:class:`~recis_compat.backend.row_cache.RowCache`). Row numbers (``capacity``, every
+method's ``rows``) are then file rows; :attr:`slots` are the cache's slabs, indexed by the cache
+slots :meth:`kernel_rows` returns. :meth:`memory_bytes` is the cache's RAM and :meth:`disk_bytes`
+what the files take.
 
 Thread safety: every method holds the storage's lock (a ``threading.RLock``, the owning table's
 lock when it passes one, see ``backend/table_impl.py``): growth replaces each slot tensor by a
@@ -49,20 +50,13 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 
 from recis_compat.backend.locking import OwnLock, locked
+from recis_compat.backend.row_cache import RowCache
 from recis_compat.backend.row_store import FileSlots, StoreConfig
+from recis_compat.backend.row_store import strict_overcommit as _strict_overcommit
 
 GROWTH = 1.5          # reserve growth on devices that commit memory at allocation (CUDA)
 RESERVE_FACTOR = 8    # CPU: a new reserve holds this many times the rows needed
 _FILE_FILL_ROWS = 1 << 20   # file-backed growth initialises new rows in pieces of this many
-
-
-def _strict_overcommit() -> bool:
-    """Whether Linux accounts reserved address space as used memory (vm.overcommit_memory = 2)."""
-    try:
-        with open("/proc/sys/vm/overcommit_memory") as f:
-            return f.read().strip() == "2"
-    except OSError:
-        return False
 
 
 def _physical_ram_bytes() -> int:
@@ -110,46 +104,67 @@ class RowStorage(OwnLock):
         self.store = store
         self.specs: Dict[str, SlotSpec] = {"embedding": SlotSpec([self.dim], dtype)}
         self._files: Optional[FileSlots] = None
+        self._cache: Optional[RowCache] = None
+        self._capacity = 0          # file-backed: rows of the table (slots hold cached rows only)
         if store is not None and store.persistent:
             if self.device.type != "cpu":
                 raise ValueError(f"table {name!r}: store_type 'cached_ssd' keeps rows in host memory and files; "
                                  f"the table's device must be the CPU, got {self.device}")
-            self._files = FileSlots(store, name)
-            emb = self._files.map("embedding", 0, [self.dim], dtype)
-            self._reserve: Dict[str, torch.Tensor] = {"embedding": emb}
-            self.slots: Dict[str, torch.Tensor] = {"embedding": emb.narrow(0, 0, 0)}
+            self._open_files()
         else:
             self.slots = {"embedding": torch.empty((0, self.dim), dtype=dtype, device=self.device)}
             # name -> backing tensor [reserve_rows, *tail]; slots[name] is reserve[:capacity]
             self._reserve = dict(self.slots)
         self.num_reallocations = 0   # times the reserve was replaced (rows copied; files: remapped)
 
+    def _open_files(self) -> None:
+        """File-backed: new files (an empty directory) for every slot spec, an empty cache."""
+        self._files = FileSlots(self.store, self.name)
+        for name, spec in self.specs.items():
+            self._files.add(name, spec.tail, spec.dtype)
+        self._cache = RowCache(self._files, self.name, self._fresh_value)
+        self.slots = self._cache.slabs
+        self._reserve = {}
+
+    def _fresh_value(self, name: str) -> Optional[float]:
+        """The value of every element of a row of slot ``name`` that growth initialised and
+        nothing wrote since; None: sampled embeddings (read them from the file)."""
+        if name == "embedding" and self._sample_rows is not None:
+            return None
+        return self.specs[name].init
+
     def __getstate__(self):
-        state = super().__getstate__()
-        state["slots"] = {k: v.clone() for k, v in state["slots"].items()}   # compact: no reserve
-        state.pop("_reserve", None)
-        state["_files"] = None
+        with self._lock:
+            if self._files is not None:       # every row of every slot, read through the cache
+                rows = torch.arange(self._capacity, dtype=torch.int64)
+                compact = {k: self._cache.read(k, rows) for k in self.slots}
+            else:
+                compact = {k: v.clone() for k, v in self.slots.items()}   # compact: no reserve
+            state = super().__getstate__()
+        state["slots"] = compact
+        for k in ("_reserve", "_files", "_cache"):
+            state.pop(k, None)
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("store", None)
         self.__dict__.setdefault("name", "table")
-        self.__dict__.setdefault("_files", None)
         self.__dict__.setdefault("num_reallocations", 0)
+        self._files, self._cache = None, None
         compact = self.slots
         self._reserve = dict(compact)
         if self.store is not None and self.store.persistent:
             # a copy gets files of its own (a new directory) holding the copied rows
             cap = next(iter(compact.values())).shape[0]
-            self._files = FileSlots(self.store, self.name)
-            for name, spec in self.specs.items():
-                reserve = self._files.map(name, max(cap, self.block), spec.tail, spec.dtype)
-                self._files.allocate(0, cap, name)
-                reserve.narrow(0, 0, cap).copy_(compact[name])
-                self._reserve[name] = reserve
-                self.slots[name] = reserve.narrow(0, 0, cap)
-            self._files.touch_range(0, cap)
+            self._open_files()
+            self._capacity = cap
+            self._files.resize(max(cap, self.block))
+            self._files.allocate(0, cap)
+            self._cache.fit_rows(cap)
+            for name, values in compact.items():
+                self._files.write_range(name, 0, values)
+            self._cache.fresh_from = cap
 
     @property
     def file_backed(self) -> bool:
@@ -170,30 +185,57 @@ class RowStorage(OwnLock):
         be used afterwards."""
         with self._lock:
             if self._files is not None:
-                # drop this storage's views too: a file's disk space is freed when its last
-                # mapping goes, and the directory is deleted now
-                self.slots = {k: torch.empty((0,) + tuple(v.shape[1:]), dtype=v.dtype) for k, v in self.slots.items()}
-                self._reserve = dict(self.slots)
+                self._cache.release()
                 self._files.close()
+                self._capacity = 0
 
     def note_access(self, rows: torch.Tensor, lookup: bool = False) -> None:
-        """``rows`` (int64, >= 0) are being used: tell the RAM budget (file-backed slots only).
-        ``lookup``: rows a lookup returns (the optimizer writes them next): their pages are
-        brought in for writing, one page per row and slot (backend/row_store.py)."""
-        if self._files is not None and rows.numel():
-            self._files.touch(rows, for_write=lookup)
+        """``rows`` (int64, >= 0) are being used (file-backed slots only; otherwise nothing).
+        ``lookup``: rows a lookup returns (gathered and updated next): the cache reads the
+        missing ones in now, when they fit in the budget (a checkpoint restore's batches of new
+        ids may not: those stay in the files)."""
+        if self._cache is not None and lookup and rows.numel() and self._cache.fits(rows.numel()):
+            self._cache.slots_of(rows.to(torch.int64))
+
+    @locked
+    def kernel_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Indices into the slot tensors (:attr:`slots`) of the rows ``rows`` (int64 ``>= 0``),
+        which the caller is about to change in place: the rows themselves in memory; file-backed,
+        their cache slots (read in as needed; valid until the next access to this storage)."""
+        if self._cache is None:
+            return rows
+        return self._cache.slots_of(rows.to(torch.int64), write=True)
+
+    @locked
+    def gather(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """``slot[rows]`` for a lookup (a copy; rows int64 ``>= 0``). File-backed: the rows are
+        cached by this call when they fit in the budget (they are used again by the step),
+        else read through."""
+        if self._cache is None:
+            return self.slots[name].index_select(0, rows)
+        if self._cache.fits(rows.numel()):
+            # the lookup's find brought the rows in and marked them; may grow the slabs: index
+            # them after
+            slots = self._cache.slots_of(rows, touch=False)
+            return self.slots[name].index_select(0, slots)
+        return self._cache.read(name, rows)
 
     @locked
     def read_rows(self, name: str, rows: torch.Tensor) -> torch.Tensor:
-        """``slot[rows]`` (a copy; rows int64 ``>= 0``), reported to the RAM budget."""
+        """``slot[rows]`` (a copy; rows int64 ``>= 0``); file-backed: through the cache for
+        cached rows, from the file for the others (nothing is brought in)."""
         t = self.slot(name)
         rows = rows.to(device=self.device, dtype=torch.int64)
-        self.note_access(rows)
+        if self._cache is not None:
+            return self._cache.read(name, rows)
         return t.index_select(0, rows)
 
     # ---------------------------------------------------------------- shape
     @property
     def capacity(self) -> int:
+        """Rows of the table (file-backed: of the files; the slots hold the cached ones)."""
+        if self._files is not None:
+            return self._capacity
         return self.slots["embedding"].shape[0]
 
     @property
@@ -202,23 +244,27 @@ class RowStorage(OwnLock):
 
     @property
     def reserved_rows(self) -> int:
-        """Rows the slots can reach without a copy (>= capacity)."""
+        """Rows the slots can reach without a copy (>= capacity; file-backed: the files' rows)."""
+        if self._files is not None:
+            return self._files.rows
         return self._reserve["embedding"].shape[0]
 
     @locked
     def memory_bytes(self) -> int:
         """Bytes of memory the slots occupy: the rows up to ``capacity`` on CPU (reserved rows
         beyond it are never written, so not resident), the whole reserve elsewhere; file-backed:
-        the rows of the chunks accessed since they were last released (an upper bound)."""
-        if self._files is not None:
-            return self._files.stamped_bytes()
+        the row cache (slabs, bookkeeping, row index)."""
+        if self._cache is not None:
+            return self._cache.memory_bytes()
         tensors = self.slots if self.device.type == "cpu" else self._reserve
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     @locked
     def reserved_bytes(self) -> int:
         """Bytes of address space reserved for the slots (``>= memory_bytes()``; file-backed:
-        the mapped file sizes)."""
+        the file sizes)."""
+        if self._files is not None:
+            return self._files.rows * sum(f.row_bytes for f in self._files.files.values())
         return sum(t.numel() * t.element_size() for t in self._reserve.values())
 
     def _initial(self, name: str, rows: int) -> torch.Tensor:
@@ -240,27 +286,43 @@ class RowStorage(OwnLock):
         if rows_needed <= cap:
             return
         new_cap = -(-int(rows_needed) // self.block) * self.block
+        if self._files is not None:
+            self._grow_files(cap, new_cap)
+            return
         if new_cap > self.reserved_rows:
             self._reallocate(self._reserve_rows_for(new_cap))
         extra = new_cap - cap
-        if self._files is not None:
-            self._files.allocate(cap, new_cap)
-        # file-backed: the new rows are written in pieces, each reported to the RAM budget
-        # (sampled initial values are drawn once, as in memory, so both stores hold the same rows)
-        piece = extra if self._files is None else max(self.block, _FILE_FILL_ROWS)
         sampled = self._initial("embedding", extra) if self._sample_rows is not None else None
-        for a in range(cap, new_cap, piece):
-            b = min(new_cap, a + piece)
-            for name, spec in self.specs.items():
-                fresh = self._reserve[name].narrow(0, a, b - a)
-                if name == "embedding" and sampled is not None:
-                    fresh.copy_(sampled.narrow(0, a - cap, b - a))
-                else:
-                    fresh.fill_(spec.init)        # in place: no temporary of the new rows
-            if self._files is not None:
-                self._files.touch_range(a, b)
+        for name, spec in self.specs.items():
+            fresh = self._reserve[name].narrow(0, cap, extra)
+            if name == "embedding" and sampled is not None:
+                fresh.copy_(sampled)
+            else:
+                fresh.fill_(spec.init)        # in place: no temporary of the new rows
         for name in self.specs:
             self.slots[name] = self._reserve[name].narrow(0, 0, new_cap)
+
+    def _grow_files(self, cap: int, new_cap: int) -> None:
+        """File-backed growth to ``new_cap`` rows: larger (sparse) files when the reserve is
+        full, disk blocks for the new rows, their initial values written in pieces (zeros need
+        no write: new blocks read as zeros). Sampled values are drawn once for all new rows, as
+        in memory, so both stores hold the same rows."""
+        if new_cap > self._files.rows:
+            self._files.resize(self._reserve_rows_for(new_cap))
+            self.num_reallocations += 1
+        self._files.allocate(cap, new_cap)
+        sampled = self._initial("embedding", new_cap - cap) if self._sample_rows is not None else None
+        piece = max(self.block, _FILE_FILL_ROWS)
+        for name, spec in self.specs.items():
+            if name == "embedding" and sampled is not None:
+                for a in range(cap, new_cap, piece):
+                    self._files.write_range(name, a, sampled.narrow(0, a - cap, min(piece, new_cap - a)))
+            elif spec.init != 0:
+                for a in range(cap, new_cap, piece):
+                    n = min(piece, new_cap - a)
+                    self._files.write_range(name, a, torch.full([n] + spec.tail, spec.init, dtype=spec.dtype))
+        self._cache.fit_rows(new_cap)
+        self._capacity = new_cap
 
     def _reserve_rows_for(self, new_cap: int) -> int:
         if self._files is not None:       # sparse files: reserved rows take no disk until written
@@ -274,12 +336,6 @@ class RowStorage(OwnLock):
 
     def _reallocate(self, rows: int) -> None:
         cap = self.capacity
-        if self._files is not None:       # a larger file mapping: the rows stay where they are
-            for name, spec in self.specs.items():
-                self._reserve[name] = self._files.map(name, rows, spec.tail, spec.dtype)
-                self.slots[name] = self._reserve[name].narrow(0, 0, cap)
-            self.num_reallocations += 1
-            return
         for name, spec in self.specs.items():
             new = torch.empty([rows] + spec.tail, dtype=spec.dtype, device=self.device)
             new.narrow(0, 0, cap).copy_(self.slots[name])
@@ -299,11 +355,17 @@ class RowStorage(OwnLock):
             return self.slots[name]
         self.specs[name] = spec
         if self._files is not None:
-            reserve = self._files.map(name, self.reserved_rows, spec.tail, dtype)
+            # the cache's rows get one more slot: changed rows go back to the files first
+            self._cache.relayout()
+            self._files.add(name, spec.tail, dtype)
             self._files.allocate(0, self.capacity, name)
-            if self.capacity:
-                reserve.narrow(0, 0, self.capacity).fill_(spec.init)
-                self._files.touch_range(0, self.capacity)
+            if spec.init != 0:
+                piece = max(self.block, _FILE_FILL_ROWS)
+                for a in range(0, self.capacity, piece):
+                    n = min(piece, self.capacity - a)
+                    self._files.write_range(name, a, torch.full([n] + spec.tail, spec.init, dtype=dtype))
+            self._cache.relayout()
+            return self.slots[name]
         else:
             reserve = torch.empty([self.reserved_rows] + spec.tail, dtype=dtype, device=self.device)
             reserve.narrow(0, 0, self.capacity).copy_(self._initial(name, self.capacity))
@@ -324,25 +386,30 @@ class RowStorage(OwnLock):
             return
         keep = set(preserve)
         rows = rows.to(device=self.device, dtype=torch.int64)
-        self.note_access(rows)
-        for name in self.slots:
+        for name in self.specs:
             if name not in keep:
-                self.slots[name].index_copy_(0, rows, self._initial(name, rows.numel()))
+                if self._cache is not None:
+                    self._cache.write(name, rows, self._initial(name, rows.numel()))
+                else:
+                    self.slots[name].index_copy_(0, rows, self._initial(name, rows.numel()))
 
     @locked
     def write_rows(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         """``slot[rows] = values`` (dtype and device converted)."""
         t = self.slot(name)
         rows = rows.to(device=self.device, dtype=torch.int64)
-        self.note_access(rows)
+        if self._cache is not None:
+            self._cache.write(name, rows, values)
+            return
         t.index_copy_(0, rows, values.to(t.dtype).to(self.device))
 
     @locked
     def clear(self) -> None:
         """Drop every row of every slot (capacity 0; the slots themselves stay)."""
-        if self._files is not None:       # emptied files keep their mappings
-            self._files.zero(self.reserved_rows)
-            self.slots = {k: v.narrow(0, 0, 0) for k, v in self._reserve.items()}
+        if self._files is not None:       # emptied files, an empty cache
+            self._files.zero()
+            self._cache.reset()
+            self._capacity = 0
             return
         self.slots = {k: v[:0].clone() for k, v in self.slots.items()}
         self._reserve = dict(self.slots)

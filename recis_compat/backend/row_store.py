@@ -6,33 +6,28 @@ Store kinds carry OneEmbedding's names (docs/stores.md):
   (RowStorage's in-memory reserve; on CPU both mean RAM). The default.
 * ``cached_ssd``: every slot of the table (embedding, optimizer moments, filter steps) is a flat
   file ``<persistent_path>/<table>-rank<r>-pid<p>-<k>/<slot>.rows`` holding ``[rows, *tail]``
-  values in row order, mapped into the process (``mmap``, ``MAP_SHARED``, ``MADV_RANDOM``). The
-  RAM cache is the set of file pages resident in the process; the budgets keep it within
-  ``cache_memory_budget_mb`` (:class:`_CachePool`): every access stamps its rows' chunks
-  (``CHUNK_ROWS`` rows of every slot) with a clock tick, the pages really resident are read from
-  ``/proc/self/statm``, and when they and the pages an access is about to bring in pass the
-  budget, the least recently stamped chunks are released (``madvise(MADV_DONTNEED)``): their
-  pages leave the process (changed rows stay in the kernel's page cache and are written back to
-  the file by the kernel, so nothing is lost), and a later access reads them back from the page
-  cache or the file. Lookups bring their rows in by a write touch (``rows_touch_for_write_``):
-  one page per row and slot, where a read fault on a shared file mapping maps neighbours too.
+  values in row order (:class:`FileSlots`); the rows in use are held in a RAM cache of single
+  rows (backend/row_cache.py) whose slabs stay within ``cache_memory_budget_mb``
+  (:class:`CacheBudget`). Rows move between the files and the cache in sorted batches, one
+  ``pread`` / ``pwrite`` per run of consecutive rows (``rows_pread_`` / ``rows_pwrite``,
+  csrc/optim/rows_floor.cpp).
 
-Why flat files and ``mmap`` rather than a key-value library (RocksDB, LMDB): rows are addressed
-by the dense row numbers the id map hands out, so a row's place in a file is ``row * row_bytes``
-and no second index is needed; a mapped file lets the optimizer kernels update rows in place
-with no copy in or out of a cache; and the kernel's page cache and writeback already do the
-read-ahead, dirty tracking and asynchronous writing a hand-written cache would repeat. What
-the kernel does not do is bound the process's resident set, which is the budgets' job.
+Why flat files rather than a key-value library (RocksDB, LMDB): rows are addressed by the dense
+row numbers the id map hands out, so a row's place in a file is ``row * row_bytes`` and no
+second index is needed on disk; the cache in front of the files is what decides which rows are
+in RAM, row by row.
 
 The files are working storage of one process: the id map lives in RAM, so the files mean
 nothing without it. A table's directory is created empty at table creation and removed when the
-table is garbage collected or the process exits normally; checkpoints (serialize/) are the
-durable form. A crashed process leaves its directory behind (the name carries rank and pid).
+table is garbage collected, closed or the process exits normally; checkpoints (serialize/) are
+the durable form. A crashed process leaves its directory behind (the name carries rank and pid).
 
 Budget sharing: tables built from one :class:`StoreConfig` object share one budget, as the
 tables of one OneEmbedding share its ``cache_memory_budget_mb``; the environment configuration
 (:func:`store_from_env`) is one object per process, so every table of an unchanged RecIS script
-shares it.
+shares it. Within a budget, a table's cache grows on demand while the budget has room and then
+evicts its own rows: the first tables to need rows take the room (there is no rebalancing
+between tables; docs/stores.md).
 """
 from __future__ import annotations
 
@@ -49,19 +44,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from recis_compat.ops.optim import rows_touch_for_write_
+from recis_compat.ops.optim import rows_pread_, rows_pwrite
 
-__all__ = ["STORE_TYPES", "ENV_STORE_TYPE", "ENV_PERSISTENT_PATH", "ENV_CACHE_BUDGET_MB", "CHUNK_ROWS",
+__all__ = ["STORE_TYPES", "ENV_STORE_TYPE", "ENV_PERSISTENT_PATH", "ENV_CACHE_BUDGET_MB",
            "StoreConfig", "CacheBudget", "FileSlots", "store_from_env"]
 
 STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
 ENV_STORE_TYPE = "RECIS_COMPAT_STORE_TYPE"
 ENV_PERSISTENT_PATH = "RECIS_COMPAT_PERSISTENT_PATH"
 ENV_CACHE_BUDGET_MB = "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB"
-_CHUNK_SHIFT = 6
-CHUNK_ROWS = 1 << _CHUNK_SHIFT   # rows per cache chunk (x the row bytes of a slot: whole pages)
-KEEP_HOT = 0.5             # a trim never goes below this fraction of the budget
-TRIM_TO = 0.8              # a trim releases the least recently used rows down to this fraction of the budget
+WRITE_WINDOW = 8192        # rows written through a file mapping before its pages are dropped
 _PAGE = mmap.PAGESIZE
 
 
@@ -73,7 +65,7 @@ class StoreConfig:
         store_type: ``"cached_host_mem"`` (default) or ``"device_mem"``: rows in memory;
             ``"cached_ssd"``: rows in files under ``persistent_path`` with a RAM cache.
         persistent_path: directory of the files (``cached_ssd``; created if missing).
-        cache_memory_budget_mb: RAM the mapped rows of all tables sharing this config may take
+        cache_memory_budget_mb: RAM the row caches of all tables sharing this config may take
             (``cached_ssd``), in MiB; > 0.
         origin: what to name in error messages (``"StoreConfig"`` or the environment variables).
     """
@@ -152,130 +144,92 @@ def store_from_env() -> Optional[StoreConfig]:
         return cfg
 
 
-def _file_rss_bytes() -> int:
-    """Bytes of file-backed pages mapped resident in this process (``/proc/self/statm``'s shared
-    field: RssFile + RssShmem); 0 where it cannot be read."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[2]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 class CacheBudget:
-    """The RAM budget of the file-backed slots of the tables of one :class:`StoreConfig`.
+    """The RAM budget of the row caches of the tables of one :class:`StoreConfig`
+    (backend/row_cache.py).
+
+    Each cache states its *demand* (its table's rows x the bytes a cached row takes) and gets a
+    *share*: every table all its rows when the demands fit in the budget, else a water level
+    (small tables keep all their rows, the others get equal parts of the rest). A cache grows
+    its slabs on demand up to its share, then evicts its own least recently used rows; a cache
+    above its share (the shares moved because another table grew) gives the excess back at its
+    next access, so the caches exceed the budget only between an access of one table and the
+    next access of another. A single access with more distinct rows than the share grows its
+    cache past it (counted in ``over_budget_bytes``).
 
     Attributes:
         limit_bytes: the budget.
-        trims: times the process's file-backed rows were released because of this budget.
-        released_bytes: resident bytes those releases gave back (measured).
+        misses: rows read from the files into a cache.
+        evictions: rows evicted from a cache.
+        trims: accesses that evicted rows to make room (each evicts one batch).
+        writebacks: evicted rows written back to the files (they were changed while cached).
+        over_budget_bytes: the largest excess of the caches over the budget so far (0: never).
+        version: changes whenever a demand changes (caches then check their share).
     """
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = int(limit_bytes)
+        self.misses = 0
+        self.evictions = 0
         self.trims = 0
-        self.released_bytes = 0
+        self.writebacks = 0
+        self.over_budget_bytes = 0
+        self.version = 0
+        self._held: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
+        self._demand: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
+        self._level: Optional[int] = None
+        self._lock = threading.Lock()
 
-    def resident_bytes(self) -> int:
-        """Bytes of file-backed rows resident in the process now (every budget's tables; the
-        process's file pages beyond those mapped before the first file-backed table)."""
-        return _POOL.resident_bytes()
-
-    # kept for the tables that register with it
-    def register(self, store: "FileSlots") -> None:
-        _POOL.register(store, self)
-
-    def stamp(self, store: "FileSlots", chunks: torch.Tensor) -> None:
-        _POOL.stamp(store, chunks)
-
-
-class _CachePool:
-    """One LRU over the chunks of every file-backed table of the process.
-
-    Every access stamps its rows' chunks (``CHUNK_ROWS`` rows of every slot of a table) with the
-    next tick of one clock. At each access the pool adds the file-backed pages actually resident
-    in the process (``/proc/self/statm``, less what was resident before the first table) to the
-    pages the access is about to bring in (its chunks that are not resident); when that passes
-    the sum of the live budgets it releases the least recently stamped chunks
-    (``madvise(MADV_DONTNEED)``, in runs) until the resident pages leave room for the access
-    within ``TRIM_TO`` of the limit (never below ``KEEP_HOT`` of it), measuring again after each
-    round; chunks stamped by the current access go last. So the resident rows stay within the
-    budget as long as one access's new pages fit in half of it; a larger access runs above it by
-    its own pages and keeps the most recently used half of the budget resident.
-    """
-
-    def __init__(self):
-        self._lock = threading.RLock()
-        self._tick = 0
-        self._stores: "weakref.WeakKeyDictionary[FileSlots, CacheBudget]" = weakref.WeakKeyDictionary()
-        self._baseline: Optional[int] = None
-
-    def register(self, store: "FileSlots", budget: CacheBudget) -> None:
+    def used_bytes(self) -> int:
+        """Bytes the caches of this budget hold now (their slabs and per-row bookkeeping)."""
         with self._lock:
-            if self._baseline is None or not len(self._stores):
-                self._baseline = _file_rss_bytes()
-            self._stores[store] = budget
+            return sum(self._held.values())
 
-    def limit_bytes(self) -> int:
-        seen = {id(b): b.limit_bytes for b in list(self._stores.values())}
-        return sum(seen.values())
-
-    def resident_bytes(self) -> int:
+    def set_held(self, holder, nbytes: int) -> None:
+        """``holder`` (a row cache) now holds ``nbytes`` (0: releases its share)."""
         with self._lock:
-            return max(0, _file_rss_bytes() - (self._baseline or 0))
+            if nbytes:
+                self._held[holder] = int(nbytes)
+            else:
+                self._held.pop(holder, None)
+            self.over_budget_bytes = max(self.over_budget_bytes, sum(self._held.values()) - self.limit_bytes)
 
-    def stamp(self, store: "FileSlots", chunks: torch.Tensor) -> None:
+    def set_demand(self, holder, nbytes: int) -> None:
+        """``holder`` would hold ``nbytes`` to cache every row of its table (0: none)."""
         with self._lock:
-            self._tick += 1
-            st = store.chunk_stamps_locked()
-            # pages this access is about to bring in: its distinct chunks that were released (or
-            # new); counted over the access's chunks, not the whole stamp array
-            cold = chunks[st.index_select(0, chunks) == 0]
-            incoming = (torch.unique(cold).numel() if cold.numel() else 0) * store.chunk_bytes
-            store.stamps_locked(chunks, self._tick)
-            limit = self.limit_bytes()
-            resident = self.resident_bytes()
-            if resident + incoming > limit:
-                # make room for the access within TRIM_TO of the budget, but keep at least
-                # KEEP_HOT of it (the most recent rows): an access whose own pages pass the budget
-                # then runs above it rather than releasing the rows every step uses
-                target = max(int(TRIM_TO * limit) - incoming, int(KEEP_HOT * limit))
-                if resident > target:
-                    self._trim_locked(resident, target, store)
+            if self._demand.get(holder, 0) == int(nbytes):
+                return
+            if nbytes:
+                self._demand[holder] = int(nbytes)
+            else:
+                self._demand.pop(holder, None)
+            self._level = None
+            self.version += 1
 
-    def _trim_locked(self, resident: int, target: int, culprit: "FileSlots") -> None:
-        stores = list(self._stores.keys())
-        stamps = [s.chunk_stamps_locked() for s in stores]
-        live = [torch.nonzero(st).view(-1) for st in stamps]
-        ticks = torch.cat([st.index_select(0, lv) for st, lv in zip(stamps, live)])
-        owner = torch.cat([torch.full((lv.numel(),), i, dtype=torch.int64) for i, lv in enumerate(live)])
-        chunk = torch.cat(live)
-        order = torch.argsort(ticks, stable=True)           # oldest first
-        before = resident
-        done = 0
-        n = order.numel()
-        while resident > target and done < n:
-            # release about as many chunks as the excess needs at the current bytes per chunk
-            per_chunk = max(1, resident // max(1, n - done))
-            k = max(1, min(n - done, -(-(resident - target) // per_chunk)))
-            pick = order[done:done + k]
-            done += k
-            for i, s in enumerate(stores):
-                mine = chunk.index_select(0, pick[owner.index_select(0, pick) == i])
-                if mine.numel():
-                    s.release_chunks_locked(mine)
-            resident = self.resident_bytes()
-        if resident > target:       # nothing stamped is left: pages touched outside stamps
-            for s in stores:
-                s.release_all_locked()
-            resident = self.resident_bytes()
-        b = self._stores.get(culprit)
-        if b is not None:
-            b.trims += 1
-            b.released_bytes += max(0, before - resident)
+    def share_bytes(self, holder) -> int:
+        """The bytes ``holder`` may hold: its demand, capped at the water level that makes the
+        capped demands of every cache add up to the budget."""
+        with self._lock:
+            if self._level is None:
+                demands = sorted(self._demand.values())
+                left, level = self.limit_bytes, self.limit_bytes
+                for i, d in enumerate(demands):
+                    even = left // (len(demands) - i)
+                    if d > even:
+                        level = even
+                        break
+                    left -= d
+                self._level = level
+            return min(self._demand.get(holder, 0), self._level)
 
 
-_POOL = _CachePool()
+def strict_overcommit() -> bool:
+    """Whether Linux accounts reserved address space as used memory (vm.overcommit_memory = 2)."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return False
 
 
 _DIR_COUNTER = itertools.count()
@@ -295,7 +249,8 @@ def _safe_name(name: str) -> str:
 
 
 class _SlotFile:
-    """One slot's file and its current mapping ``[rows, *tail]`` of ``dtype``."""
+    """One slot's file: rows ``[*tail]`` of ``dtype``, row ``r`` at byte ``r * row_bytes``; and
+    a shared mapping of it for scattered writes (:meth:`FileSlots.write`)."""
 
     def __init__(self, path: str, tail: Sequence[int], dtype: torch.dtype):
         self.path = path
@@ -304,42 +259,28 @@ class _SlotFile:
         numel = 1
         for x in self.tail:
             numel *= x
-        self.row_bytes = max(1, numel) * torch.empty((), dtype=dtype).element_size()
+        self.numel = max(1, numel)
+        self.row_bytes = self.numel * torch.empty((), dtype=dtype).element_size()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self.mm: Optional[mmap.mmap] = None
-        self.tensor: Optional[torch.Tensor] = None
 
-    def map(self, rows: int) -> torch.Tensor:
-        """Size the file to ``rows`` rows (at least one; sparse: no disk blocks until written) and
-        map it whole; the tensor keeps the mapping alive (older tensors keep theirs)."""
-        rows = max(1, int(rows))
-        size = max(_PAGE, rows * self.row_bytes)
-        if os.fstat(self.fd).st_size < size:
-            os.ftruncate(self.fd, size)
-        self.mm = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        # rows are accessed at random: no readahead, and page-cache pages created through this
-        # mapping stay single pages (a fault on a large folio maps all of it, up to 2 MiB, into
-        # the process: measured 12x the pages of scattered rows)
-        self.mm.madvise(mmap.MADV_RANDOM)
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        flat = torch.frombuffer(self.mm, dtype=self.dtype, count=rows * self.row_bytes // itemsize)
-        self.tensor = flat.view([rows] + self.tail)
-        return self.tensor
+    def resize(self, rows: int) -> None:
+        """Size the file to ``rows`` rows (sparse) and map it whole."""
+        self.unmap()
+        os.ftruncate(self.fd, rows * self.row_bytes)
+        self.mm = mmap.mmap(self.fd, rows * self.row_bytes, flags=mmap.MAP_SHARED,
+                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.mm.madvise(mmap.MADV_RANDOM)       # no readahead around the written rows
 
-    def release(self, row_begin: int, row_end: int) -> None:
-        """Drop the pages of rows ``[row_begin, row_end)`` from the process (data kept)."""
-        if self.mm is None or row_end <= row_begin:
-            return
-        start = row_begin * self.row_bytes
-        stop = min(row_end * self.row_bytes, len(self.mm))
-        start -= start % _PAGE
-        if stop > start:
-            self.mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    def rows_view(self) -> torch.Tensor:
+        """The mapping as ``[rows, *tail]`` (a temporary view: drop it before :meth:`unmap`)."""
+        rows = len(self.mm) // self.row_bytes
+        return torch.frombuffer(self.mm, dtype=self.dtype, count=rows * self.numel).view([rows] + self.tail)
 
     def unmap(self) -> None:
-        """Forget the mapping (it goes with the last tensor viewing it); the fd stays open."""
-        self.tensor = None
-        self.mm = None
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
 
 
 def _remove_dir(path: str, fds: List[int]) -> None:
@@ -353,12 +294,15 @@ def _remove_dir(path: str, fds: List[int]) -> None:
 
 
 class FileSlots:
-    """The file-backed slots of one table (``cached_ssd``): one file per slot, mapped whole,
-    sized in whole reserves like the in-memory slots (growing maps a larger file; no copy).
+    """The files of one ``cached_ssd`` table: one flat file per slot, sized in whole reserves
+    like the in-memory slots (sparse: a file takes disk blocks only for rows given them by
+    :meth:`allocate`). Rows move in and out in batches (:meth:`read`, :meth:`write`: one
+    ``rows_pread_`` / ``rows_pwrite`` op call per slot, csrc/optim/rows_floor.cpp); the RAM cache
+    in front of them is backend/row_cache.py.
 
     Args:
         config: a ``cached_ssd`` :class:`StoreConfig` (its path and shared budget).
-        table: the table name (part of the directory name).
+        table: the table name (part of the directory name, error messages).
     """
 
     def __init__(self, config: StoreConfig, table: str):
@@ -376,36 +320,35 @@ class FileSlots:
             raise OSError(f"table {table!r}: cannot create the row-store directory {self.directory!r} "
                           f"under persistent_path ({e})") from e
         self.files: Dict[str, _SlotFile] = {}
-        self._stamps = torch.zeros(0, dtype=torch.int64)     # per chunk: last tick used, 0 = released
-        self.chunk_bytes = 0                                 # bytes of one chunk over every slot
+        self.rows = 0                       # every file holds at least this many rows
         self._fds: List[int] = []
         self._finalizer = weakref.finalize(self, _remove_dir, self.directory, self._fds)
         self.budget = config.budget()
-        self.budget.register(self)
 
     # ---------------------------------------------------------------- files
-    def map(self, name: str, rows: int, tail: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        """The slot ``name`` as a ``[rows, *tail]`` tensor over its file (created on first use;
-        a larger ``rows`` keeps every value already written)."""
-        f = self.files.get(name)
-        if f is None:
-            f = _SlotFile(os.path.join(self.directory, _safe_name(name) + ".rows"), tail, dtype)
-            self.files[name] = f
-            self._fds.append(f.fd)
-            self.chunk_bytes = CHUNK_ROWS * sum(x.row_bytes for x in self.files.values())
-        t = f.map(rows)
-        chunks = -(-max(1, rows) // CHUNK_ROWS)
-        with _POOL._lock:
-            if chunks > self._stamps.numel():
-                grown = torch.zeros(chunks, dtype=torch.int64)
-                grown[:self._stamps.numel()] = self._stamps
-                self._stamps = grown
-        return t
+    def add(self, name: str, tail: Sequence[int], dtype: torch.dtype) -> _SlotFile:
+        """Create the file of slot ``name`` (``rows`` rows, all zeros: a sparse file)."""
+        if name in self.files:
+            raise ValueError(f"table {self.table!r}: slot file {name!r} exists already")
+        f = _SlotFile(os.path.join(self.directory, _safe_name(name) + ".rows"), tail, dtype)
+        self.files[name] = f
+        self._fds.append(f.fd)
+        f.resize(max(1, self.rows))
+        return f
+
+    def resize(self, rows: int) -> None:
+        """Grow every file to hold ``rows`` rows (new rows read as zeros; no disk blocks yet)."""
+        rows = int(rows)
+        if rows <= self.rows:
+            return
+        for f in self.files.values():
+            f.resize(rows)
+        self.rows = rows
 
     def allocate(self, begin: int, end: int, name: Optional[str] = None) -> None:
         """Reserve disk blocks for rows ``[begin, end)`` of every slot (or of slot ``name``)
         before they are written: a full disk is then this ``OSError`` naming the table and the
-        directory, not a ``SIGBUS`` when a page of a sparse mapped file cannot get a block."""
+        directory, here rather than in the middle of a cache write-back."""
         if end <= begin:
             return
         for n, f in self.files.items():
@@ -419,73 +362,69 @@ class FileSlots:
                                        f"{e.strerror}; free space under persistent_path or use a smaller table") \
                     from e
 
-    def zero(self, rows: int) -> None:
-        """Discard every value (files emptied; reads give zeros) keeping ``rows`` rows mapped."""
-        with _POOL._lock:
-            for f in self.files.values():
-                os.ftruncate(f.fd, 0)
-                os.ftruncate(f.fd, max(_PAGE, rows * f.row_bytes))
-            self._stamps.zero_()
+    def read(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` (int64 ``[R]``, ``0 <= row < self.rows``; sorted: runs of consecutive
+        rows are one read each) of slot ``name`` as a new ``[R, *tail]`` tensor."""
+        f = self.files[name]
+        out = torch.empty([rows.numel()] + f.tail, dtype=f.dtype)
+        if rows.numel():
+            rows_pread_(f.fd, rows, out)
+        return out
+
+    def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``values`` ``[R, *tail]`` to the distinct rows ``rows`` (int64 ``[R]``, rows
+        that have disk blocks, see :meth:`allocate`) of slot ``name``. Rows in long runs (64
+        rows a run on average) are written by one ``pwrite`` per run.
+
+        Scattered rows are copied through the file's shared mapping, ``WRITE_WINDOW`` rows at a
+        time, and the mapping's pages are dropped from the process after each window (one
+        ``madvise(MADV_DONTNEED)``; the rows stay in the page cache and reach the file by the
+        kernel's writeback). A ``pwrite`` per row costs more here: measured on ext4, 6.5-8.7 us
+        per 64-byte row (each write call updates the file's times through the journal) against
+        about 0.1 us per row through the mapping (a write fault maps one page; docs/stores.md).
+        """
+        if not rows.numel():
+            return
+        f = self.files[name]
+        values = values.to(f.dtype).reshape([rows.numel()] + f.tail)
+        runs = 1 + int((rows[1:] != rows[:-1] + 1).sum())
+        if runs * 64 <= rows.numel():   # long runs of rows (a checkpoint restore): one pwrite each
+            rows_pwrite(f.fd, rows, values.contiguous())
+            return
+        view = f.rows_view()
+        try:
+            for a in range(0, rows.numel(), WRITE_WINDOW):
+                part = rows[a:a + WRITE_WINDOW]
+                view.index_copy_(0, part, values[a:a + WRITE_WINDOW])
+                # drop the pages of the rows' span (the cost of madvise grows with the range)
+                lo = int(part.min()) * f.row_bytes // _PAGE * _PAGE
+                hi = min(len(f.mm), (int(part.max()) + 1) * f.row_bytes)
+                f.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        finally:
+            del view
+
+    def write_range(self, name: str, begin: int, values: torch.Tensor) -> None:
+        """Write ``values`` ``[n, *tail]`` to rows ``[begin, begin + n)`` of slot ``name`` (one
+        ``pwrite``: a long run costs one call)."""
+        n = values.shape[0]
+        if n:
+            f = self.files[name]
+            rows_pwrite(f.fd, torch.arange(begin, begin + n, dtype=torch.int64), values.to(f.dtype).contiguous())
+
+    def zero(self) -> None:
+        """Discard every value (files emptied to sparse zeros, keeping their size)."""
+        for f in self.files.values():
+            f.unmap()
+            os.ftruncate(f.fd, 0)
+            f.resize(max(1, self.rows))
 
     def disk_bytes(self) -> int:
         """Bytes of disk the files occupy (allocated blocks; the files are sparse)."""
         return sum(os.fstat(f.fd).st_blocks * 512 for f in self.files.values())
 
     def close(self) -> None:
-        """Close and delete the files (mappings still viewed by tensors stay readable until those
-        tensors go); the table must not be used afterwards."""
+        """Close and delete the files; the table must not be used afterwards."""
         for f in self.files.values():
             f.unmap()
         self.files.clear()
         self._finalizer()
-
-    # ---------------------------------------------------------------- cache
-    def touch(self, rows: torch.Tensor, for_write: bool = False) -> None:
-        """Rows ``rows`` (int64, >= 0; any order, duplicates fine) are being used. ``for_write``:
-        also bring their pages in by a write access (one page per row and slot; a first read of a
-        mapped file page would map up to 16 neighbours too, see ``rows_touch_for_write_``): for
-        lookups, whose rows the optimizer step writes next."""
-        if rows.numel():
-            rows = rows.reshape(-1)
-            self.budget.stamp(self, rows >> _CHUNK_SHIFT)
-            if for_write:
-                rows_touch_for_write_([f.tensor for f in self.files.values()], rows)
-
-    def touch_range(self, begin: int, end: int) -> None:
-        """Rows ``[begin, end)`` are being used."""
-        if end > begin:
-            self.budget.stamp(self, torch.arange(begin // CHUNK_ROWS, -(-end // CHUNK_ROWS), dtype=torch.int64))
-
-    def stamped_bytes(self) -> int:
-        """Bytes of this table's chunks stamped since they were last released (an upper bound of
-        its resident rows)."""
-        with _POOL._lock:
-            return int((self._stamps > 0).sum()) * self.chunk_bytes
-
-    # pool-side (the pool holds its lock)
-    def stamps_locked(self, chunks: torch.Tensor, tick: int) -> None:
-        self._stamps.index_fill_(0, chunks, tick)
-
-    def chunk_stamps_locked(self) -> torch.Tensor:
-        return self._stamps
-
-    def release_chunks_locked(self, chunks: torch.Tensor) -> None:
-        """Release the pages of ``chunks`` (int64 chunk indices), in runs of consecutive chunks
-        (one ``madvise`` per run and slot), and clear their stamps."""
-        if chunks.numel() == 0:
-            return
-        c = torch.sort(chunks).values
-        brk = torch.nonzero(c[1:] != c[:-1] + 1).view(-1) + 1
-        starts = torch.cat([c[:1], c.index_select(0, brk)]).tolist()
-        ends = (torch.cat([c.index_select(0, brk - 1), c[-1:]]) + 1).tolist()
-        for f in self.files.values():
-            for a, b in zip(starts, ends):
-                f.release(a * CHUNK_ROWS, b * CHUNK_ROWS)
-        self._stamps.index_fill_(0, chunks, 0)
-
-    def release_all_locked(self) -> None:
-        """Release every page of every slot file and clear every stamp."""
-        for f in self.files.values():
-            if f.mm is not None:
-                f.release(0, len(f.mm) // f.row_bytes + 1)
-        self._stamps.zero_()

@@ -20,6 +20,13 @@ run of the same calls gives. Callers that need several calls to be atomic togeth
 optimizers: take the gradients, then update the rows) hold :attr:`lock` around them; it is
 reentrant.
 
+File-backed tables (``cached_ssd``, backend/row_cache.py): rows are the id map's stable rows
+in the files everywhere in this class (lookups, ``read_slot``, ``update_slot``, ``fill_slot``,
+``delete``, ``ids_map``, change tracking, checkpoints); the slot tensors (:meth:`get_slot`,
+:attr:`embedding`) are the RAM cache's slabs, and :meth:`grad_rows` (what the optimizer kernels
+index them with) returns the rows' cache slots, valid until the next call on the table. In
+memory both are the same rows.
+
 Change tracking (incremental checkpoints, docs/reliability.md "Incremental checkpoints"): after
 :meth:`DynamicTableImpl.track_changes` the table records which rows were written since the last
 :meth:`DynamicTableImpl.take_changes` (new ids, rows the sparse optimizer takes gradients of,
@@ -171,7 +178,8 @@ class DynamicTableImpl(OwnLock):
 
     @property
     def embedding(self) -> torch.Tensor:
-        """The ``"embedding"`` slot ``[capacity, dim]``."""
+        """The ``"embedding"`` slot ``[capacity, dim]`` (file-backed: the cache's slab, see
+        :meth:`get_slot`)."""
         return self.storage.embedding
 
     def __len__(self) -> int:
@@ -215,6 +223,9 @@ class DynamicTableImpl(OwnLock):
         ids = self.check_ids(ids, "insert")
         rows, is_new = self.id_map.find_or_insert(ids)
         self.storage.ensure_capacity(self.id_map.num_rows_allocated())
+        # file-backed: the rows come into the RAM cache first, so new rows' initial values are
+        # written there rather than into the files and read back
+        self.storage.note_access(rows, lookup=True)
         log = self._changes
         if (initialize and self.init_rows is not None) or log is not None:
             new_pos = torch.nonzero(is_new).view(-1)     # one pass over the mask for ids and rows
@@ -228,21 +239,21 @@ class DynamicTableImpl(OwnLock):
                 if initialize and self.init_rows is not None:
                     vals = self.init_rows(new_ids)
                     self.storage.write_rows("embedding", new_rows, vals.reshape(new_ids.numel(), self.dim))
-        self.storage.note_access(rows, lookup=True)
         return rows
 
     @locked
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd)."""
-        emb = self.storage.embedding
-        if rows.numel() == 0 or emb.shape[0] == 0:
+        """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd). File-backed
+        tables read the rows through their RAM cache (backend/row_cache.py)."""
+        storage = self.storage
+        if rows.numel() == 0 or storage.capacity == 0:
             # nothing stored yet (fresh table, read-only lookup): every row is absent
-            return emb.new_zeros((rows.numel(), self.dim))
+            return storage.embedding.new_zeros((rows.numel(), self.dim))
         missing = rows < 0
         if bool(missing.any()):
-            out = emb.index_select(0, rows.clamp(min=0))
+            out = storage.gather("embedding", rows.clamp(min=0))
             return out.masked_fill_(missing.unsqueeze(1), 0)
-        return emb.index_select(0, rows)
+        return storage.gather("embedding", rows)
 
     @locked
     def notify_lookup(self, rows: torch.Tensor) -> None:
@@ -323,8 +334,9 @@ class DynamicTableImpl(OwnLock):
         return self.storage.add_slot(name, tail, dtype, init)
 
     def get_slot(self, name: str) -> torch.Tensor:
-        """The whole slot tensor ``[capacity, *tail]`` (file-backed tables: a mapping of the file;
-        reading all of it brings every row in, prefer :meth:`read_slot`)."""
+        """The slot tensor the optimizer kernels index with :meth:`grad_rows`'s rows: every row
+        ``[capacity, *tail]`` in memory; file-backed tables: the RAM cache's slab ``[cached rows,
+        *tail]`` (backend/row_cache.py; read rows by id with :meth:`read_slot`)."""
         return self.storage.slot(name)
 
     def read_slot(self, name: str, rows: torch.Tensor) -> torch.Tensor:
@@ -343,8 +355,25 @@ class DynamicTableImpl(OwnLock):
 
     @locked
     def update_slot(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """``slot[rows] = values`` (rows int64 ``[N]`` from a lookup, distinct; values
+        ``[N, *tail]``)."""
         self.storage.write_rows(name, rows, values)
         self._note_written(rows.reshape(-1))
+
+    @locked
+    def fill_slot(self, name: str, rows: torch.Tensor, value) -> None:
+        """``slot[rows] = value`` for every element of the rows ``rows`` (int64 ``[N]`` from a
+        lookup, distinct): how lookup listeners such as the step filter stamp rows."""
+        rows = rows.reshape(-1)
+        if not rows.numel():
+            return
+        if self.storage.file_backed:
+            spec = self.storage.specs[name]
+            self.storage.write_rows(name, rows, torch.full([rows.numel()] + spec.tail, value, dtype=spec.dtype))
+        else:
+            slot = self.storage.slot(name)
+            slot.index_fill_(0, rows.to(slot.device), value)
+        self._note_written(rows)
 
     # ------------------------------------------------------------------ gradients
     def accept_grad(self, grad_index: torch.Tensor, grad: torch.Tensor, unique: bool = False) -> None:
@@ -373,13 +402,28 @@ class DynamicTableImpl(OwnLock):
     @locked
     def grad_rows(self, acc_step: int = 1) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``(rows [U] int64, grad [U, dim])``: the buffered gradients summed per row (distinct
-        rows, in first-occurrence order) and divided by ``acc_step``;
-        None when nothing was buffered."""
+        rows, in first-occurrence order) and divided by ``acc_step``; None when nothing was
+        buffered. ``rows`` index the slot tensors (:meth:`get_slot`, :attr:`embedding`), which
+        the caller updates next: file-backed tables give the rows' cache slots, read in by this
+        call and valid until the next call on the table (hold :attr:`lock` from here to the
+        update)."""
+        got = self.summed_grad(acc_step)
+        if got is None:
+            return None
+        rows, vals = got
+        self._note_written(rows)
+        return self.storage.kernel_rows(rows), vals
+
+    @locked
+    def summed_grad(self, acc_step: int = 1) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The buffered gradients summed per row and divided by ``acc_step``: ``(rows [U] int64,
+        grad [U, dim])``, distinct rows in first-occurrence order, as lookups and
+        :meth:`ids_map` give rows (no cache slots; nothing is marked changed); None when
+        nothing was buffered. :meth:`grad_rows` is the optimizers' form."""
         if not self._grad_rows:
             return None
         if len(self._grad_rows) == 1 and self._grad_unique[0]:
             vals = self._grad_values[0]
-            self._note_written(self._grad_rows[0])
             return self._grad_rows[0], (vals / float(acc_step) if acc_step != 1 else vals)
         rows = torch.cat(self._grad_rows) if len(self._grad_rows) > 1 else self._grad_rows[0]
         vals = torch.cat(self._grad_values) if len(self._grad_values) > 1 else self._grad_values[0]
@@ -390,7 +434,6 @@ class DynamicTableImpl(OwnLock):
             summed = vals.new_zeros((uniq.numel(), self.dim)).index_add_(0, inverse, vals)
         if acc_step != 1:
             summed = summed / float(acc_step)
-        self._note_written(uniq)
         return uniq, summed
 
     @locked
@@ -399,13 +442,14 @@ class DynamicTableImpl(OwnLock):
         list when rows repeat, Q5; fixed here). ``R`` is the row capacity, or one more than the
         largest buffered row when :meth:`accept_grad` was given rows beyond it, so the tensor is
         always valid (``to_dense()``, ``coalesce()`` work)."""
-        got = self.grad_rows(acc_step)
+        got = self.summed_grad(acc_step)
         cap = self.storage.capacity
         if got is None:
             return torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64, device=self.device),
                                            torch.zeros((0, self.dim), dtype=self.dtype, device=self.device),
                                            (cap, self.dim)).coalesce()
         rows, vals = got
+        self._note_written(rows)
         rows, order = torch.sort(rows)
         size = max(cap, int(rows[-1]) + 1)
         return torch.sparse_coo_tensor(rows.unsqueeze(0), vals.index_select(0, order), (size, self.dim),

@@ -56,3 +56,53 @@ def sparse_rows_rotate_(a, b, c, rows, grad) -> None:
     (csrc/optim/rows_floor.cpp). ``grad`` ``[len(rows), D]`` is checked as the Adam kernel checks
     it and not read."""
     torch.ops.recis_compat.sparse_rows_rotate_(a, b, c, rows, grad)
+
+
+@torch.library.register_fake("recis_compat::rows_pread_")
+def _rows_pread_fake(fd, rows, out):
+    return None
+
+
+@torch.library.register_fake("recis_compat::rows_pwrite")
+def _rows_pwrite_fake(fd, rows, values):
+    return None
+
+
+def _host_only(op: str, *tensors) -> None:
+    for t in tensors:
+        if t.device.type != "cpu":
+            raise RuntimeError(f"recis_compat::{op} reads and writes files from host memory; it has no kernel for "
+                               f"{t.device} (cached_ssd tables live on the CPU, docs/stores.md)")
+
+
+def rows_pread_(fd: int, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Read rows of a flat row file into ``out`` (csrc/optim/rows_floor.cpp): ``out[i]`` <- the
+    ``row_bytes`` bytes at ``rows[i] * row_bytes`` of the file open as ``fd``, where ``row_bytes``
+    is the size of one row of ``out``. One ``pread`` per run of consecutive rows (pass ``rows``
+    sorted to coalesce them). The cached_ssd row cache's miss path (backend/row_cache.py).
+
+    Args:
+        fd: an open file descriptor of the slot file.
+        rows: int64 ``[R]`` row numbers (``>= 0``; a row past the end of the file is an error).
+        out: contiguous host tensor ``[R, *tail]`` of the slot's dtype.
+
+    Returns:
+        ``out``.
+    """
+    _host_only("rows_pread_", rows, out)
+    torch.ops.recis_compat.rows_pread_(int(fd), rows, out)
+    return out
+
+
+def rows_pwrite(fd: int, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ``values[i]`` to row ``rows[i]`` of the flat row file open as ``fd`` (byte offset
+    ``rows[i] * row_bytes``, ``row_bytes`` = one row of ``values``); one ``pwrite`` per run of
+    consecutive rows. The cached_ssd row cache's write-back (backend/row_cache.py).
+
+    Args:
+        fd: an open, writable file descriptor.
+        rows: int64 ``[R]`` distinct row numbers (``>= 0``).
+        values: contiguous host tensor ``[R, *tail]``.
+    """
+    _host_only("rows_pwrite", rows, values)
+    torch.ops.recis_compat.rows_pwrite(int(fd), rows, values)

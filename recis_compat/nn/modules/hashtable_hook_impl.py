@@ -150,8 +150,7 @@ class GlobalStepFilterHookImpl(BaseFilterHookImpl):
     def update(self, index: torch.Tensor) -> None:
         """Stamp rows ``index`` (int64) with the current global step."""
         if index.numel():
-            slot = self.ht.impl.get_slot(self._name)
-            slot.index_fill_(0, index.to(slot.device), int(self._global_step.item()))
+            self.ht.impl.fill_slot(self._name, index, int(self._global_step.item()))
 
     def update_step(self, step_size: int = 1) -> None:
         self._global_step += int(step_size)

@@ -155,7 +155,7 @@ def main() -> None:
         rec["outputs"].append(pred.detach().clone())
         grads = {}
         for name, impl in filter_out_sparse_param(model).items():
-            got = impl.grad_rows()
+            got = impl.summed_grad()
             if got is not None:
                 ids, rows = impl.ids_map()
                 id_of_row = dict(zip(rows.tolist(), ids.tolist()))

@@ -1,0 +1,386 @@
+"""A RAM cache of single rows in front of a ``cached_ssd`` table's files (docs/stores.md).
+
+A file-backed table keeps every row of every slot in its files (backend/row_store.py,
+:class:`~recis_compat.backend.row_store.FileSlots`); the id map's value is the row's place in
+the files (the *file row*) and never changes while the id is stored. The rows in use live in
+RAM *slabs*, one per slot, ``[cache_rows, *tail]``, at *cache slots*:
+
+* ``row_slot`` (int32 ``[table rows]``): the cache slot of each file row, -1 when not cached
+  (4 bytes per table row, outside the budget);
+* per cache slot: ``slot_row`` (int64, -1 = free), ``tick`` (int64: the last access with
+  misses that used it; rows of the running access are never evicted by it), ``ref`` (bool:
+  used since the clock hand last passed it) and ``dirty`` (bool: changed since it was read from the file). The slabs
+  and these 18 bytes per slot are what the budget counts.
+
+An access (:meth:`RowCache.slots_of`) translates file rows to cache slots with one gather when
+every row is cached. Missing rows are read from the files in one batch (sorted, one
+``rows_pread_`` op call per slot, csrc/optim/rows_floor.cpp) into free slots: slots never used
+yet, then more slab rows up to the table's share of the budget
+(:class:`~recis_compat.backend.row_store.CacheBudget`: all its rows when every table of the
+budget fits, else a water level), then victims chosen by a clock sweep
+(second chance: a slot used since the hand last passed it is skipped once); changed victims are
+written back (sorted, one batch per slot) before their slots are reused. A cache
+above its share (another table grew) shrinks to it at its next access. When the rows of one
+access do not fit even after every other row is evicted, the slab grows past the share by the
+shortfall (a warning names the table and the budget needed; the excess is kept in
+``CacheBudget.over_budget_bytes``): one access always gets all its rows.
+
+How rows move (measured on this project's ext4 test machine, 40k scattered 64-byte rows of a
+77 MB file in the page cache): reads use ``pread`` (0.35-0.85 us per row) although copying
+through a shared mapping measured 0.02 us per row, because a read fault on a file mapping maps
+its neighbours too (fault-around, whole large folios): measured 7.9 pages mapped per row read
+even with ``MADV_RANDOM``, which is what the RAM budget exists to prevent, while ``pread``
+copies exactly the row and maps nothing. Writes (write-back, writes to uncached rows) go through
+the mapping (``FileSlots.write``: a write fault maps exactly one page, dropped again every 8192
+rows) because a ``pwrite`` per row measured 6.5-8.7 us: every write call updates the file's
+times through the ext4 journal. Long runs of rows (new rows at growth) are one ``pwrite``.
+
+Who sees which rows (backend/table_impl.py): every table method takes and returns file rows
+(lookups, ``read_slot``, ``update_slot``, ``delete``, ``ids_map``, change tracking,
+checkpoints); the slot tensors (``get_slot``, ``embedding``) are the slabs, and the one method
+that hands out indices into them is ``grad_rows`` (the rows the optimizer kernels update), whose
+rows are cached by that call and stay valid until the next access to the table (the optimizers
+call it and run their kernel under the table's lock).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from recis_compat.backend.row_store import FileSlots, strict_overcommit
+
+__all__ = ["RowCache", "META_BYTES"]
+
+META_BYTES = 8 + 8 + 1 + 1      # slot_row, tick, ref, dirty per cache slot
+_MIN_WINDOW = 4096              # slots a clock sweep looks at per round, at least
+_GROWTH = 1.5                   # slab and index growth factor within the budget
+
+
+def _increasing(rows: torch.Tensor) -> bool:
+    """Whether ``rows`` is strictly increasing (sorted and distinct)."""
+    return rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())
+
+
+class RowCache:
+    """The row cache of one file-backed table (see the module docstring).
+
+    Args:
+        files: the table's :class:`FileSlots` (its slots, files and shared budget).
+        table: the table's name (warnings, errors).
+        fresh_values: ``f(slot)``: the value every element of a fresh row of ``slot`` holds
+            (the slot's initial value), or None when fresh rows must be read from the file
+            (sampled initial embeddings).
+
+    Attributes:
+        slabs: ``{slot: Tensor[cache_rows, *tail]}``, the cached rows of every slot (the
+            table's slot tensors; a dict object that stays the same, its tensors change when the
+            cache grows).
+        clock: accesses so far.
+    """
+
+    def __init__(self, files: FileSlots, table: str, fresh_values: Callable[[str], Optional[float]]):
+        self.files = files
+        self.table = table
+        self.fresh_values = fresh_values
+        # rows >= fresh_from were never cached nor written since the table's growth gave them
+        # their initial values (rows are handed out in increasing order)
+        self.fresh_from = 0
+        self.budget = files.budget
+        self.slabs: Dict[str, torch.Tensor] = {}
+        self.row_slot = torch.full((0,), -1, dtype=torch.int32)
+        self.rows = 0                      # table rows the index covers
+        self.clock = 0
+        self._warned = False
+        self._layout()
+
+    # ---------------------------------------------------------------- layout
+    def _layout(self) -> None:
+        """Empty the cache and size it for the current slots (every row is in the files)."""
+        self._reserve: Dict[str, torch.Tensor] = {}
+        for name, f in self.files.files.items():
+            self.slabs[name] = torch.empty([0] + f.tail, dtype=f.dtype)
+        for name in [n for n in self.slabs if n not in self.files.files]:
+            del self.slabs[name]
+        self.slot_bytes = sum(f.row_bytes for f in self.files.files.values()) + META_BYTES
+        self.alloc = 0                     # slots in the slabs
+        self.used = 0                      # slots [0, used) were handed out at least once
+        self.hand = 0
+        self.slot_row = torch.zeros(0, dtype=torch.int64)
+        self.tick = torch.zeros(0, dtype=torch.int64)
+        self.ref = torch.zeros(0, dtype=torch.bool)
+        self.dirty = torch.zeros(0, dtype=torch.bool)
+        self.row_slot.fill_(-1)
+        self._version = -1                 # the budget version the share was computed at
+        self._share = 0
+        self.budget.set_held(self, 0)
+        self.budget.set_demand(self, self.rows * self.slot_bytes)
+
+    def fits(self, n: int) -> bool:
+        """Whether ``n`` rows fit in this table's share of the budget."""
+        return n <= self._share_rows()
+
+    def _share_rows(self) -> int:
+        """Cache slots this table may hold now (its share of the budget, CacheBudget); a cache
+        above it gives the excess back (called at every access)."""
+        if self._version != self.budget.version:
+            self._version = self.budget.version
+            self._share = max(1, self.budget.share_bytes(self) // self.slot_bytes)
+        if self.alloc > self._share:       # the shares moved, or the last access grew past it
+            self._shrink(self._share)
+        return self._share
+
+    def _shrink(self, to: int) -> None:
+        """Give back the slots ``>= to``: their rows are evicted (changed ones written back) and
+        the slabs copied into tensors of ``to`` rows, so the memory really goes."""
+        if self.used > to:
+            gone = torch.arange(to, self.used, dtype=torch.int64)
+            self._write_back(gone)
+            self.row_slot.index_fill_(0, self.slot_row.index_select(0, gone), -1)
+            self.budget.evictions += gone.numel()
+            self.budget.trims += 1
+            self.used = to
+        for name in self.files.files:
+            self._reserve[name] = self.slabs[name].narrow(0, 0, to).clone()
+            self.slabs[name] = self._reserve[name]
+        self.slot_row = self.slot_row[:to].clone()
+        self.tick = self.tick[:to].clone()
+        self.ref = self.ref[:to].clone()
+        self.dirty = self.dirty[:to].clone()
+        self.alloc = to
+        self.hand = self.hand if self.hand < max(1, self.used) else 0
+        self.budget.set_held(self, to * self.slot_bytes)
+
+    def fit_rows(self, rows: int) -> None:
+        """Make the index cover table rows ``[0, rows)`` (new rows not cached)."""
+        rows = int(rows)
+        self.rows = max(self.rows, rows)
+        self.budget.set_demand(self, self.rows * self.slot_bytes)
+        n = self.row_slot.numel()
+        if rows > n:
+            grown = torch.full((max(rows, int(n * _GROWTH)),), -1, dtype=torch.int32)
+            grown[:n] = self.row_slot
+            self.row_slot = grown
+
+    def memory_bytes(self) -> int:
+        """Bytes of RAM the cache holds: slabs, per-slot bookkeeping and the row index."""
+        return self.alloc * self.slot_bytes + self.row_slot.numel() * 4
+
+    def _grow(self, new_alloc: int) -> None:
+        """Widen the slabs to ``new_alloc`` slots (within the reserve: no copy)."""
+        old = self.alloc
+        if new_alloc <= old:
+            return
+        reserve_rows = next(iter(self._reserve.values())).shape[0] if self._reserve else 0
+        if new_alloc > reserve_rows:
+            # the reserve covers the whole budget: pages never written are not resident, so the
+            # slabs grow with no copy (where reserved memory counts as used, strict overcommit,
+            # it doubles instead); past the budget it is reallocated to the rows needed
+            limit_rows = max(1, self.budget.limit_bytes // self.slot_bytes)
+            rows = min(limit_rows, 2 * max(reserve_rows, 1)) if strict_overcommit() else limit_rows
+            rows = max(new_alloc, rows)
+            for name, f in self.files.files.items():
+                r = torch.empty([rows] + f.tail, dtype=f.dtype)
+                if old:
+                    r.narrow(0, 0, old).copy_(self.slabs[name])
+                self._reserve[name] = r
+        for name in self.files.files:
+            self.slabs[name] = self._reserve[name].narrow(0, 0, new_alloc)
+        extra = new_alloc - old
+        self.slot_row = torch.cat([self.slot_row, self.slot_row.new_full((extra,), -1)])
+        self.tick = torch.cat([self.tick, self.tick.new_zeros(extra)])
+        self.ref = torch.cat([self.ref, self.ref.new_zeros(extra)])
+        self.dirty = torch.cat([self.dirty, self.dirty.new_zeros(extra)])
+        self.alloc = new_alloc
+        self.budget.set_held(self, new_alloc * self.slot_bytes)
+
+    # ---------------------------------------------------------------- access
+    def slots_of(self, rows: torch.Tensor, write: bool = False, touch: bool = True) -> torch.Tensor:
+        """Cache slots (int64 ``[N]``) of the file rows ``rows`` (int64 ``[N]``, ``0 <= row <
+        rows covered``; any order, duplicates fine), reading the missing ones in. ``write``: the
+        caller changes these rows (they are written back when evicted). ``touch=False``: the
+        rows were just used by another access (a lookup's gather after its find), so their
+        recency is not marked again."""
+        self.clock += 1
+        self._share_rows()
+        if rows.numel() == 0:
+            return rows.new_zeros(0)
+        s = self.row_slot.index_select(0, rows)
+        miss = s < 0
+        if bool(miss.any()):
+            self.tick.index_fill_(0, s[~miss].long(), self.clock)     # the access's cached rows stay
+            self._bring_in(torch.unique(rows[miss]))
+            s = self.row_slot.index_select(0, rows)
+            touch = True
+        s = s.long()
+        if touch:
+            self.ref.index_fill_(0, s, True)
+        if write:
+            self.dirty.index_fill_(0, s, True)
+        return s
+
+    def _bring_in(self, rows: torch.Tensor) -> None:
+        """Read the distinct, sorted, uncached file rows ``rows`` into free slots."""
+        slots = self._take(rows.numel())
+        # fresh rows (new ids) hold their slots' initial values: filled, not read
+        k = int(torch.searchsorted(rows, self.fresh_from)) if int(rows[-1]) >= self.fresh_from else rows.numel()
+        for name, slab in self.slabs.items():
+            value = self.fresh_values(name) if k < rows.numel() else None
+            if value is None:
+                slab.index_copy_(0, slots, self.files.read(name, rows))
+            else:
+                if k:
+                    slab.index_copy_(0, slots[:k], self.files.read(name, rows[:k]))
+                slab.index_fill_(0, slots[k:], value)
+        self.fresh_from = max(self.fresh_from, int(rows[-1]) + 1)
+        self.slot_row.index_copy_(0, slots, rows)
+        self.row_slot.index_copy_(0, rows, slots.to(torch.int32))
+        self.tick.index_fill_(0, slots, self.clock)
+        self.ref.index_fill_(0, slots, True)
+        self.dirty.index_fill_(0, slots, False)
+        self.budget.misses += rows.numel()
+
+    def _take(self, k: int) -> torch.Tensor:
+        """``k`` free slots: never used ones, new slab rows within the budget, evicted ones,
+        and new slab rows past the budget, in that order."""
+        parts: List[torch.Tensor] = []
+        need = k
+        if self.used + need > self.alloc:
+            want = max(self.used + need, int(self.alloc * _GROWTH))
+            self._grow(min(want, max(self.rows, self.used + need), max(self._share, self.alloc)))
+        if need and self.used < self.alloc:
+            n = min(need, self.alloc - self.used)
+            parts.append(torch.arange(self.used, self.used + n, dtype=torch.int64))
+            self.tick.index_fill_(0, parts[-1], self.clock)      # taken: not a victim of the sweep below
+            self.used += n
+            need -= n
+        if need:
+            parts.append(self._evict(need))
+            need -= parts[-1].numel()
+        if need:
+            self._grow(self.alloc + need)
+            parts.append(torch.arange(self.used, self.used + need, dtype=torch.int64))
+            self.used += need
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"table {self.table!r}: one access uses more distinct rows than its cached_ssd cache can hold "
+                    f"within cache_memory_budget_mb={self.budget.limit_bytes >> 20}; the cache grew past the budget "
+                    f"to {self.alloc} rows ({self.alloc * self.slot_bytes / 2 ** 20:.1f} MiB for this table, "
+                    f"{self.budget.used_bytes() / 2 ** 20:.1f} MiB for every table of the budget). Give a budget of "
+                    f"at least {math.ceil(self.budget.used_bytes() / 2 ** 20)} MiB.", RuntimeWarning, stacklevel=4)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _evict(self, k: int) -> torch.Tensor:
+        """Up to ``k`` victim slots among the used ones, by a clock sweep of at most two turns
+        (the first clears the ``ref`` bits it passes); slots of the running access are kept.
+        Changed victims are written back; the victims come back unmapped and pinned."""
+        n = self.used
+        got: List[torch.Tensor] = []
+        found = scanned = 0
+        while found < k and scanned < 2 * n and n:
+            w = min(n, max(2 * (k - found), _MIN_WINDOW))
+            idx = torch.arange(self.hand, self.hand + w, dtype=torch.int64).remainder_(n)
+            ok = ~self.ref.index_select(0, idx) & (self.tick.index_select(0, idx) != self.clock)
+            pos = torch.nonzero(ok).view(-1)[:k - found]
+            passed = int(pos[-1]) + 1 if pos.numel() == k - found else w
+            self.ref.index_fill_(0, idx[:passed], False)
+            if pos.numel():
+                v = idx.index_select(0, pos)
+                self.tick.index_fill_(0, v, self.clock)
+                got.append(v)
+                found += v.numel()
+            self.hand = (self.hand + passed) % n
+            scanned += passed
+        if not got:
+            return torch.zeros(0, dtype=torch.int64)
+        victims = torch.cat(got)
+        self._write_back(victims)
+        self.row_slot.index_fill_(0, self.slot_row.index_select(0, victims), -1)
+        self.slot_row.index_fill_(0, victims, -1)
+        self.budget.evictions += victims.numel()
+        self.budget.trims += 1
+        return victims
+
+    def _write_back(self, slots: torch.Tensor) -> None:
+        """Write the changed rows among ``slots`` to the files (sorted by file row) and mark them
+        clean."""
+        d = slots[self.dirty.index_select(0, slots)]
+        if not d.numel():
+            return
+        rows, order = torch.sort(self.slot_row.index_select(0, d))
+        d = d.index_select(0, order)
+        for name, slab in self.slabs.items():
+            self.files.write(name, rows, slab.index_select(0, d))
+        self.dirty.index_fill_(0, d, False)
+        self.budget.writebacks += d.numel()
+
+    # ---------------------------------------------------------------- reads and writes
+    def read(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """``slot[rows]`` (a copy ``[N, *tail]``; rows int64 ``>= 0``): cached rows from the slab,
+        the others from the file; nothing is brought into the cache."""
+        slab = self.slabs[name]
+        s = self.row_slot.index_select(0, rows).long() if self.alloc else torch.full_like(rows, -1)
+        hit = s >= 0
+        if bool(hit.all()):
+            return slab.index_select(0, s)
+        out = slab.new_empty([rows.numel()] + list(slab.shape[1:]))
+        hp = torch.nonzero(hit).view(-1)
+        if hp.numel():
+            out.index_copy_(0, hp, slab.index_select(0, s.index_select(0, hp)))
+        mp = torch.nonzero(~hit).view(-1)
+        mr = rows.index_select(0, mp)
+        if _increasing(mr):             # rows in row order (checkpoints, filters): read as they are
+            out.index_copy_(0, mp, self.files.read(name, mr))
+        else:
+            u, inverse = torch.unique(mr, return_inverse=True)
+            out.index_copy_(0, mp, self.files.read(name, u).index_select(0, inverse))
+        return out
+
+    def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """``slot[rows] = values`` (``[N, *tail]``; rows int64 ``>= 0``, distinct): cached rows in
+        the slab (marked changed), the others straight to the file."""
+        slab = self.slabs[name]
+        values = values.to(slab.dtype).reshape([rows.numel()] + list(slab.shape[1:]))
+        s = self.row_slot.index_select(0, rows).long() if self.alloc else torch.full_like(rows, -1)
+        hit = s >= 0
+        if bool(hit.all()):
+            slab.index_copy_(0, s, values)
+            self.dirty.index_fill_(0, s, True)
+            return
+        hp = torch.nonzero(hit).view(-1)
+        if hp.numel():
+            hs = s.index_select(0, hp)
+            slab.index_copy_(0, hs, values.index_select(0, hp))
+            self.dirty.index_fill_(0, hs, True)
+        mp = torch.nonzero(~hit).view(-1)
+        mr = rows.index_select(0, mp)
+        if not _increasing(mr):
+            mr, order = torch.sort(mr)
+            mp = mp.index_select(0, order)
+        self.files.write(name, mr, values.index_select(0, mp))
+        self.fresh_from = max(self.fresh_from, int(mr[-1]) + 1)
+
+    # ---------------------------------------------------------------- whole cache
+    def flush(self) -> None:
+        """Write every changed cached row back to the files (the cache keeps its rows)."""
+        if self.used:
+            self._write_back(torch.arange(self.used, dtype=torch.int64))
+
+    def relayout(self) -> None:
+        """Write changed rows back and empty the cache (the slots changed: a slot was added)."""
+        self.flush()
+        self._layout()
+
+    def reset(self) -> None:
+        """Forget every cached row without writing it back (the files were emptied)."""
+        self.fresh_from = 0
+        self._layout()
+
+    def release(self) -> None:
+        """Free the slabs and the index (the table is closing)."""
+        self.rows = 0
+        self._layout()
+        self.row_slot = torch.full((0,), -1, dtype=torch.int32)

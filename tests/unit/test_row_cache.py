@@ -1,0 +1,295 @@
+"""The cached_ssd row cache (backend/row_cache.py) and its file ops (``rows_pread_`` /
+``rows_pwrite``, csrc/optim/rows_floor.cpp).
+
+A file-backed table under a budget far below its rows is driven next to an in-RAM twin through
+growth, lookups, optimizer steps, listener writes, evictions (``delete``) and slot additions:
+every row of every slot stays equal bit for bit while rows are evicted, written back and read
+again. An access with more rows than the budget holds still gets them all (the cache grows past
+the budget with a warning naming the table and the budget needed). Checkpoints taken while rows
+are cached and changed restore exactly; tables of one budget share it; ``close`` frees it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
+from recis_compat.backend.row_store import StoreConfig
+from recis_compat.ops.optim import rows_pread_, rows_pwrite, sparse_adam_rows_
+
+DIM = 64
+SLOT_BYTES = DIM * 4 * 3 + 18          # embedding + two moments + the cache's bookkeeping per row
+
+
+# ----------------------------------------------------------------------------- the ops
+def _file(tmp_path, rows: int, tail, dtype, seed=0):
+    """A slot file of ``rows`` random rows; returns (fd, the rows as a tensor)."""
+    g = torch.Generator().manual_seed(seed)
+    data = (torch.randn([rows] + tail, generator=g) * 100).to(dtype)
+    path = tmp_path / f"slot_{seed}.rows"
+    path.write_bytes(data.numpy().tobytes() if dtype != torch.bfloat16 else data.view(torch.int16).numpy().tobytes())
+    return os.open(path, os.O_RDWR), data
+
+
+@pytest.mark.parametrize("dtype,tail", [(torch.float32, [16]), (torch.int64, [1]), (torch.bfloat16, [3, 5])])
+def test_pread_and_pwrite_match_a_pure_pytorch_reference(tmp_path, dtype, tail):
+    fd, data = _file(tmp_path, 5000, tail, dtype)
+    try:
+        g = torch.Generator().manual_seed(1)
+        # sorted distinct rows with runs (consecutive rows) and gaps, as the cache passes them
+        rows = torch.unique(torch.cat([torch.randint(0, 5000, (700,), generator=g), torch.arange(100, 180)]))
+        for threads in (1, 2):
+            prev = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                out = torch.empty([rows.numel()] + tail, dtype=dtype)
+                rows_pread_(fd, rows, out)
+            finally:
+                torch.set_num_threads(prev)
+            assert torch.equal(out, data.index_select(0, rows))
+        # unsorted rows read the same (each row is its own run)
+        shuffled = rows[torch.randperm(rows.numel(), generator=g)]
+        assert torch.equal(rows_pread_(fd, shuffled, torch.empty([rows.numel()] + tail, dtype=dtype)),
+                           data.index_select(0, shuffled))
+        new = (torch.randn([rows.numel()] + tail, generator=g) * 7).to(dtype)
+        rows_pwrite(fd, rows, new)
+        expect = data.clone()
+        expect.index_copy_(0, rows, new)
+        everything = torch.arange(5000)
+        assert torch.equal(rows_pread_(fd, everything, torch.empty([5000] + tail, dtype=dtype)), expect)
+    finally:
+        os.close(fd)
+
+
+def test_ops_pass_opcheck(tmp_path):
+    fd, data = _file(tmp_path, 300, [8], torch.float32)
+    try:
+        rows = torch.tensor([3, 4, 5, 90, 200, 201], dtype=torch.int64)
+        torch.library.opcheck(torch.ops.recis_compat.rows_pread_.default, (fd, rows, torch.empty(6, 8)))
+        torch.library.opcheck(torch.ops.recis_compat.rows_pwrite.default, (fd, rows, torch.ones(6, 8)))
+    finally:
+        os.close(fd)
+
+
+def test_op_errors_name_the_problem(tmp_path):
+    fd, _ = _file(tmp_path, 10, [4], torch.float32)
+    try:
+        with pytest.raises(RuntimeError, match=r"rows_pread_: reading row 12 .*the file ends before the row"):
+            rows_pread_(fd, torch.tensor([1, 12]), torch.empty(2, 4))
+        with pytest.raises(RuntimeError, match=r"rows_pread_: row -1 at position 0 is negative"):
+            rows_pread_(fd, torch.tensor([-1]), torch.empty(1, 4))
+        with pytest.raises(RuntimeError, match=r"out must be \[len\(rows\)=2, \.\.\.\]"):
+            rows_pread_(fd, torch.tensor([1, 2]), torch.empty(3, 4))
+        with pytest.raises(RuntimeError, match="rows_pwrite reads and writes files from host memory.*meta"):
+            rows_pwrite(fd, torch.tensor([1]), torch.empty(1, 4, device="meta"))
+    finally:
+        os.close(fd)
+    with pytest.raises(RuntimeError, match=r"rows_pwrite: writing row 0 .*Bad file descriptor"):
+        rows_pwrite(fd, torch.tensor([0]), torch.ones(1, 4))
+
+
+# ----------------------------------------------------------------------------- a table and its twin
+def _table(name, store, dim=DIM):
+    """A table with SparseAdam-style moment slots; its initial rows are the same random rows for
+    every table built with the same growth steps (a generator of its own, seed 5)."""
+    gen = torch.Generator().manual_seed(5)
+    t = DynamicTable(DynamicTableConfig(name=name, embedding_dim=dim, block_size=256, store=store,
+                                        sample_rows=lambda k: torch.randn(k, dim, generator=gen))).impl
+    t.add_slot("exp_avg", [dim], torch.float32, 0.0)
+    t.add_slot("exp_avg_sq", [dim], torch.float32, 0.0)
+    return t
+
+
+def _pair(tmp_path, budget_mb=1, name="twin", store=None):
+    """(in-RAM table, cached_ssd twin under ``budget_mb``)."""
+    return _table(name, None), _table(name, store or StoreConfig("cached_ssd", str(tmp_path), budget_mb))
+
+
+def _step(t, ids, grad, step):
+    rows = t.find_or_insert_rows(ids)
+    emb = t.gather(rows)
+    t.accept_grad(rows, grad, unique=True)
+    with t.lock:
+        k, g = t.grad_rows()
+        sparse_adam_rows_(t.embedding, t.get_slot("exp_avg"), t.get_slot("exp_avg_sq"), k, g, lr=0.01,
+                          beta1=0.9, beta2=0.999, eps=1e-8, decay=0.999, beta1_power=0.9 ** step,
+                          beta2_power=0.999 ** step)
+    t.clear_grad()
+    return emb
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sorted(sa) == sorted(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"slot {k} differs"
+
+
+def test_write_back_keeps_every_row_equal_to_an_in_ram_twin(tmp_path):
+    """60 steps of growth (to ~12k rows, 6x what the 1 MiB budget holds), lookups, Adam steps,
+    listener stamps, evictions and a slot added mid-run: every row equal to the in-RAM twin's."""
+    ram, ssd = _pair(tmp_path)
+    budget = ssd.storage.store.budget()
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, 61):
+        hi = min(14_000, 2_000 + 300 * step)
+        ids = torch.unique(torch.randint(0, hi, (1200,), generator=g))
+        grad = torch.randn(ids.numel(), DIM, generator=g)
+        e_ram, e_ssd = _step(ram, ids, grad, step), _step(ssd, ids, grad, step)
+        assert torch.equal(e_ram, e_ssd), f"step {step}: lookups differ"
+        if step == 20:
+            for t in (ram, ssd):
+                t.add_slot("stamp", [1], torch.int64, 0)     # changed cached rows go back first
+        if step >= 20:
+            for t in (ram, ssd):
+                t.fill_slot("stamp", t.find_rows(ids), step)
+        if step % 10 == 5:
+            gone = torch.randint(0, hi, (500,), generator=g)
+            assert torch.equal(ram.delete(gone), ssd.delete(gone))
+        if step % 15 == 0:
+            _same(ram, ssd)
+    _same(ram, ssd)
+    assert budget.over_budget_bytes == 0
+    assert budget.evictions > 10_000 and budget.writebacks > 5_000 and budget.misses > len(ssd)
+    assert ssd.storage.memory_bytes() <= (1 << 20) + 4 * 2 * ssd.storage.capacity
+    assert ssd.get_slot("embedding").shape[0] * SLOT_BYTES <= (1 << 20) + 8 * SLOT_BYTES
+
+
+def test_an_access_larger_than_the_budget_grows_past_it_with_a_warning(tmp_path):
+    """A step whose rows do not fit the budget (1 MiB holds ~1.9k rows of 3 x 64 floats) gets
+    them all: the cache grows past the budget by the shortfall, a RuntimeWarning names the table
+    and the budget needed, and the rows stay equal to the in-RAM twin's."""
+    ram, ssd = _pair(tmp_path, name="too_big")
+    budget = ssd.storage.store.budget()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.arange(5000)
+    with pytest.warns(RuntimeWarning, match=r"table 'too_big': one access uses more distinct rows than its "
+                                            r"cached_ssd cache can hold within cache_memory_budget_mb=1.*"
+                                            r"Give a budget of at least 4 MiB"):
+        for step in range(1, 4):
+            grad = torch.randn(5000, DIM, generator=g)
+            assert torch.equal(_step(ram, ids, grad, step), _step(ssd, ids, grad, step))
+    _same(ram, ssd)
+    assert budget.over_budget_bytes >= (5000 * SLOT_BYTES) - (1 << 20) - SLOT_BYTES
+    # smaller steps afterwards evict within the grown cache and stay exact
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(4, 10):
+            few = torch.unique(torch.randint(0, 8000, (1000,), generator=g))
+            grad = torch.randn(few.numel(), DIM, generator=g)
+            assert torch.equal(_step(ram, few, grad, step), _step(ssd, few, grad, step))
+    _same(ram, ssd)
+
+
+def test_checkpoint_while_rows_are_cached_and_changed(tmp_path):
+    """Save with changed rows in the cache (not yet in the files): the checkpoint holds the
+    changed values; restoring it into a fresh file-backed table and into RAM gives the twin's
+    rows, and training on continues identically."""
+    from recis_compat.serialize import Loader, Saver
+
+    ram, ssd = _pair(tmp_path / "store", name="ckpt_dirty")
+    g = torch.Generator().manual_seed(2)
+    for step in range(1, 8):
+        ids = torch.unique(torch.randint(0, 6000, (1500,), generator=g))
+        grad = torch.randn(ids.numel(), DIM, generator=g)
+        _step(ram, ids, grad, step)
+        _step(ssd, ids, grad, step)
+    assert int(ssd.storage._cache.dirty.sum()) > 500, "the last steps' rows should still be changed in the cache"
+    _same(ram, ssd)
+    Saver(path=str(tmp_path / "ck"), hashtables={"ckpt_dirty": ssd}).save()
+    for store in (None, StoreConfig("cached_ssd", str(tmp_path / "store2"), 1)):
+        back = _table("ckpt_dirty", store)
+        Loader(str(tmp_path / "ck"), hashtables={"ckpt_dirty": back}).load()
+        assert back.storage.file_backed == (store is not None)
+        _same(ram, back)
+        if store is not None:
+            for step in range(8, 12):                   # exact resume from the restored files
+                ids = torch.unique(torch.randint(0, 7000, (1500,), generator=g))
+                grad = torch.randn(ids.numel(), DIM, generator=g)
+                _step(ram, ids, grad, step)
+                _step(back, ids, grad, step)
+            _same(ram, back)
+        back.close()
+
+
+def test_tables_of_one_budget_share_it_and_close_gives_it_back(tmp_path):
+    """Three tables under one 1 MiB budget: a small table keeps all its rows, the two large ones
+    split the rest; a table above its share (the shares moved when another grew) gives the
+    excess back at its next access, so after one access each the caches are within the budget;
+    rows stay exact throughout; closing a table returns its part."""
+    store = StoreConfig("cached_ssd", str(tmp_path), 1)
+    budget = store.budget()
+    pairs = [_pair(tmp_path, name=f"share{i}", store=store) for i in range(3)]
+    g = torch.Generator().manual_seed(3)
+    universe = (150, 6000, 6000)                     # table 0 is small
+    for step in range(1, 7):
+        for (ram, ssd), hi in zip(pairs, universe):
+            ids = torch.unique(torch.randint(0, hi, (600,), generator=g))
+            grad = torch.randn(ids.numel(), DIM, generator=g)
+            assert torch.equal(_step(ram, ids, grad, step), _step(ssd, ids, grad, step))
+    for ram, ssd in pairs:                          # one more access each: excess given back
+        assert torch.equal(ram.gather(ram.find_rows(torch.arange(50))), ssd.gather(ssd.find_rows(torch.arange(50))))
+        _same(ram, ssd)
+    caches = [ssd.storage._cache for _, ssd in pairs]
+    assert 0 < budget.used_bytes() <= budget.limit_bytes
+    assert int((caches[0].row_slot >= 0).sum()) == len(pairs[0][1]) == 150   # the small table: all cached
+    # the small table's share is all its rows (256: one block); the large ones share the rest
+    rest = (budget.limit_bytes - caches[0].rows * caches[0].slot_bytes) // 2 // caches[0].slot_bytes
+    assert caches[0].rows == 256 and caches[1].alloc == caches[2].alloc == rest
+    directory = pairs[1][1].storage.store_directory
+    held = budget.used_bytes()
+    pairs[1][1].close()
+    assert not os.path.exists(directory)
+    assert pairs[1][1].storage.memory_bytes() == 0
+    assert held > budget.used_bytes() == sum(c.alloc * c.slot_bytes for c in (caches[0], caches[2]))
+
+
+def test_a_budget_above_the_table_reads_each_row_once(tmp_path):
+    """With room for the whole table nothing is evicted: each row is read from its file once,
+    later lookups are hits (one index gather), and the files are only written at growth."""
+    ram, ssd = _pair(tmp_path, budget_mb=64, name="roomy")
+    budget = ssd.storage.store.budget()
+    g = torch.Generator().manual_seed(4)
+    for step in range(1, 21):
+        ids = torch.unique(torch.randint(0, 3000, (1000,), generator=g))
+        grad = torch.randn(ids.numel(), DIM, generator=g)
+        assert torch.equal(_step(ram, ids, grad, step), _step(ssd, ids, grad, step))
+    _same(ram, ssd)
+    assert budget.evictions == 0 and budget.writebacks == 0
+    assert budget.misses == len(ssd)
+
+
+def test_new_rows_are_filled_not_read_and_reused_rows_are_read(tmp_path, monkeypatch):
+    """A miss on rows that growth initialised and nothing wrote since (new ids) fills the
+    cache with the slots' initial values instead of reading the files (sampled embeddings are
+    still read); a row freed by eviction and reused is read back (it was written)."""
+    from recis_compat.backend.row_store import FileSlots
+    read = {}
+    orig = FileSlots.read
+
+    def counting(self, name, rows):
+        read[name] = read.get(name, 0) + rows.numel()
+        return orig(self, name, rows)
+
+    monkeypatch.setattr(FileSlots, "read", counting)
+    ram, ssd = _pair(tmp_path, name="fresh")
+    g = torch.Generator().manual_seed(6)
+    ids = torch.arange(1000)
+    grad = torch.randn(1000, DIM, generator=g)
+    assert torch.equal(_step(ram, ids, grad, 1), _step(ssd, ids, grad, 1))
+    assert read.get("exp_avg", 0) == 0 and read.get("exp_avg_sq", 0) == 0
+    assert read["embedding"] == 1000                  # sampled initial rows come from the file
+    others = torch.arange(20_000, 21_200)              # pushes most of the first rows out
+    grad = torch.randn(others.numel(), DIM, generator=g)
+    assert torch.equal(_step(ram, others, grad, 2), _step(ssd, others, grad, 2))
+    for t in (ram, ssd):
+        t.delete(torch.arange(0, 1000, 2))             # their reset values go to the files
+    read.clear()
+    reuse = torch.arange(30_000, 30_500)               # get the freed rows
+    grad = torch.randn(reuse.numel(), DIM, generator=g)
+    assert torch.equal(_step(ram, reuse, grad, 3), _step(ssd, reuse, grad, 3))
+    assert read.get("exp_avg", 0) >= 300               # the reused rows' reset values, from the files
+    _same(ram, ssd)
