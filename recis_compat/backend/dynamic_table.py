@@ -42,7 +42,7 @@ from recis_compat.backend.exchange import ReceivedIds
 from recis_compat.backend.row_store import StoreConfig
 from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.ops.id_map import unique_first_seen
-from recis_compat.ops.pooling import gather_rows
+from recis_compat.ops.pooling import gather_rows, sum_rows_by_index
 from recis_compat.utils.device import cuda_unavailable_message
 
 __all__ = ["DynamicTableConfig", "DynamicTable", "DynamicLookupContext", "LookupRequest", "lookup_rows_with_grad",
@@ -167,44 +167,55 @@ class LookupRequest:
 
 
 class _RowsToTable(torch.autograd.Function):
-    """Identity on ``emb`` in forward; backward hands ``(rows, grad * scale)`` to the table.
+    """Identity on ``emb`` in forward; backward hands ``(rows, grad * scale)`` to the table
+    (with ``expand``: ``emb`` is ``[N, D]`` = the rows of ``rows[expand]``, and the gradient is
+    first summed per position of ``rows``).
 
     ``anchor`` is a 0-dim tensor with ``requires_grad=True`` owned by the table: it makes the
     output part of the autograd graph even though the rows are not a leaf tensor.
     """
 
     @staticmethod
-    def forward(ctx, anchor, emb, rows, impl, scale):
+    def forward(ctx, anchor, emb, rows, impl, scale, expand):
         ctx.impl = impl
         ctx.scalar = scale if not isinstance(scale, torch.Tensor) else None
+        ctx.has_expand = expand is not None
+        saved = [rows] + ([expand] if expand is not None else [])
         if isinstance(scale, torch.Tensor):
-            ctx.save_for_backward(rows, scale)
-        else:
-            ctx.save_for_backward(rows)
+            saved.append(scale)
+        ctx.save_for_backward(*saved)
         return emb
 
     @staticmethod
     def backward(ctx, grad):
-        saved = ctx.saved_tensors
-        rows = saved[0]
-        g = grad.reshape(rows.numel(), ctx.impl.dim)
-        if len(saved) > 1:
-            g = g * saved[1].to(g.dtype).unsqueeze(1)
+        saved = list(ctx.saved_tensors)
+        rows = saved.pop(0)
+        if ctx.has_expand:
+            g = sum_rows_by_index(grad.reshape(-1, ctx.impl.dim), saved.pop(0), rows.numel())
+        else:
+            g = grad.reshape(rows.numel(), ctx.impl.dim)
+        if saved:
+            g = g * saved[0].to(g.dtype).unsqueeze(1)
         elif ctx.scalar is not None:
             g = g * ctx.scalar
         # rows of one lookup of distinct ids are distinct (absent ones, -1, are dropped)
         ctx.impl.accept_grad(rows, g.contiguous(), unique=True)
-        return None, None, None, None, None
+        return None, None, None, None, None, None
 
 
 def lookup_rows_with_grad(impl: DynamicTableImpl, anchor: torch.Tensor, rows: torch.Tensor,
-                          scale: Union[None, float, torch.Tensor] = None) -> torch.Tensor:
+                          scale: Union[None, float, torch.Tensor] = None,
+                          expand: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``embedding[rows]`` (zeros for ``rows < 0``) whose gradient goes to ``impl``'s buffer,
-    multiplied by ``scale`` (a float, or float ``[len(rows)]`` per row) when given."""
-    emb = impl.gather(rows)
+    multiplied by ``scale`` (a float, or float ``[len(rows)]`` per row) when given.
+
+    ``expand`` (int64 ``[N]``, positions into ``rows``): returns ``embedding[rows[expand]]``
+    ``[N, D]`` gathered in one pass (not ``[len(rows), D]`` then expanded), the gradient summed
+    per row of ``rows`` before it reaches the buffer."""
+    emb = impl.gather(rows if expand is None else rows.index_select(0, expand))
     if not torch.is_grad_enabled():
         return emb
-    return _RowsToTable.apply(anchor, emb, rows, impl, scale)
+    return _RowsToTable.apply(anchor, emb, rows, impl, scale, expand)
 
 
 def split_per_key(features: KeyedJaggedTensor, emb: torch.Tensor) -> Dict[str, JaggedTensor]:
@@ -277,13 +288,16 @@ class DynamicTable(nn.Module):
         return self.lookup_unique_scaled(unique_ids, readonly, scale)
 
     def lookup_unique_scaled(self, unique_ids: torch.Tensor, readonly: bool,
-                             scale: Union[None, float, torch.Tensor]) -> torch.Tensor:
+                             scale: Union[None, float, torch.Tensor],
+                             expand: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:meth:`lookup_unique` with the gradient of row ``i`` multiplied by ``scale`` (a float),
-        ``scale[i]`` (float ``[U]``) or 1 (None)."""
+        ``scale[i]`` (float ``[U]``) or 1 (None). ``expand`` (int64 ``[N]``, positions into
+        ``unique_ids``): the result is ``[N, D]``, the rows of ``unique_ids[expand]`` (one gather;
+        see :func:`lookup_rows_with_grad`)."""
         rows = self._rows(unique_ids, readonly)
         if not self.training or self.impl.read_only:
-            return self.impl.gather(rows)
-        return lookup_rows_with_grad(self.impl, self._anchor, rows, scale)
+            return self.impl.gather(rows if expand is None else rows.index_select(0, expand))
+        return lookup_rows_with_grad(self.impl, self._anchor, rows, scale, expand)
 
     # ------------------------------------------------------------------ staged lookup
     @property

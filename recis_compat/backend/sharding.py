@@ -280,8 +280,8 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[st
         scale = None
         if self.training:
             scale = 1.0 / counts[0].to(torch.float32) if by_id else 1.0 / self._world
-        emb = self._local.lookup_unique_scaled(uniq, ctx.readonly, scale)
-        return gather_rows(emb, inverse)
+        # the rows of every received id (duplicates across sources included) in one gather
+        return self._local.lookup_unique_scaled(uniq, ctx.readonly, scale, expand=inverse)
 
     def output_dist(self, ctx: DynamicLookupContext, output: torch.Tensor) -> Awaitable[torch.Tensor]:
         """Send the rows back to the ranks that asked (autograd-aware) -> ``Awaitable`` of

@@ -107,10 +107,17 @@ def _gather_rows_setup(ctx, inputs, output):
     ctx.num_rows = emb.shape[0]
 
 
+def sum_rows_by_index(grad: torch.Tensor, index: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The gradient of ``emb[index]`` w.r.t. ``emb``: grad ``[N, D]``, index int64 ``[N]``
+    (``0 <= index < num_rows``) -> ``[num_rows, D]``, row ``r`` the sum of ``grad[i]`` over
+    ``index[i] == r`` (csrc ``pooled_sum_backward`` with every position its own bag)."""
+    unit_bags = torch.arange(index.numel() + 1, device=index.device)
+    return torch.ops.recis_compat.pooled_sum_backward(grad.contiguous(), index, unit_bags, None, num_rows)
+
+
 def _gather_rows_backward(ctx, grad):
     (index,) = ctx.saved_tensors
-    unit_bags = torch.arange(index.numel() + 1, device=index.device)
-    return torch.ops.recis_compat.pooled_sum_backward(grad.contiguous(), index, unit_bags, None, ctx.num_rows), None
+    return sum_rows_by_index(grad, index, ctx.num_rows), None
 
 
 torch.library.register_autograd("recis_compat::gather_rows", _gather_rows_backward, setup_context=_gather_rows_setup)

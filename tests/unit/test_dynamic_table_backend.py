@@ -233,3 +233,35 @@ def test_children_info_api_and_limits():
     with pytest.raises(ValueError, match="duplicate"):
         ChildrenInfo(["a", "b", "a"])
     assert not ChildrenInfo(["x"]).is_coalesce()
+
+
+@pytest.mark.parametrize("scale", [None, 0.5, "per_row"])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_expanded_lookup_equals_lookup_then_gather(scale, readonly):
+    """``lookup_unique_scaled(..., expand=inverse)`` (the owner side of a sharded lookup: one
+    gather of every received position) gives the values and buffered gradients of a lookup of
+    the distinct ids followed by ``gather_rows(emb, inverse)``, absent ids (read-only) included."""
+    from recis_compat.ops.pooling import gather_rows
+    uniq = torch.tensor([11, 7, 42, 5], dtype=torch.int64)
+    inverse = torch.tensor([0, 2, 2, 1, 3, 0, 2], dtype=torch.int64)
+    per_row = torch.tensor([1.0, 0.5, 0.25, 2.0])
+    s = per_row if scale == "per_row" else scale
+    g = torch.randn(inverse.numel(), DIM, generator=torch.Generator().manual_seed(3))
+    results = []
+    for expanded in (False, True):
+        t = table(name=f"exp_{expanded}_{readonly}_{scale}")
+        t.train()
+        t.impl.find_or_insert_rows(uniq[:2])            # 11 and 7 stored; 42 and 5 new (or absent)
+        if expanded:
+            out = t.lookup_unique_scaled(uniq, readonly, s, expand=inverse)
+        else:
+            out = gather_rows(t.lookup_unique_scaled(uniq, readonly, s), inverse)
+        assert out.shape == (inverse.numel(), DIM)
+        out.backward(g)
+        got = t.impl.grad_rows()
+        results.append((out.detach(), got, len(t.impl)))
+    (o0, g0, n0), (o1, g1, n1) = results
+    assert torch.equal(o0, o1) and n0 == n1
+    assert torch.equal(g0[0], g1[0]) and torch.equal(g0[1], g1[1])          # bit for bit
+    if readonly:
+        assert n1 == 2 and g1[0].numel() == 2          # absent ids: zero rows, no gradient
