@@ -189,7 +189,6 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
               "cache_bytes": ssd.impl.storage.memory_bytes(), "over_budget_bytes": budget.over_budget_bytes,
               "misses_timed": budget.misses - misses0, "evictions_timed": evictions,
               "writebacks_timed": budget.writebacks - writebacks0,
-              "trims_timed": evictions,          # the page cache's name for the same count (rows evicted)
               "page_faults_timed": {k: faults1[k] - faults0[k] for k in faults1},
               "ram_step_ms": round(t_ram / steps * 1e3, 2), "ssd_step_ms": round(t_ssd / steps * 1e3, 2),
               "threads": torch.get_num_threads(),

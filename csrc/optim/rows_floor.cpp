@@ -10,17 +10,7 @@
 // The gradient is validated but not read (a contiguous stream): the floor moves fewer bytes than
 // the Adam step, so "Adam rows/s / floor rows/s" is, if anything, understated.
 //
-// 2. rows_touch_for_write_(slots[]!, rows[R] int64): for every listed row and every slot, one atomic
-// "or 0" on the row's first byte: a write access that changes nothing. The cached_ssd row store
-// (recis_compat/backend/row_store.py, docs/stores.md) maps slot files MAP_SHARED; a first *read* of
-// a page there makes the kernel map up to 16 neighbouring page-cache pages with it ("fault-around"),
-// so scattered small rows would bring ~16x their pages into the process and past its RAM budget. A
-// write fault maps exactly one page. Touching a looked-up row's pages for write first keeps the
-// resident set to the rows' own pages (it also marks them dirty: they are written by the optimizer
-// step anyway). Host memory only: device tensors have no page faults (the op has no CUDA kernel and
-// says so). Rows < 0 are skipped; rows >= a slot's length are an error.
-//
-// 3. rows_pread_(fd, rows[R] int64, out[R, ...]!) / rows_pwrite(fd, rows[R] int64, values[R, ...]): the
+// 2. rows_pread_(fd, rows[R] int64, out[R, ...]!) / rows_pwrite(fd, rows[R] int64, values[R, ...]): the
 // cached_ssd row cache's file side (recis_compat/backend/row_cache.py). A slot file holds row r at byte
 // r * row_bytes (row_bytes = bytes of one row of out / values). Each run of consecutive rows is one
 // pread / pwrite of the whole run (rows are passed sorted, so runs of new or neighbouring rows coalesce),
@@ -94,38 +84,6 @@ void sparse_rows_rotate_cpu(const at::Tensor& a, const at::Tensor& b, const at::
     T* pc = c.data_ptr<T>();
     at::parallel_for(0, R, 64, [&](int64_t i0, int64_t i1) { rotate_rows_any(pa, pb, pc, r, i0, i1, D); });
   });
-}
-
-constexpr const char* kTouchOp = "recis_compat::rows_touch_for_write_";
-
-void rows_touch_for_write_cpu(at::TensorList slots, const at::Tensor& rows_in) {
-  TORCH_CHECK(rows_in.scalar_type() == at::kLong && rows_in.dim() == 1, kTouchOp,
-              ": rows must be a 1-D int64 tensor, got ", rows_in.scalar_type(), " of shape ", rows_in.sizes());
-  TORCH_CHECK(rows_in.device().is_cpu(), kTouchOp, ": rows must be on the CPU, got ", rows_in.device());
-  auto rows = rows_in.contiguous();
-  const int64_t R = rows.numel();
-  const int64_t* r = rows.data_ptr<int64_t>();
-  for (size_t k = 0; k < slots.size(); ++k) {
-    const at::Tensor& t = slots[k];
-    TORCH_CHECK(t.device().is_cpu(), kTouchOp, ": slot ", k, " is on ", t.device(), "; the op touches host memory");
-    TORCH_CHECK(t.dim() >= 1 && t.is_contiguous(), kTouchOp, ": slot ", k,
-                " must be a contiguous tensor of rows, got shape ", t.sizes());
-    const int64_t n = t.size(0);
-    if (n == 0 || R == 0) continue;
-    const int64_t row_bytes = t.numel() / n * t.element_size();
-    auto* base = static_cast<unsigned char*>(t.data_ptr());
-    int64_t bad = -1;
-    for (int64_t i = 0; i < R; ++i) {
-      if (r[i] >= n) { bad = r[i]; break; }
-    }
-    TORCH_CHECK(bad < 0, kTouchOp, ": row ", bad, " is out of range for slot ", k, " of ", n, " rows");
-    at::parallel_for(0, R, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        if (r[i] < 0) continue;
-        __atomic_fetch_or(base + r[i] * row_bytes, static_cast<unsigned char>(0), __ATOMIC_RELAXED);
-      }
-    });
-  }
 }
 
 constexpr const char* kPreadOp = "recis_compat::rows_pread_";
@@ -206,14 +164,12 @@ void rows_pwrite_cpu(int64_t fd, const at::Tensor& rows_in, const at::Tensor& va
 
 TORCH_LIBRARY_FRAGMENT(recis_compat, m) {
   m.def("sparse_rows_rotate_(Tensor(a!) a, Tensor(b!) b, Tensor(c!) c, Tensor rows, Tensor grad) -> ()");
-  m.def("rows_touch_for_write_(Tensor(a!)[] slots, Tensor rows) -> ()");
   m.def("rows_pread_(int fd, Tensor rows, Tensor(a!) out) -> ()");
   m.def("rows_pwrite(int fd, Tensor rows, Tensor values) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(recis_compat, CPU, m) {
   m.impl("sparse_rows_rotate_", &sparse_rows_rotate_cpu);
-  m.impl("rows_touch_for_write_", &rows_touch_for_write_cpu);
   m.impl("rows_pread_", &rows_pread_cpu);
   m.impl("rows_pwrite", &rows_pwrite_cpu);
 }

@@ -30,24 +30,6 @@ def _sparse_rows_rotate_fake(a, b, c, rows, grad):
     return None
 
 
-@torch.library.register_fake("recis_compat::rows_touch_for_write_")
-def _rows_touch_for_write_fake(slots, rows):
-    return None
-
-
-def rows_touch_for_write_(slots, rows) -> None:
-    """Touch the first byte of every listed row of every host tensor in ``slots`` with a write
-    that changes nothing (an atomic ``or 0``; csrc/optim/rows_floor.cpp). A row's page then comes
-    in by a write fault, which maps that one page, where a first read of a shared file mapping maps
-    up to 16 neighbours with it (the cached_ssd store, docs/stores.md).
-
-    Args:
-        slots: contiguous CPU tensors ``[N_k, ...]`` (rows along dim 0).
-        rows: int64 ``[R]`` row numbers (``< 0`` skipped; ``>= N_k`` an error naming the slot).
-    """
-    torch.ops.recis_compat.rows_touch_for_write_(list(slots), rows)
-
-
 def sparse_rows_rotate_(a, b, c, rows, grad) -> None:
     """The physical floor of :func:`sparse_adam_rows_` (``bench optim``): for every listed
     (unique) row ``r`` of the float ``[R_total, D]`` tensors ``a``, ``b``, ``c`` (same shape and

@@ -22,7 +22,7 @@ def test_zipf_and_uniform_cases_compare_the_same_training(tmp_path):
         assert c.value > 0 and c.baseline_value > 0
         d = c.detail
         assert d["ids_per_step"] == d["batch"] * d["fields"]
-        assert d["trims_timed"] > 0, "the quick budget is meant to be smaller than the table"
+        assert d["evictions_timed"] > 0, "the quick budget is meant to be smaller than the table"
         assert d["budget_over_table"] < 1
     # Zipf ids repeat, so fewer distinct ids than uniform draws from the same universe
     assert zipf.detail["distinct_ids"] < uniform.detail["distinct_ids"]
