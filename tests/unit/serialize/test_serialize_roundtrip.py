@@ -309,3 +309,42 @@ def test_checkpoint_reader_on_two_shards(tmp_path):
     assert d.tensor_names() == ["beta"]
     assert d.tensor_shape("beta") == [1, 2] and d.tensor_dtype("beta") == torch.float64
     assert d.read_tensor("beta").tolist() == [[1.0, 2.0]]
+
+
+def test_restore_keeps_checkpoint_pages_out_of_the_process(tmp_path, monkeypatch):
+    """A restore reads slot rows chunk by chunk; safetensors maps the whole data file, so the
+    mapping is closed after every chunk: the process's resident file pages (RssFile) never hold
+    more than a few chunks of a 256 MB slot, and the rows come back equal."""
+    import recis_compat.serialize.loader as loader_mod
+
+    def rss_file():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssFile:"):
+                    return int(line.split()[1]) << 10
+        pytest.skip("no RssFile in /proc/self/status")
+
+    n, dim = 1_000_000, 64                                   # 256 MB of float32 rows
+    src = HashTable([dim], name="rss_src", initializer=ConstantInitializer(init_val=0.0))
+    ids = torch.arange(n, dtype=torch.int64) * 7 + 1
+    src.impl.insert(ids, torch.arange(n * dim, dtype=torch.float32).view(n, dim))
+    Saver(path=str(tmp_path), hashtables=filter_out_sparse_param(src)).save()
+    expected = src.impl.gather(src.impl.find_rows(ids[::997]))
+    del src
+    HashtableRegister().unregister("rss_src")
+    dst = HashTable([dim], name="rss_src", initializer=ConstantInitializer(init_val=0.0))
+    monkeypatch.setattr(loader_mod, "_CHUNK_BYTES", 8 << 20)
+    base = rss_file()
+    peak = [0]
+    write_rows = dst.impl.storage.write_rows
+
+    def sampled(*a, **k):
+        peak[0] = max(peak[0], rss_file() - base)
+        return write_rows(*a, **k)
+
+    monkeypatch.setattr(dst.impl.storage, "write_rows", sampled)
+    Loader(str(tmp_path), hashtables=filter_out_sparse_param(dst)).load()
+    assert torch.equal(dst.impl.gather(dst.impl.find_rows(ids[::997])), expected)
+    assert len(dst.impl) == n
+    # one 8 MB chunk mapped at a time (slack for the id block and libraries), not the 256 MB slot
+    assert peak[0] < (64 << 20), f"resident checkpoint pages grew by {peak[0] >> 20} MiB during the restore"
