@@ -50,6 +50,7 @@ def batch_convert(dense_column: Sequence[str], ragged_format: bool,
     dense = set(dense_column)
 
     tensor_type = torch.Tensor
+    from_checked = RaggedTensor.from_checked
 
     def convert(input_data: list) -> list:
         out = []
@@ -66,8 +67,7 @@ def batch_convert(dense_column: Sequence[str], ragged_format: bool,
                     if first.dtype.is_floating_point and first.dtype != dtype:
                         first = first.to(dtype)
                     off = level[1]
-                    group[name] = RaggedTensor(values=first, offsets=off,
-                                               dense_shape=(off.shape[0] - 1, -1))
+                    group[name] = from_checked(first, [off], (off.shape[0] - 1, -1))
                     continue
                 offsets = level[:0:-1]
                 if (len(data) == 1 and ragged_format and type(first) is tensor_type

@@ -58,7 +58,7 @@ class Chunk:
     nrows: int
     columns: Dict[str, ColumnChunk]
     last_in_file: bool
-    plan: Optional[list] = None
+    plan: Optional[Any] = None
 
 
 class FileFormat(abc.ABC):

@@ -24,8 +24,8 @@ import torch
 
 from recis_compat.io.errors import OrcDataError
 
-__all__ = ["ColumnChunk", "take_rows", "concat_pieces", "to_nested", "rows_plan", "columns_rows",
-           "strings_to_bytes_array"]
+__all__ = ["ColumnChunk", "RowsPlan", "take_rows", "concat_pieces", "to_nested", "rows_plan",
+           "columns_rows", "strings_to_bytes_array"]
 
 DENSE, RAGGED, STRINGS = "dense", "ragged", "strings"
 
@@ -156,42 +156,62 @@ def to_nested(kind: str, piece: Piece,
 _FAST_DENSE, _FAST_RAGGED, _GENERAL = 0, 1, 2
 
 
-def rows_plan(columns: Dict[str, ColumnChunk]) -> List[tuple]:
-    """How :func:`columns_rows` cuts each column of one chunk: ``(name, path, values,
-    offsets_or_chunk)``, ``path`` a short path (dense; one-level unweighted ragged: most columns)
-    or the general :func:`take_rows` + :func:`to_nested`. Computed once per chunk (the packer
-    cuts several batches from most chunks)."""
-    plan = []
+@dataclass
+class RowsPlan:
+    """How :func:`columns_rows` cuts the columns of one chunk (from :func:`rows_plan`).
+
+    ``entries``: ``(name, path, values, ref)`` per column in column order; ``path`` is a short
+    path (dense: ``ref`` None; one-level unweighted ragged, most columns: ``ref`` the column's
+    row in ``offsets``) or the general :func:`take_rows` + :func:`to_nested` (``ref`` the
+    :class:`ColumnChunk`). ``offsets``: the short-path ragged columns' offsets stacked into one
+    ``[columns, rows + 1]`` array of their common dtype (None when there are none), so one numpy
+    call per batch rebases every such column's offsets."""
+
+    entries: List[tuple]
+    offsets: Optional[np.ndarray]
+
+
+def rows_plan(columns: Dict[str, ColumnChunk]) -> RowsPlan:
+    """The :class:`RowsPlan` of one chunk. Computed once per chunk (the packer cuts several
+    batches from most chunks). One-level ragged columns whose offsets dtype differs from the
+    first such column's take the general path (stacking would change their dtype)."""
+    entries, stacked = [], []
     for name, col in columns.items():
         if col.kind == DENSE:
-            plan.append((name, _FAST_DENSE, col.values, None))
-        elif col.kind == RAGGED and col.weight is None and len(col.offsets) == 1:
-            plan.append((name, _FAST_RAGGED, col.values, col.offsets[0]))
+            entries.append((name, _FAST_DENSE, col.values, None))
+        elif (col.kind == RAGGED and col.weight is None and len(col.offsets) == 1
+              and (not stacked or col.offsets[0].dtype == stacked[0].dtype)):
+            entries.append((name, _FAST_RAGGED, col.values, len(stacked)))
+            stacked.append(col.offsets[0])
         else:
-            plan.append((name, _GENERAL, None, col))
-    return plan
+            entries.append((name, _GENERAL, None, col))
+    return RowsPlan(entries, np.stack(stacked) if stacked else None)
 
 
-def columns_rows(plan: List[tuple], a: int, b: int,
+def columns_rows(plan: RowsPlan, a: int, b: int,
                  place: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> Dict[str, list]:
     """Rows ``[a, b)`` of every column of one chunk (``plan`` from :func:`rows_plan`) as
     ``{column: nested list}``, i.e. ``to_nested(kind, take_rows(chunk, a, b), place)`` per
-    column; the short paths build the same lists directly. Their rebased offsets are always a
-    new array (consecutive batches share a boundary entry of the chunk's offsets, so a view
-    changed in place by a user map could shift the next batch)."""
+    column; the short paths build the same lists directly. Their rebased offsets are always new
+    memory (consecutive batches share a boundary entry of the chunk's offsets, so a view changed
+    in place by a user map could shift the next batch); the short-path ragged columns of one
+    batch share one new ``[columns, B + 1]`` array, one row each."""
     out = {}
     from_numpy = torch.from_numpy
-    for name, path, values, off in plan:
+    if plan.offsets is not None:
+        cut = plan.offsets[:, a:b + 1]
+        los, his = cut[:, 0].tolist(), cut[:, -1].tolist()
+        segs = from_numpy(cut - cut[:, :1]).unbind(0)
+    for name, path, values, ref in plan.entries:
         if path == _FAST_RAGGED:
-            lo = off.item(a)
-            seg = off[a:b + 1] - lo  # always a new array: batches share boundary entries
+            v = from_numpy(values[los[ref]:his[ref]])
             if place:
-                out[name] = [[place(from_numpy(values[lo:off.item(b)])), place(from_numpy(seg))]]
+                out[name] = [[place(v), place(segs[ref])]]
             else:
-                out[name] = [[from_numpy(values[lo:off.item(b)]), from_numpy(seg)]]
+                out[name] = [[v, segs[ref]]]
         elif path == _FAST_DENSE:
             t = from_numpy(values[a:b])
             out[name] = [[place(t) if place else t]]
         else:
-            out[name] = to_nested(off.kind, take_rows(off, a, b), place)
+            out[name] = to_nested(ref.kind, take_rows(ref, a, b), place)
     return out

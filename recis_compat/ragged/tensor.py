@@ -81,6 +81,22 @@ class RaggedTensor:
                                  f"a size >= 0 or -1 (ragged/unknown)")
             self._dense_shape = dense_shape
 
+    @classmethod
+    def from_checked(cls, values: torch.Tensor, offsets: List[torch.Tensor],
+                     dense_shape: tuple) -> "RaggedTensor":
+        """A RaggedTensor without weights from parts the caller has already checked: ``offsets``
+        a list of 1-D tensors (outermost first), ``dense_shape`` a tuple of ints with
+        ``len(offsets) + 1`` entries, each ``>= -1``. Skips the constructor's checks: the IO
+        pipeline builds one per column per batch (tens of thousands per pass of
+        ``recis-compat bench io``) from the packer's tensors, whose shapes it made itself."""
+        out = cls.__new__(cls)
+        out._values = values
+        out._offsets = offsets
+        out._weight = None
+        out._pad_info = None
+        out._dense_shape = dense_shape
+        return out
+
     # ------------------------------------------------------------------ accessors
     def values(self) -> torch.Tensor:
         return self._values

@@ -43,6 +43,8 @@ def _chunks():
         "ragged": ColumnChunk(RAGGED, vals, [off]),
         "ragged0": ColumnChunk(RAGGED, np.arange(6, dtype=np.float32),
                                [np.arange(7, dtype=np.int32)]),
+        # large_list<>: int64 offsets beside int32 ones must keep their dtype
+        "ragged64": ColumnChunk(RAGGED, vals, [off.astype(np.int64)]),
         "weighted": ColumnChunk(RAGGED, vals, [off], weight=rng.random(len(vals))),
         "nested": ColumnChunk(RAGGED, rng.integers(0, 9, 9), [outer, inner]),
         "strings": ColumnChunk(STRINGS, sbytes, [soff]),
@@ -78,12 +80,13 @@ def test_columns_rows_equals_general_path(a, b, placed):
     for name, chunk in chunks.items():
         _same(got[name], to_nested(chunk.kind, take_rows(chunk, a, b), place if placed else None))
     if placed:  # every tensor of the short paths went through the placement
-        assert n_short == 1 + 2 + 2 + 3 + 3  # dense, 2 ragged, weighted (3), nested (3)
+        # dense, 3 ragged (2 each), weighted (3), nested (3)
+        assert n_short == 1 + 2 + 2 + 2 + 3 + 3
     ragged = got["ragged"][0]
     assert ragged[1][0].item() == 0  # rebased offsets start at 0 although the chunk's start at 5
 
 
-@pytest.mark.parametrize("name", ["ragged", "ragged0"])
+@pytest.mark.parametrize("name", ["ragged", "ragged0", "ragged64"])
 def test_columns_rows_offsets_are_private_to_a_batch(name):
     """A batch's offsets are a new array even when the chunk's already start at 0, so a user
     map changing them in place cannot shift the next batch cut from the same chunk (the two
@@ -94,6 +97,24 @@ def test_columns_rows_offsets_are_private_to_a_batch(name):
     first[1] += 100
     second = columns_rows(plan, 3, 6, None)[name][0]
     assert torch.equal(second[1], expected[1]) and torch.equal(second[0], expected[0])
+
+
+def test_columns_rows_offsets_are_private_to_a_column():
+    """The short path rebases every ragged column of a batch in one array (a row each): a user
+    map changing one column's offsets in place leaves the other columns of the batch alone."""
+    plan = rows_plan(_chunks())
+    got = columns_rows(plan, 1, 5, None)
+    expected = columns_rows(plan, 1, 5, None)
+    got["ragged"][0][1] += 100
+    assert torch.equal(got["ragged0"][0][1], expected["ragged0"][0][1])
+    assert got["ragged64"][0][1].dtype == torch.int64 and got["ragged"][0][1].dtype == torch.int32
+
+
+def test_ragged_from_checked_equals_constructor():
+    values, offsets = torch.arange(5), torch.tensor([0, 2, 2, 5], dtype=torch.int32)
+    fast = RaggedTensor.from_checked(values, [offsets], (3, -1))
+    slow = RaggedTensor(values, offsets, dense_shape=(3, -1))
+    assert vars(fast) == vars(slow)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
