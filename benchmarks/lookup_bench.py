@@ -97,7 +97,7 @@ a barrier up to several ms apart (measured on this 2-core VM, world 2: median 1.
 late one in its step (its first exchange waits for it), a cost no training loop has (its ranks
 are kept in step by the exchanges themselves). The one-rank twin had no such cost, so the
 scaling ratio was biased against world N. ``detail.start_skew_ms`` reports the median spread of
-the ranks' actual start times (0.0x ms with the synchronised start). The clock is
+the ranks' actual start times (below 0.001 ms measured with the synchronised start). The clock is
 ``CLOCK_MONOTONIC``, shared by the processes of one host (the launch is one ``torchrun
 --nproc_per_node``).
 """
