@@ -76,7 +76,9 @@ The baselines' pre-mapped row of frequency rank ``r`` is ``r * 2654435761 mod vo
 hash-like permutation: with count-ordered rows, row-wise sharding would send nearly all lookups
 to rank 0's block of rows). The warm-up inserts the same global draws as the single-process
 case: every rank draws all of them (same seed) and keeps the ids it owns. Rank r's batches are
-drawn with seed ``1000 + r``. Before every timed step all ranks pass a barrier (untimed); a
+drawn with seed ``1000 + r``. Before every timed step the ranks agree on a start instant
+(untimed, :func:`synced_start`: an all-reduce of the shared monotonic clock plus a 15 ms margin,
+then each rank waits until that instant), so all ranks start the step together; a
 step's time is the slowest rank's (all ranks' per-step times are gathered on rank 0), the median
 over steps is reported, and samples/s = ``W * batch / step time``. Rank 0 writes one JSON for
 the launch; the command turns the two launches into cases (metric samples/s, higher is better):
@@ -84,10 +86,20 @@ ours at N vs ours at 1 (the scaling; target 0.9), ours at N vs each TorchRec col
 (target 1.9 against the EBC), and the same comparisons at W = 1. The scaling case's world-1 side is
 timed **inside the world-N launch**: rank 0 also holds a world-1 twin of ours (the same engine
 sharded over a one-rank group, warmed with every draw) and runs its steps alone with ``N x``
-threads while the other ranks sleep in a barrier, interleaved with the world-N steps, so a
+threads while the other ranks sleep in the next start all-reduce, interleaved with the world-N steps, so a
 change of machine speed between two launches (hypervisor steal time on this VM) cannot move the
 ratio; the separate world-1 launch's figure is in ``detail.world1_launch_samples_per_s``. Threads per rank: ``--threads`` if given, else ``cores // W`` (so both
 launches use the same cores). ``--quick`` uses the quick sizes above and one timed step per side.
+
+Why a synchronised start rather than a barrier (the earlier protocol): gloo releases the ranks of
+a barrier up to several ms apart (measured on this 2-core VM, world 2: median 1.8 ms, up to
+4.9 ms, on our steps and TorchRec's alike), and a rank that leaves early counts the wait for the
+late one in its step (its first exchange waits for it), a cost no training loop has (its ranks
+are kept in step by the exchanges themselves). The one-rank twin had no such cost, so the
+scaling ratio was biased against world N. ``detail.start_skew_ms`` reports the median spread of
+the ranks' actual start times (below 0.001 ms measured with the synchronised start). The clock is
+``CLOCK_MONOTONIC``, shared by the processes of one host (the launch is one ``torchrun
+--nproc_per_node``).
 """
 from __future__ import annotations
 
@@ -444,7 +456,7 @@ def _run_sharded(opts: BenchOptions, cfg: Dict[str, object], n_steps: int) -> Li
     def detail(r: Dict[str, object], extra: dict) -> dict:
         keep = ("world_size", "threads_per_rank", "batch_per_rank", "features", "dim", "vocab_per_feature",
                 "zipf_s", "timed_steps", "table_ids_after_warmup", "ids_per_step", "unique_ids_per_step",
-                "new_ids_per_step", "ms_per_step", "rank_ms_per_step", "ec_kernel", "ebc_kernel")
+                "new_ids_per_step", "ms_per_step", "rank_ms_per_step", "start_skew_ms", "ec_kernel", "ebc_kernel")
         return {**{k: r[k] for k in keep if k in r}, **extra}
 
     def sps(r, side):
@@ -541,6 +553,25 @@ def _dmp_kernel_name(dmp) -> str:
     return ", ".join(sorted(names)) or "unknown"
 
 
+START_MARGIN_S = 0.015
+
+
+def synced_start(dist, margin_s: float = START_MARGIN_S) -> float:
+    """Untimed: wait until the instant ``max over ranks of (now) + margin_s`` of the shared
+    monotonic clock (one all-reduce), so every rank starts the next timed step at the same
+    instant (see the module docstring). Returns this rank's start time (CLOCK_MONOTONIC, s)."""
+    clock = time.clock_gettime
+    now = torch.tensor([clock(time.CLOCK_MONOTONIC)], dtype=torch.float64)
+    dist.all_reduce(now, op=dist.ReduceOp.MAX)
+    deadline = float(now) + margin_s
+    while True:
+        left = deadline - clock(time.CLOCK_MONOTONIC)
+        if left <= 0:
+            return clock(time.CLOCK_MONOTONIC)
+        if left > 0.002:
+            time.sleep(left - 0.002)
+
+
 def _worker_main(argv: Optional[List[str]] = None) -> None:
     """One rank of ``--world-size``: see the module docstring. Rank 0 writes ``--out``."""
     import torch.distributed as dist
@@ -572,7 +603,7 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
     ours_model = shard_model(eng)
     # world > 1: rank 0 also holds a world-1 twin (the same engine over a one-rank group, warmed
     # with every draw), timed alone with all the launch's threads while the other ranks wait in
-    # a barrier (idle: gloo's barrier sleeps), interleaved with the world-N steps
+    # the next start all-reduce (idle: gloo sleeps while waiting), interleaved with the world-N steps
     twin_model, twin_impls = None, []
     twin_threads = max(1, args.threads) * world
     if world > 1:
@@ -619,16 +650,23 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
             impl.clear_grad()
 
     def twin_step(k):
-        if twin_model is None:      # other ranks: nothing (they wait in the next barrier)
+        if twin_model is None:      # other ranks: nothing (they wait in the next start all-reduce)
             return
         out = twin_model(batches[k][0])
         torch.autograd.backward([out[n] for n in names], out_grads)
         for impl in twin_impls:
             impl.clear_grad()
 
+    starts: Dict[str, List[float]] = {}
+
+    def start(side: str, k: int) -> None:
+        t = synced_start(dist)
+        if k >= WARMUP_STEPS:
+            starts.setdefault(side, []).append(t)
+
     def twin_before(k):
-        dist.barrier()
         torch.set_num_threads(twin_threads)
+        start(TWIN, k)
 
     def twin_after(k):
         torch.set_num_threads(max(1, args.threads))
@@ -652,12 +690,15 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
     inserted: List[int] = []
     size_before = {}
 
-    def barrier(k):
-        dist.barrier()
+    def ec_before(k):
+        start("ec", k)
+
+    def ebc_before(k):
+        start("ebc", k)
 
     def ours_before(k):
-        dist.barrier()
         size_before["n"] = sum(len(i) for i in impls)
+        start("ours", k)
 
     def ours_after(k):
         if k >= WARMUP_STEPS:
@@ -665,12 +706,12 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
 
     samples: Dict[str, List[float]] = {}
     sides = {"ours": ours, "ec": ec_step, "ebc": ebc_step}
-    before = {"ours": ours_before, "ec": barrier, "ebc": barrier}
+    before = {"ours": ours_before, "ec": ec_before, "ebc": ebc_before}
     after = {"ours": ours_after}
     if world > 1:
         sides[TWIN], before[TWIN], after[TWIN] = twin_step, twin_before, twin_after
     interleaved_steps(sides, args.steps, before=before, after=after, samples_out=samples)
-    mine = {"samples": samples, "new_ids": statistics.mean(inserted) if inserted else 0.0,
+    mine = {"samples": samples, "starts": starts, "new_ids": statistics.mean(inserted) if inserted else 0.0,
             "unique": statistics.mean(b[2] for b in batches[WARMUP_STEPS:]), "table_ids_warm": table_ids_warm}
     gathered: List[dict] = [None] * world
     dist.all_gather_object(gathered, mine)
@@ -684,6 +725,10 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
             "features": nfeat, "dim": dim, "vocab_per_feature": vocab, "zipf_s": args.zipf,
             "timed_steps": args.steps,
             "ms_per_step": {s: round(v, 4) for s, v in ms.items()},
+            # median over steps of (latest - earliest rank start): how well synced_start lined them up
+            "start_skew_ms": {s: round(statistics.median(max(r["starts"][s][i] for r in gathered)
+                                                         - min(r["starts"][s][i] for r in gathered)
+                                                         for i in range(args.steps)) * 1e3, 4) for s in SIDES},
             "rank_ms_per_step": {s: [round(statistics.median(r["samples"][s]) * 1e3, 4) for r in gathered]
                                  for s in SIDES},
             "samples_per_s": {s: (batch if s == TWIN else world * batch) / (v / 1e3) for s, v in ms.items()},

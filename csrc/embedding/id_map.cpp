@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -388,19 +389,20 @@ std::tuple<at::Tensor, at::Tensor> unique_inverse_cpu(const at::Tensor& ids_in) 
 // ---------------------------------------------------------------------------------- ids_partition
 // RecIS's ids_partition: (unique [U], inverse [N], rank_counts [world]) with the distinct ids
 // grouped by owner rank (rank 0's first), first-occurrence order inside each rank's group, and
-// unique[inverse] == ids. One dedupe pass, then a counting sort by owner (stable) and a remap of
-// the inverse: what a sharded lookup sends, in O(N + U) instead of a dedupe, an argsort by owner
-// and two permutations of the looked-up rows (forward and backward).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ids_partition_cpu(const at::Tensor& ids_in, int64_t world) {
-  check_partition_args(kOpPartition, ids_in, world);
-  auto [uniq, inverse] = unique_inverse_cpu(ids_in);
+// unique[inverse] == ids.
+//
+// world == 1 (and batches beyond kSerialUniqueMax) : unique_inverse, then a counting sort by owner
+// and a remap of the inverse (group_by_owner). world > 1: one fused serial pass over a scratch
+// table of 16-byte slots (key, owner << 40 | index inside the owner's group), so a probe touches
+// one cache line (unique_inverse keeps keys and indices in two arrays: two lines) and slots are
+// prefetched kPartitionAhead ids ahead; then the first-seen distinct ids are scattered to their
+// group and the inverse rebased by its group's offset, both sequential passes. Measured on this
+// 2-core VM, one thread, the 106k ids (54k distinct) of one rank of `bench lookup --world-size 2`:
+// 1.97-2.25 ms with unique_inverse + grouping (unique_inverse alone 1.67), 1.64-1.65 ms fused.
+namespace {
+
+void group_by_owner(const at::Tensor& uniq, at::Tensor& inverse, at::Tensor& grouped, int64_t* c, int64_t world) {
   const int64_t u_count = uniq.numel();
-  auto counts = at::zeros({world}, ids_in.options());
-  int64_t* c = counts.data_ptr<int64_t>();
-  if (world == 1) {
-    c[0] = u_count;
-    return {uniq, inverse, counts};
-  }
   const int64_t* u = uniq.data_ptr<int64_t>();
   std::vector<int64_t> owner(u_count);
   for (int64_t i = 0; i < u_count; ++i) {
@@ -409,7 +411,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ids_partition_cpu(const at::Tenso
   }
   std::vector<int64_t> next(world, 0);
   for (int64_t r = 1; r < world; ++r) next[r] = next[r - 1] + c[r - 1];
-  auto grouped = at::empty({u_count}, ids_in.options());
   int64_t* g = grouped.data_ptr<int64_t>();
   std::vector<int64_t> position(u_count);
   for (int64_t i = 0; i < u_count; ++i) {
@@ -420,6 +421,96 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ids_partition_cpu(const at::Tenso
   int64_t* inv = inverse.data_ptr<int64_t>();
   const int64_t n = inverse.numel();
   for (int64_t j = 0; j < n; ++j) inv[j] = position[inv[j]];
+}
+
+struct PartitionSlot {
+  int64_t key;
+  int64_t val;  // -1: empty; else owner << kOwnerShift | index inside the owner's group
+};
+constexpr int kOwnerShift = 40;  // indices < 2^22 (kSerialUniqueMax), owners < 2^17
+constexpr int kPartitionAhead = 8;
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ids_partition_cpu(const at::Tensor& ids_in, int64_t world) {
+  check_partition_args(kOpPartition, ids_in, world);
+  auto counts = at::zeros({world}, ids_in.options());
+  int64_t* c = counts.data_ptr<int64_t>();
+  if (world == 1 || ids_in.numel() > kSerialUniqueMax) {
+    auto [uniq, inverse] = unique_inverse_cpu(ids_in);
+    if (world == 1) {
+      c[0] = uniq.numel();
+      return {uniq, inverse, counts};
+    }
+    auto grouped = at::empty({uniq.numel()}, ids_in.options());
+    group_by_owner(uniq, inverse, grouped, c, world);
+    return {grouped, inverse, counts};
+  }
+  auto ids = ids_in.contiguous();
+  const int64_t n = ids.numel();
+  auto inverse = at::empty({n}, ids.options());
+  if (n == 0) return {at::empty({0}, ids.options()), inverse, counts};
+  // any size works with hash_range (multiply-shift): 1.5x the ids keeps the load <= 2/3 when
+  // every id is distinct, and the scratch table small (16 B a slot, written once before use)
+  const int64_t cap = n + n / 2 + 16;
+  // first slice of every rank (bounds[world] = kSliceCount): owner = number of bounds[1..] <= slice
+  std::vector<int64_t> bounds(world + 1);
+  {
+    const int64_t per = kSliceCount / world, extra = kSliceCount % world;
+    for (int64_t r = 0; r <= world; ++r) bounds[r] = r * per + std::min(r, extra);
+  }
+  auto owner_of = [&](int64_t key) -> int64_t {
+    const int64_t slice = key & (kSliceCount - 1);
+    return std::upper_bound(bounds.begin() + 1, bounds.end(), slice) - (bounds.begin() + 1);
+  };
+  std::vector<PartitionSlot> table(cap, PartitionSlot{0, -1});
+  const int64_t* id = ids.data_ptr<int64_t>();
+  int64_t* inv = inverse.data_ptr<int64_t>();
+  std::unique_ptr<int64_t[]> first(new int64_t[n]);        // distinct ids, first-seen order
+  std::unique_ptr<int32_t[]> first_owner(new int32_t[n]);  // ... and their owners
+  int64_t count = 0;
+  int64_t home[kPartitionAhead];
+  for (int64_t i = 0; i < std::min<int64_t>(n, kPartitionAhead); ++i) {
+    home[i] = hash_range(id[i], cap);
+    __builtin_prefetch(&table[home[i]], 1, 3);
+  }
+  const int64_t mask = (int64_t(1) << kOwnerShift) - 1;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t key = id[i];
+    int64_t j = home[i % kPartitionAhead];
+    if (i + kPartitionAhead < n) {
+      const int64_t h = hash_range(id[i + kPartitionAhead], cap);
+      home[(i + kPartitionAhead) % kPartitionAhead] = h;
+      __builtin_prefetch(&table[h], 1, 3);
+    }
+    while (true) {
+      PartitionSlot& slot = table[j];
+      if (slot.val < 0) {
+        const int64_t r = owner_of(key);
+        const int64_t local = c[r]++;
+        slot.key = key;
+        slot.val = (r << kOwnerShift) | local;
+        first[count] = key;
+        first_owner[count++] = static_cast<int32_t>(r);
+        inv[i] = slot.val;
+        break;
+      }
+      if (slot.key == key) {
+        inv[i] = slot.val;
+        break;
+      }
+      j = j + 1 == cap ? 0 : j + 1;
+    }
+  }
+  std::vector<int64_t> offset(world, 0);
+  for (int64_t r = 1; r < world; ++r) offset[r] = offset[r - 1] + c[r - 1];
+  auto grouped = at::empty({count}, ids.options());
+  int64_t* g = grouped.data_ptr<int64_t>();
+  {
+    std::vector<int64_t> next(offset);
+    for (int64_t k = 0; k < count; ++k) g[next[first_owner[k]]++] = first[k];
+  }
+  for (int64_t i = 0; i < n; ++i) inv[i] = offset[inv[i] >> kOwnerShift] + (inv[i] & mask);
   return {grouped, inverse, counts};
 }
 

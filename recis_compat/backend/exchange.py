@@ -6,6 +6,8 @@ One lookup of ``U`` distinct ids on each of ``W`` ranks (RecIS's exchange, COMPA
     ids_partition (csrc): distinct ids grouped by owner rank, inverse, rank_counts [W]
     IdExchange:   rank_counts all-to-all (async) --wait--> ids all-to-all (async) --wait-->
                   owner: the ids of every source rank, concatenated by source
+                  (with an IdCapacity, as ShardedDynamicTable passes: the ids ride in the
+                  counts all-to-all, the second one only for what exceeds the capacity)
     RowsAllToAll: owner's rows [N_recv, D] --all-to-all (async, autograd-aware)--> requester [U, D]
                   (backward: the reverse all-to-all of the row gradients)
 
@@ -32,7 +34,7 @@ import torch.distributed as dist
 from torchrec.distributed.types import Awaitable
 from torchrec.streamable import Multistreamable
 
-__all__ = ["IdExchange", "ReceivedIds", "RowsAllToAll", "PendingRows", "ErrorFactory"]
+__all__ = ["IdExchange", "IdCapacity", "ReceivedIds", "RowsAllToAll", "PendingRows", "ErrorFactory"]
 
 ErrorFactory = Callable[[str, str, BaseException], BaseException]
 """``f(what, phase, err)`` -> the exception to raise: ``what`` is ``"id"``, ``"embedding"`` or
@@ -77,6 +79,56 @@ class _IdsAwaitable(Awaitable[ReceivedIds]):
         return self._received
 
 
+class IdCapacity:
+    """How many ids per destination rank ride in the counts all-to-all of the next
+    :class:`IdExchange` of one table (``value``; 0: none, the ids follow in a second all-to-all).
+
+    Every rank must hold the same value before each exchange: it starts at 0 and is set, after
+    each exchange, from what every rank received, which is the same everywhere: the largest
+    number of ids any rank sent to any rank in that exchange (each rank sends it in every
+    header), plus a quarter, rounded up to ``ALIGN``. So a table whose lookups keep about the
+    same size sends counts and ids in one all-to-all from its second lookup on; a lookup that
+    outgrows the value sends the rest in a second all-to-all (the old protocol for that part).
+    The extra bytes are the padding up to the value (ids are 8 bytes; the rows that come back
+    are ``dim * 4`` each).
+    """
+
+    ALIGN = 64
+
+    def __init__(self):
+        self.value = 0
+
+    def update(self, largest: int) -> None:
+        largest = max(0, int(largest))
+        self.value = -(-(largest + largest // 4) // self.ALIGN) * self.ALIGN
+
+
+class _MergedIdsAwaitable(Awaitable[ReceivedIds]):
+    """The ids of an :class:`IdExchange` with an :class:`IdCapacity`: the first ``take[s]`` ids
+    of source ``s`` came in its header row ``block[s, head:]``, the rest (``rest[s]``, only when
+    a source sent more than the capacity) in the overflow all-to-all ``work``."""
+
+    def __init__(self, work, received: ReceivedIds, block: torch.Tensor, head: int, take: List[int],
+                 overflow: Optional[torch.Tensor], rest: List[int], on_error: ErrorFactory):
+        super().__init__()
+        self._work, self._received, self._on_error = work, received, on_error
+        self._block, self._head, self._take, self._overflow, self._rest = block, head, take, overflow, rest
+
+    def _wait_impl(self) -> ReceivedIds:
+        if self._work is not None:
+            _wait(self._work, self._on_error, "id", "forward")
+        parts, start = [], 0
+        for s, (k, r) in enumerate(zip(self._take, self._rest)):
+            if k:
+                parts.append(self._block[s, self._head:self._head + k])
+            if r:
+                parts.append(self._overflow[start:start + r])
+                start += r
+        self._received.ids = torch.cat(parts) if parts else self._block.new_empty((0,))
+        self._block = self._overflow = None
+        return self._received
+
+
 class IdExchange(Awaitable[Awaitable[ReceivedIds]]):
     """Send ``ids`` int64 ``[U]`` to their owners.
 
@@ -85,24 +137,83 @@ class IdExchange(Awaitable[Awaitable[ReceivedIds]]):
     (tables) that the owner gets back as :attr:`ReceivedIds.counts`. Construction issues the
     counts all-to-all; the first ``wait()`` waits for it and issues the ids all-to-all; the second
     returns :class:`ReceivedIds`. One rank (W = 1) exchanges nothing.
+
+    ``capacity`` (an :class:`IdCapacity` kept by the caller per table): the ids ride with the
+    counts. Each rank sends every rank one row ``[counts (K), largest count it sends anyone,
+    up to capacity.value ids, zero padding]``; the first ``wait()`` waits for it and issues a
+    second all-to-all only when some rank sent some rank more ids than the capacity (every rank
+    sees that from the headers), then updates the capacity; so an exchange is one all-to-all
+    instead of two once the capacity fits. The ids received are the same, in the same order.
+    CUDA ids ignore ``capacity`` (counts and ids go separately, as without it).
     """
 
-    def __init__(self, ids: torch.Tensor, send_counts: torch.Tensor, pg, on_error: ErrorFactory):
+    def __init__(self, ids: torch.Tensor, send_counts: torch.Tensor, pg, on_error: ErrorFactory,
+                 capacity: Optional[IdCapacity] = None):
         super().__init__()
         counts = send_counts.to(torch.int64).reshape(send_counts.shape[0], -1).contiguous()
         self._ids, self._pg, self._on_error = ids, pg, on_error
         self._send_counts = counts
+        # CPU ids only (gloo): the merged row mixes counts and ids in one tensor
+        self._capacity = capacity if ids.device.type == "cpu" else None
+        capacity = self._capacity
         self._work = None
-        if counts.shape[0] > 1:
-            self._recv_counts = torch.empty_like(counts)
+        world, segments = counts.shape
+        if world > 1:
+            send = counts
+            if capacity is not None:
+                self._cap = cap = int(capacity.value)
+                self._totals = totals = counts.sum(1).tolist()
+                send = counts.new_zeros((world, segments + 1 + cap))
+                send[:, :segments] = counts
+                send[:, segments] = max(totals)
+                if cap:
+                    flat = ids.reshape(-1)
+                    start = 0
+                    for d, t in enumerate(totals):
+                        k = min(t, cap)
+                        if k:
+                            send[d, segments + 1:segments + 1 + k] = flat[start:start + k]
+                        start += t
+            self._send = send
+            self._recv_counts = torch.empty_like(send)
             try:
-                self._work = dist.all_to_all_single(self._recv_counts, counts, group=pg, async_op=True)
+                self._work = dist.all_to_all_single(self._recv_counts, send, group=pg, async_op=True)
             except RuntimeError as e:
                 raise on_error("id", "forward", e) from e
+
+    def _wait_merged(self) -> Awaitable[ReceivedIds]:
+        """First wait with a capacity: counts (and ids up to the capacity) arrived."""
+        _wait(self._work, self._on_error, "id", "forward")
+        segments = self._send_counts.shape[1]
+        block, cap = self._recv_counts, self._cap
+        received = ReceivedIds(None, block[:, :segments].contiguous())
+        largest = int(block[:, segments].max())
+        take = [min(t, cap) for t in received.per_source]
+        rest = [t - k for t, k in zip(received.per_source, take)]
+        work, overflow = None, None
+        if largest > cap:               # some rank sent some rank more than the capacity: all know it
+            send_rest = [t - min(t, cap) for t in self._totals]
+            flat, start, pieces = self._ids.reshape(-1), 0, []
+            for t, r in zip(self._totals, send_rest):
+                if r:
+                    pieces.append(flat[start + t - r:start + t])
+                start += t
+            send = torch.cat(pieces) if pieces else flat.new_empty((0,))
+            overflow = flat.new_empty((sum(rest),))
+            try:
+                work = dist.all_to_all_single(overflow, send, output_split_sizes=rest, input_split_sizes=send_rest,
+                                              group=self._pg, async_op=True)
+            except RuntimeError as e:
+                raise self._on_error("id", "forward", e) from e
+        self._capacity.update(largest)
+        self._send = self._recv_counts = None
+        return _MergedIdsAwaitable(work, received, block, segments + 1, take, overflow, rest, self._on_error)
 
     def _wait_impl(self) -> Awaitable[ReceivedIds]:
         if self._work is None:
             return _IdsAwaitable(None, ReceivedIds(self._ids, self._send_counts), self._on_error)
+        if self._capacity is not None:
+            return self._wait_merged()
         _wait(self._work, self._on_error, "id", "forward")
         received = ReceivedIds(None, self._recv_counts)
         received.ids = self._ids.new_empty((sum(received.per_source),))

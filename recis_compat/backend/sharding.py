@@ -5,7 +5,7 @@ Data flow of one lookup of ``U`` distinct ids on each of ``W`` ranks (RecIS's ro
 collectives are ``backend/exchange.py``'s)::
 
     ids --ids_partition (csrc)--> distinct ids grouped by owner, inverse, rank_counts [W]
-        --IdExchange (counts, then ids; async)--> owner: the ids of every rank, by source
+        --IdExchange (counts with the ids up to IdCapacity, the rest after; async)--> owner: the ids of every rank, by source
         --dedupe across sources, local DynamicTable lookup (csrc id map, insert in training)-->
         rows [N_recv, D] --RowsAllToAll (async, autograd)--> requester: [U, D] in the sent order
         --> pooling (combiners) happens in the caller
@@ -42,7 +42,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recis_compat.backend.dynamic_table import (DynamicLookupContext, DynamicTable, LookupRequest,
                                                 record_context_stream, split_per_key)
-from recis_compat.backend.exchange import IdExchange, PendingRows, ReceivedIds, RowsAllToAll
+from recis_compat.backend.exchange import IdCapacity, IdExchange, PendingRows, ReceivedIds, RowsAllToAll
 from recis_compat.backend.slices import owner_ranks, slice_range
 from recis_compat.ops.id_map import ids_partition, unique_first_seen
 from recis_compat.ops.pooling import gather_rows
@@ -153,6 +153,9 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[st
         self.config = module.config
         self._local = module
         self.slice_range = slice_range(self._rank, self._world)
+        # ids per destination that ride with the counts (backend/exchange.py IdCapacity): the
+        # same value on every rank, updated by every exchange of this table
+        self.id_capacity = IdCapacity()
         module.impl.set_slice(self.slice_range[0], self.slice_range[1])
         module.impl.process_group = self._pg
         ids, _ = module.impl.ids_map()
@@ -257,7 +260,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[st
                 raise ValueError(f"table {self.name!r}: rank_counts {rank_counts} must give one count per rank "
                                  f"({self._world}) summing to the {unique_ids.numel()} ids")
         ctx.send_counts = counts
-        return IdExchange(unique_ids, counts, self._pg, self.error)
+        return IdExchange(unique_ids, counts, self._pg, self.error, self.id_capacity)
 
     def input_dist(self, ctx: DynamicLookupContext, features: KeyedJaggedTensor) -> IdExchange:
         """TorchRec's first stage: the distinct ids of ``features`` to their owners."""

@@ -166,6 +166,7 @@ def ids_partition(ids: torch.Tensor, world_size: int) -> Tuple[torch.Tensor, tor
     """``(unique [U], inverse [N], rank_counts [world_size])`` of int64 ``ids`` (flattened):
     the distinct ids grouped by the rank that owns them (``backend/slices.py``'s rule), rank 0's
     first, first-occurrence order inside each group; ``unique[inverse] == ids``;
-    ``rank_counts[r]`` ids of ``unique`` belong to rank ``r``. The csrc op ``ids_partition``
-    (one dedupe pass and a counting sort by owner)."""
+    ``rank_counts[r]`` ids of ``unique`` belong to rank ``r``. The csrc op ``ids_partition``:
+    with ``world_size > 1`` one fused pass (dedupe and owner in one probe of a scratch table),
+    then a scatter by owner; with 1, ``unique_first_seen``'s kernel."""
     return torch.ops.recis_compat.ids_partition(ids.reshape(-1), int(world_size))
