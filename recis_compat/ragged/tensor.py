@@ -90,12 +90,16 @@ class RaggedTensor:
         pipeline builds one per column per batch (tens of thousands per pass of
         ``recis-compat bench io``) from the packer's tensors, whose shapes it made itself."""
         out = cls.__new__(cls)
-        out._values = values
-        out._offsets = offsets
-        out._weight = None
-        out._pad_info = None
-        out._dense_shape = dense_shape
+        out._set_parts(values, offsets, dense_shape)
         return out
+
+    def _set_parts(self, values: torch.Tensor, offsets: List[torch.Tensor],
+                   dense_shape: tuple) -> None:
+        self._values = values
+        self._offsets = offsets
+        self._weight = None
+        self._pad_info = None
+        self._dense_shape = dense_shape
 
     # ------------------------------------------------------------------ accessors
     def values(self) -> torch.Tensor:
