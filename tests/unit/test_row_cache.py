@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
+from recis_compat.backend.row_cache import META_BYTES
 from recis_compat.backend.row_store import StoreConfig
 from recis_compat.ops.optim import rows_pread_, rows_pwrite, sparse_adam_rows_
 
 DIM = 64
-SLOT_BYTES = DIM * 4 * 3 + 18          # embedding + two moments + the cache's bookkeeping per row
+SLOT_BYTES = DIM * 4 * 3 + META_BYTES  # embedding + two moments + the cache's bookkeeping per row
 
 
 # ----------------------------------------------------------------------------- the ops
