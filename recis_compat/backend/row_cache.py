@@ -102,7 +102,9 @@ class RowCache:
         self.row_slot = torch.full((0,), -1, dtype=torch.int32)
         self.rows = 0                      # table rows the index covers
         self.clock = 0
-        self._memo = None                  # (rows, rows' version, slots, slots' version) of the last access
+        # the last access: (rows, rows' version, slots, slots' version, whether they were marked used);
+        # None once rows moved in or out or the sweep ran
+        self._memo = None
         self._warned = False
         self._layout()
 
@@ -225,14 +227,16 @@ class RowCache:
         if (m is not None and rows.data_ptr() == m[0].data_ptr() and rows.shape == m[0].shape
                 and rows.stride() == m[0].stride() and rows._version == m[1] and m[2]._version == m[3]):
             s = m[2]
-            if touch:
+            if touch and not m[4]:         # marked by the last access: still "used since the hand passed"
                 self.last.index_fill_(0, s, self.clock)
+                self._memo = m[:4] + (True,)
             if write:
                 self.dirty.index_fill_(0, s, True)
             return s
         s = row_cache_translate_(self.row_slot, rows, self.last, self.dirty, self.clock, touch, write)
         miss = s < 0
-        if bool(miss.any()):
+        missed = bool(miss.any())
+        if missed:
             mp = torch.nonzero(miss).view(-1)
             mr = rows.index_select(0, mp)
             if not touch:                  # the access's cached rows stay while its misses come in
@@ -242,7 +246,7 @@ class RowCache:
             s.index_copy_(0, mp, ms)
             if write:
                 self.dirty.index_fill_(0, ms, True)
-        self._memo = (rows, rows._version, s, s._version)
+        self._memo = (rows, rows._version, s, s._version, touch or missed)
         return s
 
     def _bring_in(self, rows: torch.Tensor) -> None:
@@ -306,6 +310,7 @@ class RowCache:
         if not n or not k:
             return torch.zeros(0, dtype=torch.int64)
         victims = row_cache_sweep_(self.last, self.hand, n, k, self.clock)
+        self._memo = None                  # the sweep cleared marks
         if victims.numel() == k:       # else two whole turns: the hand is back where it started
             self.hand = (int(victims[-1]) + 1) % n
         if not victims.numel():
@@ -313,7 +318,6 @@ class RowCache:
         self._write_back(victims)
         self.row_slot.index_fill_(0, self.slot_row.index_select(0, victims), -1)
         self.slot_row.index_fill_(0, victims, -1)
-        self._memo = None
         self.budget.evictions += victims.numel()
         self.budget.trims += 1
         return victims
