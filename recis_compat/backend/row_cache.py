@@ -225,7 +225,7 @@ class RowCache:
             return rows.new_zeros(0)
         m = self._memo
         if (m is not None and rows.data_ptr() == m[0].data_ptr() and rows.shape == m[0].shape
-                and rows.stride() == m[0].stride() and rows._version == m[1] and m[2]._version == m[3]):
+                and rows.dtype == m[0].dtype and rows.stride() == m[0].stride() and rows._version == m[1] and m[2]._version == m[3]):
             s = m[2]
             if touch and not m[4]:         # marked by the last access: still "used since the hand passed"
                 self.last.index_fill_(0, s, self.clock)
