@@ -18,11 +18,28 @@
 // A short read (past the end of the file) or a failed write is an error naming the row and the errno
 // text; EINTR is retried (a signal interrupting the call, not a failure). Host tensors only: the op has
 // no CUDA kernel (cached_ssd tables live on the CPU, docs/stores.md) and says so for other devices.
+//
+// 3. The row cache's bookkeeping (recis_compat/backend/row_cache.py), work proportional to the access:
+//   row_cache_translate_(row_slot[T] int32, rows[N] int64, last[S]! int32, dirty[S]! bool, clock, mark, write)
+//     -> slots[N] int64
+// slots[i] = row_slot[rows[i]] (-1: the row is not cached); for every cached row, last[slot] = clock when
+// ``mark`` and dirty[slot] = true when ``write``: the translation and the recency / change marks of an
+// access in one pass over its rows (several index_select / index_fill_ passes before). A row outside
+// [0, T) is an error naming it (the marks of other rows may then have been set).
+//   row_cache_sweep_(last[S]! int32, hand, used, k, clock) -> victims[<= k] int64
+// The clock hand's second-chance sweep over slots [0, used) from ``hand``, at most two turns: a slot with
+// last == 0 (not used since the hand last passed it) is a victim (last <- clock: pinned for the running
+// access); a slot with 0 < last < clock loses its second chance (last <- 0); slots of the running access
+// (last == clock) are kept. Stops after ``k`` victims. Work: the slots passed (about k when most rows are
+// cold), never all slots.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <unistd.h>
 
@@ -160,18 +177,136 @@ void rows_pwrite_cpu(int64_t fd, const at::Tensor& rows_in, const at::Tensor& va
                      static_cast<unsigned char*>(values.data_ptr()), row_bytes);
 }
 
+constexpr const char* kTranslateOp = "recis_compat::row_cache_translate_";
+constexpr const char* kSweepOp = "recis_compat::row_cache_sweep_";
+
+void check_cache_state(const char* op, const at::Tensor& last) {
+  TORCH_CHECK(last.device().is_cpu() && last.scalar_type() == at::kInt && last.dim() == 1 && last.is_contiguous(), op,
+              ": last must be a contiguous 1-D int32 host tensor, got ", last.scalar_type(), " of shape ",
+              last.sizes(), " on ", last.device());
+}
+
+at::Tensor row_cache_translate_cpu(const at::Tensor& row_slot, const at::Tensor& rows_in, const at::Tensor& last,
+                                   const at::Tensor& dirty, int64_t clock, bool mark, bool write) {
+  const char* op = kTranslateOp;
+  TORCH_CHECK(row_slot.device().is_cpu() && row_slot.scalar_type() == at::kInt && row_slot.dim() == 1 &&
+                  row_slot.is_contiguous(),
+              op, ": row_slot must be a contiguous 1-D int32 host tensor, got ", row_slot.scalar_type(), " of shape ",
+              row_slot.sizes(), " on ", row_slot.device());
+  TORCH_CHECK(rows_in.device().is_cpu() && rows_in.scalar_type() == at::kLong && rows_in.dim() == 1, op,
+              ": rows must be a 1-D int64 host tensor, got ", rows_in.scalar_type(), " of shape ", rows_in.sizes(),
+              " on ", rows_in.device());
+  check_cache_state(op, last);
+  TORCH_CHECK(dirty.device().is_cpu() && dirty.scalar_type() == at::kBool && dirty.dim() == 1 &&
+                  dirty.is_contiguous() && dirty.numel() == last.numel(),
+              op, ": dirty must be a contiguous 1-D bool host tensor as long as last (", last.numel(), "), got ",
+              dirty.scalar_type(), " of shape ", dirty.sizes());
+  TORCH_CHECK(clock > 0 && clock <= INT32_MAX, op, ": clock must be in [1, 2^31), got ", clock);
+  auto rows = rows_in.contiguous();
+  const int64_t N = rows.numel(), T = row_slot.numel(), S = last.numel();
+  at::Tensor out = at::empty({N}, rows.options());
+  const int64_t* r = rows.data_ptr<int64_t>();
+  const int32_t* rs = row_slot.data_ptr<int32_t>();
+  int32_t* ls = last.data_ptr<int32_t>();
+  bool* ds = dirty.data_ptr<bool>();
+  int64_t* o = out.data_ptr<int64_t>();
+  const int32_t c = static_cast<int32_t>(clock);
+  constexpr int64_t kAhead = 16;  // rows whose index entry (then slot marks) are prefetched ahead
+  std::atomic<bool> bad{false};   // a row outside the index or a slot outside the cache: reported below
+  at::parallel_for(0, N, 16384, [&](int64_t i0, int64_t i1) {
+    bool ok = true;
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i + kAhead < i1) {
+        const int64_t a = r[i + kAhead];
+        if (a >= 0 && a < T) __builtin_prefetch(rs + a, 0);
+      }
+      const int64_t row = r[i];
+      if (row < 0 || row >= T) {
+        ok = false;
+        o[i] = -1;
+        continue;
+      }
+      const int64_t sl = rs[row];
+      ok &= sl < S;
+      o[i] = sl;
+    }
+    if (!ok) {
+      bad.store(true, std::memory_order_relaxed);
+      return;
+    }
+    if (!mark && !write) return;
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i + kAhead < i1) {
+        const int64_t a = o[i + kAhead];
+        if (a >= 0) {
+          if (mark) __builtin_prefetch(ls + a, 0);
+          if (write) __builtin_prefetch(ds + a, 0);
+        }
+      }
+      const int64_t sl = o[i];
+      if (sl < 0) continue;
+      // stored only when it changes: hot rows repeat within an access, and a store would take the cache
+      // line from the other threads each time; several threads may store the same value to one slot (a
+      // row in two chunks): relaxed atomic loads and stores
+      if (mark && __atomic_load_n(ls + sl, __ATOMIC_RELAXED) != c) __atomic_store_n(ls + sl, c, __ATOMIC_RELAXED);
+      if (write && !__atomic_load_n(ds + sl, __ATOMIC_RELAXED)) __atomic_store_n(ds + sl, true, __ATOMIC_RELAXED);
+    }
+  });
+  if (bad.load()) {  // an internal error (the cache's callers pass rows of its index): name the first offender
+    for (int64_t i = 0; i < N; ++i) {
+      TORCH_CHECK(r[i] >= 0 && r[i] < T, op, ": row ", r[i], " at position ", i,
+                  " is outside the cache's index [0, ", T, ")");
+      TORCH_CHECK(rs[r[i]] < S, op, ": row ", r[i], " maps to cache slot ", rs[r[i]], " of ", S,
+                  " (a corrupt index)");
+    }
+  }
+  return out;
+}
+
+at::Tensor row_cache_sweep_cpu(const at::Tensor& last, int64_t hand, int64_t used, int64_t k, int64_t clock) {
+  const char* op = kSweepOp;
+  check_cache_state(op, last);
+  TORCH_CHECK(used >= 0 && used <= last.numel(), op, ": used must be in [0, ", last.numel(), "], got ", used);
+  TORCH_CHECK(k >= 0, op, ": k must be >= 0, got ", k);
+  TORCH_CHECK(used == 0 || (hand >= 0 && hand < used), op, ": hand must be in [0, used=", used, "), got ", hand);
+  TORCH_CHECK(clock > 0 && clock <= INT32_MAX, op, ": clock must be in [1, 2^31), got ", clock);
+  std::vector<int64_t> got;
+  got.reserve(static_cast<size_t>(std::min(k, used)));
+  int32_t* ls = last.data_ptr<int32_t>();
+  const int32_t c = static_cast<int32_t>(clock);
+  int64_t h = hand;
+  for (int64_t passed = 0; passed < 2 * used && static_cast<int64_t>(got.size()) < k; ++passed) {
+    const int32_t v = ls[h];
+    if (v == 0) {
+      ls[h] = c;
+      got.push_back(h);
+    } else if (v != c) {
+      ls[h] = 0;
+    }
+    if (++h == used) h = 0;
+  }
+  at::Tensor out = at::empty({static_cast<int64_t>(got.size())}, last.options().dtype(at::kLong));
+  if (!got.empty()) std::memcpy(out.data_ptr<int64_t>(), got.data(), got.size() * sizeof(int64_t));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(recis_compat, m) {
   m.def("sparse_rows_rotate_(Tensor(a!) a, Tensor(b!) b, Tensor(c!) c, Tensor rows, Tensor grad) -> ()");
   m.def("rows_pread_(int fd, Tensor rows, Tensor(a!) out) -> ()");
   m.def("rows_pwrite(int fd, Tensor rows, Tensor values) -> ()");
+  m.def("row_cache_translate_(Tensor row_slot, Tensor rows, Tensor(a!) last, Tensor(b!) dirty, int clock, bool mark, "
+        "bool write) -> Tensor");
+  m.def("row_cache_sweep_(Tensor(a!) last, int hand, int used, int k, int clock) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(recis_compat, CPU, m) {
   m.impl("sparse_rows_rotate_", &sparse_rows_rotate_cpu);
   m.impl("rows_pread_", &rows_pread_cpu);
   m.impl("rows_pwrite", &rows_pwrite_cpu);
+  m.impl("row_cache_translate_", &row_cache_translate_cpu);
+  m.impl("row_cache_sweep_", &row_cache_sweep_cpu);
 }
 
 }  // namespace recis_compat

@@ -7,19 +7,25 @@ RAM *slabs*, one per slot, ``[cache_rows, *tail]``, at *cache slots*:
 
 * ``row_slot`` (int32 ``[table rows]``): the cache slot of each file row, -1 when not cached
   (4 bytes per table row, outside the budget);
-* per cache slot: ``slot_row`` (int64, -1 = free), ``tick`` (int64: the last access with
-  misses that used it; rows of the running access are never evicted by it), ``ref`` (bool:
-  used since the clock hand last passed it) and ``dirty`` (bool: changed since it was read from the file). The slabs
-  and these 18 bytes per slot are what the budget counts.
+* per cache slot: ``slot_row`` (int64, -1 = free), ``last`` (int32: 0 = not used since the
+  clock hand last passed it, else the number of the access that last used it; rows of the
+  running access, ``last == clock``, are never evicted by it) and ``dirty`` (bool: changed
+  since it was read from the file). The slabs and these 13 bytes per slot are what the budget
+  counts.
 
-An access (:meth:`RowCache.slots_of`) translates file rows to cache slots with one gather when
-every row is cached. Missing rows are read from the files in one batch (sorted, one
+An access (:meth:`RowCache.slots_of`) translates file rows to cache slots and marks their
+recency (and, for the optimizer's rows, their change) in one pass over its rows
+(``row_cache_translate_``, csrc/optim/rows_floor.cpp): the bookkeeping of an access is
+proportional to its rows, never to the cache's slots. A lookup's gather right after its find
+reuses the find's translation (same rows tensor, unchanged, no access in between). Missing rows
+are read from the files in one batch (sorted, one
 ``rows_pread_`` op call per slot, csrc/optim/rows_floor.cpp) into free slots: slots never used
 yet, then more slab rows up to the table's share of the budget
 (:class:`~recis_compat.backend.row_store.CacheBudget`: all its rows when every table of the
 budget fits, else a water level), then victims chosen by a clock sweep
-(second chance: a slot used since the hand last passed it is skipped once); changed victims are
-written back (sorted, one batch per slot) before their slots are reused. A cache
+(``row_cache_sweep_``: second chance, a slot used since the hand last passed it is skipped once;
+the sweep passes about as many slots as it takes victims while most rows are cold); changed
+victims are written back (sorted, one batch per slot) before their slots are reused. A cache
 above its share (another table grew) shrinks to it at its next access. When the rows of one
 access do not fit even after every other row is evicted, the slab grows past the share by the
 shortfall (a warning names the table and the budget needed; the excess is kept in
@@ -51,11 +57,12 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from recis_compat.backend.row_store import FileSlots, strict_overcommit
+from recis_compat.ops.optim import row_cache_sweep_, row_cache_translate_
 
 __all__ = ["RowCache", "META_BYTES"]
 
-META_BYTES = 8 + 8 + 1 + 1      # slot_row, tick, ref, dirty per cache slot
-_MIN_WINDOW = 4096              # slots a clock sweep looks at per round, at least
+META_BYTES = 8 + 4 + 1          # slot_row, last, dirty per cache slot
+_CLOCK_LIMIT = 1 << 30          # access numbers restart below this (``last`` is int32)
 _GROWTH = 1.5                   # slab and index growth factor within the budget
 
 
@@ -78,7 +85,9 @@ class RowCache:
         slabs: ``{slot: Tensor[cache_rows, *tail]}``, the cached rows of every slot (the
             table's slot tensors; a dict object that stays the same, its tensors change when the
             cache grows).
-        clock: accesses so far.
+        clock: the number of the running (last) access, ``[1, 2^30)``: it restarts at 2 when it
+            reaches ``2^30`` (every slot's ``last`` then becomes 1 if it was used since the hand
+            last passed it, else 0: the sweep's order and second chances are kept).
     """
 
     def __init__(self, files: FileSlots, table: str, fresh_values: Callable[[str], Optional[float]]):
@@ -93,6 +102,9 @@ class RowCache:
         self.row_slot = torch.full((0,), -1, dtype=torch.int32)
         self.rows = 0                      # table rows the index covers
         self.clock = 0
+        # the last access: (rows, rows' version, slots, slots' version, whether they were marked used);
+        # None once rows moved in or out or the sweep ran
+        self._memo = None
         self._warned = False
         self._layout()
 
@@ -109,10 +121,10 @@ class RowCache:
         self.used = 0                      # slots [0, used) were handed out at least once
         self.hand = 0
         self.slot_row = torch.zeros(0, dtype=torch.int64)
-        self.tick = torch.zeros(0, dtype=torch.int64)
-        self.ref = torch.zeros(0, dtype=torch.bool)
+        self.last = torch.zeros(0, dtype=torch.int32)
         self.dirty = torch.zeros(0, dtype=torch.bool)
         self.row_slot.fill_(-1)
+        self._memo = None
         self._version = -1                 # the budget version the share was computed at
         self._share = 0
         self.budget.set_held(self, 0)
@@ -139,6 +151,7 @@ class RowCache:
             gone = torch.arange(to, self.used, dtype=torch.int64)
             self._write_back(gone)
             self.row_slot.index_fill_(0, self.slot_row.index_select(0, gone), -1)
+            self._memo = None
             self.budget.evictions += gone.numel()
             self.budget.trims += 1
             self.used = to
@@ -146,8 +159,7 @@ class RowCache:
             self._reserve[name] = self.slabs[name].narrow(0, 0, to).clone()
             self.slabs[name] = self._reserve[name]
         self.slot_row = self.slot_row[:to].clone()
-        self.tick = self.tick[:to].clone()
-        self.ref = self.ref[:to].clone()
+        self.last = self.last[:to].clone()
         self.dirty = self.dirty[:to].clone()
         self.alloc = to
         self.hand = self.hand if self.hand < max(1, self.used) else 0
@@ -190,8 +202,7 @@ class RowCache:
             self.slabs[name] = self._reserve[name].narrow(0, 0, new_alloc)
         extra = new_alloc - old
         self.slot_row = torch.cat([self.slot_row, self.slot_row.new_full((extra,), -1)])
-        self.tick = torch.cat([self.tick, self.tick.new_zeros(extra)])
-        self.ref = torch.cat([self.ref, self.ref.new_zeros(extra)])
+        self.last = torch.cat([self.last, self.last.new_zeros(extra)])
         self.dirty = torch.cat([self.dirty, self.dirty.new_zeros(extra)])
         self.alloc = new_alloc
         self.budget.set_held(self, new_alloc * self.slot_bytes)
@@ -202,23 +213,40 @@ class RowCache:
         rows covered``; any order, duplicates fine), reading the missing ones in. ``write``: the
         caller changes these rows (they are written back when evicted). ``touch=False``: the
         rows were just used by another access (a lookup's gather after its find), so their
-        recency is not marked again."""
+        recency is not marked again; when ``rows`` is the tensor that access translated (or a
+        view of it), unchanged since, and nothing moved in or out of the cache in between, its
+        slots are returned without a second translation."""
         self.clock += 1
+        if self.clock >= _CLOCK_LIMIT:
+            self.last.clamp_(max=1)        # used since the hand passed: 1, else 0 (order kept)
+            self.clock = 2
         self._share_rows()
         if rows.numel() == 0:
             return rows.new_zeros(0)
-        s = self.row_slot.index_select(0, rows)
+        m = self._memo
+        if (m is not None and rows.data_ptr() == m[0].data_ptr() and rows.shape == m[0].shape
+                and rows.dtype == m[0].dtype and rows.stride() == m[0].stride() and rows._version == m[1] and m[2]._version == m[3]):
+            s = m[2]
+            if touch and not m[4]:         # marked by the last access: still "used since the hand passed"
+                self.last.index_fill_(0, s, self.clock)
+                self._memo = m[:4] + (True,)
+            if write:
+                self.dirty.index_fill_(0, s, True)
+            return s
+        s = row_cache_translate_(self.row_slot, rows, self.last, self.dirty, self.clock, touch, write)
         miss = s < 0
-        if bool(miss.any()):
-            self.tick.index_fill_(0, s[~miss].long(), self.clock)     # the access's cached rows stay
-            self._bring_in(torch.unique(rows[miss]))
-            s = self.row_slot.index_select(0, rows)
-            touch = True
-        s = s.long()
-        if touch:
-            self.ref.index_fill_(0, s, True)
-        if write:
-            self.dirty.index_fill_(0, s, True)
+        missed = bool(miss.any())
+        if missed:
+            mp = torch.nonzero(miss).view(-1)
+            mr = rows.index_select(0, mp)
+            if not touch:                  # the access's cached rows stay while its misses come in
+                self.last.index_fill_(0, s[~miss], self.clock)
+            self._bring_in(torch.unique(mr))
+            ms = self.row_slot.index_select(0, mr).long()
+            s.index_copy_(0, mp, ms)
+            if write:
+                self.dirty.index_fill_(0, ms, True)
+        self._memo = (rows, rows._version, s, s._version, touch or missed)
         return s
 
     def _bring_in(self, rows: torch.Tensor) -> None:
@@ -237,8 +265,8 @@ class RowCache:
         self.fresh_from = max(self.fresh_from, int(rows[-1]) + 1)
         self.slot_row.index_copy_(0, slots, rows)
         self.row_slot.index_copy_(0, rows, slots.to(torch.int32))
-        self.tick.index_fill_(0, slots, self.clock)
-        self.ref.index_fill_(0, slots, True)
+        self._memo = None
+        self.last.index_fill_(0, slots, self.clock)
         self.dirty.index_fill_(0, slots, False)
         self.budget.misses += rows.numel()
 
@@ -253,7 +281,7 @@ class RowCache:
         if need and self.used < self.alloc:
             n = min(need, self.alloc - self.used)
             parts.append(torch.arange(self.used, self.used + n, dtype=torch.int64))
-            self.tick.index_fill_(0, parts[-1], self.clock)      # taken: not a victim of the sweep below
+            self.last[self.used:self.used + n] = self.clock      # taken: not a victim of the sweep below
             self.used += n
             need -= n
         if need:
@@ -275,28 +303,18 @@ class RowCache:
 
     def _evict(self, k: int) -> torch.Tensor:
         """Up to ``k`` victim slots among the used ones, by a clock sweep of at most two turns
-        (the first clears the ``ref`` bits it passes); slots of the running access are kept.
-        Changed victims are written back; the victims come back unmapped and pinned."""
+        (``row_cache_sweep_``: the first clears the recency of the slots it passes); slots of
+        the running access are kept. Changed victims are written back; the victims come back
+        unmapped and pinned (``last == clock``)."""
         n = self.used
-        got: List[torch.Tensor] = []
-        found = scanned = 0
-        while found < k and scanned < 2 * n and n:
-            w = min(n, max(2 * (k - found), _MIN_WINDOW))
-            idx = torch.arange(self.hand, self.hand + w, dtype=torch.int64).remainder_(n)
-            ok = ~self.ref.index_select(0, idx) & (self.tick.index_select(0, idx) != self.clock)
-            pos = torch.nonzero(ok).view(-1)[:k - found]
-            passed = int(pos[-1]) + 1 if pos.numel() == k - found else w
-            self.ref.index_fill_(0, idx[:passed], False)
-            if pos.numel():
-                v = idx.index_select(0, pos)
-                self.tick.index_fill_(0, v, self.clock)
-                got.append(v)
-                found += v.numel()
-            self.hand = (self.hand + passed) % n
-            scanned += passed
-        if not got:
+        if not n or not k:
             return torch.zeros(0, dtype=torch.int64)
-        victims = torch.cat(got)
+        victims = row_cache_sweep_(self.last, self.hand, n, k, self.clock)
+        self._memo = None                  # the sweep cleared marks
+        if victims.numel() == k:       # else two whole turns: the hand is back where it started
+            self.hand = (int(victims[-1]) + 1) % n
+        if not victims.numel():
+            return victims
         self._write_back(victims)
         self.row_slot.index_fill_(0, self.slot_row.index_select(0, victims), -1)
         self.slot_row.index_fill_(0, victims, -1)

@@ -88,3 +88,52 @@ def rows_pwrite(fd: int, rows: torch.Tensor, values: torch.Tensor) -> None:
     """
     _host_only("rows_pwrite", rows, values)
     torch.ops.recis_compat.rows_pwrite(int(fd), rows, values)
+
+
+@torch.library.register_fake("recis_compat::row_cache_translate_")
+def _row_cache_translate_fake(row_slot, rows, last, dirty, clock, mark, write):
+    return rows.new_empty(rows.shape)
+
+
+@torch.library.register_fake("recis_compat::row_cache_sweep_")
+def _row_cache_sweep_fake(last, hand, used, k, clock):
+    n = torch.library.get_ctx().new_dynamic_size()
+    return last.new_empty((n,), dtype=torch.int64)
+
+
+def row_cache_translate_(row_slot: torch.Tensor, rows: torch.Tensor, last: torch.Tensor, dirty: torch.Tensor,
+                         clock: int, mark: bool, write: bool) -> torch.Tensor:
+    """The cached_ssd row cache's translation of an access (csrc/optim/rows_floor.cpp,
+    backend/row_cache.py): ``slots[i] = row_slot[rows[i]]`` (-1 where the row is not cached) and,
+    for every cached row, ``last[slot] = clock`` when ``mark`` and ``dirty[slot] = True`` when
+    ``write``, in one pass over ``rows``.
+
+    Args:
+        row_slot: int32 ``[T]``, the cache slot of every file row (-1: not cached).
+        rows: int64 ``[N]`` file rows in ``[0, T)`` (any order, duplicates fine).
+        last: int32 ``[S]`` per cache slot (updated in place).
+        dirty: bool ``[S]`` per cache slot (updated in place).
+        clock: the access's number, in ``[1, 2^31)``.
+
+    Returns:
+        int64 ``[N]`` cache slots.
+    """
+    _host_only("row_cache_translate_", row_slot, rows, last, dirty)
+    return torch.ops.recis_compat.row_cache_translate_(row_slot, rows, last, dirty, int(clock), bool(mark),
+                                                       bool(write))
+
+
+def row_cache_sweep_(last: torch.Tensor, hand: int, used: int, k: int, clock: int) -> torch.Tensor:
+    """Up to ``k`` victim slots of the cached_ssd row cache's clock sweep (csrc/optim/rows_floor.cpp):
+    from slot ``hand`` over slots ``[0, used)``, at most two turns; ``last[s] == 0`` is a victim
+    (then ``last[s] = clock``), ``last[s] == clock`` (the running access) is kept, any other value
+    is cleared to 0 (its second chance).
+
+    Args:
+        last: int32 ``[S]`` per cache slot (updated in place).
+
+    Returns:
+        int64 ``[<= k]`` victim slots in sweep order.
+    """
+    _host_only("row_cache_sweep_", last)
+    return torch.ops.recis_compat.row_cache_sweep_(last, int(hand), int(used), int(k), int(clock))

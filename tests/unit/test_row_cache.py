@@ -17,11 +17,14 @@ import pytest
 import torch
 
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
+from recis_compat.backend.row_cache import META_BYTES
 from recis_compat.backend.row_store import StoreConfig
-from recis_compat.ops.optim import rows_pread_, rows_pwrite, sparse_adam_rows_
+from recis_compat.backend import row_cache as row_cache_mod
+from recis_compat.ops.optim import (row_cache_sweep_, row_cache_translate_, rows_pread_, rows_pwrite,
+                                   sparse_adam_rows_)
 
 DIM = 64
-SLOT_BYTES = DIM * 4 * 3 + 18          # embedding + two moments + the cache's bookkeeping per row
+SLOT_BYTES = DIM * 4 * 3 + META_BYTES  # embedding + two moments + the cache's bookkeeping per row
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -89,6 +92,97 @@ def test_op_errors_name_the_problem(tmp_path):
         os.close(fd)
     with pytest.raises(RuntimeError, match=r"rows_pwrite: writing row 0 .*Bad file descriptor"):
         rows_pwrite(fd, torch.tensor([0]), torch.ones(1, 4))
+
+
+def _sweep_reference(last, hand, used, k, clock):
+    """The clock sweep as a plain loop (row_cache_sweep_'s contract): victims and the state after."""
+    last = last.clone()
+    got, h = [], hand
+    for _ in range(2 * used):
+        if len(got) == k:
+            break
+        v = int(last[h])
+        if v == 0:
+            last[h] = clock
+            got.append(h)
+        elif v != clock:
+            last[h] = 0
+        h = (h + 1) % used
+    return torch.tensor(got, dtype=torch.int64), last
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cache_bookkeeping_ops_match_a_pure_pytorch_reference(threads):
+    """row_cache_translate_ = index_select of the row index + index_fill_ of the recency and
+    change marks of the cached rows; row_cache_sweep_ = the second-chance loop above."""
+    g = torch.Generator().manual_seed(3)
+    T, S = 50_000, 20_000
+    row_slot = torch.full((T,), -1, dtype=torch.int32)
+    cached = torch.randperm(T, generator=g)[:S]
+    row_slot[cached] = torch.randperm(S, generator=g).to(torch.int32)
+    # duplicates, misses, more rows than one parallel chunk
+    rows = torch.cat([torch.randint(0, T, (40_000,), generator=g), cached[:100], cached[:100]])
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for mark, write in [(True, False), (False, True), (True, True), (False, False)]:
+            last = torch.randint(0, 5, (S,), generator=g, dtype=torch.int32)
+            dirty = torch.rand(S, generator=g) < 0.3
+            exp_slots = row_slot.index_select(0, rows).long()
+            hit = exp_slots[exp_slots >= 0]
+            exp_last, exp_dirty = last.clone(), dirty.clone()
+            if mark:
+                exp_last.index_fill_(0, hit, 9)
+            if write:
+                exp_dirty.index_fill_(0, hit, True)
+            got = row_cache_translate_(row_slot, rows, last, dirty, 9, mark, write)
+            assert got.dtype == torch.int64 and torch.equal(got, exp_slots)
+            assert torch.equal(last, exp_last) and torch.equal(dirty, exp_dirty)
+    finally:
+        torch.set_num_threads(prev)
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        used = int(torch.randint(1, 3000, (1,), generator=g))
+        last = torch.randint(0, 4, (used + 7,), generator=g, dtype=torch.int32)   # 3 = the running access
+        hand = int(torch.randint(0, used, (1,), generator=g))
+        for k in (0, 1, used // 3, used):
+            exp_v, exp_last = _sweep_reference(last, hand, used, k, 3)
+            got_last = last.clone()
+            assert torch.equal(row_cache_sweep_(got_last, hand, used, k, 3), exp_v)
+            assert torch.equal(got_last, exp_last)
+    # work proportional to the victims: with cold slots at the hand, only those are passed
+    last = torch.full((10_000,), 2, dtype=torch.int32)
+    last[500:600] = 0
+    v = row_cache_sweep_(last, 500, 10_000, 100, 3)
+    assert torch.equal(v, torch.arange(500, 600)) and bool((last[:500] == 2).all()) and bool((last[600:] == 2).all())
+
+
+def test_cache_bookkeeping_ops_pass_opcheck_and_name_bad_input():
+    row_slot = torch.tensor([2, -1, 0, 1], dtype=torch.int32)
+    last, dirty = torch.zeros(3, dtype=torch.int32), torch.zeros(3, dtype=torch.bool)
+    rows = torch.tensor([0, 1, 3, 3])
+    torch.library.opcheck(torch.ops.recis_compat.row_cache_translate_.default,
+                          (row_slot, rows, last, dirty, 4, True, True))
+    torch.library.opcheck(torch.ops.recis_compat.row_cache_sweep_.default, (torch.zeros(3, dtype=torch.int32), 1, 3, 2, 4),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    with pytest.raises(RuntimeError, match=r"row_cache_translate_: row 7 at position 1 is outside the cache's index \[0, 4\)"):
+        row_cache_translate_(row_slot, torch.tensor([0, 7]), last, dirty, 4, True, False)
+    with pytest.raises(RuntimeError, match=r"row_cache_translate_: row 0 maps to cache slot 2 of 2 \(a corrupt index\)"):
+        row_cache_translate_(row_slot, torch.tensor([0]), last[:2], dirty[:2], 4, True, False)
+    with pytest.raises(RuntimeError, match=r"row_cache_translate_: last must be a contiguous 1-D int32 host tensor"):
+        row_cache_translate_(row_slot, rows, last.long(), dirty, 4, True, False)
+    with pytest.raises(RuntimeError, match=r"row_cache_translate_: dirty must be a contiguous 1-D bool host tensor as "
+                                           r"long as last \(3\)"):
+        row_cache_translate_(row_slot, rows, last, dirty[:2], 4, True, False)
+    with pytest.raises(RuntimeError, match=r"row_cache_translate_: clock must be in \[1, 2\^31\), got 0"):
+        row_cache_translate_(row_slot, rows, last, dirty, 0, True, False)
+    with pytest.raises(RuntimeError, match=r"row_cache_sweep_: hand must be in \[0, used=3\), got 3"):
+        row_cache_sweep_(last, 3, 3, 1, 4)
+    with pytest.raises(RuntimeError, match=r"row_cache_sweep_: used must be in \[0, 3\], got 4"):
+        row_cache_sweep_(last, 0, 4, 1, 4)
+    with pytest.raises(RuntimeError, match="row_cache_sweep_ reads and writes files from host memory|"
+                                           "row_cache_sweep_.*host"):
+        row_cache_sweep_(torch.zeros(3, dtype=torch.int32, device="meta"), 0, 3, 1, 4)
 
 
 # ----------------------------------------------------------------------------- a table and its twin
@@ -292,4 +386,56 @@ def test_new_rows_are_filled_not_read_and_reused_rows_are_read(tmp_path, monkeyp
     grad = torch.randn(reuse.numel(), DIM, generator=g)
     assert torch.equal(_step(ram, reuse, grad, 3), _step(ssd, reuse, grad, 3))
     assert read.get("exp_avg", 0) >= 300               # the reused rows' reset values, from the files
+    _same(ram, ssd)
+
+
+def test_a_lookup_step_translates_its_rows_once(tmp_path, monkeypatch):
+    """Find, gather and the optimizer's rows of one step share one translation (the gather and
+    grad_rows get the find's rows tensor); a rows tensor changed in place, or rows moved in or
+    out of the cache in between, is translated again and gives the right slots."""
+    calls = []
+    orig = row_cache_mod.row_cache_translate_
+
+    def counting(row_slot, rows, *a):
+        calls.append(rows.numel())
+        return orig(row_slot, rows, *a)
+
+    monkeypatch.setattr(row_cache_mod, "row_cache_translate_", counting)
+    ram, ssd = _pair(tmp_path, budget_mb=4, name="once")
+    g = torch.Generator().manual_seed(8)
+    for step in range(1, 6):
+        ids = torch.unique(torch.randint(0, 3000, (800,), generator=g))
+        grad = torch.randn(ids.numel(), DIM, generator=g)
+        calls.clear()
+        assert torch.equal(_step(ram, ids, grad, step), _step(ssd, ids, grad, step))
+        assert calls == [ids.numel()], f"step {step}: translations {calls}"
+    _same(ram, ssd)
+    cache = ssd.storage._cache
+    rows = ssd.find_rows(torch.arange(0, 3000, 7))
+    rows = rows[rows >= 0]
+    s1 = cache.slots_of(rows)
+    rows.add_(0).copy_(torch.flip(rows, [0]))        # same tensor, new contents
+    s2 = cache.slots_of(rows, touch=False)
+    assert torch.equal(s2, torch.flip(s1, [0]))
+    assert torch.equal(cache.slot_row.index_select(0, s2), rows)
+
+
+def test_access_numbers_restart_without_changing_rows_or_evictions(tmp_path, monkeypatch):
+    """``last`` is int32: the access clock restarts (every slot's mark becomes 0 or 1) when it
+    reaches the limit; with a limit of 9 it restarts every few steps, evictions go on and every
+    row stays equal to the in-RAM twin's."""
+    monkeypatch.setattr(row_cache_mod, "_CLOCK_LIMIT", 9)
+    ram, ssd = _pair(tmp_path, name="clock")
+    budget = ssd.storage.store.budget()
+    cache = ssd.storage._cache
+    g = torch.Generator().manual_seed(9)
+    seen = set()
+    for step in range(1, 25):
+        ids = torch.unique(torch.randint(0, 6000, (1000,), generator=g))
+        grad = torch.randn(ids.numel(), DIM, generator=g)
+        assert torch.equal(_step(ram, ids, grad, step), _step(ssd, ids, grad, step))
+        assert 1 <= cache.clock < 9
+        seen.add(cache.clock)
+    assert min(seen) <= 3 and budget.evictions > 5_000
+    assert int(cache.last.max()) < 9 and int(cache.last.min()) >= 0
     _same(ram, ssd)

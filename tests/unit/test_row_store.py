@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import mmap
 import os
 import pathlib
 import subprocess
@@ -355,3 +356,34 @@ def test_close_releases_the_files_disk_space(tmp_path):
     assert not os.path.exists(directory)
     assert impl.storage.slots["embedding"].numel() == 0          # no view keeps the mapping alive
     assert free_after - free_before >= 50_000 * 64 * 4 * 0.9     # the blocks came back
+
+
+def test_scattered_writes_keep_few_pages_mapped_and_drop_them_together(tmp_path, monkeypatch):
+    """Write-backs go through the slot file's mapping; the pages written into stay mapped until
+    about DROP_PAGES of them were (counted over calls), then one madvise drops them: the file's
+    resident pages in this process stay under DROP_PAGES + one call's pages, drops are fewer
+    than calls, and every written row reads back (pread sees the mapping's writes)."""
+    from recis_compat.backend import row_store
+    monkeypatch.setattr(row_store, "DROP_PAGES", 256)
+    files = row_store.FileSlots(row_store.StoreConfig("cached_ssd", str(tmp_path), 4), "drops")
+    f = files.add("embedding", [16], torch.float32)             # 64-byte rows, 64 a page
+    n = 200_000
+    files.resize(n)
+    files.allocate(0, n)
+    drops = []
+    orig = f.drop_pages
+    monkeypatch.setattr(f, "drop_pages", lambda: (drops.append(f.mapped_pages), orig())[1])
+    g = torch.Generator().manual_seed(0)
+    expect = torch.zeros(n, 16)
+    calls = 0
+    for _ in range(12):
+        rows = torch.unique(torch.randint(0, n, (100,), generator=g))      # ~100 distinct pages
+        vals = torch.randn(rows.numel(), 16, generator=g)
+        files.write("embedding", rows, vals)
+        expect[rows] = vals
+        calls += 1
+        resident = _mapped_rss(files.directory)
+        assert resident <= (256 + 100) * mmap.PAGESIZE, resident
+    assert 0 < len(drops) < calls and all(d >= 256 for d in drops)
+    assert torch.equal(files.read("embedding", torch.arange(n)), expect)
+    files.close()
