@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from recis_compat.backend.children import MAX_CHILDREN, encode_ids
-from recis_compat.backend.dynamic_table import DynamicTable, lookup_tables_with_grad
+from recis_compat.backend.dynamic_table import DynamicTable, lookup_tables_with_grad, partition_ids_many
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
 from recis_compat.nn.hashtable_hook import AdmitHook
 from recis_compat.nn.modules.embedding import (DynamicEmbedding, EmbeddingOption, ExchangeEmbResults,
@@ -162,6 +162,9 @@ class RuntimeGroupFeature:
         self.present: List[str] = []
         self.ragged: List[bool] = []
         self.value_counts: List[int] = []
+        # (unique, inverse, [U]) of coalesced_ids when computed with other groups' (a table
+        # that is not sharded; EmbeddingEngine.local_partitions), else None
+        self.partition: Optional[tuple] = None
 
     def clear_child(self) -> None:
         self._names.clear()
@@ -286,14 +289,16 @@ class EmbeddingEngine(nn.Module):
 
     def group_exchange_ids(self, ht_name: str, group: RuntimeGroupFeature) -> ExchangeIDsResults:
         """Dedupe the group's ids and issue their exchange. A table that is not sharded has
-        nothing to exchange: its distinct ids are taken here (``partition_ids``) and
-        ``ids_await`` is None, skipping the staged request (``backend/dynamic_table.py``
+        nothing to exchange: its distinct ids are taken here (``partition_ids``, or
+        ``group.partition``: its result computed for several groups at once by
+        :meth:`local_partitions`) and ``ids_await`` is None, skipping the staged request (``backend/dynamic_table.py``
         ``LookupRequest``: a context and three awaitables per lookup, which cost as much as a
         small table's lookup itself); the values are those of the staged path."""
         table = self._local_table(ht_name)
         if table is None:
             return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
-        uniq, reverse, parts = table.partition_ids(group.coalesced_ids)
+        partition = group.partition
+        uniq, reverse, parts = partition if partition is not None else table.partition_ids(group.coalesced_ids)
         return ExchangeIDsResults(ids=uniq, parts=parts, parts_reverse=[], reverse_index=reverse,
                                   offsets=group.coalesced_offsets, ids_await=None)
 
@@ -365,6 +370,18 @@ class EmbeddingEngine(nn.Module):
                                                   emb_await=None)
             ctx.spans[i] = (emb, base, n)
             base += n
+
+    def local_partitions(self, ctx: EmbeddingEngineContext) -> Dict[int, tuple]:
+        """``{group position: (unique [U], inverse [N], [U])}`` for the groups of tables that
+        are not sharded, when there are several: their ``partition_ids`` by one csrc call over
+        all of them (``partition_ids_many``, backend/dynamic_table.py: the same values, the
+        lists deduped in parallel); empty otherwise (each group dedupes its own ids)."""
+        local = [(i, table) for i, (ht_name, _, _, _) in enumerate(ctx.groups)
+                 if (table := self._local_table(ht_name)) is not None]
+        if len(local) < 2:
+            return {}
+        parts = partition_ids_many([t for _, t in local], [ctx.groups[i][1].coalesced_ids for i, _ in local])
+        return {i: p for (i, _), p in zip(local, parts)}
 
     def group_exchange_embs(self, ht_name: str, group: RuntimeGroupFeature,
                             ids_result: ExchangeIDsResults) -> ExchangeEmbResults:
@@ -542,6 +559,8 @@ class EmbeddingEngine(nn.Module):
         if not isinstance(input_features, dict):
             raise TypeError(f"EmbeddingEngine expects a dict of features, got {type(input_features).__name__}")
         ctx = EmbeddingEngineContext(self.group_features(input_features))
+        for i, partition in self.local_partitions(ctx).items():
+            ctx.groups[i][1].partition = partition
         for entry in ctx.groups:                    # every group's id exchange issued ...
             entry[2] = self.group_exchange_ids(entry[0], entry[1])
         for entry in ctx.groups:                    # ... and its ids sent, before any lookup
