@@ -264,37 +264,40 @@ class _RowsToTables(torch.autograd.Function):
     ``anchors`` (one per table) tie the output into the graph."""
 
     @staticmethod
-    def forward(ctx, emb, impls, rows, scales, *anchors):
-        ctx.impls, ctx.rows, ctx.scales = impls, rows, scales
+    def forward(ctx, emb, impls, rows, scales, present, *anchors):
+        ctx.impls, ctx.rows, ctx.scales, ctx.present = impls, rows, scales, present
         return emb
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.reshape(-1, grad.shape[-1])
         parts = torch.split(grad, [r.numel() for r in ctx.rows])
-        for impl, rows, g, scale in zip(ctx.impls, ctx.rows, parts, ctx.scales):
+        for impl, rows, g, scale, present in zip(ctx.impls, ctx.rows, parts, ctx.scales, ctx.present):
             if scale is not None:
                 g = g * scale
             # rows of one lookup of distinct ids are distinct (absent ones, -1, are dropped)
-            impl.accept_grad(rows, g.contiguous(), unique=True)
-        return (None, None, None, None) + (None,) * len(ctx.impls)
+            impl.accept_grad(rows, g.contiguous(), unique=True, present=present)
+        return (None, None, None, None, None) + (None,) * len(ctx.impls)
 
 
 def lookup_tables_with_grad(impls: Sequence[DynamicTableImpl], anchors: Sequence[torch.Tensor],
                             rows: Sequence[torch.Tensor], scales: Sequence[Optional[float]],
-                            grad: bool = True) -> torch.Tensor:
+                            grad: bool = True, present: Optional[Sequence[bool]] = None) -> torch.Tensor:
     """:func:`lookup_rows_with_grad` for several in-memory tables in one gather: the rows
     ``rows[t]`` (int64 ``[U_t]``, ``-1`` = absent: zeros) of every table ``impls[t]`` (one
     dim and dtype), ``[sum U_t, D]`` in table order; with ``grad``, an autograd node whose
     backward hands table ``t`` the gradient of its row range times ``scales[t]`` (a float or
     None = 1). The values and the gradients each table receives are those of one
-    :func:`lookup_rows_with_grad` per table. The caller holds every table's lock (the slots
+    :func:`lookup_rows_with_grad` per table. ``present[t]`` (default False): ``rows[t]`` holds
+    no ``-1`` (an inserting lookup's rows), so its backward skips that check. The caller holds
+    every table's lock (the slots
     are read here: a file-backed table's rows are not in ``embedding``, so those tables take
     the per-table path)."""
     emb = multi_table_gather([impl.embedding for impl in impls], rows)
     if not grad or not torch.is_grad_enabled():
         return emb
-    return _RowsToTables.apply(emb, list(impls), list(rows), list(scales), *anchors)
+    present = list(present) if present is not None else [False] * len(impls)
+    return _RowsToTables.apply(emb, list(impls), list(rows), list(scales), present, *anchors)
 
 
 def split_per_key(features: KeyedJaggedTensor, emb: torch.Tensor) -> Dict[str, JaggedTensor]:

@@ -230,3 +230,19 @@ def test_concurrent_forwards_over_runs_neither_deadlock_nor_lose_rows():
     assert not errors, errors
     for impl in filter_out_sparse_param(eng).values():
         assert len(impl) == 3 * 20 * 10
+
+
+def test_accept_grad_present_skips_only_the_absent_row_check():
+    """``present=True`` (rows of an inserting lookup) buffers the rows as given; without it rows
+    ``< 0`` are dropped, as before."""
+    from recis_compat.backend.children import ChildrenInfo
+    from recis_compat.backend.table_impl import DynamicTableImpl
+    impl = DynamicTableImpl("t", 2, torch.float32, "cpu", lambda k: torch.zeros(k, 2), 16, ChildrenInfo(["t"], False, "t"))
+    impl.find_or_insert_rows(torch.tensor([5, 6, 7]))
+    impl.accept_grad(torch.tensor([2, 0]), torch.ones(2, 2), unique=True, present=True)
+    rows, grad = impl.grad_rows()
+    assert rows.tolist() == [2, 0] and torch.equal(grad, torch.ones(2, 2))
+    impl.clear_grad()
+    impl.accept_grad(torch.tensor([-1, 1]), torch.tensor([[1.0, 1.0], [2.0, 2.0]]), unique=True)
+    rows, grad = impl.grad_rows()
+    assert rows.tolist() == [1] and grad.tolist() == [[2.0, 2.0]]

@@ -357,8 +357,10 @@ class EmbeddingEngine(nn.Module):
             for table in tables:        # group order: every forward takes the locks in one order
                 stack.enter_context(table.impl.lock)
             rows = [table.lookup_rows(ctx.groups[i][2].ids, ro) for i, table, ro in zip(members, tables, readonly)]
+            # rows of a training lookup that is not read-only are all present (inserted)
             emb = lookup_tables_with_grad([t.impl for t in tables], [t.anchor for t in tables], rows,
-                                          [t.grad_scale() for t in tables], grad=trains)
+                                          [t.grad_scale() for t in tables], grad=trains,
+                                          present=[trains and not ro for ro in readonly])
         base = 0
         for i, r in zip(members, rows):
             _, group, ids_result, _ = ctx.groups[i]
