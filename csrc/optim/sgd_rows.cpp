@@ -49,9 +49,15 @@ void check(at::TensorList tables, at::TensorList rows, at::TensorList grads) {
 
 // w[r[i]][d] = fma(alpha, g[i][d], w[r[i]][d]) for i0 <= i < i1, d < D (the x86-64-v3 clone's
 // vectorised loop is vfmadd, the default clone's std::fma: the same single rounding)
+// (the rows are random: the one kPrefetch ahead is prefetched for writing)
+constexpr int64_t kPrefetch = 16;
+
 RECIS_CPU_CLONES void axpy_rows(float* __restrict__ w, const float* __restrict__ g, const int64_t* r, int64_t i0,
                                 int64_t i1, int64_t D, float alpha) {
   for (int64_t i = i0; i < i1; ++i) {
+    if (i + kPrefetch < i1) {
+      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(w + r[i + kPrefetch] * D + d, 1, 1);
+    }
     float* row = w + r[i] * D;
     const float* gi = g + i * D;
     for (int64_t d = 0; d < D; ++d) row[d] = std::fma(alpha, gi[d], row[d]);
@@ -61,6 +67,9 @@ RECIS_CPU_CLONES void axpy_rows(float* __restrict__ w, const float* __restrict__
 RECIS_CPU_CLONES void axpy_rows(double* __restrict__ w, const double* __restrict__ g, const int64_t* r, int64_t i0,
                                 int64_t i1, int64_t D, double alpha) {
   for (int64_t i = i0; i < i1; ++i) {
+    if (i + kPrefetch < i1) {
+      for (int64_t d = 0; d < D; d += 8) __builtin_prefetch(w + r[i + kPrefetch] * D + d, 1, 1);
+    }
     double* row = w + r[i] * D;
     const double* gi = g + i * D;
     for (int64_t d = 0; d < D; ++d) row[d] = std::fma(alpha, gi[d], row[d]);
