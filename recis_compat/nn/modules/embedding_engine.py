@@ -18,8 +18,11 @@ ids are sent (``exchange_ids``) before any group is looked up (``lookup_exchange
 every group's rows are in flight before the first is pooled; each stage returns right after
 issuing its all-to-all (``backend/exchange.py``). A table that is not sharded (one process, or
 a model not passed through ``shard_model``) has nothing to exchange and is looked up directly
-(:meth:`EmbeddingEngine.group_exchange_ids`). The state of one forward lives in an
-:class:`EmbeddingEngineContext`, never on the module.
+(:meth:`EmbeddingEngine.group_exchange_ids`); the groups of such tables are deduped by one call
+(:meth:`EmbeddingEngine.local_partitions`), and a run of consecutive groups of in-memory
+floating tables with one dim is looked up by one gather and one autograd node
+(:meth:`EmbeddingEngine.lookup_run`), with the values and gradients of a lookup per group. The
+state of one forward lives in an :class:`EmbeddingEngineContext`, never on the module.
 
 Differences from RecIS: a ``shared_name`` used with two configs raises the intended RuntimeError
 (RecIS's message construction raises KeyError); the RaggedTensor weights are used; ``tile_len``
