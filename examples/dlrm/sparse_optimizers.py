@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from recis.optim.sparse_optim import SparseOptimizer
+from recis.optim.sparse_optim import SparseOptimizer, sgd_rows_
 
 __all__ = ["SparseSGD", "SparseAdagrad"]
 
@@ -43,16 +43,12 @@ class SparseSGD(SparseOptimizer):
 
     @torch.no_grad()
     def _apply(self, lr: float) -> None:
-        for table in self._tables.values():
-            if table.read_only:
-                continue
-            with table.lock:
-                got = table.grad_rows(self._grad_accum_steps)
-                if got is None:
-                    continue
-                rows, grad = got          # distinct rows: read, update, write back
-                emb = table.embedding
-                emb.index_copy_(0, rows, emb.index_select(0, rows).add_(grad.to(emb.dtype), alpha=-lr))
+        # every table's distinct rows in one call (sgd_rows_: bit for bit the per-table
+        # index_select / add_ / index_copy_), all tables' locks held from the gradients to the rows
+        with self.grads_of_tables() as got:
+            if got:
+                sgd_rows_([t.embedding for t, _, _ in got], [rows for _, rows, _ in got],
+                          [grad.to(t.dtype) for t, _, grad in got], lr)
 
 
 class SparseAdagrad(SparseOptimizer):

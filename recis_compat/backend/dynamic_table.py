@@ -29,7 +29,7 @@ give zero vectors. Layering: imports ``ops``/``backend`` (and ``utils``) only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -46,7 +46,46 @@ from recis_compat.ops.pooling import gather_rows, sum_rows_by_index
 from recis_compat.utils.device import cuda_unavailable_message
 
 __all__ = ["DynamicTableConfig", "DynamicTable", "DynamicLookupContext", "LookupRequest", "lookup_rows_with_grad",
-           "split_per_key", "record_context_stream"]
+           "lookup_tables_with_grad", "multi_table_gather", "partition_ids_many", "split_per_key",
+           "record_context_stream", "unique_first_seen_many"]
+
+
+@torch.library.register_fake("recis_compat::multi_table_gather")
+def _multi_table_gather_fake(tables, rows):
+    return tables[0].new_empty((sum(r.shape[0] for r in rows), tables[0].shape[1]))
+
+
+@torch.library.register_fake("recis_compat::unique_inverse_multi")
+def _unique_inverse_multi_fake(ids):
+    ctx = torch.library.get_ctx()
+    return [i.new_empty((ctx.new_dynamic_size(),)) for i in ids], [i.new_empty(i.shape) for i in ids]
+
+
+def unique_first_seen_many(ids: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """``ops.id_map.unique_first_seen`` of several int64 id lists ``[N_k]`` in one csrc call
+    (csrc/embedding/multi_unique.cpp; the lists spread over the threads): ``([unique_k [U_k]],
+    [inverse_k [N_k]])``, each pair exactly ``unique_first_seen(ids[k])``."""
+    if len(ids) == 0:       # the dispatcher cannot route an op call without tensors
+        return [], []
+    uniq, inverse = torch.ops.recis_compat.unique_inverse_multi([i.reshape(-1) for i in ids])
+    return list(uniq), list(inverse)
+
+
+def partition_ids_many(tables: Sequence["DynamicTable"], ids: Sequence[torch.Tensor]
+                       ) -> List[Tuple[torch.Tensor, torch.Tensor, List[int]]]:
+    """``[tables[k].partition_ids(ids[k])]`` (tables that are not sharded) by one
+    :func:`unique_first_seen_many`."""
+    uniq, inverse = unique_first_seen_many([t.impl.check_ids(x, "lookup") for t, x in zip(tables, ids)])
+    return [(u, inv, [u.numel()]) for u, inv in zip(uniq, inverse)]
+
+
+def multi_table_gather(tables: Sequence[torch.Tensor], rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``cat_t(tables[t][rows[t]])`` with zero rows where ``rows[t] < 0``, in one csrc call
+    (csrc/embedding/multi_gather.cpp): tables ``[R_t, D]`` (one dtype and D), rows int64
+    ``[U_t]`` -> ``[sum U_t, D]``. No autograd (see :func:`lookup_tables_with_grad`)."""
+    if len(tables) == 0:    # the dispatcher cannot route an op call without tensors
+        raise ValueError("multi_table_gather: needs at least one table")
+    return torch.ops.recis_compat.multi_table_gather(list(tables), list(rows))
 
 
 @dataclass
@@ -218,6 +257,49 @@ def lookup_rows_with_grad(impl: DynamicTableImpl, anchor: torch.Tensor, rows: to
     return _RowsToTable.apply(anchor, emb, rows, impl, scale, expand)
 
 
+class _RowsToTables(torch.autograd.Function):
+    """:class:`_RowsToTable` for several tables at once: identity on ``emb`` ``[sum U_t, D]``
+    (the rows of every table, one after the other); backward cuts the gradient into the tables'
+    row ranges (views, one ``split``) and hands each table its ``(rows, grad * scale)``. The
+    ``anchors`` (one per table) tie the output into the graph."""
+
+    @staticmethod
+    def forward(ctx, emb, impls, rows, scales, present, *anchors):
+        ctx.impls, ctx.rows, ctx.scales, ctx.present = impls, rows, scales, present
+        return emb
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.reshape(-1, grad.shape[-1])
+        parts = torch.split(grad, [r.numel() for r in ctx.rows])
+        for impl, rows, g, scale, present in zip(ctx.impls, ctx.rows, parts, ctx.scales, ctx.present):
+            if scale is not None:
+                g = g * scale
+            # rows of one lookup of distinct ids are distinct (absent ones, -1, are dropped)
+            impl.accept_grad(rows, g.contiguous(), unique=True, present=present)
+        return (None, None, None, None, None) + (None,) * len(ctx.impls)
+
+
+def lookup_tables_with_grad(impls: Sequence[DynamicTableImpl], anchors: Sequence[torch.Tensor],
+                            rows: Sequence[torch.Tensor], scales: Sequence[Optional[float]],
+                            grad: bool = True, present: Optional[Sequence[bool]] = None) -> torch.Tensor:
+    """:func:`lookup_rows_with_grad` for several in-memory tables in one gather: the rows
+    ``rows[t]`` (int64 ``[U_t]``, ``-1`` = absent: zeros) of every table ``impls[t]`` (one
+    dim and dtype), ``[sum U_t, D]`` in table order; with ``grad``, an autograd node whose
+    backward hands table ``t`` the gradient of its row range times ``scales[t]`` (a float or
+    None = 1). The values and the gradients each table receives are those of one
+    :func:`lookup_rows_with_grad` per table. ``present[t]`` (default False): ``rows[t]`` holds
+    no ``-1`` (an inserting lookup's rows), so its backward skips that check. The caller holds
+    every table's lock (the slots
+    are read here: a file-backed table's rows are not in ``embedding``, so those tables take
+    the per-table path)."""
+    emb = multi_table_gather([impl.embedding for impl in impls], rows)
+    if not grad or not torch.is_grad_enabled():
+        return emb
+    present = list(present) if present is not None else [False] * len(impls)
+    return _RowsToTables.apply(emb, list(impls), list(rows), list(scales), present, *anchors)
+
+
 def split_per_key(features: KeyedJaggedTensor, emb: torch.Tensor) -> Dict[str, JaggedTensor]:
     """Cut the per-id embeddings ``emb`` ``[N, D]`` of ``features.values()`` into one
     ``JaggedTensor`` per key (the key's lengths and weights)."""
@@ -264,6 +346,31 @@ class DynamicTable(nn.Module):
         """The 0-dim ``requires_grad`` tensor every lookup's output depends on, so that backward
         reaches the table (its gradient stays zero; the rows' gradients go to ``impl``)."""
         return self._anchor
+
+    @property
+    def in_memory(self) -> bool:
+        """Every row of the table is in its ``embedding`` slot tensor (not a file-backed store,
+        backend/row_cache.py), so :func:`lookup_tables_with_grad` may gather from it."""
+        return not self.impl.storage.file_backed
+
+    def grad_scale(self) -> Optional[float]:
+        """What :meth:`lookup_unique` (without ``counts``) multiplies the gradient of its rows
+        by: ``1 / world_size`` for ``grad_reduce_by="worker"`` over several workers, else None."""
+        if self.config.grad_reduce_by == "worker" and self.config.world_size > 1:
+            return 1.0 / self.config.world_size
+        return None
+
+    def lookup_rows(self, unique_ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
+        """The rows (int64 ``[U]``, ``-1`` = absent) of distinct int64 ids ``[U]`` as
+        :meth:`lookup_unique` finds them: unknown ids inserted in training mode (floating table,
+        not ``readonly``), the lookup listeners told. Gather them with
+        :func:`lookup_tables_with_grad` (gradients only when :attr:`trains_rows`)."""
+        return self._rows(unique_ids, readonly)
+
+    @property
+    def trains_rows(self) -> bool:
+        """Lookups in the current mode give rows with gradients (training, floating table)."""
+        return self.training and not self.impl.read_only
 
     def _rows(self, unique_ids: torch.Tensor, readonly: bool) -> torch.Tensor:
         insert = self.training and not readonly and not self.impl.read_only

@@ -376,18 +376,21 @@ class DynamicTableImpl(OwnLock):
         self._note_written(rows)
 
     # ------------------------------------------------------------------ gradients
-    def accept_grad(self, grad_index: torch.Tensor, grad: torch.Tensor, unique: bool = False) -> None:
+    def accept_grad(self, grad_index: torch.Tensor, grad: torch.Tensor, unique: bool = False,
+                    present: bool = False) -> None:
         """Buffer ``grad`` ``[N, dim]`` for rows ``grad_index`` (int64 ``[N]``). Rows ``< 0``
         (ids a ReadOnly lookup did not find) are dropped (RecIS passes them on: Q23).
         ``unique=True`` promises the rows are distinct (lookups of deduplicated ids), which lets
-        :meth:`grad_rows` skip the merge when this is the only buffered gradient."""
+        :meth:`grad_rows` skip the merge when this is the only buffered gradient;
+        ``present=True`` that none is ``< 0`` (rows of an inserting lookup), which skips the
+        check."""
         if grad_index.dtype != torch.int64:
             raise TypeError(f"table {self.name!r}: accept_grad index must be int64, got {grad_index.dtype}")
         if grad.dtype != self.dtype:
             raise TypeError(f"table {self.name!r}: accept_grad got {grad.dtype} gradients, the table is {self.dtype}")
         grad = grad.reshape(grad_index.numel(), self.dim)
-        keep = grad_index >= 0
-        if not bool(keep.all()):
+        keep = None if present else grad_index >= 0
+        if keep is not None and not bool(keep.all()):
             grad_index, grad = grad_index[keep], grad[keep]
         if grad_index.numel():
             with self.lock:

@@ -21,16 +21,41 @@ table meanwhile nor applies half of a gradient.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.ops.optim import sparse_adam_rows_
 
-__all__ = ["SparseOptimizer", "SparseAdamFamily"]
+__all__ = ["SparseOptimizer", "SparseAdamFamily", "sgd_rows_"]
+
+
+@torch.library.register_fake("recis_compat::sgd_rows_multi_")
+def _sgd_rows_multi_fake(tables, rows, grads, lr):
+    return None
+
+
+def sgd_rows_(slots: Sequence[torch.Tensor], rows: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+              lr: float) -> None:
+    """``slot[rows] -= lr * grad`` for several tables: ``slots[t]`` ``[R_t, D_t]`` (updated in
+    place), ``rows[t]`` int64 ``[U_t]`` distinct (what :meth:`DynamicTableImpl.grad_rows` gives),
+    ``grads[t]`` ``[U_t, D_t]`` of the slot's dtype. Bit for bit
+    ``slot.index_copy_(0, rows, slot.index_select(0, rows).add_(grad, alpha=-lr))`` per table (the
+    SGD update of ``torch.optim.SGD`` on a sparse gradient); float32/float64 slots are updated by
+    one csrc call (csrc/optim/sgd_rows.cpp), others (half, bfloat16) by those ATen ops."""
+    fused = [t for t, s in enumerate(slots) if s.dtype in (torch.float32, torch.float64) and s.is_contiguous()]
+    if fused:
+        torch.ops.recis_compat.sgd_rows_multi_([slots[t] for t in fused], [rows[t] for t in fused],
+                                               [grads[t].contiguous() for t in fused], float(lr))
+    if len(fused) != len(slots):
+        done = set(fused)
+        for t, slot in enumerate(slots):
+            if t not in done:
+                slot.index_copy_(0, rows[t], slot.index_select(0, rows[t]).add_(grads[t], alpha=-lr))
 
 
 def _check_hyper(name: str, lr, beta1, beta2, eps, weight_decay) -> None:
@@ -126,6 +151,24 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     def _apply(self, lr: float) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _apply(lr)")
+
+    @contextlib.contextmanager
+    def grads_of_tables(self) -> Iterator[List[Tuple[DynamicTableImpl, torch.Tensor, torch.Tensor]]]:
+        """Every trainable table's summed gradient of this step, for an update of all tables at
+        once: yields ``[(table, rows [U] int64, grad [U, dim])]`` (``grad_rows`` with the
+        accumulation steps; tables without gradients left out) while holding every listed
+        table's lock, taken in table order, so that no lookup grows a table or adds gradients
+        between reading them and writing the rows (what a per-table ``with table.lock`` gives)."""
+        with contextlib.ExitStack() as stack:
+            got = []
+            for table in self._tables.values():
+                if table.read_only:
+                    continue
+                stack.enter_context(table.lock)
+                g = table.grad_rows(self._grad_accum_steps)
+                if g is not None:
+                    got.append((table, g[0], g[1]))
+            yield got
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> "OrderedDict[str, torch.Tensor]":

@@ -18,8 +18,11 @@ ids are sent (``exchange_ids``) before any group is looked up (``lookup_exchange
 every group's rows are in flight before the first is pooled; each stage returns right after
 issuing its all-to-all (``backend/exchange.py``). A table that is not sharded (one process, or
 a model not passed through ``shard_model``) has nothing to exchange and is looked up directly
-(:meth:`EmbeddingEngine.group_exchange_ids`). The state of one forward lives in an
-:class:`EmbeddingEngineContext`, never on the module.
+(:meth:`EmbeddingEngine.group_exchange_ids`); the groups of such tables are deduped by one call
+(:meth:`EmbeddingEngine.local_partitions`), and a run of consecutive groups of in-memory
+floating tables with one dim is looked up by one gather and one autograd node
+(:meth:`EmbeddingEngine.lookup_run`), with the values and gradients of a lookup per group. The
+state of one forward lives in an :class:`EmbeddingEngineContext`, never on the module.
 
 Differences from RecIS: a ``shared_name`` used with two configs raises the intended RuntimeError
 (RecIS's message construction raises KeyError); the RaggedTensor weights are used; ``tile_len``
@@ -35,16 +38,17 @@ hands each forward its own copies, so forwards from several threads share no per
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from recis_compat.backend.children import MAX_CHILDREN, encode_ids
-from recis_compat.backend.dynamic_table import DynamicTable
+from recis_compat.backend.dynamic_table import DynamicTable, lookup_tables_with_grad, partition_ids_many
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
 from recis_compat.nn.hashtable_hook import AdmitHook
 from recis_compat.nn.modules.embedding import (DynamicEmbedding, EmbeddingOption, ExchangeEmbResults,
@@ -161,6 +165,9 @@ class RuntimeGroupFeature:
         self.present: List[str] = []
         self.ragged: List[bool] = []
         self.value_counts: List[int] = []
+        # (unique, inverse, [U]) of coalesced_ids when computed with other groups' (a table
+        # that is not sharded; EmbeddingEngine.local_partitions), else None
+        self.partition: Optional[tuple] = None
 
     def clear_child(self) -> None:
         self._names.clear()
@@ -209,6 +216,9 @@ class EmbeddingEngineContext:
 
     def __init__(self, groups: List[tuple]):
         self.groups = [[ht_name, group, None, None] for ht_name, group in groups]
+        # group position -> (rows of a run of tables gathered together [sum U, dim], first row
+        # of this group's, its row count): groups looked up by EmbeddingEngine.lookup_run
+        self.spans: Dict[int, Tuple[torch.Tensor, int, int]] = {}
 
 
 class EmbeddingEngine(nn.Module):
@@ -282,16 +292,101 @@ class EmbeddingEngine(nn.Module):
 
     def group_exchange_ids(self, ht_name: str, group: RuntimeGroupFeature) -> ExchangeIDsResults:
         """Dedupe the group's ids and issue their exchange. A table that is not sharded has
-        nothing to exchange: its distinct ids are taken here (``partition_ids``) and
-        ``ids_await`` is None, skipping the staged request (``backend/dynamic_table.py``
+        nothing to exchange: its distinct ids are taken here (``partition_ids``, or
+        ``group.partition``: its result computed for several groups at once by
+        :meth:`local_partitions`) and ``ids_await`` is None, skipping the staged request (``backend/dynamic_table.py``
         ``LookupRequest``: a context and three awaitables per lookup, which cost as much as a
         small table's lookup itself); the values are those of the staged path."""
         table = self._local_table(ht_name)
         if table is None:
             return self._ht[ht_name].exchange_ids(group.coalesced_ids, group.coalesced_offsets)
-        uniq, reverse, parts = table.partition_ids(group.coalesced_ids)
+        partition = group.partition
+        uniq, reverse, parts = partition if partition is not None else table.partition_ids(group.coalesced_ids)
         return ExchangeIDsResults(ids=uniq, parts=parts, parts_reverse=[], reverse_index=reverse,
                                   offsets=group.coalesced_offsets, ids_await=None)
+
+    def _check_admit_hook(self, ht_name: str, group: RuntimeGroupFeature) -> bool:
+        """Whether the group's lookup is read-only (``AdmitHook('ReadOnly')``); AssertionError
+        naming the table for any other admit hook."""
+        admit_hook = group.admit_hook
+        if admit_hook is not None and (not isinstance(admit_hook, AdmitHook) or admit_hook.name != "ReadOnly"):
+            raise AssertionError(f"table {self._ht[ht_name].name!r}: only AdmitHook('ReadOnly') is supported, "
+                                 f"got {admit_hook}")
+        return admit_hook is not None
+
+    def _run_key(self, ht_name: str, ids_result: ExchangeIDsResults) -> Optional[tuple]:
+        """What consecutive groups must share to be looked up by one gather
+        (:meth:`lookup_run`); None for a group looked up on its own: a sharded table
+        (its rows come through exchanges), a file-backed one (its rows are read through its
+        cache) or an integer table."""
+        if ids_result.ids_await is not None:
+            return None
+        table = self._local_table(ht_name)
+        if table is None or not table.in_memory or table.impl.read_only:
+            return None
+        impl = table.impl
+        return (table.trains_rows, impl.dtype, impl.dim, impl.device)
+
+    def local_runs(self, ctx: EmbeddingEngineContext) -> List[Tuple[List[int], bool]]:
+        """The runs of consecutive groups of ``ctx`` (after :meth:`group_exchange_ids`) with the
+        same :meth:`_run_key`, at least two groups each: ``[(group positions, rows train)]``.
+        :meth:`lookup_run` looks each up by one gather."""
+        keys = [self._run_key(e[0], e[2]) for e in ctx.groups]
+        runs = []
+        i = 0
+        while i < len(keys):
+            j = i + 1
+            while keys[i] is not None and j < len(keys) and keys[j] == keys[i]:
+                j += 1
+            if j - i >= 2:
+                runs.append((list(range(i, j)), keys[i][0]))
+            i = j
+        return runs
+
+    def lookup_run(self, ctx: EmbeddingEngineContext, members: List[int], trains: bool) -> None:
+        """Look up the groups ``members`` (a run of :meth:`local_runs`) by one gather: per group,
+        the table's ``lookup_rows`` (find or insert, as ``lookup_unique``), in group order, all
+        the run's tables' locks held; then one ``lookup_tables_with_grad`` over the run
+        (backend/dynamic_table.py: one csrc gather into ``[sum U, dim]`` and one autograd node
+        whose backward hands each table its rows' gradient). The values, the rows created and
+        their initial values, and the gradients the tables receive are those of one
+        :meth:`group_exchange_embs` per group; the per-group gathers, autograd nodes and
+        missing-row checks (~60 us a table) are saved, and the merged pooling
+        (:meth:`reduce_groups`) takes the run's rows without concatenating them. Fills
+        ``ctx.groups[i][3]`` (``emb``: the group's rows, a view of the run's) and ``ctx.spans``."""
+        tables = [self._local_table(ctx.groups[i][0]) for i in members]
+        readonly = [self._check_admit_hook(ctx.groups[i][0], ctx.groups[i][1]) for i in members]
+        with contextlib.ExitStack() as stack:
+            for table in tables:        # group order: every forward takes the locks in one order
+                stack.enter_context(table.impl.lock)
+            rows = [table.lookup_rows(ctx.groups[i][2].ids, ro) for i, table, ro in zip(members, tables, readonly)]
+            # rows of a training lookup that is not read-only are all present (inserted)
+            emb = lookup_tables_with_grad([t.impl for t in tables], [t.anchor for t in tables], rows,
+                                          [t.grad_scale() for t in tables], grad=trains,
+                                          present=[trains and not ro for ro in readonly])
+        base = 0
+        for i, r in zip(members, rows):
+            _, group, ids_result, _ = ctx.groups[i]
+            n = r.numel()
+            ids_result.parts_reverse = [n]
+            # the group's own rows (a view), for per-group consumers (group_reduce)
+            ctx.groups[i][3] = ExchangeEmbResults(emb=emb.narrow(0, base, n), reverse_index=ids_result.reverse_index,
+                                                  emb_shape=(n, group.dim), offsets=ids_result.offsets,
+                                                  emb_await=None)
+            ctx.spans[i] = (emb, base, n)
+            base += n
+
+    def local_partitions(self, ctx: EmbeddingEngineContext) -> Dict[int, tuple]:
+        """``{group position: (unique [U], inverse [N], [U])}`` for the groups of tables that
+        are not sharded, when there are several: their ``partition_ids`` by one csrc call over
+        all of them (``partition_ids_many``, backend/dynamic_table.py: the same values, the
+        lists deduped in parallel); empty otherwise (each group dedupes its own ids)."""
+        local = [(i, table) for i, (ht_name, _, _, _) in enumerate(ctx.groups)
+                 if (table := self._local_table(ht_name)) is not None]
+        if len(local) < 2:
+            return {}
+        parts = partition_ids_many([t for _, t in local], [ctx.groups[i][1].coalesced_ids for i, _ in local])
+        return {i: p for (i, _), p in zip(local, parts)}
 
     def group_exchange_embs(self, ht_name: str, group: RuntimeGroupFeature,
                             ids_result: ExchangeIDsResults) -> ExchangeEmbResults:
@@ -302,11 +397,9 @@ class EmbeddingEngine(nn.Module):
         dyn = self._ht[ht_name]
         if ids_result.ids_await is not None:
             return dyn.lookup_exchange_emb(ids_result, group.admit_hook)
-        admit_hook = group.admit_hook
-        if admit_hook is not None and (not isinstance(admit_hook, AdmitHook) or admit_hook.name != "ReadOnly"):
-            raise AssertionError(f"table {dyn.name!r}: only AdmitHook('ReadOnly') is supported, got {admit_hook}")
+        readonly = self._check_admit_hook(ht_name, group)
         with dyn.hashtable.impl.lock:
-            emb = dyn.hashtable.lookup_unique(ids_result.ids, readonly=admit_hook is not None)
+            emb = dyn.hashtable.lookup_unique(ids_result.ids, readonly=readonly)
         ids_result.parts_reverse = [ids_result.ids.numel()]
         return ExchangeEmbResults(emb=emb, reverse_index=ids_result.reverse_index,
                                   emb_shape=(ids_result.ids.numel(), group.dim),
@@ -366,29 +459,50 @@ class EmbeddingEngine(nn.Module):
         initializers: 19 physical tables) was a large part of the forward and backward."""
         out: Dict[str, torch.Tensor] = {}
         batches: "OrderedDict[tuple, list]" = OrderedDict()
-        for ht_name, group, _, emb_result in ctx.groups:
-            emb = _cast_for_reduce(self._ht[ht_name].wait_exchange_emb(emb_result), group.fp16_enabled)
+        for i, (ht_name, group, _, emb_result) in enumerate(ctx.groups):
+            span = ctx.spans.get(i)
+            if span is None:
+                emb = _cast_for_reduce(self._ht[ht_name].wait_exchange_emb(emb_result), group.fp16_enabled)
+            else:
+                emb = span[0]       # a run's rows (floating): dtype, device and dim of the group's
             key = self._pool_key(group, emb)
             if key is None:
                 out.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
             else:
-                batches.setdefault(key, []).append((ht_name, group, emb_result, emb))
+                batches.setdefault(key, []).append((ht_name, group, emb_result, emb, i))
         for members in batches.values():
             if len(members) == 1:
-                ht_name, group, emb_result, _ = members[0]
+                ht_name, group, emb_result, _, _ = members[0]
                 out.update(self.split_group_embs(group, self.group_reduce(ht_name, group, emb_result)))
                 continue
-            out.update(self._reduce_merged(members))
+            out.update(self._reduce_merged(ctx, members))
         return out
 
-    def _reduce_merged(self, members: List[tuple]) -> Dict[str, torch.Tensor]:
-        """One pooling call over ``members`` ``[(table, group, ExchangeEmbResults, rows [U_g, dim])]``
-        that share a ``_pool_key`` (see ``reduce_groups``)."""
-        rows, reverse, ends, weights = [], [], [], []
+    @staticmethod
+    def _merged_rows(ctx: EmbeddingEngineContext, members: List[tuple]) -> torch.Tensor:
+        """The rows of ``members`` one after the other ``[sum U, dim]``: a run's rows as they
+        are (or a slice of them) when the members are consecutive groups of one run
+        (:meth:`lookup_run`), else their concatenation."""
+        spans = [ctx.spans.get(m[4]) for m in members]
+        if all(sp is not None for sp in spans):
+            fused, base = spans[0][0], spans[0][1]
+            end = base
+            for sp in spans:
+                if sp[0] is not fused or sp[1] != end:
+                    break
+                end += sp[2]
+            else:
+                return fused if base == 0 and end == fused.shape[0] else fused.narrow(0, base, end - base)
+        return torch.cat([m[2].emb.view(m[2].emb_shape) if sp is not None else m[3] for m, sp in zip(members, spans)])
+
+    def _reduce_merged(self, ctx: EmbeddingEngineContext, members: List[tuple]) -> Dict[str, torch.Tensor]:
+        """One pooling call over ``members`` ``[(table, group, ExchangeEmbResults, rows [U_g, dim]
+        (or a run's rows, see ``reduce_groups``), group position)]`` that share a ``_pool_key``
+        (see ``reduce_groups``)."""
+        reverse, ends, weights = [], [], []
         row_bases, id_bases, n_ids, n_bags = [], [], [], []
         row_base = id_base = 0
-        for _, group, emb_result, emb in members:
-            rows.append(emb)
+        for _, group, emb_result, emb, _ in members:
             reverse.append(emb_result.reverse_index)
             ends.append(group.coalesced_offsets[1:].to(torch.int64))
             if group.coalesced_weights is not None:
@@ -397,9 +511,10 @@ class EmbeddingEngine(nn.Module):
             id_bases.append(id_base)
             n_ids.append(emb_result.reverse_index.numel())
             n_bags.append(ends[-1].numel())
-            row_base += emb.shape[0]
+            row_base += emb_result.emb_shape[0]
             id_base += n_ids[-1]
-        device = rows[0].device
+        all_rows = self._merged_rows(ctx, members)
+        device = all_rows.device
         # every group's reverse indices shifted by the rows before it (-1, a missing id, stays
         # -1) and its bag ends by the ids before it: a few ops for all groups, not a few per group
         rev = torch.cat(reverse)
@@ -412,12 +527,12 @@ class EmbeddingEngine(nn.Module):
                                               output_size=ends.numel())
         offsets = torch.cat([members[0][1].coalesced_offsets[:1].to(torch.int64), ends])
         first = members[0][1]
-        pooled = ragged_embedding_segment_reduce(torch.cat(rows), torch.cat(weights) if weights else None,
+        pooled = ragged_embedding_segment_reduce(all_rows, torch.cat(weights) if weights else None,
                                                  rev, offsets, first.combiner)
-        sizes = [n for _, group, _, _ in members for n in group.split_size]
+        sizes = [n for _, group, _, _, _ in members for n in group.split_size]
         parts = iter(torch.split(pooled, sizes))
         out: Dict[str, torch.Tensor] = {}
-        for _, group, _, _ in members:
+        for _, group, _, _, _ in members:
             embs = {name: next(parts).view(tuple(shape) + (pooled.shape[1],))
                     for name, shape in zip(group.present, group.shapes)}
             out.update(self.split_group_embs(group, embs))
@@ -449,13 +564,19 @@ class EmbeddingEngine(nn.Module):
         if not isinstance(input_features, dict):
             raise TypeError(f"EmbeddingEngine expects a dict of features, got {type(input_features).__name__}")
         ctx = EmbeddingEngineContext(self.group_features(input_features))
+        for i, partition in self.local_partitions(ctx).items():
+            ctx.groups[i][1].partition = partition
         for entry in ctx.groups:                    # every group's id exchange issued ...
             entry[2] = self.group_exchange_ids(entry[0], entry[1])
         for entry in ctx.groups:                    # ... and its ids sent, before any lookup
             if entry[2].ids_await is not None:      # None: a table that is not sharded
                 entry[2].ids_await.send()
-        for entry in ctx.groups:                    # lookups; every group's rows in flight ...
-            entry[3] = self.group_exchange_embs(entry[0], entry[1], entry[2])
+        runs = {members[0]: (members, trains) for members, trains in self.local_runs(ctx)}
+        for i, entry in enumerate(ctx.groups):      # lookups; every group's rows in flight ...
+            if i in runs:                           # a run of unsharded tables: one gather
+                self.lookup_run(ctx, *runs[i])
+            if entry[3] is None:
+                entry[3] = self.group_exchange_embs(entry[0], entry[1], entry[2])
         embedded = self.reduce_groups(ctx)          # ... before the first is pooled
         out = OrderedDict((k, embedded[k]) for k in self._emb_opts if k in embedded)
         out.update(self.format_direct_out(input_features))
