@@ -42,33 +42,13 @@ from recis_compat.backend.exchange import ReceivedIds
 from recis_compat.backend.row_store import StoreConfig
 from recis_compat.backend.table_impl import DynamicTableImpl
 from recis_compat.ops.id_map import unique_first_seen
+from recis_compat.ops.multi_table import multi_table_gather, unique_first_seen_many
 from recis_compat.ops.pooling import gather_rows, sum_rows_by_index
 from recis_compat.utils.device import cuda_unavailable_message
 
 __all__ = ["DynamicTableConfig", "DynamicTable", "DynamicLookupContext", "LookupRequest", "lookup_rows_with_grad",
-           "lookup_tables_with_grad", "multi_table_gather", "partition_ids_many", "split_per_key",
-           "record_context_stream", "unique_first_seen_many"]
-
-
-@torch.library.register_fake("recis_compat::multi_table_gather")
-def _multi_table_gather_fake(tables, rows):
-    return tables[0].new_empty((sum(r.shape[0] for r in rows), tables[0].shape[1]))
-
-
-@torch.library.register_fake("recis_compat::unique_inverse_multi")
-def _unique_inverse_multi_fake(ids):
-    ctx = torch.library.get_ctx()
-    return [i.new_empty((ctx.new_dynamic_size(),)) for i in ids], [i.new_empty(i.shape) for i in ids]
-
-
-def unique_first_seen_many(ids: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """``ops.id_map.unique_first_seen`` of several int64 id lists ``[N_k]`` in one csrc call
-    (csrc/embedding/multi_unique.cpp; the lists spread over the threads): ``([unique_k [U_k]],
-    [inverse_k [N_k]])``, each pair exactly ``unique_first_seen(ids[k])``."""
-    if len(ids) == 0:       # the dispatcher cannot route an op call without tensors
-        return [], []
-    uniq, inverse = torch.ops.recis_compat.unique_inverse_multi([i.reshape(-1) for i in ids])
-    return list(uniq), list(inverse)
+           "lookup_tables_with_grad", "partition_ids_many", "split_per_key",
+           "record_context_stream"]
 
 
 def partition_ids_many(tables: Sequence["DynamicTable"], ids: Sequence[torch.Tensor]
@@ -77,15 +57,6 @@ def partition_ids_many(tables: Sequence["DynamicTable"], ids: Sequence[torch.Ten
     :func:`unique_first_seen_many`."""
     uniq, inverse = unique_first_seen_many([t.impl.check_ids(x, "lookup") for t, x in zip(tables, ids)])
     return [(u, inv, [u.numel()]) for u, inv in zip(uniq, inverse)]
-
-
-def multi_table_gather(tables: Sequence[torch.Tensor], rows: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``cat_t(tables[t][rows[t]])`` with zero rows where ``rows[t] < 0``, in one csrc call
-    (csrc/embedding/multi_gather.cpp): tables ``[R_t, D]`` (one dtype and D), rows int64
-    ``[U_t]`` -> ``[sum U_t, D]``. No autograd (see :func:`lookup_tables_with_grad`)."""
-    if len(tables) == 0:    # the dispatcher cannot route an op call without tensors
-        raise ValueError("multi_table_gather: needs at least one table")
-    return torch.ops.recis_compat.multi_table_gather(list(tables), list(rows))
 
 
 @dataclass

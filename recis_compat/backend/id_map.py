@@ -13,8 +13,9 @@ map appears in its state dict; this class gives it :meth:`state_dict` / :meth:`l
 
 Growth policy (amortised, no rebuild per batch): with ``used = size + tombstones``, a batch of N
 ids goes straight to the kernel when ``used + N <= max_load * capacity`` (default 0.8; N counts
-repeats, so this is conservative). Otherwise the exact counts are read and the batch is inserted
-in chunks that each fit the remaining room (``room = max_load * capacity - used``; a chunk of
+repeats, so this is conservative). Otherwise the exact counts are read and the batch's absent ids
+found; if its distinct new ids fit the remaining room (and N the capacity) it goes in one
+call, else it is inserted in chunks that each fit the remaining room (``room = max_load * capacity - used``; a chunk of
 already-present ids consumes no room), and the table is rehashed only when the room drops below
 ``max(1024, capacity / 64)``: to ``ceil(GROWTH * (size + extra) / max_load)`` slots rounded down
 to whole 5-slot buckets (``GROWTH`` = 1.5; bucket counts need not be powers of two, the kernels
@@ -247,8 +248,12 @@ class IdMap(OwnLock):
             size, _, tomb, _ = self._counts()
             remaining = n - pos
             room = int(self.max_load * self.capacity) - size - tomb
-            if room < min(remaining, max(_MIN_CHUNK, self.capacity // 64)):
-                need_left = need - (size - size0)
+            need_left = need - (size - size0)
+            if 0 <= need_left <= room and remaining < self.capacity - size - tomb:
+                # every new id still to come fits below the load limit: the rest in one call
+                # (the kernel only asks that the call's length stays below the capacity)
+                take = remaining
+            elif room < min(remaining, max(_MIN_CHUNK, self.capacity // 64)):
                 if need_left > 0 or room < 1:
                     # nearly full: grow once for every new id still to come, so the load after
                     # the batch is max_load / GROWTH whatever its repeats
@@ -257,7 +262,9 @@ class IdMap(OwnLock):
                 # only known ids remain: they take no slot, the kernel only needs the batch
                 # to stay below the capacity
                 room = self.capacity - size - tomb - 1
-            take = min(remaining, room)
+                take = min(remaining, room)
+            else:
+                take = min(remaining, room)
             r, nw = _ops.find_or_insert(self._table, self._meta, self._free, flat[pos:pos + take])
             rows_parts.append(r)
             new_parts.append(nw)

@@ -29,14 +29,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from recis_compat.backend.table_impl import DynamicTableImpl
+from recis_compat.ops.multi_table import sgd_rows_multi_
 from recis_compat.ops.optim import sparse_adam_rows_
 
 __all__ = ["SparseOptimizer", "SparseAdamFamily", "sgd_rows_"]
-
-
-@torch.library.register_fake("recis_compat::sgd_rows_multi_")
-def _sgd_rows_multi_fake(tables, rows, grads, lr):
-    return None
 
 
 def sgd_rows_(slots: Sequence[torch.Tensor], rows: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
@@ -49,8 +45,7 @@ def sgd_rows_(slots: Sequence[torch.Tensor], rows: Sequence[torch.Tensor], grads
     one csrc call (csrc/optim/sgd_rows.cpp), others (half, bfloat16) by those ATen ops."""
     fused = [t for t, s in enumerate(slots) if s.dtype in (torch.float32, torch.float64) and s.is_contiguous()]
     if fused:
-        torch.ops.recis_compat.sgd_rows_multi_([slots[t] for t in fused], [rows[t] for t in fused],
-                                               [grads[t].contiguous() for t in fused], float(lr))
+        sgd_rows_multi_([slots[t] for t in fused], [rows[t] for t in fused], [grads[t] for t in fused], lr)
     if len(fused) != len(slots):
         done = set(fused)
         for t, slot in enumerate(slots):

@@ -8,7 +8,7 @@ references written from their contracts, opcheck, errors, CUDA twins:
 import pytest
 import torch
 
-from recis_compat.backend.dynamic_table import multi_table_gather, unique_first_seen_many
+from recis_compat.ops.multi_table import multi_table_gather, unique_first_seen_many
 from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.optim.sparse_optim import sgd_rows_
 
