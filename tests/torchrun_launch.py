@@ -26,3 +26,27 @@ def run_launch(cmd, **kwargs) -> subprocess.CompletedProcess:
         proc.stderr += ABORT_NOTE
     return proc
 
+
+
+def run_worker_json(worker, tmp_path, out_name: str, *args: str, nproc: int = 2, timeout: int = 300):
+    """Launch ``worker`` (a script path) on ``nproc`` gloo ranks with torchrun from this checkout
+    (``PYTHONPATH`` = repo + adapters, one thread per rank, no inherited rank variables), passing
+    ``--out <tmp_path/out_name>`` and ``args``; assert it exits 0 and return the JSON it wrote."""
+    import json
+    import os
+    import pathlib
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), str(repo / "adapters")] + [env.get("PYTHONPATH", "")])
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    env["OMP_NUM_THREADS"] = "1"
+    out = pathlib.Path(tmp_path) / out_name
+    torchrun = pathlib.Path(sys.executable).with_name("torchrun")
+    proc = run_launch([str(torchrun), "--nproc_per_node", str(nproc), "--master_port", "0", "--rdzv_backend",
+                       "c10d", "--rdzv_endpoint", "localhost:0", str(worker), "--out", str(out), *args],
+                      env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())

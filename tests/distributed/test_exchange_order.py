@@ -7,36 +7,22 @@ during one forward (three groups) and backward on 2 ranks.
 """
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import sys
 
 import pytest
 import torch
 
-from torchrun_launch import run_launch  # tests/torchrun_launch.py
+from torchrun_launch import run_worker_json  # tests/torchrun_launch.py
 
 pytestmark = pytest.mark.distributed
 
 WORKER = pathlib.Path(__file__).parent / "workers" / "exchange_order.py"
-REPO = pathlib.Path(__file__).resolve().parents[2]
 GROUPS = 3
 
 
 def _run(tmp_path) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "adapters")] + [env.get("PYTHONPATH", "")])
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    env["OMP_NUM_THREADS"] = "1"
-    out = tmp_path / "order.json"
-    torchrun = pathlib.Path(sys.executable).with_name("torchrun")
-    proc = run_launch([str(torchrun), "--nproc_per_node", "2", "--master_port", "0", "--rdzv_backend", "c10d",
-                       "--rdzv_endpoint", "localhost:0", str(WORKER), "--out", str(out)],
-                      env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return run_worker_json(WORKER, tmp_path, "order.json")
 
 
 def test_every_group_exchange_is_issued_before_any_wait_and_outputs_equal_one_process(tmp_path):

@@ -22,6 +22,8 @@ from recis.optim import SparseAdamW
 from recis.ragged.tensor import RaggedTensor
 from recis_compat.nn.modules import embedding_engine as engine_module
 
+from engine_train_helpers import train_engine
+
 B = 6
 DLRM_DIR = Path(__file__).resolve().parents[2] / "examples" / "dlrm"
 
@@ -78,24 +80,7 @@ class PerGroupEngine(EmbeddingEngine):
 
 
 def _train(engine_cls, make_opt, steps=4, opts=_options):
-    HashtableRegister().clear()
-    torch.manual_seed(0)                      # d8's UniformInitializer draws from the global generator
-    eng = engine_cls(opts())
-    eng.train()
-    opt = make_opt(filter_out_sparse_param(eng))
-    coef = torch.Generator().manual_seed(5)
-    outs = []
-    for step in range(steps):
-        out = eng(_batch(step))
-        loss = sum((v.float() * torch.randn(v.shape, generator=coef)).sum()
-                   for k, v in out.items() if k != "label")
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        outs.append({k: v.detach().clone() for k, v in out.items()})
-    tables = {name: (impl.ids_map()[0].clone(), impl.embedding.clone())
-              for name, impl in filter_out_sparse_param(eng).items()}
-    return outs, tables
+    return train_engine(lambda: engine_cls(opts()), make_opt, _batch, steps)
 
 
 def _assert_same(new, old):

@@ -19,6 +19,8 @@ from recis.optim import SparseAdamW
 from recis.ragged.tensor import RaggedTensor
 from recis_compat.nn.modules import embedding_engine as engine_module
 
+from engine_train_helpers import train_engine
+
 B = 6
 
 
@@ -77,24 +79,7 @@ class PerGroupEngine(EmbeddingEngine):
 
 
 def _train(engine_cls, steps=3):
-    HashtableRegister().clear()
-    torch.manual_seed(0)                      # d8's UniformInitializer draws from the global generator
-    eng = engine_cls(_options())
-    eng.train()
-    opt = SparseAdamW(filter_out_sparse_param(eng), lr=0.05)
-    coef = torch.Generator().manual_seed(5)
-    outs = []
-    for step in range(steps):
-        out = eng(_batch(step))
-        loss = sum((v.float() * torch.randn(v.shape, generator=coef)).sum()
-                   for k, v in out.items() if k != "label")
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        outs.append({k: v.detach().clone() for k, v in out.items()})
-    tables = {name: (impl.ids_map()[0].clone(), impl.embedding.clone())
-              for name, impl in filter_out_sparse_param(eng).items()}
-    return outs, tables
+    return train_engine(lambda: engine_cls(_options()), lambda p: SparseAdamW(p, lr=0.05), _batch, steps)
 
 
 def test_merged_pooling_is_bit_equal_to_per_group_pooling_over_training_steps():
