@@ -345,7 +345,8 @@ class DynamicTable(nn.Module):
 
     def _rows(self, unique_ids: torch.Tensor, readonly: bool) -> torch.Tensor:
         insert = self.training and not readonly and not self.impl.read_only
-        rows = self.impl.find_or_insert_rows(unique_ids) if insert else self.impl.find_rows(unique_ids)
+        rows = (self.impl.find_or_insert_rows(unique_ids, distinct=True) if insert
+                else self.impl.find_rows(unique_ids))
         if self.training and not self.impl.read_only:
             self.impl.notify_lookup(rows)
         return rows

@@ -218,11 +218,14 @@ class IdMap(OwnLock):
         return _ops.find(self._table, flat).view(ids.shape)
 
     @locked
-    def find_or_insert(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def find_or_insert(self, ids: torch.Tensor, distinct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(rows, is_new)`` of int64 ``ids`` (same shape); absent ids are inserted.
 
         ``is_new`` (bool) is true at the first occurrence of each newly inserted id, so
-        ``rows[is_new]`` lists every new row exactly once, in assignment order.
+        ``rows[is_new]`` lists every new row exactly once, in assignment order. ``distinct``: the
+        caller says ``ids`` holds no repeats (a deduped lookup), so a batch that needs a growth
+        counts its absent ids instead of deduping them; the result is the same (a wrong hint
+        only makes that growth larger).
         """
         flat = self._check_ids(ids, "find_or_insert")
         n = flat.numel()
@@ -242,7 +245,8 @@ class IdMap(OwnLock):
         rows_parts, new_parts = [], []
         pos = 0
         # distinct absent ids of flat[pos:] (pos = 0 now), against the size they were counted at
-        need = int(_ops.unique_first_seen(flat[missing])[0].numel())
+        need = (int(missing.sum()) if distinct
+                else int(_ops.unique_first_seen(flat[missing])[0].numel()))
         size0 = self._counts()[0]
         while pos < n:
             size, _, tomb, _ = self._counts()

@@ -217,11 +217,12 @@ class DynamicTableImpl(OwnLock):
         return rows
 
     @locked
-    def find_or_insert_rows(self, ids: torch.Tensor, initialize: bool = True) -> torch.Tensor:
+    def find_or_insert_rows(self, ids: torch.Tensor, initialize: bool = True, distinct: bool = False
+                            ) -> torch.Tensor:
         """Rows of ``ids``; absent ids get new rows with their initial values (``initialize=False``:
-        the caller writes them)."""
+        the caller writes them). ``distinct``: ``ids`` holds no repeats (``IdMap.find_or_insert``)."""
         ids = self.check_ids(ids, "insert")
-        rows, is_new = self.id_map.find_or_insert(ids)
+        rows, is_new = self.id_map.find_or_insert(ids, distinct=distinct)
         self.storage.ensure_capacity(self.id_map.num_rows_allocated())
         # file-backed: the rows come into the RAM cache first, so new rows' initial values are
         # written there rather than into the files and read back

@@ -582,3 +582,30 @@ def test_ids_partition_cuda_twin_matches_cpu():
         cpu = ops.ids_partition(ids, world)
         gpu = ops.ids_partition(ids.cuda(), world)
         assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
+
+
+def test_distinct_hint_skips_the_dedupe_of_a_growing_batch_and_changes_nothing(monkeypatch):
+    """``find_or_insert(ids, distinct=True)`` (a deduped lookup's ids): a batch that needs a
+    growth counts its absent ids instead of deduping them; rows, new marks and the map's later
+    answers equal the unhinted map's, and a wrong hint (repeats) only grows the map more."""
+    import recis_compat.backend.id_map as id_map_module
+    g = torch.Generator().manual_seed(11)
+    batches = [torch.unique(torch.randint(-(2 ** 62), 2 ** 62, (n,), generator=g))[torch.randperm(n, generator=g)]
+               for n in (3000, 5000, 20000, 40000)]
+    batches.append(torch.cat([batches[1][:500], batches[3][:100]]))   # known ids only
+    plain, hinted = IdMap(), IdMap()
+    dedupes = []
+    real_unique = id_map_module._ops.unique_first_seen
+    for b in batches:
+        r1, n1 = plain.find_or_insert(b)
+        monkeypatch.setattr(id_map_module._ops, "unique_first_seen",
+                            lambda x: dedupes.append(x.numel()) or real_unique(x))
+        r2, n2 = hinted.find_or_insert(b, distinct=True)
+        monkeypatch.setattr(id_map_module._ops, "unique_first_seen", real_unique)
+        assert torch.equal(r1, r2) and torch.equal(n1, n2)
+    assert dedupes == [] and hinted.num_rehashes >= 1
+    assert hinted.ids_and_rows()[0].tolist() == plain.ids_and_rows()[0].tolist()
+    wrong = torch.cat([batches[0][:10], batches[0][:10], torch.arange(1, 60_001) * 7])   # repeats: a wrong hint
+    r1, n1 = plain.find_or_insert(wrong)
+    r2, n2 = hinted.find_or_insert(wrong, distinct=True)
+    assert torch.equal(r1, r2) and torch.equal(n1, n2) and len(plain) == len(hinted)
