@@ -52,28 +52,30 @@ void check(at::TensorList tables, at::TensorList rows, at::TensorList grads) {
 // (the rows are random: the one kPrefetch ahead is prefetched for writing)
 constexpr int64_t kPrefetch = 16;
 
-RECIS_CPU_CLONES void axpy_rows(float* __restrict__ w, const float* __restrict__ g, const int64_t* r, int64_t i0,
-                                int64_t i1, int64_t D, float alpha) {
+template <typename T>
+inline void axpy_rows_t(T* __restrict__ w, const T* __restrict__ g, const int64_t* r, int64_t i0, int64_t i1,
+                        int64_t D, T alpha) {
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));  // values per cache line
   for (int64_t i = i0; i < i1; ++i) {
     if (i + kPrefetch < i1) {
-      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(w + r[i + kPrefetch] * D + d, 1, 1);
+      for (int64_t d = 0; d < D; d += kLine) __builtin_prefetch(w + r[i + kPrefetch] * D + d, 1, 1);
     }
-    float* row = w + r[i] * D;
-    const float* gi = g + i * D;
+    T* row = w + r[i] * D;
+    const T* gi = g + i * D;
     for (int64_t d = 0; d < D; ++d) row[d] = std::fma(alpha, gi[d], row[d]);
   }
 }
 
-RECIS_CPU_CLONES void axpy_rows(double* __restrict__ w, const double* __restrict__ g, const int64_t* r, int64_t i0,
-                                int64_t i1, int64_t D, double alpha) {
-  for (int64_t i = i0; i < i1; ++i) {
-    if (i + kPrefetch < i1) {
-      for (int64_t d = 0; d < D; d += 8) __builtin_prefetch(w + r[i + kPrefetch] * D + d, 1, 1);
-    }
-    double* row = w + r[i] * D;
-    const double* gi = g + i * D;
-    for (int64_t d = 0; d < D; ++d) row[d] = std::fma(alpha, gi[d], row[d]);
-  }
+// the loop above in multiversioned functions (target clones are not made of templates), as
+// sparse_adam.cpp does for its float loop
+RECIS_CPU_CLONES void axpy_rows(float* w, const float* g, const int64_t* r, int64_t i0, int64_t i1, int64_t D,
+                                float alpha) {
+  axpy_rows_t<float>(w, g, r, i0, i1, D, alpha);
+}
+
+RECIS_CPU_CLONES void axpy_rows(double* w, const double* g, const int64_t* r, int64_t i0, int64_t i1, int64_t D,
+                                double alpha) {
+  axpy_rows_t<double>(w, g, r, i0, i1, D, alpha);
 }
 
 void sgd_rows_multi_cpu(at::TensorList tables, at::TensorList rows_in, at::TensorList grads_in, double lr) {
