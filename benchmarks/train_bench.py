@@ -866,7 +866,7 @@ def run_dlrm(opts: BenchOptions) -> List[Case]:
                               "timed_steps": n_steps, "warmup_steps": warmup, "model_source": ex.source,
                               "init": init, "threads_per_rank": r["threads"], "baseline_kernel": r["kernel"],
                               "step_time": "per side, the slowest rank's median step time",
-                              "first_losses": r["first_losses"]})))
+                              "first_losses": r["first_losses"], "worker_code": r.get("worker_code")})))
     return cases
 
 
@@ -996,7 +996,9 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
     dist.all_gather_object(got, t)
     if rank == 0:
         result = {"ours_s": max(g["ours"] for g in got), "torchrec_s": max(g["torchrec"] for g in got),
-                  "threads": torch.get_num_threads(), "kernel": _dmp_kernel_name(base_dmp), "first_losses": first}
+                  "threads": torch.get_num_threads(), "kernel": _dmp_kernel_name(base_dmp), "first_losses": first,
+                  # which checkout the ranks ran (a worktree's or the installed one)
+                  "worker_code": [os.path.abspath(__file__), os.path.abspath(sys.modules["recis_compat"].__file__)]}
         with open(args.out + ".tmp", "w") as f:
             json.dump(result, f)
         os.replace(args.out + ".tmp", args.out)
