@@ -11,6 +11,11 @@ One lookup of ``U`` distinct ids on each of ``W`` ranks (RecIS's exchange, COMPA
     RowsAllToAll: owner's rows [N_recv, D] --all-to-all (async, autograd-aware)--> requester [U, D]
                   (backward: the reverse all-to-all of the row gradients)
 
+``GroupedRowsAllToAll`` sends the rows of several tables' lookups in one all-to-all (one
+autograd node; backward one all-to-all of all their gradients): ``backend/grouped_exchange.py``
+carries the lookups of all sharded tables of an EmbeddingEngine forward by one ``IdExchange``
+(``K`` segments, one per lookup) and one ``GroupedRowsAllToAll`` per dtype.
+
 Every stage returns a TorchRec ``Awaitable`` right after issuing its collective
 (``async_op=True``), so a caller with several tables issues every table's id exchange before
 waiting on any (``nn/modules/embedding_engine.py``, ``torchrec/distributed.py``).

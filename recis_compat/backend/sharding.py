@@ -13,7 +13,8 @@ collectives are ``backend/exchange.py``'s)::
 Every stage returns an ``Awaitable`` right after issuing its collective (the staged protocol of
 ``backend/dynamic_table.py``: ``partition_ids``, ``request``, ``LookupRequest.send`` /
 ``fetch``), so a caller with several tables has every table's exchange in flight before it waits
-on one. Backward runs the reverse all-to-all of the row gradients; the owner's rows receive the
+on one; ``backend/grouped_exchange.py`` carries the lookups of several tables by one exchange
+(what ``EmbeddingEngine`` does with its sharded groups). Backward runs the reverse all-to-all of the row gradients; the owner's rows receive the
 summed gradient of every rank, divided by the world size for ``grad_reduce_by="worker"``
 (RecIS's rule) or by the number of ranks that asked for the id for ``"id"``. A failed
 collective (dead or stopped peer; the process-group timeout bounds the wait, see
