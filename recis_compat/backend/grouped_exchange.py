@@ -55,9 +55,9 @@ class GroupedRows:
 
 class _GroupedRowsAwaitable(Awaitable[GroupedRows]):
     def __init__(self, pending: Dict[torch.dtype, Tuple[PendingRows, List[int]]], sent: List[List[int]],
-                 dims: List[int], dtypes: List[torch.dtype]):
+                 dims: List[int]):
         super().__init__()
-        self._pending, self._sent, self._dims, self._dtypes = pending, sent, dims, dtypes
+        self._pending, self._sent, self._dims = pending, sent, dims
 
     def _wait_impl(self) -> GroupedRows:
         spans: List[Optional[Tuple[torch.Tensor, int, int]]] = [None] * len(self._dims)
@@ -143,9 +143,10 @@ class GroupedLookup:
                 if n:
                     pieces.append(uniq.narrow(0, starts[k], n))
                     starts[k] += n
-        send = torch.cat(pieces) if len(pieces) != 1 else pieces[0]
-        if not pieces:
-            send = torch.empty((0,), dtype=torch.int64, device=self.unique[0].device)
+        if not pieces:              # no ids on this rank (the others may have some)
+            send = self.unique[0].new_empty((0,))
+        else:
+            send = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         self.received_counts: List[List[int]] = []
         self._ids = None
         self._exchange = IdExchange(send, counts_wk, self._pg, self.error, capacity)
@@ -188,10 +189,9 @@ class GroupedLookup:
             with table.impl.lock:
                 rows.append(table.compute(ctx, ReceivedIds(ids_k, counts_k)))
         dims = [t.config.embedding_dim for t in self.tables]
-        dtypes = [r.dtype for r in rows]
         classes: "OrderedDict[torch.dtype, List[int]]" = OrderedDict()
-        for k, dtype in enumerate(dtypes):
-            classes.setdefault(dtype, []).append(k)
+        for k, r in enumerate(rows):
+            classes.setdefault(r.dtype, []).append(k)
         pending: Dict[torch.dtype, Tuple[PendingRows, List[int]]] = {}
         for dtype, members in classes.items():
             p = PendingRows(self.error)
@@ -200,4 +200,4 @@ class GroupedLookup:
             p.rows = GroupedRowsAllToAll.apply(counts, [dims[k] for k in members], recv_splits, self._pg, p,
                                                *[rows[k] for k in members])
             pending[dtype] = (p, members)
-        return _GroupedRowsAwaitable(pending, self._sent, dims, dtypes)
+        return _GroupedRowsAwaitable(pending, self._sent, dims)

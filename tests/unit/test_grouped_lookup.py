@@ -48,6 +48,16 @@ def test_rows_equal_one_lookup_per_table(env):
     assert got.spans[0][0] is got.spans[2][0] and got.spans[2][1] == batch.unique[0].numel()
 
 
+def test_lookups_without_ids_give_empty_rows(env):
+    a, b = _table(env, "e1", 4, 0.1), _table(env, "e2", 8, 0.2)
+    empty = torch.zeros((0,), dtype=torch.int64)
+    batch = GroupedLookup([a, b], [empty, torch.zeros((3, 0), dtype=torch.int64)])
+    batch.send()
+    got = batch.fetch([False, False]).wait()
+    assert got.rows(0).shape == (0, 4) and got.rows(1).shape == (0, 8)
+    assert batch.send_counts == [[0], [0]] and batch.received_counts == [[0], [0]]
+
+
 def test_failed_rows_exchange_names_every_table_and_the_rank(env, monkeypatch):
     a, b = _table(env, "user", 4, 0.1, children=["user", "user_ro"]), _table(env, "item", 4, 0.2)
 
