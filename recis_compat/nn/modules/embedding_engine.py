@@ -367,7 +367,7 @@ class EmbeddingEngine(nn.Module):
                                                   emb_shape=(ids_result.ids.numel(), ctx.groups[i][1].dim),
                                                   offsets=ids_result.offsets, emb_await=None)
 
-    def wait_grouped(self, ctx: EmbeddingEngineContext, members: List[int], batch: GroupedLookup) -> None:
+    def wait_grouped(self, ctx: EmbeddingEngineContext, members: List[int]) -> None:
         """Wait for a grouped exchange's rows: every member's ``emb`` (a view) and, for floating
         rows, ``ctx.spans`` (the lookups of one dim and dtype are one tensor, which the merged
         pooling takes as it is)."""
@@ -639,7 +639,7 @@ class EmbeddingEngine(nn.Module):
         for i, partition in self.local_partitions(ctx).items():
             ctx.groups[i][1].partition = partition
         grouped = self.exchange_ids_grouped(ctx)    # sharded groups: one id exchange per process group
-        for i, entry in enumerate(ctx.groups):      # every group's id exchange issued ...
+        for entry in ctx.groups:                    # every group's id exchange issued ...
             if entry[2] is None:
                 entry[2] = self.group_exchange_ids(entry[0], entry[1])
         for batch, _ in grouped.values():           # ... and its ids sent, before any lookup
@@ -655,8 +655,8 @@ class EmbeddingEngine(nn.Module):
                 self.lookup_grouped(ctx, *grouped[i])
             if entry[3] is None:
                 entry[3] = self.group_exchange_embs(entry[0], entry[1], entry[2])
-        for i, (batch, members) in grouped.items():
-            self.wait_grouped(ctx, members, batch)
+        for _, members in grouped.values():
+            self.wait_grouped(ctx, members)
         embedded = self.reduce_groups(ctx)          # ... before the first is pooled
         out = OrderedDict((k, embedded[k]) for k in self._emb_opts if k in embedded)
         out.update(self.format_direct_out(input_features))
