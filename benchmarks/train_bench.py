@@ -866,7 +866,9 @@ def run_dlrm(opts: BenchOptions) -> List[Case]:
                               "timed_steps": n_steps, "warmup_steps": warmup, "model_source": ex.source,
                               "init": init, "threads_per_rank": r["threads"], "baseline_kernel": r["kernel"],
                               "step_time": "per side, the slowest rank's median step time",
-                              "first_losses": r["first_losses"]})))
+                              "first_losses": r["first_losses"], "worker_code": r.get("worker_code"),
+                              **({"collectives_per_rank": r["collectives"]} if any(r.get("collectives") or [])
+                                 else {})})))
     return cases
 
 
@@ -896,6 +898,28 @@ def _launch_dlrm(world: int, cfg, example_dir: str, n_steps: int, warmup: int, q
                                        f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         with open(out) as f:
             return json.load(f)
+
+
+PROFILE_ENV = "RECIS_COMPAT_BENCH_PROFILE_STEPS"
+
+
+def _profile_collectives(step, n: int) -> Dict[str, object]:
+    """Run ``step(0)``, ... ``step(n - 1)`` (the first batches again) under ``torch.profiler``
+    (CPU): per step, the collectives issued (gloo / c10d events by name: count, milliseconds of
+    CPU time in them, waits included) and the step's wall time."""
+    import time
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for k in range(n):
+            step(k)
+        wall = time.perf_counter() - t0
+    by_name: Dict[str, List[float]] = {}
+    for e in prof.key_averages():
+        if e.key.startswith("gloo:") or e.key in ("c10d::allreduce_", "c10d::alltoall_base_", "c10d::wait"):
+            by_name[e.key] = [e.count / n, round(e.cpu_time_total / 1e3 / n, 3)]
+    return {"per_step": by_name, "profiled_ms_per_step": round(wall * 1e3 / n, 3)}
 
 
 def _worker_main(argv: Optional[List[str]] = None) -> None:
@@ -992,11 +1016,20 @@ def _worker_main(argv: Optional[List[str]] = None) -> None:
         base_opt.zero_grad()
 
     t = interleaved_steps({"ours": ours_step, "torchrec": base_step}, args.steps, warmup=args.warmup)
+    # instrumentation, after the timed steps (RECIS_COMPAT_BENCH_PROFILE_STEPS=n): n more steps
+    # of each side under torch.profiler -> the collectives per step and the time in them
+    profile_steps = int(os.environ.get(PROFILE_ENV, "0") or 0)
+    if profile_steps > 0:
+        t["collectives"] = {name: _profile_collectives(fn, min(profile_steps, args.warmup + args.steps))
+                            for name, fn in (("ours", ours_step), ("torchrec", base_step))}
     got = [None] * world
     dist.all_gather_object(got, t)
     if rank == 0:
         result = {"ours_s": max(g["ours"] for g in got), "torchrec_s": max(g["torchrec"] for g in got),
-                  "threads": torch.get_num_threads(), "kernel": _dmp_kernel_name(base_dmp), "first_losses": first}
+                  "collectives": [g.get("collectives") for g in got],
+                  "threads": torch.get_num_threads(), "kernel": _dmp_kernel_name(base_dmp), "first_losses": first,
+                  # which checkout the ranks ran (a worktree's or the installed one)
+                  "worker_code": [os.path.abspath(__file__), os.path.abspath(sys.modules["recis_compat"].__file__)]}
         with open(args.out + ".tmp", "w") as f:
             json.dump(result, f)
         os.replace(args.out + ".tmp", args.out)

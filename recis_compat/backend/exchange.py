@@ -11,6 +11,11 @@ One lookup of ``U`` distinct ids on each of ``W`` ranks (RecIS's exchange, COMPA
     RowsAllToAll: owner's rows [N_recv, D] --all-to-all (async, autograd-aware)--> requester [U, D]
                   (backward: the reverse all-to-all of the row gradients)
 
+``GroupedRowsAllToAll`` sends the rows of several tables' lookups in one all-to-all (one
+autograd node; backward one all-to-all of all their gradients): ``backend/grouped_exchange.py``
+carries the lookups of all sharded tables of an EmbeddingEngine forward by one ``IdExchange``
+(``K`` segments, one per lookup) and one ``GroupedRowsAllToAll`` per dtype.
+
 Every stage returns a TorchRec ``Awaitable`` right after issuing its collective
 (``async_op=True``), so a caller with several tables issues every table's id exchange before
 waiting on any (``nn/modules/embedding_engine.py``, ``torchrec/distributed.py``).
@@ -34,7 +39,8 @@ import torch.distributed as dist
 from torchrec.distributed.types import Awaitable
 from torchrec.streamable import Multistreamable
 
-__all__ = ["IdExchange", "IdCapacity", "ReceivedIds", "RowsAllToAll", "PendingRows", "ErrorFactory"]
+__all__ = ["IdExchange", "IdCapacity", "ReceivedIds", "RowsAllToAll", "GroupedRowsAllToAll", "PendingRows",
+           "ErrorFactory"]
 
 ErrorFactory = Callable[[str, str, BaseException], BaseException]
 """``f(what, phase, err)`` -> the exception to raise: ``what`` is ``"id"``, ``"embedding"`` or
@@ -290,3 +296,76 @@ class RowsAllToAll(torch.autograd.Function):
                 raise
             raise ctx.on_error("embedding-gradient", "backward", e) from e
         return out, None, None, None, None
+
+
+class GroupedRowsAllToAll(torch.autograd.Function):
+    """The rows of ``K`` owner-side lookups (one per table, all of one dtype) sent back in one
+    all-to-all, differentiable (one autograd node for all of them; ``backend/grouped_exchange.py``).
+
+    ``apply(counts, dims, recv_splits, pg, pending, *rows)``: ``rows[k]`` ``[N_k, dims[k]]`` are
+    the rows of the ids lookup ``k`` received, by source rank (``counts[s][k]`` rows for rank
+    ``s``, rank 0's first: :attr:`ReceivedIds.counts`). Rank ``s`` gets, in one flat buffer, its
+    rows of lookup 0, then of lookup 1, ...: ``counts[s][k] * dims[k]`` elements each. Returns
+    this rank's flat buffer ``[sum(recv_splits)]`` (``recv_splits[r]``: elements from rank
+    ``r``, i.e. the rows this rank asked rank ``r`` for, lookup by lookup); with a
+    :class:`PendingRows` it returns at once and must not be read before ``pending.wait()``.
+    Backward sends the gradient back by the reverse all-to-all and cuts it into every
+    ``rows[k]``'s ``[N_k, dims[k]]`` gradient (the same values a :class:`RowsAllToAll` per
+    lookup gives). Failures raise ``pending.on_error(what, phase, err)`` as ``RowsAllToAll``.
+    """
+
+    @staticmethod
+    def forward(ctx, counts: List[List[int]], dims: List[int], recv_splits: List[int], pg,
+                pending: Optional[PendingRows], *rows: torch.Tensor) -> torch.Tensor:
+        world, lookups = len(counts), len(dims)
+        ctx.counts, ctx.dims, ctx.pg = counts, dims, pg
+        ctx.recv_splits = [int(s) for s in recv_splits]
+        ctx.on_error = pending.on_error if pending is not None else None
+        ctx.send_splits = [sum(counts[s][k] * dims[k] for k in range(lookups)) for s in range(world)]
+        starts = [0] * lookups
+        pieces = []
+        for s in range(world):
+            for k in range(lookups):
+                n = counts[s][k]
+                if n:
+                    pieces.append(rows[k].narrow(0, starts[k], n).reshape(-1))
+                    starts[k] += n
+        for k in range(lookups):
+            if starts[k] != rows[k].shape[0]:
+                raise ValueError(f"GroupedRowsAllToAll: lookup {k} has {rows[k].shape[0]} rows but the counts "
+                                 f"send {starts[k]}")
+        sent = torch.cat(pieces) if pieces else rows[0].new_empty((0,))
+        out = sent.new_empty((sum(ctx.recv_splits),))
+        try:
+            work = dist.all_to_all_single(out, sent, output_split_sizes=ctx.recv_splits,
+                                          input_split_sizes=ctx.send_splits, group=pg, async_op=pending is not None)
+        except RuntimeError as e:
+            if ctx.on_error is None:
+                raise
+            raise ctx.on_error("embedding", "forward", e) from e
+        if pending is not None:
+            pending.work, pending.sent = work, sent
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        counts, dims = ctx.counts, ctx.dims
+        back = grad.new_empty((sum(ctx.send_splits),))
+        try:
+            dist.all_to_all_single(back, grad.contiguous(), output_split_sizes=ctx.send_splits,
+                                   input_split_sizes=ctx.recv_splits, group=ctx.pg)
+        except RuntimeError as e:
+            if ctx.on_error is None:
+                raise
+            raise ctx.on_error("embedding-gradient", "backward", e) from e
+        sizes = [counts[s][k] * dims[k] for s in range(len(counts)) for k in range(len(dims))]
+        parts = torch.split(back, sizes)
+        grads = []
+        for k in range(len(dims)):
+            if not ctx.needs_input_grad[5 + k]:
+                grads.append(None)
+                continue
+            mine = [parts[s * len(dims) + k] for s in range(len(counts)) if counts[s][k]]
+            g = mine[0] if len(mine) == 1 else (torch.cat(mine) if mine else back.new_empty((0,)))
+            grads.append(g.view(-1, dims[k]))
+        return (None, None, None, None, None) + tuple(grads)

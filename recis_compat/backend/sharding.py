@@ -13,7 +13,8 @@ collectives are ``backend/exchange.py``'s)::
 Every stage returns an ``Awaitable`` right after issuing its collective (the staged protocol of
 ``backend/dynamic_table.py``: ``partition_ids``, ``request``, ``LookupRequest.send`` /
 ``fetch``), so a caller with several tables has every table's exchange in flight before it waits
-on one. Backward runs the reverse all-to-all of the row gradients; the owner's rows receive the
+on one; ``backend/grouped_exchange.py`` carries the lookups of several tables by one exchange
+(what ``EmbeddingEngine`` does with its sharded groups). Backward runs the reverse all-to-all of the row gradients; the owner's rows receive the
 summed gradient of every rank, divided by the world size for ``grad_reduce_by="worker"``
 (RecIS's rule) or by the number of ranks that asked for the id for ``"id"``. A failed
 collective (dead or stopped peer; the process-group timeout bounds the wait, see
@@ -156,6 +157,7 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[st
         # ids per destination that ride with the counts (backend/exchange.py IdCapacity): the
         # same value on every rank, updated by every exchange of this table
         self.id_capacity = IdCapacity()
+        self._group_capacities: Dict[Tuple[str, ...], IdCapacity] = {}
         module.impl.set_slice(self.slice_range[0], self.slice_range[1])
         module.impl.process_group = self._pg
         ids, _ = module.impl.ids_map()
@@ -203,11 +205,25 @@ class ShardedDynamicTable(ShardedModule[KeyedJaggedTensor, torch.Tensor, Dict[st
         """Mask of the ids this rank owns."""
         return owner_ranks(ids, self._world) == self._rank
 
-    def error(self, what: str, phase: str, err: BaseException) -> DistributedExchangeError:
-        """The :class:`DistributedExchangeError` of a failed all-to-all of this table."""
+    def describe(self) -> str:
+        """The table as errors name it: ``'name'`` and the shared_names it holds."""
         children = [str(c) for c in (self.config.children or []) if str(c) != self.name]
         shared = f" (shared_names {', '.join(children)})" if children else ""
-        return exchange_error(f"table {self.name!r}{shared}", self._rank, self._world, what, phase, err)
+        return f"{self.name!r}{shared}"
+
+    def error(self, what: str, phase: str, err: BaseException) -> DistributedExchangeError:
+        """The :class:`DistributedExchangeError` of a failed all-to-all of this table."""
+        return exchange_error(f"table {self.describe()}", self._rank, self._world, what, phase, err)
+
+    def group_capacity(self, names: Tuple[str, ...]) -> IdCapacity:
+        """The :class:`IdCapacity` of the grouped exchanges (``backend/grouped_exchange.py``)
+        of the tables ``names`` (this table first), kept here across steps; like
+        :attr:`id_capacity` it is the same on every rank, since every rank groups the same
+        tables in the same order."""
+        cap = self._group_capacities.get(names)
+        if cap is None:
+            cap = self._group_capacities[names] = IdCapacity()
+        return cap
 
     def insert(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Upsert the ``ids`` this rank owns (every rank may pass the same full list)."""

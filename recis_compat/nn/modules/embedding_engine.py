@@ -16,7 +16,12 @@ by one call over their rows concatenated, with the values and gradients of one c
 Under ``torchrun`` the lookups are exchanges between ranks, run in RecIS's order: every group's
 ids are sent (``exchange_ids``) before any group is looked up (``lookup_exchange_emb``), and
 every group's rows are in flight before the first is pooled; each stage returns right after
-issuing its all-to-all (``backend/exchange.py``). A table that is not sharded (one process, or
+issuing its all-to-all (``backend/exchange.py``). The groups of sharded tables of one process
+group travel together when there are several (:meth:`EmbeddingEngine.exchange_ids_grouped`,
+``backend/grouped_exchange.py``): one all-to-all for all their ids, one for all their rows (per
+dtype), one for all their gradients, instead of three per group (DLRM's 19 physical tables: 57
+all-to-alls a step -> 3); values, rows created and gradients are the per-group path's, which
+``grouped_exchange = False`` on the engine restores. A table that is not sharded (one process, or
 a model not passed through ``shard_model``) has nothing to exchange and is looked up directly
 (:meth:`EmbeddingEngine.group_exchange_ids`); the groups of such tables are deduped by one call
 (:meth:`EmbeddingEngine.local_partitions`), and a run of consecutive groups of in-memory
@@ -49,6 +54,8 @@ from torch import nn
 
 from recis_compat.backend.children import MAX_CHILDREN, encode_ids
 from recis_compat.backend.dynamic_table import DynamicTable, lookup_tables_with_grad, partition_ids_many
+from recis_compat.backend.grouped_exchange import GroupedLookup
+from recis_compat.backend.sharding import ShardedDynamicTable
 from recis_compat.nn.functional.embedding_ops import ragged_embedding_segment_reduce
 from recis_compat.nn.hashtable_hook import AdmitHook
 from recis_compat.nn.modules.embedding import (DynamicEmbedding, EmbeddingOption, ExchangeEmbResults,
@@ -219,6 +226,8 @@ class EmbeddingEngineContext:
         # group position -> (rows of a run of tables gathered together [sum U, dim], first row
         # of this group's, its row count): groups looked up by EmbeddingEngine.lookup_run
         self.spans: Dict[int, Tuple[torch.Tensor, int, int]] = {}
+        # first member position -> the rows of a grouped exchange in flight (lookup_grouped)
+        self.pending: Dict[int, object] = {}
 
 
 class EmbeddingEngine(nn.Module):
@@ -251,6 +260,8 @@ class EmbeddingEngine(nn.Module):
             self._fea_to_ht[fea] = ht_name
             self._emb_opts[fea] = opt
         self._offset_dtype = torch.int32
+        # sharded tables: one exchange for all groups of a process group (exchange_ids_grouped)
+        self.grouped_exchange = True
         self._ht = nn.ModuleDict({name: DynamicEmbedding(g.embedding_info()) for name, g in groups.items()})
         self._fea_group: "OrderedDict[str, HashTableCoalescedGroup]" = groups
         self._coalesced_groups = groups
@@ -304,6 +315,67 @@ class EmbeddingEngine(nn.Module):
         uniq, reverse, parts = partition if partition is not None else table.partition_ids(group.coalesced_ids)
         return ExchangeIDsResults(ids=uniq, parts=parts, parts_reverse=[], reverse_index=reverse,
                                   offsets=group.coalesced_offsets, ids_await=None)
+
+    def _sharded_table(self, ht_name: str):
+        """The :class:`ShardedDynamicTable` of ``ht_name`` when its rows are spread over
+        several ranks (a model passed through ``shard_model`` under torchrun), else None."""
+        table = self._ht[ht_name].hashtable.table
+        if isinstance(table, ShardedDynamicTable) and table.world_size > 1:
+            return table
+        return None
+
+    def exchange_ids_grouped(self, ctx: EmbeddingEngineContext) -> Dict[int, tuple]:
+        """Issue one id exchange for the groups of sharded tables of each process group, when
+        there are at least two (``backend/grouped_exchange.py`` ``GroupedLookup``: every
+        group's ids in one all-to-all, their rows back in one, their gradients in one, instead
+        of three per group; the values, rows created and gradients are the per-group path's).
+        Fills ``ctx.groups[i][2]`` of every member (``ids_await`` None: the grouped exchange
+        carries it) and returns ``{first member position: (GroupedLookup, member positions)}``.
+        ``grouped_exchange = False`` on the engine keeps one exchange per group."""
+        if not self.grouped_exchange:
+            return {}
+        by_pg: "OrderedDict[int, List[int]]" = OrderedDict()
+        for i, (ht_name, _, _, _) in enumerate(ctx.groups):
+            table = self._sharded_table(ht_name)
+            if table is not None:
+                by_pg.setdefault(id(table.process_group), []).append(i)
+        out: Dict[int, tuple] = {}
+        for members in by_pg.values():
+            if len(members) < 2:
+                continue
+            tables = [self._sharded_table(ctx.groups[i][0]) for i in members]
+            capacity = tables[0].group_capacity(tuple(t.name for t in tables))
+            batch = GroupedLookup(tables, [ctx.groups[i][1].coalesced_ids for i in members], capacity)
+            for k, i in enumerate(members):
+                group = ctx.groups[i][1]
+                ctx.groups[i][2] = ExchangeIDsResults(ids=batch.unique[k], parts=batch.send_counts[k],
+                                                      parts_reverse=[], reverse_index=batch.inverse[k],
+                                                      offsets=group.coalesced_offsets, ids_await=None)
+            out[members[0]] = (batch, members)
+        return out
+
+    def lookup_grouped(self, ctx: EmbeddingEngineContext, batch: GroupedLookup, members: List[int]) -> None:
+        """The owner lookups of a grouped exchange (in group order, admission checked per group
+        as ``group_exchange_embs`` does) and the rows' way back; fills ``ctx.groups[i][3]``
+        (rows pending: :meth:`wait_grouped`)."""
+        readonly = [self._check_admit_hook(ctx.groups[i][0], ctx.groups[i][1]) for i in members]
+        ctx.pending[members[0]] = batch.fetch(readonly)
+        for k, i in enumerate(members):
+            ids_result = ctx.groups[i][2]
+            ids_result.parts_reverse = batch.received_counts[k]
+            ctx.groups[i][3] = ExchangeEmbResults(emb=None, reverse_index=ids_result.reverse_index,
+                                                  emb_shape=(ids_result.ids.numel(), ctx.groups[i][1].dim),
+                                                  offsets=ids_result.offsets, emb_await=None)
+
+    def wait_grouped(self, ctx: EmbeddingEngineContext, members: List[int]) -> None:
+        """Wait for a grouped exchange's rows: every member's ``emb`` (a view) and, for floating
+        rows, ``ctx.spans`` (the lookups of one dim and dtype are one tensor, which the merged
+        pooling takes as it is)."""
+        rows = ctx.pending.pop(members[0]).wait()
+        for k, i in enumerate(members):
+            ctx.groups[i][3].emb = rows.rows(k)
+            if rows.spans[k][0].is_floating_point():    # integer rows are cast per group (reduce_groups)
+                ctx.spans[i] = rows.spans[k]
 
     def _check_admit_hook(self, ht_name: str, group: RuntimeGroupFeature) -> bool:
         """Whether the group's lookup is read-only (``AdmitHook('ReadOnly')``); AssertionError
@@ -566,17 +638,25 @@ class EmbeddingEngine(nn.Module):
         ctx = EmbeddingEngineContext(self.group_features(input_features))
         for i, partition in self.local_partitions(ctx).items():
             ctx.groups[i][1].partition = partition
+        grouped = self.exchange_ids_grouped(ctx)    # sharded groups: one id exchange per process group
         for entry in ctx.groups:                    # every group's id exchange issued ...
-            entry[2] = self.group_exchange_ids(entry[0], entry[1])
-        for entry in ctx.groups:                    # ... and its ids sent, before any lookup
-            if entry[2].ids_await is not None:      # None: a table that is not sharded
+            if entry[2] is None:
+                entry[2] = self.group_exchange_ids(entry[0], entry[1])
+        for batch, _ in grouped.values():           # ... and its ids sent, before any lookup
+            batch.send()
+        for entry in ctx.groups:
+            if entry[2].ids_await is not None:      # None: a table that is not sharded (or grouped)
                 entry[2].ids_await.send()
         runs = {members[0]: (members, trains) for members, trains in self.local_runs(ctx)}
         for i, entry in enumerate(ctx.groups):      # lookups; every group's rows in flight ...
             if i in runs:                           # a run of unsharded tables: one gather
                 self.lookup_run(ctx, *runs[i])
+            if i in grouped:                        # every lookup of a grouped exchange
+                self.lookup_grouped(ctx, *grouped[i])
             if entry[3] is None:
                 entry[3] = self.group_exchange_embs(entry[0], entry[1], entry[2])
+        for _, members in grouped.values():
+            self.wait_grouped(ctx, members)
         embedded = self.reduce_groups(ctx)          # ... before the first is pooled
         out = OrderedDict((k, embedded[k]) for k in self._emb_opts if k in embedded)
         out.update(self.format_direct_out(input_features))
