@@ -6,7 +6,9 @@ table, a second runtime group (mean instead of sum). Every ``all_to_all_single``
 logged as ``("issue", call, kind, async)`` and every wait on its work as ``("wait", call)``;
 ``kind`` is ``counts`` (the per-rank counts), ``ids`` (int64 ids) or ``rows`` (float rows).
 Rank 0 writes the log and the forward's outputs (by feature, for the given global batch) to
-``--out`` as JSON.
+``--out`` as JSON. ``--exchange grouped`` (the engine's default) sends the three groups' ids,
+rows and gradients in one all-to-all each (``backend/grouped_exchange.py``); ``per-group``
+(``engine.grouped_exchange = False``) keeps one exchange per group.
 """
 import argparse
 import json
@@ -39,10 +41,13 @@ def global_batch():
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
+    ap.add_argument("--exchange", choices=("grouped", "per-group"), default="grouped")
     args = ap.parse_args()
     init_process_group("cpu")
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = shard_model(engine())
+    e = engine()
+    e.grouped_exchange = args.exchange == "grouped"
+    model = shard_model(e)
     log = []
     real = exchange.dist.all_to_all_single
 
