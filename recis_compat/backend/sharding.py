@@ -47,7 +47,7 @@ from recis_compat.backend.exchange import IdCapacity, IdExchange, PendingRows, R
 from recis_compat.backend.slices import owner_ranks, slice_range
 from recis_compat.ops.id_map import ids_partition, unique_first_seen
 from recis_compat.ops.pooling import gather_rows
-from recis_compat.utils import dist_timeout
+from recis_compat.utils import dist_timeout, exit_drain
 
 __all__ = ["ShardedDynamicTable", "DynamicTableSharder", "dynamic_table_plan", "shard_model",
            "DYNAMIC_TABLE_KERNEL", "default_backend", "init_process_group", "DistributedExchangeError",
@@ -75,6 +75,7 @@ def init_process_group(device=None, timeout_s: Optional[float] = None, **kwargs)
         timeout_s = dist_timeout.timeout_seconds()
     backend = dist_timeout.resolve_backend(kwargs.pop("backend", default_backend(device)))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=float(timeout_s)), **kwargs)
+    exit_drain.register()       # gloo's worker threads finish before the interpreter finalizes
 
 
 class DistributedExchangeError(dist.DistError):

@@ -17,7 +17,9 @@ so one stopped or dead rank would hang the whole job that long. :func:`install` 
 ``recis_compat.backend.sharding.init_process_group`` (our own helper) uses the same rule through
 :func:`timeout_seconds` and :func:`resolve_backend`. ``import recis`` calls :func:`install`, which
 also installs :mod:`recis_compat.utils.dist_exit`: a collective that fails by this timeout ends
-the process with status 1 rather than a native abort at interpreter exit.
+the process with status 1 rather than a native abort at interpreter exit, and a created group
+registers :mod:`recis_compat.utils.exit_drain` (gloo's worker threads finish before a normal
+exit finalizes the interpreter).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from recis_compat.utils import dist_exit
+from recis_compat.utils import dist_exit, exit_drain
 from recis_compat.utils.device import ENV_VAR as DEVICE_ENV_VAR
 
 __all__ = ["ENV_VAR", "DEFAULT_TIMEOUT_S", "timeout_seconds", "default_timeout", "cpu_only",
@@ -118,6 +120,7 @@ def _wrap(original):
         bound.arguments["backend"] = resolve_backend(bound.arguments.get("backend"))
         result = original(*bound.args, **bound.kwargs)
         dist_exit.install()      # torch wrapped sys.excepthook just now; ours must stay outermost
+        exit_drain.register()    # gloo's worker threads finish before the interpreter finalizes
         return result
 
     setattr(init_process_group, _MARK, original)
