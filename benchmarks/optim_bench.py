@@ -36,7 +36,9 @@ What is timed:
   same table slots (embedding and both moments) and the same touched rows: each slot row is read
   and written once with no arithmetic, in the Adam kernel's loop (prefetching, threads). Two
   cases: the whole ``SparseAdamW.step()`` and the ``sparse_adam_rows_`` kernel alone against it.
-  The rotated rows are put back afterwards.
+  The three are timed interleaved (rounds of a step, the kernel, three floor passes, which put
+  every rotated row back), medians over ``3 * --repeat`` rounds, so that a drift of the shared
+  machine moves all three alike.
 
 The floor case runs twice: on the in-RAM table and on a ``cached_ssd`` table (rows and slots in
 mapped files, docs/stores.md) whose budget holds it.
@@ -119,21 +121,43 @@ def _ours(ids, values, touched, grad, dim: int, repeat: int, unique: bool, store
         opt.zero_grad()
         impl.accept_grad(rows, grad, unique=unique)
 
-    t_step = _timed(setup, opt.step, repeat)
-    # breakdown on the same inputs: coalescing, then the kernel alone
+    # the coalescing alone (grad_rows of the buffer), then the rows and gradient the kernels run on
     setup()
     t_coalesce = _timed(None, lambda: impl.grad_rows(1), repeat)
     urows, ugrad = impl.grad_rows(1)
     m = impl.get_slot("sparse_adamw_exp_avg")
     v = impl.get_slot("sparse_adamw_exp_avg_sq")
-    t_kernel = _timed(None, lambda: sparse_adam_rows_(
-        impl.embedding, m, v, urows, ugrad, lr=HP["lr"], beta1=HP["beta1"], beta2=HP["beta2"], eps=HP["eps"],
-        decay=1 - HP["lr"] * HP["weight_decay"], beta1_power=0.9, beta2_power=0.999), repeat)
-    # the physical floor on the same slots and rows (rotated rows restored afterwards)
-    saved = [t.index_select(0, urows) for t in (impl.embedding, m, v)]
-    t_floor = _timed(None, lambda: sparse_rows_rotate_(impl.embedding, m, v, urows, ugrad), repeat)
-    for t, vals in zip((impl.embedding, m, v), saved):
-        t.index_copy_(0, urows, vals)
+    slots = (impl.embedding, m, v)
+
+    def kernel():
+        sparse_adam_rows_(*slots, urows, ugrad, lr=HP["lr"], beta1=HP["beta1"], beta2=HP["beta2"], eps=HP["eps"],
+                          decay=1 - HP["lr"] * HP["weight_decay"], beta1_power=0.9, beta2_power=0.999)
+
+    # step, kernel and floor interleaved, so that all three see the same machine (a drift between
+    # separate loops moved the ratios by up to 30% on a shared machine): each round is a step, the
+    # kernel alone and three floor passes (three rotations put every row back); medians over
+    # 3 * repeat rounds after one warm-up round
+    steps: List[float] = []
+    kernels: List[float] = []
+    floors: List[float] = []
+    for k in range(3 * repeat + 1):
+        setup()
+        t0 = time.perf_counter()
+        opt.step()
+        t1 = time.perf_counter()
+        kernel()
+        t2 = time.perf_counter()
+        fl = []
+        for _ in range(3):
+            t3 = time.perf_counter()
+            sparse_rows_rotate_(*slots, urows, ugrad)
+            fl.append(time.perf_counter() - t3)
+        if k:
+            steps.append(t1 - t0)
+            kernels.append(t2 - t1)
+            floors.extend(fl)
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    t_step, t_kernel, t_floor = med(steps), med(kernels), med(floors)
     opt.zero_grad()
 
     # correctness guard: untouched rows still hold their inserted values, touched rows moved

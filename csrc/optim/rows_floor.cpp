@@ -310,6 +310,33 @@ at::Tensor row_cache_translate_cpu(const at::Tensor& row_slot, const at::Tensor&
   return out;
 }
 
+// row_cache_mark_'s loop over slots[i0..i1), the marks known at compile time (the loop is bound by its
+// instructions: ~2x faster than testing ``mark`` / ``write`` and reloading the captured state per slot).
+// Returns false when a slot is >= S (reported by the caller). The prefetch needs no bounds check (a
+// prefetch never faults).
+template <bool kMark, bool kWrite>
+bool mark_slots(const int64_t* __restrict__ sp, int64_t i0, int64_t i1, int32_t* ls, bool* ds, int64_t S,
+                int32_t c) {
+  constexpr int64_t kAhead = 16;
+  bool ok = true;
+  for (int64_t i = i0; i < i1; ++i) {
+    if (i + kAhead < i1) {
+      const int64_t a = sp[i + kAhead];
+      if (kMark) __builtin_prefetch(ls + a, 0);
+      if (kWrite) __builtin_prefetch(ds + a, 0);
+    }
+    const int64_t sl = sp[i];
+    if (static_cast<uint64_t>(sl) >= static_cast<uint64_t>(S)) {  // -1 (not cached) or out of range
+      ok &= sl < 0;
+      continue;
+    }
+    // several threads may store the same value to one slot (a slot listed twice): relaxed atomics
+    if (kMark && __atomic_load_n(ls + sl, __ATOMIC_RELAXED) != c) __atomic_store_n(ls + sl, c, __ATOMIC_RELAXED);
+    if (kWrite && !__atomic_load_n(ds + sl, __ATOMIC_RELAXED)) __atomic_store_n(ds + sl, true, __ATOMIC_RELAXED);
+  }
+  return ok;
+}
+
 // The marks of row_cache_translate_ without the translation, for an access whose slots are known
 // (the optimizer's rows after the lookup translated them): last[s] = clock when ``mark``, dirty[s] =
 // true when ``write``, for every slot s >= 0 of ``slots`` (-1, a row not cached, is skipped). Stores
@@ -333,27 +360,13 @@ void row_cache_mark_cpu(const at::Tensor& slots_in, const at::Tensor& last, cons
   int32_t* ls = last.data_ptr<int32_t>();
   bool* ds = dirty.data_ptr<bool>();
   const int32_t c = static_cast<int32_t>(clock);
-  constexpr int64_t kAhead = 16;
   std::atomic<bool> bad{false};
   at::parallel_for(0, N, 16384, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      if (i + kAhead < i1) {
-        const int64_t a = sp[i + kAhead];
-        if (a >= 0 && a < S) {
-          if (mark) __builtin_prefetch(ls + a, 0);
-          if (write) __builtin_prefetch(ds + a, 0);
-        }
-      }
-      const int64_t sl = sp[i];
-      if (sl < 0) continue;
-      if (sl >= S) {
-        bad.store(true, std::memory_order_relaxed);
-        continue;
-      }
-      // several threads may store the same value to one slot (a slot listed twice): relaxed atomics
-      if (mark && __atomic_load_n(ls + sl, __ATOMIC_RELAXED) != c) __atomic_store_n(ls + sl, c, __ATOMIC_RELAXED);
-      if (write && !__atomic_load_n(ds + sl, __ATOMIC_RELAXED)) __atomic_store_n(ds + sl, true, __ATOMIC_RELAXED);
-    }
+    bool ok;
+    if (mark && write) ok = mark_slots<true, true>(sp, i0, i1, ls, ds, S, c);
+    else if (mark) ok = mark_slots<true, false>(sp, i0, i1, ls, ds, S, c);
+    else ok = mark_slots<false, true>(sp, i0, i1, ls, ds, S, c);
+    if (!ok) bad.store(true, std::memory_order_relaxed);
   });
   if (bad.load()) {
     for (int64_t i = 0; i < N; ++i) {

@@ -228,7 +228,7 @@ class RowCache:
                 and rows.dtype == m[0].dtype and rows.stride() == m[0].stride() and rows._version == m[1] and m[2]._version == m[3]):
             s = m[2]
             mark = touch and not m[4]      # marked by the last access: still "used since the hand passed"
-            if mark or write:              # one pass over the slots (an index_fill_ per mark took ~3x longer)
+            if mark or write:              # one pass over the slots (an index_fill_ per mark measured 3-6x slower)
                 row_cache_mark_(s, self.last, self.dirty, self.clock, mark, write)
             if mark:
                 self._memo = m[:4] + (True,)
