@@ -19,6 +19,13 @@
 #include "optim/sparse_adam_checks.h"
 
 namespace recis_compat {
+
+RECIS_CPU_CLONES bool rows_in_range_host(const int64_t* r, int64_t R, int64_t n) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < R; ++i) bad |= static_cast<int64_t>(r[i] < 0) | static_cast<int64_t>(r[i] >= n);
+  return bad == 0;
+}
+
 namespace {
 
 constexpr const char* kOp = "recis_compat::sparse_adam_rows_";
