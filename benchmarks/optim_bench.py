@@ -36,7 +36,9 @@ What is timed:
   same table slots (embedding and both moments) and the same touched rows: each slot row is read
   and written once with no arithmetic, in the Adam kernel's loop (prefetching, threads). Two
   cases: the whole ``SparseAdamW.step()`` and the ``sparse_adam_rows_`` kernel alone against it.
-  The rotated rows are put back afterwards.
+  The three are timed interleaved (rounds of a step, the kernel, three floor passes, which put
+  every rotated row back), medians over ``3 * --repeat`` rounds, so that a drift of the shared
+  machine moves all three alike.
 
 The floor case runs twice: on the in-RAM table and on a ``cached_ssd`` table (rows and slots in
 mapped files, docs/stores.md) whose budget holds it.
@@ -100,8 +102,10 @@ def _workload(rows: int, dim: int, batch: int, seed: int = 0):
 
 # ----------------------------------------------------------------------------- contestants
 def _ours(ids, values, touched, grad, dim: int, repeat: int, unique: bool, store=None):
-    """(step, coalesce, kernel, floor) seconds of SparseAdamW on a table of ``ids`` (in RAM, or
-    in ``store``, a ``StoreConfig``)."""
+    """(step, coalesce, kernel, floor) median seconds of SparseAdamW on a table of ``ids`` (in RAM,
+    or in ``store``, a ``StoreConfig``), and the minima of the step, kernel and floor samples
+    (``{"step_min_ms", "kernel_min_ms", "floor_min_ms"}``: on a busy 2-core machine a descheduled
+    thread stalls a whole parallel region, which moves medians but rarely minima)."""
     from recis_compat.nn.modules.hashtable import HashTable, filter_out_sparse_param
     from recis_compat.ops.optim import sparse_adam_rows_, sparse_rows_rotate_
     from recis_compat.optim import SparseAdamW
@@ -119,21 +123,45 @@ def _ours(ids, values, touched, grad, dim: int, repeat: int, unique: bool, store
         opt.zero_grad()
         impl.accept_grad(rows, grad, unique=unique)
 
-    t_step = _timed(setup, opt.step, repeat)
-    # breakdown on the same inputs: coalescing, then the kernel alone
+    # the coalescing alone (grad_rows of the buffer), then the rows and gradient the kernels run on
     setup()
     t_coalesce = _timed(None, lambda: impl.grad_rows(1), repeat)
     urows, ugrad = impl.grad_rows(1)
     m = impl.get_slot("sparse_adamw_exp_avg")
     v = impl.get_slot("sparse_adamw_exp_avg_sq")
-    t_kernel = _timed(None, lambda: sparse_adam_rows_(
-        impl.embedding, m, v, urows, ugrad, lr=HP["lr"], beta1=HP["beta1"], beta2=HP["beta2"], eps=HP["eps"],
-        decay=1 - HP["lr"] * HP["weight_decay"], beta1_power=0.9, beta2_power=0.999), repeat)
-    # the physical floor on the same slots and rows (rotated rows restored afterwards)
-    saved = [t.index_select(0, urows) for t in (impl.embedding, m, v)]
-    t_floor = _timed(None, lambda: sparse_rows_rotate_(impl.embedding, m, v, urows, ugrad), repeat)
-    for t, vals in zip((impl.embedding, m, v), saved):
-        t.index_copy_(0, urows, vals)
+    slots = (impl.embedding, m, v)
+
+    def kernel():
+        sparse_adam_rows_(*slots, urows, ugrad, lr=HP["lr"], beta1=HP["beta1"], beta2=HP["beta2"], eps=HP["eps"],
+                          decay=1 - HP["lr"] * HP["weight_decay"], beta1_power=0.9, beta2_power=0.999)
+
+    # step, kernel and floor interleaved, so that all three see the same machine (a drift between
+    # separate loops moved the ratios by up to 30% on a shared machine): each round is a step, the
+    # kernel alone and three floor passes (three rotations put every row back); medians over
+    # 3 * repeat rounds after one warm-up round
+    steps: List[float] = []
+    kernels: List[float] = []
+    floors: List[float] = []
+    for k in range(3 * repeat + 1):
+        setup()
+        t0 = time.perf_counter()
+        opt.step()
+        t1 = time.perf_counter()
+        kernel()
+        t2 = time.perf_counter()
+        fl = []
+        for _ in range(3):
+            t3 = time.perf_counter()
+            sparse_rows_rotate_(*slots, urows, ugrad)
+            fl.append(time.perf_counter() - t3)
+        if k:
+            steps.append(t1 - t0)
+            kernels.append(t2 - t1)
+            floors.extend(fl)
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    t_step, t_kernel, t_floor = med(steps), med(kernels), med(floors)
+    minima = {"step_min_ms": round(min(steps) * 1e3, 3), "kernel_min_ms": round(min(kernels) * 1e3, 3),
+              "floor_min_ms": round(min(floors) * 1e3, 3)}
     opt.zero_grad()
 
     # correctness guard: untouched rows still hold their inserted values, touched rows moved
@@ -146,7 +174,7 @@ def _ours(ids, values, touched, grad, dim: int, repeat: int, unique: bool, store
         "SparseAdamW changed rows without gradients"
     assert not torch.equal(impl.read_slot("embedding", rows[:100]), values[touched[:100]]), "touched rows did not change"
     impl.close()
-    return t_step, t_coalesce, t_kernel, t_floor
+    return t_step, t_coalesce, t_kernel, t_floor, minima
 
 
 def _torch_adamw(values, touched, grad, repeat: int) -> Dict[str, float]:
@@ -206,15 +234,15 @@ def run(opts: BenchOptions) -> List[Case]:
     threads = torch.get_num_threads()
     ids, values, touched, grad = _workload(rows, dim, batch)
 
-    t_ours, t_coalesce, t_kernel, t_floor = _ours(ids, values, touched, grad, dim, repeat, unique=True)
-    t_rep, t_rep_coalesce, _, _ = _ours(ids, values, touched, grad, dim, repeat, unique=False)
+    t_ours, t_coalesce, t_kernel, t_floor, minima = _ours(ids, values, touched, grad, dim, repeat, unique=True)
+    t_rep, t_rep_coalesce, _, _, _ = _ours(ids, values, touched, grad, dim, repeat, unique=False)
     # the same on a cached_ssd table (rows and slots in mapped files) whose budget holds the table
     from recis_compat.backend.row_store import StoreConfig
     row_mb = rows * dim * 4 * 3 / 2 ** 20
     store_dir = tempfile.mkdtemp(prefix="bench_optim_store_")
     try:
         store = StoreConfig("cached_ssd", store_dir, int(2 * row_mb) + 64)
-        t_ssd, _, t_ssd_kernel, t_ssd_floor = _ours(ids, values, touched, grad, dim, repeat, unique=True,
+        t_ssd, _, t_ssd_kernel, t_ssd_floor, ssd_minima = _ours(ids, values, touched, grad, dim, repeat, unique=True,
                                                     store=store)
     finally:
         shutil.rmtree(store_dir, ignore_errors=True)
@@ -267,7 +295,7 @@ def run(opts: BenchOptions) -> List[Case]:
     cases.append(Case("SparseAdamW.step, repeated-row buffer", "rows/s", rps(t_rep),
                       f"torch.optim.AdamW({best}) dense table", rps(timed[best]), detail=rep_detail))
     floor_name = "physical floor: sparse_rows_rotate_ (same rows and slots, no arithmetic)"
-    floor_detail = {**detail, "floor_ms": round(t_floor * 1e3, 3), "store": "in-RAM",
+    floor_detail = {**detail, "floor_ms": round(t_floor * 1e3, 3), "store": "in-RAM", **minima,
                     "timed_baseline": "sparse_rows_rotate_(embedding, exp_avg, exp_avg_sq, rows, grad): "
                                       "(a, b, c)[rows] <- (b, c, a)[rows], the Adam kernel's loop without "
                                       "its arithmetic (csrc/optim/rows_floor.cpp)"}
@@ -278,7 +306,8 @@ def run(opts: BenchOptions) -> List[Case]:
                       target=FLOOR_TARGET))
     ssd_detail = {**floor_detail, "store": "cached_ssd (mapped files, budget holds the table)",
                   "budget_mb": store.cache_memory_budget_mb, "ours_step_ms": round(t_ssd * 1e3, 3),
-                  "ours_kernel_ms": round(t_ssd_kernel * 1e3, 3), "floor_ms": round(t_ssd_floor * 1e3, 3)}
+                  "ours_kernel_ms": round(t_ssd_kernel * 1e3, 3), "floor_ms": round(t_ssd_floor * 1e3, 3),
+                  **ssd_minima}
     cases.append(Case("SparseAdamW.step, cached_ssd table", "rows/s", rps(t_ssd), floor_name + ", cached_ssd table",
                       rps(t_ssd_floor), detail=ssd_detail, target=FLOOR_TARGET))
     return cases

@@ -57,7 +57,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from recis_compat.backend.row_store import FileSlots, strict_overcommit
-from recis_compat.ops.optim import row_cache_sweep_, row_cache_translate_
+from recis_compat.ops.optim import row_cache_mark_, row_cache_sweep_, row_cache_translate_
 
 __all__ = ["RowCache", "META_BYTES"]
 
@@ -227,11 +227,11 @@ class RowCache:
         if (m is not None and rows.data_ptr() == m[0].data_ptr() and rows.shape == m[0].shape
                 and rows.dtype == m[0].dtype and rows.stride() == m[0].stride() and rows._version == m[1] and m[2]._version == m[3]):
             s = m[2]
-            if touch and not m[4]:         # marked by the last access: still "used since the hand passed"
-                self.last.index_fill_(0, s, self.clock)
+            mark = touch and not m[4]      # marked by the last access: still "used since the hand passed"
+            if mark or write:              # one pass over the slots (an index_fill_ per mark measured 3-6x slower)
+                row_cache_mark_(s, self.last, self.dirty, self.clock, mark, write)
+            if mark:
                 self._memo = m[:4] + (True,)
-            if write:
-                self.dirty.index_fill_(0, s, True)
             return s
         s = row_cache_translate_(self.row_slot, rows, self.last, self.dirty, self.clock, touch, write)
         miss = s < 0
@@ -240,12 +240,12 @@ class RowCache:
             mp = torch.nonzero(miss).view(-1)
             mr = rows.index_select(0, mp)
             if not touch:                  # the access's cached rows stay while its misses come in
-                self.last.index_fill_(0, s[~miss], self.clock)
+                row_cache_mark_(s, self.last, self.dirty, self.clock, True, False)
             self._bring_in(torch.unique(mr))
             ms = self.row_slot.index_select(0, mr).long()
             s.index_copy_(0, mp, ms)
             if write:
-                self.dirty.index_fill_(0, ms, True)
+                row_cache_mark_(ms, self.last, self.dirty, self.clock, False, True)
         self._memo = (rows, rows._version, s, s._version, touch or missed)
         return s
 

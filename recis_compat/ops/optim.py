@@ -123,6 +123,28 @@ def row_cache_translate_(row_slot: torch.Tensor, rows: torch.Tensor, last: torch
                                                        bool(write))
 
 
+@torch.library.register_fake("recis_compat::row_cache_mark_")
+def _row_cache_mark_fake(slots, last, dirty, clock, mark, write):
+    return None
+
+
+def row_cache_mark_(slots: torch.Tensor, last: torch.Tensor, dirty: torch.Tensor, clock: int, mark: bool,
+                    write: bool) -> None:
+    """The marks of :func:`row_cache_translate_` for slots already translated
+    (csrc/optim/rows_floor.cpp): for every slot ``s >= 0`` of ``slots`` (-1, a row not cached,
+    is skipped), ``last[s] = clock`` when ``mark`` and ``dirty[s] = True`` when ``write``, in one
+    pass (the cached_ssd row cache's access that reuses the last translation, backend/row_cache.py).
+
+    Args:
+        slots: int64 ``[N]`` cache slots (``< len(last)``; any order, duplicates fine).
+        last: int32 ``[S]`` per cache slot (updated in place).
+        dirty: bool ``[S]`` per cache slot (updated in place).
+        clock: the access's number, in ``[1, 2^31)``.
+    """
+    _host_only("row_cache_mark_", slots, last, dirty)
+    torch.ops.recis_compat.row_cache_mark_(slots, last, dirty, int(clock), bool(mark), bool(write))
+
+
 def row_cache_sweep_(last: torch.Tensor, hand: int, used: int, k: int, clock: int) -> torch.Tensor:
     """Up to ``k`` victim slots of the cached_ssd row cache's clock sweep (csrc/optim/rows_floor.cpp):
     from slot ``hand`` over slots ``[0, used)``, at most two turns; ``last[s] == 0`` is a victim
