@@ -277,44 +277,37 @@ class IdMap(OwnLock):
         return torch.cat(rows_parts).view(ids.shape), torch.cat(new_parts).view(ids.shape)
 
     @locked
-    def prepare_insert(self, ids: torch.Tensor, distinct: bool = False):
-        """Make the map ready to take the batch ``ids`` in one kernel call, as
-        :meth:`find_or_insert` would: ``("insert", (table, meta, free_rows))`` when the ids go to
-        ``id_map_find_or_insert`` in one call (the caller makes that call, e.g. through
-        ``ops.multi_table.find_or_insert_many`` with other maps, then calls
-        :meth:`note_insert`); ``("found", rows)`` when every id is known (the rows, int64
-        ``[N]``; nothing to insert); None when :meth:`find_or_insert` would insert the batch in
-        chunks (the caller calls it; nothing was changed). A growth :meth:`find_or_insert` would
-        make before a one-call insert is made here, so the map ends as that call leaves it.
-        The caller holds the map's lock from here until :meth:`note_insert`."""
-        flat = self._check_ids(ids, "find_or_insert")
-        n = flat.numel()
-        if self._used_bound + n > int(self.max_load * self.capacity):
-            self._sync()
-        if self._used_bound + n <= int(self.max_load * self.capacity):
-            return "insert", (self._table, self._meta, self._free)
-        # find_or_insert's slow path up to its first kernel call
-        found = _ops.find(self._table, flat)
-        missing = found < 0
-        if not bool(missing.any()):
-            return "found", found.view(ids.shape)
-        need = (int(missing.sum()) if distinct
-                else int(_ops.unique_first_seen(flat[missing])[0].numel()))
+    def insert_state(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """``(table, meta, free_rows, limit)`` for ``ops.multi_table.find_or_insert_many``, which
+        inserts into several maps in one call deciding, as :meth:`find_or_insert` does, whether
+        a batch goes in without a growth (``limit`` = ``int(max_load * capacity)``, the most
+        ``size + tombstones`` may reach). The caller holds the map's lock from here until
+        :meth:`note_used`, and calls :meth:`find_or_insert` for a batch the op left to it."""
+        return self._table, self._meta, self._free, int(self.max_load * self.capacity)
+
+    @locked
+    def grow_for_batch(self, num_ids: int, num_absent: int) -> bool:
+        """For a batch of ``num_ids`` distinct ids, ``num_absent`` of them not in the map, that
+        ``find_or_insert_many`` left alone (it does not fit below the load limit): grow the map as
+        :meth:`find_or_insert` (``distinct=True``) would before inserting it, and return True
+        when the batch then goes to the kernel in one call; False (nothing changed) when
+        :meth:`find_or_insert` would insert it in chunks (the caller calls it)."""
+        n, need = int(num_ids), int(num_absent)
         for _ in range(2):
             size, _, tomb, _ = self._counts()
             room = int(self.max_load * self.capacity) - size - tomb
-            if need <= room and n < self.capacity - size - tomb:
-                return "insert", (self._table, self._meta, self._free)
+            if 0 <= need <= room and n < self.capacity - size - tomb:
+                return True
             if room >= min(n, max(_MIN_CHUNK, self.capacity // 64)):
-                return None             # the first chunk fits: find_or_insert inserts in chunks
+                return False            # find_or_insert inserts the batch in chunks
             self._grow(size, tomb, max(need, 1))
-        return None
+        return False
 
     @locked
-    def note_insert(self, num_ids: int) -> None:
-        """Account a batch of ``num_ids`` ids inserted with the tensors :meth:`prepare_insert`
-        gave (the bound that decides when the exact counts are read)."""
-        self._used_bound += int(num_ids)
+    def note_used(self, used: int) -> None:
+        """``size + tombstones`` after an insert made with :meth:`insert_state`'s tensors (the
+        bound that decides when the counts are read again, here exact)."""
+        self._used_bound = int(used)
 
     @locked
     def delete(self, ids: torch.Tensor) -> torch.Tensor:

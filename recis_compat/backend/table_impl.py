@@ -657,52 +657,44 @@ class DynamicTableImpl(OwnLock):
 
 def find_or_insert_rows_many(impls: Sequence[DynamicTableImpl], ids: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """``[impls[k].find_or_insert_rows(ids[k], distinct=True) for k]`` (distinct int64 ids
-    ``[N_k]`` per table -> rows int64 ``[N_k]``), with the id-map inserts of every in-memory
-    table in one csrc call (``find_or_insert_many``; each map first made ready by
-    ``IdMap.prepare_insert``, which grows it as ``find_or_insert`` would) and the U(low, high)
-    initial rows of those whose ``init_rows`` says so (:class:`UniformIdInit`) in another
-    (``counter_uniform_rows_many_``). Everything else -- storage growth (and the
-    ``sample_rows`` draws it makes), change logs, other ``init_rows`` -- runs per table in table
-    order, and the tables the fused call cannot take (file-backed, a batch the map inserts in
-    chunks, another device than the first such table, a table given twice) take
-    ``find_or_insert_rows`` at their place in that order; so rows, new-row order, counters,
-    change logs, values and every generator's draws equal the per-table calls'. The caller
-    holds every table's lock."""
+    ``[N_k]`` per table -> rows int64 ``[N_k]``), with the id-map finds and inserts of every
+    in-memory table in one csrc call (``find_or_insert_many``: each map takes its batch where
+    ``IdMap.find_or_insert`` would in one kernel call) and the U(low, high) initial rows of those
+    whose ``init_rows`` says so (:class:`UniformIdInit`) in another (``counter_uniform_rows_many_``).
+    Everything else -- storage growth (and the ``sample_rows`` draws it makes), change logs,
+    other ``init_rows`` -- runs per table in table order, and the tables the fused call does not
+    take (file-backed, a map that must grow or insert in chunks first, another device than the
+    first table's, a table given twice) take ``find_or_insert_rows`` at their place in that
+    order; so rows, new-row order, counters, change logs, values and every generator's draws
+    equal the per-table calls'. The caller holds every table's lock."""
     flat = [impl.check_ids(x, "insert") for impl, x in zip(impls, ids)]
-    plans: Dict[int, tuple] = {}
     fused: List[int] = []
-    states = []
-    device = None
     if len({id(impl) for impl in impls}) == len(impls):
-        for k, impl in enumerate(impls):
-            if impl.storage.file_backed or (device is not None and impl.device != device):
-                continue
-            plan = impl.id_map.prepare_insert(flat[k], distinct=True)
-            if plan is None:
-                continue
-            plans[k] = plan
-            if plan[0] == "insert":
-                fused.append(k)
-                states.append(plan[1])
-                device = impl.device
+        fused = [k for k, impl in enumerate(impls)
+                 if not impl.storage.file_backed and impl.device == impls[0].device]
     got: Dict[int, tuple] = {}
-    if fused:
-        rows_f, new_ids_f, new_rows_f, next_f = find_or_insert_many(states, [flat[k] for k in fused])
-        got = {k: (r, ni, nr, nx) for k, r, ni, nr, nx in zip(fused, rows_f, new_ids_f, new_rows_f, next_f)}
+    for attempt in range(2):
+        # second attempt: the maps the first left alone that IdMap grows, as find_or_insert
+        # would, so that their batches then go in one call (rare: maps grow x1.5)
+        if not fused:
+            break
+        rows_f, new_ids_f, new_rows_f, counts = find_or_insert_many([impls[k].id_map.insert_state() for k in fused],
+                                                                     [flat[k] for k in fused])
+        left = []
+        for k, rows, new_ids, new_rows, c in zip(fused, rows_f, new_ids_f, new_rows_f, counts):
+            if c[0]:
+                got[k] = (rows, new_ids, new_rows, c)
+            elif attempt == 0 and impls[k].id_map.grow_for_batch(flat[k].numel(), c[3]):
+                left.append(k)
+        fused = left
     out: List[torch.Tensor] = []
     uniform: List[list] = [[], [], [], [], [], []]     # tables, rows, ids, seeds, lows, highs
     for k, impl in enumerate(impls):
-        plan = plans.get(k)
-        if plan is None:
+        if k not in got:
             out.append(impl.find_or_insert_rows(flat[k], distinct=True))
             continue
-        if plan[0] == "found":          # every id known: what find_or_insert_rows does with them
-            rows = plan[1]
-            impl.storage.note_access(rows, lookup=True)
-            out.append(rows)
-            continue
-        rows, new_ids, new_rows, next_row = got[k]
-        impl.id_map.note_insert(flat[k].numel())
+        rows, new_ids, new_rows, (_, next_row, used, _) = got[k]
+        impl.id_map.note_used(used)
         impl.storage.ensure_capacity(next_row)
         impl.storage.note_access(rows, lookup=True)
         if new_ids.numel():

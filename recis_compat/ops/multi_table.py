@@ -8,7 +8,8 @@
 * ``sgd_rows_multi_(slots, rows, grads, lr)`` (csrc/optim/sgd_rows.cpp): ``slot[rows] -= lr *
   grad`` for several float32/float64 tables, bit for bit ATen's ``add_(alpha=-lr)``.
 * ``find_or_insert_many(states, ids)`` (csrc/embedding/multi_unique.cpp): ``id_map_find_or_insert``
-  of several id maps in one call, with each map's new ids and rows and its row high-water mark.
+  of several id maps in one call where ``IdMap.find_or_insert`` would make one kernel call, with
+  each map's new ids and rows, its row high-water mark and its load.
 * ``counter_uniform_rows_many_(tables, rows, ids, seeds, lows, highs)``
   (csrc/embedding/counter_init.cpp): the per-id U(low, high) initial rows of several tables written
   in place, bit for bit ``UniformInitializer.sample_for_ids`` + ``index_copy_``.
@@ -46,12 +47,12 @@ def _sgd_rows_multi_fake(tables, rows, grads, lr):
 
 
 @torch.library.register_fake("recis_compat::id_map_find_or_insert_multi")
-def _find_or_insert_multi_fake(tables, metas, free_rows, ids):
+def _find_or_insert_multi_fake(tables, metas, free_rows, ids, limits):
     ctx = torch.library.get_ctx()
+    rows = [i.new_empty((ctx.new_dynamic_size(),)) for i in ids]
     new = [ctx.new_dynamic_size() for _ in ids]
-    return ([i.new_empty(i.shape) for i in ids], [i.new_empty((k,)) for i, k in zip(ids, new)],
-            [i.new_empty((k,)) for i, k in zip(ids, new)],
-            torch.empty((len(ids),), dtype=torch.int64, device="cpu"))
+    return (rows, [i.new_empty((k,)) for i, k in zip(ids, new)], [i.new_empty((k,)) for i, k in zip(ids, new)],
+            torch.empty((len(ids), 4), dtype=torch.int64, device="cpu"))
 
 
 @torch.library.register_fake("recis_compat::counter_uniform_rows_multi_")
@@ -88,22 +89,25 @@ def sgd_rows_multi_(slots: Sequence[torch.Tensor], rows: Sequence[torch.Tensor],
     torch.ops.recis_compat.sgd_rows_multi_(list(slots), list(rows), [g.contiguous() for g in grads], float(lr))
 
 
-def find_or_insert_many(states: Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+def find_or_insert_many(states: Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]],
                         ids: Sequence[torch.Tensor]
-                        ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], List[int]]:
-    """``id_map_find_or_insert`` (recis_compat/ops/id_map.py) of every id map ``states[k]`` =
-    ``(table, meta, free_rows)`` with int64 ids ``ids[k]`` ``[N_k]``, in one call, the maps
-    updated in place. Returns ``(rows, new_ids, new_rows, next_rows)``: ``rows[k]`` int64
-    ``[N_k]``; ``new_ids[k]`` / ``new_rows[k]`` int64 ``[K_k]``, the ids the call inserted and
-    their rows in assignment order (``ids[k][is_new]``, ``rows[k][is_new]``); ``next_rows[k]``
-    the map's row high-water mark afterwards (rows its storage must hold). Each map must have
-    room for its batch (``IdMap.fast_insert_state``); every map is checked before any changes."""
+                        ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], List[List[int]]]:
+    """Find or insert the distinct int64 ids ``ids[k]`` ``[N_k]`` in every id map ``states[k]`` =
+    ``(table, meta, free_rows, limit)`` (``IdMap.insert_state``) in one call, each map taking the
+    batch when ``IdMap.find_or_insert`` would in one kernel call (no growth; the decision in
+    csrc/embedding/multi_unique.cpp) and left untouched otherwise. Returns ``(rows, new_ids,
+    new_rows, counts)``: ``rows[k]`` int64 ``[N_k]`` (empty when the map was left alone);
+    ``new_ids[k]`` / ``new_rows[k]`` int64 ``[K_k]``, the ids inserted and their rows in
+    assignment order; ``counts[k]`` = ``[done, next_row, size + tombstones, absent]`` afterwards
+    (done 0: the caller grows the map, ``IdMap.grow_for_batch`` with ``absent`` ids not in it,
+    or inserts with ``IdMap.find_or_insert``). Every map is checked before any changes."""
     if len(states) == 0:
         return [], [], [], []
     require_kernel("id_map_find_or_insert_multi", states[0][0].device)
-    rows, new_ids, new_rows, next_rows = torch.ops.recis_compat.id_map_find_or_insert_multi(
-        [s[0] for s in states], [s[1] for s in states], [s[2] for s in states], [i.reshape(-1) for i in ids])
-    return list(rows), list(new_ids), list(new_rows), next_rows.tolist()
+    rows, new_ids, new_rows, counts = torch.ops.recis_compat.id_map_find_or_insert_multi(
+        [s[0] for s in states], [s[1] for s in states], [s[2] for s in states], [i.reshape(-1) for i in ids],
+        [int(s[3]) for s in states])
+    return list(rows), list(new_ids), list(new_rows), counts.tolist()
 
 
 def counter_uniform_rows_many_(tables: Sequence[torch.Tensor], rows: Sequence[torch.Tensor],

@@ -17,11 +17,23 @@ from reference_kernels import counter_uniform_ref
 
 
 # ----------------------------------------------------------------------------- references
-def insert_ref(state, ids):
-    """One map: the per-table op, then ``ids[is_new]`` / ``rows[is_new]`` and ``meta[1]``."""
+def insert_ref(state, ids, limit):
+    """One map, the op's contract written with the per-map ops: ``(rows, new_ids, new_rows,
+    [done, next_row, size + tombstones, absent])``."""
     table, meta, free = state
+    n, used, cap = ids.numel(), int(meta[0] + meta[2]), table.shape[0] * 5
+    if used + n > limit:
+        found = id_ops.find(table, ids)
+        absent = int((found < 0).sum())
+        none = torch.zeros(0, dtype=torch.int64)
+        if absent == 0:
+            return found, none, none, [1, int(meta[1]), used, 0]
+        if not (used + absent <= limit and n < cap - used):
+            return none, none, none, [0, int(meta[1]), used, absent]
+    else:
+        absent = 0
     rows, is_new = id_ops.find_or_insert(table, meta, free, ids)
-    return rows, ids[is_new], rows[is_new], int(meta[1])
+    return rows, ids[is_new], rows[is_new], [1, int(meta[1]), int(meta[0] + meta[2]), absent]
 
 
 def uniform_rows_ref(table, rows, ids, seed, low, high):
@@ -30,14 +42,15 @@ def uniform_rows_ref(table, rows, ids, seed, low, high):
     table.index_copy_(0, rows, (low + (high - low) * u).to(torch.float32).to(table.dtype))
 
 
-def _maps(n_maps, seed=0, deleted=True):
-    """Id maps with some ids in (and some deleted: rows on the free stack), and their twins."""
+def _maps(fills, seed=0, deleted=True, spare=64):
+    """Id maps holding ``fills[k]`` ids (some deleted: rows on the free stack), grown for
+    ``fills[k] + spare`` ids, and twins."""
     g = torch.Generator().manual_seed(seed)
     maps, twins = [], []
-    for k in range(n_maps):
+    for fill in fills:
         m = IdMap()
-        m.reserve(60_000)
-        first = torch.randint(0, 5000, (300 + 100 * k,), generator=g)
+        m.reserve(fill + spare)
+        first = torch.randperm(3 * fill + 100, generator=g)[:fill]
         m.find_or_insert(first)
         if deleted:
             m.delete(first[:37])
@@ -60,32 +73,47 @@ def _same_map(a, b):
 # ----------------------------------------------------------------------------- find_or_insert_multi
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("sizes", [(5, 0, 3000, 1), (9000, 12_000, 40, 4000)])   # serial / parallel paths
-def test_insert_many_equals_the_per_map_op(threads, sizes):
-    maps, twins = _maps(len(sizes))
+def test_insert_many_equals_the_per_map_ops(threads, sizes):
+    # fills: room for every batch / a map near its load limit (known ids go in after a find;
+    # a batch of new ids is left to IdMap) / a half-full map
+    maps, twins = _maps([20_000, 11_000, 20_000, 6000][:len(sizes)])
     g = torch.Generator().manual_seed(5)
-    ids = [torch.randperm(30_000, generator=g)[:n] - 3 for n in sizes]     # distinct, known and new ids
+    ids = [torch.randperm(70_000, generator=g)[:n] - 3 for n in sizes]
     ids[-1] = torch.cat([ids[-1][:-1], torch.tensor([-(1 << 63)])])
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        rows, new_ids, new_rows, next_rows = find_or_insert_many([_state(m) for m in maps], ids)
+        rows, new_ids, new_rows, counts = find_or_insert_many([m.insert_state() for m in maps], ids)
     finally:
         torch.set_num_threads(old)
     for k, (twin, x) in enumerate(zip(twins, ids)):
-        want = insert_ref(_state(twin), x)
+        want = insert_ref(_state(twin), x, twin.insert_state()[3])
         assert torch.equal(rows[k], want[0]) and torch.equal(new_ids[k], want[1]) and torch.equal(new_rows[k], want[2])
-        assert next_rows[k] == want[3]
+        assert counts[k] == want[3]
         assert _same_map(maps[k], twin)
     assert sum(n.numel() for n in new_ids) > 0     # the batches did insert
 
 
-def test_insert_many_with_repeats_keeps_first_occurrence_rows():
-    maps, twins = _maps(2, deleted=False)
-    ids = [torch.tensor([7, 10_001, 7, 10_002, 10_001]), torch.tensor([10_005, 10_005])]
-    rows, new_ids, new_rows, _ = find_or_insert_many([_state(m) for m in maps], ids)
-    for k, (twin, x) in enumerate(zip(twins, ids)):
-        want = insert_ref(_state(twin), x)
-        assert torch.equal(rows[k], want[0]) and torch.equal(new_ids[k], want[1]) and torch.equal(new_rows[k], want[2])
+def test_insert_many_takes_the_batches_find_or_insert_makes_one_call_of():
+    """Known ids near the load limit: found, nothing inserted; a few new ones: inserted after
+    the find; too many new ones: left alone (IdMap.find_or_insert grows the map); room for the
+    batch: inserted without a find. Where the op took the batch, the map equals a twin's after
+    IdMap.find_or_insert(distinct=True)."""
+    maps, twins = _maps([180, 180, 180, 20], deleted=False, spare=0)
+    known = twins[0].ids_and_rows()[0]
+    limit = maps[0].insert_state()[3]
+    assert 180 + known.numel() > limit and 180 + 122 > limit
+    ids = [known.flip(0), torch.cat([twins[1].ids_and_rows()[0][:120], torch.tensor([10**6, 10**6 + 1])]),
+           torch.arange(10**6, 10**6 + 500), torch.arange(5)]
+    rows, new_ids, new_rows, counts = find_or_insert_many([m.insert_state() for m in maps], ids)
+    assert [c[0] for c in counts] == [1, 1, 0, 1]
+    assert new_ids[0].numel() == 0 and torch.equal(new_ids[1], torch.tensor([10**6, 10**6 + 1]))
+    assert rows[2].numel() == 0 and _same_map(maps[2], twins[2])
+    for k in (0, 1, 3):
+        want_rows, is_new = twins[k].find_or_insert(ids[k], distinct=True)
+        assert torch.equal(rows[k], want_rows) and torch.equal(new_rows[k], want_rows[is_new])
+        assert _same_map(maps[k], twins[k]) and counts[k][1:3] == [int(twins[k]._meta[1]), len(twins[k])]
+    assert counts[2][3] == 500 and counts[1][3] == 2 and counts[3][3] == 0
 
 
 def test_insert_many_of_no_map():
@@ -93,29 +121,28 @@ def test_insert_many_of_no_map():
 
 
 def test_insert_many_bad_inputs_change_no_map_and_name_it():
-    maps, _ = _maps(2)
+    maps, _ = _maps([300, 400])
     before = [[t.clone() for t in _state(m)] for m in maps]
     op = torch.ops.recis_compat.id_map_find_or_insert_multi
-    states = [_state(m) for m in maps]
-    tables, metas, frees = ([s[i] for s in states] for i in range(3))
-    too_many = torch.arange(10**6, 10**6 + maps[1].capacity)
-    with pytest.raises(RuntimeError, match=r"id_map_find_or_insert_multi \(map 1\): a batch of .* ids may not fit"):
-        op(tables, metas, frees, [torch.tensor([123_456]), too_many])
+    tables, metas, frees, limits = (list(x) for x in zip(*[m.insert_state() for m in maps]))
     with pytest.raises(RuntimeError, match=r"id_map_find_or_insert_multi \(map 1\): 'ids' must be an int64"):
-        op(tables, metas, frees, [torch.tensor([5]), torch.tensor([1.0])])
-    with pytest.raises(RuntimeError, match="got 2 tables, 2 metas, 2 free_rows and 1 id lists"):
-        op(tables, metas, frees, [torch.tensor([5])])
+        op(tables, metas, frees, [torch.tensor([5]), torch.tensor([1.0])], limits)
+    with pytest.raises(RuntimeError, match="got 2 tables, 2 metas, 2 free_rows, 1 id lists and 2 limits"):
+        op(tables, metas, frees, [torch.tensor([5])], limits)
     with pytest.raises(RuntimeError, match="maps 0 and 1 are the same map"):
-        op([tables[0], tables[0]], [metas[0], metas[0]], [frees[0], frees[0]], [torch.tensor([5]), torch.tensor([6])])
+        op([tables[0], tables[0]], [metas[0], metas[0]], [frees[0], frees[0]], [torch.tensor([5]), torch.tensor([6])],
+           [limits[0]] * 2)
+    with pytest.raises(RuntimeError, match=r"limits\[1\] must be in \[0, capacity"):
+        op(tables, metas, frees, [torch.tensor([5]), torch.tensor([6])], [limits[0], 10**9])
     for m, b in zip(maps, before):
         assert all(torch.equal(x, y) for x, y in zip(_state(m), b))
 
 
 def test_insert_many_opcheck():
-    maps, _ = _maps(2, deleted=False)
+    maps, _ = _maps([10, 10], deleted=False)
+    tables, metas, frees, limits = (list(x) for x in zip(*[m.insert_state() for m in maps]))
     torch.library.opcheck(torch.ops.recis_compat.id_map_find_or_insert_multi.default,
-                          ([m._table for m in maps], [m._meta for m in maps], [m._free for m in maps],
-                           [torch.tensor([1, 99_999, 3]), torch.tensor([88_888])]),
+                          (tables, metas, frees, [torch.tensor([1, 99_999, 3]), torch.tensor([88_888])], limits),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
@@ -169,12 +196,12 @@ def test_uniform_rows_opcheck():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
-    maps, twins = _maps(2)
+    maps, twins = _maps([300, 180])
     for m in twins:
         m.to("cuda")
-    ids = [torch.tensor([1, 70_000, 70_001]), torch.tensor([70_002])]
-    want = find_or_insert_many([_state(m) for m in maps], ids)
-    got = find_or_insert_many([_state(m) for m in twins], [i.cuda() for i in ids])
+    ids = [torch.tensor([1, 70_000, 70_001]), torch.arange(10**6, 10**6 + 500)]
+    want = find_or_insert_many([m.insert_state() for m in maps], ids)
+    got = find_or_insert_many([m.insert_state() for m in twins], [i.cuda() for i in ids])
     for a, b in zip(want[:3], got[:3]):
         assert all(torch.equal(x, y.cpu()) for x, y in zip(a, b))
     assert want[3] == got[3]

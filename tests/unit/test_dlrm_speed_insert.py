@@ -84,13 +84,17 @@ def _step_ids(step, n_tables):
 def test_multi_insert_equals_the_per_table_insert_over_growing_steps(tmp_path, monkeypatch):
     fused_calls, uniform_calls = [], []
     real_many, real_uniform = table_module.find_or_insert_many, table_module.counter_uniform_rows_many_
-    monkeypatch.setattr(table_module, "find_or_insert_many",
-                        lambda states, ids: fused_calls.append(len(states)) or real_many(states, ids))
+
+    def spy(states, ids):
+        got = real_many(states, ids)
+        fused_calls.append([c[0] for c in got[3]])
+        return got
+    monkeypatch.setattr(table_module, "find_or_insert_many", spy)
     monkeypatch.setattr(table_module, "counter_uniform_rows_many_",
                         lambda tables, *a: uniform_calls.append(len(tables)) or real_uniform(tables, *a))
     multi, single = _impls(tmp_path, "multi"), _impls(tmp_path, "single")
     for step in range(8):
-        ids = _step_ids(step, len(multi))
+        ids = _step_ids(min(step, 5), len(multi))      # growing, then the same ids again
         torch.manual_seed(step)
         got = find_or_insert_rows_many(multi, ids)
         torch.manual_seed(step)
@@ -105,48 +109,61 @@ def test_multi_insert_equals_the_per_table_insert_over_growing_steps(tmp_path, m
             ca, cb = multi[4].take_changes(), single[4].take_changes()
             assert torch.equal(ca.ids, cb.ids) and torch.equal(ca.deleted, cb.deleted)
             assert all(torch.equal(ca.values[s], cb.values[s]) for s in ca.values)
-    # every in-memory table in the fused call each step (the file-backed one never), the maps
-    # grew on the way (prepare_insert grows them as find_or_insert does), and the U(low, high)
-    # tables' new rows were written by one call per step (plus one check of each table's
-    # promise on a few ids, the first time)
-    assert fused_calls == [7] * 8
+    # every in-memory table in the first fused call of each step (the file-backed one never); the
+    # maps that had to grow first were grown (IdMap.grow_for_batch, as find_or_insert grows
+    # them: every map grew on the way) and taken by a second call; the U(low, high) tables' new
+    # rows were written by one call per step (besides one check of each table's promise on a
+    # few ids, the first time: calls of one table)
+    calls, steps, grown = iter(fused_calls), 0, 0
+    for first in calls:
+        assert len(first) == 7
+        steps += 1
+        if 0 in first:
+            second = next(calls)
+            assert len(second) == first.count(0) and all(second)
+            grown += len(second)
+    assert steps == 8 and grown > 0 and fused_calls[-1] == [1] * 7
     assert all(impl.id_map.num_rehashes > 0 for impl in multi)
-    assert uniform_calls == [1, 1, 1, 1] + [4] * 8
+    assert [c for c in uniform_calls if c > 1] == [4] * 6     # the growing steps
     assert multi[6].evicted_total > 0
 
 
 def test_a_batch_the_map_inserts_in_chunks_and_a_table_given_twice_fall_back(tmp_path, monkeypatch):
     fused_calls = []
     real_many = table_module.find_or_insert_many
-    monkeypatch.setattr(table_module, "find_or_insert_many",
-                        lambda states, ids: fused_calls.append(len(states)) or real_many(states, ids))
+
+    def spy(states, ids):
+        got = real_many(states, ids)
+        fused_calls.append((len(states), [c[0] for c in got[3]]))
+        return got
+    monkeypatch.setattr(table_module, "find_or_insert_many", spy)
     multi, single = _impls(tmp_path, "multi")[:2], _impls(tmp_path, "single")[:2]
     for impl in multi + single:
         impl.id_map.reserve(160_000)                         # 300k slots, load limit 240k
         impl.find_or_insert_rows(torch.arange(230_000))      # room for 10k more ids
     chunked = torch.arange(10**6, 10**6 + 40_000)            # more new ids than the room: chunks
-    assert multi[0].id_map.prepare_insert(chunked, distinct=True) is None
     ids = [chunked, torch.arange(229_990, 230_010)]
     got = find_or_insert_rows_many(multi, ids)
     want = [impl.find_or_insert_rows(x, distinct=True) for impl, x in zip(single, ids)]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     _assert_tables_equal(multi, single)
-    assert fused_calls == [1]           # only the second table
+    # both maps in the call; the first one left to IdMap.find_or_insert (chunks), the second done
+    assert fused_calls == [(2, [0, 1])]
     # the same table twice: both lists take the per-table insert, one after the other
     twice = [torch.tensor([1, 2, 10**7]), torch.tensor([10**7, 10**7 + 1])]
     got = find_or_insert_rows_many([multi[1], multi[1]], twice)
     want = [single[1].find_or_insert_rows(x, distinct=True) for x in twice]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     _assert_tables_equal(multi, single)
-    assert fused_calls == [1]
+    assert fused_calls == [(2, [0, 1])]     # no second fused call
 
 
 def test_known_ids_near_the_load_limit_insert_nothing(tmp_path):
     multi, single = _impls(tmp_path, "multi")[:1], _impls(tmp_path, "single")[:1]
     for impl in multi + single:
         impl.find_or_insert_rows(torch.arange(12))       # 16 slots: 12 ids is at the 0.8 limit
-    plan = multi[0].id_map.prepare_insert(torch.arange(12), distinct=True)
-    assert plan[0] == "found" and torch.equal(plan[1], torch.arange(12))
+    table, meta, free, limit = multi[0].id_map.insert_state()
+    assert int(meta[0]) + 12 > limit        # the batch alone would pass the load limit
     got = find_or_insert_rows_many(multi, [torch.arange(12).flip(0)])
     assert torch.equal(got[0], single[0].find_or_insert_rows(torch.arange(12).flip(0), distinct=True))
     _assert_tables_equal(multi, single)
