@@ -290,8 +290,9 @@ class IdMap(OwnLock):
         """For a batch of ``num_ids`` distinct ids, ``num_absent`` of them not in the map, that
         ``find_or_insert_many`` left alone (it does not fit below the load limit): grow the map as
         :meth:`find_or_insert` (``distinct=True``) would before inserting it, and return True
-        when the batch then goes to the kernel in one call; False (nothing changed) when
-        :meth:`find_or_insert` would insert it in chunks (the caller calls it)."""
+        when the batch then goes to the kernel in one call; False when :meth:`find_or_insert`
+        would insert it in chunks (the caller calls it; the map is as :meth:`find_or_insert`'s
+        first steps leave it: unchanged, or grown as it grows before its first chunk)."""
         n, need = int(num_ids), int(num_absent)
         for _ in range(2):
             size, _, tomb, _ = self._counts()
