@@ -198,3 +198,35 @@ def test_engine_runs_with_uniform_tables_are_bit_equal_to_a_lookup_per_group(mon
     old = train_engine(lambda: PerGroupEngine(_options()), adamw, _batch, 4)
     _assert_same(new, old)
     assert uniform_calls and max(uniform_calls) == 2     # d8 and d8b: one call for both
+
+
+def _dyn_tables():
+    from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
+    out = []
+    for k in range(3):
+        cfg = DynamicTableConfig(name=f"dyn{k}", embedding_dim=DIM, sample_rows=None, block_size=5,
+                                 init_rows=UniformIdInit(_uniform_fn(-0.2, 0.2, k), lambda k=k: (-0.2, 0.2, k)))
+        out.append(DynamicTable(cfg))
+    return out
+
+
+def test_lookup_rows_many_equals_lookup_rows_per_table_with_readonly_eval_and_listeners():
+    """DynamicTable.lookup_rows_many (what EmbeddingEngine.lookup_run calls): a read-only lookup
+    finds without inserting, eval mode finds only, listeners see each table's rows."""
+    from recis_compat.backend.dynamic_table import DynamicTable
+    multi, single = _dyn_tables(), _dyn_tables()
+    seen = {"multi": [], "single": []}
+    for tag, tables in (("multi", multi), ("single", single)):
+        tables[2].impl.lookup_listeners.append(lambda rows, tag=tag: seen[tag].append(rows.clone()))
+    for step, (training, readonly) in enumerate([(True, [False, True, False]), (True, [False, False, False]),
+                                                 (False, [False, False, False])]):
+        for t in multi + single:
+            t.train(training)
+        ids = [torch.arange(step * 7, step * 7 + 12) for _ in range(3)]
+        got = DynamicTable.lookup_rows_many(multi, ids, readonly)
+        want = [t.lookup_rows(x, ro) for t, x, ro in zip(single, ids, readonly)]
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), step
+        _assert_tables_equal([t.impl for t in multi], [t.impl for t in single])
+    assert len(multi[1].impl) == 12 and len(seen["multi"]) == 2      # read-only step 0 inserted nothing
+    assert all(torch.equal(a, b) for a, b in zip(seen["multi"], seen["single"]))
+    assert bool((got[0] < 0).any())        # eval: unknown ids are absent, not inserted
