@@ -672,6 +672,9 @@ def find_or_insert_rows_many(impls: Sequence[DynamicTableImpl], ids: Sequence[to
     if len({id(impl) for impl in impls}) == len(impls):
         fused = [k for k, impl in enumerate(impls)
                  if not impl.storage.file_backed and impl.device == impls[0].device]
+    # read (and on first use check) the U(low, high) promises before any map changes, so a
+    # wrong one raises with every table as it was
+    params = {k: impls[k].uniform_init_params() for k in fused if impls[k].init_rows is not None}
     got: Dict[int, tuple] = {}
     for attempt in range(2):
         # second attempt: the maps the first left alone that IdMap grows, as find_or_insert
@@ -700,10 +703,9 @@ def find_or_insert_rows_many(impls: Sequence[DynamicTableImpl], ids: Sequence[to
         if new_ids.numel():
             impl._log_inserted(new_ids, new_rows)
             if impl.init_rows is not None:
-                params = impl.uniform_init_params()
                 emb = impl.storage.embedding
-                if params is not None and emb.is_contiguous():
-                    low, high, seed = params
+                if params[k] is not None and emb.is_contiguous():
+                    low, high, seed = params[k]
                     for part, value in zip(uniform, (emb, new_rows, new_ids, seed, low, high)):
                         part.append(value)
                 else:

@@ -175,6 +175,7 @@ def test_a_wrong_uniform_promise_is_refused_naming_the_table(tmp_path):
     honest = _impls(tmp_path, "x")[0]
     with pytest.raises(RuntimeError, match=r"table 'liar': init_rows.uniform_params\(\) = \(-0.1, 0.1, 12\) promises"):
         find_or_insert_rows_many([honest, liar], [torch.tensor([1, 2]), torch.tensor([3])])
+    assert len(honest) == 0 and len(liar) == 0     # raised before any map changed
 
 
 def _uniform_engine(opts):
