@@ -40,14 +40,14 @@ from torchrec.streamable import Multistreamable
 from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.exchange import ReceivedIds
 from recis_compat.backend.row_store import StoreConfig
-from recis_compat.backend.table_impl import DynamicTableImpl
+from recis_compat.backend.table_impl import DynamicTableImpl, find_or_insert_rows_many
 from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.ops.multi_table import multi_table_gather, unique_first_seen_many
 from recis_compat.ops.pooling import gather_rows, sum_rows_by_index
 from recis_compat.utils.device import cuda_unavailable_message
 
 __all__ = ["DynamicTableConfig", "DynamicTable", "DynamicLookupContext", "LookupRequest", "lookup_rows_with_grad",
-           "lookup_tables_with_grad", "partition_ids_many", "split_per_key",
+           "lookup_tables_with_grad", "lookup_rows_many", "partition_ids_many", "split_per_key",
            "record_context_stream"]
 
 
@@ -57,6 +57,26 @@ def partition_ids_many(tables: Sequence["DynamicTable"], ids: Sequence[torch.Ten
     :func:`unique_first_seen_many`."""
     uniq, inverse = unique_first_seen_many([t.impl.check_ids(x, "lookup") for t, x in zip(tables, ids)])
     return [(u, inv, [u.numel()]) for u, inv in zip(uniq, inverse)]
+
+
+def lookup_rows_many(tables: Sequence["DynamicTable"], unique_ids: Sequence[torch.Tensor],
+                     readonly: Sequence[bool]) -> List[torch.Tensor]:
+    """``[tables[k].lookup_rows(unique_ids[k], readonly[k]) for k]`` (distinct int64 ids ``[U_k]``
+    -> rows int64 ``[U_k]``, ``-1`` = absent), with the inserting lookups' id-map inserts and
+    new-row initial values done for all tables at once (``find_or_insert_rows_many``,
+    backend/table_impl.py: the same rows, counters and values; tables it cannot take go through
+    the per-table insert in order); then each table's lookup listeners, in table order. The
+    caller holds every table's lock (``EmbeddingEngine.lookup_run``)."""
+    insert = [t.training and not ro and not t.impl.read_only for t, ro in zip(tables, readonly)]
+    idx = [k for k, ins in enumerate(insert) if ins]
+    inserted = dict(zip(idx, find_or_insert_rows_many([tables[k].impl for k in idx], [unique_ids[k] for k in idx])))
+    out = []
+    for k, t in enumerate(tables):
+        rows = inserted[k] if insert[k] else t.impl.find_rows(unique_ids[k])
+        if t.training and not t.impl.read_only:
+            t.impl.notify_lookup(rows)
+        out.append(rows)
+    return out
 
 
 @dataclass
@@ -307,6 +327,10 @@ class DynamicTable(nn.Module):
                              store=config.store)
         # not a Parameter: dense optimizers and DDP must not see it
         self._anchor = torch.zeros((), requires_grad=True)
+
+    # several tables' lookup_rows at once (module function; EmbeddingEngine.lookup_run calls it
+    # through the class it already imports)
+    lookup_rows_many = staticmethod(lookup_rows_many)
 
     @property
     def name(self) -> str:

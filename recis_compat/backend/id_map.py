@@ -277,6 +277,40 @@ class IdMap(OwnLock):
         return torch.cat(rows_parts).view(ids.shape), torch.cat(new_parts).view(ids.shape)
 
     @locked
+    def insert_state(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """``(table, meta, free_rows, limit)`` for ``ops.multi_table.find_or_insert_many``, which
+        inserts into several maps in one call deciding, as :meth:`find_or_insert` does, whether
+        a batch goes in without a growth (``limit`` = ``int(max_load * capacity)``, the most
+        ``size + tombstones`` may reach). The caller holds the map's lock from here until
+        :meth:`note_used`, and calls :meth:`find_or_insert` for a batch the op left to it."""
+        return self._table, self._meta, self._free, int(self.max_load * self.capacity)
+
+    @locked
+    def grow_for_batch(self, num_ids: int, num_absent: int) -> bool:
+        """For a batch of ``num_ids`` distinct ids, ``num_absent`` of them not in the map, that
+        ``find_or_insert_many`` left alone (it does not fit below the load limit): grow the map as
+        :meth:`find_or_insert` (``distinct=True``) would before inserting it, and return True
+        when the batch then goes to the kernel in one call; False when :meth:`find_or_insert`
+        would insert it in chunks (the caller calls it; the map is as :meth:`find_or_insert`'s
+        first steps leave it: unchanged, or grown as it grows before its first chunk)."""
+        n, need = int(num_ids), int(num_absent)
+        for _ in range(2):
+            size, _, tomb, _ = self._counts()
+            room = int(self.max_load * self.capacity) - size - tomb
+            if 0 <= need <= room and n < self.capacity - size - tomb:
+                return True
+            if room >= min(n, max(_MIN_CHUNK, self.capacity // 64)):
+                return False            # find_or_insert inserts the batch in chunks
+            self._grow(size, tomb, max(need, 1))
+        return False
+
+    @locked
+    def note_used(self, used: int) -> None:
+        """``size + tombstones`` after an insert made with :meth:`insert_state`'s tensors (the
+        bound that decides when the counts are read again, here exact)."""
+        self._used_bound = int(used)
+
+    @locked
     def delete(self, ids: torch.Tensor) -> torch.Tensor:
         """Remove ``ids`` (absent ones and repeats are ignored); returns the freed rows (int64)
         in first-occurrence order. They are reused by later inserts, last freed first."""

@@ -34,6 +34,13 @@ rows written by ``insert`` / ``update_slot`` / lookup listeners such as the step
 bitmap over rows, keeps a row -> id array so the changed rows' ids are found without exporting
 the whole id map, and lists the ids evicted by ``delete`` (tombstones) and whether the table was
 cleared. Writes made straight into a slot tensor (``get_slot(...)[rows] = ...``) are not seen.
+
+Several tables at once (:func:`find_or_insert_rows_many`, what an EmbeddingEngine's run of
+in-memory tables inserts through): the id-map inserts of all of them in one csrc call and the
+per-id U(low, high) initial rows (an ``init_rows`` with ``uniform_params``, see
+:class:`UniformIdInit`) of all of them in another; rows, ids, counters, change logs and values
+are those of :meth:`DynamicTableImpl.find_or_insert_rows` per table. Tables where that cannot
+apply (file-backed, an id map that must grow for the batch) take the per-table call, in order.
 """
 from __future__ import annotations
 
@@ -50,8 +57,9 @@ from recis_compat.backend.row_storage import RowStorage
 from recis_compat.backend.row_store import StoreConfig, store_from_env
 from recis_compat.backend.slices import SLICE_SIZE
 from recis_compat.ops.id_map import unique_first_seen
+from recis_compat.ops.multi_table import counter_uniform_rows_many_, find_or_insert_many
 
-__all__ = ["DynamicTableImpl", "TableChanges"]
+__all__ = ["DynamicTableImpl", "TableChanges", "UniformIdInit", "find_or_insert_rows_many"]
 
 _EPOCHS = itertools.count(1)     # change-log epochs, unique within the process
 
@@ -99,6 +107,39 @@ class TableChanges:
                  deleted: torch.Tensor, cleared: bool):
         self.epoch, self.new_epoch = epoch, new_epoch
         self.ids, self.values, self.deleted, self.cleared = ids, values, deleted, cleared
+
+
+class UniformIdInit:
+    """An ``init_rows`` (see :class:`DynamicTableImpl`) that also says it draws U(low, high)
+    from counter uniforms, so several tables' new rows can be written by one csrc call
+    (:func:`find_or_insert_rows_many`).
+
+    Args:
+        fn: ``f(ids [k]) -> Tensor[k, dim]``, the initial rows (what a call returns).
+        params: ``() -> (low, high, seed)`` or None, read at every insert (a table's seed may be
+            reloaded from a checkpoint): the promise that ``fn(ids)`` equals
+            ``(low + (high - low) * counter_uniform(ids, seed, dim)).to(float32).to(dtype)``
+            (recis_compat/ops/counter_init.py). None: ``fn`` is called. A table checks the
+            promise on a few ids the first time it sees a set of parameters and raises
+            RuntimeError naming itself when it does not hold.
+
+    Any ``init_rows`` with a ``uniform_params()`` method of that meaning works the same way.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor],
+                 params: Callable[[], Optional[Tuple[float, float, int]]]):
+        self.fn = fn
+        self.params = params
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fn(ids)
+
+    def uniform_params(self) -> Optional[Tuple[float, float, int]]:
+        return self.params()
+
+
+# ids a table's uniform_params promise is checked on (first use of a set of parameters)
+_PROBE_IDS = (0, 1, -1, 987_654_321, -(1 << 63), (1 << 63) - 1, 1 << 40)
 
 
 class DynamicTableImpl(OwnLock):
@@ -155,6 +196,8 @@ class DynamicTableImpl(OwnLock):
         self.lookup_listeners: List[Callable[[torch.Tensor], None]] = []
         # change log for incremental checkpoints (None: not tracking); see track_changes
         self._changes: Optional[_ChangeLog] = None
+        # the init_rows.uniform_params() value checked against init_rows (uniform_init_params)
+        self._uniform_checked: Optional[Tuple[float, float, int]] = None
 
     def __setstate__(self, state):
         # a copy gets its own lock (OwnLock), shared again by its map and rows
@@ -233,14 +276,50 @@ class DynamicTableImpl(OwnLock):
             if new_pos.numel():
                 new_ids = ids.index_select(0, new_pos)
                 new_rows = rows.index_select(0, new_pos)
-                if log is not None:
-                    log.fit(self.id_map.num_rows_allocated())
-                    log.row_ids.index_copy_(0, new_rows, new_ids)
-                    log.dirty.index_fill_(0, new_rows, True)
+                self._log_inserted(new_ids, new_rows)
                 if initialize and self.init_rows is not None:
                     vals = self.init_rows(new_ids)
                     self.storage.write_rows("embedding", new_rows, vals.reshape(new_ids.numel(), self.dim))
         return rows
+
+    def _log_inserted(self, new_ids: torch.Tensor, new_rows: torch.Tensor) -> None:
+        """Change log (when tracking): rows ``new_rows`` now hold the new ids ``new_ids``."""
+        log = self._changes
+        if log is not None and new_ids.numel():
+            log.fit(self.id_map.num_rows_allocated())
+            log.row_ids.index_copy_(0, new_rows, new_ids)
+            log.dirty.index_fill_(0, new_rows, True)
+
+    @locked
+    def uniform_init_params(self) -> Optional[Tuple[float, float, int]]:
+        """``(low, high, seed)`` when the new rows' values may be written by
+        ``counter_uniform_rows_many_`` (``init_rows.uniform_params()``, see :class:`UniformIdInit`;
+        float32/float64 tables), else None. The first time a set of parameters is seen it is
+        checked against ``init_rows`` on a few ids; RuntimeError naming the table when they
+        differ (a wrong promise would change the table's values silently)."""
+        get = getattr(self.init_rows, "uniform_params", None)
+        if get is None or self.dtype not in (torch.float32, torch.float64):
+            return None
+        params = get()
+        if params is None:
+            return None
+        low, high, seed = float(params[0]), float(params[1]), int(params[2])
+        params = (low, high, seed)
+        if getattr(self, "_uniform_checked", None) != params:
+            if not low <= high:
+                raise RuntimeError(f"table {self.name!r}: init_rows.uniform_params() gave low={low} > high={high}")
+            probe = torch.tensor(_PROBE_IDS, dtype=torch.int64, device=self.device)
+            want = self.init_rows(probe).reshape(probe.numel(), self.dim).to(self.dtype)
+            got = torch.zeros((probe.numel(), self.dim), dtype=self.dtype, device=self.device)
+            counter_uniform_rows_many_([got], [torch.arange(probe.numel(), device=self.device)], [probe],
+                                       [seed], [low], [high])
+            if not torch.equal(got, want):
+                raise RuntimeError(f"table {self.name!r}: init_rows.uniform_params() = {params} promises "
+                                   f"U({low}, {high}) counter-uniform rows with seed {seed}, but init_rows "
+                                   f"returns other values (for ids {list(_PROBE_IDS[:2])}: {want[:2].tolist()} "
+                                   f"against {got[:2].tolist()})")
+            self._uniform_checked = params
+        return params
 
     @locked
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
@@ -574,3 +653,65 @@ class DynamicTableImpl(OwnLock):
         log.cleared = False
         log.epoch = out.new_epoch
         return out
+
+
+def find_or_insert_rows_many(impls: Sequence[DynamicTableImpl], ids: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """``[impls[k].find_or_insert_rows(ids[k], distinct=True) for k]`` (distinct int64 ids
+    ``[N_k]`` per table -> rows int64 ``[N_k]``), with the id-map finds and inserts of every
+    in-memory table in one csrc call (``find_or_insert_many``: each map takes its batch where
+    ``IdMap.find_or_insert`` would in one kernel call) and the U(low, high) initial rows of those
+    whose ``init_rows`` says so (:class:`UniformIdInit`) in another (``counter_uniform_rows_many_``).
+    Everything else -- storage growth (and the ``sample_rows`` draws it makes), change logs,
+    other ``init_rows`` -- runs per table in table order, and the tables the fused call does not
+    take (file-backed, a map that must grow or insert in chunks first, another device than the
+    first table's, a table given twice) take ``find_or_insert_rows`` at their place in that
+    order; so rows, new-row order, counters, change logs, values and every generator's draws
+    equal the per-table calls'. The caller holds every table's lock."""
+    flat = [impl.check_ids(x, "insert") for impl, x in zip(impls, ids)]
+    fused: List[int] = []
+    if len({id(impl) for impl in impls}) == len(impls):
+        fused = [k for k, impl in enumerate(impls)
+                 if not impl.storage.file_backed and impl.device == impls[0].device]
+    # read (and on first use check) the U(low, high) promises before any map changes, so a
+    # wrong one raises with every table as it was
+    params = {k: impls[k].uniform_init_params() for k in fused if impls[k].init_rows is not None}
+    got: Dict[int, tuple] = {}
+    for attempt in range(2):
+        # second attempt: the maps the first left alone that IdMap grows, as find_or_insert
+        # would, so that their batches then go in one call (rare: maps grow x1.5)
+        if not fused:
+            break
+        rows_f, new_ids_f, new_rows_f, counts = find_or_insert_many([impls[k].id_map.insert_state() for k in fused],
+                                                                     [flat[k] for k in fused])
+        left = []
+        for k, rows, new_ids, new_rows, c in zip(fused, rows_f, new_ids_f, new_rows_f, counts):
+            if c[0]:
+                got[k] = (rows, new_ids, new_rows, c)
+            elif attempt == 0 and impls[k].id_map.grow_for_batch(flat[k].numel(), c[3]):
+                left.append(k)
+        fused = left
+    out: List[torch.Tensor] = []
+    uniform: List[list] = [[], [], [], [], [], []]     # tables, rows, ids, seeds, lows, highs
+    for k, impl in enumerate(impls):
+        if k not in got:
+            out.append(impl.find_or_insert_rows(flat[k], distinct=True))
+            continue
+        rows, new_ids, new_rows, (_, next_row, used, _) = got[k]
+        impl.id_map.note_used(used)
+        impl.storage.ensure_capacity(next_row)
+        impl.storage.note_access(rows, lookup=True)
+        if new_ids.numel():
+            impl._log_inserted(new_ids, new_rows)
+            if impl.init_rows is not None:
+                emb = impl.storage.embedding
+                if params[k] is not None and emb.is_contiguous():
+                    low, high, seed = params[k]
+                    for part, value in zip(uniform, (emb, new_rows, new_ids, seed, low, high)):
+                        part.append(value)
+                else:
+                    vals = impl.init_rows(new_ids)
+                    impl.storage.write_rows("embedding", new_rows, vals.reshape(new_ids.numel(), impl.dim))
+        out.append(rows)
+    if uniform[0]:
+        counter_uniform_rows_many_(*uniform)
+    return out

@@ -416,9 +416,11 @@ class EmbeddingEngine(nn.Module):
         return runs
 
     def lookup_run(self, ctx: EmbeddingEngineContext, members: List[int], trains: bool) -> None:
-        """Look up the groups ``members`` (a run of :meth:`local_runs`) by one gather: per group,
-        the table's ``lookup_rows`` (find or insert, as ``lookup_unique``), in group order, all
-        the run's tables' locks held; then one ``lookup_tables_with_grad`` over the run
+        """Look up the groups ``members`` (a run of :meth:`local_runs`) by one gather: the tables'
+        rows (find or insert, as ``lookup_unique``) by ``DynamicTable.lookup_rows_many``
+        (backend/dynamic_table.py: the id-map inserts and the new rows' initial values of all
+        of them in one csrc call each; the rows, counters and values of ``lookup_rows`` per
+        group in group order), all the run's tables' locks held; then one ``lookup_tables_with_grad`` over the run
         (backend/dynamic_table.py: one csrc gather into ``[sum U, dim]`` and one autograd node
         whose backward hands each table its rows' gradient). The values, the rows created and
         their initial values, and the gradients the tables receive are those of one
@@ -431,7 +433,8 @@ class EmbeddingEngine(nn.Module):
         with contextlib.ExitStack() as stack:
             for table in tables:        # group order: every forward takes the locks in one order
                 stack.enter_context(table.impl.lock)
-            rows = [table.lookup_rows(ctx.groups[i][2].ids, ro) for i, table, ro in zip(members, tables, readonly)]
+            # the inserts and new rows of all the run's tables by two csrc calls (lookup_rows_many)
+            rows = DynamicTable.lookup_rows_many(tables, [ctx.groups[i][2].ids for i in members], readonly)
             # rows of a training lookup that is not read-only are all present (inserted)
             emb = lookup_tables_with_grad([t.impl for t in tables], [t.anchor for t in tables], rows,
                                           [t.grad_scale() for t in tables], grad=trains,
