@@ -63,11 +63,22 @@ def _state(m):
     return m._table, m._meta, m._free
 
 
+def _id_rows(m):
+    ids, rows = m.ids_and_rows()
+    order = torch.argsort(ids)
+    return ids[order], rows[order]
+
+
 def _same_map(a, b):
-    """Same table, meta and free stack (up to free_count: the stacks' spare lengths differ)."""
+    """Same ids with the same rows, same meta (size, rows, tombstones, free count) and free
+    stack (up to free_count: the stacks' spare lengths differ). Not the bucket layout: where a
+    parallel insert puts an id in its probe sequence depends on which thread claims a slot
+    first (csrc/embedding/id_map.cpp), in the per-map op too."""
     fa, fb = int(a._meta[3]), int(b._meta[3])
-    return (torch.equal(a._table, b._table) and torch.equal(a._meta, b._meta) and fa == fb
-            and torch.equal(a._free[:fa], b._free[:fb]))
+    ia, ra = _id_rows(a)
+    ib, rb = _id_rows(b)
+    return (a.capacity == b.capacity and torch.equal(ia, ib) and torch.equal(ra, rb)
+            and torch.equal(a._meta, b._meta) and fa == fb and torch.equal(a._free[:fa], b._free[:fb]))
 
 
 # ----------------------------------------------------------------------------- find_or_insert_multi

@@ -32,11 +32,11 @@ from recis_compat.backend.children import ChildrenInfo
 from recis_compat.backend.slices import SLICE_SIZE, slice_range
 from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
 from recis_compat.backend.row_store import StoreConfig
-from recis_compat.backend.table_impl import DynamicTableImpl
+from recis_compat.backend.table_impl import DynamicTableImpl, UniformIdInit
 from recis_compat.common.singleton import SingletonMeta
 from recis_compat.nn.hashtable_hook import AdmitHook, FilterHook
 from recis_compat.nn.modules.hashtable_impl import HashtableImpl, Slot, SlotGroup, is_hashtable
-from recis_compat.nn.initializers import ConstantInitializer, Initializer
+from recis_compat.nn.initializers import ConstantInitializer, Initializer, UniformInitializer
 from recis_compat.utils.device import resolve_device
 
 __all__ = ["Slice", "gen_slice", "HashTable", "HashtableImpl", "HashtableRegister", "ChildrenInfo",
@@ -174,7 +174,8 @@ class HashTable(nn.Module):
                                     sample_rows=self._sample_flat_rows, dtype=dtype, device=device,
                                     block_size=self._block_size, children=children, coalesced=coalesced,
                                     grad_reduce_by=grad_reduce_by, world_size=world_size,
-                                    init_rows=self._init_rows_for_ids if id_init else None, store=store)
+                                    init_rows=UniformIdInit(self._init_rows_for_ids, self._uniform_init_params)
+                                    if id_init else None, store=store)
         self._table = DynamicTable(config, impl_type=HashtableImpl)
         self._table.impl.set_slice(slice.slice_begin, slice.slice_end, slice.slice_size)
         register = HashtableRegister()
@@ -208,6 +209,13 @@ class HashTable(nn.Module):
     def _init_rows_for_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Initial rows ``[k, prod(embedding_shape)]`` of new ids (a function of seed and id)."""
         return self._initializer.sample_for_ids(ids, int(self._init_seed)).reshape(ids.numel(), -1)
+
+    def _uniform_init_params(self) -> Optional[Tuple[float, float, int]]:
+        """``(a, b, seed)`` when new rows are :class:`UniformInitializer` draws (several tables'
+        new rows are then written by one csrc call, backend/table_impl.py
+        ``find_or_insert_rows_many``), else None."""
+        init = self._initializer
+        return (init.a, init.b, int(self._init_seed)) if type(init) is UniformInitializer else None
 
     def _sample_flat_rows(self, k: int) -> torch.Tensor:
         """``k`` initial rows flattened to ``[k, prod(embedding_shape)]``."""
