@@ -255,6 +255,20 @@ class PendingRows(Awaitable[torch.Tensor]):
         return self.rows
 
 
+def rows_all_to_all(out: torch.Tensor, sent: torch.Tensor, recv_splits: List[int], send_splits: List[int], pg,
+                    async_op: bool, on_error: Optional[ErrorFactory], what: str, phase: str):
+    """``all_to_all_single`` of rows (or row gradients) from ``sent`` into ``out`` (splits in
+    rows of the tensors' first dim); a failure becomes ``on_error(what, phase, err)`` (None:
+    re-raised as it is). Returns the work when ``async_op``."""
+    try:
+        return dist.all_to_all_single(out, sent, output_split_sizes=recv_splits, input_split_sizes=send_splits,
+                                      group=pg, async_op=async_op)
+    except RuntimeError as e:
+        if on_error is None:
+            raise
+        raise on_error(what, phase, e) from e
+
+
 class RowsAllToAll(torch.autograd.Function):
     """All-to-all of rows, differentiable: ``rows`` ``[sum(send_splits), D]`` (``send_splits[r]``
     rows to rank ``r``) -> ``[sum(recv_splits), D]`` (``recv_splits[r]`` rows from rank ``r``).
@@ -274,13 +288,8 @@ class RowsAllToAll(torch.autograd.Function):
         ctx.on_error = pending.on_error if pending is not None else None
         sent = rows.contiguous()
         out = rows.new_empty((sum(recv_splits),) + tuple(rows.shape[1:]))
-        try:
-            work = dist.all_to_all_single(out, sent, output_split_sizes=recv_splits, input_split_sizes=send_splits,
-                                          group=pg, async_op=pending is not None)
-        except RuntimeError as e:
-            if ctx.on_error is None:
-                raise
-            raise ctx.on_error("embedding", "forward", e) from e
+        work = rows_all_to_all(out, sent, recv_splits, send_splits, pg, pending is not None, ctx.on_error,
+                               "embedding", "forward")
         if pending is not None:
             pending.work, pending.sent = work, sent
         return out
@@ -288,13 +297,8 @@ class RowsAllToAll(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         out = grad.new_empty((sum(ctx.send_splits),) + tuple(grad.shape[1:]))
-        try:
-            dist.all_to_all_single(out, grad.contiguous(), output_split_sizes=ctx.send_splits,
-                                   input_split_sizes=ctx.recv_splits, group=ctx.pg)
-        except RuntimeError as e:
-            if ctx.on_error is None:
-                raise
-            raise ctx.on_error("embedding-gradient", "backward", e) from e
+        rows_all_to_all(out, grad.contiguous(), ctx.send_splits, ctx.recv_splits, ctx.pg, False, ctx.on_error,
+                        "embedding-gradient", "backward")
         return out, None, None, None, None
 
 
@@ -336,13 +340,8 @@ class GroupedRowsAllToAll(torch.autograd.Function):
                                  f"send {starts[k]}")
         sent = torch.cat(pieces) if pieces else rows[0].new_empty((0,))
         out = sent.new_empty((sum(ctx.recv_splits),))
-        try:
-            work = dist.all_to_all_single(out, sent, output_split_sizes=ctx.recv_splits,
-                                          input_split_sizes=ctx.send_splits, group=pg, async_op=pending is not None)
-        except RuntimeError as e:
-            if ctx.on_error is None:
-                raise
-            raise ctx.on_error("embedding", "forward", e) from e
+        work = rows_all_to_all(out, sent, ctx.recv_splits, ctx.send_splits, pg, pending is not None, ctx.on_error,
+                               "embedding", "forward")
         if pending is not None:
             pending.work, pending.sent = work, sent
         return out
@@ -351,13 +350,8 @@ class GroupedRowsAllToAll(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         counts, dims = ctx.counts, ctx.dims
         back = grad.new_empty((sum(ctx.send_splits),))
-        try:
-            dist.all_to_all_single(back, grad.contiguous(), output_split_sizes=ctx.send_splits,
-                                   input_split_sizes=ctx.recv_splits, group=ctx.pg)
-        except RuntimeError as e:
-            if ctx.on_error is None:
-                raise
-            raise ctx.on_error("embedding-gradient", "backward", e) from e
+        rows_all_to_all(back, grad.contiguous(), ctx.send_splits, ctx.recv_splits, ctx.pg, False, ctx.on_error,
+                        "embedding-gradient", "backward")
         sizes = [counts[s][k] * dims[k] for s in range(len(counts)) for k in range(len(dims))]
         parts = torch.split(back, sizes)
         grads = []
