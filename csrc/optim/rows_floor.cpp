@@ -233,6 +233,16 @@ void check_cache_state(const char* op, const at::Tensor& last) {
               last.sizes(), " on ", last.device());
 }
 
+// The recency / changed marks and the clock an access writes them with.
+void check_mark_state(const char* op, const at::Tensor& last, const at::Tensor& dirty, int64_t clock) {
+  check_cache_state(op, last);
+  TORCH_CHECK(dirty.device().is_cpu() && dirty.scalar_type() == at::kBool && dirty.dim() == 1 &&
+                  dirty.is_contiguous() && dirty.numel() == last.numel(),
+              op, ": dirty must be a contiguous 1-D bool host tensor as long as last (", last.numel(), "), got ",
+              dirty.scalar_type(), " of shape ", dirty.sizes());
+  TORCH_CHECK(clock > 0 && clock <= INT32_MAX, op, ": clock must be in [1, 2^31), got ", clock);
+}
+
 at::Tensor row_cache_translate_cpu(const at::Tensor& row_slot, const at::Tensor& rows_in, const at::Tensor& last,
                                    const at::Tensor& dirty, int64_t clock, bool mark, bool write) {
   const char* op = kTranslateOp;
@@ -243,12 +253,7 @@ at::Tensor row_cache_translate_cpu(const at::Tensor& row_slot, const at::Tensor&
   TORCH_CHECK(rows_in.device().is_cpu() && rows_in.scalar_type() == at::kLong && rows_in.dim() == 1, op,
               ": rows must be a 1-D int64 host tensor, got ", rows_in.scalar_type(), " of shape ", rows_in.sizes(),
               " on ", rows_in.device());
-  check_cache_state(op, last);
-  TORCH_CHECK(dirty.device().is_cpu() && dirty.scalar_type() == at::kBool && dirty.dim() == 1 &&
-                  dirty.is_contiguous() && dirty.numel() == last.numel(),
-              op, ": dirty must be a contiguous 1-D bool host tensor as long as last (", last.numel(), "), got ",
-              dirty.scalar_type(), " of shape ", dirty.sizes());
-  TORCH_CHECK(clock > 0 && clock <= INT32_MAX, op, ": clock must be in [1, 2^31), got ", clock);
+  check_mark_state(op, last, dirty, clock);
   auto rows = rows_in.contiguous();
   const int64_t N = rows.numel(), T = row_slot.numel(), S = last.numel();
   at::Tensor out = at::empty({N}, rows.options());
@@ -347,12 +352,7 @@ void row_cache_mark_cpu(const at::Tensor& slots_in, const at::Tensor& last, cons
   TORCH_CHECK(slots_in.device().is_cpu() && slots_in.scalar_type() == at::kLong && slots_in.dim() == 1, op,
               ": slots must be a 1-D int64 host tensor, got ", slots_in.scalar_type(), " of shape ",
               slots_in.sizes(), " on ", slots_in.device());
-  check_cache_state(op, last);
-  TORCH_CHECK(dirty.device().is_cpu() && dirty.scalar_type() == at::kBool && dirty.dim() == 1 &&
-                  dirty.is_contiguous() && dirty.numel() == last.numel(),
-              op, ": dirty must be a contiguous 1-D bool host tensor as long as last (", last.numel(), "), got ",
-              dirty.scalar_type(), " of shape ", dirty.sizes());
-  TORCH_CHECK(clock > 0 && clock <= INT32_MAX, op, ": clock must be in [1, 2^31), got ", clock);
+  check_mark_state(op, last, dirty, clock);
   if (!mark && !write) return;
   auto slots = slots_in.contiguous();
   const int64_t N = slots.numel(), S = last.numel();
