@@ -121,3 +121,15 @@ def test_zeroed_cpu_reads_zero_and_is_private():
     assert not u.any() and t[5].eq(1.0).all()
     small = rs._zeroed_cpu([3, 2], torch.int64)
     assert small.dtype == torch.int64 and not small.any()
+
+
+def test_rows_are_zeros_where_madvise_refuses(monkeypatch):
+    """Kernels before 5.14 refuse MADV_POPULATE_WRITE: the new rows are then written with zeros
+    (a reserve whose tail was dirtied by hand shows the fallback writes them)."""
+    st = RowStorage(64, torch.float32, "cpu", None, block=1024)
+    st.ensure_capacity(1024)
+    rs._populate_write(st.embedding)          # loads libc's madvise
+    monkeypatch.setattr(rs, "_madvise", lambda addr, length, advice: -1)
+    st._reserve["embedding"][1024:4096] = 5.0
+    st.ensure_capacity(4096)
+    assert not st.embedding.any()
