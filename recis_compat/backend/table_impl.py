@@ -273,9 +273,12 @@ class DynamicTableImpl(OwnLock):
         log = self._changes
         if (initialize and self.init_rows is not None) or log is not None:
             new_pos = torch.nonzero(is_new).view(-1)     # one pass over the mask for ids and rows
-            if new_pos.numel():
+            if new_pos.numel() == ids.numel():
+                new_ids, new_rows = ids, rows            # every id new (a growing table's batch)
+            elif new_pos.numel():
                 new_ids = ids.index_select(0, new_pos)
                 new_rows = rows.index_select(0, new_pos)
+            if new_pos.numel():
                 self._log_inserted(new_ids, new_rows)
                 if initialize and self.init_rows is not None:
                     vals = self.init_rows(new_ids)
