@@ -30,6 +30,7 @@ from recis.nn.initializers import ConstantInitializer
 from recis.nn.modules.hashtable import filter_out_sparse_param
 from recis.optim import SparseAdamW
 from recis.ragged.tensor import RaggedTensor
+from worker_records import grads_by_id  # tests/distributed/workers/worker_records.py
 
 GLOBAL_BATCH = 12
 POOL = 40
@@ -146,14 +147,7 @@ def main() -> None:
         loss.backward()
         rec["backward_a2a"].append(list(log))
         rec["outputs"].append(pred.detach().clone())
-        grads = {}
-        for name, impl in filter_out_sparse_param(model).items():
-            got = impl.summed_grad()
-            if got is not None:
-                ids, rows = impl.ids_map()
-                id_of_row = dict(zip(rows.tolist(), ids.tolist()))
-                grads[name] = ([id_of_row[r] for r in got[0].tolist()], got[1].clone())
-        rec["grads"].append(grads)
+        rec["grads"].append(grads_by_id(model))
         sparse_opt.step()
         dense_opt.step()
         sparse_opt.zero_grad()
