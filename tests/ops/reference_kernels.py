@@ -485,3 +485,16 @@ def sparse_rows_rotate_ref(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, ro
     a2, b2, c2 = a.clone(), b.clone(), c.clone()
     a2[rows], b2[rows], c2[rows] = b[rows], c[rows], a[rows]
     return a2, b2, c2
+
+
+def row_cache_marks_ref(last: torch.Tensor, dirty: torch.Tensor, hit: torch.Tensor, clock: int, mark: bool,
+                        write: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The row cache's marks after an access to cache slots ``hit`` (int64, repeats allowed):
+    ``last[hit] = clock`` when ``mark``, ``dirty[hit] = True`` when ``write``; new tensors
+    (``row_cache_translate_`` / ``row_cache_mark_``, csrc/optim/rows_floor.cpp)."""
+    exp_last, exp_dirty = last.clone(), dirty.clone()
+    if mark:
+        exp_last.index_fill_(0, hit, clock)
+    if write:
+        exp_dirty.index_fill_(0, hit, True)
+    return exp_last, exp_dirty

@@ -23,6 +23,8 @@ from recis_compat.backend import row_cache as row_cache_mod
 from recis_compat.ops.optim import (row_cache_sweep_, row_cache_translate_, rows_pread_, rows_pwrite,
                                    sparse_adam_rows_)
 
+from reference_kernels import row_cache_marks_ref  # tests/ops/reference_kernels.py
+
 DIM = 64
 SLOT_BYTES = DIM * 4 * 3 + META_BYTES  # embedding + two moments + the cache's bookkeeping per row
 
@@ -130,11 +132,7 @@ def test_cache_bookkeeping_ops_match_a_pure_pytorch_reference(threads):
             dirty = torch.rand(S, generator=g) < 0.3
             exp_slots = row_slot.index_select(0, rows).long()
             hit = exp_slots[exp_slots >= 0]
-            exp_last, exp_dirty = last.clone(), dirty.clone()
-            if mark:
-                exp_last.index_fill_(0, hit, 9)
-            if write:
-                exp_dirty.index_fill_(0, hit, True)
+            exp_last, exp_dirty = row_cache_marks_ref(last, dirty, hit, 9, mark, write)
             got = row_cache_translate_(row_slot, rows, last, dirty, 9, mark, write)
             assert got.dtype == torch.int64 and torch.equal(got, exp_slots)
             assert torch.equal(last, exp_last) and torch.equal(dirty, exp_dirty)

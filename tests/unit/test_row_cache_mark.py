@@ -9,6 +9,8 @@ from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
 from recis_compat.backend.row_store import StoreConfig
 from recis_compat.ops.optim import row_cache_mark_, sparse_adam_rows_
 
+from reference_kernels import row_cache_marks_ref  # tests/ops/reference_kernels.py
+
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_marks_match_index_fill_and_skip_uncached_slots(threads):
@@ -24,11 +26,7 @@ def test_marks_match_index_fill_and_skip_uncached_slots(threads):
             last = torch.randint(0, 5, (S,), generator=g, dtype=torch.int32)
             dirty = torch.rand(S, generator=g) < 0.3
             hit = slots[slots >= 0]
-            exp_last, exp_dirty = last.clone(), dirty.clone()
-            if mark:
-                exp_last.index_fill_(0, hit, 7)
-            if write:
-                exp_dirty.index_fill_(0, hit, True)
+            exp_last, exp_dirty = row_cache_marks_ref(last, dirty, hit, 7, mark, write)
             row_cache_mark_(slots, last, dirty, 7, mark, write)
             assert torch.equal(last, exp_last) and torch.equal(dirty, exp_dirty)
     finally:
