@@ -6,12 +6,17 @@ the files (the *file row*) and never changes while the id is stored. The rows in
 RAM *slabs*, one per slot, ``[cache_rows, *tail]``, at *cache slots*:
 
 * ``row_slot`` (int32 ``[table rows]``): the cache slot of each file row, -1 when not cached
-  (4 bytes per table row, outside the budget);
+  (4 bytes per table row, counted in the budget: the slabs get what the index leaves);
 * per cache slot: ``slot_row`` (int64, -1 = free), ``last`` (int32: 0 = not used since the
   clock hand last passed it, else the number of the access that last used it; rows of the
   running access, ``last == clock``, are never evicted by it) and ``dirty`` (bool: changed
-  since it was read from the file). The slabs and these 13 bytes per slot are what the budget
-  counts.
+  since it was read from the file). The slabs, these 13 bytes per slot and the index are what
+  the budget counts.
+
+Memory (backend/anon_memory.py): the slabs, the per-slot arrays and the index are views of
+reserves whose untouched pages take no memory, so they grow without copies; a cache that
+shrinks gives the pages of its released slots back (``MADV_DONTNEED``) instead of copying the
+slots it keeps, and the index grows with the table by filling only its new rows.
 
 An access (:meth:`RowCache.slots_of`) translates file rows to cache slots and marks their
 recency (and, for the optimizer's rows, their change) in one pass over its rows
@@ -56,12 +61,14 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from recis_compat.backend.anon_memory import release_pages, reserve_rows, zeroed_cpu
 from recis_compat.backend.row_store import FileSlots, strict_overcommit
 from recis_compat.ops.optim import row_cache_mark_, row_cache_sweep_, row_cache_translate_
 
 __all__ = ["RowCache", "META_BYTES"]
 
 META_BYTES = 8 + 4 + 1          # slot_row, last, dirty per cache slot
+INDEX_BYTES = 4                 # row_slot per table row
 _CLOCK_LIMIT = 1 << 30          # access numbers restart below this (``last`` is int32)
 _GROWTH = 1.5                   # slab and index growth factor within the budget
 
@@ -100,6 +107,7 @@ class RowCache:
         self.budget = files.budget
         self.slabs: Dict[str, torch.Tensor] = {}
         self.row_slot = torch.full((0,), -1, dtype=torch.int32)
+        self._index_reserve = self.row_slot   # row_slot is its first ``rows`` entries
         self.rows = 0                      # table rows the index covers
         self.clock = 0
         # the last access: (rows, rows' version, slots, slots' version, whether they were marked used);
@@ -111,7 +119,8 @@ class RowCache:
     # ---------------------------------------------------------------- layout
     def _layout(self) -> None:
         """Empty the cache and size it for the current slots (every row is in the files)."""
-        self._reserve: Dict[str, torch.Tensor] = {}
+        self._reserve: Dict[str, torch.Tensor] = {}      # slab reserves (slabs are their first ``alloc`` rows)
+        self._meta_reserve: Dict[str, torch.Tensor] = {}  # slot_row / last / dirty reserves, as many rows
         for name, f in self.files.files.items():
             self.slabs[name] = torch.empty([0] + f.tail, dtype=f.dtype)
         for name in [n for n in self.slabs if n not in self.files.files]:
@@ -128,25 +137,36 @@ class RowCache:
         self._version = -1                 # the budget version the share was computed at
         self._share = 0
         self.budget.set_held(self, 0)
-        self.budget.set_demand(self, self.rows * self.slot_bytes)
+        self.budget.set_demand(self, self._demand_bytes())
+
+    def _index_bytes(self) -> int:
+        return self.row_slot.numel() * INDEX_BYTES
+
+    def _demand_bytes(self) -> int:
+        """Bytes to cache every row of the table: its slots' rows and bookkeeping, and the index."""
+        return self.rows * self.slot_bytes + self._index_bytes()
+
+    def _held_bytes(self) -> int:
+        return self.alloc * self.slot_bytes + self._index_bytes() if self.alloc else 0
 
     def fits(self, n: int) -> bool:
         """Whether ``n`` rows fit in this table's share of the budget."""
         return n <= self._share_rows()
 
     def _share_rows(self) -> int:
-        """Cache slots this table may hold now (its share of the budget, CacheBudget); a cache
-        above it gives the excess back (called at every access)."""
+        """Cache slots this table may hold now (its share of the budget, CacheBudget, less its
+        row index); a cache above it gives the excess back (called at every access)."""
         if self._version != self.budget.version:
             self._version = self.budget.version
-            self._share = max(1, self.budget.share_bytes(self) // self.slot_bytes)
+            self._share = max(1, (self.budget.share_bytes(self) - self._index_bytes()) // self.slot_bytes)
         if self.alloc > self._share:       # the shares moved, or the last access grew past it
             self._shrink(self._share)
         return self._share
 
     def _shrink(self, to: int) -> None:
         """Give back the slots ``>= to``: their rows are evicted (changed ones written back) and
-        the slabs copied into tensors of ``to`` rows, so the memory really goes."""
+        the pages of those slots released (backend/anon_memory.py ``release_pages``): the
+        memory goes without copying the slots kept, and the reserve stays for a later growth."""
         if self.used > to:
             gone = torch.arange(to, self.used, dtype=torch.int64)
             self._write_back(gone)
@@ -155,57 +175,76 @@ class RowCache:
             self.budget.evictions += gone.numel()
             self.budget.trims += 1
             self.used = to
-        for name in self.files.files:
-            self._reserve[name] = self.slabs[name].narrow(0, 0, to).clone()
-            self.slabs[name] = self._reserve[name]
-        self.slot_row = self.slot_row[:to].clone()
-        self.last = self.last[:to].clone()
-        self.dirty = self.dirty[:to].clone()
+        for reserve in list(self._reserve.values()) + list(self._meta_reserve.values()):
+            release_pages(reserve.narrow(0, to, self.alloc - to))
         self.alloc = to
+        self._view_slots()
         self.hand = self.hand if self.hand < max(1, self.used) else 0
-        self.budget.set_held(self, to * self.slot_bytes)
+        self.budget.set_held(self, self._held_bytes())
+
+    def _view_slots(self) -> None:
+        """Point the slabs and per-slot arrays at the first ``alloc`` rows of their reserves."""
+        for name in self.files.files:
+            self.slabs[name] = self._reserve[name].narrow(0, 0, self.alloc)
+        self.slot_row = self._meta_reserve["slot_row"].narrow(0, 0, self.alloc)
+        self.last = self._meta_reserve["last"].narrow(0, 0, self.alloc)
+        self.dirty = self._meta_reserve["dirty"].narrow(0, 0, self.alloc)
 
     def fit_rows(self, rows: int) -> None:
         """Make the index cover table rows ``[0, rows)`` (new rows not cached)."""
         rows = int(rows)
         self.rows = max(self.rows, rows)
-        self.budget.set_demand(self, self.rows * self.slot_bytes)
         n = self.row_slot.numel()
         if rows > n:
-            grown = torch.full((max(rows, int(n * _GROWTH)),), -1, dtype=torch.int32)
-            grown[:n] = self.row_slot
-            self.row_slot = grown
+            if rows > self._index_reserve.numel():
+                # a reserve of address space (no copy until it is full; its untouched pages take
+                # no memory); where reserved memory counts as used, only 1.5x
+                cap = max(rows, int(n * _GROWTH)) if strict_overcommit() else reserve_rows(rows, INDEX_BYTES)
+                grown = zeroed_cpu([cap], torch.int32)
+                grown.narrow(0, 0, n).copy_(self.row_slot)
+                self._index_reserve = grown
+            self._index_reserve.narrow(0, n, rows - n).fill_(-1)
+            self.row_slot = self._index_reserve.narrow(0, 0, rows)
+            self._memo = None
+        self.budget.set_demand(self, self._demand_bytes())
+        if self.alloc and rows > n:        # the index took more of the share: the slabs give it back now
+            self._share_rows()
+            self.budget.set_held(self, self._held_bytes())
 
     def memory_bytes(self) -> int:
         """Bytes of RAM the cache holds: slabs, per-slot bookkeeping and the row index."""
-        return self.alloc * self.slot_bytes + self.row_slot.numel() * 4
+        return self.alloc * self.slot_bytes + self._index_bytes()
 
     def _grow(self, new_alloc: int) -> None:
-        """Widen the slabs to ``new_alloc`` slots (within the reserve: no copy)."""
+        """Widen the slabs and per-slot arrays to ``new_alloc`` slots (within the reserve: no
+        copy; the new slots are free and unused)."""
         old = self.alloc
         if new_alloc <= old:
             return
-        reserve_rows = next(iter(self._reserve.values())).shape[0] if self._reserve else 0
-        if new_alloc > reserve_rows:
+        reserved = self._meta_reserve["slot_row"].shape[0] if self._meta_reserve else 0
+        if new_alloc > reserved:
             # the reserve covers the whole budget: pages never written are not resident, so the
             # slabs grow with no copy (where reserved memory counts as used, strict overcommit,
             # it doubles instead); past the budget it is reallocated to the rows needed
             limit_rows = max(1, self.budget.limit_bytes // self.slot_bytes)
-            rows = min(limit_rows, 2 * max(reserve_rows, 1)) if strict_overcommit() else limit_rows
+            rows = min(limit_rows, 2 * max(reserved, 1)) if strict_overcommit() else limit_rows
             rows = max(new_alloc, rows)
             for name, f in self.files.files.items():
-                r = torch.empty([rows] + f.tail, dtype=f.dtype)
+                r = zeroed_cpu([rows] + f.tail, f.dtype)
                 if old:
                     r.narrow(0, 0, old).copy_(self.slabs[name])
                 self._reserve[name] = r
-        for name in self.files.files:
-            self.slabs[name] = self._reserve[name].narrow(0, 0, new_alloc)
-        extra = new_alloc - old
-        self.slot_row = torch.cat([self.slot_row, self.slot_row.new_full((extra,), -1)])
-        self.last = torch.cat([self.last, self.last.new_zeros(extra)])
-        self.dirty = torch.cat([self.dirty, self.dirty.new_zeros(extra)])
+            for name, now in (("slot_row", self.slot_row), ("last", self.last), ("dirty", self.dirty)):
+                r = zeroed_cpu([rows], now.dtype)
+                if old:
+                    r.narrow(0, 0, old).copy_(now)
+                self._meta_reserve[name] = r
         self.alloc = new_alloc
-        self.budget.set_held(self, new_alloc * self.slot_bytes)
+        self._view_slots()
+        self.slot_row.narrow(0, old, new_alloc - old).fill_(-1)
+        self.last.narrow(0, old, new_alloc - old).zero_()
+        self.dirty.narrow(0, old, new_alloc - old).zero_()
+        self.budget.set_held(self, self._held_bytes())
 
     # ---------------------------------------------------------------- access
     def slots_of(self, rows: torch.Tensor, write: bool = False, touch: bool = True) -> torch.Tensor:
@@ -400,5 +439,6 @@ class RowCache:
     def release(self) -> None:
         """Free the slabs and the index (the table is closing)."""
         self.rows = 0
-        self._layout()
         self.row_slot = torch.full((0,), -1, dtype=torch.int32)
+        self._index_reserve = self.row_slot
+        self._layout()

@@ -328,15 +328,19 @@ def test_tables_of_one_budget_share_it_and_close_gives_it_back(tmp_path):
     caches = [ssd.storage._cache for _, ssd in pairs]
     assert 0 < budget.used_bytes() <= budget.limit_bytes
     assert int((caches[0].row_slot >= 0).sum()) == len(pairs[0][1]) == 150   # the small table: all cached
-    # the small table's share is all its rows (256: one block); the large ones share the rest
-    rest = (budget.limit_bytes - caches[0].rows * caches[0].slot_bytes) // 2 // caches[0].slot_bytes
-    assert caches[0].rows == 256 and caches[1].alloc == caches[2].alloc == rest
+    # the small table's share is all its rows (256: one block) and its row index; the large ones
+    # share the rest, each less its own row index (4 bytes per table row)
+    small = caches[0].rows * (caches[0].slot_bytes + 4)
+    rest = (budget.limit_bytes - small) // 2
+    assert caches[0].rows == 256
+    for c in caches[1:]:
+        assert c.alloc == (rest - 4 * c.rows) // c.slot_bytes
     directory = pairs[1][1].storage.store_directory
     held = budget.used_bytes()
     pairs[1][1].close()
     assert not os.path.exists(directory)
     assert pairs[1][1].storage.memory_bytes() == 0
-    assert held > budget.used_bytes() == sum(c.alloc * c.slot_bytes for c in (caches[0], caches[2]))
+    assert held > budget.used_bytes() == sum(c.alloc * c.slot_bytes + 4 * c.rows for c in (caches[0], caches[2]))
 
 
 def test_a_budget_above_the_table_reads_each_row_once(tmp_path):

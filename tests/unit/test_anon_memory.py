@@ -1,0 +1,71 @@
+"""backend/anon_memory.py: zeroed reserves whose untouched pages take no memory, pages given
+back without a copy, and the reserve-size rule."""
+from __future__ import annotations
+
+import mmap
+
+import pytest
+import torch
+
+from recis_compat.backend.anon_memory import (GROWING_RESERVE_BYTES, MAPPED_MIN_BYTES, RESERVE_FACTOR,
+                                              release_pages, reserve_rows, zeroed_cpu)
+
+PAGE = mmap.PAGESIZE
+
+
+def _resident_pages(t: torch.Tensor) -> int:
+    """Pages of ``t``'s mapping that are resident (/proc/self/smaps of the mapping holding it)."""
+    addr = t.data_ptr()
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                inside = lo <= addr < hi
+            elif inside and head[0] == "Rss:":
+                return int(head[1]) * 1024 // PAGE
+    raise AssertionError("mapping not found")
+
+
+@pytest.mark.parametrize("shape,dtype", [((10,), torch.int32), ((1 << 20, 4), torch.float32), ((3 << 18,), torch.int64)])
+def test_zeroed_cpu_reads_zero(shape, dtype):
+    t = zeroed_cpu(shape, dtype)
+    assert t.shape == shape and t.dtype == dtype and t.is_contiguous()
+    assert int(t.count_nonzero()) == 0
+
+
+def test_a_large_reserve_takes_memory_only_where_written():
+    t = zeroed_cpu([64 << 20], torch.uint8)          # 64 MiB of address space
+    assert _resident_pages(t) == 0
+    t[: 1 << 20].fill_(7)                            # 1 MiB written
+    assert 256 <= _resident_pages(t) <= 256 + 2
+
+
+def test_release_pages_drops_whole_pages_and_keeps_the_edges():
+    t = zeroed_cpu([8 << 20], torch.uint8)
+    t.fill_(9)
+    view = t.narrow(0, 100, (4 << 20) + 50)          # unaligned at both ends
+    freed = release_pages(view)
+    lo = -(-(t.data_ptr() + 100) // PAGE) * PAGE - t.data_ptr()
+    hi = (t.data_ptr() + 100 + (4 << 20) + 50) // PAGE * PAGE - t.data_ptr()
+    assert freed == hi - lo and freed % PAGE == 0
+    assert bool((t[:lo] == 9).all()) and bool((t[hi:] == 9).all())   # neighbours kept (partial pages too)
+    assert int(t[lo:hi].count_nonzero()) == 0                         # released pages read as zeros
+    assert _resident_pages(t) == (8 << 20) // PAGE - freed // PAGE
+    t[lo:hi].fill_(3)                                                 # usable again
+    assert bool((t[lo:hi] == 3).all())
+
+
+def test_release_pages_refuses_what_it_cannot_release():
+    assert release_pages(torch.zeros(10)) == 0                        # no whole page inside
+    with pytest.raises(ValueError, match="contiguous CPU tensor"):
+        release_pages(torch.zeros(4096, 4).t())
+
+
+def test_reserve_rows_rule():
+    assert reserve_rows(10, 4) == RESERVE_FACTOR * 10
+    big = MAPPED_MIN_BYTES // 4                                       # rows that take 1 MiB
+    assert reserve_rows(big, 4) == GROWING_RESERVE_BYTES // 4         # a growing table: >= 1 GiB of address space
+    assert reserve_rows(big, 4, limit_bytes=8 << 20) == (8 << 20) // 4
+    assert reserve_rows(1000, 4, limit_bytes=100) == 1000             # never below the rows needed
