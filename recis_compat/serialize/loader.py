@@ -291,39 +291,49 @@ class Loader:
 
     # ------------------------------------------------------------------ execution
     def _load_table(self, bundle: CheckpointBundle, impl: DynamicTableImpl, tasks: List[_ChildTask]) -> Dict[str, int]:
+        """Upsert every task's ids and write their slot rows, ``_ID_BATCH`` ids at a time: a
+        batch's ids are read, inserted and their rows written before the next batch is read,
+        so a restore holds one batch of ids, rows and values (plus the table itself), never
+        every id of a block (132M ids would take ~5 GB: docs/stores.md). Rows are assigned in
+        id order, as by one insert of the whole block."""
         begin, end, size = impl.slice
         counts: Dict[str, int] = {}
         coalesced = impl.children.is_coalesce()
         for task in tasks:
-            ids = bundle.read(task.id_ref).reshape(-1)
-            mask = accept_ids(ids, begin, end, size)
-            accepted = ids[mask]
-            if coalesced:
-                accepted = encode_ids(accepted, task.child_index)
-            counts[task.target] = counts.get(task.target, 0) + int(accepted.numel())
-            if accepted.numel() == 0:
-                continue
-            # ids in batches: a file-backed table grows and keeps its RAM budget batch by batch
-            # (rows are assigned in id order either way)
-            accepted = accepted.to(impl.device)
-            rows = torch.cat([impl.find_or_insert_rows(accepted[a:a + _ID_BATCH])
-                              for a in range(0, accepted.numel(), _ID_BATCH)])
-            pos_rows = torch.full((task.n,), -1, dtype=torch.int64)
-            pos_rows[mask] = rows.cpu()
-            for slot, ref in task.slots:
-                spec = impl.storage.specs[slot]
-                item = torch.empty((), dtype=spec.dtype).element_size()
-                row_bytes = max(1, int(torch.Size(spec.tail).numel()) * item)
-                step = max(1, _CHUNK_BYTES // row_bytes)
-                for a in range(0, task.n, step):
-                    m = mask[a:a + step]
-                    if not bool(m.any()):
-                        continue
-                    # one open per chunk: safetensors maps the whole data file, and every page read
-                    # through the mapping stays resident in this process until it is closed (a
-                    # 12.7 GB slot of a 132M-id table would all be); closing after each chunk keeps
-                    # the restore's resident set to one chunk
-                    with bundle.open(ref.file) as f:
-                        vals = bundle.read(ref, a, min(a + step, task.n), handle=f)[m]
-                    impl.storage.write_rows(slot, pos_rows[a:a + step][m], vals)
+            counts.setdefault(task.target, 0)
+            for a in range(0, task.n, _ID_BATCH):
+                b = min(a + _ID_BATCH, task.n)
+                # one open per read: safetensors maps the whole data file, and every page read
+                # through the mapping stays resident in this process until it is closed (a
+                # 12.7 GB slot of a 132M-id table would all be)
+                with bundle.open(task.id_ref.file) as f:
+                    ids = bundle.read(task.id_ref, a, b, handle=f).reshape(-1)
+                mask = accept_ids(ids, begin, end, size)
+                accepted = ids[mask]
+                if coalesced:
+                    accepted = encode_ids(accepted, task.child_index)
+                counts[task.target] += int(accepted.numel())
+                if accepted.numel() == 0:
+                    continue
+                pos_rows = torch.full((b - a,), -1, dtype=torch.int64)
+                pos_rows[mask] = impl.find_or_insert_rows(accepted.to(impl.device)).cpu()
+                for slot, ref in task.slots:
+                    self._write_slot_rows(bundle, impl, slot, ref, a, mask, pos_rows)
         return counts
+
+    @staticmethod
+    def _write_slot_rows(bundle: CheckpointBundle, impl: DynamicTableImpl, slot: str, ref: BlockRef, a: int,
+                         mask: torch.Tensor, pos_rows: torch.Tensor) -> None:
+        """Write block rows ``[a, a + len(mask))`` of ``ref`` whose ``mask`` is set into table
+        rows ``pos_rows`` of ``slot``, read ``_CHUNK_BYTES`` at a time (one open per chunk)."""
+        spec = impl.storage.specs[slot]
+        item = torch.empty((), dtype=spec.dtype).element_size()
+        row_bytes = max(1, int(torch.Size(spec.tail).numel()) * item)
+        step = max(1, _CHUNK_BYTES // row_bytes)
+        for c in range(0, mask.numel(), step):
+            m = mask[c:c + step]
+            if not bool(m.any()):
+                continue
+            with bundle.open(ref.file) as f:
+                vals = bundle.read(ref, a + c, a + c + m.numel(), handle=f)[m]
+            impl.storage.write_rows(slot, pos_rows[c:c + step][m], vals)

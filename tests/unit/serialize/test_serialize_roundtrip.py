@@ -348,3 +348,50 @@ def test_restore_keeps_checkpoint_pages_out_of_the_process(tmp_path, monkeypatch
     assert len(dst.impl) == n
     # one 8 MB chunk mapped at a time (slack for the id block and libraries), not the 256 MB slot
     assert peak[0] < (64 << 20), f"resident checkpoint pages grew by {peak[0] >> 20} MiB during the restore"
+
+
+def test_restore_reads_ids_in_batches(tmp_path, monkeypatch):
+    """A restore reads, inserts and writes ``_ID_BATCH`` ids at a time (a 132M-id block read at
+    once held ~5 GB of ids, masks and rows): no read of the id block returns more, and the table
+    (ids, rows in id order, every slot) equals one restored in a single batch."""
+    import recis_compat.serialize.loader as loader_mod
+    from recis_compat.serialize.bundle import CheckpointBundle
+
+    n, dim = 5000, 4
+    src = HashTable([dim], name="batched_src", initializer=ConstantInitializer(init_val=0.0))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randperm(50_000, generator=g)[:n].to(torch.int64) - 20_000   # negatives too
+    src.impl.insert(ids, torch.randn(n, dim, generator=g))
+    Saver(path=str(tmp_path), hashtables=filter_out_sparse_param(src)).save()
+    del src
+    HashtableRegister().unregister("batched_src")
+
+    def restore(batch):
+        monkeypatch.setattr(loader_mod, "_ID_BATCH", batch)
+        monkeypatch.setattr(loader_mod, "_CHUNK_BYTES", 40 * 16)       # 40 rows of 4 float32 per read
+        widest = [0]
+        read = CheckpointBundle.read
+
+        def spy(self, ref, start=None, stop=None, handle=None):
+            out = read(self, ref, start, stop, handle)
+            if ref.tensor.endswith("@id"):
+                widest[0] = max(widest[0], out.numel())
+            return out
+
+        monkeypatch.setattr(CheckpointBundle, "read", spy)
+        dst = HashTable([dim], name="batched_src", initializer=ConstantInitializer(init_val=0.0))
+        Loader(str(tmp_path), hashtables=filter_out_sparse_param(dst)).load()
+        monkeypatch.setattr(CheckpointBundle, "read", read)
+        state = {k: v.clone() for k, v in dst.impl.state_dict().items()}
+        rows = dst.impl.find_rows(ids)
+        HashtableRegister().unregister("batched_src")
+        return widest[0], state, rows
+
+    widest, batched, rows_b = restore(333)
+    assert widest == 333
+    whole, single, rows_s = restore(1 << 20)
+    assert whole == n
+    assert torch.equal(rows_b, rows_s) and bool((rows_b >= 0).all())
+    assert sorted(batched) == sorted(single)
+    for k in single:
+        assert torch.equal(batched[k], single[k]), k
