@@ -1,0 +1,202 @@
+"""The growing-table shortcuts of a training lookup (issue 14 item 4, ``bench hashtable`` growth):
+
+* ``DynamicTable.lookup`` gathers the ``N`` rows once (``expand``) and, when every id of the
+  batch is distinct, skips the expansion and its gradient sum; the occurrence counts are
+  computed only for ``grad_reduce_by="id"`` (backend/dynamic_table.py);
+* ``DynamicTableImpl.find_or_insert_rows`` writes the initial values of a batch of new ids that
+  took consecutive rows with one copy into the row range (backend/table_impl.py);
+* ``RowStorage.ensure_capacity`` populates the new rows of all slots with several threads
+  (backend/row_storage.py ``_populate_write_many``).
+
+Values and gradients are compared bit for bit with the general path (the lookup as it was:
+``unique_first_seen`` with counts, ``lookup_unique``, ``gather_rows``).
+"""
+import threading
+
+import pytest
+import torch
+
+import recis_compat.backend.row_storage as rs
+from recis.nn import HashTable
+from recis.nn.initializers import ConstantInitializer, UniformInitializer
+from recis_compat.backend.row_storage import RowStorage
+from recis_compat.ops.id_map import unique_first_seen
+from recis_compat.ops.pooling import gather_rows
+
+_names = iter(range(10 ** 6))
+
+
+def _table(grad_reduce_by="worker", world_size=1, init=None):
+    init = init if init is not None else UniformInitializer(-0.5, 0.5, generator=torch.Generator().manual_seed(5))
+    return HashTable([4], block_size=16, name=f"growth_paths_{next(_names)}", grad_reduce_by=grad_reduce_by,
+                     world_size=world_size, initializer=init)
+
+
+def _reference_lookup(table, ids):
+    """The general path as DynamicTable.lookup ran it before the shortcuts."""
+    flat = ids.reshape(-1)
+    uniq, inverse, counts = unique_first_seen(flat, return_counts=True)
+    return gather_rows(table.lookup_unique(uniq, False, counts), inverse)
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+def _grad_of(ht, lookup, ids, upstream):
+    """Rows and the buffered gradient after one lookup and backward with gradient ``upstream``."""
+    impl = ht.impl
+    impl.clear_grad()
+    with impl.lock:
+        out = lookup(ht._table, ids)
+    out.backward(upstream)
+    rows, g = impl.summed_grad()
+    return out.detach().clone(), rows.clone(), g.clone()
+
+
+@pytest.mark.parametrize("grad_reduce_by,world", [("worker", 1), ("worker", 2), ("id", 1)])
+@pytest.mark.parametrize("distinct", [True, False])
+def test_lookup_values_and_gradients_equal_the_general_path(grad_reduce_by, world, distinct):
+    """Outputs, rows and the gradients reaching the table (signs of zero included: a gradient
+    of -0.0 arrives as +0.0, as the sum into zeros gave) equal the general path's, for batches
+    of distinct ids and with repeats, under every grad_reduce_by."""
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(0, 1 << 40, (300,), generator=g) * 3
+    if not distinct:
+        ids = torch.cat([ids, ids[:50], ids[7:9]])
+    upstream = torch.randn(ids.numel(), 4, generator=g)
+    upstream[::5, 1] = -0.0
+    upstream[1::7] = 0.0
+    got, want = _table(grad_reduce_by, world), _table(grad_reduce_by, world)
+    for step in range(2):               # first: every id new; second: every id known
+        a = _grad_of(got, lambda t, x: t.lookup(x), ids, upstream)
+        b = _grad_of(want, _reference_lookup, ids, upstream)
+        for x, y in zip(a, b):
+            assert x.dtype == y.dtype and torch.equal(x, y), step
+        assert torch.equal(_bits(a[2]), _bits(b[2])), "gradient bits (signs of zero) differ"
+    assert torch.equal(got.impl.embedding, want.impl.embedding)
+
+
+def _nodes(out):
+    """Names of the autograd nodes from ``out`` down to the table's (views skipped)."""
+    names, fn = [], out.grad_fn
+    while fn is not None:
+        names.append(type(fn).__name__)
+        nxt = [f for f, _ in fn.next_functions if f is not None]
+        fn = nxt[0] if nxt and "RowsToTable" not in names[-1] else None
+    return [n for n in names if not n.startswith("View")]
+
+
+def test_lookups_gather_once_and_distinct_batches_skip_the_expansion():
+    """The output is the rows' node itself (no gather_rows node after it, whose forward copied
+    the [U, D] rows again and whose backward summed into a zeroed buffer), with repeats too
+    (one gather of the N rows); a batch of distinct ids saves no index with it."""
+    ht = _table()
+    distinct = ht(torch.arange(100, dtype=torch.int64) * 7)
+    assert _nodes(distinct) == ["_RowsToTableBackward"]
+    assert len(distinct.grad_fn.next_functions[0][0].saved_tensors) == 1       # the rows only
+    repeats = ht(torch.tensor([1, 1, 2], dtype=torch.int64))
+    assert _nodes(repeats) == ["_RowsToTableBackward"]
+    assert len(repeats.grad_fn.next_functions[0][0].saved_tensors) == 2        # rows, expand
+
+
+def test_counts_only_for_grad_reduce_by_id(monkeypatch):
+    """grad_reduce_by='worker' lookups do not count occurrences (the bincount pass over the
+    inverse); 'id' ones do, and divide the gradient by them."""
+    calls = []
+    real = torch.bincount
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "bincount", counting)
+    ids = torch.tensor([5, 9, 5, 5, 11], dtype=torch.int64)
+    worker = _table("worker")
+    worker(ids).sum().backward()
+    assert calls == []
+    by_id = _table("id")
+    by_id(ids).sum().backward()
+    assert calls
+    rows, grad = by_id.impl.summed_grad()
+    assert torch.equal(grad, torch.ones(3, 4))            # 3/3, 1/1, 1/1
+
+
+@pytest.mark.parametrize("init", [None, ConstantInitializer(init_val=0.25)])
+def test_new_rows_written_as_one_range_hold_their_initial_values(monkeypatch, init):
+    """A batch of new ids that took consecutive rows (no freed rows) is written with one copy
+    into the row range, not through write_rows; batches that reuse freed rows take write_rows.
+    Either way every row holds init_rows(its id), as the per-row write gave."""
+    ht = _table(init=init)
+    impl = ht.impl
+    writes = []
+    real = impl.storage.write_rows
+
+    def spy(name, rows, values):
+        writes.append(rows.numel())
+        return real(name, rows, values)
+
+    monkeypatch.setattr(impl.storage, "write_rows", spy)
+    impl.track_changes()
+    first = torch.arange(40, dtype=torch.int64) * 11 + 3
+    with torch.no_grad():
+        impl.find_or_insert_rows(first)
+    assert writes == []
+    assert torch.equal(impl.take_changes().ids, first)
+    impl.delete(first[5:10])
+    writes.clear()
+    second = torch.tensor([1000, 1001, 1002, 1003, 1004, 1005, 1006], dtype=torch.int64)
+    impl.find_or_insert_rows(second)                     # 5 freed rows, then 2 new ones
+    assert writes == [7]
+    ids, rows = impl.ids_map()
+    assert torch.equal(impl.embedding[rows], impl.init_rows(ids).to(impl.dtype))
+
+
+def test_populate_many_splits_pages_between_threads(monkeypatch):
+    """The new rows of several slots (>= 4 MiB in all) are populated by torch.get_num_threads()
+    threads, each page of every tensor exactly once; rows read zero."""
+    st = RowStorage(64, torch.float32, "cpu", None, block=1024)
+    st.add_slot("m", [64], torch.float32)
+    st.ensure_capacity(1024)
+    rs._populate_write(st.embedding)
+    seen = []
+    real = rs._populate_range
+
+    def spy(start, length):
+        seen.append((threading.get_ident(), start, length))
+        return real(start, length)
+
+    monkeypatch.setattr(rs, "_populate_range", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        st.ensure_capacity(1024 + (8 << 20) // 256)       # 8 MiB more per slot
+    finally:
+        torch.set_num_threads(threads)
+    assert len({t for t, _, _ in seen}) == 2
+    pages = sorted((s, s + n) for _, s, n in seen)
+    for (a0, a1), (b0, b1) in zip(pages, pages[1:]):
+        assert a1 <= b0                                    # disjoint
+    for t in (st.embedding[1024:], st.slot("m")[1024:]):
+        lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * 4
+        covered = sum(min(e, hi) - max(s, lo) for s, e in pages if s < hi and e > lo)
+        assert covered == hi - lo
+    assert not st.embedding.any() and not st.slot("m").any()
+
+
+def test_populate_many_falls_back_to_zeros(monkeypatch):
+    """Where madvise refuses, every tensor of a threaded populate is written with zeros."""
+    st = RowStorage(64, torch.float32, "cpu", None, block=1024)
+    st.add_slot("m", [64], torch.float32)
+    st.ensure_capacity(1024)
+    rs._populate_write(st.embedding)
+    monkeypatch.setattr(rs, "_populate_range", lambda start, length: False)
+    for name in ("embedding", "m"):
+        st._reserve[name][1024:1024 + (8 << 20) // 256] = 3.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        st.ensure_capacity(1024 + (8 << 20) // 256)
+    finally:
+        torch.set_num_threads(threads)
+    assert not st.embedding.any() and not st.slot("m").any()
