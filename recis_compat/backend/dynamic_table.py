@@ -450,19 +450,63 @@ class DynamicTable(nn.Module):
 
         One gather of the ``N`` rows (:meth:`lookup_unique_scaled` with ``expand``), the
         gradient summed per distinct id; the occurrence counts are computed only for
-        ``grad_reduce_by="id"``. A batch whose ids are all distinct (a growing table's) skips
-        the expansion and the sum; the values and gradients are those of the general path."""
+        ``grad_reduce_by="id"``. A batch whose ids are all distinct skips the expansion and the
+        sum. While a table grows (its last inserting lookup found only new, distinct ids), the
+        next batch goes to the id map first, without the dedupe: when every id turns out new
+        the map has proved them distinct; otherwise the dedupe runs after the insert. Values,
+        rows and gradients are those of the general path either way."""
         flat = self.impl.check_ids(ids, "lookup")
+        insert = self.training and not readonly and not self.impl.read_only
+        if insert and getattr(self, "_growing", False) and not self.impl.storage.file_backed:
+            return self._lookup_growing(flat)
         uniq, inverse = unique_first_seen(flat)
-        scale = None
+        scale = self._lookup_scale(uniq.numel(), inverse)
+        if uniq.numel() != flat.numel():
+            self._growing = False
+            return self.lookup_unique_scaled(uniq, readonly, scale, expand=inverse)
+        # every id distinct: uniq is flat itself and inverse the identity
+        size0 = len(self.impl) if insert else 0
+        out = self.lookup_unique_scaled(uniq, readonly, scale, as_sum=True)
+        if insert:
+            self._growing = len(self.impl) - size0 == flat.numel()
+        return out
+
+    def _lookup_scale(self, num_unique: int, inverse: Optional[torch.Tensor]) -> Union[None, float, torch.Tensor]:
+        """What :meth:`lookup_unique` multiplies the gradient of the rows of ``num_unique``
+        distinct ids by; for ``grad_reduce_by="id"`` their occurrence counts come from
+        ``inverse`` (None: every id occurs once)."""
         if self.config.grad_reduce_by == "worker" and self.config.world_size > 1:
-            scale = 1.0 / self.config.world_size
-        elif self.config.grad_reduce_by == "id":
-            scale = 1.0 / torch.bincount(inverse, minlength=uniq.numel()).to(torch.float32)
-        if uniq.numel() == flat.numel():
-            # every id distinct: uniq is flat itself and inverse the identity
-            return self.lookup_unique_scaled(uniq, readonly, scale, as_sum=True)
-        return self.lookup_unique_scaled(uniq, readonly, scale, expand=inverse)
+            return 1.0 / self.config.world_size
+        if self.config.grad_reduce_by == "id":
+            counts = (torch.bincount(inverse, minlength=num_unique) if inverse is not None
+                      else torch.ones(num_unique, dtype=torch.int64, device=self.impl.device))
+            return 1.0 / counts.to(torch.float32)
+        return None
+
+    def _lookup_growing(self, flat: torch.Tensor) -> torch.Tensor:
+        """:meth:`lookup` (training, inserting, in-memory table) of a batch expected to hold new,
+        distinct ids only: find-or-insert of the batch itself (the map numbers new ids by first
+        occurrence, as it numbers the deduped ids, so every row is the same), then the dedupe
+        only when the insert did not prove the ids distinct (some id known or repeated)."""
+        impl = self.impl
+        n = flat.numel()
+        size0 = len(impl)
+        # distinct=True: the expected case; a batch with repeats only sizes a growth it needs
+        # for its repeats too (IdMap.find_or_insert), the rows are the same
+        rows_all = impl.find_or_insert_rows(flat, distinct=True)
+        if len(impl) - size0 == n:
+            # every id was new, so no id repeats: rows_all are the distinct ids' rows
+            impl.notify_lookup(rows_all)
+            return lookup_rows_with_grad(impl, self._anchor, rows_all, self._lookup_scale(n, None), as_sum=True)
+        self._growing = False
+        uniq, inverse = unique_first_seen(flat)
+        # the rows of uniq: every position of an id holds its row
+        rows = rows_all.new_empty(uniq.numel()).index_copy_(0, inverse, rows_all)
+        impl.notify_lookup(rows)
+        scale = self._lookup_scale(uniq.numel(), inverse)
+        if uniq.numel() == n:
+            return lookup_rows_with_grad(impl, self._anchor, rows, scale, as_sum=True)
+        return lookup_rows_with_grad(impl, self._anchor, rows, scale, expand=inverse)
 
     def forward(self, features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]:
         """Per-key embeddings: ``{key: JaggedTensor(values=[N_key, dim], lengths)}``."""

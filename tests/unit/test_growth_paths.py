@@ -54,27 +54,59 @@ def _grad_of(ht, lookup, ids, upstream):
     return out.detach().clone(), rows.clone(), g.clone()
 
 
-@pytest.mark.parametrize("grad_reduce_by,world", [("worker", 1), ("worker", 2), ("id", 1)])
-@pytest.mark.parametrize("distinct", [True, False])
-def test_lookup_values_and_gradients_equal_the_general_path(grad_reduce_by, world, distinct):
-    """Outputs, rows and the gradients reaching the table (signs of zero included: a gradient
-    of -0.0 arrives as +0.0, as the sum into zeros gave) equal the general path's, for batches
-    of distinct ids and with repeats, under every grad_reduce_by."""
+def _batches():
+    """Batches that walk every path of DynamicTable.lookup: new distinct ids (general path, then
+    the growing path), known ids with repeats (growing path falling back), new distinct ids
+    again, new ids with repeats (growing path falling back), known distinct ids."""
     g = torch.Generator().manual_seed(11)
-    ids = torch.randint(0, 1 << 40, (300,), generator=g) * 3
-    if not distinct:
-        ids = torch.cat([ids, ids[:50], ids[7:9]])
-    upstream = torch.randn(ids.numel(), 4, generator=g)
-    upstream[::5, 1] = -0.0
-    upstream[1::7] = 0.0
+    a, b, c, d = (torch.randint(0, 1 << 40, (300,), generator=g) * 4 + k for k in range(4))
+    return [a, b, torch.cat([b, b[:50], a[7:9]]), c, torch.cat([d, d[:40]]), d.flip(0)]
+
+
+@pytest.mark.parametrize("grad_reduce_by,world", [("worker", 1), ("worker", 2), ("id", 1)])
+def test_lookup_values_and_gradients_equal_the_general_path(grad_reduce_by, world):
+    """Outputs, rows and the gradients reaching the table (signs of zero included: a gradient
+    of -0.0 arrives as +0.0, as the sum into zeros gave) equal the general path's, batch after
+    batch, for distinct ids and repeats, new and known, under every grad_reduce_by."""
     got, want = _table(grad_reduce_by, world), _table(grad_reduce_by, world)
-    for step in range(2):               # first: every id new; second: every id known
+    g = torch.Generator().manual_seed(12)
+    for step, ids in enumerate(_batches()):
+        upstream = torch.randn(ids.numel(), 4, generator=g)
+        upstream[::5, 1] = -0.0
+        upstream[1::7] = 0.0
         a = _grad_of(got, lambda t, x: t.lookup(x), ids, upstream)
         b = _grad_of(want, _reference_lookup, ids, upstream)
         for x, y in zip(a, b):
             assert x.dtype == y.dtype and torch.equal(x, y), step
-        assert torch.equal(_bits(a[2]), _bits(b[2])), "gradient bits (signs of zero) differ"
+        assert torch.equal(_bits(a[2]), _bits(b[2])), f"gradient bits (signs of zero) differ at batch {step}"
+        assert torch.equal(got.impl.ids_map()[0], want.impl.ids_map()[0])
     assert torch.equal(got.impl.embedding, want.impl.embedding)
+
+
+def test_growing_lookups_skip_the_dedupe(monkeypatch):
+    """After a batch of new distinct ids, the next batch goes to the id map without the dedupe
+    (unique_first_seen) when its ids are all new; a batch with a known or repeated id takes
+    the dedupe after the insert and ends the growing mode."""
+    import recis_compat.backend.dynamic_table as dt
+    calls = []
+    real = dt.unique_first_seen
+    monkeypatch.setattr(dt, "unique_first_seen", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ht = _table()
+    batches = _batches()
+    ht(batches[0])
+    assert len(calls) == 1
+    ht(batches[1])
+    assert len(calls) == 1                                 # all new: no dedupe
+    ht(batches[2])
+    assert len(calls) == 2                                 # known ids: dedupe after the insert
+    ht(batches[3])
+    assert len(calls) == 3                                 # general path again, growing after it
+    ht.eval()
+    ht(batches[3])                                         # eval: dedupe, the mode unchanged
+    assert len(calls) == 4
+    ht.train()
+    ht(batches[4][:300])                                   # new distinct ids: no dedupe
+    assert len(calls) == 4
 
 
 def _nodes(out):
