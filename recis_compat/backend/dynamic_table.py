@@ -491,10 +491,9 @@ class DynamicTable(nn.Module):
         impl = self.impl
         n = flat.numel()
         size0 = len(impl)
-        # the hints of the expected case (IdMap.find_or_insert: a batch that needs a growth is
-        # not looked up first); a batch with repeats or known ids only sizes that growth for
-        # them too, the rows are the same
-        rows_all = impl.find_or_insert_rows(flat, distinct=True, expect_new=True)
+        # distinct=True: the expected case; a batch with repeats only sizes a growth it needs
+        # for its repeats too (IdMap.find_or_insert), the rows are the same
+        rows_all = impl.find_or_insert_rows(flat, distinct=True)
         if len(impl) - size0 == n:
             # every id was new, so no id repeats: rows_all are the distinct ids' rows
             impl.notify_lookup(rows_all)

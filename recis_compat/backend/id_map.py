@@ -21,9 +21,7 @@ already-present ids consumes no room), and the table is rehashed only when the r
 to whole 5-slot buckets (``GROWTH`` = 1.5; bucket counts need not be powers of two, the kernels
 reduce hashes by multiply-shift),
 ``extra`` being the distinct ids of the rest of the batch not yet in the map (a find and a
-dedupe of the rest, once per batch that needs a growth: O(batch), small next to the rehash;
-a caller that expects every id of a distinct batch to be new, a growing table's lookup, skips
-that find: ``expect_new``). A rehash at the same capacity (only
+dedupe of the rest, once per batch that needs a growth: O(batch), small next to the rehash). A rehash at the same capacity (only
 dropping tombstones) happens only when the tombstones are worth it. So the capacity follows the
 number of *distinct* ids, not the batch length or its repeats. Chunking never changes the
 result: rows are handed out in first-occurrence order either way.
@@ -220,18 +218,14 @@ class IdMap(OwnLock):
         return _ops.find(self._table, flat).view(ids.shape)
 
     @locked
-    def find_or_insert(self, ids: torch.Tensor, distinct: bool = False,
-                       expect_new: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    def find_or_insert(self, ids: torch.Tensor, distinct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(rows, is_new)`` of int64 ``ids`` (same shape); absent ids are inserted.
 
         ``is_new`` (bool) is true at the first occurrence of each newly inserted id, so
         ``rows[is_new]`` lists every new row exactly once, in assignment order. ``distinct``: the
         caller says ``ids`` holds no repeats (a deduped lookup), so a batch that needs a growth
         counts its absent ids instead of deduping them; the result is the same (a wrong hint
-        only makes that growth larger). ``expect_new`` (with ``distinct``): the caller expects
-        every id to be absent (a growing table's batch), so a batch that needs a growth is not
-        looked up first to count its absent ids: the map grows for all of them, which is the
-        growth the count gives when the hint holds (a wrong hint only makes it larger).
+        only makes that growth larger).
         """
         flat = self._check_ids(ids, "find_or_insert")
         n = flat.numel()
@@ -242,20 +236,17 @@ class IdMap(OwnLock):
             rows, new = _ops.find_or_insert(self._table, self._meta, self._free, flat)
             self._used_bound += n
             return rows.view(ids.shape), new.view(ids.shape)
-        if distinct and expect_new:
-            need = n          # every id taken as absent: no find to count them
-        else:
-            # near the load limit: a steady-state table's batches mostly hold known ids only,
-            # which take no slot: one find answers them without the chunked insert below
-            found = _ops.find(self._table, flat)
-            missing = found < 0
-            if not bool(missing.any()):
-                return found.view(ids.shape), torch.zeros(ids.shape, dtype=torch.bool, device=self.device)
-            # distinct absent ids of flat, against the size they were counted at
-            need = (int(missing.sum()) if distinct
-                    else int(_ops.unique_first_seen(flat[missing])[0].numel()))
+        # near the load limit: a steady-state table's batches mostly hold known ids only, which
+        # take no slot: one find answers them without the chunked insert below
+        found = _ops.find(self._table, flat)
+        missing = found < 0
+        if not bool(missing.any()):
+            return found.view(ids.shape), torch.zeros(ids.shape, dtype=torch.bool, device=self.device)
         rows_parts, new_parts = [], []
         pos = 0
+        # distinct absent ids of flat[pos:] (pos = 0 now), against the size they were counted at
+        need = (int(missing.sum()) if distinct
+                else int(_ops.unique_first_seen(flat[missing])[0].numel()))
         size0 = self._counts()[0]
         while pos < n:
             size, _, tomb, _ = self._counts()
