@@ -491,9 +491,10 @@ class DynamicTable(nn.Module):
         impl = self.impl
         n = flat.numel()
         size0 = len(impl)
-        # distinct=True: the expected case; a batch with repeats only sizes a growth it needs
-        # for its repeats too (IdMap.find_or_insert), the rows are the same
-        rows_all = impl.find_or_insert_rows(flat, distinct=True)
+        # not distinct=True: a batch that needs a growth is then deduped by the map (its absent
+        # ids counted once each), so the growth follows the map's policy even when the batch
+        # holds repeats; the rows are the same either way
+        rows_all = impl.find_or_insert_rows(flat)
         if len(impl) - size0 == n:
             # every id was new, so no id repeats: rows_all are the distinct ids' rows
             impl.notify_lookup(rows_all)

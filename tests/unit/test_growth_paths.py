@@ -65,9 +65,10 @@ def _batches():
 
 @pytest.mark.parametrize("grad_reduce_by,world", [("worker", 1), ("worker", 2), ("id", 1)])
 def test_lookup_values_and_gradients_equal_the_general_path(grad_reduce_by, world):
-    """Outputs, rows and the gradients reaching the table (signs of zero included: a gradient
-    of -0.0 arrives as +0.0, as the sum into zeros gave) equal the general path's, batch after
-    batch, for distinct ids and repeats, new and known, under every grad_reduce_by."""
+    """Outputs, rows, the id map's capacity and the gradients reaching the table (signs of zero
+    included: a gradient of -0.0 arrives as +0.0, as the sum into zeros gave) equal the general
+    path's, batch after batch, for distinct ids and repeats, new and known, under every
+    grad_reduce_by."""
     got, want = _table(grad_reduce_by, world), _table(grad_reduce_by, world)
     g = torch.Generator().manual_seed(12)
     for step, ids in enumerate(_batches()):
@@ -80,6 +81,8 @@ def test_lookup_values_and_gradients_equal_the_general_path(grad_reduce_by, worl
             assert x.dtype == y.dtype and torch.equal(x, y), step
         assert torch.equal(_bits(a[2]), _bits(b[2])), f"gradient bits (signs of zero) differ at batch {step}"
         assert torch.equal(got.impl.ids_map()[0], want.impl.ids_map()[0])
+        # the map grows as the general path's (a batch's repeats are not counted as new ids)
+        assert got.impl.id_map.capacity == want.impl.id_map.capacity, step
     assert torch.equal(got.impl.embedding, want.impl.embedding)
 
 
