@@ -34,6 +34,11 @@ what Linux's default overcommit heuristics grant. Under strict overcommit accoun
 reserve grows by x1.5 like on other devices. On other devices (CUDA) memory is committed at
 allocation, so the reserve grows by x1.5 and :meth:`memory_bytes` counts it whole.
 
+The new rows of zero-initialised slots are mapped in for writing (:func:`_populate_write`:
+``madvise(MADV_POPULATE_WRITE)``) at growth, all slots' rows of one growth split between
+``torch.get_num_threads()`` threads once they reach 4 MiB (:func:`_populate_write_many`): that
+is the kernel zeroing pages, 16 % of the CPU time of a table growing to 4.2M ids.
+
 Copies of the storage (``pickle``, ``copy.deepcopy``) hold compact slots of ``capacity`` rows,
 never the reserve.
 
