@@ -34,11 +34,6 @@ what Linux's default overcommit heuristics grant. Under strict overcommit accoun
 reserve grows by x1.5 like on other devices. On other devices (CUDA) memory is committed at
 allocation, so the reserve grows by x1.5 and :meth:`memory_bytes` counts it whole.
 
-The new rows of zero-initialised slots are mapped in for writing (:func:`_populate_write`:
-``madvise(MADV_POPULATE_WRITE)``) at growth, all slots' rows of one growth split between
-``torch.get_num_threads()`` threads once they reach 4 MiB (:func:`_populate_write_many`): that
-is the kernel zeroing pages, 16 % of the CPU time of a table growing to 4.2M ids.
-
 Copies of the storage (``pickle``, ``copy.deepcopy``) hold compact slots of ``capacity`` rows,
 never the reserve.
 
@@ -104,18 +99,9 @@ def _populate_write(t: torch.Tensor) -> None:
     threads, flushes every thread's TLB -- an optimizer step reading and writing new moment rows
     ran 30x slower so. Populating them for writing up front costs what ``fill_`` costs minus
     the writes. Where ``madvise`` refuses (older kernels), the pages are written with zeros."""
+    global _madvise
     if t.numel() == 0:
         return
-    _ensure_madvise()
-    start = t.data_ptr() // _PAGE * _PAGE
-    end = t.data_ptr() + t.numel() * t.element_size()
-    if not _populate_range(start, end - start):
-        t.zero_()
-
-
-def _ensure_madvise() -> None:
-    """Bind libc's ``madvise`` (once)."""
-    global _madvise
     if _madvise is None:
         import ctypes
         import ctypes.util
@@ -124,63 +110,9 @@ def _ensure_madvise() -> None:
         fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         fn.restype = ctypes.c_int
         _madvise = fn
-
-
-_POPULATE_SPLIT_BYTES = 4 << 20   # populate ranges at least this large with several threads
-
-
-def _populate_range(start: int, length: int) -> bool:
-    """``madvise(MADV_POPULATE_WRITE)`` over ``[start, start + length)`` (page-aligned start);
-    False when the kernel refuses. ctypes releases the GIL for the call, so threads populate
-    disjoint ranges at the same time."""
-    return _madvise(start, length, _MADV_POPULATE_WRITE) == 0
-
-
-def _populate_write_many(tensors: Sequence[torch.Tensor]) -> None:
-    """:func:`_populate_write` for several contiguous CPU tensors (the new rows of every slot of
-    one growth), their pages split between ``torch.get_num_threads()`` threads once they reach
-    ``_POPULATE_SPLIT_BYTES`` in all: populating is the kernel zeroing and mapping pages, which
-    one thread does at a few GB/s (a table growing to 4.2M ids, dim 8, with SparseAdamW moments
-    populates 400 MB), and the threads' page faults run concurrently on disjoint ranges."""
-    tensors = [t for t in tensors if t.numel()]
-    total = sum(t.numel() * t.element_size() for t in tensors)
-    threads = min(torch.get_num_threads(), max(1, total // (_POPULATE_SPLIT_BYTES // 2)))
-    if threads <= 1 or total < _POPULATE_SPLIT_BYTES:
-        for t in tensors:
-            _populate_write(t)
-        return
-    _ensure_madvise()
-    # page ranges of every tensor, cut into `threads` shares of about equal bytes
-    ranges = []
-    for t in tensors:
-        start = t.data_ptr() // _PAGE * _PAGE
-        ranges.append((start, t.data_ptr() + t.numel() * t.element_size() - start, t))
-    share = -(-sum(r[1] for r in ranges) // threads)
-    share = -(-share // _PAGE) * _PAGE
-    pieces: List[List[tuple]] = [[]]
-    left = share
-    for start, length, t in ranges:
-        while length > 0:
-            if left == 0:
-                pieces.append([])
-                left = share
-            take = min(length, left)
-            pieces[-1].append((start, take, t))
-            start, length, left = start + take, length - take, left - take
-    failed: List[torch.Tensor] = []
-
-    def work(piece):
-        for start, length, t in piece:
-            if not _populate_range(start, length):
-                failed.append(t)
-
-    helpers = [threading.Thread(target=work, args=(p,), daemon=True) for p in pieces[1:]]
-    for h in helpers:
-        h.start()
-    work(pieces[0])
-    for h in helpers:
-        h.join()
-    for t in {id(t): t for t in failed}.values():      # madvise refused (older kernels)
+    start = t.data_ptr() // _PAGE * _PAGE
+    end = t.data_ptr() + t.numel() * t.element_size()
+    if _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0:
         t.zero_()
 
 
@@ -421,16 +353,14 @@ class RowStorage(OwnLock):
             self._reallocate(self._reserve_rows_for(new_cap))
         extra = new_cap - cap
         sampled = self._initial("embedding", extra) if self._sample_rows is not None else None
-        populate = []
         for name, spec in self.specs.items():
             fresh = self._reserve[name].narrow(0, cap, extra)
             if name == "embedding" and sampled is not None:
                 fresh.copy_(sampled)
             elif spec.init == 0 and name in self._zero_tail:
-                populate.append(fresh)        # never-written rows of a zeroed reserve: already 0
+                _populate_write(fresh)        # never-written rows of a zeroed reserve: already 0
             else:
                 fresh.fill_(spec.init)        # in place: no temporary of the new rows
-        _populate_write_many(populate)
         for name in self.specs:
             self.slots[name] = self._reserve[name].narrow(0, 0, new_cap)
 

@@ -2,24 +2,19 @@
 
 * ``DynamicTable.lookup`` gathers the ``N`` rows once (``expand``) and, when every id of the
   batch is distinct, skips the expansion and its gradient sum; the occurrence counts are
-  computed only for ``grad_reduce_by="id"`` (backend/dynamic_table.py);
+  computed only for ``grad_reduce_by="id"``; while a table grows (batches of new distinct
+  ids) the next batch goes to the id map without the dedupe (backend/dynamic_table.py);
 * ``DynamicTableImpl.find_or_insert_rows`` writes the initial values of a batch of new ids that
-  took consecutive rows with one copy into the row range (backend/table_impl.py);
-* ``RowStorage.ensure_capacity`` populates the new rows of all slots with several threads
-  (backend/row_storage.py ``_populate_write_many``).
+  took consecutive rows with one copy into the row range (backend/table_impl.py).
 
 Values and gradients are compared bit for bit with the general path (the lookup as it was:
 ``unique_first_seen`` with counts, ``lookup_unique``, ``gather_rows``).
 """
-import threading
-
 import pytest
 import torch
 
-import recis_compat.backend.row_storage as rs
 from recis.nn import HashTable
 from recis.nn.initializers import ConstantInitializer, UniformInitializer
-from recis_compat.backend.row_storage import RowStorage
 from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.ops.pooling import gather_rows
 
@@ -185,56 +180,6 @@ def test_new_rows_written_as_one_range_hold_their_initial_values(monkeypatch, in
     assert writes == [7]
     ids, rows = impl.ids_map()
     assert torch.equal(impl.embedding[rows], impl.init_rows(ids).to(impl.dtype))
-
-
-def test_populate_many_splits_pages_between_threads(monkeypatch):
-    """The new rows of several slots (>= 4 MiB in all) are populated by torch.get_num_threads()
-    threads, each page of every tensor exactly once; rows read zero."""
-    st = RowStorage(64, torch.float32, "cpu", None, block=1024)
-    st.add_slot("m", [64], torch.float32)
-    st.ensure_capacity(1024)
-    rs._populate_write(st.embedding)
-    seen = []
-    real = rs._populate_range
-
-    def spy(start, length):
-        seen.append((threading.get_ident(), start, length))
-        return real(start, length)
-
-    monkeypatch.setattr(rs, "_populate_range", spy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        st.ensure_capacity(1024 + (8 << 20) // 256)       # 8 MiB more per slot
-    finally:
-        torch.set_num_threads(threads)
-    assert len({t for t, _, _ in seen}) == 2
-    pages = sorted((s, s + n) for _, s, n in seen)
-    for (a0, a1), (b0, b1) in zip(pages, pages[1:]):
-        assert a1 <= b0                                    # disjoint
-    for t in (st.embedding[1024:], st.slot("m")[1024:]):
-        lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * 4
-        covered = sum(min(e, hi) - max(s, lo) for s, e in pages if s < hi and e > lo)
-        assert covered == hi - lo
-    assert not st.embedding.any() and not st.slot("m").any()
-
-
-def test_populate_many_falls_back_to_zeros(monkeypatch):
-    """Where madvise refuses, every tensor of a threaded populate is written with zeros."""
-    st = RowStorage(64, torch.float32, "cpu", None, block=1024)
-    st.add_slot("m", [64], torch.float32)
-    st.ensure_capacity(1024)
-    rs._populate_write(st.embedding)
-    monkeypatch.setattr(rs, "_populate_range", lambda start, length: False)
-    for name in ("embedding", "m"):
-        st._reserve[name][1024:1024 + (8 << 20) // 256] = 3.0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        st.ensure_capacity(1024 + (8 << 20) // 256)
-    finally:
-        torch.set_num_threads(threads)
-    assert not st.embedding.any() and not st.slot("m").any()
 
 
 def test_growth_bench_reports_minor_faults():
