@@ -465,10 +465,11 @@ class DynamicTable(nn.Module):
             self._growing = False
             return self.lookup_unique_scaled(uniq, readonly, scale, expand=inverse)
         # every id distinct: uniq is flat itself and inverse the identity
-        size0 = len(self.impl) if insert else 0
-        out = self.lookup_unique_scaled(uniq, readonly, scale, as_sum=True)
-        if insert:
-            self._growing = len(self.impl) - size0 == flat.numel()
+        with self.impl.lock:
+            size0 = len(self.impl)
+            out = self.lookup_unique_scaled(uniq, readonly, scale, as_sum=True)
+            if insert:     # a hint only: the growing path checks its batch itself
+                self._growing = len(self.impl) - size0 == flat.numel()
         return out
 
     def _lookup_scale(self, num_unique: int, inverse: Optional[torch.Tensor]) -> Union[None, float, torch.Tensor]:
@@ -490,12 +491,14 @@ class DynamicTable(nn.Module):
         only when the insert did not prove the ids distinct (some id known or repeated)."""
         impl = self.impl
         n = flat.numel()
-        size0 = len(impl)
-        # not distinct=True: a batch that needs a growth is then deduped by the map (its absent
-        # ids counted once each), so the growth follows the map's policy even when the batch
-        # holds repeats; the rows are the same either way
-        rows_all = impl.find_or_insert_rows(flat)
-        if len(impl) - size0 == n:
+        with impl.lock:     # the size change must be this batch's alone
+            size0 = len(impl)
+            # not distinct=True: a batch that needs a growth is then deduped by the map (its
+            # absent ids counted once each), so the growth follows the map's policy even when the
+            # batch holds repeats; the rows are the same either way
+            rows_all = impl.find_or_insert_rows(flat)
+            all_new = len(impl) - size0 == n
+        if all_new:
             # every id was new, so no id repeats: rows_all are the distinct ids' rows
             impl.notify_lookup(rows_all)
             return lookup_rows_with_grad(impl, self._anchor, rows_all, self._lookup_scale(n, None), as_sum=True)

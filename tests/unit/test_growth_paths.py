@@ -197,3 +197,35 @@ def test_growth_bench_reports_minor_faults():
     assert got["ids"] == 4 * 4096
     faults = got["minor_faults"]
     assert set(faults) == {"ours", "id_map"} and all(isinstance(v, int) and v >= 0 for v in faults.values())
+
+
+def test_growing_lookup_counts_only_its_own_new_ids(monkeypatch):
+    """The growing path decides "every id new" from the map's size change under the table lock:
+    an insert from another thread right after this batch's insert waits for the decision, so a
+    batch with repeats is not taken for distinct (its gradient is summed per id)."""
+    import threading
+
+    ht = _table()
+    ht(torch.arange(50, dtype=torch.int64) * 3 + 1)       # new distinct ids: growing mode
+    impl = ht.impl
+    real = type(impl).find_or_insert_rows
+    helpers = []
+
+    def insert_then_race(self, ids, *a, **k):
+        rows = real(self, ids, *a, **k)
+        if not helpers:               # another thread inserts 2 new ids right now
+            h = threading.Thread(target=lambda: real(self, torch.tensor([10 ** 9, 10 ** 9 + 1])))
+            helpers.append(h)
+            h.start()
+            h.join(timeout=0.3)
+        return rows
+
+    monkeypatch.setattr(type(impl), "find_or_insert_rows", insert_then_race)
+    batch = torch.tensor([7000, 7001, 7002, 7000, 7003, 7001, 7004, 7005, 7006, 7007, 7008, 7009])
+    impl.clear_grad()
+    ht._table.lookup(batch).sum().backward()
+    helpers[0].join()
+    rows, grad = impl.summed_grad()
+    assert rows.numel() == 10 and torch.unique(rows).numel() == 10
+    assert torch.equal(grad[:2], torch.full((2, 4), 2.0)) and torch.equal(grad[2:], torch.ones(8, 4))
+    assert len(impl) == 50 + 10 + 2
