@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import time
 from typing import Callable, Dict, List
 
@@ -131,6 +132,12 @@ def _mids(n: int, seconds: float) -> float:
 _tables = itertools.count()
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (pages first touched: new table memory,
+    temporaries served by fresh mappings); a count that does not depend on the CPU share."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _growth(total: int, batch: int, dim: int) -> Dict[str, object]:
     """End-to-end growth of a SparseAdamW-trained table vs the id map alone (see the module
     docstring). Returns seconds, split and memory figures."""
@@ -163,20 +170,24 @@ def _growth(total: int, batch: int, dim: int) -> Dict[str, object]:
             split["step"] += t3 - t2
 
     train_step(batches[0], False)            # warm-up: builds the optimizer slots
+    f0 = _minor_faults()
     t0 = time.perf_counter()
     for ids in batches[1:]:
         train_step(ids, True)
     t_ours = time.perf_counter() - t0
+    faults_ours = _minor_faults() - f0
     impl = ht.impl
     n_ids = len(impl)
     assert n_ids == (steps + 1) * batch, "growth bench: ids were lost or merged"
 
     m = IdMap()
     m.find_or_insert(batches[0])
+    f0 = _minor_faults()
     t0 = time.perf_counter()
     for ids in batches[1:]:
         m.find_or_insert(ids)
     t_map = time.perf_counter() - t0
+    faults_map = _minor_faults() - f0
     assert len(m) == n_ids
 
     map_b = impl.id_map.memory_bytes() / n_ids
@@ -188,7 +199,8 @@ def _growth(total: int, batch: int, dim: int) -> Dict[str, object]:
             "map_bytes_per_id": map_b, "storage_bytes_per_id": storage_b, "row_bytes": row_b,
             "floor_bytes_per_id": floor_b, "strict_floor_bytes_per_id": row_b + 12.0, "slots": slots,
             "storage_reserved_bytes_per_id": impl.storage.reserved_bytes() / n_ids,
-            "storage_reallocations": impl.storage.num_reallocations, "map_capacity": impl.id_map.capacity}
+            "storage_reallocations": impl.storage.num_reallocations, "map_capacity": impl.id_map.capacity,
+            "minor_faults": {"ours": faults_ours, "id_map": faults_map}}
 
 
 def run(opts: BenchOptions) -> List[Case]:
@@ -247,6 +259,7 @@ def run(opts: BenchOptions) -> List[Case]:
     gdetail = {"dim": int(cfg["dim"]), "batch": int(cfg["growth_batch"]), "ids_at_end": gr["ids"],
                "threads": threads, "ours_s": round(gr["t_ours"], 3), "id_map_s": round(gr["t_map"], 3),
                "split_s": {k: round(v, 3) for k, v in gr["split"].items()},
+               "minor_faults": gr["minor_faults"],
                "target_value": GROWTH_TARGET_M_IDS_PER_S,
                "timed_ours": "HashTable(ids) [training: find-or-insert + per-id initial values + gather], "
                              "out.sum().backward(), SparseAdamW.step(), zero_grad(); every id new",

@@ -43,7 +43,7 @@ from recis_compat.backend.row_store import StoreConfig
 from recis_compat.backend.table_impl import DynamicTableImpl, find_or_insert_rows_many
 from recis_compat.ops.id_map import unique_first_seen
 from recis_compat.ops.multi_table import multi_table_gather, unique_first_seen_many
-from recis_compat.ops.pooling import gather_rows, sum_rows_by_index
+from recis_compat.ops.pooling import sum_rows_by_index
 from recis_compat.utils.device import cuda_unavailable_message
 
 __all__ = ["DynamicTableConfig", "DynamicTable", "DynamicLookupContext", "LookupRequest", "lookup_rows_with_grad",
@@ -206,10 +206,11 @@ class _RowsToTable(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, anchor, emb, rows, impl, scale, expand):
+    def forward(ctx, anchor, emb, rows, impl, scale, expand, as_sum=False):
         ctx.impl = impl
         ctx.scalar = scale if not isinstance(scale, torch.Tensor) else None
         ctx.has_expand = expand is not None
+        ctx.as_sum = bool(as_sum)
         saved = [rows] + ([expand] if expand is not None else [])
         if isinstance(scale, torch.Tensor):
             saved.append(scale)
@@ -222,6 +223,10 @@ class _RowsToTable(torch.autograd.Function):
         rows = saved.pop(0)
         if ctx.has_expand:
             g = sum_rows_by_index(grad.reshape(-1, ctx.impl.dim), saved.pop(0), rows.numel())
+        elif ctx.as_sum:
+            # what summing each row's single gradient into zeros gives (-0.0 becomes +0.0), in
+            # one pass and without the zeroed [U, D] buffer
+            g = grad.reshape(rows.numel(), ctx.impl.dim) + 0.0
         else:
             g = grad.reshape(rows.numel(), ctx.impl.dim)
         if saved:
@@ -230,22 +235,25 @@ class _RowsToTable(torch.autograd.Function):
             g = g * ctx.scalar
         # rows of one lookup of distinct ids are distinct (absent ones, -1, are dropped)
         ctx.impl.accept_grad(rows, g.contiguous(), unique=True)
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
 
 
 def lookup_rows_with_grad(impl: DynamicTableImpl, anchor: torch.Tensor, rows: torch.Tensor,
                           scale: Union[None, float, torch.Tensor] = None,
-                          expand: Optional[torch.Tensor] = None) -> torch.Tensor:
+                          expand: Optional[torch.Tensor] = None, as_sum: bool = False) -> torch.Tensor:
     """``embedding[rows]`` (zeros for ``rows < 0``) whose gradient goes to ``impl``'s buffer,
     multiplied by ``scale`` (a float, or float ``[len(rows)]`` per row) when given.
 
     ``expand`` (int64 ``[N]``, positions into ``rows``): returns ``embedding[rows[expand]]``
     ``[N, D]`` gathered in one pass (not ``[len(rows), D]`` then expanded), the gradient summed
-    per row of ``rows`` before it reaches the buffer."""
+    per row of ``rows`` before it reaches the buffer. ``as_sum`` (without ``expand``): the
+    gradient is the one an identity ``expand`` would give (each row's gradient summed into
+    zeros, so ``-0.0`` arrives as ``+0.0``) without the sum: what :meth:`DynamicTable.lookup`
+    uses when every id of a batch is distinct."""
     emb = impl.gather(rows if expand is None else rows.index_select(0, expand))
     if not torch.is_grad_enabled():
         return emb
-    return _RowsToTable.apply(anchor, emb, rows, impl, scale, expand)
+    return _RowsToTable.apply(anchor, emb, rows, impl, scale, expand, as_sum)
 
 
 class _RowsToTables(torch.autograd.Function):
@@ -392,15 +400,15 @@ class DynamicTable(nn.Module):
 
     def lookup_unique_scaled(self, unique_ids: torch.Tensor, readonly: bool,
                              scale: Union[None, float, torch.Tensor],
-                             expand: Optional[torch.Tensor] = None) -> torch.Tensor:
+                             expand: Optional[torch.Tensor] = None, as_sum: bool = False) -> torch.Tensor:
         """:meth:`lookup_unique` with the gradient of row ``i`` multiplied by ``scale`` (a float),
         ``scale[i]`` (float ``[U]``) or 1 (None). ``expand`` (int64 ``[N]``, positions into
         ``unique_ids``): the result is ``[N, D]``, the rows of ``unique_ids[expand]`` (one gather;
-        see :func:`lookup_rows_with_grad`)."""
+        see :func:`lookup_rows_with_grad`, also for ``as_sum``)."""
         rows = self._rows(unique_ids, readonly)
         if not self.training or self.impl.read_only:
             return self.impl.gather(rows if expand is None else rows.index_select(0, expand))
-        return lookup_rows_with_grad(self.impl, self._anchor, rows, scale, expand)
+        return lookup_rows_with_grad(self.impl, self._anchor, rows, scale, expand, as_sum)
 
     # ------------------------------------------------------------------ staged lookup
     @property
@@ -438,10 +446,71 @@ class DynamicTable(nn.Module):
 
     def lookup(self, ids: torch.Tensor, readonly: bool = False) -> torch.Tensor:
         """Embeddings ``[N, dim]`` of int64 ids ``[N]`` (repeats allowed: looked up once, their
-        gradients summed, or averaged with ``grad_reduce_by="id"``)."""
+        gradients summed, or averaged with ``grad_reduce_by="id"``).
+
+        One gather of the ``N`` rows (:meth:`lookup_unique_scaled` with ``expand``), the
+        gradient summed per distinct id; the occurrence counts are computed only for
+        ``grad_reduce_by="id"``. A batch whose ids are all distinct skips the expansion and the
+        sum. While a table grows (its last inserting lookup found only new, distinct ids), the
+        next batch goes to the id map first, without the dedupe: when every id turns out new
+        the map has proved them distinct; otherwise the dedupe runs after the insert. Values,
+        rows and gradients are those of the general path either way."""
         flat = self.impl.check_ids(ids, "lookup")
-        uniq, inverse, counts = unique_first_seen(flat, return_counts=True)
-        return gather_rows(self.lookup_unique(uniq, readonly, counts), inverse)
+        insert = self.training and not readonly and not self.impl.read_only
+        if insert and getattr(self, "_growing", False) and not self.impl.storage.file_backed:
+            return self._lookup_growing(flat)
+        uniq, inverse = unique_first_seen(flat)
+        scale = self._lookup_scale(uniq.numel(), inverse)
+        if uniq.numel() != flat.numel():
+            self._growing = False
+            return self.lookup_unique_scaled(uniq, readonly, scale, expand=inverse)
+        # every id distinct: uniq is flat itself and inverse the identity
+        with self.impl.lock:
+            size0 = len(self.impl)
+            out = self.lookup_unique_scaled(uniq, readonly, scale, as_sum=True)
+            if insert:     # a hint only: the growing path checks its batch itself
+                self._growing = len(self.impl) - size0 == flat.numel()
+        return out
+
+    def _lookup_scale(self, num_unique: int, inverse: Optional[torch.Tensor]) -> Union[None, float, torch.Tensor]:
+        """What :meth:`lookup_unique` multiplies the gradient of the rows of ``num_unique``
+        distinct ids by; for ``grad_reduce_by="id"`` their occurrence counts come from
+        ``inverse`` (None: every id occurs once)."""
+        if self.config.grad_reduce_by == "worker" and self.config.world_size > 1:
+            return 1.0 / self.config.world_size
+        if self.config.grad_reduce_by == "id":
+            counts = (torch.bincount(inverse, minlength=num_unique) if inverse is not None
+                      else torch.ones(num_unique, dtype=torch.int64, device=self.impl.device))
+            return 1.0 / counts.to(torch.float32)
+        return None
+
+    def _lookup_growing(self, flat: torch.Tensor) -> torch.Tensor:
+        """:meth:`lookup` (training, inserting, in-memory table) of a batch expected to hold new,
+        distinct ids only: find-or-insert of the batch itself (the map numbers new ids by first
+        occurrence, as it numbers the deduped ids, so every row is the same), then the dedupe
+        only when the insert did not prove the ids distinct (some id known or repeated)."""
+        impl = self.impl
+        n = flat.numel()
+        with impl.lock:     # the size change must be this batch's alone
+            size0 = len(impl)
+            # not distinct=True: a batch that needs a growth is then deduped by the map (its
+            # absent ids counted once each), so the growth follows the map's policy even when the
+            # batch holds repeats; the rows are the same either way
+            rows_all = impl.find_or_insert_rows(flat)
+            all_new = len(impl) - size0 == n
+        if all_new:
+            # every id was new, so no id repeats: rows_all are the distinct ids' rows
+            impl.notify_lookup(rows_all)
+            return lookup_rows_with_grad(impl, self._anchor, rows_all, self._lookup_scale(n, None), as_sum=True)
+        self._growing = False
+        uniq, inverse = unique_first_seen(flat)
+        # the rows of uniq: every position of an id holds its row
+        rows = rows_all.new_empty(uniq.numel()).index_copy_(0, inverse, rows_all)
+        impl.notify_lookup(rows)
+        scale = self._lookup_scale(uniq.numel(), inverse)
+        if uniq.numel() == n:
+            return lookup_rows_with_grad(impl, self._anchor, rows, scale, as_sum=True)
+        return lookup_rows_with_grad(impl, self._anchor, rows, scale, expand=inverse)
 
     def forward(self, features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]:
         """Per-key embeddings: ``{key: JaggedTensor(values=[N_key, dim], lengths)}``."""

@@ -265,24 +265,34 @@ class DynamicTableImpl(OwnLock):
         """Rows of ``ids``; absent ids get new rows with their initial values (``initialize=False``:
         the caller writes them). ``distinct``: ``ids`` holds no repeats (``IdMap.find_or_insert``)."""
         ids = self.check_ids(ids, "insert")
+        size0, next0 = len(self.id_map), self.id_map.num_rows_allocated()
         rows, is_new = self.id_map.find_or_insert(ids, distinct=distinct)
-        self.storage.ensure_capacity(self.id_map.num_rows_allocated())
+        size1, next1 = len(self.id_map), self.id_map.num_rows_allocated()
+        self.storage.ensure_capacity(next1)
         # file-backed: the rows come into the RAM cache first, so new rows' initial values are
         # written there rather than into the files and read back
         self.storage.note_access(rows, lookup=True)
         log = self._changes
-        if (initialize and self.init_rows is not None) or log is not None:
-            new_pos = torch.nonzero(is_new).view(-1)     # one pass over the mask for ids and rows
-            if new_pos.numel() == ids.numel():
+        n, num_new = ids.numel(), size1 - size0
+        if num_new and ((initialize and self.init_rows is not None) or log is not None):
+            # the map numbers new ids in order of first occurrence, from the free stack first:
+            # when every id is new and none took a freed row, the rows are next0, next0 + 1, ...
+            consecutive = num_new == n and next1 - next0 == n
+            if num_new == n:
                 new_ids, new_rows = ids, rows            # every id new (a growing table's batch)
-            elif new_pos.numel():
+            else:
+                new_pos = torch.nonzero(is_new).view(-1)     # one pass over the mask for ids and rows
                 new_ids = ids.index_select(0, new_pos)
                 new_rows = rows.index_select(0, new_pos)
-            if new_pos.numel():
-                self._log_inserted(new_ids, new_rows)
-                if initialize and self.init_rows is not None:
-                    vals = self.init_rows(new_ids)
-                    self.storage.write_rows("embedding", new_rows, vals.reshape(new_ids.numel(), self.dim))
+            self._log_inserted(new_ids, new_rows)
+            if initialize and self.init_rows is not None:
+                vals = self.init_rows(new_ids).reshape(new_ids.numel(), self.dim)
+                if consecutive and not self.storage.file_backed:
+                    # one copy into the row range (what write_rows' index_copy_ writes)
+                    emb = self.storage.slot("embedding")
+                    emb.narrow(0, next0, n).copy_(vals.to(emb.dtype).to(emb.device))
+                else:
+                    self.storage.write_rows("embedding", new_rows, vals)
         return rows
 
     def _log_inserted(self, new_ids: torch.Tensor, new_rows: torch.Tensor) -> None:
