@@ -13,8 +13,8 @@ re-initialised by :meth:`reset_rows`.
 Growth without copies (CPU): each slot is a view ``reserve[:capacity]`` of a larger *reserved*
 tensor. Growing within the reserve only widens the view and initialises the new rows; pages of
 the reserve that no row reached are never written, so the operating system does not back them
-with memory. A CPU reserve of ``_MAPPED_MIN_BYTES`` or more is a private anonymous mapping of its
-own (``mmap``, :func:`_zeroed_cpu`): its rows beyond the capacity read as zeros until written, so
+with memory. A CPU reserve of ``MAPPED_MIN_BYTES`` or more is a private anonymous mapping of its
+own (backend/anon_memory.py ``zeroed_cpu``): its rows beyond the capacity read as zeros until written, so
 new rows of a slot initialised to 0 (the embedding slot when the table writes each new id's
 initial values itself, optimizer moments) are not written at growth at all; their pages are
 first touched by the write that gives them their values (a profile of a table growing to 4.2M
@@ -23,7 +23,7 @@ table's initial values). When the reserve is full it
 is replaced by one ``RESERVE_FACTOR`` (8) times larger and the rows are copied once, so the
 copies add up to a seventh of the final table, against twice with x1.5 copy-growth (a profile
 of a table growing to 10M ids spent 22 % of its time in that ``torch.cat``). Once a slot needs
-``_GROWING_SLOT_BYTES`` (1 MiB) its new reserve is at least ``_GROWING_RESERVE_BYTES`` (1 GiB)
+``GROWING_BYTES`` (1 MiB) its new reserve is at least ``GROWING_RESERVE_BYTES`` (1 GiB)
 of address space (rows of the widest slot), so a table growing to a few GiB per slot copies its
 rows at most once more, when it is still small: the copy of a growth to 4.2M ids (230 MB, every
 destination page faulted in) was 8 % of that growth's time. Small tables keep x8 reserves
@@ -53,7 +53,6 @@ time would be lost or leave slots of different lengths.
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import threading
 from dataclasses import dataclass
@@ -61,59 +60,14 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
+from recis_compat.backend.anon_memory import RESERVE_FACTOR, populate_write, reserve_rows, zeroed_cpu
 from recis_compat.backend.locking import OwnLock, locked
 from recis_compat.backend.row_cache import RowCache
 from recis_compat.backend.row_store import FileSlots, StoreConfig
 from recis_compat.backend.row_store import strict_overcommit as _strict_overcommit
 
 GROWTH = 1.5          # reserve growth on devices that commit memory at allocation (CUDA)
-RESERVE_FACTOR = 8    # CPU: a new reserve holds this many times the rows needed
 _FILE_FILL_ROWS = 1 << 20   # file-backed growth initialises new rows in pieces of this many
-_MAPPED_MIN_BYTES = 1 << 20  # CPU reserves from this size on are anonymous mappings (zeros, untouched)
-_GROWING_SLOT_BYTES = 1 << 20       # CPU: a slot that needs this much is a growing table's ...
-_GROWING_RESERVE_BYTES = 1 << 30    # ... and its new reserve is at least this much address space
-
-
-def _zeroed_cpu(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """A CPU tensor of ``shape`` / ``dtype`` whose every element reads 0. From
-    ``_MAPPED_MIN_BYTES`` on it lives in a private anonymous mapping of its own (freed with the
-    last tensor using it; copy-on-write across ``fork`` like heap memory): the kernel backs a
-    page with zeroed memory only when it is first touched, so nothing is written here and
-    untouched pages take no memory. Smaller: ``torch.zeros``."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    if nbytes < _MAPPED_MIN_BYTES:
-        return torch.zeros(list(shape), dtype=dtype)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return torch.frombuffer(buf, dtype=dtype).view(list(shape))
-
-
-_MADV_POPULATE_WRITE = 23    # Linux >= 5.14: fault pages in writable, as a write would
-_PAGE = mmap.PAGESIZE
-_madvise = None
-
-
-def _populate_write(t: torch.Tensor) -> None:
-    """Back the pages of contiguous CPU tensor ``t`` with memory in one call (their contents
-    unchanged). Rows of a zeroed reserve that were never written are mapped to the kernel's
-    shared zero page when first *read*; the first write then faults again and, with several
-    threads, flushes every thread's TLB -- an optimizer step reading and writing new moment rows
-    ran 30x slower so. Populating them for writing up front costs what ``fill_`` costs minus
-    the writes. Where ``madvise`` refuses (older kernels), the pages are written with zeros."""
-    global _madvise
-    if t.numel() == 0:
-        return
-    if _madvise is None:
-        import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.madvise
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        _madvise = fn
-    start = t.data_ptr() // _PAGE * _PAGE
-    end = t.data_ptr() + t.numel() * t.element_size()
-    if _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0:
-        t.zero_()
 
 
 def _physical_ram_bytes() -> int:
@@ -172,7 +126,7 @@ class RowStorage(OwnLock):
             self.slots = {"embedding": torch.empty((0, self.dim), dtype=dtype, device=self.device)}
             # name -> backing tensor [reserve_rows, *tail]; slots[name] is reserve[:capacity]
             self._reserve = dict(self.slots)
-        # slots whose reserve rows past the capacity read as zeros (never written: _zeroed_cpu)
+        # slots whose reserve rows past the capacity read as zeros (never written: zeroed_cpu)
         self._zero_tail: set = set()
         self.num_reallocations = 0   # times the reserve was replaced (rows copied; files: remapped)
 
@@ -358,7 +312,7 @@ class RowStorage(OwnLock):
             if name == "embedding" and sampled is not None:
                 fresh.copy_(sampled)
             elif spec.init == 0 and name in self._zero_tail:
-                _populate_write(fresh)        # never-written rows of a zeroed reserve: already 0
+                populate_write(fresh)        # never-written rows of a zeroed reserve: already 0
             else:
                 fresh.fill_(spec.init)        # in place: no temporary of the new rows
         for name in self.specs:
@@ -393,21 +347,17 @@ class RowStorage(OwnLock):
             return max(new_cap, int(self.reserved_rows * GROWTH))
         widest = max(max(1, math.prod(sp.tail)) * torch.empty((), dtype=sp.dtype).element_size()
                      for sp in self.specs.values())
-        ram_rows = _physical_ram_bytes() // 2 // widest
-        rows = RESERVE_FACTOR * new_cap
-        if new_cap * widest >= _GROWING_SLOT_BYTES:
-            rows = max(rows, _GROWING_RESERVE_BYTES // widest)
-        return max(new_cap, min(rows, ram_rows))
+        return reserve_rows(new_cap, widest, limit_bytes=_physical_ram_bytes() // 2)
 
     def _new_reserve(self, name: str, rows: int) -> torch.Tensor:
         """A reserve ``[rows, *tail]`` for slot ``name``: on the CPU a zeroed one
-        (:func:`_zeroed_cpu`), the slot then noted in ``_zero_tail``; elsewhere uninitialised."""
+        (anon_memory ``zeroed_cpu``), the slot then noted in ``_zero_tail``; elsewhere uninitialised."""
         spec = self.specs[name]
         if self.device.type != "cpu":
             self._zero_tail.discard(name)
             return torch.empty([rows] + spec.tail, dtype=spec.dtype, device=self.device)
         self._zero_tail.add(name)
-        return _zeroed_cpu([rows] + spec.tail, spec.dtype)
+        return zeroed_cpu([rows] + spec.tail, spec.dtype)
 
     def _reallocate(self, rows: int) -> None:
         cap = self.capacity

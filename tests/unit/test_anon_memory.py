@@ -33,6 +33,9 @@ def test_zeroed_cpu_reads_zero(shape, dtype):
     t = zeroed_cpu(shape, dtype)
     assert t.shape == shape and t.dtype == dtype and t.is_contiguous()
     assert int(t.count_nonzero()) == 0
+    t.view(-1)[5] = 1
+    u = zeroed_cpu(shape, dtype)                     # a reserve of its own
+    assert int(u.count_nonzero()) == 0 and int(t.view(-1)[5]) == 1
 
 
 def test_a_large_reserve_takes_memory_only_where_written():

@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 
+import recis_compat.backend.anon_memory as anon_memory
 import recis_compat.backend.row_storage as rs
 from recis_compat.backend.row_storage import RowStorage
 
@@ -105,7 +106,7 @@ def test_rows_equal_those_of_filled_reserves(monkeypatch, dim):
 
     new = run()
     monkeypatch.setattr(RowStorage, "_new_reserve", _old_reserve)
-    monkeypatch.setattr(rs, "_GROWING_SLOT_BYTES", 1 << 62)
+    monkeypatch.setattr(anon_memory, "GROWING_BYTES", 1 << 62)
     old = run()
     for a, b in zip(new, old):
         assert a.keys() == b.keys()
@@ -113,23 +114,12 @@ def test_rows_equal_those_of_filled_reserves(monkeypatch, dim):
             assert torch.equal(a[k], b[k]), k
 
 
-def test_zeroed_cpu_reads_zero_and_is_private():
-    t = rs._zeroed_cpu([1 << 18, 8], torch.float32)         # 8 MiB: a mapping
-    assert t.shape == (1 << 18, 8) and t.is_contiguous() and not t.any()
-    t[5] = 1.0
-    u = rs._zeroed_cpu([1 << 18, 8], torch.float32)
-    assert not u.any() and t[5].eq(1.0).all()
-    small = rs._zeroed_cpu([3, 2], torch.int64)
-    assert small.dtype == torch.int64 and not small.any()
-
-
 def test_rows_are_zeros_where_madvise_refuses(monkeypatch):
     """Kernels before 5.14 refuse MADV_POPULATE_WRITE: the new rows are then written with zeros
     (a reserve whose tail was dirtied by hand shows the fallback writes them)."""
     st = RowStorage(64, torch.float32, "cpu", None, block=1024)
     st.ensure_capacity(1024)
-    rs._populate_write(st.embedding)          # loads libc's madvise
-    monkeypatch.setattr(rs, "_madvise", lambda addr, length, advice: -1)
+    monkeypatch.setattr(anon_memory, "madvise", lambda addr, length, advice: -1)
     st._reserve["embedding"][1024:4096] = 5.0
     st.ensure_capacity(4096)
     assert not st.embedding.any()
