@@ -11,7 +11,8 @@ Cases (docs/stores.md, docs/benchmarks.md):
   same batches, in alternating blocks of ``block`` steps after ``warmup`` untimed steps each;
   samples/s of each. The budget (``budget_mb``) is a fraction of the file-backed table's rows:
   the Zipf case's hot set fits it, the uniform case misses most of its rows every step. The
-  detail counts the row cache's misses, evictions and write-backs in the timed steps.
+  detail counts the row cache's misses, evictions and write-backs in the timed steps, and per
+  step (``per_step``) the misses that were new ids, the read/write calls and bytes.
   Target (issue 14 item 2): Zipf >= 0.7x in RAM; uniform: reported.
 * **beyond RAM** (opt-in, ``--beyond-ram-ids N``; minutes and 2x the table on disk): a fresh
   process trains a ``cached_ssd`` table (``--beyond-ram-dim``, SparseAdamW) up to N ids under a
@@ -70,6 +71,21 @@ def _hwm() -> int:
 def _faults() -> Dict[str, int]:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return {"minor": int(r.ru_minflt), "major": int(r.ru_majflt)}
+
+
+def _io() -> Dict[str, int]:
+    """This process's read/write system calls and bytes (/proc/self/io: ``syscr``, ``syscw``,
+    ``rchar``, ``wchar``); zeros where the file is missing."""
+    out = {"syscr": 0, "syscw": 0, "rchar": 0, "wchar": 0}
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in out:
+                    out[k] = int(v)
+    except OSError:
+        pass
+    return out
 
 
 # ----------------------------------------------------------------------------- ids
@@ -161,16 +177,21 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
     t_ram = t_ssd = 0.0
     faults0 = _faults()
     budget = store.budget()
-    misses0, evictions0, writebacks0 = budget.misses, budget.evictions, budget.writebacks
+    misses0, evictions0, writebacks0, fresh0 = budget.misses, budget.evictions, budget.writebacks, budget.fresh
+    io_ssd = dict.fromkeys(_io(), 0)
     for b in range(warmup, warmup + steps, block):
         chunk = batches[b:b + block]
         t0 = time.perf_counter()
         for ids, y in chunk:
             ram.step(ids, y)
         t1 = time.perf_counter()
+        io0 = _io()
         for ids, y in chunk:
             ssd.step(ids, y)
         t2 = time.perf_counter()
+        io1 = _io()
+        for k in io_ssd:
+            io_ssd[k] += io1[k] - io0[k]
         t_ram += t1 - t0
         t_ssd += t2 - t1
     faults1 = _faults()
@@ -189,6 +210,16 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
               "cache_bytes": ssd.impl.storage.memory_bytes(), "over_budget_bytes": budget.over_budget_bytes,
               "misses_timed": budget.misses - misses0, "evictions_timed": evictions,
               "writebacks_timed": budget.writebacks - writebacks0,
+              # per timed cached_ssd step: rows read in (of them new ids, filled or read as one
+              # run, never read back), evicted, written back; read/write calls and bytes (/proc/self/io)
+              "per_step": {"misses": round((budget.misses - misses0) / steps, 1),
+                           "new_id_misses": round((budget.fresh - fresh0) / steps, 1),
+                           "evictions": round(evictions / steps, 1),
+                           "writebacks": round((budget.writebacks - writebacks0) / steps, 1),
+                           "read_calls": round(io_ssd["syscr"] / steps, 1),
+                           "read_bytes": round(io_ssd["rchar"] / steps),
+                           "write_calls": round(io_ssd["syscw"] / steps, 1),
+                           "write_bytes": round(io_ssd["wchar"] / steps)},
               "page_faults_timed": {k: faults1[k] - faults0[k] for k in faults1},
               "ram_step_ms": round(t_ram / steps * 1e3, 2), "ssd_step_ms": round(t_ssd / steps * 1e3, 2),
               "threads": torch.get_num_threads(),

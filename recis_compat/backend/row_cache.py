@@ -1,8 +1,9 @@
 """A RAM cache of single rows in front of a ``cached_ssd`` table's files (docs/stores.md).
 
-A file-backed table keeps every row of every slot in its files (backend/row_store.py,
-:class:`~recis_compat.backend.row_store.FileSlots`); the id map's value is the row's place in
-the files (the *file row*) and never changes while the id is stored. The rows in use live in
+A file-backed table keeps every row of every slot in its file of row records (backend/row_store.py,
+:class:`~recis_compat.backend.row_store.FileSlots`: a record holds a row's values of every slot
+side by side); the id map's value is the row's place in the file (the *file row*) and never
+changes while the id is stored. The rows in use live in
 RAM *slabs*, one per slot, ``[cache_rows, *tail]``, at *cache slots*:
 
 * ``row_slot`` (int32 ``[table rows]``): the cache slot of each file row, -1 when not cached
@@ -23,15 +24,20 @@ recency (and, for the optimizer's rows, their change) in one pass over its rows
 (``row_cache_translate_``, csrc/optim/rows_floor.cpp): the bookkeeping of an access is
 proportional to its rows, never to the cache's slots. A lookup's gather right after its find
 reuses the find's translation (same rows tensor, unchanged, no access in between). Missing rows
-are read from the files in one batch (sorted, one
-``rows_pread_`` op call per slot, csrc/optim/rows_floor.cpp) into free slots: slots never used
+are read from the file in one batch (sorted, whole records: one ``pread`` per row or run of
+rows for all slots, ``rows_pread_``, csrc/optim/rows_floor.cpp; new rows whose every slot has a
+known initial value are filled, not read) and moved into free slots (``rows_move_``): slots never used
 yet, then more slab rows up to the table's share of the budget
 (:class:`~recis_compat.backend.row_store.CacheBudget`: all its rows when every table of the
 budget fits, else a water level), then victims chosen by a clock sweep
 (``row_cache_sweep_``: second chance, a slot used since the hand last passed it is skipped once;
 the sweep passes about as many slots as it takes victims while most rows are cold); changed
-victims are written back (sorted, one batch per slot) before their slots are reused. A cache
-above its share (another table grew) shrinks to it at its next access. When the rows of one
+victims are written back (sorted by file row, whole records assembled from the slabs and copied
+once per row into the file's mapping; clean victims are not written) before their slots are
+reused. A cache above its share (another table grew, or its last access grew it past the share)
+shrinks to it at its next access: its rows past the share are evicted and their slab memory
+released (``madvise``) while the slabs stay in place, so growing past the share again copies
+nothing. When the rows of one
 access do not fit even after every other row is evicted, the slab grows past the share by the
 shortfall (a warning names the table and the budget needed; the excess is kept in
 ``CacheBudget.over_budget_bytes``): one access always gets all its rows.
@@ -42,9 +48,12 @@ through a shared mapping measured 0.02 us per row, because a read fault on a fil
 its neighbours too (fault-around, whole large folios): measured 7.9 pages mapped per row read
 even with ``MADV_RANDOM``, which is what the RAM budget exists to prevent, while ``pread``
 copies exactly the row and maps nothing. Writes (write-back, writes to uncached rows) go through
-the mapping (``FileSlots.write``: a write fault maps exactly one page, dropped again every 8192
-rows) because a ``pwrite`` per row measured 6.5-8.7 us: every write call updates the file's
-times through the ext4 journal. Long runs of rows (new rows at growth) are one ``pwrite``.
+the mapping (``FileSlots.write_slots``: a write fault maps exactly one page, dropped again
+every ``DROP_PAGES`` pages), where a row on a page still mapped costs about 0.1 us; long runs
+of rows (new rows at growth, checkpoint restores) and write-backs of whole records on more
+pages than the mapping keeps (scattered evictions, uniform ids) are one ``pwrite`` per run
+(0.7-1.0 us a 192-byte record measured, against 1.0-1.3 us through the mapping when every
+page faults in).
 
 Who sees which rows (backend/table_impl.py): every table method takes and returns file rows
 (lookups, ``read_slot``, ``update_slot``, ``delete``, ``ids_map``, change tracking,
@@ -63,7 +72,7 @@ import torch
 
 from recis_compat.backend.anon_memory import release_pages, reserve_rows, zeroed_cpu
 from recis_compat.backend.row_store import FileSlots, strict_overcommit
-from recis_compat.ops.optim import row_cache_mark_, row_cache_sweep_, row_cache_translate_
+from recis_compat.ops.optim import row_cache_mark_, row_cache_sweep_, row_cache_translate_, rows_move_
 
 __all__ = ["RowCache", "META_BYTES"]
 
@@ -172,8 +181,7 @@ class RowCache:
             self._write_back(gone)
             self.row_slot.index_fill_(0, self.slot_row.index_select(0, gone), -1)
             self._memo = None
-            self.budget.evictions += gone.numel()
-            self.budget.trims += 1
+            self.budget.count(evictions=gone.numel(), trims=1)
             self.used = to
         for reserve in list(self._reserve.values()) + list(self._meta_reserve.values()):
             release_pages(reserve.narrow(0, to, self.alloc - to))
@@ -292,14 +300,20 @@ class RowCache:
         """Read the distinct, sorted, uncached file rows ``rows`` into free slots."""
         slots = self._take(rows.numel())
         # fresh rows (new ids) hold their slots' initial values: filled, not read
-        k = int(torch.searchsorted(rows, self.fresh_from)) if int(rows[-1]) >= self.fresh_from else rows.numel()
+        n = rows.numel()
+        k = int(torch.searchsorted(rows, self.fresh_from)) if int(rows[-1]) >= self.fresh_from else n
+        fill = {name: self.fresh_values(name) for name in self.slabs} if k < n else {}
+        # one read of the rows' records for every slot (files.read_records); fresh rows are read
+        # only when a slot of theirs has no fill value (a sampled embedding): they are one run
+        upto = n if any(v is None for v in fill.values()) else k
+        rec = self.files.read_records(rows if upto == n else rows[:upto]) if upto else None
+        at = torch.arange(upto, dtype=torch.int64)
         for name, slab in self.slabs.items():
-            value = self.fresh_values(name) if k < rows.numel() else None
-            if value is None:
-                slab.index_copy_(0, slots, self.files.read(name, rows))
-            else:
-                if k:
-                    slab.index_copy_(0, slots[:k], self.files.read(name, rows[:k]))
+            value = fill.get(name)
+            got = upto if value is None else k
+            if got:
+                rows_move_(slab, slots[:got], self.files.files[name].part(rec), at[:got])
+            if value is not None:
                 slab.index_fill_(0, slots[k:], value)
         self.fresh_from = max(self.fresh_from, int(rows[-1]) + 1)
         self.slot_row.index_copy_(0, slots, rows)
@@ -307,7 +321,7 @@ class RowCache:
         self._memo = None
         self.last.index_fill_(0, slots, self.clock)
         self.dirty.index_fill_(0, slots, False)
-        self.budget.misses += rows.numel()
+        self.budget.count(misses=rows.numel(), fresh=rows.numel() - k)
 
     def _take(self, k: int) -> torch.Tensor:
         """``k`` free slots: never used ones, new slab rows within the budget, evicted ones,
@@ -357,8 +371,7 @@ class RowCache:
         self._write_back(victims)
         self.row_slot.index_fill_(0, self.slot_row.index_select(0, victims), -1)
         self.slot_row.index_fill_(0, victims, -1)
-        self.budget.evictions += victims.numel()
-        self.budget.trims += 1
+        self.budget.count(evictions=victims.numel(), trims=1)
         return victims
 
     def _write_back(self, slots: torch.Tensor) -> None:
@@ -369,10 +382,10 @@ class RowCache:
             return
         rows, order = torch.sort(self.slot_row.index_select(0, d))
         d = d.index_select(0, order)
-        for name, slab in self.slabs.items():
-            self.files.write(name, rows, slab.index_select(0, d))
+        # whole records, every slot of a row moved straight from its slab (files.write_slots)
+        self.files.write_slots(rows, dict(self.slabs), src_rows=d)
         self.dirty.index_fill_(0, d, False)
-        self.budget.writebacks += d.numel()
+        self.budget.count(writebacks=d.numel())
 
     # ---------------------------------------------------------------- reads and writes
     def read(self, name: str, rows: torch.Tensor) -> torch.Tensor:

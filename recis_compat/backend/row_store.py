@@ -4,13 +4,14 @@ Store kinds carry OneEmbedding's names (docs/stores.md):
 
 * ``device_mem`` / ``cached_host_mem``: every row of every slot in memory on the table's device
   (RowStorage's in-memory reserve; on CPU both mean RAM). The default.
-* ``cached_ssd``: every slot of the table (embedding, optimizer moments, filter steps) is a flat
-  file ``<persistent_path>/<table>-rank<r>-pid<p>-<k>/<slot>.rows`` holding ``[rows, *tail]``
-  values in row order (:class:`FileSlots`); the rows in use are held in a RAM cache of single
-  rows (backend/row_cache.py) whose slabs stay within ``cache_memory_budget_mb``
-  (:class:`CacheBudget`). Rows move between the files and the cache in sorted batches, one
-  ``pread`` / ``pwrite`` per run of consecutive rows (``rows_pread_`` / ``rows_pwrite``,
-  csrc/optim/rows_floor.cpp).
+* ``cached_ssd``: the table's rows live in one flat file
+  ``<persistent_path>/<table>-rank<r>-pid<p>-<k>/rows`` of row records in row order, a record
+  holding the row's values of every slot (embedding, optimizer moments, filter steps) side by
+  side (:class:`FileSlots`); the rows in use are held in a RAM cache of single rows
+  (backend/row_cache.py) whose slabs stay within ``cache_memory_budget_mb``
+  (:class:`CacheBudget`). Rows move between the file and the cache in sorted batches of whole
+  records, one ``pread`` / ``pwrite`` per run of consecutive rows (``rows_pread_`` /
+  ``rows_pwrite``, csrc/optim/rows_floor.cpp) or one copy per record through the file's mapping.
 
 Why flat files rather than a key-value library (RocksDB, LMDB): rows are addressed by the dense
 row numbers the id map hands out, so a row's place in a file is ``row * row_bytes`` and no
@@ -44,7 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from recis_compat.ops.optim import rows_pread_, rows_pwrite
+from recis_compat.ops.optim import rows_move_, rows_pread_, rows_pwrite
 
 __all__ = ["STORE_TYPES", "ENV_STORE_TYPE", "ENV_PERSISTENT_PATH", "ENV_CACHE_BUDGET_MB",
            "StoreConfig", "CacheBudget", "FileSlots", "store_from_env"]
@@ -164,13 +165,19 @@ class CacheBudget:
         evictions: rows evicted from a cache.
         trims: accesses that evicted rows to make room (each evicts one batch).
         writebacks: evicted rows written back to the files (they were changed while cached).
+        fresh: misses that were new rows (filled with their initial values or read as one run
+            with their neighbours, never read back after an eviction).
         over_budget_bytes: the largest excess of the caches over the budget so far (0: never).
         version: changes whenever a demand changes (caches then check their share).
+
+    The counters change only through :meth:`count` (under the budget's lock: the caches of
+    several tables, each under its own table's lock, may count at the same time).
     """
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = int(limit_bytes)
         self.misses = 0
+        self.fresh = 0
         self.evictions = 0
         self.trims = 0
         self.writebacks = 0
@@ -180,6 +187,16 @@ class CacheBudget:
         self._demand: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
         self._level: Optional[int] = None
         self._lock = threading.Lock()
+
+    def count(self, misses: int = 0, fresh: int = 0, evictions: int = 0, trims: int = 0,
+              writebacks: int = 0) -> None:
+        """Add to the counters (see the class docstring), atomically."""
+        with self._lock:
+            self.misses += int(misses)
+            self.fresh += int(fresh)
+            self.evictions += int(evictions)
+            self.trims += int(trims)
+            self.writebacks += int(writebacks)
 
     def used_bytes(self) -> int:
         """Bytes the caches of this budget hold now (their slabs and per-row bookkeeping)."""
@@ -249,12 +266,12 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80] or "table"
 
 
-class _SlotFile:
-    """One slot's file: rows ``[*tail]`` of ``dtype``, row ``r`` at byte ``r * row_bytes``; and
-    a shared mapping of it for scattered writes (:meth:`FileSlots.write`)."""
+class _Slot:
+    """One slot's place in a table's row records: values ``[*tail]`` of ``dtype``, ``row_bytes``
+    bytes at byte ``offset`` of every record (:class:`FileSlots`)."""
 
-    def __init__(self, path: str, tail: Sequence[int], dtype: torch.dtype):
-        self.path = path
+    def __init__(self, name: str, tail: Sequence[int], dtype: torch.dtype, offset: int):
+        self.name = name
         self.tail = [int(x) for x in tail]
         self.dtype = dtype
         numel = 1
@@ -262,25 +279,111 @@ class _SlotFile:
             numel *= x
         self.numel = max(1, numel)
         self.row_bytes = self.numel * torch.empty((), dtype=dtype).element_size()
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.offset = offset
+
+    def part(self, records: torch.Tensor) -> torch.Tensor:
+        """This slot's bytes in ``records`` (``[n, units]`` of the file's unit dtype,
+        :attr:`FileSlots.unit`): a view ``[n, row_bytes / unit size]`` (rows contiguous, the
+        records' stride), where :func:`rows_move_` reads or writes them."""
+        u = records.element_size()
+        return records.narrow(1, self.offset // u, self.row_bytes // u)
+
+    def column(self, records: torch.Tensor) -> torch.Tensor:
+        """This slot's values ``[n, *tail]`` (a new tensor) out of ``records`` (``[n, units]``
+        of the file's unit dtype, :attr:`FileSlots.unit`)."""
+        return self.part(records).contiguous().view(self.dtype).view([records.shape[0]] + self.tail)
+
+    def as_units(self, values: torch.Tensor, n: int, unit: torch.dtype) -> torch.Tensor:
+        """``values`` (``[n, *tail]``, any dtype) as this slot's bytes seen as ``unit`` values,
+        ``[n, row_bytes / unit size]``."""
+        return values.to(self.dtype).reshape([n, self.numel]).contiguous().view(unit)
+
+
+def _remove_dir(path: str, fds: List[int]) -> None:
+    """The table's finalizer: close its files and delete its directory. It runs at garbage
+    collection or interpreter exit, where raising helps no one, so errors are ignored."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class FileSlots:
+    """The file of one ``cached_ssd`` table: one flat file ``rows`` of *row records*, row ``r`` at
+    byte ``r * record_bytes``, a record holding the row's values of every slot side by side
+    (embedding, optimizer moments, filter steps: slot ``name`` at ``files[name].offset``). A row
+    moving in or out of the RAM cache (backend/row_cache.py) is therefore one piece of one file
+    for all its slots: a miss is one ``pread`` (not one per slot: measured 3 slots x 2.7k scattered
+    misses per step of ``bench store``'s Zipf case were 8.1k ``pread`` calls before), a write-back
+    one copy into the mapping. The file is sized in whole reserves like the in-memory slots and
+    sparse: it takes disk blocks only for rows given them by :meth:`allocate`. Rows move in
+    batches (:meth:`read_slots`, :meth:`write_slots`; ``rows_pread_`` / ``rows_pwrite``,
+    csrc/optim/rows_floor.cpp: one call per run of consecutive rows).
+
+    Adding a slot to a file that holds rows rewrites the rows given disk blocks into wider
+    records (a slot is added when an optimizer or filter attaches, normally before training).
+
+    Args:
+        config: a ``cached_ssd`` :class:`StoreConfig` (its path and shared budget).
+        table: the table name (part of the directory name, error messages).
+
+    Attributes:
+        files: ``{slot: _Slot}`` (``tail``, ``dtype``, ``row_bytes``, ``offset`` of each slot).
+        record_bytes: bytes of one row record (the slots' ``row_bytes`` summed).
+        rows: rows the file holds (at least).
+    """
+
+    FILE_NAME = "rows"
+
+    def __init__(self, config: StoreConfig, table: str):
+        if not config.persistent:
+            raise ValueError(f"table {table!r}: FileSlots needs a cached_ssd StoreConfig, got {config.store_type!r}")
+        self.config = config
+        self.table = table
+        os.makedirs(config.persistent_path, exist_ok=True)
+        self.directory = os.path.join(
+            config.persistent_path,
+            f"{_safe_name(table)}-rank{_process_rank()}-pid{os.getpid()}-{next(_DIR_COUNTER)}")
+        try:
+            os.makedirs(self.directory)
+        except OSError as e:
+            raise OSError(f"table {table!r}: cannot create the row-store directory {self.directory!r} "
+                          f"under persistent_path ({e})") from e
+        self.files: Dict[str, _Slot] = {}
+        self.record_bytes = 0
+        # records move as tensors of the widest integer type dividing every slot's offset and size
+        # (a row copy then moves 8-byte words, not single bytes)
+        self.unit = torch.uint8
+        self.rows = 0                       # the file holds at least this many rows
+        self.allocated = 0                  # rows [0, allocated) may have been given disk blocks
+        self.written = 0                    # rows >= written were never written: they read as zeros
+        self.path = os.path.join(self.directory, self.FILE_NAME)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fds: List[int] = [self.fd]
         self.mm: Optional[mmap.mmap] = None
         # pages of the mapping written into since they were last dropped (an upper bound) and
         # the byte range they lie in
         self.mapped_pages = 0
         self.mapped_lo = self.mapped_hi = 0
+        self._finalizer = weakref.finalize(self, _remove_dir, self.directory, self._fds)
+        self.budget = config.budget()
 
-    def resize(self, rows: int) -> None:
-        """Size the file to ``rows`` rows (sparse) and map it whole."""
+    # ---------------------------------------------------------------- mapping
+    def _map(self) -> None:
+        """Size the file to ``rows`` records (sparse) and map it whole."""
         self.unmap()
-        os.ftruncate(self.fd, rows * self.row_bytes)
-        self.mm = mmap.mmap(self.fd, rows * self.row_bytes, flags=mmap.MAP_SHARED,
-                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        size = max(1, self.rows) * max(1, self.record_bytes)
+        os.ftruncate(self.fd, size)
+        self.mm = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.mm.madvise(mmap.MADV_RANDOM)       # no readahead around the written rows
 
-    def rows_view(self) -> torch.Tensor:
-        """The mapping as ``[rows, *tail]`` (a temporary view: drop it before :meth:`unmap`)."""
-        rows = len(self.mm) // self.row_bytes
-        return torch.frombuffer(self.mm, dtype=self.dtype, count=rows * self.numel).view([rows] + self.tail)
+    def _records_view(self) -> torch.Tensor:
+        """The mapping as ``[rows, record units]`` of :attr:`unit` (a temporary view: drop it
+        before :meth:`unmap`)."""
+        rows = len(self.mm) // self.record_bytes
+        units = self.record_bytes // self.unit.itemsize
+        return torch.frombuffer(self.mm, dtype=self.unit, count=rows * units).view(rows, units)
 
     def drop_pages(self) -> None:
         """Unmap the pages written into since the last drop (one ``madvise(MADV_DONTNEED)``
@@ -298,163 +401,239 @@ class _SlotFile:
         self.mapped_pages = 0
         self.mapped_lo = self.mapped_hi = 0
 
-
-def _remove_dir(path: str, fds: List[int]) -> None:
-    """The table's finalizer: close its files and delete its directory. It runs at garbage
-    collection or interpreter exit, where raising helps no one, so errors are ignored."""
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    fds.clear()
-    shutil.rmtree(path, ignore_errors=True)
-
-
-class FileSlots:
-    """The files of one ``cached_ssd`` table: one flat file per slot, sized in whole reserves
-    like the in-memory slots (sparse: a file takes disk blocks only for rows given them by
-    :meth:`allocate`). Rows move in and out in batches (:meth:`read`, :meth:`write`: one
-    ``rows_pread_`` / ``rows_pwrite`` op call per slot, csrc/optim/rows_floor.cpp); the RAM cache
-    in front of them is backend/row_cache.py.
-
-    Args:
-        config: a ``cached_ssd`` :class:`StoreConfig` (its path and shared budget).
-        table: the table name (part of the directory name, error messages).
-    """
-
-    def __init__(self, config: StoreConfig, table: str):
-        if not config.persistent:
-            raise ValueError(f"table {table!r}: FileSlots needs a cached_ssd StoreConfig, got {config.store_type!r}")
-        self.config = config
-        self.table = table
-        os.makedirs(config.persistent_path, exist_ok=True)
-        self.directory = os.path.join(
-            config.persistent_path,
-            f"{_safe_name(table)}-rank{_process_rank()}-pid{os.getpid()}-{next(_DIR_COUNTER)}")
-        try:
-            os.makedirs(self.directory)
-        except OSError as e:
-            raise OSError(f"table {table!r}: cannot create the row-store directory {self.directory!r} "
-                          f"under persistent_path ({e})") from e
-        self.files: Dict[str, _SlotFile] = {}
-        self.rows = 0                       # every file holds at least this many rows
-        self._fds: List[int] = []
-        self._finalizer = weakref.finalize(self, _remove_dir, self.directory, self._fds)
-        self.budget = config.budget()
-
-    # ---------------------------------------------------------------- files
-    def add(self, name: str, tail: Sequence[int], dtype: torch.dtype) -> _SlotFile:
-        """Create the file of slot ``name`` (``rows`` rows, all zeros: a sparse file)."""
+    # ---------------------------------------------------------------- slots
+    def add(self, name: str, tail: Sequence[int], dtype: torch.dtype) -> _Slot:
+        """Add slot ``name`` to every record (its values all zeros). Records already given disk
+        blocks are rewritten, wider, into a new file that replaces the old one."""
         if name in self.files:
-            raise ValueError(f"table {self.table!r}: slot file {name!r} exists already")
-        f = _SlotFile(os.path.join(self.directory, _safe_name(name) + ".rows"), tail, dtype)
-        self.files[name] = f
-        self._fds.append(f.fd)
-        f.resize(max(1, self.rows))
-        return f
+            raise ValueError(f"table {self.table!r}: slot {name!r} exists already in the row file")
+        slot = _Slot(name, tail, dtype, self.record_bytes)
+        old_bytes, keep = self.record_bytes, min(self.allocated, self.written) if self.record_bytes else 0
+        if keep:
+            self._rewrite(old_bytes, old_bytes + slot.row_bytes, keep)
+        else:
+            self.unmap()
+            os.ftruncate(self.fd, 0)            # nothing was written: every record reads as zeros
+            self.written = 0
+        self.files[name] = slot
+        self.record_bytes = old_bytes + slot.row_bytes
+        self.unit = next(t for t in (torch.int64, torch.int32, torch.int16, torch.uint8)
+                         if self.record_bytes % t.itemsize == 0 and slot.row_bytes % t.itemsize == 0
+                         and all(f.offset % t.itemsize == 0 for f in self.files.values()))
+        self._map()
+        if self.allocated and not keep:     # the truncation gave the blocks back: reserve them again
+            self._fallocate(self.fd, 0, self.allocated * self.record_bytes, 0, self.allocated, [name])
+        return slot
+
+    def _rewrite(self, old_bytes: int, new_bytes: int, rows: int) -> None:
+        """Copy records ``[0, rows)`` of ``old_bytes`` into a new file of ``new_bytes`` records
+        (the extra bytes zero), which then replaces the file."""
+        self.unmap()
+        tmp = self.path + ".wider"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, max(1, self.rows) * new_bytes)
+            self._fallocate(fd, 0, self.allocated * new_bytes, 0, self.allocated, list(self.files))
+            chunk = max(1, (16 << 20) // new_bytes)
+            for a in range(0, rows, chunk):
+                r = torch.arange(a, min(rows, a + chunk), dtype=torch.int64)
+                old = torch.empty(r.numel(), old_bytes, dtype=torch.uint8)
+                rows_pread_(self.fd, r, old)
+                wide = torch.zeros(r.numel(), new_bytes, dtype=torch.uint8)
+                wide.narrow(1, 0, old_bytes).copy_(old)
+                rows_pwrite(fd, r, wide)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self._map_if_sized()
+            raise
+        os.close(self.fd)
+        self._fds[self._fds.index(self.fd)] = fd
+        self.fd = fd
+
+    def _map_if_sized(self) -> None:
+        if self.record_bytes:
+            self._map()
 
     def resize(self, rows: int) -> None:
-        """Grow every file to hold ``rows`` rows (new rows read as zeros; no disk blocks yet)."""
+        """Grow the file to hold ``rows`` rows (new rows read as zeros; no disk blocks yet)."""
         rows = int(rows)
         if rows <= self.rows:
             return
-        for f in self.files.values():
-            f.resize(rows)
         self.rows = rows
+        self._map_if_sized()
+
+    def _fallocate(self, fd: int, offset: int, length: int, begin: int, end: int, names) -> None:
+        try:
+            os.posix_fallocate(fd, offset, length)
+        except OSError as e:
+            which = ", ".join(repr(n) for n in names)
+            raise OSError(e.errno, f"table {self.table!r}: cannot reserve disk for rows [{begin}, {end}) of "
+                                   f"slot{'s' if len(names) > 1 else ''} {which} ({length} bytes) under "
+                                   f"{self.directory!r}: {e.strerror}; free space under persistent_path or use a "
+                                   f"smaller table") from e
 
     def allocate(self, begin: int, end: int, name: Optional[str] = None) -> None:
-        """Reserve disk blocks for rows ``[begin, end)`` of every slot (or of slot ``name``)
-        before they are written: a full disk is then this ``OSError`` naming the table and the
-        directory, here rather than in the middle of a cache write-back."""
-        if end <= begin:
+        """Reserve disk blocks for rows ``[begin, end)`` (their whole records: ``name``, a slot
+        being added, only narrows the error message) before they are written: a full disk is
+        then this ``OSError`` naming the table, the slots and the directory, here rather than in
+        the middle of a cache write-back (a mapped page with no block would be a SIGBUS)."""
+        if end <= begin or not self.record_bytes:
             return
-        for n, f in self.files.items():
-            if name is not None and n != name:
-                continue
-            try:
-                os.posix_fallocate(f.fd, begin * f.row_bytes, (end - begin) * f.row_bytes)
-            except OSError as e:
-                raise OSError(e.errno, f"table {self.table!r}: cannot reserve disk for rows [{begin}, {end}) of slot "
-                                       f"{n!r} ({(end - begin) * f.row_bytes} bytes) under {self.directory!r}: "
-                                       f"{e.strerror}; free space under persistent_path or use a smaller table") \
-                    from e
+        names = [name] if name is not None else list(self.files)
+        self._fallocate(self.fd, begin * self.record_bytes, (end - begin) * self.record_bytes, begin, end, names)
+        self.allocated = max(self.allocated, end)
 
-    def read(self, name: str, rows: torch.Tensor) -> torch.Tensor:
-        """Rows ``rows`` (int64 ``[R]``, ``0 <= row < self.rows``; sorted: runs of consecutive
-        rows are one read each) of slot ``name`` as a new ``[R, *tail]`` tensor."""
-        f = self.files[name]
-        out = torch.empty([rows.numel()] + f.tail, dtype=f.dtype)
+    # ---------------------------------------------------------------- rows
+    def read_records(self, rows: torch.Tensor) -> torch.Tensor:
+        """Records of ``rows`` (int64 ``[R]``, ``0 <= row < self.rows``; sorted: runs of
+        consecutive rows are one ``pread`` each, else one per row) as ``[R, record units]`` of
+        :attr:`unit`."""
+        out = torch.empty(rows.numel(), self.record_bytes // self.unit.itemsize, dtype=self.unit)
         if rows.numel():
-            rows_pread_(f.fd, rows, out)
+            rows_pread_(self.fd, rows, out)
         return out
 
-    def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
-        """Write ``values`` ``[R, *tail]`` to the distinct rows ``rows`` (int64 ``[R]``, best
-        sorted, rows that have disk blocks, see :meth:`allocate`) of slot ``name``. Rows in long runs
-        (64 rows a run on average) are written by one ``pwrite`` per run.
+    def read(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` (int64 ``[R]``, sorted best) of slot ``name`` as a new ``[R, *tail]``
+        tensor (whole records are read: one ``pread`` per row or run either way)."""
+        return self.files[name].column(self.read_records(rows))
 
-        Scattered rows are copied through the file's shared mapping (``WRITE_WINDOW`` rows per
-        copy). The pages written into stay mapped until about ``DROP_PAGES`` of them have been
-        (counted over calls, an upper bound), then one ``madvise(MADV_DONTNEED)`` over their
-        range drops them from the process; the rows stay in the page cache and reach the file
-        by the kernel's writeback. So a slot file keeps at most ``DROP_PAGES`` pages plus one
-        window's mapped (16 MiB + 32 MiB at 4 KiB pages and rows up to a page). Why not a drop
-        per call: one ``madvise`` measured 0.6-0.8 ms for the ~140 scattered pages of one
-        write-back (a fixed cost plus the walk of the range, not the pages), against about
-        0.05 ms per write-back when 29 of them share a drop (docs/stores.md). A ``pwrite`` per
-        row costs more: measured on ext4, 6.5-8.7 us per 64-byte row (each write call updates
-        the file's times through the journal) against about 0.1 us per row through the mapping.
+    def read_slots(self, rows: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """``{name: rows of slot name}`` for every slot of ``names``, from one read of the records."""
+        rec = self.read_records(rows)
+        return {n: self.files[n].column(rec) for n in names}
+
+    def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``values`` ``[R, *tail]`` to slot ``name`` of the distinct rows ``rows`` (int64
+        ``[R]``, best sorted, rows that have disk blocks, see :meth:`allocate`)."""
+        self.write_slots(rows, {name: values})
+
+    def write_slots(self, rows: torch.Tensor, values: Dict[str, torch.Tensor],
+                    src_rows: Optional[torch.Tensor] = None) -> None:
+        """Write ``values[name]`` (``[R, *tail]``) to slot ``name`` of the distinct rows ``rows``
+        (int64 ``[R]``, best sorted, rows that have disk blocks) for every slot in ``values``;
+        when ``values`` covers every slot, whole records are written (a write-back). With
+        ``src_rows`` (int64 ``[R]``), ``values[name]`` is a tensor of the slot's dtype with
+        contiguous rows (a cache slab) and row ``i`` is written from its row ``src_rows[i]``
+        (rows move straight from the slab to the file, :func:`rows_move_`).
+
+        Rows in long runs (64 rows a run on average) are one ``pwrite`` per run (a partial
+        record is read first), and so are whole records lying on ``DROP_PAGES`` pages or more
+        (a large scattered write-back: through the mapping every page would fault in and be
+        dropped again; measured on this project's ext4 machine, kernel 6.18: 0.7-1.0 us a
+        ``pwrite`` of one 192-byte record, 1.0-1.3 us a record through the mapping with its write
+        fault, about 0.1 us on a page still mapped). Other scattered rows are copied through the
+        file's shared mapping (``WRITE_WINDOW`` rows per copy). The pages written into stay mapped until about
+        ``DROP_PAGES`` of them have been (counted over calls, an upper bound), then one
+        ``madvise(MADV_DONTNEED)`` over their range drops them from the process; the rows stay
+        in the page cache and reach the file by the kernel's writeback. So the file keeps at
+        most ``DROP_PAGES`` pages plus one window's mapped. Why not a drop per call: one
+        ``madvise`` measured 0.6-0.8 ms for the ~140 scattered pages of one write-back (a fixed
+        cost plus the walk of the range, not the pages), against about 0.05 ms per write-back
+        when 29 of them share a drop (docs/stores.md). An earlier measurement on ext4 gave
+        6.5-8.7 us per 64-byte ``pwrite`` (each write call updating the file's times through the
+        journal), against about 0.1 us per row through a mapped page.
         """
-        if not rows.numel():
+        n = rows.numel()
+        if not n:
             return
-        f = self.files[name]
-        values = values.to(f.dtype).reshape([rows.numel()] + f.tail)
+        self.written = max(self.written, int(rows.max()) + 1)
+        whole = len(values) == len(self.files) and all(k in values for k in self.files)
+        if src_rows is None:
+            src_rows = torch.arange(n, dtype=torch.int64)
+            values = {k: v.to(self.files[k].dtype).reshape([n, self.files[k].numel]).contiguous()
+                      for k, v in values.items()}
+        pieces = [(self.files[k], v) for k, v in values.items()]
         runs = 1 + int((rows[1:] != rows[:-1] + 1).sum())
-        if runs * 64 <= rows.numel():   # long runs of rows (a checkpoint restore): one pwrite each
-            rows_pwrite(f.fd, rows, values.contiguous())
+        if runs * 64 <= n or (whole and self._pages(rows) >= DROP_PAGES):
+            # long runs of rows (a checkpoint restore), or whole records on more pages than the
+            # mapping keeps (a write-back of scattered rows that would fault every page in and
+            # drop it again: measured on this project's ext4 machine, 1.0-1.3 us a row through the
+            # mapping with its write fault, 0.7-1.0 us a pwrite of one 192-byte record): one
+            # pwrite per run
+            rec = (torch.empty(n, self.record_bytes // self.unit.itemsize, dtype=self.unit) if whole
+                   else self.read_records(rows))
+            at = torch.arange(n, dtype=torch.int64)
+            for slot, v in pieces:
+                rows_move_(slot.part(rec), at, v, src_rows)
+            rows_pwrite(self.fd, rows, rec)
             return
-        view = f.rows_view()
+        if whole and len(pieces) > 1:
+            # the records assembled in order first: the scattered pages of the file are then
+            # written once per row (a record), not once per slot
+            rec = torch.empty(n, self.record_bytes // self.unit.itemsize, dtype=self.unit)
+            at = torch.arange(n, dtype=torch.int64)
+            for slot, v in pieces:
+                rows_move_(slot.part(rec), at, v, src_rows)
+            pieces, src_rows = [(None, rec)], at
+        rb = self.record_bytes
+        view = self._records_view()
         try:
-            for a in range(0, rows.numel(), WRITE_WINDOW):
+            for a in range(0, n, WRITE_WINDOW):
                 part = rows[a:a + WRITE_WINDOW]
-                view.index_copy_(0, part, values[a:a + WRITE_WINDOW])
-                start = part * f.row_bytes
+                for slot, v in pieces:
+                    rows_move_(view if slot is None else slot.part(view), part, v, src_rows[a:a + WRITE_WINDOW])
+                start = part * rb
                 first = torch.div(start, _PAGE, rounding_mode="floor")
-                end = torch.div(start + (f.row_bytes - 1), _PAGE, rounding_mode="floor")
+                end = torch.div(start + (rb - 1), _PAGE, rounding_mode="floor")
                 # pages written into, at most: the first pages (exact for sorted rows: changes
                 # between neighbours) plus every page past a row's first
                 pages = 1 + int((first[1:] != first[:-1]).sum()) + int((end - first).sum())
                 lo = int(first.min()) * _PAGE
-                hi = min(len(f.mm), (int(end.max()) + 1) * _PAGE)
-                f.mapped_lo = lo if not f.mapped_pages else min(f.mapped_lo, lo)
-                f.mapped_hi = hi if not f.mapped_pages else max(f.mapped_hi, hi)
-                f.mapped_pages += pages
-                if f.mapped_pages >= DROP_PAGES:
-                    f.drop_pages()
+                hi = min(len(self.mm), (int(end.max()) + 1) * _PAGE)
+                self.mapped_lo = lo if not self.mapped_pages else min(self.mapped_lo, lo)
+                self.mapped_hi = hi if not self.mapped_pages else max(self.mapped_hi, hi)
+                self.mapped_pages += pages
+                if self.mapped_pages >= DROP_PAGES:
+                    self.drop_pages()
         finally:
             del view
 
+    def _pages(self, rows: torch.Tensor) -> int:
+        """Pages of the file the records of ``rows`` (sorted) lie on, at most."""
+        start = rows * self.record_bytes
+        first = torch.div(start, _PAGE, rounding_mode="floor")
+        end = torch.div(start + (self.record_bytes - 1), _PAGE, rounding_mode="floor")
+        return 1 + int((first[1:] != first[:-1]).sum()) + int((end - first).sum())
+
     def write_range(self, name: str, begin: int, values: torch.Tensor) -> None:
-        """Write ``values`` ``[n, *tail]`` to rows ``[begin, begin + n)`` of slot ``name`` (one
-        ``pwrite``: a long run costs one call)."""
+        """Write ``values`` ``[n, *tail]`` to slot ``name`` of rows ``[begin, begin + n)`` (rows
+        that have disk blocks): one ``pwrite`` of the records (read first, one ``pread``, when the
+        table has other slots)."""
         n = values.shape[0]
-        if n:
-            f = self.files[name]
-            rows_pwrite(f.fd, torch.arange(begin, begin + n, dtype=torch.int64), values.to(f.dtype).contiguous())
+        if not n:
+            return
+        slot = self.files[name]
+        r = torch.arange(begin, begin + n, dtype=torch.int64)
+        b = slot.as_units(values, n, self.unit)
+        fresh = begin >= self.written
+        self.written = max(self.written, begin + n)
+        if len(self.files) == 1:
+            rows_pwrite(self.fd, r, b)
+            return
+        # rows never written (growth) are zeros: no read
+        u = self.unit.itemsize
+        rec = torch.zeros(n, self.record_bytes // u, dtype=self.unit) if fresh else self.read_records(r)
+        rec.narrow(1, slot.offset // u, slot.row_bytes // u).copy_(b)
+        rows_pwrite(self.fd, r, rec)
 
     def zero(self) -> None:
-        """Discard every value (files emptied to sparse zeros, keeping their size)."""
-        for f in self.files.values():
-            f.unmap()
-            os.ftruncate(f.fd, 0)
-            f.resize(max(1, self.rows))
+        """Discard every value (the file emptied to sparse zeros, keeping its size)."""
+        self.unmap()
+        os.ftruncate(self.fd, 0)
+        self.allocated = self.written = 0
+        self._map_if_sized()
 
     def disk_bytes(self) -> int:
-        """Bytes of disk the files occupy (allocated blocks; the files are sparse)."""
-        return sum(os.fstat(f.fd).st_blocks * 512 for f in self.files.values())
+        """Bytes of disk the file occupies (allocated blocks; the file is sparse)."""
+        return os.fstat(self.fd).st_blocks * 512 if self._fds else 0
 
     def close(self) -> None:
-        """Close and delete the files; the table must not be used afterwards."""
-        for f in self.files.values():
-            f.unmap()
+        """Close and delete the file; the table must not be used afterwards."""
+        self.unmap()
         self.files.clear()
+        self.record_bytes = 0
         self._finalizer()

@@ -64,7 +64,7 @@ def rows_pread_(fd: int, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     sorted to coalesce them). The cached_ssd row cache's miss path (backend/row_cache.py).
 
     Args:
-        fd: an open file descriptor of the slot file.
+        fd: an open file descriptor of the row file (backend/row_store.py: a row is a record of every slot).
         rows: int64 ``[R]`` row numbers (``>= 0``; a row past the end of the file is an error).
         out: contiguous host tensor ``[R, *tail]`` of the slot's dtype.
 
@@ -88,6 +88,33 @@ def rows_pwrite(fd: int, rows: torch.Tensor, values: torch.Tensor) -> None:
     """
     _host_only("rows_pwrite", rows, values)
     torch.ops.recis_compat.rows_pwrite(int(fd), rows, values)
+
+
+@torch.library.register_fake("recis_compat::rows_move_")
+def _rows_move_fake(dst, dst_rows, src, src_rows):
+    return None
+
+
+def rows_move_(dst: torch.Tensor, dst_rows: torch.Tensor, src: torch.Tensor, src_rows: torch.Tensor) -> torch.Tensor:
+    """``dst[dst_rows[i]] = src[src_rows[i]]`` bit for bit, one ``memcpy`` per row over the intra-op
+    threads (csrc/optim/rows_floor.cpp): the cached_ssd row cache's moves between its slabs, the
+    records read from a row file and the file's mapping (backend/row_cache.py, row_store.py), where
+    ``index_copy_`` / ``index_select`` spend 0.2-0.3 us a row.
+
+    Args:
+        dst: host tensor ``[T, *tail]`` whose rows (trailing dims) are contiguous (its row stride is
+            free: a column of wider records is fine); updated in place.
+        dst_rows: int64 ``[N]`` rows of ``dst`` in ``[0, T)``, distinct.
+        src: host tensor ``[S, *tail2]`` with contiguous rows of the same bytes as ``dst``'s (the
+            dtypes may differ).
+        src_rows: int64 ``[N]`` rows of ``src`` in ``[0, S)``.
+
+    Returns:
+        ``dst``.
+    """
+    _host_only("rows_move_", dst, dst_rows, src, src_rows)
+    torch.ops.recis_compat.rows_move_(dst, dst_rows, src, src_rows)
+    return dst
 
 
 @torch.library.register_fake("recis_compat::row_cache_translate_")

@@ -20,7 +20,7 @@ from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
 from recis_compat.backend.row_cache import META_BYTES
 from recis_compat.backend.row_store import StoreConfig
 from recis_compat.backend import row_cache as row_cache_mod
-from recis_compat.ops.optim import (row_cache_sweep_, row_cache_translate_, rows_pread_, rows_pwrite,
+from recis_compat.ops.optim import (row_cache_sweep_, row_cache_translate_, rows_move_, rows_pread_, rows_pwrite,
                                    sparse_adam_rows_)
 
 from reference_kernels import row_cache_marks_ref  # tests/ops/reference_kernels.py
@@ -69,12 +69,53 @@ def test_pread_and_pwrite_match_a_pure_pytorch_reference(tmp_path, dtype, tail):
         os.close(fd)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_move_matches_index_copy_bit_for_bit(threads):
+    """rows_move_ moves rows as bytes: into a column of wider records (strided dst rows), out of
+    a slab, across dtypes of the same row bytes; the same as index_select + index_copy_."""
+    g = torch.Generator().manual_seed(4)
+    slab = torch.randn(5000, 16, generator=g)                        # 64-byte rows
+    records = torch.randint(-2 ** 62, 2 ** 62, (9000, 24), generator=g)  # 192-byte records as int64
+    expect = records.clone()
+    dst_rows = torch.randperm(9000, generator=g)[:7000]
+    src_rows = torch.randint(0, 5000, (7000,), generator=g)
+    col = records.narrow(1, 8, 8)                                    # bytes [64, 128) of every record
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows_move_(col, dst_rows, slab, src_rows)
+    finally:
+        torch.set_num_threads(prev)
+    expect.narrow(1, 8, 8).index_copy_(0, dst_rows, slab.index_select(0, src_rows).view(torch.int64))
+    assert torch.equal(records, expect)
+    back = torch.empty(7000, 16)
+    rows_move_(back, torch.arange(7000), col, dst_rows)               # and out of the column again
+    assert torch.equal(back.view(torch.int32), slab.index_select(0, src_rows).view(torch.int32))
+
+
+def test_rows_move_rejects_bad_rows_and_shapes():
+    dst, src = torch.zeros(10, 4), torch.ones(6, 4)
+    with pytest.raises(RuntimeError, match=r"rows_move_: dst row 10 at position 1 is outside \[0, 10\)"):
+        rows_move_(dst, torch.tensor([0, 10]), src, torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match=r"rows_move_: src row -1 at position 0 is outside \[0, 6\)"):
+        rows_move_(dst, torch.tensor([0]), src, torch.tensor([-1]))
+    with pytest.raises(RuntimeError, match="rows_move_: dst and src rows must hold the same bytes, got 16"):
+        rows_move_(dst, torch.tensor([0]), torch.ones(6, 3), torch.tensor([0]))
+    with pytest.raises(RuntimeError, match="rows_move_: the rows of dst .* must be contiguous"):
+        rows_move_(torch.zeros(4, 10).t(), torch.tensor([0]), torch.ones(2, 4), torch.tensor([0]))
+    with pytest.raises(RuntimeError, match="rows_move_: dst_rows and src_rows must have the same length"):
+        rows_move_(dst, torch.tensor([0, 1]), src, torch.tensor([0]))
+    assert torch.equal(dst, torch.zeros(10, 4))                      # nothing moved on an error
+
+
 def test_ops_pass_opcheck(tmp_path):
     fd, data = _file(tmp_path, 300, [8], torch.float32)
     try:
         rows = torch.tensor([3, 4, 5, 90, 200, 201], dtype=torch.int64)
         torch.library.opcheck(torch.ops.recis_compat.rows_pread_.default, (fd, rows, torch.empty(6, 8)))
         torch.library.opcheck(torch.ops.recis_compat.rows_pwrite.default, (fd, rows, torch.ones(6, 8)))
+        torch.library.opcheck(torch.ops.recis_compat.rows_move_.default,
+                              (torch.zeros(300, 8), rows, torch.randn(10, 8), torch.arange(6)))
     finally:
         os.close(fd)
 
@@ -360,35 +401,94 @@ def test_a_budget_above_the_table_reads_each_row_once(tmp_path):
 
 def test_new_rows_are_filled_not_read_and_reused_rows_are_read(tmp_path, monkeypatch):
     """A miss on rows that growth initialised and nothing wrote since (new ids) fills the
-    cache with the slots' initial values instead of reading the files (sampled embeddings are
-    still read); a row freed by eviction and reused is read back (it was written)."""
-    from recis_compat.backend.row_store import FileSlots
-    read = {}
-    orig = FileSlots.read
+    cache with the slots' initial values instead of reading the files; sampled embeddings are
+    still read, as one run of whole records (one pread for every slot of 1000 new rows); a row
+    freed by eviction and reused is read back (it was written)."""
+    from recis_compat.backend import row_store
+    calls, rows_read = [], []
+    orig = row_store.rows_pread_
 
-    def counting(self, name, rows):
-        read[name] = read.get(name, 0) + rows.numel()
-        return orig(self, name, rows)
+    def counting(fd, rows, out):
+        calls.append(rows.numel())
+        rows_read.append(int(1 + (rows[1:] != rows[:-1] + 1).sum()) if rows.numel() else 0)
+        return orig(fd, rows, out)
 
-    monkeypatch.setattr(FileSlots, "read", counting)
+    monkeypatch.setattr(row_store, "rows_pread_", counting)
     ram, ssd = _pair(tmp_path, name="fresh")
     g = torch.Generator().manual_seed(6)
     ids = torch.arange(1000)
     grad = torch.randn(1000, DIM, generator=g)
     assert torch.equal(_step(ram, ids, grad, 1), _step(ssd, ids, grad, 1))
-    assert read.get("exp_avg", 0) == 0 and read.get("exp_avg_sq", 0) == 0
-    assert read["embedding"] == 1000                  # sampled initial rows come from the file
+    assert calls == [1000] and rows_read == [1]      # sampled initial rows: one run, every slot at once
     others = torch.arange(20_000, 21_200)              # pushes most of the first rows out
     grad = torch.randn(others.numel(), DIM, generator=g)
     assert torch.equal(_step(ram, others, grad, 2), _step(ssd, others, grad, 2))
     for t in (ram, ssd):
         t.delete(torch.arange(0, 1000, 2))             # their reset values go to the files
-    read.clear()
+    calls.clear()
     reuse = torch.arange(30_000, 30_500)               # get the freed rows
     grad = torch.randn(reuse.numel(), DIM, generator=g)
     assert torch.equal(_step(ram, reuse, grad, 3), _step(ssd, reuse, grad, 3))
-    assert read.get("exp_avg", 0) >= 300               # the reused rows' reset values, from the files
+    assert sum(calls) >= 300                           # the reused rows' reset values, from the files
     _same(ram, ssd)
+
+
+def test_a_row_moves_in_and_out_as_one_record_of_every_slot(tmp_path, monkeypatch):
+    """The embedding and both moments of a row are one record of the table's one file: a miss on
+    scattered evicted rows is one pread per row (run), not one per slot, and their write-back one
+    copy of whole records per batch; values equal the in-RAM twin's."""
+    from recis_compat.backend import row_store
+    assert sorted(os.listdir(_pair(tmp_path, name="rec_probe")[1].storage.store_directory)) == ["rows"]
+    runs = []
+    orig = row_store.rows_pread_
+
+    def counting(fd, rows, out):
+        assert out.shape[1] * out.element_size() == DIM * 4 * 3   # whole records: embedding + exp_avg + exp_avg_sq
+        runs.append(int(1 + (rows[1:] != rows[:-1] + 1).sum()) if rows.numel() else 0)
+        return orig(fd, rows, out)
+
+    ram, ssd = _pair(tmp_path, name="records")
+    g = torch.Generator().manual_seed(3)
+    first = torch.arange(0, 6000, 2)                   # rows 0..2999, written by the Adam steps
+    grad = torch.randn(first.numel(), DIM, generator=g)
+    assert torch.equal(_step(ram, first, grad, 1), _step(ssd, first, grad, 1))
+    others = torch.arange(100_000, 104_000)            # 1 MiB holds ~1.3k rows: the first ones go
+    grad = torch.randn(others.numel(), DIM, generator=g)
+    assert torch.equal(_step(ram, others, grad, 2), _step(ssd, others, grad, 2))
+    gone = first[ssd.storage._cache.row_slot.index_select(0, ssd.id_map.find(first)) < 0]   # (no access)
+    assert gone.numel() >= 1000
+    back = gone[torch.randperm(gone.numel(), generator=g)[:500]]     # 500 scattered evicted rows, read back
+    rows = ssd.id_map.find(back)
+    monkeypatch.setattr(row_store, "rows_pread_", counting)
+    grad = torch.randn(back.numel(), DIM, generator=g)
+    assert torch.equal(_step(ram, back, grad, 3), _step(ssd, back, grad, 3))
+    expect_runs = int(1 + (torch.sort(rows).values.diff() != 1).sum())
+    assert sum(runs) == expect_runs                    # one pread per run of rows for all three slots
+    _same(ram, ssd)
+
+
+def test_new_rows_of_constant_initial_values_are_never_read(tmp_path, monkeypatch):
+    """With every slot's initial value known (a constant embedding initializer), a step on new
+    ids reads nothing from the files: the rows are filled in the cache."""
+    from recis_compat.backend import row_store
+    from recis_compat.nn.initializers import ConstantInitializer
+    from recis_compat.nn.modules.hashtable import HashTable, filter_out_sparse_param
+    from recis_compat.optim import SparseAdamW
+    calls = []
+    orig = row_store.rows_pread_
+    monkeypatch.setattr(row_store, "rows_pread_", lambda fd, rows, out: (calls.append(rows.numel()),
+                                                                          orig(fd, rows, out))[1])
+    store = StoreConfig("cached_ssd", str(tmp_path), 4)
+    ht = HashTable([DIM], block_size=256, name="const_new", store=store,
+                   initializer=ConstantInitializer(init_val=0.25))
+    opt = SparseAdamW(filter_out_sparse_param(ht), lr=0.01)
+    ids = torch.arange(0, 3000, 3)
+    opt.zero_grad()
+    ht(ids).sum().backward()
+    opt.step()
+    assert calls == []
+    assert torch.allclose(ht.impl.gather(ht.impl.find_rows(ids)), torch.full((ids.numel(), DIM), 0.25), atol=0.02)
+    ht.impl.close()
 
 
 def test_a_lookup_step_translates_its_rows_once(tmp_path, monkeypatch):
@@ -440,4 +540,28 @@ def test_access_numbers_restart_without_changing_rows_or_evictions(tmp_path, mon
         seen.add(cache.clock)
     assert min(seen) <= 3 and budget.evictions > 5_000
     assert int(cache.last.max()) < 9 and int(cache.last.min()) >= 0
+    _same(ram, ssd)
+
+
+def test_accesses_past_the_share_reuse_the_slabs_instead_of_copying_them(tmp_path):
+    """Steps each needing more rows than the budget holds grow the cache past its share, and the
+    next access gives the excess back: the slabs stay where they are (their memory past the
+    share is released, not copied into smaller tensors and grown again), and every row equals
+    the in-RAM twin's."""
+    ram, ssd = _pair(tmp_path, name="thrash")                  # 1 MiB: ~1.3k rows of 781 bytes
+    cache = ssd.storage._cache
+    g = torch.Generator().manual_seed(9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # the cache grew past the budget
+        ptrs = []
+        for step in range(1, 7):
+            ids = torch.arange(step * 10_000, step * 10_000 + 3000)          # 3000 rows a step
+            grad = torch.randn(ids.numel(), DIM, generator=g)
+            assert torch.equal(_step(ram, ids, grad, step), _step(ssd, ids, grad, step))
+            assert cache.alloc >= 3000
+            ptrs.append((cache.slabs["embedding"].data_ptr(), cache.last.data_ptr()))
+    assert ssd.storage.store.budget().over_budget_bytes > 0
+    assert len(set(ptrs)) == 1, ptrs                          # one allocation for all six steps
+    ssd.find_rows(torch.arange(60_000, 60_005))               # an access within the share shrinks it
+    assert cache.alloc == cache._share and cache.slabs["embedding"].data_ptr() == ptrs[0][0]
     _same(ram, ssd)

@@ -98,7 +98,8 @@ def test_training_in_files_under_a_small_budget_equals_in_memory(kind, tmp_path,
     impl = ht.impl
     assert impl.storage.file_backed
     files = sorted(os.listdir(impl.storage.store_directory))
-    assert files == sorted(f"{s}.rows" for s in impl.storage.slots), files   # embedding, moments, filter steps
+    assert files == ["rows"], files          # one file of row records: embedding, moments, filter steps
+    assert impl.storage._files.record_bytes == sum(f.row_bytes for f in impl.storage._files.files.values())
     budget = impl.storage.store.budget()
     assert budget.limit_bytes == 2 << 20
     # the table outgrew the budget: rows were evicted, changed ones written back and read again
@@ -359,14 +360,15 @@ def test_close_releases_the_files_disk_space(tmp_path):
 
 
 def test_scattered_writes_keep_few_pages_mapped_and_drop_them_together(tmp_path, monkeypatch):
-    """Write-backs go through the slot file's mapping; the pages written into stay mapped until
+    """Write-backs go through the row file's mapping; the pages written into stay mapped until
     about DROP_PAGES of them were (counted over calls), then one madvise drops them: the file's
     resident pages in this process stay under DROP_PAGES + one call's pages, drops are fewer
     than calls, and every written row reads back (pread sees the mapping's writes)."""
     from recis_compat.backend import row_store
     monkeypatch.setattr(row_store, "DROP_PAGES", 256)
     files = row_store.FileSlots(row_store.StoreConfig("cached_ssd", str(tmp_path), 4), "drops")
-    f = files.add("embedding", [16], torch.float32)             # 64-byte rows, 64 a page
+    files.add("embedding", [16], torch.float32)                 # 64-byte rows, 64 a page
+    f = files
     n = 200_000
     files.resize(n)
     files.allocate(0, n)
@@ -386,4 +388,34 @@ def test_scattered_writes_keep_few_pages_mapped_and_drop_them_together(tmp_path,
         assert resident <= (256 + 100) * mmap.PAGESIZE, resident
     assert 0 < len(drops) < calls and all(d >= 256 for d in drops)
     assert torch.equal(files.read("embedding", torch.arange(n)), expect)
+    files.close()
+
+
+def test_write_backs_on_more_pages_than_the_mapping_keeps_are_pwritten(tmp_path, monkeypatch):
+    """Whole records of scattered rows lying on more pages than DROP_PAGES are written with
+    pwrite (one per run of rows), not through the mapping (which would fault every page in and
+    drop it again); fewer pages go through the mapping. Every row reads back either way."""
+    from recis_compat.backend import row_store
+    monkeypatch.setattr(row_store, "DROP_PAGES", 64)
+    files = row_store.FileSlots(row_store.StoreConfig("cached_ssd", str(tmp_path), 4), "pwritten")
+    files.add("embedding", [16], torch.float32)
+    files.add("exp_avg", [16], torch.float32)                  # 128-byte records, 32 a page
+    n = 100_000
+    files.resize(n)
+    files.allocate(0, n)
+    calls = []
+    orig = row_store.rows_pwrite
+    monkeypatch.setattr(row_store, "rows_pwrite", lambda fd, rows, values: (calls.append(rows.numel()),
+                                                                             orig(fd, rows, values))[1])
+    g = torch.Generator().manual_seed(1)
+    slab = {"embedding": torch.randn(500, 16, generator=g), "exp_avg": torch.randn(500, 16, generator=g)}
+    many = torch.unique(torch.randint(0, n, (300,), generator=g))        # ~300 pages > 64
+    files.write_slots(many, slab, src_rows=torch.arange(many.numel()))
+    assert calls == [many.numel()] and files.mapped_pages == 0
+    few = torch.tensor([7, 900, 5000], dtype=torch.int64)                # 3 pages < 64: the mapping
+    files.write_slots(few, slab, src_rows=torch.tensor([400, 401, 402]))
+    assert calls == [many.numel()] and files.mapped_pages == 3
+    got = files.read_slots(torch.cat([many, few]), ["embedding", "exp_avg"])
+    for k in slab:
+        assert torch.equal(got[k], torch.cat([slab[k][:many.numel()], slab[k][400:403]]))
     files.close()
