@@ -38,8 +38,9 @@ Copies of the storage (``pickle``, ``copy.deepcopy``) hold compact slots of ``ca
 never the reserve.
 
 File-backed slots (``cached_ssd``, backend/row_store.py and backend/row_cache.py): with a
-persistent :class:`StoreConfig` every slot's rows live in a file (sized in reserves like the
-in-memory slots; growing the file copies nothing) and the rows in use in a RAM cache of single
+persistent :class:`StoreConfig` every row lives in one file of row records (every slot's values
+of a row side by side; sized in reserves like the in-memory slots; growing the file copies
+nothing) and the rows in use in a RAM cache of single
 rows (:class:`~recis_compat.backend.row_cache.RowCache`). Row numbers (``capacity``, every
 method's ``rows``) are then file rows; :attr:`slots` are the cache's slabs, indexed by the cache
 slots :meth:`kernel_rows` returns. :meth:`memory_bytes` is the cache's RAM and :meth:`disk_bytes`
