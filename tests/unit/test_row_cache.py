@@ -16,14 +16,13 @@ import warnings
 import pytest
 import torch
 
-from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
 from recis_compat.backend.row_cache import META_BYTES
 from recis_compat.backend.row_store import StoreConfig
 from recis_compat.backend import row_cache as row_cache_mod
-from recis_compat.ops.optim import (row_cache_sweep_, row_cache_translate_, rows_move_, rows_pread_, rows_pwrite,
-                                   sparse_adam_rows_)
+from recis_compat.ops.optim import row_cache_sweep_, row_cache_translate_, rows_move_, rows_pread_, rows_pwrite
 
 from reference_kernels import row_cache_marks_ref  # tests/ops/reference_kernels.py
+from row_cache_twins import adam_step, assert_same, twin_table
 
 DIM = 64
 SLOT_BYTES = DIM * 4 * 3 + META_BYTES  # embedding + two moments + the cache's bookkeeping per row
@@ -226,14 +225,7 @@ def test_cache_bookkeeping_ops_pass_opcheck_and_name_bad_input():
 
 # ----------------------------------------------------------------------------- a table and its twin
 def _table(name, store, dim=DIM):
-    """A table with SparseAdam-style moment slots; its initial rows are the same random rows for
-    every table built with the same growth steps (a generator of its own, seed 5)."""
-    gen = torch.Generator().manual_seed(5)
-    t = DynamicTable(DynamicTableConfig(name=name, embedding_dim=dim, block_size=256, store=store,
-                                        sample_rows=lambda k: torch.randn(k, dim, generator=gen))).impl
-    t.add_slot("exp_avg", [dim], torch.float32, 0.0)
-    t.add_slot("exp_avg_sq", [dim], torch.float32, 0.0)
-    return t
+    return twin_table(name, store, dim)
 
 
 def _pair(tmp_path, budget_mb=1, name="twin", store=None):
@@ -241,24 +233,7 @@ def _pair(tmp_path, budget_mb=1, name="twin", store=None):
     return _table(name, None), _table(name, store or StoreConfig("cached_ssd", str(tmp_path), budget_mb))
 
 
-def _step(t, ids, grad, step):
-    rows = t.find_or_insert_rows(ids)
-    emb = t.gather(rows)
-    t.accept_grad(rows, grad, unique=True)
-    with t.lock:
-        k, g = t.grad_rows()
-        sparse_adam_rows_(t.embedding, t.get_slot("exp_avg"), t.get_slot("exp_avg_sq"), k, g, lr=0.01,
-                          beta1=0.9, beta2=0.999, eps=1e-8, decay=0.999, beta1_power=0.9 ** step,
-                          beta2_power=0.999 ** step)
-    t.clear_grad()
-    return emb
-
-
-def _same(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sorted(sa) == sorted(sb)
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), f"slot {k} differs"
+_step, _same = adam_step, assert_same
 
 
 def test_write_back_keeps_every_row_equal_to_an_in_ram_twin(tmp_path):

@@ -6,40 +6,18 @@ from __future__ import annotations
 
 import torch
 
-from recis_compat.backend.dynamic_table import DynamicTable, DynamicTableConfig
 from recis_compat.backend.row_store import StoreConfig
-from recis_compat.ops.optim import sparse_adam_rows_
+
+from row_cache_twins import adam_step, assert_same, twin_table
 
 DIM = 8
 
 
 def _table(name, store):
-    gen = torch.Generator().manual_seed(5)
-    t = DynamicTable(DynamicTableConfig(name=name, embedding_dim=DIM, block_size=4096, store=store,
-                                        sample_rows=lambda k: torch.randn(k, DIM, generator=gen))).impl
-    t.add_slot("exp_avg", [DIM], torch.float32, 0.0)
-    t.add_slot("exp_avg_sq", [DIM], torch.float32, 0.0)
-    return t
+    return twin_table(name, store, DIM, block_size=4096)
 
 
-def _step(t, ids, grad, step):
-    rows = t.find_or_insert_rows(ids)
-    emb = t.gather(rows)
-    t.accept_grad(rows, grad, unique=True)
-    with t.lock:
-        k, g = t.grad_rows()
-        sparse_adam_rows_(t.embedding, t.get_slot("exp_avg"), t.get_slot("exp_avg_sq"), k, g, lr=0.01,
-                          beta1=0.9, beta2=0.999, eps=1e-8, decay=0.999, beta1_power=0.9 ** step,
-                          beta2_power=0.999 ** step)
-    t.clear_grad()
-    return emb
-
-
-def _same(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sorted(sa) == sorted(sb)
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), f"slot {k} differs"
+_step, _same = adam_step, assert_same
 
 
 def test_the_row_index_counts_in_the_budget_and_grows_without_copies(tmp_path):
