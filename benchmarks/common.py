@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,6 +101,14 @@ def machine_info() -> Dict[str, object]:
         except Exception:  # noqa: BLE001 - report what is importable
             info[mod] = None
     return info
+
+
+def page_faults() -> Dict[str, int]:
+    """This process's page faults so far, ``{"minor", "major"}`` (minor: pages first touched --
+    new memory, temporaries served by fresh mappings; major: pages read from files): counts that
+    do not depend on the CPU share."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"minor": int(r.ru_minflt), "major": int(r.ru_majflt)}
 
 
 def time_fn(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import resource
 import time
 from typing import Callable, Dict, List
 
@@ -132,12 +131,6 @@ def _mids(n: int, seconds: float) -> float:
 _tables = itertools.count()
 
 
-def _minor_faults() -> int:
-    """Minor page faults of this process so far (pages first touched: new table memory,
-    temporaries served by fresh mappings); a count that does not depend on the CPU share."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 def _growth(total: int, batch: int, dim: int) -> Dict[str, object]:
     """End-to-end growth of a SparseAdamW-trained table vs the id map alone (see the module
     docstring). Returns seconds, split and memory figures."""
@@ -170,24 +163,24 @@ def _growth(total: int, batch: int, dim: int) -> Dict[str, object]:
             split["step"] += t3 - t2
 
     train_step(batches[0], False)            # warm-up: builds the optimizer slots
-    f0 = _minor_faults()
+    f0 = common.page_faults()["minor"]
     t0 = time.perf_counter()
     for ids in batches[1:]:
         train_step(ids, True)
     t_ours = time.perf_counter() - t0
-    faults_ours = _minor_faults() - f0
+    faults_ours = common.page_faults()["minor"] - f0
     impl = ht.impl
     n_ids = len(impl)
     assert n_ids == (steps + 1) * batch, "growth bench: ids were lost or merged"
 
     m = IdMap()
     m.find_or_insert(batches[0])
-    f0 = _minor_faults()
+    f0 = common.page_faults()["minor"]
     t0 = time.perf_counter()
     for ids in batches[1:]:
         m.find_or_insert(ids)
     t_map = time.perf_counter() - t0
-    faults_map = _minor_faults() - f0
+    faults_map = common.page_faults()["minor"] - f0
     assert len(m) == n_ids
 
     map_b = impl.id_map.memory_bytes() / n_ids

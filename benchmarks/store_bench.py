@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -66,11 +65,6 @@ def _rss() -> int:
 
 def _hwm() -> int:
     return _status_bytes("VmHWM")
-
-
-def _faults() -> Dict[str, int]:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"minor": int(r.ru_minflt), "major": int(r.ru_majflt)}
 
 
 def _io() -> Dict[str, int]:
@@ -175,7 +169,7 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
         ram.step(ids, y)
         ssd.step(ids, y)
     t_ram = t_ssd = 0.0
-    faults0 = _faults()
+    faults0 = common.page_faults()
     budget = store.budget()
     misses0, evictions0, writebacks0, fresh0 = budget.misses, budget.evictions, budget.writebacks, budget.fresh
     io_ssd = dict.fromkeys(_io(), 0)
@@ -194,7 +188,7 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
             io_ssd[k] += io1[k] - io0[k]
         t_ram += t1 - t0
         t_ssd += t2 - t1
-    faults1 = _faults()
+    faults1 = common.page_faults()
     # correctness guard: both tables hold the same rows (same batches, same math)
     probe = batches[-1][0][:1000]
     r_ram, r_ssd = ram.impl.find_rows(probe), ssd.impl.find_rows(probe)
