@@ -269,6 +269,17 @@ def rows_all_to_all(out: torch.Tensor, sent: torch.Tensor, recv_splits: List[int
         raise on_error(what, phase, e) from e
 
 
+def _send_rows(out: torch.Tensor, sent: torch.Tensor, recv_splits: List[int], send_splits: List[int], pg,
+               pending: Optional[PendingRows], on_error) -> None:
+    """The forward rows all-to-all of :class:`RowsAllToAll` / :class:`GroupedRowsAllToAll`:
+    ``sent`` -> ``out``; with a :class:`PendingRows` asynchronous (its work and the sent buffer,
+    which must outlive it, kept on ``pending``)."""
+    work = rows_all_to_all(out, sent, recv_splits, send_splits, pg, pending is not None, on_error,
+                           "embedding", "forward")
+    if pending is not None:
+        pending.work, pending.sent = work, sent
+
+
 class RowsAllToAll(torch.autograd.Function):
     """All-to-all of rows, differentiable: ``rows`` ``[sum(send_splits), D]`` (``send_splits[r]``
     rows to rank ``r``) -> ``[sum(recv_splits), D]`` (``recv_splits[r]`` rows from rank ``r``).
@@ -288,10 +299,7 @@ class RowsAllToAll(torch.autograd.Function):
         ctx.on_error = pending.on_error if pending is not None else None
         sent = rows.contiguous()
         out = rows.new_empty((sum(recv_splits),) + tuple(rows.shape[1:]))
-        work = rows_all_to_all(out, sent, recv_splits, send_splits, pg, pending is not None, ctx.on_error,
-                               "embedding", "forward")
-        if pending is not None:
-            pending.work, pending.sent = work, sent
+        _send_rows(out, sent, recv_splits, send_splits, pg, pending, ctx.on_error)
         return out
 
     @staticmethod
@@ -340,10 +348,7 @@ class GroupedRowsAllToAll(torch.autograd.Function):
                                  f"send {starts[k]}")
         sent = torch.cat(pieces) if pieces else rows[0].new_empty((0,))
         out = sent.new_empty((sum(ctx.recv_splits),))
-        work = rows_all_to_all(out, sent, ctx.recv_splits, ctx.send_splits, pg, pending is not None, ctx.on_error,
-                               "embedding", "forward")
-        if pending is not None:
-            pending.work, pending.sent = work, sent
+        _send_rows(out, sent, ctx.recv_splits, ctx.send_splits, pg, pending, ctx.on_error)
         return out
 
     @staticmethod
