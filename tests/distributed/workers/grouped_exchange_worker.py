@@ -29,8 +29,7 @@ from recis.nn.hashtable_hook import AdmitHook
 from recis.nn.initializers import ConstantInitializer
 from recis.nn.modules.hashtable import filter_out_sparse_param
 from recis.optim import SparseAdamW
-from recis.ragged.tensor import RaggedTensor
-from worker_records import grads_by_id  # tests/distributed/workers/worker_records.py
+from worker_records import grads_by_id, rank_ragged  # tests/distributed/workers/worker_records.py
 
 GLOBAL_BATCH = 12
 POOL = 40
@@ -82,12 +81,8 @@ def local_batch(step: int, rank: int, world: int):
     user, lens, hv, hw, user_ro, cate, wide, q, label = global_batch(step)
     b = GLOBAL_BATCH // world
     lo, hi = rank * b, (rank + 1) * b
-    off = torch.zeros(GLOBAL_BATCH + 1, dtype=torch.int64)
-    off[1:] = torch.cumsum(lens, 0)
-    v0, v1 = int(off[lo]), int(off[hi])
-    local_off = (off[lo:hi + 1] - v0).to(torch.int32)
-    return {"user": user[lo:hi], "hist": RaggedTensor(hv[v0:v1], local_off, weight=hw[v0:v1]),
-            "seq": RaggedTensor(hv[v0:v1].clone(), local_off.clone()), "user_ro": user_ro[lo:hi],
+    hist, seq = rank_ragged(lens, hv, hw, lo, hi)
+    return {"user": user[lo:hi], "hist": hist, "seq": seq, "user_ro": user_ro[lo:hi],
             "cate": cate[lo:hi], "wide": wide[lo:hi], "q": q[lo:hi]}, label[lo:hi]
 
 

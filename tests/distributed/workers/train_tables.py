@@ -31,8 +31,7 @@ from recis.nn.hashtable_hook import AdmitHook, FilterHook
 from recis.nn.initializers import ConstantInitializer
 from recis.nn.modules.hashtable import filter_out_sparse_param
 from recis.optim import SparseAdamW
-from recis.ragged.tensor import RaggedTensor
-from worker_records import grads_by_id  # tests/distributed/workers/worker_records.py
+from worker_records import grads_by_id, rank_ragged  # tests/distributed/workers/worker_records.py
 
 GLOBAL_BATCH = 12
 POOL = 40
@@ -95,12 +94,7 @@ def local_batch(step: int, rank: int, world: int):
     user, lens, hv, hw, cate, user_ro, label, city, ebc_ids = global_batch(step)
     b = GLOBAL_BATCH // world
     lo, hi = rank * b, (rank + 1) * b
-    off = torch.zeros(GLOBAL_BATCH + 1, dtype=torch.int64)
-    off[1:] = torch.cumsum(lens, 0)
-    v0, v1 = int(off[lo]), int(off[hi])
-    local_off = (off[lo:hi + 1] - v0).to(torch.int32)
-    hist = RaggedTensor(hv[v0:v1], local_off, weight=hw[v0:v1])
-    seq = RaggedTensor(hv[v0:v1].clone(), local_off.clone())
+    hist, seq = rank_ragged(lens, hv, hw, lo, hi)
     ebc = KeyedJaggedTensor.from_lengths_sync(["ebc_f"], ebc_ids[lo:hi], torch.ones(hi - lo, dtype=torch.int64))
     return {"user": user[lo:hi], "hist": hist, "seq": seq, "user_ro": user_ro[lo:hi],
             "cate": cate[lo:hi], "city": city[lo:hi], "ebc": ebc}, label[lo:hi]
