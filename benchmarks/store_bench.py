@@ -73,12 +73,13 @@ def _io() -> Dict[str, int]:
     out = {"syscr": 0, "syscw": 0, "rchar": 0, "wchar": 0}
     try:
         with open("/proc/self/io") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in out:
-                    out[k] = int(v)
-    except OSError:
-        pass
+            lines = f.read().splitlines()
+    except OSError:               # no /proc/self/io (another OS, a restricted container)
+        return out
+    for line in lines:
+        k, _, v = line.partition(":")
+        if k in out:
+            out[k] = int(v)
     return out
 
 

@@ -40,3 +40,20 @@ def test_per_step_counts_of_rows_and_file_calls(tmp_path):
         assert 0 < p["read_calls"] <= p["misses"] - p["new_id_misses"] + 16
         assert p["read_bytes"] > 0
     assert uniform.detail["per_step"]["misses"] > zipf.detail["per_step"]["misses"]
+
+
+def test_io_counts_are_zeros_without_proc_self_io(monkeypatch):
+    """Where /proc/self/io cannot be read, the counts are zeros (the bench still runs)."""
+    sb = _store_bench()
+    real_open = open
+
+    def no_proc_io(path, *a, **k):
+        if str(path) == "/proc/self/io":
+            raise FileNotFoundError(path)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", no_proc_io)
+    assert sb._io() == {"syscr": 0, "syscw": 0, "rchar": 0, "wchar": 0}
+    monkeypatch.undo()
+    if os.path.exists("/proc/self/io"):
+        assert sb._io()["rchar"] > 0
