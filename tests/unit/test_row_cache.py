@@ -540,3 +540,46 @@ def test_accesses_past_the_share_reuse_the_slabs_instead_of_copying_them(tmp_pat
     ssd.find_rows(torch.arange(60_000, 60_005))               # an access within the share shrinks it
     assert cache.alloc == cache._share and cache.slabs["embedding"].data_ptr() == ptrs[0][0]
     _same(ram, ssd)
+
+
+def test_ids_seen_once_do_not_push_out_rows_looked_up_every_few_steps(tmp_path):
+    """Scan resistance (backend/row_cache.py, probation): each step looks up a third of 450
+    warm ids (each warm id every 3 steps) and 400 ids never seen before, through a cache of
+    ~1.26k rows. Rows of new ids count as not used once their step's optimizer update is done,
+    so after the warm ids' second appearance (steps 4-6, read back once) no warm row is read
+    back again; a plain second-chance clock read back all 150 warm rows of every step (the new
+    rows' second chance outlived the warm rows'). Every row stays equal to the in-RAM twin's."""
+    ram, ssd = _pair(tmp_path, name="warm")
+    budget = ssd.storage.store.budget()
+    g = torch.Generator().manual_seed(12)
+    warm = torch.arange(450) * 7 + 1_000_000
+    read_back = []
+    for step in range(1, 31):
+        new = torch.arange(400 * step, 400 * (step + 1))
+        ids = torch.cat([warm[step % 3::3], new])
+        grad = torch.randn(ids.numel(), DIM, generator=g)
+        misses, fresh = budget.misses, budget.fresh
+        assert torch.equal(_step(ram, ids, grad, step), _step(ssd, ids, grad, step))
+        read_back.append((budget.misses - misses) - (budget.fresh - fresh))
+        assert budget.fresh - fresh == (550 if step <= 3 else 400)   # new ids filled, not read
+    assert read_back[:3] == [0, 0, 0] and read_back[3:6] == [150, 150, 150]
+    assert read_back[6:] == [0] * 24, read_back
+    assert budget.evictions > 8_000 and budget.over_budget_bytes == 0
+    _same(ram, ssd)
+
+
+def test_probation_without_optimizer_steps_stays_bounded(tmp_path):
+    """Lookups that insert new ids with no optimizer update in between (no write access ends
+    their probation) keep at most the cache's slots on probation, and rows stay equal."""
+    ram, ssd = _pair(tmp_path, name="lookups")
+    cache = ssd.storage._cache
+    for step in range(1, 21):
+        ids = torch.arange(700 * step, 700 * (step + 1))
+        assert torch.equal(ram.gather(ram.find_or_insert_rows(ids)), ssd.gather(ssd.find_or_insert_rows(ids)))
+        assert cache._probation is not None and cache._probation[0].numel() <= cache.alloc
+    g = torch.Generator().manual_seed(13)
+    ids = torch.arange(13_300, 14_000)
+    grad = torch.randn(ids.numel(), DIM, generator=g)
+    assert torch.equal(_step(ram, ids, grad, 1), _step(ssd, ids, grad, 1))
+    assert cache._probation is None                       # the optimizer's write access ended it
+    _same(ram, ssd)
