@@ -10,7 +10,9 @@ Cases (docs/stores.md, docs/benchmarks.md):
   probability ~ k^-s; ranks are scattered over the id space) or uniform. The two tables see the
   same batches, in alternating blocks of ``block`` steps after ``warmup`` untimed steps each;
   samples/s of each. The budget (``budget_mb``) is a fraction of the file-backed table's rows:
-  the Zipf case's hot set fits it, the uniform case misses most of its rows every step. The
+  the Zipf case's hot set fits it, the uniform case misses most of its rows every step (the
+  detail's ``hot_set``: the ids drawn at least twice over all the batches, and the bytes their
+  rows take in the cache, against the cache's bytes). The
   detail counts the row cache's misses, evictions and write-backs in the timed steps, and per
   step (``per_step``) the misses that were new ids, the read/write calls and bytes.
   Target (issue 14 item 2): Zipf >= 0.7x in RAM; uniform: reported.
@@ -153,6 +155,19 @@ class _Trainer:
         return self.model.table.impl
 
 
+def _hot_set(batches, impl) -> Dict[str, object]:
+    """The ids drawn at least twice over ``batches`` (``[(ids, labels)]``) and the bytes a
+    ``cached_ssd`` cache needs to hold their rows (every slot plus the cache's bookkeeping per
+    row, and the row index of the whole table, backend/row_cache.py), against the cache's
+    bytes at the end."""
+    from recis_compat.backend.row_cache import INDEX_BYTES, META_BYTES
+    _, counts = torch.unique(torch.cat([ids for ids, _ in batches]), return_counts=True)
+    ids = int((counts >= 2).sum())
+    need = ids * (_row_bytes(impl) + META_BYTES) + len(impl) * INDEX_BYTES
+    have = impl.storage.memory_bytes()
+    return {"ids": ids, "bytes": need, "cache_bytes": have, "fits": need <= have}
+
+
 def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], workdir: str) -> Case:
     from recis_compat.backend.row_store import StoreConfig
     universe, dim, batch, fields = (int(cfg[k]) for k in ("universe", "dim", "batch", "fields"))
@@ -196,6 +211,7 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
     assert torch.equal(ram.impl.gather(r_ram), ssd.impl.gather(r_ssd)), "cached_ssd rows differ from in-RAM rows"
     n_ids = len(ssd.impl)
     row_bytes = _row_bytes(ssd.impl)
+    hot = _hot_set(batches, ssd.impl)
     evictions = budget.evictions - evictions0
     detail = {"universe": universe, "zipf_s": zipf_s, "dim": dim, "batch": batch, "fields": fields,
               "ids_per_step": batch * fields, "warmup_steps": warmup, "timed_steps": steps,
@@ -203,6 +219,7 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
               "budget_bytes": store.budget().limit_bytes,
               "budget_over_table": round(store.budget().limit_bytes / max(1, row_bytes * n_ids), 3),
               "cache_bytes": ssd.impl.storage.memory_bytes(), "over_budget_bytes": budget.over_budget_bytes,
+              "hot_set": hot,
               "misses_timed": budget.misses - misses0, "evictions_timed": evictions,
               "writebacks_timed": budget.writebacks - writebacks0,
               # per timed cached_ssd step: rows read in (of them new ids, filled or read as one

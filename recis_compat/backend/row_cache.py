@@ -81,7 +81,7 @@ from recis_compat.backend.anon_memory import release_pages, reserve_rows, zeroed
 from recis_compat.backend.row_store import FileSlots, strict_overcommit
 from recis_compat.ops.optim import row_cache_mark_, row_cache_sweep_, row_cache_translate_, rows_move_
 
-__all__ = ["RowCache", "META_BYTES"]
+__all__ = ["RowCache", "META_BYTES", "INDEX_BYTES"]
 
 META_BYTES = 8 + 4 + 1          # slot_row, last, dirty per cache slot
 INDEX_BYTES = 4                 # row_slot per table row

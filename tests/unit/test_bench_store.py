@@ -26,6 +26,12 @@ def test_zipf_and_uniform_cases_compare_the_same_training(tmp_path):
         assert d["budget_over_table"] < 1
     # Zipf ids repeat, so fewer distinct ids than uniform draws from the same universe
     assert zipf.detail["distinct_ids"] < uniform.detail["distinct_ids"]
+    # the hot set (ids drawn twice or more) is counted from the batches and priced in cache bytes
+    for c in cases:
+        hot = c.detail["hot_set"]
+        assert 0 < hot["ids"] < c.detail["distinct_ids"]
+        assert hot["bytes"] > hot["ids"] * c.detail["table_row_bytes"] // c.detail["distinct_ids"]
+        assert hot["cache_bytes"] == c.detail["cache_bytes"] and hot["fits"] == (hot["bytes"] <= hot["cache_bytes"])
     assert list(tmp_path.iterdir()) == []          # row files and work directory removed
 
 
