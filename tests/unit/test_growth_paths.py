@@ -229,3 +229,38 @@ def test_growing_lookup_counts_only_its_own_new_ids(monkeypatch):
     assert rows.numel() == 10 and torch.unique(rows).numel() == 10
     assert torch.equal(grad[:2], torch.full((2, 4), 2.0)) and torch.equal(grad[2:], torch.ones(8, 4))
     assert len(impl) == 50 + 10 + 2
+
+
+def test_growing_lookups_grow_the_map_without_counting_their_batch(monkeypatch):
+    """While a table grows, a batch that makes its id map grow goes into a copy grown for all of
+    it (``IdMap.find_or_insert(expect_new=True)``): no find or dedupe of the batch inside the
+    map, and rows, values, gradients and capacity equal the general path's batch after batch."""
+    import recis_compat.backend.id_map as id_map_module
+
+    big, watching = [], []
+    for name in ("find", "unique_first_seen"):
+        real = getattr(id_map_module._ops, name)
+
+        def spy(*args, _real=real, _name=name):
+            ids = args[-1] if _name == "find" else args[0]
+            if watching and ids.numel() > id_map_module._GUESS_PROBE:
+                big.append((_name, watching[:]))
+            return _real(*args)
+        monkeypatch.setattr(id_map_module._ops, name, spy)
+    got, want = _table(), _table()
+    g = torch.Generator().manual_seed(21)
+    rehashes = []
+    for step in range(10):
+        ids = torch.randint(0, 1 << 50, (1500,), generator=g) * 2 + 1      # new and distinct
+        upstream = torch.randn(ids.numel(), 4, generator=g)
+        watching[:] = [step] if step else []      # the first batch takes the general path
+        a = _grad_of(got, lambda t, x: t.lookup(x), ids, upstream)
+        watching.clear()
+        b = _grad_of(want, _reference_lookup, ids, upstream)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y), step
+        assert got.impl.id_map.capacity == want.impl.id_map.capacity, step
+        rehashes.append(got.impl.id_map.num_rehashes)
+    assert big == [] and rehashes[-1] > rehashes[0] + 1
+    assert got.impl.id_map.num_discarded_rehashes == 0
+    assert torch.equal(got.impl.embedding, want.impl.embedding)
