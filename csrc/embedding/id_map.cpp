@@ -641,8 +641,55 @@ at::Tensor delete_cpu(at::Tensor& table, at::Tensor& meta, at::Tensor& free_rows
 
 // ---------------------------------------------------------------------------------- rehash
 constexpr int64_t kBucketGrain = kGrain / kLanes;  // buckets per at::parallel_for task
-constexpr int64_t kRehashAhead = 2;                // old buckets whose targets are fetched ahead
+constexpr int64_t kFillStep = 64;                  // new buckets (4 KiB) emptied at a time
 
+// A key whose probe path in the new table left its piece's region (placed after the pieces).
+struct Deferred {
+  int64_t key;
+  int32_t state;
+};
+
+// One piece of a rehash: the new buckets [lo, hi) it owns, emptied (every word -1: each int32
+// state kEmpty) just ahead of its first use, so the table is written once while in cache.
+struct RehashRegion {
+  int64_t* nt;
+  int64_t lo, hi, filled;  // buckets [lo, filled) are emptied
+  RehashRegion(int64_t* nt_, int64_t lo_, int64_t hi_) : nt(nt_), lo(lo_), hi(hi_), filled(lo_) {}
+  void reach(int64_t b) {  // bucket b (lo <= b < hi) is emptied
+    if (b < filled) return;
+    const int64_t to = std::min(hi, std::max(b + 1, filled + kFillStep));
+    std::fill(nt + kBucketWords * filled, nt + kBucketWords * to, int64_t(-1));
+    filled = to;
+  }
+  void finish() { reach(hi - 1); }
+  // (key, s) in the first empty lane from bucket tb (lo <= tb) on, probing [tb, hi) only; false
+  // when the path leaves the region (the caller defers the key)
+  bool place(int64_t key, int32_t s, int64_t tb) {
+    for (; tb < hi; ++tb) {
+      reach(tb);
+      int32_t* ts = bucket_states(nt, tb);
+      for (int l = 0; l < static_cast<int>(kLanes); ++l) {
+        if (ts[l] == kEmpty) {
+          ts[l] = s;
+          bucket_keys(nt, tb)[l] = key;
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+};
+
+// Home buckets are the high word of mix64(key) * buckets, monotone in mix64(key) at every bucket
+// count, so the old buckets [ob_p, ob_p+1) of piece p hold (up to the few displaced across its
+// ends) the keys whose new home lies in the region [ob_p * nnb / old_nb, ob_p+1 * nnb / old_nb) of
+// the new table, and reading them in order writes the region nearly in order. Each piece owns its
+// region: it empties it progressively just ahead of its writes (the new table is not filled with
+// -1 in a pass of its own) and reads or writes no bucket outside it, so pieces share no slot
+// and need no atomics; a key whose probe path starts or ends outside its piece's region
+// (displaced across a piece's end, or at the table's wrap-around) is kept aside and placed by
+// one thread after the pieces, probing the whole table. Every key sits on its own probe path
+// with no empty slot before it (slots only fill), the map a serial insert gives.
 std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at::Tensor& meta,
                                               int64_t new_capacity) {
   const char* op = kOpRehash;
@@ -651,70 +698,58 @@ std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at:
   check_meta_values(op, m, table_capacity(table), m[kFreeCount]);
   check_new_capacity(op, new_capacity, m);
   const int64_t old_nb = table.size(0), nnb = buckets_for(new_capacity);
-  auto out = at::full({nnb, kBucketWords}, -1, table.options());  // every int32 state kEmpty
+  auto out = at::empty({nnb, kBucketWords}, table.options());  // emptied piece by piece
   int64_t* nt = out.data_ptr<int64_t>();
   const int64_t* t = table.data_ptr<int64_t>();
-  std::atomic<int64_t> live{0}, bad{0};
-  // Home buckets are the high word of mix64(key) * num_buckets, monotone in mix64(key) at every
-  // bucket count, so reading the old table in order writes the new one nearly in order; the
-  // target buckets are still fetched a few old buckets ahead, each key hashed once (a ring of
-  // kRehashAhead + 1 buckets' targets). On one thread the slots are claimed with plain stores;
-  // threads claim them by CAS (the ends of their ranges may meet).
-  const bool serial = at::get_num_threads() == 1 || old_nb <= kBucketGrain;
-  at::parallel_for(0, old_nb, kBucketGrain, [&](int64_t b, int64_t end) {
-    int64_t cnt = 0, nbad = 0;
-    int64_t home[kRehashAhead + 1][kLanes];
-    auto targets = [&](int64_t ob) {
-      const int32_t* st = bucket_states(t, ob);
-      const int64_t* ks = bucket_keys(t, ob);
-      int64_t* h = home[ob % (kRehashAhead + 1)];
-      for (int l = 0; l < static_cast<int>(kLanes); ++l) {
-        if (st[l] < 0) continue;
-        h[l] = home_bucket(ks[l], nnb);
-        prefetch_bucket(nt, h[l]);
-      }
-    };
-    for (int64_t ob = b; ob < std::min(end, b + kRehashAhead); ++ob) targets(ob);
-    for (int64_t ob = b; ob < end; ++ob) {
-      if (ob + kRehashAhead < end) targets(ob + kRehashAhead);
-      const int32_t* st = bucket_states(t, ob);
-      const int64_t* ks = bucket_keys(t, ob);
-      const int64_t* h = home[ob % (kRehashAhead + 1)];
-      for (int l = 0; l < static_cast<int>(kLanes); ++l) {
-        const int32_t s = st[l];
-        if (s < 0) {
-          nbad += s < kTombstone;
-          continue;
-        }
-        ++cnt;
-        const int64_t key = ks[l];
-        int64_t tb = h[l];
-        for (int64_t step = 0; step < nnb; ++step, tb = next_bucket(tb, nnb)) {
-          int32_t* ts = bucket_states(nt, tb);
-          int tl = 0;
-          if (serial) {
-            while (tl < static_cast<int>(kLanes) && ts[tl] != kEmpty) ++tl;
-            if (tl == static_cast<int>(kLanes)) continue;
-            ts[tl] = s;
-          } else {
-            for (; tl < static_cast<int>(kLanes); ++tl) {
-              AtomicI32 a(ts[tl]);
-              int32_t expect = kEmpty;
-              if (a.load(std::memory_order_relaxed) == kEmpty &&
-                  a.compare_exchange_strong(expect, s, std::memory_order_relaxed))
-                break;
-            }
-            if (tl == static_cast<int>(kLanes)) continue;
+  const int64_t pieces =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), old_nb / kBucketGrain));
+  auto old_begin = [&](int64_t p) { return old_nb * p / pieces; };
+  auto region_begin = [&](int64_t p) {
+    return p == pieces ? nnb
+                       : static_cast<int64_t>(static_cast<unsigned __int128>(old_begin(p)) * nnb / old_nb);
+  };
+  std::vector<std::vector<Deferred>> deferred(pieces);
+  std::vector<int64_t> live_of(pieces, 0), bad_of(pieces, 0);
+  at::parallel_for(0, pieces, 1, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      RehashRegion region(nt, region_begin(p), region_begin(p + 1));
+      std::vector<Deferred>& aside = deferred[p];
+      int64_t cnt = 0, nbad = 0;
+      for (int64_t ob = old_begin(p); ob < old_begin(p + 1); ++ob) {
+        const int32_t* st = bucket_states(t, ob);
+        const int64_t* ks = bucket_keys(t, ob);
+        for (int l = 0; l < static_cast<int>(kLanes); ++l) {
+          const int32_t s = st[l];
+          if (s < 0) {
+            nbad += s < kTombstone;
+            continue;
           }
-          bucket_keys(nt, tb)[tl] = key;  // nobody reads keys during a rehash: all keys are distinct
-          break;
+          ++cnt;
+          const int64_t key = ks[l];
+          const int64_t h = home_bucket(key, nnb);
+          if (h < region.lo || !region.place(key, s, h)) aside.push_back(Deferred{key, s});
         }
       }
+      region.finish();
+      live_of[p] = cnt;
+      bad_of[p] = nbad;
     }
-    live += cnt;
-    bad += nbad;
   });
-  check_rehash_counts(op, bad.load(), live.load(), m[kSize]);
+  int64_t live = 0, bad = 0;
+  for (int64_t p = 0; p < pieces; ++p) live += live_of[p], bad += bad_of[p];
+  check_rehash_counts(op, bad, live, m[kSize]);
+  // the keys kept aside, by one thread (every region emptied by now): from the home bucket on,
+  // wrapping around
+  RehashRegion whole(nt, 0, nnb);
+  whole.filled = nnb;
+  for (const auto& aside : deferred) {
+    for (const Deferred& d : aside) {
+      const int64_t h = home_bucket(d.key, nnb);
+      TORCH_CHECK(whole.place(d.key, d.state, h) || whole.place(d.key, d.state, 0), op,
+                  ": inconsistent state: no empty slot left for ", live, " ids in ", table_capacity(out),
+                  " slots");
+    }
+  }
   auto new_meta = meta.clone();
   new_meta.data_ptr<int64_t>()[kTombstones] = 0;
   return {out, new_meta};
