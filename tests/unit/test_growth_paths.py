@@ -184,7 +184,7 @@ def test_new_rows_written_as_one_range_hold_their_initial_values(monkeypatch, in
 
 def test_growth_bench_reports_minor_faults():
     """``bench hashtable``'s growth case reports the minor page faults of both timed loops (a
-    count independent of the CPU share). The module is loaded from this repository's
+    count independent of the CPU share) and the rehashes of both maps. The module is loaded from this repository's
     benchmarks/ directory (an installed recis_compat.benchmarks may point elsewhere)."""
     import importlib.util
     from pathlib import Path
@@ -197,6 +197,10 @@ def test_growth_bench_reports_minor_faults():
     assert got["ids"] == 4 * 4096
     faults = got["minor_faults"]
     assert set(faults) == {"ours", "id_map"} and all(isinstance(v, int) and v >= 0 for v in faults.values())
+    # the trained table grows its map as the map alone does (the growing lookups' batches go into
+    # copies grown for them, none dropped: every id is new)
+    rehashes = got["map_rehashes"]
+    assert rehashes["ours"] == rehashes["id_map"] >= 1 and rehashes["ours_discarded"] == 0
 
 
 def test_growing_lookup_counts_only_its_own_new_ids(monkeypatch):
