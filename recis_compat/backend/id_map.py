@@ -159,6 +159,9 @@ class IdMap(OwnLock):
     ids get rows in the order of their first occurrence in the batch, independent of threads.
     """
 
+    # class default: a map pickled before the counter existed loads with it at 0
+    num_discarded_rehashes = 0
+
     def __init__(self, device: Optional[torch.device | str] = None, max_load: float = DEFAULT_MAX_LOAD,
                  lock: Optional[threading.RLock] = None) -> None:
         if not 0.0 < float(max_load) <= 0.9:

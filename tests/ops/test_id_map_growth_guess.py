@@ -104,3 +104,17 @@ def test_free_rows_and_tombstones_take_the_same_rows():
     assert torch.equal(r1, r2) and torch.equal(n1, n2)
     assert guessed.num_discarded_rehashes == 0 and guessed.num_tombstones() == counted.num_tombstones() == 0
     _same(counted, guessed)
+
+
+def test_a_map_pickled_without_the_counter_still_guesses():
+    """An IdMap pickled before ``num_discarded_rehashes`` existed (its ``__dict__`` lacks it)
+    loads and takes the guessed growth, counting a dropped one from 0."""
+    import pickle
+
+    m = IdMap()
+    m.find_or_insert(_fresh(3000, 7))
+    del m.__dict__["num_discarded_rehashes"]
+    old = pickle.loads(pickle.dumps(m))
+    batch = torch.cat([_fresh(4000, 8), _fresh(3000, 7)[:3]])     # known ids past the probe
+    old.find_or_insert(batch, expect_new=True)
+    assert old.num_discarded_rehashes == 1 and len(old) == 3000 + 4000
