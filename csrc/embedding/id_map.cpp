@@ -13,6 +13,9 @@
 //   id_map_rehash(table, meta, new_capacity) -> (new_table, new_meta)
 //       the same map in a table of new_capacity slots (any integer > size, >= 2), without tombstones.
 //   id_map_export(table, meta) -> (ids, rows)            every live pair, ordered by row.
+//   id_map_insert_new(table!, meta!, free_rows, ids) -> (rows, ok)   (CPU only)
+//       find_or_insert of a batch expected to hold new, distinct ids only: done when it does (ok),
+//       else the table and meta are left as they were (see the op below).
 //
 // Parallel with at::parallel_for. Concurrent inserts claim empty slots by CAS on the state word
 // (std::atomic_ref); duplicates of one id inside a batch meet on the same slot and keep the
@@ -784,6 +787,157 @@ std::tuple<at::Tensor, at::Tensor> rehash_cpu(const at::Tensor& table, const at:
   return {out, new_meta};
 }
 
+// ---------------------------------------------------------------------------------- insert_new
+// id_map_insert_new(table!, meta!, free_rows, ids) -> (rows, ok): find_or_insert of a batch the
+// caller expects to hold only new, distinct ids (a growing table's batch, IdMap expect_new).
+// When it does, the map and rows end as find_or_insert leaves them (the k-th id gets
+// row_for_new(k): every id is a first occurrence) and ok is true; when some id is already stored
+// or repeats, every slot this call claimed is emptied again -- the table is bit for bit as
+// before, meta untouched -- and ok is false (the caller then runs find_or_insert).
+//
+// Why: find_or_insert claims a slot per id by compare-and-swap with a pending state, then numbers
+// the new ids in batch order and writes each row into its slot (a second random access per new
+// id). Here each thread owns a contiguous range of buckets and inserts the ids whose home bucket
+// lies in it (ids sorted by owner with a counting sort): plain stores, the row written with the
+// key, and a repeat or a stored id is seen on its own probe path (both copies of an id share
+// their home bucket, so their owner). Ids whose probe path leaves the owner's range are placed by
+// one thread after the ranges, with the same checks.
+constexpr const char* kOpInsertNew = "recis_compat::id_map_insert_new";
+
+namespace {
+// Place key (row r) in the first empty lane from bucket b on, probing [b, hi) without wrapping:
+// 1 placed (*handle set), 0 the path left [b, hi), -1 the key is live on the path.
+inline int place_new(int64_t* t, int64_t key, int32_t r, int64_t b, int64_t hi, int64_t* handle) {
+  constexpr unsigned kAll = (1u << kLanes) - 1;
+  for (; b < hi; ++b) {
+    int64_t* ks = bucket_keys(t, b);
+    int32_t* st = bucket_states(t, b);
+    if (key_lanes(ks, key) & ~lane_mask_lt(st, 0) & kAll) return -1;
+    const unsigned empty = lane_mask_eq(st, kEmpty);
+    if (empty) {
+      const int l = lowest_bit(empty);
+      ks[l] = key;
+      st[l] = r;
+      *handle = state_handle(b, l);
+      return 1;
+    }
+  }
+  return 0;
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> insert_new_cpu(at::Tensor& table, at::Tensor& meta, const at::Tensor& free_rows,
+                                                  const at::Tensor& ids_in) {
+  const char* op = kOpInsertNew;
+  check_ids(op, ids_in, table);
+  check_state_cpu(op, table, meta, free_rows);
+  auto ids = ids_in.contiguous();
+  const int64_t n = ids.numel();
+  const int64_t nb = table.size(0);
+  int64_t* m = meta.data_ptr<int64_t>();
+  check_batch_fits(op, m, n, table_capacity(table));
+  auto rows_t = at::empty({n}, ids.options());
+  auto ok_t = at::ones({}, ids.options().dtype(at::kBool));
+  if (n == 0) return {rows_t, ok_t};
+  int64_t* t = table.data_ptr<int64_t>();
+  int32_t* sw = state_words(t);
+  const int64_t* id = ids.data_ptr<int64_t>();
+  int64_t* rows = rows_t.data_ptr<int64_t>();
+  const int64_t fc = m[kFreeCount], next_row = m[kNextRow];
+  const int64_t* fr = free_rows.data_ptr<int64_t>();
+  const int64_t pieces = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), std::min<int64_t>(nb / kBucketGrain, n / kGrain)));
+  std::vector<int64_t> bounds(pieces + 1);  // piece p owns buckets [bounds[p], bounds[p + 1])
+  for (int64_t p = 0; p <= pieces; ++p)
+    bounds[p] = static_cast<int64_t>(static_cast<unsigned __int128>(nb) * p / pieces);
+  // 1: each piece walks the whole batch, keeps the ids whose home bucket is in its range (batch
+  // order) and inserts them there. Walking the batch in every piece costs a hash per id and
+  // piece, less than sorting the ids by owner through arrays the threads share (measured).
+  // claimed[p]: the state handles piece p claimed; aside[p]: positions of its ids whose probe path
+  // left the range (placed in 2)
+  std::atomic<bool> failed{false};
+  std::vector<std::vector<int64_t>> claimed(pieces), aside(pieces);
+  at::parallel_for(0, pieces, 1, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const int64_t lo = bounds[p], hi = bounds[p + 1];
+      std::vector<int64_t> pos, hb, handles, late;  // this thread's own (no shared cache lines)
+      // kept without a branch on the owner (taken for half the ids at random with 2 pieces: a
+      // misprediction per other id); the room check is a branch always taken the same way
+      int64_t cap = n / pieces + n / (4 * pieces) + 64, cnt = 0;
+      pos.resize(cap);
+      hb.resize(cap);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t h = home_bucket(id[i], nb);
+        pos[cnt] = i;
+        hb[cnt] = h;
+        cnt += static_cast<int64_t>((h >= lo) & (h < hi));
+        if (cnt == cap) {
+          cap *= 2;
+          pos.resize(cap);
+          hb.resize(cap);
+        }
+      }
+      handles.reserve(cnt);
+      for (int64_t j = 0; j < cnt; ++j) {
+        if (failed.load(std::memory_order_relaxed)) break;  // another piece saw a stored or repeated id
+        if (j + kPrefetch < cnt) prefetch_bucket(t, hb[j + kPrefetch]);
+        const int64_t i = pos[j];
+        int64_t handle = -1;
+        const int got = place_new(t, id[i], static_cast<int32_t>(row_for_new(i, fr, fc, next_row)), hb[j], hi,
+                                  &handle);
+        if (got < 0) {
+          failed.store(true, std::memory_order_relaxed);
+          break;
+        }
+        if (got == 0)
+          late.push_back(i);
+        else
+          handles.push_back(handle);
+      }
+      claimed[p] = std::move(handles);
+      aside[p] = std::move(late);
+    }
+  });
+  // 2: the ids whose path left their owner's range, by one thread, wrapping around
+  std::vector<int64_t> placed_late;
+  if (!failed.load()) {
+    for (const auto& late : aside) {
+      for (const int64_t i : late) {
+        const int32_t r = static_cast<int32_t>(row_for_new(i, fr, fc, next_row));
+        const int64_t h = home_bucket(id[i], nb);
+        int64_t handle = -1;
+        int got = place_new(t, id[i], r, h, nb, &handle);
+        if (got == 0) got = place_new(t, id[i], r, 0, h, &handle);
+        TORCH_CHECK(got != 0, op, ": inconsistent state: no empty slot on the probe path of id ", id[i]);
+        if (got < 0) {
+          failed.store(true);
+          break;
+        }
+        placed_late.push_back(handle);
+      }
+      if (failed.load()) break;
+    }
+  }
+  if (failed.load()) {  // a stored or repeated id: every claimed slot empty again
+    at::parallel_for(0, pieces, 1, [&](int64_t pb, int64_t pe) {
+      for (int64_t p = pb; p < pe; ++p)
+        for (const int64_t h : claimed[p]) sw[h] = kEmpty;
+    });
+    for (const int64_t h : placed_late) sw[h] = kEmpty;
+    ok_t.fill_(false);
+    return {rows_t, ok_t};
+  }
+  // every id new: the k-th gets row_for_new(k), written in batch order (not from the pieces:
+  // threads writing the scattered positions of one array shared its cache lines)
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
+    for (int64_t i = b; i < end; ++i) rows[i] = row_for_new(i, fr, fc, next_row);
+  });
+  m[kSize] += n;
+  m[kNextRow] += std::max<int64_t>(0, n - fc);
+  m[kFreeCount] = std::max<int64_t>(0, fc - n);
+  return {rows_t, ok_t};
+}
+
 // ---------------------------------------------------------------------------------- export
 std::tuple<at::Tensor, at::Tensor> export_cpu(const at::Tensor& table, const at::Tensor& meta) {
   const char* op = kOpExport;
@@ -840,6 +994,7 @@ TORCH_LIBRARY_FRAGMENT(recis_compat, m) {
         "-> (Tensor, Tensor)");
   m.def("id_map_delete(Tensor(a!) table, Tensor(b!) meta, Tensor(c!) free_rows, Tensor ids) -> Tensor");
   m.def("id_map_rehash(Tensor table, Tensor meta, int new_capacity) -> (Tensor, Tensor)");
+  m.def("id_map_insert_new(Tensor(a!) table, Tensor(b!) meta, Tensor free_rows, Tensor ids) -> (Tensor, Tensor)");
   m.def("id_map_export(Tensor table, Tensor meta) -> (Tensor, Tensor)");
   m.def("unique_inverse(Tensor ids) -> (Tensor, Tensor)");
   m.def("ids_partition(Tensor ids, int world_size) -> (Tensor, Tensor, Tensor)");
@@ -850,6 +1005,7 @@ TORCH_LIBRARY_IMPL(recis_compat, CPU, m) {
   m.impl("id_map_find_or_insert", &idmap::find_or_insert_cpu);
   m.impl("id_map_delete", &idmap::delete_cpu);
   m.impl("id_map_rehash", &idmap::rehash_cpu);
+  m.impl("id_map_insert_new", &idmap::insert_new_cpu);
   m.impl("id_map_export", &idmap::export_cpu);
   m.impl("unique_inverse", &idmap::unique_inverse_cpu);
   m.impl("ids_partition", &idmap::ids_partition_cpu);

@@ -28,7 +28,10 @@ count: when the batch would make the map grow, the map is rehashed for all of it
 inserted into the grown copy in one call; if the insert shows the guess wrong (fewer new ids than
 ids), the copy is dropped and the batch takes the counted path on the untouched state, so the
 result -- rows, ``is_new``, capacity -- is the counted path's either way (a wrong guess costs one
-discarded rehash, counted in ``num_discarded_rehashes``). So the capacity follows the
+discarded rehash, counted in ``num_discarded_rehashes``). On the CPU such a batch is inserted by
+``id_map_insert_new`` (with or without a growth): no compare-and-swap and no second pass writing
+rows into slots, and a stored or repeated id makes it undo its claims (``num_undone_inserts``),
+the batch then taking ``id_map_find_or_insert``. So the capacity follows the
 number of *distinct* ids, not the batch length or its repeats. Chunking never changes the
 result: rows are handed out in first-occurrence order either way.
 
@@ -159,8 +162,9 @@ class IdMap(OwnLock):
     ids get rows in the order of their first occurrence in the batch, independent of threads.
     """
 
-    # class default: a map pickled before the counter existed loads with it at 0
-    num_discarded_rehashes = 0
+    # class defaults: a map pickled before the counters existed loads with them at 0
+    num_discarded_rehashes = 0   # expect_new growths dropped: the batch was not all new
+    num_undone_inserts = 0       # expect_new inserts (CPU) undone for the same reason
 
     def __init__(self, device: Optional[torch.device | str] = None, max_load: float = DEFAULT_MAX_LOAD,
                  lock: Optional[threading.RLock] = None) -> None:
@@ -171,7 +175,8 @@ class IdMap(OwnLock):
         self._table, self._meta, self._free = _empty_state(_MIN_CAPACITY, device)
         self._used_bound = 0      # upper bound of size + tombstones, exact after _sync()
         self.num_rehashes = 0
-        self.num_discarded_rehashes = 0   # expect_new growths dropped: the batch was not all new
+        self.num_discarded_rehashes = 0
+        self.num_undone_inserts = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -248,6 +253,12 @@ class IdMap(OwnLock):
         if self._used_bound + n > limit:
             self._sync()
         if self._used_bound + n <= int(self.max_load * self.capacity):
+            if expect_new and self.device.type == "cpu":
+                rows, ok = _ops.insert_new(self._table, self._meta, self._free, flat)
+                if ok:
+                    self._used_bound += n
+                    return rows.view(ids.shape), torch.ones(ids.shape, dtype=torch.bool)
+                self.num_undone_inserts += 1     # the map is as it was: the general insert
             rows, new = _ops.find_or_insert(self._table, self._meta, self._free, flat)
             self._used_bound += n
             return rows.view(ids.shape), new.view(ids.shape)
@@ -315,8 +326,13 @@ class IdMap(OwnLock):
                 or _ops.unique_first_seen(head)[0].numel() != head.numel()):
             return None
         table, meta = _ops.rehash(self._table, self._meta, new_cap)
-        rows, new = _ops.find_or_insert(table, meta, self._free, flat)
-        if int(meta[0]) - size != n:
+        if self.device.type == "cpu":
+            rows, ok = _ops.insert_new(table, meta, self._free, flat)
+            new = torch.ones(n, dtype=torch.bool) if ok else None
+        else:
+            rows, new = _ops.find_or_insert(table, meta, self._free, flat)
+            ok = int(meta[0]) - size == n
+        if not ok:
             self.num_discarded_rehashes += 1
             return None
         self._table, self._meta = table, meta
