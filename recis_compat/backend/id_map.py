@@ -64,6 +64,10 @@ from recis_compat.ops import id_map as _ops
 _MIN_CAPACITY = 16
 _MIN_CHUNK = 1024
 _GUESS_PROBE = 256        # ids of an expect_new batch checked (known? repeated?) before its growth
+# id_map_insert_new walks the whole batch in every thread (a hash per id and thread) to insert
+# 1/threads of it: measured 2x faster than find_or_insert on 2 threads; estimated to lose from
+# about 6 threads on (not measured: this machine has 2 cores), so used up to 4
+_INSERT_NEW_MAX_THREADS = 4
 GROWTH = 1.5
 DEFAULT_MAX_LOAD = 0.8
 
@@ -253,7 +257,7 @@ class IdMap(OwnLock):
         if self._used_bound + n > limit:
             self._sync()
         if self._used_bound + n <= int(self.max_load * self.capacity):
-            if expect_new and self.device.type == "cpu":
+            if expect_new and self._insert_new_applies():
                 rows, ok = _ops.insert_new(self._table, self._meta, self._free, flat)
                 if ok:
                     self._used_bound += n
@@ -306,6 +310,11 @@ class IdMap(OwnLock):
         self._sync()
         return torch.cat(rows_parts).view(ids.shape), torch.cat(new_parts).view(ids.shape)
 
+    def _insert_new_applies(self) -> bool:
+        """Whether an expect_new batch goes to ``id_map_insert_new`` (CPU, at most
+        ``_INSERT_NEW_MAX_THREADS`` threads) rather than ``id_map_find_or_insert``."""
+        return self.device.type == "cpu" and torch.get_num_threads() <= _INSERT_NEW_MAX_THREADS
+
     def _insert_grown(self, flat: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``find_or_insert(expect_new=True)`` of ``flat`` (int64 ``[N]``) that does not fit below
         the load limit: when the counted path would grow the map for the whole batch (every id
@@ -326,7 +335,7 @@ class IdMap(OwnLock):
                 or _ops.unique_first_seen(head)[0].numel() != head.numel()):
             return None
         table, meta = _ops.rehash(self._table, self._meta, new_cap)
-        if self.device.type == "cpu":
+        if self._insert_new_applies():
             rows, ok = _ops.insert_new(table, meta, self._free, flat)
             new = torch.ones(n, dtype=torch.bool) if ok else None
         else:

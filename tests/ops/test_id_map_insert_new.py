@@ -136,3 +136,23 @@ def test_growing_idmap_inserts_with_it_and_falls_back(monkeypatch):
     assert torch.equal(r1, r2) and torch.equal(n1, n2)
     assert guessed.num_undone_inserts == 1
     assert torch.equal(guessed.ids_and_rows()[0], counted.ids_and_rows()[0])
+
+
+def test_many_threads_take_find_or_insert(monkeypatch):
+    """Beyond ``_INSERT_NEW_MAX_THREADS`` threads (every thread walks the whole batch) the map
+    inserts an expect_new batch with ``find_or_insert``; the result is the same."""
+    import recis_compat.backend.id_map as id_map_module
+    used = []
+    real = id_map_module._ops.insert_new
+    monkeypatch.setattr(id_map_module._ops, "insert_new", lambda *a: used.append(1) or real(*a))
+    before = torch.get_num_threads()
+    try:
+        for threads, expect in ((id_map_module._INSERT_NEW_MAX_THREADS + 2, []), (2, [1])):
+            torch.set_num_threads(threads)
+            used.clear()
+            m = IdMap()
+            m.reserve(10_000)
+            rows, new = m.find_or_insert(_ids(4000, 11), expect_new=True)
+            assert used == expect and torch.equal(rows, torch.arange(4000)) and bool(new.all())
+    finally:
+        torch.set_num_threads(before)
