@@ -193,7 +193,9 @@ def _growth(total: int, batch: int, dim: int) -> Dict[str, object]:
             "floor_bytes_per_id": floor_b, "strict_floor_bytes_per_id": row_b + 12.0, "slots": slots,
             "storage_reserved_bytes_per_id": impl.storage.reserved_bytes() / n_ids,
             "storage_reallocations": impl.storage.num_reallocations, "map_capacity": impl.id_map.capacity,
-            "minor_faults": {"ours": faults_ours, "id_map": faults_map}}
+            "minor_faults": {"ours": faults_ours, "id_map": faults_map},
+            "map_rehashes": {"ours": impl.id_map.num_rehashes, "id_map": m.num_rehashes,
+                             "ours_discarded": impl.id_map.num_discarded_rehashes}}
 
 
 def run(opts: BenchOptions) -> List[Case]:
@@ -252,7 +254,7 @@ def run(opts: BenchOptions) -> List[Case]:
     gdetail = {"dim": int(cfg["dim"]), "batch": int(cfg["growth_batch"]), "ids_at_end": gr["ids"],
                "threads": threads, "ours_s": round(gr["t_ours"], 3), "id_map_s": round(gr["t_map"], 3),
                "split_s": {k: round(v, 3) for k, v in gr["split"].items()},
-               "minor_faults": gr["minor_faults"],
+               "minor_faults": gr["minor_faults"], "map_rehashes": gr["map_rehashes"],
                "target_value": GROWTH_TARGET_M_IDS_PER_S,
                "timed_ours": "HashTable(ids) [training: find-or-insert + per-id initial values + gather], "
                              "out.sum().backward(), SparseAdamW.step(), zero_grad(); every id new",

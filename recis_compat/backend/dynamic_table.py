@@ -493,10 +493,11 @@ class DynamicTable(nn.Module):
         n = flat.numel()
         with impl.lock:     # the size change must be this batch's alone
             size0 = len(impl)
-            # not distinct=True: a batch that needs a growth is then deduped by the map (its
-            # absent ids counted once each), so the growth follows the map's policy even when the
-            # batch holds repeats; the rows are the same either way
-            rows_all = impl.find_or_insert_rows(flat)
+            # not distinct=True: a batch that needs a growth would then count its repeats as new
+            # ids; expect_new=True grows the map for the whole batch and inserts it into the grown
+            # copy without counting, and falls back to the counted path (dropping the copy) when
+            # some id was known or repeated, so the growth follows the map's policy either way
+            rows_all = impl.find_or_insert_rows(flat, expect_new=True)
             all_new = len(impl) - size0 == n
         if all_new:
             # every id was new, so no id repeats: rows_all are the distinct ids' rows

@@ -22,7 +22,16 @@ to whole 5-slot buckets (``GROWTH`` = 1.5; bucket counts need not be powers of t
 reduce hashes by multiply-shift),
 ``extra`` being the distinct ids of the rest of the batch not yet in the map (a find and a
 dedupe of the rest, once per batch that needs a growth: O(batch), small next to the rehash). A rehash at the same capacity (only
-dropping tombstones) happens only when the tombstones are worth it. So the capacity follows the
+dropping tombstones) happens only when the tombstones are worth it. A caller that expects every id
+of a batch to be new and distinct (a growing table, ``find_or_insert(expect_new=True)``) skips that
+count: when the batch would make the map grow, the map is rehashed for all of it first and the batch
+inserted into the grown copy in one call; if the insert shows the guess wrong (fewer new ids than
+ids), the copy is dropped and the batch takes the counted path on the untouched state, so the
+result -- rows, ``is_new``, capacity -- is the counted path's either way (a wrong guess costs one
+discarded rehash, counted in ``num_discarded_rehashes``). On the CPU such a batch is inserted by
+``id_map_insert_new`` (with or without a growth): no compare-and-swap and no second pass writing
+rows into slots, and a stored or repeated id makes it undo its claims (``num_undone_inserts``),
+the batch then taking ``id_map_find_or_insert``. So the capacity follows the
 number of *distinct* ids, not the batch length or its repeats. Chunking never changes the
 result: rows are handed out in first-occurrence order either way.
 
@@ -54,6 +63,11 @@ from recis_compat.ops import id_map as _ops
 
 _MIN_CAPACITY = 16
 _MIN_CHUNK = 1024
+_GUESS_PROBE = 256        # ids of an expect_new batch checked (known? repeated?) before its growth
+# id_map_insert_new walks the whole batch in every thread (a hash per id and thread) to insert
+# 1/threads of it: measured 2x faster than find_or_insert on 2 threads; estimated to lose from
+# about 6 threads on (not measured: this machine has 2 cores), so used up to 4
+_INSERT_NEW_MAX_THREADS = 4
 GROWTH = 1.5
 DEFAULT_MAX_LOAD = 0.8
 
@@ -152,6 +166,10 @@ class IdMap(OwnLock):
     ids get rows in the order of their first occurrence in the batch, independent of threads.
     """
 
+    # class defaults: a map pickled before the counters existed loads with them at 0
+    num_discarded_rehashes = 0   # expect_new growths dropped: the batch was not all new
+    num_undone_inserts = 0       # expect_new inserts (CPU) undone for the same reason
+
     def __init__(self, device: Optional[torch.device | str] = None, max_load: float = DEFAULT_MAX_LOAD,
                  lock: Optional[threading.RLock] = None) -> None:
         if not 0.0 < float(max_load) <= 0.9:
@@ -161,6 +179,8 @@ class IdMap(OwnLock):
         self._table, self._meta, self._free = _empty_state(_MIN_CAPACITY, device)
         self._used_bound = 0      # upper bound of size + tombstones, exact after _sync()
         self.num_rehashes = 0
+        self.num_discarded_rehashes = 0
+        self.num_undone_inserts = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -218,14 +238,18 @@ class IdMap(OwnLock):
         return _ops.find(self._table, flat).view(ids.shape)
 
     @locked
-    def find_or_insert(self, ids: torch.Tensor, distinct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    def find_or_insert(self, ids: torch.Tensor, distinct: bool = False,
+                       expect_new: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(rows, is_new)`` of int64 ``ids`` (same shape); absent ids are inserted.
 
         ``is_new`` (bool) is true at the first occurrence of each newly inserted id, so
         ``rows[is_new]`` lists every new row exactly once, in assignment order. ``distinct``: the
         caller says ``ids`` holds no repeats (a deduped lookup), so a batch that needs a growth
         counts its absent ids instead of deduping them; the result is the same (a wrong hint
-        only makes that growth larger).
+        only makes that growth larger). ``expect_new``: the caller expects every id to be new
+        and distinct (a growing table's batch), so a batch that needs a growth is inserted into
+        a copy grown for all of it, without counting its absent ids; a wrong guess costs one
+        discarded rehash and never changes the result (see the module docstring).
         """
         flat = self._check_ids(ids, "find_or_insert")
         n = flat.numel()
@@ -233,9 +257,19 @@ class IdMap(OwnLock):
         if self._used_bound + n > limit:
             self._sync()
         if self._used_bound + n <= int(self.max_load * self.capacity):
+            if expect_new and self._insert_new_applies():
+                rows, ok = _ops.insert_new(self._table, self._meta, self._free, flat)
+                if ok:
+                    self._used_bound += n
+                    return rows.view(ids.shape), torch.ones(ids.shape, dtype=torch.bool)
+                self.num_undone_inserts += 1     # the map is as it was: the general insert
             rows, new = _ops.find_or_insert(self._table, self._meta, self._free, flat)
             self._used_bound += n
             return rows.view(ids.shape), new.view(ids.shape)
+        if expect_new:
+            got = self._insert_grown(flat)
+            if got is not None:
+                return got[0].view(ids.shape), got[1].view(ids.shape)
         # near the load limit: a steady-state table's batches mostly hold known ids only, which
         # take no slot: one find answers them without the chunked insert below
         found = _ops.find(self._table, flat)
@@ -275,6 +309,45 @@ class IdMap(OwnLock):
             pos += take
         self._sync()
         return torch.cat(rows_parts).view(ids.shape), torch.cat(new_parts).view(ids.shape)
+
+    def _insert_new_applies(self) -> bool:
+        """Whether an expect_new batch goes to ``id_map_insert_new`` (CPU, at most
+        ``_INSERT_NEW_MAX_THREADS`` threads) rather than ``id_map_find_or_insert``."""
+        return self.device.type == "cpu" and torch.get_num_threads() <= _INSERT_NEW_MAX_THREADS
+
+    def _insert_grown(self, flat: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``find_or_insert(expect_new=True)`` of ``flat`` (int64 ``[N]``) that does not fit below
+        the load limit: when the counted path would grow the map for the whole batch (every id
+        new: ``N`` new ids do not fit the room, and the capacity for ``size + N`` exceeds the
+        current one), rehash to that capacity and insert the batch into the grown copy in one
+        call; adopt the copy when all ``N`` ids were new (then the counted path ends with the
+        same ids, rows and capacity), else drop it. Returns ``(rows, is_new)`` [N] each, or None
+        when the batch must take the counted path (the state untouched)."""
+        n = flat.numel()
+        size, _, tomb, _ = self._counts()
+        room = int(self.max_load * self.capacity) - size - tomb
+        new_cap = self._capacity_for(size + n)
+        if n <= room or new_cap <= self.capacity:
+            return None
+        # a known or repeated id among the first few ends the guess before the rehash
+        head = flat[:_GUESS_PROBE]
+        if (bool((_ops.find(self._table, head) >= 0).any())
+                or _ops.unique_first_seen(head)[0].numel() != head.numel()):
+            return None
+        table, meta = _ops.rehash(self._table, self._meta, new_cap)
+        if self._insert_new_applies():
+            rows, ok = _ops.insert_new(table, meta, self._free, flat)
+            new = torch.ones(n, dtype=torch.bool) if ok else None
+        else:
+            rows, new = _ops.find_or_insert(table, meta, self._free, flat)
+            ok = int(meta[0]) - size == n
+        if not ok:
+            self.num_discarded_rehashes += 1
+            return None
+        self._table, self._meta = table, meta
+        self.num_rehashes += 1
+        self._sync()
+        return rows, new
 
     @locked
     def insert_state(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

@@ -260,13 +260,15 @@ class DynamicTableImpl(OwnLock):
         return rows
 
     @locked
-    def find_or_insert_rows(self, ids: torch.Tensor, initialize: bool = True, distinct: bool = False
-                            ) -> torch.Tensor:
+    def find_or_insert_rows(self, ids: torch.Tensor, initialize: bool = True, distinct: bool = False,
+                            expect_new: bool = False) -> torch.Tensor:
         """Rows of ``ids``; absent ids get new rows with their initial values (``initialize=False``:
-        the caller writes them). ``distinct``: ``ids`` holds no repeats (``IdMap.find_or_insert``)."""
+        the caller writes them). ``distinct``: ``ids`` holds no repeats; ``expect_new``: every id
+        is expected new and distinct (a growing table's batch); both hints of
+        ``IdMap.find_or_insert``, neither changes the result."""
         ids = self.check_ids(ids, "insert")
         size0, next0 = len(self.id_map), self.id_map.num_rows_allocated()
-        rows, is_new = self.id_map.find_or_insert(ids, distinct=distinct)
+        rows, is_new = self.id_map.find_or_insert(ids, distinct=distinct, expect_new=expect_new)
         size1, next1 = len(self.id_map), self.id_map.num_rows_allocated()
         self.storage.ensure_capacity(next1)
         # file-backed: the rows come into the RAM cache first, so new rows' initial values are

@@ -26,6 +26,11 @@ Ops (``torch.ops.recis_compat.*``; ``!`` = mutated in place):
     (top first), then ``next_row, next_row + 1, ...`` -- whatever the thread count.
     Requires ``size + tombstones + N < capacity`` (grow with ``id_map_rehash`` first),
     ``N < 2**31 - 4`` and rows staying below ``2**31 - 1``.
+``id_map_insert_new(table!, meta!, free_rows, ids) -> (rows, ok)`` (CPU)
+    ``find_or_insert`` of a batch expected to hold only new, distinct ids: when it does, the
+    map, meta and rows (int64 ``[N]``) end as ``find_or_insert`` leaves them and ``ok`` (bool
+    ``[]``) is true; when some id is stored already or repeats, the table and meta are left bit
+    for bit as they were and ``ok`` is false (call ``find_or_insert``). Same preconditions.
 ``id_map_delete(table!, meta!, free_rows!, ids) -> freed_rows``
     Present ids are removed and their rows pushed on the free stack in first-occurrence order;
     ``freed_rows`` int64 ``[K]`` (data-dependent K) lists them in that order. Absent ids and
@@ -71,6 +76,11 @@ def _find_fake(table, ids):
 @torch.library.register_fake("recis_compat::id_map_find_or_insert")
 def _find_or_insert_fake(table, meta, free_rows, ids):
     return ids.new_empty(ids.shape, dtype=torch.int64), ids.new_empty(ids.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("recis_compat::id_map_insert_new")
+def _insert_new_fake(table, meta, free_rows, ids):
+    return ids.new_empty(ids.shape, dtype=torch.int64), ids.new_empty((), dtype=torch.bool)
 
 
 @torch.library.register_fake("recis_compat::id_map_delete")
@@ -128,6 +138,14 @@ def find_or_insert(table: torch.Tensor, meta: torch.Tensor, free_rows: torch.Ten
                    ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(rows int64 [N], is_new bool [N])``; inserts absent ids (mutates table and meta)."""
     return torch.ops.recis_compat.id_map_find_or_insert(table, meta, free_rows, ids)
+
+
+def insert_new(table: torch.Tensor, meta: torch.Tensor, free_rows: torch.Tensor,
+               ids: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+    """``(rows int64 [N], ok)``: inserts ``ids`` when every one is new and distinct (``ok``), else
+    changes nothing (CPU; mutates table and meta)."""
+    rows, ok = torch.ops.recis_compat.id_map_insert_new(table, meta, free_rows, ids)
+    return rows, bool(ok)
 
 
 def delete(table: torch.Tensor, meta: torch.Tensor, free_rows: torch.Tensor,

@@ -184,7 +184,7 @@ def test_new_rows_written_as_one_range_hold_their_initial_values(monkeypatch, in
 
 def test_growth_bench_reports_minor_faults():
     """``bench hashtable``'s growth case reports the minor page faults of both timed loops (a
-    count independent of the CPU share). The module is loaded from this repository's
+    count independent of the CPU share) and the rehashes of both maps. The module is loaded from this repository's
     benchmarks/ directory (an installed recis_compat.benchmarks may point elsewhere)."""
     import importlib.util
     from pathlib import Path
@@ -197,6 +197,10 @@ def test_growth_bench_reports_minor_faults():
     assert got["ids"] == 4 * 4096
     faults = got["minor_faults"]
     assert set(faults) == {"ours", "id_map"} and all(isinstance(v, int) and v >= 0 for v in faults.values())
+    # the trained table grows its map as the map alone does (the growing lookups' batches go into
+    # copies grown for them, none dropped: every id is new)
+    rehashes = got["map_rehashes"]
+    assert rehashes["ours"] == rehashes["id_map"] >= 1 and rehashes["ours_discarded"] == 0
 
 
 def test_growing_lookup_counts_only_its_own_new_ids(monkeypatch):
@@ -229,3 +233,38 @@ def test_growing_lookup_counts_only_its_own_new_ids(monkeypatch):
     assert rows.numel() == 10 and torch.unique(rows).numel() == 10
     assert torch.equal(grad[:2], torch.full((2, 4), 2.0)) and torch.equal(grad[2:], torch.ones(8, 4))
     assert len(impl) == 50 + 10 + 2
+
+
+def test_growing_lookups_grow_the_map_without_counting_their_batch(monkeypatch):
+    """While a table grows, a batch that makes its id map grow goes into a copy grown for all of
+    it (``IdMap.find_or_insert(expect_new=True)``): no find or dedupe of the batch inside the
+    map, and rows, values, gradients and capacity equal the general path's batch after batch."""
+    import recis_compat.backend.id_map as id_map_module
+
+    big, watching = [], []
+    for name in ("find", "unique_first_seen"):
+        real = getattr(id_map_module._ops, name)
+
+        def spy(*args, _real=real, _name=name):
+            ids = args[-1] if _name == "find" else args[0]
+            if watching and ids.numel() > id_map_module._GUESS_PROBE:
+                big.append((_name, watching[:]))
+            return _real(*args)
+        monkeypatch.setattr(id_map_module._ops, name, spy)
+    got, want = _table(), _table()
+    g = torch.Generator().manual_seed(21)
+    rehashes = []
+    for step in range(10):
+        ids = torch.randint(0, 1 << 50, (1500,), generator=g) * 2 + 1      # new and distinct
+        upstream = torch.randn(ids.numel(), 4, generator=g)
+        watching[:] = [step] if step else []      # the first batch takes the general path
+        a = _grad_of(got, lambda t, x: t.lookup(x), ids, upstream)
+        watching.clear()
+        b = _grad_of(want, _reference_lookup, ids, upstream)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y), step
+        assert got.impl.id_map.capacity == want.impl.id_map.capacity, step
+        rehashes.append(got.impl.id_map.num_rehashes)
+    assert big == [] and rehashes[-1] > rehashes[0] + 1
+    assert got.impl.id_map.num_discarded_rehashes == 0
+    assert torch.equal(got.impl.embedding, want.impl.embedding)
