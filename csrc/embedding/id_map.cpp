@@ -278,16 +278,22 @@ RECIS_CPU_CLONES int64_t claim_range(int64_t* t, int64_t nb, const int64_t* id, 
   return pending;
 }
 
-std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Tensor& meta,
-                                                      const at::Tensor& free_rows, const at::Tensor& ids_in) {
-  const char* op = kOpFindOrInsert;
+// The checks every insert op (find_or_insert, insert_new) starts with; returns the ids contiguous.
+at::Tensor checked_insert_ids(const char* op, const at::Tensor& table, const at::Tensor& meta,
+                              const at::Tensor& free_rows, const at::Tensor& ids_in) {
   check_ids(op, ids_in, table);
   check_state_cpu(op, table, meta, free_rows);
   auto ids = ids_in.contiguous();
+  check_batch_fits(op, meta.data_ptr<int64_t>(), ids.numel(), table_capacity(table));
+  return ids;
+}
+
+std::tuple<at::Tensor, at::Tensor> find_or_insert_cpu(at::Tensor& table, at::Tensor& meta,
+                                                      const at::Tensor& free_rows, const at::Tensor& ids_in) {
+  const auto ids = checked_insert_ids(kOpFindOrInsert, table, meta, free_rows, ids_in);
   const int64_t n = ids.numel();
   const int64_t nb = table.size(0);
   int64_t* m = meta.data_ptr<int64_t>();
-  check_batch_fits(op, m, n, table_capacity(table));
   auto rows_t = at::empty({n}, ids.options());
   auto is_new_t = at::zeros({n}, ids.options().dtype(at::kBool));
   if (n == 0) return {rows_t, is_new_t};
@@ -829,13 +835,10 @@ inline int place_new(int64_t* t, int64_t key, int32_t r, int64_t b, int64_t hi, 
 std::tuple<at::Tensor, at::Tensor> insert_new_cpu(at::Tensor& table, at::Tensor& meta, const at::Tensor& free_rows,
                                                   const at::Tensor& ids_in) {
   const char* op = kOpInsertNew;
-  check_ids(op, ids_in, table);
-  check_state_cpu(op, table, meta, free_rows);
-  auto ids = ids_in.contiguous();
+  const auto ids = checked_insert_ids(op, table, meta, free_rows, ids_in);
   const int64_t n = ids.numel();
   const int64_t nb = table.size(0);
   int64_t* m = meta.data_ptr<int64_t>();
-  check_batch_fits(op, m, n, table_capacity(table));
   auto rows_t = at::empty({n}, ids.options());
   auto ok_t = at::ones({}, ids.options().dtype(at::kBool));
   if (n == 0) return {rows_t, ok_t};
