@@ -921,12 +921,19 @@ std::tuple<at::Tensor, at::Tensor> insert_new_cpu(at::Tensor& table, at::Tensor&
       if (failed.load()) break;
     }
   }
-  if (failed.load()) {  // a stored or repeated id: every claimed slot empty again
+  if (failed.load()) {  // a stored or repeated id: every claimed slot empty again, key word too
+    // (an empty slot's key is -1, as the rehash and a new table leave it: the table is then
+    // bit for bit what it was)
+    const auto empty_again = [&](int64_t h) {
+      const int64_t b = h / kBucketStateWords;
+      sw[h] = kEmpty;
+      bucket_keys(t, b)[h - kBucketStateWords * b - kStateOffset] = -1;
+    };
     at::parallel_for(0, pieces, 1, [&](int64_t pb, int64_t pe) {
       for (int64_t p = pb; p < pe; ++p)
-        for (const int64_t h : claimed[p]) sw[h] = kEmpty;
+        for (const int64_t h : claimed[p]) empty_again(h);
     });
-    for (const int64_t h : placed_late) sw[h] = kEmpty;
+    for (const int64_t h : placed_late) empty_again(h);
     ok_t.fill_(false);
     return {rows_t, ok_t};
   }
