@@ -188,6 +188,7 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
     faults0 = common.page_faults()
     budget = store.budget()
     misses0, evictions0, writebacks0, fresh0 = budget.misses, budget.evictions, budget.writebacks, budget.fresh
+    new_writes0 = budget.new_row_writes
     io_ssd = dict.fromkeys(_io(), 0)
     for b in range(warmup, warmup + steps, block):
         chunk = batches[b:b + block]
@@ -223,11 +224,13 @@ def _ratio_case(label: str, zipf_s: Optional[float], cfg: Dict[str, object], wor
               "misses_timed": budget.misses - misses0, "evictions_timed": evictions,
               "writebacks_timed": budget.writebacks - writebacks0,
               # per timed cached_ssd step: rows read in (of them new ids, filled or read as one
-              # run, never read back), evicted, written back; read/write calls and bytes (/proc/self/io)
+              # run, never read back), evicted, written back at eviction, new ids' rows written
+              # once their step was done; read/write calls and bytes (/proc/self/io)
               "per_step": {"misses": round((budget.misses - misses0) / steps, 1),
                            "new_id_misses": round((budget.fresh - fresh0) / steps, 1),
                            "evictions": round(evictions / steps, 1),
                            "writebacks": round((budget.writebacks - writebacks0) / steps, 1),
+                           "new_row_writes": round((budget.new_row_writes - new_writes0) / steps, 1),
                            "read_calls": round(io_ssd["syscr"] / steps, 1),
                            "read_bytes": round(io_ssd["rchar"] / steps),
                            "write_calls": round(io_ssd["syscw"] / steps, 1),

@@ -250,7 +250,7 @@ def lookup_rows_with_grad(impl: DynamicTableImpl, anchor: torch.Tensor, rows: to
     gradient is the one an identity ``expand`` would give (each row's gradient summed into
     zeros, so ``-0.0`` arrives as ``+0.0``) without the sum: what :meth:`DynamicTable.lookup`
     uses when every id of a batch is distinct."""
-    emb = impl.gather(rows if expand is None else rows.index_select(0, expand))
+    emb = impl.gather(rows, expand)
     if not torch.is_grad_enabled():
         return emb
     return _RowsToTable.apply(anchor, emb, rows, impl, scale, expand, as_sum)
@@ -407,7 +407,7 @@ class DynamicTable(nn.Module):
         see :func:`lookup_rows_with_grad`, also for ``as_sum``)."""
         rows = self._rows(unique_ids, readonly)
         if not self.training or self.impl.read_only:
-            return self.impl.gather(rows if expand is None else rows.index_select(0, expand))
+            return self.impl.gather(rows, expand)
         return lookup_rows_with_grad(self.impl, self._anchor, rows, scale, expand, as_sum)
 
     # ------------------------------------------------------------------ staged lookup

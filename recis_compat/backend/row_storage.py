@@ -222,18 +222,20 @@ class RowStorage(OwnLock):
         return self._cache.slots_of(rows.to(torch.int64), write=True)
 
     @locked
-    def gather(self, name: str, rows: torch.Tensor) -> torch.Tensor:
-        """``slot[rows]`` for a lookup (a copy; rows int64 ``>= 0``). File-backed: the rows are
+    def gather(self, name: str, rows: torch.Tensor, expand: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``slot[rows]`` for a lookup (a copy; rows int64 ``>= 0``); with ``expand`` (int64
+        ``[N]``, positions into ``rows``) ``slot[rows[expand]]``. File-backed: the rows are
         cached by this call when they fit in the budget (they are used again by the step),
-        else read through."""
+        else read through; ``rows`` (the lookup's distinct rows) are translated to cache slots,
+        ``expand`` then picks among those."""
         if self._cache is None:
-            return self.slots[name].index_select(0, rows)
+            return self.slots[name].index_select(0, rows if expand is None else rows.index_select(0, expand))
         if self._cache.fits(rows.numel()):
             # the lookup's find brought the rows in and marked them; may grow the slabs: index
             # them after
             slots = self._cache.slots_of(rows, touch=False)
-            return self.slots[name].index_select(0, slots)
-        return self._cache.read(name, rows)
+            return self.slots[name].index_select(0, slots if expand is None else slots.index_select(0, expand))
+        return self._cache.read(name, rows if expand is None else rows.index_select(0, expand))
 
     @locked
     def read_rows(self, name: str, rows: torch.Tensor) -> torch.Tensor:

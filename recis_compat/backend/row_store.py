@@ -165,6 +165,8 @@ class CacheBudget:
         evictions: rows evicted from a cache.
         trims: accesses that evicted rows to make room (each evicts one batch).
         writebacks: evicted rows written back to the files (they were changed while cached).
+        new_row_writes: rows of new ids written to the files once the step that created them
+            was done (one run of rows; backend/row_cache.py), so they leave the cache clean.
         fresh: misses that were new rows (filled with their initial values or read as one run
             with their neighbours, never read back after an eviction).
         over_budget_bytes: the largest excess of the caches over the budget so far (0: never).
@@ -181,6 +183,7 @@ class CacheBudget:
         self.evictions = 0
         self.trims = 0
         self.writebacks = 0
+        self.new_row_writes = 0
         self.over_budget_bytes = 0
         self.version = 0
         self._held: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
@@ -189,9 +192,10 @@ class CacheBudget:
         self._lock = threading.Lock()
 
     def count(self, misses: int = 0, fresh: int = 0, evictions: int = 0, trims: int = 0,
-              writebacks: int = 0) -> None:
+              writebacks: int = 0, new_row_writes: int = 0) -> None:
         """Add to the counters (see the class docstring), atomically."""
         with self._lock:
+            self.new_row_writes += int(new_row_writes)
             self.misses += int(misses)
             self.fresh += int(fresh)
             self.evictions += int(evictions)

@@ -337,18 +337,24 @@ class DynamicTableImpl(OwnLock):
         return params
 
     @locked
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd). File-backed
-        tables read the rows through their RAM cache (backend/row_cache.py)."""
+    def gather(self, rows: torch.Tensor, expand: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``embedding[rows]`` with zero vectors where ``rows < 0`` (no autograd); with ``expand``
+        (int64 ``[N]``, positions into ``rows``) ``embedding[rows[expand]]`` ``[N, dim]``, found
+        through ``rows`` (a file-backed table translates ``rows``, not the ``N`` positions, to its
+        cache slots). File-backed tables read the rows through their RAM cache
+        (backend/row_cache.py)."""
         storage = self.storage
-        if rows.numel() == 0 or storage.capacity == 0:
+        n = rows.numel() if expand is None else expand.numel()
+        if n == 0 or storage.capacity == 0:
             # nothing stored yet (fresh table, read-only lookup): every row is absent
-            return storage.embedding.new_zeros((rows.numel(), self.dim))
+            return storage.embedding.new_zeros((n, self.dim))
         missing = rows < 0
         if bool(missing.any()):
-            out = storage.gather("embedding", rows.clamp(min=0))
+            out = storage.gather("embedding", rows.clamp(min=0), expand)
+            if expand is not None:
+                missing = missing.index_select(0, expand)
             return out.masked_fill_(missing.unsqueeze(1), 0)
-        return storage.gather("embedding", rows)
+        return storage.gather("embedding", rows, expand)
 
     @locked
     def notify_lookup(self, rows: torch.Tensor) -> None:

@@ -583,3 +583,48 @@ def test_probation_without_optimizer_steps_stays_bounded(tmp_path):
     assert torch.equal(_step(ram, ids, grad, 1), _step(ssd, ids, grad, 1))
     assert cache._probation is None                       # the optimizer's write access ended it
     _same(ram, ssd)
+
+
+def test_new_rows_reach_the_file_once_their_step_is_done_and_leave_the_cache_clean(tmp_path):
+    """Rows of new ids go to the files as runs at the access after their step's optimizer
+    update (backend/row_cache.py ``_write_new``): the file then holds exactly the cached
+    values, the rows are clean, and ids never used again are evicted with no write-back (the
+    old path wrote every one of them back at eviction). Rows stay equal to the in-RAM twin's."""
+    ram, ssd = _pair(tmp_path, name="fresh")
+    budget = ssd.storage.store.budget()
+    cache = ssd.storage._cache
+    g = torch.Generator().manual_seed(21)
+    for step in range(1, 16):
+        ids = torch.arange(400 * step, 400 * (step + 1))
+        grad = torch.randn(ids.numel(), DIM, generator=g)
+        assert torch.equal(_step(ram, ids, grad, step), _step(ssd, ids, grad, step))
+        if step == 2:
+            # the next access (here a lookup of step 2's ids) writes step 2's rows
+            written = budget.new_row_writes
+            rows = ssd.find_rows(ids)
+            assert budget.new_row_writes == written + 400
+            slots = cache.row_slot.index_select(0, rows).long()
+            assert bool((slots >= 0).all()) and not bool(cache.dirty.index_select(0, slots).any())
+            for name, slab in cache.slabs.items():
+                on_file = ssd.storage._files.read(name, rows)
+                assert torch.equal(on_file, slab.index_select(0, slots)), f"slot {name} not written"
+    assert budget.evictions > 3_000 and budget.writebacks == 0
+    _same(ram, ssd)
+
+
+def test_pwrite_of_long_runs_crosses_write_spans_exactly(tmp_path):
+    """``rows_pwrite`` cuts a write at every 256 KiB boundary of the file
+    (csrc/optim/rows_floor.cpp ``kWriteSpan``); runs crossing several boundaries from unaligned
+    offsets, of rows that straddle them, land exactly where a pure-PyTorch copy puts them."""
+    fd, data = _file(tmp_path, 20_000, [3, 7], torch.float32, seed=4)   # 84-byte rows
+    try:
+        g = torch.Generator().manual_seed(5)
+        rows = torch.cat([torch.arange(37, 9_100), torch.arange(9_200, 19_999)])
+        new = torch.randn([rows.numel(), 3, 7], generator=g)
+        rows_pwrite(fd, rows, new)
+        expect = data.clone()
+        expect.index_copy_(0, rows, new)
+        got = rows_pread_(fd, torch.arange(20_000), torch.empty([20_000, 3, 7]))
+        assert torch.equal(got, expect)
+    finally:
+        os.close(fd)
