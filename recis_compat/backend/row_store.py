@@ -43,6 +43,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from recis_compat.ops.optim import rows_move_, rows_pread_, rows_pwrite
@@ -243,6 +244,19 @@ class CacheBudget:
                     left -= d
                 self._level = level
             return min(self._demand.get(holder, 0), self._level)
+
+
+def _page_span(rows: np.ndarray, record_bytes: int) -> Tuple[int, int, int]:
+    """``(pages, lo, hi)`` of the records of ``rows`` (int64 ``[n >= 1]``, sorted best): the
+    pages of the file they lie on, at most (exact for sorted rows: the first pages that change
+    between neighbours, plus every page past a record's first), and the byte range ``[lo, hi)``
+    of those pages. numpy: a handful of passes over a few thousand rows, where each torch op
+    would cost more in dispatch than in work on this project's 2-core machine."""
+    start = rows * record_bytes
+    first = start // _PAGE
+    end = (start + (record_bytes - 1)) // _PAGE
+    pages = 1 + int(np.count_nonzero(first[1:] != first[:-1])) + int((end - first).sum())
+    return pages, int(first.min()) * _PAGE, (int(end.max()) + 1) * _PAGE
 
 
 def strict_overcommit() -> bool:
@@ -544,15 +558,16 @@ class FileSlots:
         n = rows.numel()
         if not n:
             return
-        self.written = max(self.written, int(rows.max()) + 1)
+        r = rows.numpy()
+        self.written = max(self.written, int(r.max()) + 1)
         whole = len(values) == len(self.files) and all(k in values for k in self.files)
         if src_rows is None:
             src_rows = torch.arange(n, dtype=torch.int64)
             values = {k: v.to(self.files[k].dtype).reshape([n, self.files[k].numel]).contiguous()
                       for k, v in values.items()}
         pieces = [(self.files[k], v) for k, v in values.items()]
-        runs = 1 + int((rows[1:] != rows[:-1] + 1).sum())
-        if runs * 64 <= n or (whole and self._pages(rows) >= DROP_PAGES):
+        runs = 1 + int(np.count_nonzero(r[1:] != r[:-1] + 1))
+        if runs * 64 <= n or (whole and _page_span(r, self.record_bytes)[0] >= DROP_PAGES):
             # long runs of rows (a checkpoint restore), or whole records on more pages than the
             # mapping keeps (a write-back of scattered rows that would fault every page in and
             # drop it again: measured on this project's ext4 machine, 1.0-1.3 us a row through the
@@ -580,14 +595,8 @@ class FileSlots:
                 part = rows[a:a + WRITE_WINDOW]
                 for slot, v in pieces:
                     rows_move_(view if slot is None else slot.part(view), part, v, src_rows[a:a + WRITE_WINDOW])
-                start = part * rb
-                first = torch.div(start, _PAGE, rounding_mode="floor")
-                end = torch.div(start + (rb - 1), _PAGE, rounding_mode="floor")
-                # pages written into, at most: the first pages (exact for sorted rows: changes
-                # between neighbours) plus every page past a row's first
-                pages = 1 + int((first[1:] != first[:-1]).sum()) + int((end - first).sum())
-                lo = int(first.min()) * _PAGE
-                hi = min(len(self.mm), (int(end.max()) + 1) * _PAGE)
+                pages, lo, hi = _page_span(r[a:a + WRITE_WINDOW], rb)
+                hi = min(len(self.mm), hi)
                 self.mapped_lo = lo if not self.mapped_pages else min(self.mapped_lo, lo)
                 self.mapped_hi = hi if not self.mapped_pages else max(self.mapped_hi, hi)
                 self.mapped_pages += pages
@@ -596,12 +605,6 @@ class FileSlots:
         finally:
             del view
 
-    def _pages(self, rows: torch.Tensor) -> int:
-        """Pages of the file the records of ``rows`` (sorted) lie on, at most."""
-        start = rows * self.record_bytes
-        first = torch.div(start, _PAGE, rounding_mode="floor")
-        end = torch.div(start + (self.record_bytes - 1), _PAGE, rounding_mode="floor")
-        return 1 + int((first[1:] != first[:-1]).sum()) + int((end - first).sum())
 
     def write_range(self, name: str, begin: int, values: torch.Tensor) -> None:
         """Write ``values`` ``[n, *tail]`` to slot ``name`` of rows ``[begin, begin + n)`` (rows
