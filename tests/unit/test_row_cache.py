@@ -628,3 +628,41 @@ def test_pwrite_of_long_runs_crosses_write_spans_exactly(tmp_path):
         assert torch.equal(got, expect)
     finally:
         os.close(fd)
+
+
+def test_a_lookup_of_repeated_ids_translates_its_distinct_rows_once(tmp_path, monkeypatch):
+    """A HashTable lookup of ids with repeats (a DeepFM batch) gathers ``rows[expand]`` through
+    the distinct rows' cache slots: one translation per step, of the distinct rows only (the
+    gather of the expanded positions and the optimizer's write access reuse it), and the
+    lookups and rows equal those of the same table in RAM."""
+    from recis_compat.nn.initializers import ConstantInitializer
+    from recis_compat.nn.modules.hashtable import HashTable, filter_out_sparse_param
+    from recis_compat.optim import SparseAdamW
+
+    calls = []
+    orig = row_cache_mod.row_cache_translate_
+
+    def counting(row_slot, rows, *a):
+        calls.append(rows.numel())
+        return orig(row_slot, rows, *a)
+
+    monkeypatch.setattr(row_cache_mod, "row_cache_translate_", counting)
+    tables = []
+    for name, store in (("rep_ram", None), ("rep_ssd", StoreConfig("cached_ssd", str(tmp_path), 1))):
+        ht = HashTable([8], block_size=256, name=name, store=store, initializer=ConstantInitializer(init_val=0.1))
+        tables.append((ht, SparseAdamW(filter_out_sparse_param(torch.nn.ModuleDict({"t": ht})), lr=0.01)))
+    g = torch.Generator().manual_seed(31)
+    for step in range(6):
+        ids = torch.randint(0, 5000, (3000,), generator=g)
+        distinct = torch.unique(ids).numel()
+        out = []
+        for ht, opt in tables:
+            calls.clear()
+            opt.zero_grad()
+            emb = ht(ids)
+            (emb * torch.arange(ids.numel()).unsqueeze(1)).sum().backward()
+            opt.step()
+            out.append(emb.detach())
+        assert calls == [distinct], f"step {step}: translations {calls} for {distinct} distinct ids"
+        assert torch.equal(out[0], out[1])
+    _same(tables[0][0].impl, tables[1][0].impl)
