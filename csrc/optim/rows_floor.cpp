@@ -191,7 +191,8 @@ std::vector<int64_t> row_runs(const char* op, const int64_t* r, int64_t R) {
   return starts;
 }
 
-constexpr int64_t kWriteSpan = 256 << 10;
+// (WRITE_SPAN in backend/row_store.py, which bounds what a write fault on such a folio maps)
+constexpr int64_t kWriteSpan = 64 << 10;
 
 template <bool kWrite>
 void file_rows_io(const char* op, int64_t fd, const int64_t* r, int64_t R, unsigned char* data, int64_t row_bytes) {
@@ -206,8 +207,9 @@ void file_rows_io(const char* op, int64_t fd, const int64_t* r, int64_t R, unsig
       while (left > 0) {
         // a write ends at the next kWriteSpan boundary of the file: the page cache then builds
         // folios of at most that size (measured on this project's VM, kernel 6.18: 64-256 KiB
-        // writes 0.6-0.8 us a page, 2 MiB writes up to 20 us a page while the kernel finds
-        // free 2 MiB blocks; docs/stores.md)
+        // writes 0.6-0.8 us a page, 4 KiB writes 2 us, 2 MiB writes up to 20 us a page while
+        // the kernel finds free 2 MiB blocks; docs/stores.md), and a write fault through the
+        // table's mapping maps at most that much
         const int64_t span = kWrite ? std::min<int64_t>(left, kWriteSpan - off % kWriteSpan) : left;
         const ssize_t n = kWrite ? ::pwrite(static_cast<int>(fd), p, static_cast<size_t>(span), off)
                                  : ::pread(static_cast<int>(fd), p, static_cast<size_t>(left), off);

@@ -55,9 +55,23 @@ STORE_TYPES = ("device_mem", "cached_host_mem", "cached_ssd")
 ENV_STORE_TYPE = "RECIS_COMPAT_STORE_TYPE"
 ENV_PERSISTENT_PATH = "RECIS_COMPAT_PERSISTENT_PATH"
 ENV_CACHE_BUDGET_MB = "RECIS_COMPAT_CACHE_MEMORY_BUDGET_MB"
-WRITE_WINDOW = 8192        # rows copied through a file mapping per index_copy_
-DROP_PAGES = 4096          # pages of a file mapping written into before they are dropped (16 MiB at 4 KiB)
+WRITE_WINDOW = 4096        # rows copied through a file mapping between two checks of what it maps
+DROP_PAGES = 4096          # pages of a file mapping mapped before they are dropped (16 MiB at 4 KiB)
+# rows_pwrite ends each write at a multiple of this many bytes of the file (csrc/optim/rows_floor.cpp
+# kWriteSpan): the page cache then holds rows written in runs in folios of at most this size, and
+# a write fault through the mapping maps at most this much (see FileSlots.write_slots)
+WRITE_SPAN = 64 << 10
 _PAGE = mmap.PAGESIZE
+
+
+def _mapped_file_pages() -> int:
+    """Resident pages of this process backed by files (and shared memory): the third field of
+    ``/proc/self/statm``; 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @dataclass(eq=False)
@@ -384,6 +398,7 @@ class FileSlots:
         # the byte range they lie in
         self.mapped_pages = 0
         self.mapped_lo = self.mapped_hi = 0
+        self.mapped_base = _mapped_file_pages()   # the process's file-backed pages after the last drop
         self._finalizer = weakref.finalize(self, _remove_dir, self.directory, self._fds)
         self.budget = config.budget()
 
@@ -411,6 +426,7 @@ class FileSlots:
             self.mm.madvise(mmap.MADV_DONTNEED, self.mapped_lo, self.mapped_hi - self.mapped_lo)
         self.mapped_pages = 0
         self.mapped_lo = self.mapped_hi = 0
+        self.mapped_base = _mapped_file_pages()
 
     def unmap(self) -> None:
         if self.mm is not None:
@@ -418,6 +434,7 @@ class FileSlots:
             self.mm = None
         self.mapped_pages = 0
         self.mapped_lo = self.mapped_hi = 0
+        self.mapped_base = _mapped_file_pages()
 
     # ---------------------------------------------------------------- slots
     def add(self, name: str, tail: Sequence[int], dtype: torch.dtype) -> _Slot:
@@ -545,10 +562,12 @@ class FileSlots:
         ``pwrite`` of one 192-byte record, 1.0-1.3 us a record through the mapping with its write
         fault, about 0.1 us on a page still mapped). Other scattered rows are copied through the
         file's shared mapping (``WRITE_WINDOW`` rows per copy). The pages written into stay mapped until about
-        ``DROP_PAGES`` of them have been (counted over calls, an upper bound), then one
+        ``DROP_PAGES`` of them have been (counted over calls), or until the process's file-backed
+        resident pages (``/proc/self/statm``) grew by as many since the last drop (a write fault on
+        a row written by ``pwrite`` maps its whole folio, up to ``WRITE_SPAN`` bytes), then one
         ``madvise(MADV_DONTNEED)`` over their range drops them from the process; the rows stay
         in the page cache and reach the file by the kernel's writeback. So the file keeps at
-        most ``DROP_PAGES`` pages plus one window's mapped. Why not a drop per call: one
+        most ``DROP_PAGES`` pages plus one window's folios mapped. Why not a drop per call: one
         ``madvise`` measured 0.6-0.8 ms for the ~140 scattered pages of one write-back (a fixed
         cost plus the walk of the range, not the pages), against about 0.05 ms per write-back
         when 29 of them share a drop (docs/stores.md). An earlier measurement on ext4 gave
@@ -600,7 +619,13 @@ class FileSlots:
                 self.mapped_lo = lo if not self.mapped_pages else min(self.mapped_lo, lo)
                 self.mapped_hi = hi if not self.mapped_pages else max(self.mapped_hi, hi)
                 self.mapped_pages += pages
-                if self.mapped_pages >= DROP_PAGES:
+                # the pages written into are a lower bound of what the mapping holds: rows
+                # written in runs by pwrite lie in folios of up to WRITE_SPAN bytes, and a write
+                # fault maps a whole folio (measured on this project's machine, kernel 6.18:
+                # 3072 pages mapped for 256 counted). So the process's file-backed pages are
+                # checked too (/proc/self/statm, ~10 us a window)
+                if (self.mapped_pages >= DROP_PAGES
+                        or _mapped_file_pages() - self.mapped_base >= DROP_PAGES):
                     self.drop_pages()
         finally:
             del view

@@ -613,7 +613,7 @@ def test_new_rows_reach_the_file_once_their_step_is_done_and_leave_the_cache_cle
 
 
 def test_pwrite_of_long_runs_crosses_write_spans_exactly(tmp_path):
-    """``rows_pwrite`` cuts a write at every 256 KiB boundary of the file
+    """``rows_pwrite`` cuts a write at every 64 KiB boundary of the file
     (csrc/optim/rows_floor.cpp ``kWriteSpan``); runs crossing several boundaries from unaligned
     offsets, of rows that straddle them, land exactly where a pure-PyTorch copy puts them."""
     fd, data = _file(tmp_path, 20_000, [3, 7], torch.float32, seed=4)   # 84-byte rows

@@ -391,6 +391,35 @@ def test_scattered_writes_keep_few_pages_mapped_and_drop_them_together(tmp_path,
     files.close()
 
 
+def test_scattered_writes_onto_rows_written_in_runs_keep_few_pages_mapped(tmp_path, monkeypatch):
+    """Rows first written in long runs (``pwrite``: a growth fill, a restore, new ids' rows) sit
+    in the page cache in multi-page folios, and a write fault maps a whole folio: the mapping
+    path counts what the process really maps (``/proc/self/statm``) besides the pages it writes
+    into, so the file's resident pages in this process stay under DROP_PAGES plus one window's
+    folios, and every written row reads back."""
+    from recis_compat.backend import row_store
+    monkeypatch.setattr(row_store, "DROP_PAGES", 256)
+    files = row_store.FileSlots(row_store.StoreConfig("cached_ssd", str(tmp_path), 4), "folios")
+    files.add("embedding", [16], torch.float32)                 # 64-byte rows, 64 a page
+    n = 200_000
+    files.resize(n)
+    files.allocate(0, n)
+    g = torch.Generator().manual_seed(3)
+    expect = torch.randn(n, 16, generator=g)
+    files.write_range("embedding", 0, expect)                     # one run: written by pwrite
+    span_pages = row_store.WRITE_SPAN // mmap.PAGESIZE
+    worst = 0
+    for _ in range(30):
+        rows = torch.unique(torch.randint(0, n, (100,), generator=g))      # ~100 distinct folios
+        vals = torch.randn(rows.numel(), 16, generator=g)
+        files.write("embedding", rows, vals)
+        expect[rows] = vals
+        worst = max(worst, _mapped_rss(files.directory))
+    assert worst <= (256 + 100 * span_pages) * mmap.PAGESIZE, worst
+    assert torch.equal(files.read("embedding", torch.arange(n)), expect)
+    files.close()
+
+
 def test_write_backs_on_more_pages_than_the_mapping_keeps_are_pwritten(tmp_path, monkeypatch):
     """Whole records of scattered rows lying on more pages than DROP_PAGES are written with
     pwrite (one per run of rows), not through the mapping (which would fault every page in and
