@@ -466,10 +466,8 @@ def test_new_rows_of_constant_initial_values_are_never_read(tmp_path, monkeypatc
     ht.impl.close()
 
 
-def test_a_lookup_step_translates_its_rows_once(tmp_path, monkeypatch):
-    """Find, gather and the optimizer's rows of one step share one translation (the gather and
-    grad_rows get the find's rows tensor); a rows tensor changed in place, or rows moved in or
-    out of the cache in between, is translated again and gives the right slots."""
+def _count_translations(monkeypatch) -> list:
+    """A list that gets the row count of every ``row_cache_translate_`` call from now on."""
     calls = []
     orig = row_cache_mod.row_cache_translate_
 
@@ -478,6 +476,14 @@ def test_a_lookup_step_translates_its_rows_once(tmp_path, monkeypatch):
         return orig(row_slot, rows, *a)
 
     monkeypatch.setattr(row_cache_mod, "row_cache_translate_", counting)
+    return calls
+
+
+def test_a_lookup_step_translates_its_rows_once(tmp_path, monkeypatch):
+    """Find, gather and the optimizer's rows of one step share one translation (the gather and
+    grad_rows get the find's rows tensor); a rows tensor changed in place, or rows moved in or
+    out of the cache in between, is translated again and gives the right slots."""
+    calls = _count_translations(monkeypatch)
     ram, ssd = _pair(tmp_path, budget_mb=4, name="once")
     g = torch.Generator().manual_seed(8)
     for step in range(1, 6):
@@ -639,14 +645,7 @@ def test_a_lookup_of_repeated_ids_translates_its_distinct_rows_once(tmp_path, mo
     from recis_compat.nn.modules.hashtable import HashTable, filter_out_sparse_param
     from recis_compat.optim import SparseAdamW
 
-    calls = []
-    orig = row_cache_mod.row_cache_translate_
-
-    def counting(row_slot, rows, *a):
-        calls.append(rows.numel())
-        return orig(row_slot, rows, *a)
-
-    monkeypatch.setattr(row_cache_mod, "row_cache_translate_", counting)
+    calls = _count_translations(monkeypatch)
     tables = []
     for name, store in (("rep_ram", None), ("rep_ssd", StoreConfig("cached_ssd", str(tmp_path), 1))):
         ht = HashTable([8], block_size=256, name=name, store=store, initializer=ConstantInitializer(init_val=0.1))

@@ -359,6 +359,26 @@ def test_close_releases_the_files_disk_space(tmp_path):
     assert free_after - free_before >= 50_000 * 64 * 4 * 0.9     # the blocks came back
 
 
+def _embedding_file(tmp_path, name: str, n: int):
+    """A row file of one 64-byte slot (64 rows a page), ``n`` rows given disk blocks."""
+    from recis_compat.backend import row_store
+    files = row_store.FileSlots(row_store.StoreConfig("cached_ssd", str(tmp_path), 4), name)
+    files.add("embedding", [16], torch.float32)
+    files.resize(n)
+    files.allocate(0, n)
+    return files
+
+
+def _write_100_scattered_rows(files, expect: torch.Tensor, g: torch.Generator) -> int:
+    """Write ~100 random distinct rows of ``files`` (and of ``expect``, the rows it should hold);
+    returns the bytes of the file resident in this process afterwards."""
+    rows = torch.unique(torch.randint(0, expect.shape[0], (100,), generator=g))
+    vals = torch.randn(rows.numel(), 16, generator=g)
+    files.write("embedding", rows, vals)
+    expect[rows] = vals
+    return _mapped_rss(files.directory)
+
+
 def test_scattered_writes_keep_few_pages_mapped_and_drop_them_together(tmp_path, monkeypatch):
     """Write-backs go through the row file's mapping; the pages written into stay mapped until
     about DROP_PAGES of them were (counted over calls), then one madvise drops them: the file's
@@ -366,12 +386,8 @@ def test_scattered_writes_keep_few_pages_mapped_and_drop_them_together(tmp_path,
     than calls, and every written row reads back (pread sees the mapping's writes)."""
     from recis_compat.backend import row_store
     monkeypatch.setattr(row_store, "DROP_PAGES", 256)
-    files = row_store.FileSlots(row_store.StoreConfig("cached_ssd", str(tmp_path), 4), "drops")
-    files.add("embedding", [16], torch.float32)                 # 64-byte rows, 64 a page
-    f = files
     n = 200_000
-    files.resize(n)
-    files.allocate(0, n)
+    files = f = _embedding_file(tmp_path, "drops", n)
     drops = []
     orig = f.drop_pages
     monkeypatch.setattr(f, "drop_pages", lambda: (drops.append(f.mapped_pages), orig())[1])
@@ -379,12 +395,8 @@ def test_scattered_writes_keep_few_pages_mapped_and_drop_them_together(tmp_path,
     expect = torch.zeros(n, 16)
     calls = 0
     for _ in range(12):
-        rows = torch.unique(torch.randint(0, n, (100,), generator=g))      # ~100 distinct pages
-        vals = torch.randn(rows.numel(), 16, generator=g)
-        files.write("embedding", rows, vals)
-        expect[rows] = vals
+        resident = _write_100_scattered_rows(files, expect, g)             # ~100 distinct pages
         calls += 1
-        resident = _mapped_rss(files.directory)
         assert resident <= (256 + 100) * mmap.PAGESIZE, resident
     assert 0 < len(drops) < calls and all(d >= 256 for d in drops)
     assert torch.equal(files.read("embedding", torch.arange(n)), expect)
@@ -399,22 +411,15 @@ def test_scattered_writes_onto_rows_written_in_runs_keep_few_pages_mapped(tmp_pa
     folios, and every written row reads back."""
     from recis_compat.backend import row_store
     monkeypatch.setattr(row_store, "DROP_PAGES", 256)
-    files = row_store.FileSlots(row_store.StoreConfig("cached_ssd", str(tmp_path), 4), "folios")
-    files.add("embedding", [16], torch.float32)                 # 64-byte rows, 64 a page
     n = 200_000
-    files.resize(n)
-    files.allocate(0, n)
+    files = _embedding_file(tmp_path, "folios", n)
     g = torch.Generator().manual_seed(3)
     expect = torch.randn(n, 16, generator=g)
     files.write_range("embedding", 0, expect)                     # one run: written by pwrite
     span_pages = row_store.WRITE_SPAN // mmap.PAGESIZE
     worst = 0
     for _ in range(30):
-        rows = torch.unique(torch.randint(0, n, (100,), generator=g))      # ~100 distinct folios
-        vals = torch.randn(rows.numel(), 16, generator=g)
-        files.write("embedding", rows, vals)
-        expect[rows] = vals
-        worst = max(worst, _mapped_rss(files.directory))
+        worst = max(worst, _write_100_scattered_rows(files, expect, g))   # ~100 distinct folios
     assert worst <= (256 + 100 * span_pages) * mmap.PAGESIZE, worst
     assert torch.equal(files.read("embedding", torch.arange(n)), expect)
     files.close()
