@@ -46,7 +46,8 @@ write-back (``_write_new``: at the bench's 57 % budget the write-backs at evicti
 victims are written back (sorted by file row, whole records assembled from the slabs and copied
 once per row into the file's mapping; clean victims are not written) before their slots are
 reused. The bookkeeping of misses and evictions (a few thousand rows an access) runs on numpy
-views of the same tensors: a torch op costs more in dispatch than such a batch costs in work. A cache above its share (another table grew, or its last access grew it past the share)
+views of the same tensors: a torch op costs more in dispatch than such a batch costs in work.
+A cache above its share (another table grew, or its last access grew it past the share)
 shrinks to it at its next access: its rows past the share are evicted and their slab memory
 released (``madvise``) while the slabs stay in place, so growing past the share again copies
 nothing. When the rows of one
