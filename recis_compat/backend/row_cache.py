@@ -116,12 +116,6 @@ def _sorted_unique(rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a[keep])
 
 
-def _sort(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(rows sorted, the order that sorts them)`` (int64 ``[N]``, CPU; equal values in any order)."""
-    order = torch.from_numpy(np.argsort(rows.numpy()))
-    return rows.index_select(0, order), order
-
-
 def _sorted_by_row(rows: np.ndarray, slots: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """``(rows, slots)`` (int64 ``[N]`` each) reordered by increasing ``rows``."""
     if rows.size > 1 and not bool((rows[1:] > rows[:-1]).all()):
@@ -362,15 +356,19 @@ class RowCache:
         """Mark the rows brought in for new ids since the last write access not used (``last``
         0), those still cached at their slots: a later lookup that uses one marks it again,
         else the sweep evicts it at its first pass (see the module docstring)."""
-        slots, rows = (t.numpy() for t in self._probation)
+        slots, rows = self._still_cached(*(t.numpy() for t in self._probation))
         self._probation = None
-        inside = slots < self.alloc
-        slots, rows = slots[inside], rows[inside]
-        here = self.slot_row.numpy()[slots] == rows
-        slots, rows = slots[here], rows[here]
         self.last.numpy()[slots] = 0
         self._memo = None                  # the last access's marks changed
         self._new_written = (slots, rows)
+
+    def _still_cached(self, slots: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The pairs of cache slots and file rows (int64 ``[N]`` each) whose row is still cached at
+        that slot (evictions and shrinking since may have moved it out)."""
+        inside = slots < self.alloc
+        slots, rows = slots[inside], rows[inside]
+        here = self.slot_row.numpy()[slots] == rows
+        return slots[here], rows[here]
 
     def _write_new(self) -> None:
         """Write the rows whose probation the last write access ended (new ids' rows, updated by
@@ -382,12 +380,10 @@ class RowCache:
         the mapping onto a page never written before (measured at the bench's 57 % budget: 530
         major page faults a step, ~2.4 us each; docs/stores.md). Rows used and changed again
         since are written again when evicted."""
-        slots, rows = self._new_written
+        slots, rows = self._still_cached(*self._new_written)
         self._new_written = None
-        inside = slots < self.alloc
-        slots, rows = slots[inside], rows[inside]
         dirty = self.dirty.numpy()
-        keep = (self.slot_row.numpy()[slots] == rows) & dirty[slots]
+        keep = dirty[slots]
         slots, rows = slots[keep], rows[keep]
         if not rows.size:
             return
@@ -540,10 +536,7 @@ class RowCache:
             slab.index_copy_(0, hs, values.index_select(0, hp))
             self.dirty.index_fill_(0, hs, True)
         mp = torch.nonzero(~hit).view(-1)
-        mr = rows.index_select(0, mp)
-        if not _increasing(mr):
-            mr, order = _sort(mr)
-            mp = mp.index_select(0, order)
+        mr, mp = (torch.from_numpy(a) for a in _sorted_by_row(rows.numpy()[mp.numpy()], mp.numpy()))
         self.files.write(name, mr, values.index_select(0, mp))
         self.fresh_from = max(self.fresh_from, int(mr[-1]) + 1)
 
